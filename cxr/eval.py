@@ -1,0 +1,10 @@
+"""``python -m cxr.eval --model DIR_OR_REPO --data DIR --output-dir DIR``: evaluate a checkpoint.
+
+Research use only — not for diagnosis. The logic lives in :mod:`cxr.evaluation`.
+"""
+import sys
+
+from .cli import eval_main
+
+if __name__ == "__main__":
+    sys.exit(eval_main())

@@ -1,0 +1,149 @@
+"""Batched prediction under Accelerate and the files an evaluation writes.
+
+:func:`predict` runs a model over a prepared loader and gathers with ``gather_for_metrics``, so
+under N processes every image is counted exactly once. :func:`write_evaluation` writes
+``metrics.json``, ``predictions.csv``, ``report.md`` and ``confusion_matrix.png``;
+:func:`evaluate_folder` is ``python -m cxr.eval``: any model folder or Hub id on any folder in
+the Kaggle layout, every image a test image.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .labels import CLASS_NAMES
+from .metrics import compute_metrics
+from .report import DISCLAIMER, plot_confusion_matrix, write_report
+
+__all__ = ["predict", "write_predictions", "write_json", "write_evaluation", "evaluate_folder"]
+
+_logger = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``model`` over ``loader`` on every process and gather the results on all of them.
+
+    Args:
+        model: a (prepared) model.
+        loader: a loader prepared by ``accelerator`` yielding ``pixel_values``, ``labels``, ``index``.
+        accelerator: the run's ``Accelerator``.
+        desc: progress-bar label (main process only).
+
+    Returns:
+        ``(index, labels, probabilities)``, one row per image of the loader's dataset, exactly once,
+        sorted by index.
+    """
+    model.eval()
+    idx_parts, lab_parts, prob_parts = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        with accelerator.autocast():
+            logits = model(batch["pixel_values"])
+        probs = logits.float().softmax(dim=-1)
+        idx, labels, probs = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs))
+        idx_parts.append(idx.cpu())
+        lab_parts.append(labels.cpu())
+        prob_parts.append(probs.cpu())
+    index = torch.cat(idx_parts).numpy()
+    order = np.argsort(index, kind="stable")
+    return index[order], torch.cat(lab_parts).numpy()[order], torch.cat(prob_parts).numpy()[order]
+
+
+def write_json(path: Path, payload: Dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_predictions(path: Path, file_names: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    """``predictions.csv``: file, true label, predicted label, one probability column per class."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
+        for name, lab, p in zip(file_names, labels, probs):
+            w.writerow([name, CLASS_NAMES[int(lab)], CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+
+
+def write_evaluation(
+        output_dir: Path,
+        model_name: str,
+        metrics: Dict[str, Any],
+        run_info: Dict[str, Any],
+        test_files: Sequence[str],
+        test_labels: np.ndarray,
+        test_probs: np.ndarray,
+) -> None:
+    """Write ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and ``report.md``."""
+    write_json(output_dir / "metrics.json", metrics)
+    write_predictions(output_dir / "predictions.csv", test_files, test_labels, test_probs)
+    plot_confusion_matrix(
+        output_dir / "confusion_matrix.png",
+        metrics["test"]["confusion_matrix"],
+        title=f"{model_name}: test confusion matrix (n={metrics['test']['num_images']})",
+    )
+    write_report(output_dir / "report.md", model_name, metrics, run_info)
+
+
+def evaluate_folder(
+        model_ref: str,
+        data: str,
+        output_dir: Path,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: Optional[str] = None,
+        skip_bad_images: bool = False,
+) -> Dict[str, Any]:
+    """Evaluate a checkpoint on every image of a dataset (``python -m cxr.eval``).
+
+    Args:
+        model_ref: model folder or Hub repository id.
+        data: folder in the Kaggle layout, or a dataset id (see :func:`cxr.data.load_radiographs`).
+        output_dir: where the evaluation files go (created).
+        batch_size: images per forward pass and process.
+        num_workers: loader worker processes.
+        cache_dir: resized-pixel cache folder.
+        skip_bad_images: skip undecodable images instead of failing.
+
+    Returns:
+        The ``metrics.json`` dict (``{"test": {...}}``).
+    """
+    from accelerate import Accelerator
+
+    from .checkpoint import load_model
+    from .data import RadiographDataset, cache_pixels, load_radiographs
+
+    accelerator = Accelerator()
+    model, prep, cfg = load_model(model_ref)
+    with accelerator.main_process_first():
+        ds = load_radiographs(data)
+        cached = cache_pixels(ds, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+    view = RadiographDataset(cached.dataset, prep)
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model, loader = accelerator.prepare(model, loader)
+    index, labels, probs = predict(model, loader, accelerator, desc="cxr.eval")
+    metrics = {"test": compute_metrics(labels, probs)}
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        names = cached.dataset["file_name"]
+        model_name = cfg["cxr"].get("model", cfg.get("architecture", "model"))
+        run_info = {
+            "model": str(model_ref),
+            "data": f"{data} ({len(view)} images, every one a test image)",
+            "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
+                             f"mean {list(prep.mean)} std {list(prep.std)}",
+            "skipped unreadable images": len(cached.bad),
+            "note": DISCLAIMER,
+        }
+        write_evaluation(output_dir, model_name, metrics, run_info,
+                         [names[i] for i in index], labels, probs)
+    accelerator.wait_for_everyone()
+    return metrics

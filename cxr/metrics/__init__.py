@@ -1,0 +1,72 @@
+"""Classification metrics through ``evaluate``, from the module shipped in this folder.
+
+``evaluate.load("accuracy")`` needs the Hub; the ``cxr_classification`` module beside this file is
+loaded by path instead, so metrics work offline and are versioned with the code.
+
+Example:
+    >>> import numpy as np
+    >>> m = compute_metrics([0, 2], np.array([[.7, .1, .1, .1], [.1, .1, .1, .7]]))
+    >>> m["accuracy"], m["to_normal"]["COVID"]
+    (0.5, 0)
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+
+from ..labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+
+__all__ = ["METRIC_MODULE", "load_metric", "compute_metrics", "critical_to_normal", "selection_key"]
+
+#: Folder of the ``evaluate`` module, loadable with ``evaluate.load(str(METRIC_MODULE))``.
+METRIC_MODULE = Path(__file__).parent / "cxr_classification"
+
+
+@functools.lru_cache(maxsize=1)
+def load_metric():
+    """Load the shipped ``cxr_classification`` metric module with ``evaluate`` (by path, offline)."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_MODULE))
+
+
+def compute_metrics(
+        references: Sequence[int],
+        probabilities: np.ndarray,
+        label_names: Sequence[str] = CLASS_NAMES,
+) -> Dict[str, Any]:
+    """Every figure the reports need, from true labels and predicted probabilities.
+
+    Args:
+        references: true class index per image.
+        probabilities: ``N x K`` class probabilities; the prediction is their argmax.
+        label_names: class names in index order.
+
+    Returns:
+        ``accuracy``, ``per_class``, ``confusion_matrix``, ``to_normal``, ``auroc``,
+        ``auroc_per_class``, ``num_images`` and ``critical_to_normal`` (COVID + Viral Pneumonia
+        predicted as Normal, the study's primary aim).
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    result = load_metric().compute(
+        predictions=probs.argmax(axis=1).tolist(),
+        references=[int(r) for r in references],
+        prediction_scores=probs.tolist(),
+        label_names=list(label_names),
+        normal_label=NORMAL,
+    )
+    result["critical_to_normal"] = critical_to_normal(result)
+    return result
+
+
+def critical_to_normal(metrics: Dict[str, Any]) -> int:
+    """COVID + Viral Pneumonia images predicted as Normal."""
+    return int(sum(metrics["to_normal"].get(c, 0) for c in CRITICAL_CLASSES))
+
+
+def selection_key(metrics: Dict[str, Any]) -> Tuple[float, int]:
+    """Order for choosing the best epoch: higher accuracy, then fewer critical images called Normal."""
+    return (metrics["accuracy"], -critical_to_normal(metrics))

@@ -1,0 +1,269 @@
+"""One source of truth for turning a radiograph into a model input.
+
+Training, evaluation, the app and Grad-CAM all build their inputs through
+:class:`PreprocessConfig` and the functions here; the config is saved with every checkpoint
+(``config.json``), so a model is always fed the way it was trained.
+
+The pipeline is::
+
+    decode -> one luminance channel (uint8) -> resize to image_size x image_size
+           -> [training only: horizontal flip, rotation up to +-10 degrees]
+           -> float in [0, 1] -> replicate to the model's input channels -> (x - mean) / std
+
+Example:
+    >>> from PIL import Image
+    >>> cfg = PreprocessConfig.create(image_size=64, in_chans=3, norm="radiography")
+    >>> x = cfg.transform(Image.new("RGB", (300, 280), (128, 128, 128)))
+    >>> tuple(x.shape)
+    (3, 64, 64)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .labels import CLASS_NAMES, NORMALIZATIONS
+
+__all__ = [
+    "PreprocessConfig",
+    "to_grayscale",
+    "load_grayscale",
+    "resize_grayscale",
+    "grayscale_to_tensor",
+    "TrainAugmentation",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Bumped whenever the pixels this module produces change, so cached resized images are rebuilt.
+PREPROCESS_VERSION = 1
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Return one 8-bit luminance channel (PIL mode ``L``) for any PIL image mode.
+
+    Colour modes use ITU-R 601 luma (PIL's ``L`` conversion); alpha is dropped; palette and
+    CMYK images go through RGB; 16-bit and float images are stretched linearly from their own
+    minimum and maximum to 0..255 (X-ray detectors rarely use the full 16-bit range).
+
+    Args:
+        image: a decoded PIL image.
+
+    Returns:
+        A PIL image in mode ``L``.
+    """
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.convert("L")
+
+
+def load_grayscale(image: ImageLike) -> Image.Image:
+    """Decode a path, PIL image or array fully into one luminance channel.
+
+    Args:
+        image: a file path, a PIL image, or a ``HxW`` / ``HxWxC`` uint8 array.
+
+    Returns:
+        A PIL image in mode ``L``.
+
+    Raises:
+        OSError / PIL.UnidentifiedImageError: the file is not a decodable image.
+    """
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        image = Image.fromarray(arr)
+    elif not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            opened.load()
+            return to_grayscale(opened)
+    return to_grayscale(image)
+
+
+def resize_grayscale(image: Image.Image, size: int) -> np.ndarray:
+    """Resize a mode-``L`` image to ``size x size`` (bilinear, antialiased) as a uint8 array."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def grayscale_to_tensor(
+        pixels: Union[np.ndarray, torch.Tensor],
+        mean: Sequence[float],
+        std: Sequence[float],
+) -> torch.Tensor:
+    """Turn ``HxW`` (or ``1xHxW``) uint8 pixels into a normalised ``CxHxW`` float tensor.
+
+    The grey channel is replicated to ``len(mean)`` channels, then each channel is normalised.
+    """
+    t = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.array(pixels, dtype=np.uint8))
+    if t.ndim == 2:
+        t = t.unsqueeze(0)
+    x = t.to(torch.float32).div_(255.0)
+    x = x.expand(len(mean), -1, -1)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (x - m) / s
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to rebuild a model's input from a radiograph.
+
+    Attributes:
+        image_size: square side length fed to the model.
+        in_chans: the model's input channels; the grey channel is replicated to this many.
+        mean: per-channel mean (``in_chans`` values) subtracted after scaling to [0, 1].
+        std: per-channel standard deviation (``in_chans`` values).
+        norm: the name the mean/std came from (``radiography``, ``imagenet`` or ``model``).
+        label_names: output class names, in the order of the model's logits.
+        interpolation: resize filter (always ``bilinear``; recorded for other tools).
+        version: :data:`PREPROCESS_VERSION` when the checkpoint was written.
+    """
+
+    image_size: int
+    in_chans: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    norm: str = "model"
+    label_names: Tuple[str, ...] = CLASS_NAMES
+    interpolation: str = "bilinear"
+    version: int = PREPROCESS_VERSION
+
+    @classmethod
+    def create(
+            cls,
+            image_size: int,
+            in_chans: int,
+            norm: str,
+            model_mean: Optional[Sequence[float]] = None,
+            model_std: Optional[Sequence[float]] = None,
+            label_names: Sequence[str] = CLASS_NAMES,
+    ) -> "PreprocessConfig":
+        """Resolve ``--norm`` into per-channel statistics for a model with ``in_chans`` inputs.
+
+        Args:
+            image_size: square input side.
+            in_chans: model input channels.
+            norm: ``radiography``, ``imagenet`` or ``model`` (then ``model_mean``/``model_std``).
+            model_mean: the backbone's own mean (timm ``pretrained_cfg``), used for ``model``.
+            model_std: the backbone's own std.
+            label_names: class names in logit order.
+
+        Returns:
+            A frozen config.
+        """
+        if norm == "model":
+            if model_mean is None or model_std is None:
+                raise ValueError("norm='model' needs the backbone's mean and std")
+            mean, std = tuple(model_mean), tuple(model_std)
+        elif norm in NORMALIZATIONS:
+            mean, std = NORMALIZATIONS[norm]
+        else:
+            raise ValueError(f"unknown norm {norm!r}; choose from model, {', '.join(NORMALIZATIONS)}")
+        mean, std = _fit_channels(mean, in_chans), _fit_channels(std, in_chans)
+        return cls(
+            image_size=int(image_size),
+            in_chans=int(in_chans),
+            mean=mean,
+            std=std,
+            norm=norm,
+            label_names=tuple(label_names),
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict (stored under ``"cxr"`` -> ``"preprocessing"`` in ``config.json``)."""
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"], d["label_names"] = list(self.mean), list(self.std), list(self.label_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "PreprocessConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are ignored for forward compatibility."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in fields}
+        for key in ("mean", "std", "label_names"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def timm_data_config(self) -> Dict[str, Any]:
+        """The same preprocessing in timm's ``pretrained_cfg`` vocabulary (for ``save_for_hf``)."""
+        return {
+            "input_size": (self.in_chans, self.image_size, self.image_size),
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        }
+
+    def pixels(self, image: ImageLike) -> np.ndarray:
+        """Decode and resize: the ``image_size x image_size`` uint8 grey array (cacheable)."""
+        return resize_grayscale(load_grayscale(image), self.image_size)
+
+    def normalize(self, pixels: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """Normalise cached/augmented uint8 pixels into the model's ``CxHxW`` input."""
+        return grayscale_to_tensor(pixels, self.mean, self.std)
+
+    def transform(self, image: ImageLike) -> torch.Tensor:
+        """The evaluation transform: any image to the model's ``CxHxW`` float input."""
+        return self.normalize(self.pixels(image))
+
+
+def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if in_chans == 1:
+        return (float(np.mean(values)),)
+    if len(values) == 1:
+        return values * in_chans
+    raise ValueError(f"cannot fit {len(values)} normalisation values to {in_chans} input channels")
+
+
+class TrainAugmentation:
+    """The study's training augmentation on uint8 grey pixels: horizontal flip, rotation ±degrees.
+
+    Runs on the cached, already resized image (as the study augmented its 224x224 tensors), and
+    draws from torch's global RNG, which Accelerate seeds per process and per worker.
+
+    Args:
+        degrees: maximum absolute rotation.
+        flip_p: probability of a horizontal flip.
+    """
+
+    def __init__(self, degrees: float = 10.0, flip_p: float = 0.5):
+        from torchvision.transforms import v2
+
+        self.degrees = degrees
+        self.flip_p = flip_p
+        self._tf = v2.Compose([
+            v2.RandomHorizontalFlip(p=flip_p),
+            v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0),
+        ])
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        """Augment ``HxW`` uint8 pixels; returns a ``1xHxW`` uint8 tensor."""
+        return self._tf(torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0))
+
+    def __repr__(self) -> str:
+        return f"TrainAugmentation(degrees={self.degrees}, flip_p={self.flip_p})"
+

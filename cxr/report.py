@@ -1,0 +1,185 @@
+"""Human-readable outputs of a run: ``report.md``, ``confusion_matrix.png``, ``training_curves.png``.
+
+Every number comes from the ``metrics.json`` dict passed in; the study's published numbers come
+from :mod:`cxr.study_reference` and are labelled as such.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .labels import CLASS_NAMES, NORMAL
+from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+
+__all__ = ["write_report", "plot_confusion_matrix", "plot_training_curves", "DISCLAIMER"]
+
+_logger = logging.getLogger(__name__)
+
+DISCLAIMER = "Research use only — not for diagnosis."
+
+_TO_NORMAL_ORDER = ("COVID", "Viral Pneumonia", "Lung_Opacity")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _table1(model_name: str, metrics: Dict[str, Any]) -> List[str]:
+    test = metrics["test"]
+    train_acc = metrics.get("train", {}).get("accuracy")
+    lines = [
+        "| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
+        "|---|---|---|---|---|---|---|",
+        f"| {model_name} (this run) | {test['num_images']} test images | {_pct(train_acc)} | {_pct(test['accuracy'])} | "
+        + " | ".join(str(test["to_normal"].get(c, "–")) for c in _TO_NORMAL_ORDER) + " |",
+    ]
+    row = study_row(model_name)
+    if row:
+        lines.append(
+            f"| {row['label']} (study) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
+            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL_ORDER) + " |"
+        )
+    return lines
+
+
+def _per_class(model_name: str, split: Dict[str, Any]) -> List[str]:
+    study = STUDY_PER_CLASS.get(model_name)
+    head = "| class | precision | recall | F1 | support |"
+    sep = "|---|---|---|---|---|"
+    if study:
+        head += " study precision | study recall | study F1 |"
+        sep += "---|---|---|"
+    lines = [head, sep]
+    for name in CLASS_NAMES:
+        pc = split["per_class"][name]
+        line = f"| {name} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
+        if study:
+            s = study[name]
+            line += f" {s['precision']:.2f}% | {s['recall']:.2f}% | {s['f1']:.2f}% |"
+        lines.append(line)
+    return lines
+
+
+def write_report(
+        path: Path,
+        model_name: str,
+        metrics: Dict[str, Any],
+        run_info: Dict[str, Any],
+        images: Sequence[str] = ("confusion_matrix.png", "training_curves.png"),
+) -> None:
+    """Write ``report.md``: the study's Table 1 row and per-class table for this model, beside the study's.
+
+    Args:
+        path: the file to write.
+        model_name: the ``--model`` name (selects the study's rows).
+        metrics: the ``metrics.json`` dict (``test`` required; ``validation``, ``train`` optional).
+        run_info: facts to list (data, split, preprocessing, epochs, ...), as ``{label: value}``.
+        images: image files beside the report to embed (missing ones are skipped).
+    """
+    test = metrics["test"]
+    lines = [
+        f"# {model_name}: chest X-ray classification report",
+        "",
+        f"**{DISCLAIMER}** Images of each class in this database come largely from their own source, so a "
+        "model can learn the source instead of the disease (DeGrave et al., Nature Machine Intelligence 2021).",
+        "",
+        "## Run",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in run_info.items()]
+    lines += [
+        "",
+        "## Table 1 (the study's layout)",
+        "",
+        "Counts are test images of each class predicted as Normal; the study's primary aim is the fewest "
+        "COVID and Viral Pneumonia images called Normal.",
+        "",
+        *_table1(model_name, metrics),
+        "",
+    ]
+    if study_row(model_name):
+        lines += [f"Study row: {STUDY_SOURCE}. Figures measured on different test sets are not directly comparable.", ""]
+    lines += [
+        "## Per-class results (test)",
+        "",
+        "Precision = correct / predicted as the class; recall = correct / truly the class.",
+        "",
+        *_per_class(model_name, test),
+        "",
+    ]
+    if model_name in STUDY_PER_CLASS:
+        lines += ["The study printed these with precision and recall swapped; its values are shown corrected.", ""]
+    lines += [f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined", ""]
+    val = metrics.get("validation")
+    if val:
+        lines += [
+            "## Validation (model selection)",
+            "",
+            f"Accuracy {_pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
+            f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
+            "",
+        ]
+    for img in images:
+        if (path.parent / img).exists():
+            lines += [f"![{img}]({img})", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title: str = "") -> None:
+    """Save the confusion matrix (rows = true class) with counts, coloured by row share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=float)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=30, ha="right")
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    normal = CLASS_NAMES.index(NORMAL)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black",
+                    fontweight="bold" if j == normal and i != normal and cm[i, j] else "normal")
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    ax.set_title(title or "Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_training_curves(path: Path, history: Sequence[Dict[str, Any]], best_epoch: Optional[int] = None) -> None:
+    """Save loss and accuracy per epoch, training (augmented) and validation, marking the kept epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy")
+    ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)")
+    ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="validation")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1, label="kept (best validation)")
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

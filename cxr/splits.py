@@ -1,0 +1,133 @@
+"""Stratified, deterministic train/validation/test splits, saved as file-name lists.
+
+The split depends only on the file names, their labels and the seed (NumPy's PCG64 generator,
+identical on every platform), so the same data and seed give the same split everywhere. A split
+file written by one run can be given to another (``--split-file``) so models are compared on the
+same test images.
+
+Example:
+    >>> names = [f"COVID/{i}.png" for i in range(10)] + [f"Normal/{i}.png" for i in range(10)]
+    >>> split = stratified_split(names, [0] * 10 + [2] * 10, seed=1)
+    >>> [len(split[s]) for s in SPLITS]
+    [16, 2, 2]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .errors import CXRError
+
+__all__ = ["SPLITS", "DEFAULT_FRACTIONS", "stratified_split", "save_split", "load_split", "indices_for_split"]
+
+_logger = logging.getLogger(__name__)
+
+SPLITS: Tuple[str, ...] = ("train", "validation", "test")
+DEFAULT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def stratified_split(
+        file_names: Sequence[str],
+        labels: Sequence[int],
+        seed: int = 1,
+        fractions: Tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> Dict[str, List[str]]:
+    """Split file names per class into train/validation/test.
+
+    Within each class the names are sorted, shuffled with ``default_rng([seed, label])`` and
+    cut into validation and test shares of ``round(n * fraction)`` (at least one each when the
+    class has three or more images); the rest trains.
+
+    Args:
+        file_names: unique keys (``<Class>/<basename>``).
+        labels: class index per file.
+        seed: the split seed (the study used 1).
+        fractions: train, validation, test shares summing to 1.
+
+    Returns:
+        ``{"train": [...], "validation": [...], "test": [...]}``, each sorted.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    if len(set(file_names)) != len(file_names):
+        raise CXRError("file names must be unique to be split")
+    by_class: Dict[int, List[str]] = {}
+    for name, lab in zip(file_names, labels):
+        by_class.setdefault(int(lab), []).append(name)
+    out: Dict[str, List[str]] = {s: [] for s in SPLITS}
+    for lab in sorted(by_class):
+        names = sorted(by_class[lab])
+        order = np.random.default_rng([seed, lab]).permutation(len(names))
+        names = [names[i] for i in order]
+        n = len(names)
+        n_val, n_test = _round_half_up(n * fractions[1]), _round_half_up(n * fractions[2])
+        if n >= 3:
+            n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
+        out["validation"] += names[:n_val]
+        out["test"] += names[n_val:n_val + n_test]
+        out["train"] += names[n_val + n_test:]
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def save_split(path: os.PathLike, split: Dict[str, List[str]], seed: int, fractions=DEFAULT_FRACTIONS) -> None:
+    """Write a split as JSON: the seed, the fractions and the file names of each part."""
+    payload = {"seed": seed, "fractions": list(fractions), **{s: list(split[s]) for s in SPLITS}}
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def load_split(path: os.PathLike) -> Dict[str, List[str]]:
+    """Read a split file written by :func:`save_split`.
+
+    Raises:
+        CXRError: the file is missing, not JSON, lacks a part, or names a file twice.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CXRError(f"--split-file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise CXRError(f"--split-file {path} is not valid JSON: {e}") from None
+    missing = [s for s in SPLITS if not isinstance(payload.get(s), list)]
+    if missing:
+        raise CXRError(f"--split-file {path} lacks the list(s): {', '.join(missing)}")
+    seen: Dict[str, str] = {}
+    for s in SPLITS:
+        for name in payload[s]:
+            if name in seen:
+                raise CXRError(f"--split-file {path} puts {name!r} in both {seen[name]} and {s}")
+            seen[name] = s
+    return {s: list(payload[s]) for s in SPLITS}
+
+
+def indices_for_split(file_names: Sequence[str], split: Dict[str, List[str]]) -> Dict[str, List[int]]:
+    """Map each part of a split to row indices of a dataset.
+
+    Files of the data that the split does not name are left out (with a warning); a file the
+    split names that is not in the data is an error, since results would no longer be comparable.
+    """
+    row = {name: i for i, name in enumerate(file_names)}
+    absent = [n for s in SPLITS for n in split[s] if n not in row]
+    if absent:
+        raise CXRError(
+            f"the split file names {len(absent)} file(s) not in the data (first: {', '.join(absent[:5])}); "
+            "was it written for another data folder?"
+        )
+    out = {s: [row[n] for n in split[s]] for s in SPLITS}
+    unassigned = len(file_names) - sum(len(v) for v in out.values())
+    if unassigned:
+        _logger.warning("%d image(s) in the data are in no part of the split file and are not used", unassigned)
+    for s in SPLITS:
+        if not out[s]:
+            raise CXRError(f"the {s} part of the split is empty")
+    return out

@@ -1,0 +1,425 @@
+"""Fine-tuning with Accelerate: one code path for a laptop CPU, one GPU or N GPUs (DDP).
+
+:func:`train` reproduces the study's protocol without its defects: a stratified 80/10/10 split
+whose validation images are never augmented, the model kept is the best on validation (accuracy,
+ties broken by fewer COVID + Viral Pneumonia called Normal), and every epoch ends with an atomic
+checkpoint that ``--resume`` continues from.
+
+``batch_size`` is the number of images per optimiser step across all processes and
+accumulation steps (the study's batch sizes), so the same command optimises the same way on any
+hardware; each process loads ``batch_size / (processes x accumulation steps)`` images at a time.
+
+Example:
+    >>> cfg = TrainConfig(model="logreg", data="../shared/data/cxr-sample", output_dir="runs/logreg",
+    ...                   epochs=2, image_size=32)                      # doctest: +SKIP
+    >>> result = train(cfg)                                              # doctest: +SKIP
+    >>> sorted(result["test"])[:3]                                       # doctest: +SKIP
+    ['accuracy', 'auroc', 'auroc_per_class']
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_model_dir,
+    save_training_state,
+)
+from .data import RadiographDataset, cache_pixels, load_radiographs
+from .errors import CXRError
+from .evaluation import predict, write_evaluation, write_json
+from .labels import CLASS_NAMES, NORMALIZATIONS
+from .metrics import compute_metrics, critical_to_normal, selection_key
+from .models import (
+    TRAIN_LAYER_POLICIES,
+    apply_train_layers,
+    create_model,
+    freeze_frozen_batchnorm,
+    model_spec,
+)
+from .preprocessing import PreprocessConfig, TrainAugmentation
+from .report import DISCLAIMER, plot_training_curves
+from .splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
+
+__all__ = ["TrainConfig", "train", "CHECKPOINT_NAME"]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+SPLIT_NAME = "split.json"
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("constant", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard", "all")
+#: Settings that must not change when a run is resumed.
+_RESUME_LOCKED = ("model", "image_size", "norm", "seed", "train_layers", "pretrained", "batch_size", "optimizer")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; ``None`` means "the study's default for this model".
+
+    Attributes mirror the flags of ``train_accelerate.py`` (see its ``--help``).
+    """
+
+    model: str
+    data: str
+    output_dir: str
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: float = 5e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_scheduler: str = "constant"
+    image_size: int = 224
+    norm: str = "model"
+    seed: int = 1
+    train_layers: Optional[str] = None
+    pretrained: bool = True
+    num_workers: int = 2
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Optional[str] = None
+    resume: Optional[str] = None
+    split_file: Optional[str] = None
+    report_to: str = "none"
+    cache_dir: Optional[str] = None
+    skip_bad_images: bool = False
+    overwrite_output_dir: bool = False
+
+    def resolve(self) -> "TrainConfig":
+        """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
+        spec = model_spec(self.model)  # unknown model -> error with suggestions
+        cfg = dataclasses.replace(
+            self,
+            model=spec.name,
+            epochs=self.epochs if self.epochs is not None else spec.epochs,
+            batch_size=self.batch_size if self.batch_size is not None else spec.batch_size,
+            train_layers=self.train_layers or spec.default_train_layers,
+        )
+        checks = [
+            (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+            (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+            (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
+            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+            (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
+            (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
+            (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
+            (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
+            (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
+            (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
+            (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+            (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
+            (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CXRError(message)
+        if cfg.split_file is not None and not Path(cfg.split_file).is_file():
+            raise CXRError(f"--split-file not found: {cfg.split_file}")
+        out = Path(cfg.output_dir)
+        if cfg.resume is not None:
+            cfg.resume = str(_checkpoint_path(cfg.resume, out))
+        elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+            if (out / CHECKPOINT_NAME).exists() or (out / "metrics.json").exists():
+                raise CXRError(
+                    f"--output-dir {out} already holds a run. Pass --resume to continue it, "
+                    "--overwrite-output-dir to start over in it, or choose another folder."
+                )
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _checkpoint_path(resume: str, output_dir: Path) -> Path:
+    path = Path(resume) if resume not in ("", "auto") else output_dir
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CXRError(
+            f"--resume: no checkpoint at {path}. A run writes {CHECKPOINT_NAME} into its --output-dir "
+            "after each epoch; start without --resume if none finished."
+        )
+    return path
+
+
+def _make_optimizer(cfg: TrainConfig, params: List[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    if cfg.lr_scheduler == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+
+
+def _collate(batch):
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def _split_metrics(labels: np.ndarray, probs: np.ndarray) -> Dict[str, Any]:
+    m = compute_metrics(labels, probs)
+    m["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    return m
+
+
+def _versions() -> Dict[str, str]:
+    import accelerate
+    import datasets
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train, select the best epoch on validation, evaluate it on test, and write the run folder.
+
+    Args:
+        config: the run's settings (checked by :meth:`TrainConfig.resolve` first).
+
+    Returns:
+        The ``metrics.json`` dict: ``train`` (un-augmented training images), ``validation`` and
+        ``test``, each as returned by :func:`cxr.metrics.compute_metrics` plus ``loss``.
+
+    Raises:
+        CXRError: bad flags or data; raised before anything is written to ``output_dir``.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+
+    cfg = config.resolve()
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(out),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    world = accelerator.num_processes * cfg.gradient_accumulation_steps
+    if cfg.batch_size % world:
+        raise CXRError(
+            f"--batch-size {cfg.batch_size} must be divisible by processes x accumulation steps "
+            f"({accelerator.num_processes} x {cfg.gradient_accumulation_steps})"
+        )
+    micro_batch = cfg.batch_size // world
+    state = load_training_state(cfg.resume) if cfg.resume else None
+    if state is not None:
+        saved = state["config"]
+        changed = [k for k in _RESUME_LOCKED if saved.get(k) != getattr(cfg, k)]
+        if changed:
+            raise CXRError(
+                "--resume: the checkpoint was trained with other settings: "
+                + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
+            )
+
+    # Data: decode and resize once (main process first, the others then read its cache).
+    with accelerator.main_process_first():
+        ds = load_radiographs(cfg.data)
+        cached = cache_pixels(ds, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images)
+    pix = cached.dataset
+    file_names = pix["file_name"]
+    if state is not None:
+        split = state["split"]
+    elif cfg.split_file:
+        split = load_split(cfg.split_file)
+    else:
+        split = stratified_split(file_names, pix["label"], seed=cfg.seed)
+    rows = indices_for_split(file_names, split)
+
+    # Model and its preprocessing (the one source of truth saved with the checkpoint).
+    set_seed(cfg.seed)
+    model, pretrained_source = create_model(cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size)
+    trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
+    pcfg = model.pretrained_cfg
+    prep = PreprocessConfig.create(
+        cfg.image_size, in_chans=pcfg["input_size"][0], norm=cfg.norm,
+        model_mean=pcfg.get("mean"), model_std=pcfg.get("std"),
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def loader(part: str, augment: bool):
+        view = RadiographDataset(pix, prep, rows[part], TrainAugmentation() if augment else None)
+        return torch.utils.data.DataLoader(
+            view, batch_size=micro_batch, shuffle=augment, num_workers=cfg.num_workers,
+            collate_fn=_collate, persistent_workers=cfg.num_workers > 0 and augment,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    train_loader, train_eval_loader = loader("train", True), loader("train", False)
+    val_loader, test_loader = loader("validation", False), loader("test", False)
+    optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler
+    )
+
+    history: List[Dict[str, Any]] = []
+    best: Optional[Dict[str, Any]] = None
+    start_epoch = 0
+    if state is not None:
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        start_epoch, history, best = state["epoch"], list(state["history"]), state["best"]
+        accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {start_epoch}/{cfg.epochs}")
+
+    run_info = {
+        "model": cfg.model,
+        "pretrained": pretrained_source,
+        "train_layers": cfg.train_layers,
+        "trainable_parameters": n_train,
+        "parameters": n_params,
+        "preprocessing": prep.to_dict(),
+    }
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_split(out / SPLIT_NAME, split, cfg.seed)
+        write_json(out / "run_config.json", {
+            "config": cfg.to_dict(),
+            **run_info,
+            "first_trainable_parameter": trainable[0],
+            "micro_batch_per_process": micro_batch,
+            "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "images": {part: len(rows[part]) for part in SPLITS},
+            "skipped_unreadable_images": [n for n, _ in cached.bad],
+            "versions": _versions(),
+        })
+    if cfg.report_to != "none":
+        flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("cxr", config=flat)
+
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, cfg.epochs):
+        # Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them.
+        set_seed(cfg.seed + epoch, device_specific=True)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        freeze_frozen_batchnorm(model)
+        t0 = time.time()
+        totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(batch["pixel_values"])
+                    loss = loss_fn(logits.float(), batch["labels"])
+                accelerator.backward(loss)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            n = batch["labels"].numel()
+            totals += torch.stack([
+                loss.detach().float() * n,
+                (logits.argmax(-1) == batch["labels"]).sum().float(),
+                torch.tensor(float(n), device=accelerator.device),
+            ])
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        totals = accelerator.reduce(totals, reduction="sum")
+        _, val_labels, val_probs = predict(model, val_loader, accelerator, desc="validation")
+        val = _split_metrics(val_labels, val_probs)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(totals[0] / totals[2]),
+            "train_accuracy": float(totals[1] / totals[2]),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_critical_to_normal": critical_to_normal(val),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(time.time() - t0, 2),
+        }
+        history.append(record)
+        improved = best is None or selection_key(val) > tuple(best["key"])
+        if improved:
+            best = {"epoch": epoch + 1, "key": list(selection_key(val)), "validation": val}
+        accelerator.print(
+            f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+            f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}, COVID+Viral Pn. called Normal "
+            f"{record['val_critical_to_normal']}{' (best so far)' if improved else ''}"
+        )
+        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if improved:
+                save_model_dir(unwrapped, out / "model", prep, {**_model_info(run_info, cfg), "epoch": epoch + 1})
+            save_training_state(out / CHECKPOINT_NAME, {
+                "model": unwrapped.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "epoch": epoch + 1,
+                "history": history,
+                "best": best,
+                "split": split,
+                "config": cfg.to_dict(),
+            })
+        accelerator.wait_for_everyone()
+
+    # Final evaluation of the kept (best-on-validation) model.
+    from safetensors.torch import load_file
+
+    accelerator.unwrap_model(model).load_state_dict(load_file(str(out / "model" / "model.safetensors")))
+    _, tr_labels, tr_probs = predict(model, train_eval_loader, accelerator, desc="train (un-augmented)")
+    _, va_labels, va_probs = predict(model, val_loader, accelerator, desc="validation")
+    te_index, te_labels, te_probs = predict(model, test_loader, accelerator, desc="test")
+    metrics = {
+        "train": _split_metrics(tr_labels, tr_probs),
+        "validation": _split_metrics(va_labels, va_probs),
+        "test": _split_metrics(te_labels, te_probs),
+        "best_epoch": best["epoch"],
+    }
+    if accelerator.is_main_process:
+        write_json(out / "history.json", {"best_epoch": best["epoch"], "epochs": history})
+        plot_training_curves(out / "training_curves.png", history, best_epoch=best["epoch"])
+        test_files = [file_names[rows["test"][i]] for i in te_index]
+        info = {
+            "data": f"{cfg.data} ({len(pix)} images; split {len(rows['train'])}/{len(rows['validation'])}/"
+                    f"{len(rows['test'])}, seed {cfg.seed}, {SPLIT_NAME})",
+            "pretrained": pretrained_source,
+            "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
+            "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
+                             f"mean {list(prep.mean)} std {list(prep.std)}",
+            "optimisation": f"{cfg.optimizer} lr {cfg.lr}, {cfg.lr_scheduler} schedule, batch {cfg.batch_size}, "
+                            f"{cfg.epochs} epochs, {accelerator.num_processes} process(es)",
+            "kept epoch": f"{best['epoch']} (best validation accuracy, ties: fewer COVID + Viral Pn. called Normal)",
+            "train accuracy": "the kept model on the un-augmented training images",
+            "note": DISCLAIMER,
+        }
+        write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _model_info(run_info: Dict[str, Any], cfg: TrainConfig) -> Dict[str, Any]:
+    info = {k: v for k, v in run_info.items() if k != "preprocessing"}
+    info.update({"data": cfg.data, "seed": cfg.seed, "epochs": cfg.epochs, "disclaimer": DISCLAIMER})
+    return info
