@@ -12,7 +12,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -27,16 +27,23 @@ class LogisticRegression(nn.Module):
     """Flatten, then one ``nn.Linear``: softmax regression on pixels.
 
     Args:
-        img_size: square input side (fixed: the weights are per pixel).
+        img_size: input side, or (height, width) (fixed: the weights are per pixel).
         in_chans: input channels (1: the radiograph's grey channel).
         num_classes: outputs.
     """
 
-    def __init__(self, img_size: int = 224, in_chans: int = 1, num_classes: int = 4, **kwargs):
+    def __init__(
+            self,
+            img_size: Union[int, Sequence[int]] = 224,
+            in_chans: int = 1,
+            num_classes: int = 4,
+            **kwargs,
+    ):
         super().__init__()
-        self.img_size = img_size
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = (h, w)
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = in_chans * img_size * img_size
+        self.num_features = self.head_hidden_size = in_chans * h * w
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def get_classifier(self) -> nn.Module:

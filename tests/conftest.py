@@ -1,0 +1,84 @@
+"""Shared fixtures: the real chest X-ray sample (never copied into the repository), an offline Hub,
+a per-session pixel cache, and small symlinked subsets of the sample in both Kaggle layouts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The real sample (600 PNGs, 150 per class): $CXR_SAMPLE_DIR, default ../shared/data/cxr-sample.
+SAMPLE_DIR = Path(os.environ.get("CXR_SAMPLE_DIR", REPO.parent / "shared" / "data" / "cxr-sample")).resolve()
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+# Nothing in the tests may reach the Hub: a missed download fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (the full suite)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (the README's full test command)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    if not all((SAMPLE_DIR / c).is_dir() for c in CLASSES):
+        pytest.fail(f"the chest X-ray sample is not at {SAMPLE_DIR}; set CXR_SAMPLE_DIR")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pixel_cache(tmp_path_factory) -> Path:
+    """A fresh resized-pixel cache for the session (also used by subprocesses)."""
+    path = tmp_path_factory.mktemp("cxr-cache")
+    os.environ["CXR_CACHE_DIR"] = str(path)
+    return path
+
+
+def sample_files(sample_dir: Path, per_class: int) -> Dict[str, List[Path]]:
+    """The first ``per_class`` images of each class, sorted by name."""
+    return {c: sorted((sample_dir / c).glob("*.png"))[:per_class] for c in CLASSES}
+
+
+def make_subset(root: Path, sample_dir: Path, per_class: int, kaggle_layout: bool = False) -> Path:
+    """Symlink a per-class subset of the sample into ``root`` (flat or ``<Class>/images/`` with masks)."""
+    for c, files in sample_files(sample_dir, per_class).items():
+        folder = root / c / "images" if kaggle_layout else root / c
+        folder.mkdir(parents=True)
+        for f in files:
+            (folder / f.name).symlink_to(f)
+        if kaggle_layout:  # masks must be ignored
+            (root / c / "masks").mkdir()
+            for f in files[:2]:
+                (root / c / "masks" / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture
+def subset(tmp_path, sample_dir) -> Path:
+    """A writable flat-layout subset: 10 real images per class."""
+    return make_subset(tmp_path / "data", sample_dir, 10)
+
+
+def run_script(args: List[str], timeout: int = 600, env: Dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command of the repository as a user would, in a fresh process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+PYTHON = sys.executable
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
