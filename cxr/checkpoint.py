@@ -35,6 +35,7 @@ from .preprocessing import PreprocessConfig
 
 __all__ = [
     "save_model_dir",
+    "recover_model_dir",
     "load_model",
     "read_model_config",
     "save_training_state",
@@ -58,6 +59,21 @@ def _atomic_swap_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_model_dir(directory: Union[str, os.PathLike]) -> bool:
+    """Undo a save that was killed between its two renames (``.model.old`` kept, ``model/`` gone).
+
+    Also removes temporary folders that killed saves left. Returns whether a folder was restored.
+    """
+    directory = Path(directory)
+    for tmp in directory.parent.glob(f".{directory.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    old = directory.with_name(f".{directory.name}.old")
+    if old.exists() and not directory.exists():
+        os.replace(old, directory)
+        return True
+    return False
 
 
 def save_model_dir(

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     capture_rng_state,
     load_training_state,
+    recover_model_dir,
     restore_rng_state,
     save_model_dir,
     save_training_state,
@@ -298,6 +299,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        if recover_model_dir(out / "model"):
+            _logger.warning("restored %s/model from a save interrupted by the last run's end", out)
         save_split(out / SPLIT_NAME, split, cfg.seed)
         write_json(out / "run_config.json", {
             "config": cfg.to_dict(),

