@@ -40,6 +40,13 @@ def _data_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--data", default=default, required=default is None, help=help_text + " Default: $CXR_DATA.")
 
 
+def _decoding_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=None,
+                        help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="Skip (and count) unreadable image files instead of stopping with their list.")
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """The parser of ``train_accelerate.py``."""
     from .labels import NORMALIZATIONS
@@ -93,10 +100,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="split.json from another run, to train and test on the same images.")
     p.add_argument("--report-to", choices=REPORT_TO, default="none",
                    help="Experiment trackers for per-epoch metrics (logs under --output-dir).")
-    p.add_argument("--cache-dir", default=None,
-                   help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="Skip (and count) unreadable image files instead of stopping with their list.")
+    _decoding_args(p)
     p.add_argument("--overwrite-output-dir", action="store_true",
                    help="Start a new run in an --output-dir that already holds one.")
     return p
@@ -128,10 +132,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, type=Path, help="Folder for the evaluation files.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass and process.")
     p.add_argument("--num-workers", type=int, default=0, help="Data-loader worker processes.")
-    p.add_argument("--cache-dir", default=None,
-                   help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="Skip (and count) unreadable image files instead of stopping with their list.")
+    _decoding_args(p)
     return p
 
 
