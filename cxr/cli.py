@@ -35,6 +35,12 @@ def run_cli(fn: Callable[[], None]) -> int:
     return 0
 
 
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=_EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
 def _data_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     default = os.environ.get("CXR_DATA")
     parser.add_argument("--data", default=default, required=default is None, help=help_text + " Default: $CXR_DATA.")
@@ -54,12 +60,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     from .training import MIXED_PRECISION, OPTIMIZERS, REPORT_TO, SCHEDULERS
 
     study = ", ".join(f"{n} (batch {s.batch_size}, {s.epochs} epochs)" for n, s in STUDY_MODELS.items())
-    p = argparse.ArgumentParser(
-        prog="accelerate launch train_accelerate.py",
-        description="Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
-                    "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
-        epilog=_EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _parser(
+        "accelerate launch train_accelerate.py",
+        "Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
+        "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
     )
     p.add_argument("--model", required=True,
                    help=f"Architecture: a study model ({study}) or any timm model name.")
@@ -120,12 +124,10 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
 def build_eval_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m cxr.eval``."""
-    p = argparse.ArgumentParser(
-        prog="python -m cxr.eval",
-        description="Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout: "
-                    "metrics.json, predictions.csv, report.md and confusion_matrix.png.",
-        epilog=_EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _parser(
+        "python -m cxr.eval",
+        "Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout: "
+        "metrics.json, predictions.csv, report.md and confusion_matrix.png.",
     )
     p.add_argument("--model", required=True, help="A run's model/ folder or a Hub repository id (ORG/NAME).")
     _data_arg(p, "Image folder in the Kaggle layout (every image is a test image), or a dataset id.")
