@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -124,8 +124,12 @@ def save_model_dir(
     return directory
 
 
-def read_model_config(ref: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], str]:
+def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
     """Read a cxr model's ``config.json`` from a local folder or a Hub repository.
+
+    Args:
+        ref: a local model folder or a Hub repository id.
+        revision: Hub branch, tag or commit (Hub ids only).
 
     Returns:
         ``(config, timm_name)`` where ``timm_name`` is ``local-dir:…`` or ``hf-hub:…``.
@@ -145,32 +149,52 @@ def read_model_config(ref: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], str
         ref_s = str(ref)
         if path.exists() or ref_s.startswith((".", "/", "~")) or ref_s.count("/") > 1:
             raise CXRError(f"model folder not found: {ref}")
-        from huggingface_hub import hf_hub_download
-
-        try:
-            cfg_file = Path(hf_hub_download(str(ref), CONFIG_NAME))
-            hf_hub_download(str(ref), WEIGHTS_NAME)
-        except Exception as e:
-            raise CXRError(
-                f"could not fetch {CONFIG_NAME} and {WEIGHTS_NAME} of {ref!r} from the Hub "
-                f"({type(e).__name__}: {e})"
-            ) from e
-        timm_name = f"hf-hub:{ref}"
+        cfg_file = Path(_hub_file(ref_s, CONFIG_NAME, revision))
+        _hub_file(ref_s, WEIGHTS_NAME, revision)
+        timm_name = f"hf-hub:{ref_s}" + (f"@{revision}" if revision else "")
     try:
         cfg = json.loads(Path(cfg_file).read_text())
     except json.JSONDecodeError as e:
-        raise CXRError(f"{cfg_file} is not valid JSON: {e}") from None
+        raise CXRError(f"{ref}: {CONFIG_NAME} is not valid JSON: {e}") from None
     cxr_block = cfg.get("cxr")
     if not isinstance(cxr_block, dict) or "preprocessing" not in cxr_block:
         raise CXRError(f"{ref} is not a cxr checkpoint: its {CONFIG_NAME} has no 'cxr.preprocessing' block")
     return cfg, timm_name
 
 
-def load_model(ref: Union[str, os.PathLike]) -> Tuple[nn.Module, PreprocessConfig, Dict[str, Any]]:
+def _hub_file(repo_id: str, filename: str, revision: Optional[str]) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except RepositoryNotFoundError:
+        raise CXRError(f"no model repository {repo_id!r} on the Hub (or it is private and no token allows it)") from None
+    except RevisionNotFoundError:
+        raise CXRError(f"{repo_id!r} has no revision {revision!r}") from None
+    except LocalEntryNotFoundError as e:
+        raise CXRError(f"cannot fetch {filename} of {repo_id!r}: offline or unreachable Hub, and not cached ({e})") from None
+    except RemoteEntryNotFoundError:
+        hint = " (cxr only loads safetensors weights)" if filename == WEIGHTS_NAME else ""
+        raise CXRError(f"{repo_id!r} is not a cxr checkpoint: it has no {filename}{hint}") from None
+    except Exception as e:  # connection errors and the like
+        raise CXRError(f"cannot fetch {filename} of {repo_id!r} from the Hub: {type(e).__name__}: {e}") from None
+
+
+def load_model(
+        ref: Union[str, os.PathLike],
+        revision: Optional[str] = None,
+) -> Tuple[nn.Module, PreprocessConfig, Dict[str, Any]]:
     """Load a cxr model folder or Hub repository for inference.
 
     Args:
         ref: a local model folder or a Hub repository id.
+        revision: Hub branch, tag or commit.
 
     Returns:
         ``(model in eval mode, its PreprocessConfig, the full config.json)``.
@@ -182,7 +206,7 @@ def load_model(ref: Union[str, os.PathLike]) -> Tuple[nn.Module, PreprocessConfi
 
     from . import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
 
-    cfg, timm_name = read_model_config(ref)
+    cfg, timm_name = read_model_config(ref, revision)
     prep = PreprocessConfig.from_dict(cfg["cxr"]["preprocessing"])
     labels = tuple(cfg.get("label_names") or ())
     if labels != CLASS_NAMES or prep.label_names != CLASS_NAMES:

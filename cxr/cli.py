@@ -107,6 +107,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     _decoding_args(p)
     p.add_argument("--overwrite-output-dir", action="store_true",
                    help="Start a new run in an --output-dir that already holds one.")
+    p.add_argument("--push-to-hub", action="store_true",
+                   help="Publish the kept model, its model card and report to the Hub at the end (main process; "
+                        "token and repository are checked before training).")
+    p.add_argument("--hub-model-id", default=None, metavar="ORG/NAME",
+                   help="Hub model repository for --push-to-hub (created if missing).")
+    p.add_argument("--hub-private", action="store_true", help="Create the --hub-model-id repository private.")
     return p
 
 

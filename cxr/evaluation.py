@@ -118,11 +118,12 @@ def evaluate_folder(
     """
     from accelerate import Accelerator
 
-    from .checkpoint import load_model
+    from .classifier import CXRClassifier
     from .data import RadiographDataset, cache_pixels, load_radiographs
 
     accelerator = Accelerator()
-    model, prep, cfg = load_model(model_ref)
+    clf = CXRClassifier.from_pretrained(model_ref)
+    model, prep = clf.model, clf.preprocess
     with accelerator.main_process_first():
         ds = load_radiographs(data)
         cached = cache_pixels(ds, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
@@ -134,7 +135,7 @@ def evaluate_folder(
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         names = cached.dataset["file_name"]
-        model_name = cfg["cxr"].get("model", cfg.get("architecture", "model"))
+        model_name = clf.name
         run_info = {
             "model": str(model_ref),
             "data": f"{data} ({len(view)} images, every one a test image)",

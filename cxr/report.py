@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .labels import CLASS_NAMES, NORMAL
 from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 
-__all__ = ["write_report", "plot_confusion_matrix", "plot_training_curves", "DISCLAIMER"]
+__all__ = ["write_report", "table1_lines", "per_class_lines", "plot_confusion_matrix", "plot_training_curves", "DISCLAIMER"]
 
 _logger = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def _pct(x: Optional[float]) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
-def _table1(model_name: str, metrics: Dict[str, Any]) -> List[str]:
+def table1_lines(model_name: str, metrics: Dict[str, Any]) -> List[str]:
+    """The study's Table 1 as markdown rows: this run's row, then the study's for the same model."""
     test = metrics["test"]
     train_acc = metrics.get("train", {}).get("accuracy")
     lines = [
@@ -43,7 +44,8 @@ def _table1(model_name: str, metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _per_class(model_name: str, split: Dict[str, Any]) -> List[str]:
+def per_class_lines(model_name: str, split: Dict[str, Any]) -> List[str]:
+    """Per-class precision/recall/F1/support as markdown rows, with the study's (corrected) beside."""
     study = STUDY_PER_CLASS.get(model_name)
     head = "| class | precision | recall | F1 | support |"
     sep = "|---|---|---|---|---|"
@@ -95,7 +97,7 @@ def write_report(
         "Counts are test images of each class predicted as Normal; the study's primary aim is the fewest "
         "COVID and Viral Pneumonia images called Normal.",
         "",
-        *_table1(model_name, metrics),
+        *table1_lines(model_name, metrics),
         "",
     ]
     if study_row(model_name):
@@ -105,7 +107,7 @@ def write_report(
         "",
         "Precision = correct / predicted as the class; recall = correct / truly the class.",
         "",
-        *_per_class(model_name, test),
+        *per_class_lines(model_name, test),
         "",
     ]
     if model_name in STUDY_PER_CLASS:

@@ -99,6 +99,9 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     skip_bad_images: bool = False
     overwrite_output_dir: bool = False
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private: bool = False
 
     def resolve(self) -> "TrainConfig":
         """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
@@ -128,6 +131,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CXRError(message)
+        if cfg.hub_model_id and not cfg.push_to_hub:
+            raise CXRError("--hub-model-id is only used with --push-to-hub")
+        if cfg.push_to_hub:
+            from .hub import validate_hub_model_id
+
+            validate_hub_model_id(cfg.hub_model_id)
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
         out = Path(cfg.output_dir)
@@ -225,6 +234,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             f"({accelerator.num_processes} x {cfg.gradient_accumulation_steps})"
         )
     micro_batch = cfg.batch_size // world
+    if cfg.push_to_hub:
+        _check_push_target_on_main(accelerator, cfg)
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         saved = state["config"]
@@ -419,7 +430,29 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if cfg.push_to_hub and accelerator.is_main_process:
+        from .hub import push_run
+
+        accelerator.print(f"pushed to {push_run(out, cfg.hub_model_id, private=cfg.hub_private)}")
     return metrics
+
+
+def _check_push_target_on_main(accelerator, cfg: TrainConfig) -> None:
+    """Check token and repository on the main process before training; every process stops if it fails."""
+    from accelerate.utils import broadcast_object_list
+
+    from .hub import check_push_target
+
+    message: List[Optional[str]] = [None]
+    if accelerator.is_main_process:
+        try:
+            check_push_target(cfg.hub_model_id, private=cfg.hub_private)
+        except CXRError as e:
+            message[0] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0]:
+        raise CXRError(message[0])
 
 
 def _model_info(run_info: Dict[str, Any], cfg: TrainConfig) -> Dict[str, Any]:

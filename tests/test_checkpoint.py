@@ -134,3 +134,20 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng_state(load_training_state(tmp_path / "c.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_classifier_predicts_by_name_from_path_pil_or_array(tmp_path, sample_dir):
+    from cxr import CXRClassifier
+
+    _, _, out = _save(tmp_path, "tf_efficientnet_lite0", pretrained=True)
+    clf = CXRClassifier.from_pretrained(out)
+    path = sorted((sample_dir / "Normal").glob("*.png"))[0]
+    by_path = clf.predict(path)
+    assert list(by_path) == list(CLASS_NAMES) and sum(by_path.values()) == pytest.approx(1.0, abs=1e-5)
+    with Image.open(path) as im:
+        by_pil = clf.predict(im)
+        by_array = clf.predict(np.asarray(im))
+    for name in CLASS_NAMES:
+        assert by_pil[name] == pytest.approx(by_path[name], abs=1e-6)
+        assert by_array[name] == pytest.approx(by_path[name], abs=1e-6)
+    assert clf.name == "tf_efficientnet_lite0" and "64px" in repr(clf)

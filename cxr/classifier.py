@@ -1,0 +1,96 @@
+"""``CXRClassifier``: a trained model together with its preprocessing and label names.
+
+The one loader the evaluation command and the app use. It takes a local model folder or a Hub
+repository id, rebuilds the preprocessing saved with the checkpoint, and predicts class
+probabilities by name. Research use only — not for diagnosis.
+
+Example:
+    >>> from cxr import CXRClassifier
+    >>> clf = CXRClassifier.from_pretrained("runs/lite0/model")          # doctest: +SKIP
+    >>> clf.predict("chest_xray.png")                                     # doctest: +SKIP
+    {'COVID': 0.91, 'Lung_Opacity': 0.02, 'Normal': 0.05, 'Viral Pneumonia': 0.02}
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_model
+from .preprocessing import ImageLike, PreprocessConfig
+
+__all__ = ["CXRClassifier"]
+
+
+class CXRClassifier:
+    """A chest X-ray classifier with the preprocessing it was trained with.
+
+    Args:
+        model: a timm classifier returning logits in ``preprocess.label_names`` order.
+        preprocess: the checkpoint's :class:`PreprocessConfig`.
+        config: the checkpoint's ``config.json``.
+        source: where it was loaded from (folder or Hub id).
+    """
+
+    def __init__(self, model: nn.Module, preprocess: PreprocessConfig, config: Dict[str, Any], source: str):
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.config = config
+        self.source = source
+
+    @classmethod
+    def from_pretrained(
+            cls,
+            ref: Union[str, os.PathLike],
+            revision: Optional[str] = None,
+            device: Union[str, torch.device] = "cpu",
+    ) -> "CXRClassifier":
+        """Load a cxr checkpoint from a local model folder or a Hub repository (``ORG/NAME``).
+
+        Args:
+            ref: model folder (``runs/x/model``) or Hub repository id.
+            revision: Hub branch, tag or commit.
+            device: where the model runs.
+
+        Returns:
+            The classifier, in eval mode.
+
+        Raises:
+            CXRError: not a cxr checkpoint, no safetensors weights, other label names, or the
+                repository cannot be fetched — each named in the message.
+        """
+        model, prep, cfg = load_model(ref, revision=revision)
+        return cls(model.to(device), prep, cfg, str(ref))
+
+    @property
+    def label_names(self) -> List[str]:
+        """Class names in output order."""
+        return list(self.preprocess.label_names)
+
+    @property
+    def name(self) -> str:
+        """The architecture's ``--model`` name."""
+        return str(self.config.get("cxr", {}).get("model") or self.config.get("architecture"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def inputs(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Preprocess images (paths, PIL images or arrays) into a batch, exactly as in training."""
+        return torch.stack([self.preprocess.transform(im) for im in images]).to(self.device)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""
+        return self.model(self.inputs(images)).float().softmax(-1).cpu().numpy()
+
+    def predict(self, image: ImageLike) -> Dict[str, float]:
+        """Class probabilities of one image by class name."""
+        return dict(zip(self.label_names, map(float, self.predict_proba([image])[0])))
+
+    def __repr__(self) -> str:
+        return f"CXRClassifier({self.name!r} from {self.source!r}, {self.preprocess.image_size}px, norm {self.preprocess.norm})"

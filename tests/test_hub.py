@@ -1,0 +1,233 @@
+"""Publishing to and loading from the Hub, against a LOCAL STAND-IN of the Hub's HTTP API.
+
+`tests/hub_server.py` serves, on 127.0.0.1, the subset of the Hub API that huggingface_hub's
+create_repo, upload_folder, hf_hub_download and snapshot_download use; HF_ENDPOINT points at it.
+It is not huggingface.co: no test reaches the internet. The library code paths are the real ones.
+"""
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ACCELERATE, PYTHON, REPO, run_script
+from hub_server import TOKEN, LocalHub
+
+SAMPLES = ("COVID/COVID-1004.png", "Lung_Opacity/1002.png", "Viral Pneumonia/Viral Pneumonia-1020.png")
+REPO_FILES = ["README.md", "config.json", "confusion_matrix.png", "metrics.json", "model.safetensors", "split.json",
+              "training_curves.png"]
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = LocalHub().start()
+    yield server
+    server.stop()
+
+
+def hub_env(hub, tmp_path, token=TOKEN):
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token or ""}
+    if not token:
+        env.pop("HF_TOKEN")
+    return env
+
+
+def _clean_env(env):
+    full = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    full.update(env, PYTHONUNBUFFERED="1")
+    return full
+
+
+def run_in_fresh_process(code: str, env):
+    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=_clean_env(env))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def pushed_run(hub, tmp_path_factory, sample_dir):
+    """Train EfficientNet-Lite0 for one epoch with --push-to-hub, against the local stand-in."""
+    tmp = tmp_path_factory.mktemp("hub-run")
+    out = tmp / "run"
+    proc = run_script(
+        [ACCELERATE, "launch", "--num_processes", "1", "train_accelerate.py", "--model", "tf_efficientnet_lite0",
+         "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1", "--image-size", "64",
+         "--num-workers", "0", "--push-to-hub", "--hub-model-id", "cxr-test/lite0"],
+        env=hub_env(hub, tmp),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pushed to" in proc.stdout
+    return out
+
+
+def test_push_publishes_model_card_and_report_and_nothing_pickled(hub, pushed_run):
+    sha, files = hub.repos["cxr-test/lite0"].snapshot("main")
+    assert sorted(files) == REPO_FILES
+    assert json.loads(files["metrics.json"]) == json.loads((pushed_run / "metrics.json").read_text())
+    assert files["model.safetensors"] == (pushed_run / "model" / "model.safetensors").read_bytes()
+    # the token and repository were checked before training: whoami and create come before the commit
+    calls = [p for _, p in hub.requests]
+    assert calls.index("/api/whoami-v2") < calls.index("/api/repos/create") < calls.index("/api/models/cxr-test/lite0/commit/main")
+
+
+def test_fresh_process_loads_the_same_model_three_ways(hub, pushed_run, tmp_path, sample_dir):
+    from cxr import CXRClassifier
+
+    local = CXRClassifier.from_pretrained(pushed_run / "model")
+    paths = [str(sample_dir / s) for s in SAMPLES]
+    expected = local.predict_proba(paths)
+    code = f"""
+import json, torch, timm
+from cxr import CXRClassifier
+from transformers import AutoModelForImageClassification, pipeline
+paths = {paths!r}
+clf = CXRClassifier.from_pretrained("cxr-test/lite0")
+x = clf.inputs(paths)
+t = timm.create_model("hf-hub:cxr-test/lite0", pretrained=True).eval()
+hf = AutoModelForImageClassification.from_pretrained("cxr-test/lite0").eval()
+pipe = pipeline("image-classification", model="cxr-test/lite0", top_k=4)
+with torch.no_grad():
+    out = {{"cxr": clf.predict_proba(paths).tolist(), "timm": t(x).softmax(-1).tolist(),
+           "transformers": hf(pixel_values=x).logits.softmax(-1).tolist(),
+           "pipeline": [{{r["label"]: r["score"] for r in pipe(p)}} for p in paths],
+           "labels": clf.label_names}}
+print(json.dumps(out))
+"""
+    got = run_in_fresh_process(code, hub_env(hub, tmp_path))
+    for way in ("cxr", "timm", "transformers"):
+        assert np.allclose(got[way], expected, atol=1e-5), way
+    for row, probs in zip(got["pipeline"], expected):  # the pipeline resizes with its own code
+        assert [row[label] for label in got["labels"]] == pytest.approx(probs.tolist(), abs=0.03)
+
+
+def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    _, files = hub.repos["cxr-test/lite0"].snapshot("main")
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    card = ModelCard.load(tmp_path / "README.md")
+    metrics = json.loads((pushed_run / "metrics.json").read_text())["test"]
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert {"medical-imaging", "chest-x-ray", "covid-19"} <= set(card.data.tags)
+    results = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert results[("accuracy", None)] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert results[("roc_auc", "macro-ovr")] == pytest.approx(metrics["auroc"], abs=1e-6)
+    for name, pc in metrics["per_class"].items():
+        assert results[("recall", name)] == pytest.approx(pc["recall"], abs=1e-6)
+    assert all(r.dataset_split == "test" and r.task_type == "image-classification" for r in card.data.eval_results)
+    text = card.text
+    assert f"{100 * metrics['accuracy']:.2f}%" in text
+    assert f"| Normal | {100 * metrics['per_class']['Normal']['precision']:.2f}% |" in text
+    assert "not for diagnosis" in text and "DeGrave" in text and "not patient-level" in text
+    assert "| Viral Pneumonia | 1,345 | paediatric Kermany (all) |" in text  # the source confounding table
+    assert 'CXRClassifier.from_pretrained("cxr-test/lite0")' in text and '"hf-hub:cxr-test/lite0"' in text
+    assert "mean `[0.5, 0.5, 0.5]`" in text
+
+
+def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
+    from cxr.cli import train_main
+    from cxr.model_card import render_model_card
+
+    out = tmp_path / "logreg"
+    assert train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",
+                       "--image-size", "24", "--num-workers", "0"]) == 0
+    text = render_model_card(out, "org/logreg").text
+    assert "| Logistic regression (study) | 2,116 test images | 60.84% | 62.24% | 214 | 25 | 197 |" in text
+
+
+def test_cxr_hub_push_publishes_a_finished_run(hub, pushed_run, tmp_path):
+    proc = run_script([PYTHON, "-m", "cxr.hub", "push", str(pushed_run), "cxr-test/lite0-copy", "--private"],
+                      env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    repo = hub.repos["cxr-test/lite0-copy"]
+    assert repo.private and sorted(repo.snapshot("main")[1]) == REPO_FILES
+    # a private repository needs the token to be read
+    code = 'import json; from cxr import CXRClassifier; print(json.dumps(CXRClassifier.from_pretrained("cxr-test/lite0-copy").label_names))'
+    assert run_in_fresh_process(code, hub_env(hub, tmp_path / "a")) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=_clean_env(hub_env(hub, tmp_path / "b", token=None)))
+    assert proc.returncode != 0 and "no model repository 'cxr-test/lite0-copy'" in proc.stderr
+
+
+def test_missing_token_fails_before_training(hub, tmp_path, sample_dir):
+    proc = run_script([PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir",
+                       str(tmp_path / "out"), "--push-to-hub", "--hub-model-id", "cxr-test/x"],
+                      env={**hub_env(hub, tmp_path, token=None), "HF_TOKEN": ""})
+    assert proc.returncode == 2 and "needs a token" in proc.stderr and "HF_TOKEN" in proc.stderr
+    assert "epoch 1" not in proc.stdout and not (tmp_path / "out").exists()
+
+
+def test_rejected_token_and_foreign_namespace_fail_before_training(hub, tmp_path, sample_dir):
+    base = [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir",
+            str(tmp_path / "out"), "--push-to-hub", "--hub-model-id"]
+    proc = run_script(base + ["cxr-test/x"], env=hub_env(hub, tmp_path, token="hf_wrong"))
+    assert proc.returncode == 2 and "token was rejected" in proc.stderr
+    proc = run_script(base + ["someone-else/x"], env=hub_env(hub, tmp_path))
+    assert proc.returncode == 2 and "cannot create or write someone-else/x" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad_id", ["no-namespace", "a/b/c", "org/bad name!", ""])
+def test_malformed_repository_id(tmp_path, sample_dir, capsys, bad_id):
+    from cxr.cli import train_main
+
+    code = train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(tmp_path / "out"),
+                       "--push-to-hub", "--hub-model-id", bad_id])
+    err = capsys.readouterr().err
+    assert code == 2 and ("malformed --hub-model-id" in err or "needs --hub-model-id" in err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_unreachable_at_push_keeps_the_run_and_prints_the_retry(tmp_path, sample_dir):
+    server = LocalHub().start()
+    try:
+        out = tmp_path / "run"
+        proc = subprocess.Popen(
+            [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out),
+             "--epochs", "3", "--image-size", "24", "--num-workers", "0", "--push-to-hub", "--hub-model-id", "cxr-test/late"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_clean_env(hub_env(server, tmp_path)))
+        deadline = time.monotonic() + 60
+        while ("POST", "/api/repos/create") not in server.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.unreachable = True  # the Hub goes away while the model trains
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        server.stop()
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "epoch 3: train loss" in stdout
+    assert f"python -m cxr.hub push {out} cxr-test/late" in stderr and "complete on disk" in stderr
+    for name in ("metrics.json", "report.md", "model/model.safetensors", "split.json"):
+        assert (out / name).is_file()
+
+
+def test_non_cxr_repositories_get_clear_errors(hub, tmp_path):
+    from safetensors.torch import save
+
+    plain_cfg = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {"input_size": [3, 224, 224]}}
+    weights = save({"w": torch.zeros(1)})
+    hub.put_files("cxr-test/plain-timm", {"config.json": json.dumps(plain_cfg).encode(), "model.safetensors": weights})
+    hub.put_files("cxr-test/pickled", {"config.json": json.dumps({"cxr": {"preprocessing": {}}}).encode(),
+                                       "pytorch_model.bin": b"\x80\x02pickle"})
+    code = """
+import json
+from cxr import CXRClassifier
+from cxr.errors import CXRError
+out = {}
+for ref in ("cxr-test/plain-timm", "cxr-test/pickled", "cxr-test/absent"):
+    try:
+        CXRClassifier.from_pretrained(ref)
+        out[ref] = "loaded"
+    except CXRError as e:
+        out[ref] = str(e)
+print(json.dumps(out))
+"""
+    got = run_in_fresh_process(code, hub_env(hub, tmp_path))
+    assert "not a cxr checkpoint" in got["cxr-test/plain-timm"] and "cxr.preprocessing" in got["cxr-test/plain-timm"]
+    assert "has no model.safetensors" in got["cxr-test/pickled"] and "safetensors" in got["cxr-test/pickled"]
+    assert "no model repository 'cxr-test/absent'" in got["cxr-test/absent"]
