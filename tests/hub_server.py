@@ -241,13 +241,20 @@ class LocalHub:
             "lastModified": "2026-11-25T00:00:00.000Z", "createdAt": "2026-11-25T00:00:00.000Z",
         }
 
-    def _tree(self, repo, rev, authed, sub=None, **_):
+    def _lookup(self, repo, rev, authed):
+        """``(snapshot, None)`` or ``(None, error response)`` for a readable repository at a revision."""
         r = self._readable(repo, authed)
         if r is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo} not found")
+            return None, self._error(404, "RepoNotFound", f"Repository {repo} not found")
         snap = r.snapshot(rev)
         if snap is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None, self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return snap, None
+
+    def _tree(self, repo, rev, authed, sub=None, **_):
+        snap, err = self._lookup(repo, rev, authed)
+        if err:
+            return err
         prefix = (sub.rstrip("/") + "/") if sub else ""
         return 200, {}, [
             {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
@@ -255,12 +262,9 @@ class LocalHub:
         ]
 
     def _resolve(self, repo, rev, file, authed, method, **_):
-        r = self._readable(repo, authed)
-        if r is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo} not found")
-        snap = r.snapshot(rev)
-        if snap is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        snap, err = self._lookup(repo, rev, authed)
+        if err:
+            return err
         sha, files = snap
         if file not in files:
             return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}")
