@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 
 from .errors import CXRError
 
-__all__ = ["build_train_parser", "build_eval_parser", "train_main", "eval_main", "run_cli"]
+__all__ = ["build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
 
 _logger = logging.getLogger(__name__)
 
@@ -158,5 +158,60 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
         evaluate_folder(args.model, args.data, args.output_dir, batch_size=args.batch_size,
                         num_workers=args.num_workers, cache_dir=args.cache_dir,
                         skip_bad_images=args.skip_bad_images)
+
+    return run_cli(run)
+
+
+def build_app_parser() -> argparse.ArgumentParser:
+    """The parser of ``python app.py``."""
+    p = _parser(
+        "python app.py",
+        "Serve the Gradio app: every model's prediction, probabilities and Grad-CAM for an uploaded chest X-ray.",
+    )
+    p.add_argument("--models", default=None,
+                   help="Comma-separated Hub ids and/or model folders (default: $CXR_APP_MODELS, else the lines "
+                        "of app_models.txt, else every runs/*/model).")
+    p.add_argument("--quickstart", default=None, metavar="DATA",
+                   help="First train EfficientNet-Lite0 (offline ImageNet weights, 8 epochs at 128 px) on this "
+                        "Kaggle-layout folder into runs/quickstart-lite0 unless done, and show it.")
+    p.add_argument("--examples", default=None, metavar="DIR",
+                   help="Kaggle-layout folder whose first image per class is offered as an example "
+                        "(default: the --quickstart folder).")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="Interface to listen on (0.0.0.0 to serve a network).")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                   help="Port to listen on.")
+    p.add_argument("--share", action="store_true", help="Ask Gradio for a public share link (needs internet).")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="Requests processed at once; the rest wait in the queue.")
+    p.add_argument("--max-queue", type=int, default=64, help="Requests that may wait in the queue.")
+    return p
+
+
+def app_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python app.py``."""
+    args = build_app_parser().parse_args(argv)
+
+    def run():
+        from .demo import ModelBoard, resolve_model_refs
+        from .quickstart import ensure_quickstart_model, example_images
+        from .ui import build_demo
+
+        if args.concurrency < 1:
+            raise CXRError(f"--concurrency must be at least 1, got {args.concurrency}")
+        refs = resolve_model_refs(args.models)
+        if args.quickstart:
+            quick = ensure_quickstart_model(args.quickstart)
+            refs = [quick] + [r for r in refs if Path(r).resolve() != Path(quick).resolve()]
+        if not refs:
+            raise CXRError("no models to show: pass --models, list them in app_models.txt, train one into "
+                           "runs/NAME/model, or use --quickstart DATA")
+        board = ModelBoard.load(refs)
+        for m in board.models:
+            _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")
+        example_dir = args.examples or args.quickstart
+        demo = build_demo(board, example_images(example_dir) if example_dir else ())
+        demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
     return run_cli(run)

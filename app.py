@@ -1,0 +1,11 @@
+"""The Gradio app (a Hugging Face Space's entry point): ``python app.py --models ORG/NAME,runs/x/model``.
+
+Research use only — not for diagnosis. Flags: ``--help``; the page lives in :mod:`cxr.ui`, its
+computations in :mod:`cxr.demo`.
+"""
+import sys
+
+from cxr.cli import app_main
+
+if __name__ == "__main__":
+    sys.exit(app_main())

@@ -1,0 +1,186 @@
+"""What the Gradio app computes, independent of Gradio: models on show, predictions, heat maps.
+
+:class:`ModelBoard` loads every listed model (Hub ids and local folders, in parallel); a model that
+cannot be loaded stays on the board as unavailable with its reason. :meth:`ModelBoard.analyse`
+streams a request's results: first every model's probabilities, then each heat map as it is
+ready. Research use only — not for diagnosis.
+
+Example:
+    >>> board = ModelBoard.load(["runs/lite0/model", "org/missing"])      # doctest: +SKIP
+    >>> [m.available for m in board.models]                              # doctest: +SKIP
+    [True, False]
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .cam import class_activation_map, overlay_heatmap
+from .classifier import CXRClassifier
+from .errors import CXRError
+from .inputs import read_radiograph
+from .labels import CLASS_NAMES
+from .preprocessing import to_grayscale
+
+__all__ = ["DISPLAY_SIDE", "ShownModel", "ModelBoard", "Analysis", "resolve_model_refs", "agreement_line"]
+
+_logger = logging.getLogger(__name__)
+
+#: Longest side of the image shown on the page (and of every heat map).
+DISPLAY_SIDE = 512
+MODELS_FILE = "app_models.txt"
+
+
+def resolve_model_refs(arg: Optional[str] = None, root: Path = Path(".")) -> List[str]:
+    """The models to show: ``--models`` (comma-separated), else ``$CXR_APP_MODELS``, else the lines of
+    ``app_models.txt``, else every ``runs/*/model`` folder."""
+    text = arg or os.environ.get("CXR_APP_MODELS")
+    if not text and (root / MODELS_FILE).is_file():
+        lines = [ln.split("#")[0].strip() for ln in (root / MODELS_FILE).read_text().splitlines()]
+        text = ",".join(ln for ln in lines if ln)
+    if text:
+        return [r.strip() for r in text.split(",") if r.strip()]
+    return sorted(str(p) for p in (root / "runs").glob("*/model") if (p / "config.json").is_file())
+
+
+@dataclasses.dataclass
+class ShownModel:
+    """One column of the app.
+
+    Attributes:
+        ref: the Hub id or folder it was loaded from.
+        classifier: the loaded model, or ``None``.
+        error: why it could not be loaded.
+    """
+
+    ref: str
+    classifier: Optional[CXRClassifier] = None
+    error: Optional[str] = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def available(self) -> bool:
+        return self.classifier is not None
+
+    @property
+    def title(self) -> str:
+        name = self.classifier.name if self.classifier else "unavailable"
+        return f"{name} · {self.ref}"
+
+    @property
+    def card_url(self) -> Optional[str]:
+        """The model card: the Hub page for Hub ids, ``None`` for local folders."""
+        if Path(self.ref).exists() or self.ref.count("/") != 1:
+            return None
+        from huggingface_hub import constants
+
+        return f"{constants.ENDPOINT}/{self.ref}"
+
+
+@dataclasses.dataclass
+class Analysis:
+    """A request's state as it streams: filled in by :meth:`ModelBoard.analyse`."""
+
+    shown: Optional[Image.Image] = None
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+    probabilities: Dict[str, Optional[Dict[str, float]]] = dataclasses.field(default_factory=dict)
+    heatmaps: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
+    model_errors: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def agreement_line(probabilities: Dict[str, Optional[Dict[str, float]]]) -> str:
+    """One sentence saying whether the models agree on the top class."""
+    tops = {ref: max(p, key=p.get) for ref, p in probabilities.items() if p}
+    if not tops:
+        return ""
+    classes = set(tops.values())
+    if len(tops) == 1:
+        return f"One model: it predicts **{next(iter(classes))}**."
+    if len(classes) == 1:
+        return f"All {len(tops)} models agree: **{next(iter(classes))}**."
+    counts = {c: sum(1 for t in tops.values() if t == c) for c in classes}
+    parts = ", ".join(f"{n} say **{c}**" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"The models disagree: {parts}."
+
+
+class ModelBoard:
+    """The models on show and the computations behind one request."""
+
+    def __init__(self, models: Sequence[ShownModel]):
+        self.models = list(models)
+
+    @classmethod
+    def load(cls, refs: Sequence[str], device: str = "cpu") -> "ModelBoard":
+        """Load every model in parallel; failures are kept with their reason."""
+
+        def one(ref: str) -> ShownModel:
+            try:
+                return ShownModel(ref, CXRClassifier.from_pretrained(ref, device=device))
+            except CXRError as e:
+                return ShownModel(ref, error=str(e))
+            except Exception as e:  # a broken checkpoint must not take the app down
+                _logger.exception("could not load %s", ref)
+                return ShownModel(ref, error=f"{type(e).__name__}: {e}")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(refs)))) as pool:
+            return cls(list(pool.map(one, refs)))
+
+    @property
+    def available(self) -> List[ShownModel]:
+        return [m for m in self.models if m.available]
+
+    @staticmethod
+    def shown_image(image: Image.Image) -> Image.Image:
+        """The grey image as displayed (longest side at most :data:`DISPLAY_SIDE`)."""
+        grey = to_grayscale(image).copy()
+        grey.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
+        return grey
+
+    def analyse(self, path: Optional[str], method: str = "GradCAM", cam_class: Optional[str] = None) -> Iterator[Analysis]:
+        """Stream a request: yields after decoding, after all probabilities, then after each heat map.
+
+        Args:
+            path: the uploaded file.
+            method: Grad-CAM method.
+            cam_class: class to explain, or ``None`` for each model's predicted class.
+
+        Yields:
+            The same :class:`Analysis`, more complete each time. A bad upload yields one analysis
+            with ``error`` set.
+        """
+        result = Analysis()
+        try:
+            image, result.warnings = read_radiograph(path)
+        except CXRError as e:
+            result.error = str(e)
+            yield result
+            return
+        result.shown = self.shown_image(image)
+        for m in self.available:
+            try:
+                result.probabilities[m.ref] = m.classifier.predict(image)
+            except Exception as e:
+                _logger.exception("prediction failed for %s", m.ref)
+                result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
+        yield result
+        class_index = CLASS_NAMES.index(cam_class) if cam_class in CLASS_NAMES else None
+        for m in self.available:
+            if m.ref in result.model_errors:
+                continue
+            try:
+                with m.lock:  # CAM hooks on a shared model: one request at a time per model
+                    cam = class_activation_map(m.classifier, image, class_index=class_index, method=method)
+                result.heatmaps[m.ref] = overlay_heatmap(result.shown, cam)
+            except Exception as e:
+                _logger.exception("Grad-CAM failed for %s", m.ref)
+                result.model_errors[m.ref] = f"heat map failed: {type(e).__name__}: {e}"
+            yield result
