@@ -141,8 +141,8 @@ def read_radiograph(path: Optional[Union[str, os.PathLike]]) -> Tuple[Image.Imag
             raise
         except UnidentifiedImageError:
             raise ImageInputError("This file is not an image we can read. Upload a PNG, JPEG or DICOM chest X-ray.") from None
-        except Image.DecompressionBombError:
-            raise ImageInputError("The image is too large to decode safely; it was refused.") from None
+        except Image.DecompressionBombError as e:
+            raise ImageInputError(f"The image is too large ({e}); it was refused before decoding.") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageInputError(f"The image file is truncated or corrupt ({e}).") from None
     return image, chest_xray_warnings(image)

@@ -1,0 +1,221 @@
+"""The Gradio app, launched on 127.0.0.1 with models trained on the sample in this session, driven
+through gradio_client and a real headless Chromium."""
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PYTHON, REPO
+from cxr.cli import train_main
+from test_inputs import write_dicom
+
+MISSING = "cxr-test/not-published"
+
+
+@pytest.fixture(scope="module")
+def app_models(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("app-models")
+    runs = {"lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
+            "logreg": ["--model", "logreg", "--image-size", "24"]}
+    for name, args in runs.items():
+        code = train_main([*args, "--data", str(sample_dir), "--output-dir", str(root / name), "--epochs", "1",
+                           "--num-workers", "0"])
+        assert code == 0
+    return [str(root / name / "model") for name in runs]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(app_models, sample_dir, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [PYTHON, "app.py", "--models", ",".join([*app_models, MISSING]), "--port", str(port),
+             "--examples", str(sample_dir), "--concurrency", "4"],
+            cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+    else:
+        pytest.fail("the app did not start: " + log.read_text()[-3000:])
+    yield url, proc, app_models
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)
+
+
+def predict(client, path, method="GradCAM", explain="predicted class"):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)) if path else None, method, explain, api_name="/predict")
+
+
+def assert_good_answer(result, models):
+    info, gallery = result
+    assert info["error"] is None, info
+    assert "not for diagnosis" in info["disclaimer"]
+    for ref in models:
+        entry = info["models"][ref]
+        probs = entry["probabilities"]
+        assert list(probs) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+        assert entry["predicted"] == max(probs, key=probs.get)
+        with Image.open(gallery[entry["heatmap_index"]]["image"]) as heat:
+            assert list(heat.size) == info["shown_size"]
+            assert np.asarray(heat.convert("RGB")).std() > 5  # a real picture, not a blank
+        assert gallery[entry["heatmap_index"]]["caption"] == ref
+    return info
+
+
+def test_real_xray_gets_every_model_probabilities_and_heat_map(app, client, sample_dir):
+    info = assert_good_answer(predict(client, next((sample_dir / "COVID").glob("*.png"))), app[2])
+    missing = info["models"][MISSING]
+    assert missing["available"] is False and "cannot fetch config.json" in missing["error"]
+    assert info["agreement"]
+
+
+def test_each_cam_method_and_explained_class(app, client, sample_dir):
+    path = next((sample_dir / "Viral Pneumonia").glob("*.png"))
+    for method in ("GradCAM++", "HiResCAM", "EigenCAM"):
+        assert_good_answer(predict(client, path, method=method, explain="Normal"), app[2])
+
+
+def test_page_streams_probabilities_before_heat_maps(app, client, sample_dir):
+    from gradio_client import handle_file
+
+    job = client.submit(handle_file(str(next((sample_dir / "Normal").glob("*.png")))), "GradCAM", "predicted class",
+                        api_name="/analyse")
+    job.result(timeout=120)
+    updates = job.outputs()
+    n = len(app[2]) + 1  # models, plus the unavailable one
+    labels = lambda u: u[2:2 + n]  # noqa: E731
+    heatmaps = lambda u: u[2 + n:2 + 2 * n]  # noqa: E731
+    first_probs = next(i for i, u in enumerate(updates) if any(labels(u)))
+    assert not any(heatmaps(updates[first_probs])), "probabilities must come before any heat map"
+    assert sum(h is not None for h in heatmaps(updates[-1])) == len(app[2])
+    assert "not for diagnosis" in updates[-1][0]
+
+
+def _bad_inputs(tmp_path, sample_dir):
+    real = next((sample_dir / "COVID").glob("*.png"))
+    (tmp_path / "notes.png").write_text("not pixels")
+    (tmp_path / "cut.png").write_bytes(real.read_bytes()[:3000])
+    Image.new("L", (1, 1)).save(tmp_path / "one.png")
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png", optimize=True)
+    write_dicom(tmp_path / "nopixels.dcm", np.zeros((64, 64)), with_pixels=False)
+    return [
+        (None, "Upload a chest X-ray first"),
+        (tmp_path / "notes.png", "not an image we can read"),
+        (tmp_path / "cut.png", "truncated or corrupt"),
+        (tmp_path / "one.png", "too small"),
+        (tmp_path / "huge.png", "refused before decoding"),
+        (tmp_path / "nopixels.dcm", "no pixel data"),
+    ]
+
+
+def test_bad_inputs_get_a_message_and_the_server_keeps_serving(app, client, tmp_path, sample_dir):
+    good = next((sample_dir / "Lung_Opacity").glob("*.png"))
+    for path, message in _bad_inputs(tmp_path, sample_dir):
+        info, gallery = predict(client, path)
+        assert message in info["error"], (path, info)
+        assert gallery == []
+        assert_good_answer(predict(client, good), app[2])
+
+
+def test_other_image_kinds_are_analysed(app, client, tmp_path, sample_dir):
+    from sklearn.datasets import load_sample_image
+
+    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L")
+    grey.convert("RGBA").save(tmp_path / "rgba.png")
+    grey.convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257, mode="I;16").save(tmp_path / "sixteen.png")
+    grey.convert("RGB").convert("CMYK").save(tmp_path / "cmyk.jpg")
+    write_dicom(tmp_path / "cr.dcm", np.asarray(grey, dtype=np.float64) * 16, photometric="MONOCHROME1")
+    for name in ("rgba.png", "palette.png", "sixteen.png", "cmyk.jpg", "cr.dcm"):
+        info = assert_good_answer(predict(client, tmp_path / name), app[2])
+        assert info["warnings"] == [], name
+    Image.fromarray(load_sample_image("china.jpg")).save(tmp_path / "photo.jpg")
+    info = assert_good_answer(predict(client, tmp_path / "photo.jpg"), app[2])
+    assert any("colour photograph" in w for w in info["warnings"])
+
+
+def test_twenty_concurrent_requests_are_all_answered(app, client, sample_dir):
+    files = sorted(sample_dir.glob("*/*.png"))[::30][:20]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda p: predict(client, p), files))
+    assert len(results) == 20
+    for r in results:
+        assert_good_answer(r, app[2])
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_memory_does_not_keep_growing_over_200_requests(app, client, sample_dir):
+    files = sorted(sample_dir.glob("*/*.png"))
+    pid = app[1].pid
+    for p in files[:40]:  # warm-up: allocator pools, caches, Gradio's upload folder
+        predict(client, p)
+    before = _rss_kib(pid)
+    for i in range(200):
+        predict(client, files[i % len(files)], method=("GradCAM", "GradCAM++", "EigenCAM")[i % 3])
+    after = _rss_kib(pid)
+    assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
+
+
+@pytest.mark.slow
+def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
+    assert Path(chromium).exists(), "install Debian's chromium (.ci/run does)"
+    shot = Path(os.environ.get("CXR_SCREENSHOT_DIR", tmp_path)) / "app.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(app[0], wait_until="networkidle")
+        assert "not for diagnosis" in page.inner_text("body")
+        page.set_input_files("input[type=file]", str(next((sample_dir / "COVID").glob("*.png"))))
+        for i in range(len(app[2])):
+            page.wait_for_selector(f"#heatmap-{i} img", timeout=60_000)
+            label = page.inner_text(f"#label-{i}")
+            assert all(c in label for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"))
+        assert "Unavailable" in page.inner_text(f"#model-{len(app[2])}")
+        assert page.inner_text("#agreement").strip()
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    with Image.open(shot) as im:
+        assert im.size[0] >= 1400

@@ -1,0 +1,127 @@
+"""Upload decoding: every bad input gets a message for the page; DICOM is windowed and inverted right."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.inputs import ImageInputError, chest_xray_warnings, read_dicom, read_radiograph
+
+
+def _save(tmp_path, name, image, **kw):
+    path = tmp_path / name
+    image.save(path, **kw)
+    return path
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, rescale=None, with_pixels=True):
+    """A minimal valid CR DICOM file (pydicom), optionally windowed, rescaled or without pixel data."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ComputedRadiographyImageStorage, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_real_png_reads_without_warnings(sample_dir):
+    image, warnings = read_radiograph(next((sample_dir / "COVID").glob("*.png")))
+    assert image.size == (256, 256) and warnings == []
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA", "I;16"])
+def test_other_png_modes_are_accepted(tmp_path, sample_dir, mode):
+    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L")
+    img = Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257, mode="I;16") if mode == "I;16" else grey.convert(mode)
+    image, warnings = read_radiograph(_save(tmp_path, "x.png", img))
+    assert image.size == (256, 256) and warnings == []
+
+
+def test_cmyk_jpeg_is_accepted(tmp_path, sample_dir):
+    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("RGB").convert("CMYK")
+    image, _ = read_radiograph(_save(tmp_path, "x.jpg", grey, quality=95))
+    assert image.mode == "CMYK"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty-submit", "Upload a chest X-ray first"),
+    ("non-image", "not an image we can read"),
+    ("truncated", "truncated or corrupt"),
+    ("tiny", "too small"),
+    ("bomb", "refused before decoding"),
+    ("zero-bytes", "empty"),
+    ("dicom-no-pixels", "no pixel data"),
+])
+def test_bad_uploads_are_refused_with_a_message(tmp_path, sample_dir, case, message):
+    real = next((sample_dir / "COVID").glob("*.png")).read_bytes()
+    if case == "empty-submit":
+        path = None
+    elif case == "non-image":
+        path = tmp_path / "notes.png"
+        path.write_text("these are not pixels")
+    elif case == "truncated":
+        path = tmp_path / "cut.png"
+        path.write_bytes(real[: len(real) // 2])
+    elif case == "tiny":
+        path = _save(tmp_path, "one.png", Image.new("L", (1, 1)))
+    elif case == "bomb":
+        # a 20000 x 20000 PNG whose header is read, never its pixels (the file itself is small)
+        path = _save(tmp_path, "bomb.png", Image.new("1", (20000, 20000)), optimize=True)
+    elif case == "zero-bytes":
+        path = tmp_path / "zero.png"
+        path.write_bytes(b"")
+    else:
+        path = write_dicom(tmp_path / "empty.dcm", np.zeros((64, 64)), with_pixels=False)
+    with pytest.raises(ImageInputError, match=message):
+        read_radiograph(path)
+
+
+def test_bomb_is_refused_without_allocating_it(tmp_path, monkeypatch):
+    path = _save(tmp_path, "bomb.png", Image.new("1", (20000, 20000)), optimize=True)
+    loads = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.size) or real_load(self))
+    with pytest.raises(ImageInputError):
+        read_radiograph(path)
+    assert (20000, 20000) not in loads
+
+
+def test_colour_photo_gets_a_visible_warning():
+    from sklearn.datasets import load_sample_image
+
+    photo = Image.fromarray(load_sample_image("flower.jpg"))
+    assert any("colour photograph" in w for w in chest_xray_warnings(photo))
+
+
+def test_dicom_monochrome1_is_inverted_and_windowed(tmp_path):
+    ramp = np.tile(np.linspace(0, 4000, 64), (64, 1))
+    mono2 = np.asarray(read_dicom(write_dicom(tmp_path / "m2.dcm", ramp)))
+    mono1 = np.asarray(read_dicom(write_dicom(tmp_path / "m1.dcm", ramp, photometric="MONOCHROME1")))
+    assert mono2[0, 0] == 0 and mono2[0, -1] == 255  # 16-bit stretched to 8 bit
+    assert np.array_equal(mono1, 255 - mono2)
+    windowed = np.asarray(read_dicom(write_dicom(tmp_path / "w.dcm", ramp, window=(1000, 500))))
+    # values below 750 are black, above 1250 white: most of the ramp saturates
+    assert (windowed == 0).mean() > 0.15 and (windowed == 255).mean() > 0.6
+    image, warnings = read_radiograph(tmp_path / "w.dcm")
+    assert image.mode == "L" and warnings == []
+
+
+def test_dicom_rescale_slope_is_applied(tmp_path):
+    ramp = np.tile(np.linspace(0, 1000, 64), (64, 1))
+    plain = np.asarray(read_dicom(write_dicom(tmp_path / "a.dcm", ramp)))
+    rescaled = np.asarray(read_dicom(write_dicom(tmp_path / "b.dcm", ramp, rescale=(2.0, -1024), window=(0, 800))))
+    assert not np.array_equal(plain, rescaled)
