@@ -51,6 +51,11 @@ def target_layers(model: nn.Module, architecture: str) -> Optional[List[nn.Modul
     spec = STUDY_MODELS.get(architecture)
     if spec is not None and spec.cam_layer:
         return [model.get_submodule(spec.cam_layer)]
+    blocks = getattr(model, "blocks", None)
+    if getattr(model, "num_prefix_tokens", 0) and blocks is not None and hasattr(blocks[-1], "norm1"):
+        # ViT-style: the class token reads the patch tokens in the last block's attention, so explain
+        # that attention's input (the last block's output reaches the head through the class token only)
+        return [blocks[-1].norm1]
     info = getattr(model, "feature_info", None)
     if info:
         last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]

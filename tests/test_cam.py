@@ -1,0 +1,83 @@
+"""Grad-CAM: target layers per architecture, token reshapes, the same preprocessing as training."""
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import cxr  # noqa: F401
+from cxr.cam import CAM_METHODS, class_activation_map, overlay_heatmap, reshape_transform_for, target_layers
+from cxr.classifier import CXRClassifier
+from cxr.preprocessing import PreprocessConfig
+
+
+def _classifier(arch, size=64, **kw):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=4, **kw)
+    cfg = model.pretrained_cfg
+    prep = PreprocessConfig.create(size, cfg["input_size"][0], "imagenet" if cfg["input_size"][0] == 3 else "radiography")
+    return CXRClassifier(model, prep, {"architecture": arch, "cxr": {"model": arch}}, arch)
+
+
+def test_study_layers_are_the_registry_ones():
+    alex = timm.create_model("alexnet", num_classes=4)
+    assert target_layers(alex, "alexnet") == [alex.features[12]]
+    res = timm.create_model("resnet50", num_classes=4)
+    assert target_layers(res, "resnet50") == [res.layer4[2]]
+    vgg = timm.create_model("vgg19_bn", num_classes=4)
+    assert target_layers(vgg, "vgg19_bn") == [vgg.features[51]]
+    r18 = timm.create_model("resnet18", num_classes=4)
+    assert target_layers(r18, "resnet18") == [r18.layer4]  # timm's last feature stage
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_every_method_gives_a_normalised_map_at_input_size(sample_dir, method):
+    clf = _classifier("resnet18")
+    cam = class_activation_map(clf, next((sample_dir / "COVID").glob("*.png")), class_index=2, method=method)
+    assert cam.shape == (64, 64) and cam.dtype == np.float32
+    assert 0.0 <= cam.min() and cam.max() <= 1.0 + 1e-6
+
+
+def test_vit_tokens_are_reshaped_to_a_grid(sample_dir):
+    clf = _classifier("vit_tiny_patch16_224", size=64, img_size=64)
+    assert reshape_transform_for(clf.model)(torch.zeros(1, 1 + 16, 192)).shape == (1, 192, 4, 4)
+    cam = class_activation_map(clf, next((sample_dir / "Normal").glob("*.png")), method="GradCAM")
+    assert cam.shape == (64, 64) and cam.max() > 0
+
+
+def test_logreg_shows_its_linear_contribution(sample_dir):
+    clf = _classifier("logreg", size=24, img_size=24)
+    path = next((sample_dir / "Normal").glob("*.png"))
+    cam = class_activation_map(clf, path, class_index=1)
+    x = clf.inputs([path])[0, 0]
+    expected = (clf.model.head.weight[1].reshape(24, 24) * x).clamp(min=0).detach().numpy()
+    assert np.allclose(cam, expected / expected.max(), atol=1e-5)
+
+
+def test_cam_input_is_the_training_input(sample_dir, monkeypatch):
+    """The tensor Grad-CAM explains is the checkpoint's preprocessing of the file, nothing else."""
+    clf = _classifier("resnet18")
+    path = next((sample_dir / "Lung_Opacity").glob("*.png"))
+    seen = []
+    original = clf.model.forward
+    monkeypatch.setattr(clf.model, "forward", lambda x: seen.append(x.detach().clone()) or original(x))
+    class_activation_map(clf, path)
+    assert torch.equal(seen[0][0], clf.preprocess.transform(path))
+
+
+def test_overlay_has_the_shown_image_size():
+    shown = Image.new("L", (300, 200), 128)
+    out = overlay_heatmap(shown, np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    assert out.shape == (200, 300, 3) and out.dtype == np.uint8
+
+
+def test_quickstart_reuses_a_finished_run_and_lists_examples(tmp_path, sample_dir):
+    from cxr.quickstart import ensure_quickstart_model, example_images
+
+    run = tmp_path / "quick"
+    (run / "model").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "model" / "model.safetensors").write_bytes(b"")
+    assert ensure_quickstart_model(sample_dir, run) == str(run / "model")  # no training
+    examples = example_images(sample_dir)
+    assert [p.split("/")[-2] for p in examples] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
