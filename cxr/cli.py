@@ -84,6 +84,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", choices=("model", *NORMALIZATIONS), default="model",
                    help="Normalisation: the backbone's own mean/std, the study's radiography statistics, "
                         "or ImageNet's.")
+    p.add_argument("--clahe", action="store_true",
+                   help="Apply CLAHE (OpenCV, clip 2.0, 8x8 tiles) to each grey image before resizing; saved with the "
+                        "checkpoint, so evaluation and the app apply it too.")
     p.add_argument("--seed", type=int, default=1, help="Seed of the split, initialisation and augmentation.")
     p.add_argument("--train-layers", choices=TRAIN_LAYER_POLICIES, default=None,
                    help="Layers that train: the study's policy (default for study models), all, or only the "

@@ -247,8 +247,8 @@ class PixelCacheResult:
     bad: List[Tuple[str, str]]
 
 
-def _decode_fn(image_size: int):
-    prep = PreprocessConfig(image_size=image_size, in_chans=1, mean=(0.0,), std=(1.0,))
+def _decode_fn(image_size: int, clahe: bool):
+    prep = PreprocessConfig(image_size=image_size, in_chans=1, mean=(0.0,), std=(1.0,), clahe=clahe)
 
     def fn(example):
         img = example["image"]
@@ -274,6 +274,7 @@ def cache_pixels(
         cache_dir: Optional[os.PathLike] = None,
         num_proc: Optional[int] = None,
         skip_bad_images: bool = False,
+        clahe: bool = False,
 ) -> PixelCacheResult:
     """Decode, grey and resize every image once, caching the pixels on disk.
 
@@ -286,6 +287,7 @@ def cache_pixels(
         cache_dir: folder for the Arrow cache (default :data:`DEFAULT_CACHE_DIR`).
         num_proc: decoding processes (default: CPU count, at most one per 200 images).
         skip_bad_images: drop undecodable images instead of raising.
+        clahe: apply CLAHE before resizing (see :class:`PreprocessConfig`).
 
     Returns:
         A :class:`PixelCacheResult`.
@@ -296,10 +298,10 @@ def cache_pixels(
     """
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}".encode())
+    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}".encode())
     for name, stat in zip(ds["file_name"], ds["file_stat"]):
         h.update(f"{name}\0{stat}\n".encode())
-    cache_file = cache_dir / f"pixels-{image_size}-{h.hexdigest()[:20]}.arrow"
+    cache_file = cache_dir / f"pixels-{image_size}{'-clahe' if clahe else ''}-{h.hexdigest()[:20]}.arrow"
     if num_proc is None:
         num_proc = max(1, min(os.cpu_count() or 1, len(ds) // 200))
     features = ds.features.copy()
@@ -307,7 +309,7 @@ def cache_pixels(
     features["pixels"] = datasets.Array2D(shape=(image_size, image_size), dtype="uint8")
     features["decode_error"] = datasets.Value("string")
     mapped = ds.cast_column("image", datasets.Image(decode=False)).map(
-        _decode_fn(image_size),
+        _decode_fn(image_size, clahe),
         features=features,
         cache_file_name=str(cache_file),
         load_from_cache_file=True,

@@ -126,7 +126,8 @@ def evaluate_folder(
     model, prep = clf.model, clf.preprocess
     with accelerator.main_process_first():
         ds = load_radiographs(data)
-        cached = cache_pixels(ds, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+        cached = cache_pixels(ds, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+                              clahe=prep.clahe)
     view = RadiographDataset(cached.dataset, prep)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model, loader = accelerator.prepare(model, loader)

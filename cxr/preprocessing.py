@@ -35,6 +35,7 @@ __all__ = [
     "to_grayscale",
     "load_grayscale",
     "resize_grayscale",
+    "apply_clahe",
     "grayscale_to_tensor",
     "TrainAugmentation",
 ]
@@ -97,6 +98,14 @@ def load_grayscale(image: ImageLike) -> Image.Image:
     return to_grayscale(image)
 
 
+def apply_clahe(image: Image.Image, clip_limit: float = 2.0, tiles: int = 8) -> Image.Image:
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of a mode-``L`` image."""
+    import cv2
+
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
+    return Image.fromarray(clahe.apply(np.asarray(image, dtype=np.uint8)), mode="L")
+
+
 def resize_grayscale(image: Image.Image, size: int) -> np.ndarray:
     """Resize a mode-``L`` image to ``size x size`` (bilinear, antialiased) as a uint8 array."""
     if image.size != (size, size):
@@ -136,6 +145,8 @@ class PreprocessConfig:
         label_names: output class names, in the order of the model's logits.
         interpolation: resize filter (always ``bilinear``; recorded for other tools).
         version: :data:`PREPROCESS_VERSION` when the checkpoint was written.
+        clahe: apply OpenCV's CLAHE (clip limit 2.0, 8x8 tiles) to the grey image before resizing
+            (the study's dropped CLAHE arm).
     """
 
     image_size: int
@@ -146,6 +157,7 @@ class PreprocessConfig:
     label_names: Tuple[str, ...] = CLASS_NAMES
     interpolation: str = "bilinear"
     version: int = PREPROCESS_VERSION
+    clahe: bool = False
 
     @classmethod
     def create(
@@ -156,6 +168,7 @@ class PreprocessConfig:
             model_mean: Optional[Sequence[float]] = None,
             model_std: Optional[Sequence[float]] = None,
             label_names: Sequence[str] = CLASS_NAMES,
+            clahe: bool = False,
     ) -> "PreprocessConfig":
         """Resolve ``--norm`` into per-channel statistics for a model with ``in_chans`` inputs.
 
@@ -166,6 +179,7 @@ class PreprocessConfig:
             model_mean: the backbone's own mean (timm ``pretrained_cfg``), used for ``model``.
             model_std: the backbone's own std.
             label_names: class names in logit order.
+            clahe: apply CLAHE before resizing.
 
         Returns:
             A frozen config.
@@ -186,6 +200,7 @@ class PreprocessConfig:
             std=std,
             norm=norm,
             label_names=tuple(label_names),
+            clahe=bool(clahe),
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -216,8 +231,11 @@ class PreprocessConfig:
         }
 
     def pixels(self, image: ImageLike) -> np.ndarray:
-        """Decode and resize: the ``image_size x image_size`` uint8 grey array (cacheable)."""
-        return resize_grayscale(load_grayscale(image), self.image_size)
+        """Decode, [CLAHE,] resize: the ``image_size x image_size`` uint8 grey array (cacheable)."""
+        grey = load_grayscale(image)
+        if self.clahe:
+            grey = apply_clahe(grey)
+        return resize_grayscale(grey, self.image_size)
 
     def normalize(self, pixels: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """Normalise cached/augmented uint8 pixels into the model's ``CxHxW`` input."""

@@ -41,7 +41,7 @@ from .checkpoint import (
 )
 from .data import RadiographDataset, cache_pixels, load_radiographs
 from .errors import CXRError
-from .evaluation import predict, write_evaluation, write_json
+from .evaluation import predict, write_evaluation, write_json, write_predictions
 from .labels import CLASS_NAMES, NORMALIZATIONS
 from .metrics import compute_metrics, critical_to_normal, selection_key
 from .models import (
@@ -66,7 +66,7 @@ SCHEDULERS = ("constant", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
-_RESUME_LOCKED = ("model", "image_size", "norm", "seed", "train_layers", "pretrained", "batch_size", "optimizer")
+_RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer")
 
 
 @dataclasses.dataclass
@@ -99,6 +99,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     skip_bad_images: bool = False
     overwrite_output_dir: bool = False
+    clahe: bool = False
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -239,7 +240,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         saved = state["config"]
-        changed = [k for k in _RESUME_LOCKED if saved.get(k) != getattr(cfg, k)]
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        changed = [k for k in _RESUME_LOCKED if saved.get(k, defaults[k]) != getattr(cfg, k)]
         if changed:
             raise CXRError(
                 "--resume: the checkpoint was trained with other settings: "
@@ -249,7 +251,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     # Data: decode and resize once (main process first, the others then read its cache).
     with accelerator.main_process_first():
         ds = load_radiographs(cfg.data)
-        cached = cache_pixels(ds, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images)
+        cached = cache_pixels(ds, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
+                              clahe=cfg.clahe)
     pix = cached.dataset
     file_names = pix["file_name"]
     if state is not None:
@@ -267,7 +270,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     pcfg = model.pretrained_cfg
     prep = PreprocessConfig.create(
         cfg.image_size, in_chans=pcfg["input_size"][0], norm=cfg.norm,
-        model_mean=pcfg.get("mean"), model_std=pcfg.get("std"),
+        model_mean=pcfg.get("mean"), model_std=pcfg.get("std"), clahe=cfg.clahe,
     )
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -401,8 +404,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     from safetensors.torch import load_file
 
     accelerator.unwrap_model(model).load_state_dict(load_file(str(out / "model" / "model.safetensors")))
-    _, tr_labels, tr_probs = predict(model, train_eval_loader, accelerator, desc="train (un-augmented)")
-    _, va_labels, va_probs = predict(model, val_loader, accelerator, desc="validation")
+    tr_index, tr_labels, tr_probs = predict(model, train_eval_loader, accelerator, desc="train (un-augmented)")
+    va_index, va_labels, va_probs = predict(model, val_loader, accelerator, desc="validation")
     te_index, te_labels, te_probs = predict(model, test_loader, accelerator, desc="test")
     metrics = {
         "train": _split_metrics(tr_labels, tr_probs),
@@ -414,13 +417,17 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         write_json(out / "history.json", {"best_epoch": best["epoch"], "epochs": history})
         plot_training_curves(out / "training_curves.png", history, best_epoch=best["epoch"])
         test_files = [file_names[rows["test"][i]] for i in te_index]
+        write_predictions(out / "predictions_validation.csv", [file_names[rows["validation"][i]] for i in va_index],
+                          va_labels, va_probs)
+        write_predictions(out / "predictions_train.csv", [file_names[rows["train"][i]] for i in tr_index],
+                          tr_labels, tr_probs)
         info = {
             "data": f"{cfg.data} ({len(pix)} images; split {len(rows['train'])}/{len(rows['validation'])}/"
                     f"{len(rows['test'])}, seed {cfg.seed}, {SPLIT_NAME})",
             "pretrained": pretrained_source,
             "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
-            "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
-                             f"mean {list(prep.mean)} std {list(prep.std)}",
+            "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
+                             f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
             "optimisation": f"{cfg.optimizer} lr {cfg.lr}, {cfg.lr_scheduler} schedule, batch {cfg.batch_size}, "
                             f"{cfg.epochs} epochs, {accelerator.num_processes} process(es)",
             "kept epoch": f"{best['epoch']} (best validation accuracy, ties: fewer COVID + Viral Pn. called Normal)",

@@ -14,7 +14,8 @@ from cxr.metrics import selection_key
 
 EXPECTED_FILES = [
     "checkpoint.pt", "confusion_matrix.png", "history.json", "metrics.json", "model", "predictions.csv",
-    "report.md", "run_config.json", "split.json", "training_curves.png",
+    "predictions_train.csv", "predictions_validation.csv", "report.md", "run_config.json", "split.json",
+    "training_curves.png",
 ]
 
 

@@ -1,0 +1,146 @@
+"""Uncertainty and calibration for a test set: bootstrap intervals, McNemar's test, ECE, temperature.
+
+All functions take saved predictions (true labels and class probabilities), so every figure of a
+study report can be recomputed from its ``predictions*.csv`` files.
+
+Example:
+    >>> y = np.array([0, 0, 1, 1]); p = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8]])
+    >>> round(expected_calibration_error(y, p, n_bins=2), 3)
+    0.25
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "stratified_bootstrap_ci",
+    "accuracy_of",
+    "recall_of",
+    "mcnemar_test",
+    "expected_calibration_error",
+    "reliability_bins",
+    "fit_temperature",
+    "apply_temperature",
+    "negative_log_likelihood",
+]
+
+
+def accuracy_of(y: np.ndarray, pred: np.ndarray) -> float:
+    """Share of correct predictions."""
+    return float(np.mean(y == pred))
+
+
+def recall_of(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A statistic: recall of class ``k`` (NaN if the resample has none of it)."""
+
+    def recall(y: np.ndarray, pred: np.ndarray) -> float:
+        mask = y == k
+        return float(np.mean(pred[mask] == k)) if mask.any() else float("nan")
+
+    return recall
+
+
+def stratified_bootstrap_ci(
+        y: np.ndarray,
+        pred: np.ndarray,
+        statistic: Callable[[np.ndarray, np.ndarray], float],
+        n_resamples: int = 1000,
+        confidence: float = 0.95,
+        seed: int = 0,
+) -> Tuple[float, float, float]:
+    """Percentile bootstrap interval, resampling within each true class (class sizes kept fixed).
+
+    Args:
+        y: true labels.
+        pred: predicted labels.
+        statistic: ``f(y, pred) -> float``.
+        n_resamples: bootstrap resamples.
+        confidence: interval coverage.
+        seed: RNG seed (intervals are reproducible).
+
+    Returns:
+        ``(estimate, low, high)``.
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    stats = np.empty(n_resamples)
+    for b in range(n_resamples):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        stats[b] = statistic(y[idx], pred[idx])
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
+    return float(statistic(y, pred)), float(low), float(high)
+
+
+def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> Dict[str, float]:
+    """McNemar's test of two classifiers on the same images.
+
+    Uses the exact binomial test when fewer than 25 images are discordant, otherwise the chi-squared
+    statistic with continuity correction.
+
+    Returns:
+        ``b`` (A right, B wrong), ``c`` (A wrong, B right), ``statistic``, ``p_value`` and ``method``.
+    """
+    from scipy import stats
+
+    right_a, right_b = np.asarray(pred_a) == y, np.asarray(pred_b) == y
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "statistic": 0.0, "p_value": 1.0, "method": "exact"}
+    if n < 25:
+        p = float(stats.binomtest(min(b, c), n, 0.5, alternative="two-sided").pvalue)
+        return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": min(p, 1.0), "method": "exact"}
+    chi2 = (abs(b - c) - 1) ** 2 / n
+    return {"b": b, "c": c, "statistic": float(chi2), "p_value": float(stats.chi2.sf(chi2, 1)), "method": "chi2-cc"}
+
+
+def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> Dict[str, np.ndarray]:
+    """Confidence (top probability) histogram: per equal-width bin its count, mean confidence and accuracy."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the count-weighted mean gap between accuracy and confidence over equal-width bins."""
+    bins = reliability_bins(y, probs, n_bins)
+    used = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][used] - bins["confidence"][used])
+    return float(np.sum(bins["count"][used] * gaps) / np.sum(bins["count"]))
+
+
+def negative_log_likelihood(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean cross-entropy of the true class."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), np.asarray(y)], 1e-12, None))))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities as ``softmax(log p / T)`` (logits are ``log p`` up to a constant)."""
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(y: np.ndarray, probs: np.ndarray, bounds: Sequence[float] = (0.05, 20.0)) -> float:
+    """The temperature minimising validation NLL (Guo et al. 2017), by bounded search on ``log T``."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda log_t: negative_log_likelihood(y, apply_temperature(probs, math.exp(log_t))),
+                          bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(math.exp(res.x))

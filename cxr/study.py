@@ -1,0 +1,241 @@
+"""The whole study in one command: every model on one split, then one comparison report.
+
+``python -m cxr.study --data DIR --output-dir runs/study [--models …] [--preset paper|cpu-quick] [--clahe]``
+makes one split (seed 1), trains every listed model on it through :func:`cxr.training.train` (the
+code path of ``train_accelerate.py``; ``accelerate launch -m cxr.study …`` works too), skips runs
+that already finished and resumes interrupted ones, then writes ``study.md``, ``study.json``,
+``reliability.png`` and ``gradcam_grid.png`` — every number recomputed from the runs' saved
+predictions. Research use only — not for diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .errors import CXRError
+
+__all__ = ["PRESETS", "StudyArm", "plan_study", "run_study", "main"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How a preset trains each model.
+
+    Attributes:
+        models: default ``--models``.
+        image_size: input side for every model (one size, so rows compare).
+        norm: normalisation for every model.
+        epochs / batch_size: ``None`` keeps each model's study default.
+        offline_only: models without offline ImageNet weights train from scratch, all layers
+            (frozen random layers would be meaningless), instead of failing.
+        scratch_twins: models also trained from scratch, to show what ImageNet weights add.
+        note: what the preset changes from the paper, for the report.
+    """
+
+    models: Sequence[str]
+    image_size: int
+    norm: str
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    offline_only: bool = False
+    scratch_twins: Sequence[str] = ()
+    note: str = ""
+
+
+PRESETS: Dict[str, Preset] = {
+    "paper": Preset(
+        models=("alexnet", "vgg19_bn", "resnet50", "logreg", "tf_efficientnet_lite0"),
+        image_size=224, norm="radiography", scratch_twins=("tf_efficientnet_lite0",),
+        note="The study's protocol: 224 px, the radiography normalisation, each model's study epochs, batch size "
+             "and trained layers, Adam 5e-4, ImageNet weights (AlexNet, VGG19_bn and ResNet50 need the Hub).",
+    ),
+    "cpu-quick": Preset(
+        models=("logreg", "alexnet", "resnet50", "tf_efficientnet_lite0"),
+        image_size=96, norm="model", epochs=6, batch_size=32, offline_only=True,
+        scratch_twins=("tf_efficientnet_lite0",),
+        note="Shrunk to finish on a 2-core CPU: 96 px, 6 epochs, batch 32 for every model; VGG19_bn is left out "
+             "(under 1 image/s here); AlexNet and ResNet50 have no offline ImageNet weights and train from "
+             "scratch, all layers; EfficientNet-Lite0 keeps its offline ImageNet weights and is also trained "
+             "from scratch for comparison.",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyArm:
+    """One training run of the study: its folder name, model and settings."""
+
+    name: str
+    model: str
+    pretrained: bool
+    train_layers: Optional[str]
+    clahe: bool = False
+    note: str = ""
+
+
+def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> List[StudyArm]:
+    """The runs a study trains, in report order (checked: unknown models fail here, before training)."""
+    import timm
+
+    from .models import model_spec
+    from .models.pretrained import check_pretrained_available, offline_weights_file
+
+    arms: List[StudyArm] = []
+    for name in models:
+        spec = model_spec(name)
+        cfg = timm.get_pretrained_cfg(spec.name)
+        has_weights = bool(cfg and cfg.has_weights) or offline_weights_file(spec.name) is not None
+        offline = offline_weights_file(spec.name) is not None
+        if preset.offline_only and not offline:
+            arm = StudyArm(spec.name, spec.name, False, "all",
+                           note="from scratch, all layers (no offline ImageNet weights)" if has_weights else "")
+        else:
+            if has_weights and not offline:
+                check_pretrained_available(spec.name, cfg)  # offline: fail now, not after hours of other runs
+            arm = StudyArm(spec.name, spec.name, True, None)
+        arms.append(arm)
+        if spec.name in preset.scratch_twins and arm.pretrained:
+            arms.append(StudyArm(f"{spec.name}-scratch", spec.name, False, "all",
+                                 note="from scratch, all layers (to compare with ImageNet weights)"))
+        if clahe:
+            arms.append(dataclasses.replace(arm, name=f"{arm.name}-clahe", clahe=True,
+                                            note=(arm.note + "; " if arm.note else "") + "CLAHE before resizing"))
+    return arms
+
+
+def _train_arm(arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int,
+               cache_dir: Optional[str]) -> str:
+    from .training import CHECKPOINT_NAME, TrainConfig, train
+
+    run_dir = out / arm.name
+    if (run_dir / "metrics.json").is_file() and (run_dir / "predictions_train.csv").is_file():
+        return "skipped (finished)"
+    resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None
+    train(TrainConfig(
+        model=arm.model, data=data, output_dir=str(run_dir), epochs=preset.epochs, batch_size=preset.batch_size,
+        image_size=preset.image_size, norm=preset.norm, pretrained=arm.pretrained, train_layers=arm.train_layers,
+        clahe=arm.clahe, split_file=str(split_file), num_workers=num_workers, cache_dir=cache_dir, resume=resume,
+        overwrite_output_dir=True,
+    ))
+    return "resumed" if resume else "trained"
+
+
+def run_study(
+        data: str,
+        output_dir: Path,
+        models: Optional[Sequence[str]] = None,
+        preset_name: str = "cpu-quick",
+        clahe: bool = False,
+        num_workers: int = 2,
+        cache_dir: Optional[str] = None,
+        bootstrap: int = 1000,
+        cam_images_per_class: int = 2,
+) -> Dict[str, object]:
+    """Train every arm on one split and write the comparison report.
+
+    Args:
+        data: Kaggle-layout folder (or dataset id).
+        output_dir: study folder: one sub-folder per run, ``split.json``, the report.
+        models: ``--models`` (default: the preset's).
+        preset_name: ``paper`` or ``cpu-quick``.
+        clahe: also train each model with CLAHE preprocessing.
+        num_workers: loader workers per run.
+        cache_dir: resized-pixel cache.
+        bootstrap: bootstrap resamples for the intervals.
+        cam_images_per_class: test images per class in the Grad-CAM figure.
+
+    Returns:
+        The ``study.json`` dict.
+    """
+    from accelerate import PartialState
+
+    from .data import load_radiographs
+    from .splits import save_split, stratified_split
+    from .study_analysis import analyse_study
+    from .study_report import write_study_report
+
+    if preset_name not in PRESETS:
+        raise CXRError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
+    preset = PRESETS[preset_name]
+    arms = plan_study(models or preset.models, preset, clahe)
+    state = PartialState()
+    out = Path(output_dir)
+    ds = load_radiographs(data)  # layout errors surface before anything is written
+    split_file = out / "split.json"
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not split_file.is_file():
+            save_split(split_file, stratified_split(ds["file_name"], ds["label"], seed=1), seed=1)
+    state.wait_for_everyone()
+    log: Dict[str, Dict[str, object]] = {}
+    for i, arm in enumerate(arms, 1):
+        t0 = time.time()
+        if state.is_main_process:
+            print(f"[study {i}/{len(arms)}] {arm.name}{' — ' + arm.note if arm.note else ''}", flush=True)
+        status = _train_arm(arm, preset, data, out, split_file, num_workers, cache_dir)
+        log[arm.name] = {"status": status, "seconds": round(time.time() - t0, 1)}
+        if state.is_main_process:
+            print(f"[study {i}/{len(arms)}] {arm.name}: {status} in {log[arm.name]['seconds']} s", flush=True)
+    result: Dict[str, object] = {}
+    if state.is_main_process:
+        split = json.loads(split_file.read_text())
+        all_files = [n for part in ("train", "validation", "test") for n in split[part]]
+        data_dir = Path(data) if Path(data).is_dir() else None
+        analysis = analyse_study({a.name: out / a.name for a in arms}, data_dir, all_files, n_resamples=bootstrap)
+        result = {
+            "preset": preset_name, "preset_note": preset.note, "data": data,
+            "split": {p: len(split[p]) for p in ("train", "validation", "test")},
+            "arms": [dataclasses.asdict(a) for a in arms], "runs_log": log, "bootstrap_resamples": bootstrap,
+            **analysis,
+        }
+        write_study_report(out, result, cam_images_per_class=cam_images_per_class, data=data)
+    state.wait_for_everyone()
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m cxr.study``."""
+    from .cli import run_cli
+
+    p = argparse.ArgumentParser(
+        prog="python -m cxr.study",
+        description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
+                    "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
+        epilog="Research use only — not for diagnosis.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="Image folder in the Kaggle layout (or a dataset id).")
+    p.add_argument("--output-dir", required=True, type=Path, help="Study folder (finished runs in it are skipped).")
+    p.add_argument("--models", default=None,
+                   help="Comma-separated models (default: the preset's: " +
+                        "; ".join(f"{k}: {','.join(v.models)}" for k, v in PRESETS.items()) + ").")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu-quick",
+                   help="paper: the study's protocol; cpu-quick: shrunk to finish on a 2-core CPU in under 30 minutes.")
+    p.add_argument("--clahe", action="store_true", help="Also train every model with CLAHE before resizing.")
+    p.add_argument("--num-workers", type=int, default=2, help="Data-loader workers per run.")
+    p.add_argument("--cache-dir", default=None, help="Folder for decoded, resized images.")
+    p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95%% intervals.")
+    p.add_argument("--cam-images", type=int, default=2, help="Test images per class in the Grad-CAM figure.")
+    args = p.parse_args(argv)
+
+    def run():
+        if args.bootstrap < 100:
+            raise CXRError(f"--bootstrap must be at least 100, got {args.bootstrap}")
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        run_study(args.data, args.output_dir, models, args.preset, args.clahe, args.num_workers, args.cache_dir,
+                  args.bootstrap, args.cam_images)
+        print(f"wrote {args.output_dir / 'study.md'}")
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

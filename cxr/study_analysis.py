@@ -1,0 +1,181 @@
+"""Every number of a study report, recomputed from the runs' saved predictions.
+
+:func:`analyse_study` reads each run's ``predictions_train.csv``, ``predictions_validation.csv``
+and ``predictions.csv`` (test) and returns a JSON-ready dict: Table 1, per-class tables, bootstrap
+intervals, McNemar's tests, calibration before and after temperature scaling, and a source audit
+when the data carries source metadata.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .labels import CLASS_NAMES, CRITICAL_CLASSES
+from .metrics import compute_metrics
+from .stats import (
+    accuracy_of,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    mcnemar_test,
+    negative_log_likelihood,
+    recall_of,
+    reliability_bins,
+    stratified_bootstrap_ci,
+)
+
+__all__ = ["Predictions", "read_predictions", "analyse_study", "read_sources", "source_audit"]
+
+_logger = logging.getLogger(__name__)
+
+PREDICTION_FILES = {"train": "predictions_train.csv", "validation": "predictions_validation.csv", "test": "predictions.csv"}
+
+
+class Predictions:
+    """One part's saved predictions: ``files``, true labels ``y`` and ``probs`` (N x 4)."""
+
+    def __init__(self, files: List[str], y: np.ndarray, probs: np.ndarray):
+        self.files, self.y, self.probs = files, y, probs
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def read_predictions(path: Path) -> Predictions:
+    """Parse a ``predictions*.csv`` written by a run."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    files = [r["file_name"] for r in rows]
+    y = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
+    return Predictions(files, y, probs)
+
+
+def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
+    """``{"<Class>/<file>": source}`` from a ``metadata.csv`` with a source column, else ``None``.
+
+    Accepts the sample's layout (``file_name``, ``label``, ``source_repo``) and similar ones: the file
+    column is the first whose name contains "file", the source column the first containing "source"
+    (or "url").
+    """
+    path = Path(data_dir) / "metadata.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        file_col = next((c for c in cols if "file" in c.lower()), None)
+        source_col = next((c for c in cols if "source" in c.lower() and "commit" not in c.lower()
+                           and "path" not in c.lower()), None) or next((c for c in cols if "url" in c.lower()), None)
+        label_col = next((c for c in cols if c.lower() in ("label", "class")), None)
+        if not file_col or not source_col:
+            return None
+        out = {}
+        for row in reader:
+            name = Path(row[file_col]).name
+            key = f"{row[label_col]}/{name}" if label_col else name
+            out[key] = row[source_col]
+    return out
+
+
+def source_audit(sources: Dict[str, str], all_files: Sequence[str], runs: Dict[str, Predictions]) -> Dict[str, Any]:
+    """Per-class sources of the whole data, warnings for single-source classes, test accuracy per source."""
+    def source_of(name: str) -> str:
+        return sources.get(name) or sources.get(name.split("/", 1)[-1], "unknown")
+
+    per_class: Dict[str, Dict[str, int]] = {c: {} for c in CLASS_NAMES}
+    for name in all_files:
+        cls = name.split("/", 1)[0]
+        src = source_of(name)
+        per_class[cls][src] = per_class[cls].get(src, 0) + 1
+    classes_of_source: Dict[str, set] = {}
+    for cls, srcs in per_class.items():
+        for src in srcs:
+            classes_of_source.setdefault(src, set()).add(cls)
+    warnings = []
+    for cls, srcs in per_class.items():
+        if len(srcs) == 1:
+            src = next(iter(srcs))
+            only = classes_of_source[src] == {cls}
+            warnings.append(
+                f"{cls} is drawn from one source only ({src})"
+                + ("; that source supplies no other class, so recognising the source alone identifies the class."
+                   if only else ".")
+            )
+    accuracy = {}
+    for run, p in runs.items():
+        by_src: Dict[str, List[bool]] = {}
+        for name, yy, pp in zip(p.files, p.y, p.pred):
+            by_src.setdefault(source_of(name), []).append(bool(yy == pp))
+        accuracy[run] = {s: {"n": len(v), "accuracy": float(np.mean(v))} for s, v in sorted(by_src.items())}
+    return {"per_class": per_class, "warnings": warnings, "test_accuracy_by_source": accuracy}
+
+
+def _run_numbers(parts: Dict[str, Predictions], n_resamples: int) -> Dict[str, Any]:
+    test, val = parts["test"], parts["validation"]
+    m_test = compute_metrics(test.y, test.probs)
+    m_val = compute_metrics(val.y, val.probs)
+    covid = CLASS_NAMES.index("COVID")
+    t = fit_temperature(val.y, val.probs)
+    test_scaled = apply_temperature(test.probs, t)
+    val_scaled = apply_temperature(val.probs, t)
+    return {
+        "train_accuracy": compute_metrics(parts["train"].y, parts["train"].probs)["accuracy"],
+        "validation": {"accuracy": m_val["accuracy"], "critical_to_normal": m_val["critical_to_normal"]},
+        "test": {k: m_test[k] for k in ("accuracy", "per_class", "to_normal", "confusion_matrix", "auroc", "num_images")},
+        "ci95": {
+            "accuracy": stratified_bootstrap_ci(test.y, test.pred, accuracy_of, n_resamples),
+            "covid_recall": stratified_bootstrap_ci(test.y, test.pred, recall_of(covid), n_resamples),
+        },
+        "calibration": {
+            "temperature": t,
+            "ece_test_before": expected_calibration_error(test.y, test.probs),
+            "ece_test_after": expected_calibration_error(test.y, test_scaled),
+            "nll_validation_before": negative_log_likelihood(val.y, val.probs),
+            "nll_validation_after": negative_log_likelihood(val.y, val_scaled),
+            "nll_test_before": negative_log_likelihood(test.y, test.probs),
+            "nll_test_after": negative_log_likelihood(test.y, test_scaled),
+            "reliability_before": {k: v.tolist() for k, v in reliability_bins(test.y, test.probs).items()},
+            "reliability_after": {k: v.tolist() for k, v in reliability_bins(test.y, test_scaled).items()},
+        },
+    }
+
+
+def analyse_study(
+        run_dirs: Dict[str, Path],
+        data_dir: Optional[Path] = None,
+        all_files: Sequence[str] = (),
+        n_resamples: int = 1000,
+) -> Dict[str, Any]:
+    """Recompute every figure of the study report from the runs' prediction files.
+
+    Args:
+        run_dirs: ``{run name: run folder}`` in report order.
+        data_dir: the data folder (for ``metadata.csv``'s sources).
+        all_files: every file of the split (for the per-class source counts).
+        n_resamples: bootstrap resamples.
+
+    Returns:
+        ``{"runs": {name: numbers}, "best": name, "mcnemar": {...}, "source_audit": {...} | None}``.
+    """
+    parts = {name: {part: read_predictions(d / f) for part, f in PREDICTION_FILES.items()} for name, d in run_dirs.items()}
+    test_files = {name: p["test"].files for name, p in parts.items()}
+    first = next(iter(test_files.values()))
+    for name, files in test_files.items():
+        if files != first:
+            raise ValueError(f"run {name} was tested on other images than the others: a study needs one split")
+    runs = {name: _run_numbers(p, n_resamples) for name, p in parts.items()}
+    # the best model is chosen on validation (as each run chose its epoch), never on test
+    best = max(runs, key=lambda n: (runs[n]["validation"]["accuracy"], -runs[n]["validation"]["critical_to_normal"]))
+    y = parts[best]["test"].y
+    mcnemar = {name: mcnemar_test(y, parts[best]["test"].pred, parts[name]["test"].pred)
+               for name in runs if name != best}
+    sources = read_sources(data_dir) if data_dir else None
+    audit = source_audit(sources, all_files, {n: p["test"] for n, p in parts.items()}) if sources else None
+    return {"runs": runs, "best": best, "mcnemar": mcnemar, "source_audit": audit,
+            "critical_classes": list(CRITICAL_CLASSES)}

@@ -1,0 +1,246 @@
+"""``study.md``, ``study.json`` and the study's figures, written from :func:`cxr.study_analysis.analyse_study`.
+
+Figures: ``reliability.png`` (reliability diagrams before/after temperature scaling, one panel per
+run) and ``gradcam_grid.png`` (the paper's Table 6 as one figure: test images of each class, the
+original beside every run's Grad-CAM, computed with the app's code).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .labels import CLASS_NAMES, CRITICAL_CLASSES
+from .report import DISCLAIMER
+from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
+
+__all__ = ["write_study_report", "plot_reliability", "plot_gradcam_grid"]
+
+_logger = logging.getLogger(__name__)
+
+_TO_NORMAL = ("COVID", "Viral Pneumonia", "Lung_Opacity")
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _ci(t) -> str:
+    est, lo, hi = t
+    return f"{100 * est:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _table1(result: Dict[str, Any]) -> List[str]:
+    lines = ["| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
+             "|---|---|---|---|---|---|---|"]
+    n = next(iter(result["runs"].values()))["test"]["num_images"]
+    for name, r in result["runs"].items():
+        to_n = r["test"]["to_normal"]
+        lines.append(f"| {name} (ours) | {n} test images | {_pct(r['train_accuracy'])} | {_pct(r['test']['accuracy'])} | "
+                     + " | ".join(str(to_n[c]) for c in _TO_NORMAL) + " |")
+    for key, row in STUDY_TABLE1.items():
+        lines.append(f"| {row['label']} (paper) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
+                     + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL) + " |")
+    return lines
+
+
+def _per_class_tables(result: Dict[str, Any]) -> List[str]:
+    lines: List[str] = []
+    for i, (name, r) in enumerate(result["runs"].items(), start=2):
+        arch = next(a["model"] for a in result["arms"] if a["name"] == name)
+        paper = STUDY_PER_CLASS.get(arch) if name == arch else None
+        lines += [f"**Table {i}: {name}**", "",
+                  "| class | precision | recall | F1 | support |" + (" paper precision | paper recall | paper F1 |" if paper else ""),
+                  "|---|---|---|---|---|" + ("---|---|---|" if paper else "")]
+        for c in CLASS_NAMES:
+            pc = r["test"]["per_class"][c]
+            line = f"| {c} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
+            if paper:
+                s = paper[c]
+                line += f" {s['precision']:.2f}% | {s['recall']:.2f}% | {s['f1']:.2f}% |"
+            lines.append(line)
+        lines.append("")
+        if paper:
+            lines += ["The paper printed its precision and recall swapped (it divided by the true counts); its "
+                      "columns here are corrected.", ""]
+    return lines
+
+
+def plot_reliability(path: Path, result: Dict[str, Any]) -> None:
+    """Reliability diagrams, before and after temperature scaling, one panel per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    cols = min(4, len(runs))
+    rows = (len(runs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), dpi=110, squeeze=False)
+    for ax, (name, r) in zip(axes.flat, runs.items()):
+        cal = r["calibration"]
+        for key, colour, label in (("reliability_before", "tab:red", "before"), ("reliability_after", "tab:blue", "after T")):
+            b = cal[key]
+            centres = (np.array(b["edges"][:-1]) + np.array(b["edges"][1:])) / 2
+            used = np.array(b["count"]) > 0
+            ax.plot(centres[used], np.array(b["accuracy"])[used], "o-", color=colour, ms=3,
+                    label=f"{label} (ECE {cal['ece_test_before' if key.endswith('before') else 'ece_test_after']:.3f})")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set_title(f"{name} (T = {cal['temperature']:.2f})", fontsize=9)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    fig.suptitle("Reliability on the test set, before and after temperature scaling (fitted on validation)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path], method: str = "GradCAM") -> None:
+    """The paper's Table 6 as one figure: each image, then each run's Grad-CAM for its predicted class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .cam import class_activation_map, overlay_heatmap
+    from .classifier import CXRClassifier
+    from .demo import ModelBoard
+    from .inputs import read_radiograph
+
+    classifiers = {name: CXRClassifier.from_pretrained(d / "model") for name, d in run_dirs.items()}
+    fig, axes = plt.subplots(len(images), 1 + len(classifiers), figsize=(2.1 * (1 + len(classifiers)), 2.3 * len(images)),
+                             dpi=100, squeeze=False)
+    for row, img_path in enumerate(images):
+        image, _ = read_radiograph(img_path)
+        shown = ModelBoard.shown_image(image)
+        axes[row, 0].imshow(shown, cmap="gray")
+        axes[row, 0].set_title(f"{img_path.parent.name}\n{img_path.name}", fontsize=7)
+        for col, (name, clf) in enumerate(classifiers.items(), start=1):
+            probs = clf.predict(image)
+            pred = max(probs, key=probs.get)
+            axes[row, col].imshow(overlay_heatmap(shown, class_activation_map(clf, image, method=method)))
+            axes[row, col].set_title(f"{name}\n→ {pred} ({probs[pred]:.2f})", fontsize=7,
+                                     color="black" if pred == img_path.parent.name else "red")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"{method} for each run's predicted class (red: wrong) — {DISCLAIMER}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _cam_images(result: Dict[str, Any], data: str, out: Path, per_class: int) -> List[Path]:
+    split = json.loads((out / "split.json").read_text())
+    root = Path(data)
+    picked: List[Path] = []
+    for c in CLASS_NAMES:
+        for name in [n for n in split["test"] if n.startswith(c + "/")][:per_class]:
+            base = name.split("/", 1)[1]
+            candidates = [root / c / "images" / base, root / c / base]
+            picked += [p for p in candidates if p.is_file()][:1]
+    return picked
+
+
+def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: int = 2, data: str = "") -> None:
+    """Write ``study.json``, ``study.md``, ``reliability.png`` and (for folder data) ``gradcam_grid.png``."""
+    out = Path(out)
+    (out / "study.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_reliability(out / "reliability.png", result)
+    images = _cam_images(result, data, out, cam_images_per_class) if data and Path(data).is_dir() else []
+    if images:
+        plot_gradcam_grid(out / "gradcam_grid.png", {a["name"]: out / a["name"] for a in result["arms"]}, images)
+    runs, best = result["runs"], result["best"]
+    lines = [
+        "# The study, reproduced: one split, every model",
+        "",
+        f"**{DISCLAIMER}** Every number below is recomputed from the runs' saved predictions "
+        "(`<run>/predictions_train.csv`, `predictions_validation.csv`, `predictions.csv`) by `cxr.study_analysis`.",
+        "",
+        f"- Command preset: `{result['preset']}` — {result['preset_note']}",
+        f"- Data: {result['data']}; split (seed 1, stratified): {result['split']['train']} / {result['split']['validation']} / "
+        f"{result['split']['test']} (train / validation / test), `split.json`.",
+        "- Runs: " + "; ".join(f"`{a['name']}`" + (f" ({a['note']})" if a["note"] else "") for a in result["arms"]) + ".",
+        f"- Paper rows: {STUDY_SOURCE}. Different test sets: compare directions, not decimals.",
+        "",
+        "## Table 1",
+        "",
+        "Counts are test images of each class predicted as Normal; the primary aim is the fewest COVID and "
+        "Viral Pneumonia images called Normal.",
+        "",
+        *_table1(result),
+        "",
+        "## Tables 2–%d: per class (test)" % (1 + len(runs)),
+        "",
+        "Precision = correct / predicted as the class; recall = correct / truly the class.",
+        "",
+        *_per_class_tables(result),
+        "## Uncertainty",
+        "",
+        f"95% intervals: stratified bootstrap ({result.get('bootstrap_resamples', 1000):,} resamples within each true class). McNemar's test compares the "
+        f"best run on validation (`{best}`) with each other run on the same test images (exact binomial test under "
+        "25 discordant images, else chi-squared with continuity correction).",
+        "",
+        "| run | test accuracy [95% CI] | COVID recall [95% CI] | McNemar vs best: b / c | p |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        mc = result["mcnemar"].get(name)
+        mc_cells = f"{mc['b']} / {mc['c']} | {mc['p_value']:.3g}" if mc else "(best) | –"
+        lines.append(f"| {name} | {_ci(r['ci95']['accuracy'])} | {_ci(r['ci95']['covid_recall'])} | {mc_cells} |")
+    lines += ["", "b: images the best run gets right and this run wrong; c: the reverse.", "",
+              "## Calibration", "",
+              "Expected calibration error (15 equal-width confidence bins) on the test set, and validation NLL, before "
+              "and after temperature scaling fitted on the validation set.", "",
+              "| run | T | ECE before | ECE after | val NLL before | val NLL after |", "|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        c = r["calibration"]
+        lines.append(f"| {name} | {c['temperature']:.3f} | {c['ece_test_before']:.4f} | {c['ece_test_after']:.4f} | "
+                     f"{c['nll_validation_before']:.4f} | {c['nll_validation_after']:.4f} |")
+    lines += ["", "![Reliability diagrams](reliability.png)", ""]
+    pairs = [(a["name"], a["name"] + "-scratch") for a in result["arms"] if a["name"] + "-scratch" in runs]
+    if pairs:
+        lines += ["## ImageNet weights versus training from scratch", "", "| model | pretrained test acc | scratch test acc |",
+                  "|---|---|---|"]
+        lines += [f"| {p} | {_pct(runs[p]['test']['accuracy'])} | {_pct(runs[s]['test']['accuracy'])} |" for p, s in pairs]
+        lines.append("")
+    clahe = [(a["name"][: -len("-clahe")], a["name"]) for a in result["arms"] if a["clahe"]]
+    if clahe:
+        lines += ["## CLAHE", "", "The paper dropped CLAHE after AlexNet fell to 73.37%. Same runs, with CLAHE (OpenCV, clip 2.0, "
+                  "8×8 tiles) applied before resizing:", "", "| model | test acc | with CLAHE | difference |", "|---|---|---|---|"]
+        for base, arm in clahe:
+            a, b = runs[base]["test"]["accuracy"], runs[arm]["test"]["accuracy"]
+            lines.append(f"| {base} | {_pct(a)} | {_pct(b)} | {100 * (b - a):+.2f} points |")
+        lines.append("")
+    if images:
+        lines += ["## Grad-CAM (the paper's Table 6)", "",
+                  "Test images of each class; the original beside each run's GradCAM for its predicted class, computed "
+                  "with each checkpoint's own preprocessing (the app's code).", "", "![Grad-CAM grid](gradcam_grid.png)", ""]
+    audit = result.get("source_audit")
+    if audit:
+        lines += ["## Source audit", "", "Sources per class (from the data's `metadata.csv`):", "",
+                  "| class | sources |", "|---|---|"]
+        lines += [f"| {c} | " + ", ".join(f"{s} ({n})" for s, n in srcs.items()) + " |" for c, srcs in audit["per_class"].items()]
+        lines.append("")
+        lines += [f"> **Warning:** {w}" for w in audit["warnings"]]
+        lines += ["", "Test accuracy per source:", "", "| run | " + " | ".join(
+            sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})) + " |"]
+        sources = sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})
+        lines.append("|---|" + "---|" * len(sources))
+        for name, acc in audit["test_accuracy_by_source"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources) + " |")
+        lines.append("")
+    lines += ["## Notes", "",
+              f"- The best run is chosen on validation (accuracy, then fewer {' + '.join(CRITICAL_CLASSES)} called Normal), "
+              "never on test.",
+              "- Splits are random and image-level, not patient-level; each class of this database comes largely from its "
+              "own source (DeGrave et al., Nature Machine Intelligence 2021), so accuracy can reflect the source.",
+              ""]
+    (out / "study.md").write_text("\n".join(lines))
