@@ -101,3 +101,15 @@ def test_augmented_training_input_differs_but_keeps_shape(sample_dir):
     diffs = [not torch.equal(plain[i]["pixel_values"], aug[i]["pixel_values"]) for i in range(20)]
     assert all(aug[i]["pixel_values"].shape == (3, 56, 56) for i in range(3))
     assert sum(diffs) >= 18
+
+
+def test_clahe_is_part_of_the_cached_and_the_evaluation_preprocessing(sample_dir):
+    ds = load_radiographs(str(sample_dir))
+    plain = cache_pixels(ds, 48)
+    clahe = cache_pixels(ds, 48, clahe=True)
+    prep = PreprocessConfig.create(48, 3, "radiography", clahe=True)
+    view = RadiographDataset(clahe.dataset, prep)
+    for i in (0, 200, 599):
+        path = sample_dir / clahe.dataset[i]["file_name"]
+        assert torch.equal(view[i]["pixel_values"], prep.transform(path))
+        assert not np.array_equal(np.asarray(plain.dataset[i]["pixels"]), np.asarray(clahe.dataset[i]["pixels"]))
