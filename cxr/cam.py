@@ -26,7 +26,7 @@ from .classifier import CXRClassifier
 from .models import STUDY_MODELS
 from .preprocessing import ImageLike
 
-__all__ = ["CAM_METHODS", "target_layers", "reshape_transform_for", "class_activation_map", "overlay_heatmap"]
+__all__ = ["CAM_METHODS", "CamSession", "target_layers", "reshape_transform_for", "class_activation_map", "overlay_heatmap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -83,15 +83,78 @@ def reshape_transform_for(model: nn.Module) -> Optional[Callable[[torch.Tensor],
     return vit
 
 
-def _linear_contribution(clf: CXRClassifier, x: torch.Tensor, class_index: Optional[int]) -> np.ndarray:
+class CamSession:
+    """One forward shared by the probabilities and the class activation map.
+
+    The forward runs through the CAM method's hooks (activations kept, graph kept);
+    :meth:`probabilities` returns its softmax, :meth:`heatmap` then back-propagates that same
+    forward for the chosen class. Use as a context manager: leaving it removes the hooks.
+
+    Args:
+        clf: the classifier (its preprocessing builds the input, as in training).
+        method: one of :data:`CAM_METHODS`.
+
+    Example:
+        >>> with CamSession(clf, "GradCAM") as s:                      # doctest: +SKIP
+        ...     probs = s.probabilities("chest.png")
+        ...     cam = s.heatmap()                                      # predicted class
+    """
+
+    def __init__(self, clf: CXRClassifier, method: str = "GradCAM"):
+        methods = _methods()
+        if method not in methods:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+        self.clf = clf
+        layers = target_layers(clf.model, clf.config.get("architecture", clf.name))
+        self.cam = None if layers is None else methods[method](
+            model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model))
+        self.x: Optional[torch.Tensor] = None
+        self.outputs: Optional[torch.Tensor] = None
+
+    def __enter__(self) -> "CamSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cam is not None:
+            self.cam.__exit__(*exc)
+        self.x = self.outputs = None
+
+    def probabilities(self, image: ImageLike) -> np.ndarray:
+        """Forward ``image`` once (hooks recording) and return its class probabilities."""
+        self.x = self.clf.inputs([image])
+        if self.cam is None:
+            with torch.no_grad():
+                self.outputs = self.clf.model(self.x)
+        else:
+            self.outputs = self.cam.activations_and_grads(self.x)
+        return self.outputs.detach().float().softmax(-1)[0].cpu().numpy()
+
+    def heatmap(self, class_index: Optional[int] = None) -> np.ndarray:
+        """The map for ``class_index`` (default: the predicted class) from the forward already run."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        if self.outputs is None:
+            raise RuntimeError("call probabilities() first")
+        k = int(self.outputs[0].argmax()) if class_index is None else int(class_index)
+        if self.cam is None:
+            return _linear_contribution(self.clf, self.x, k)
+        targets = [ClassifierOutputTarget(k)]
+        if self.cam.uses_gradients:
+            self.clf.model.zero_grad(set_to_none=True)
+            targets[0](self.outputs[0]).backward()
+        maps = self.cam.compute_cam_per_layer(self.x, targets, False)
+        grey = self.cam.aggregate_multi_layers(maps)[0]
+        self.clf.model.zero_grad(set_to_none=True)
+        return np.nan_to_num(grey).astype(np.float32)
+
+
+def _linear_contribution(clf: CXRClassifier, x: torch.Tensor, k: int) -> np.ndarray:
     """Positive per-pixel contribution ``w_k * x`` of a linear model to class ``k``'s logit."""
     head = clf.model.get_classifier()
     with torch.no_grad():
-        logits = clf.model(x)
-        k = int(logits.argmax(-1)[0]) if class_index is None else class_index
         contrib = (head.weight[k] * x.flatten(1)[0]).reshape(x.shape[1:]).sum(0).clamp(min=0)
-    cam = contrib.numpy()
-    return cam / cam.max() if cam.max() > 0 else cam
+    cam = contrib.cpu().numpy()
+    return (cam / cam.max() if cam.max() > 0 else cam).astype(np.float32)
 
 
 def class_activation_map(
@@ -100,7 +163,7 @@ def class_activation_map(
         class_index: Optional[int] = None,
         method: str = "GradCAM",
 ) -> np.ndarray:
-    """A class activation map at the model's input size, scaled to [0, 1].
+    """A class activation map at the model's input size, scaled to [0, 1] (one :class:`CamSession`).
 
     Args:
         clf: the classifier (its preprocessing builds the input).
@@ -114,19 +177,9 @@ def class_activation_map(
     Raises:
         ValueError: unknown method.
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    methods = _methods()
-    if method not in methods:
-        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
-    x = clf.inputs([image])
-    layers = target_layers(clf.model, clf.config.get("architecture", clf.name))
-    if layers is None:
-        return _linear_contribution(clf, x, class_index).astype(np.float32)
-    targets = None if class_index is None else [ClassifierOutputTarget(class_index)]
-    with methods[method](model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model)) as cam:
-        grey = cam(input_tensor=x, targets=targets)
-    return np.nan_to_num(grey[0]).astype(np.float32)
+    with CamSession(clf, method) as session:
+        session.probabilities(image)
+        return session.heatmap(class_index)
 
 
 def overlay_heatmap(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .cam import class_activation_map, overlay_heatmap
+from .cam import CamSession, overlay_heatmap
 from .classifier import CXRClassifier
 from .errors import CXRError
 from .inputs import read_radiograph
@@ -165,22 +166,28 @@ class ModelBoard:
             yield result
             return
         result.shown = self.shown_image(image)
-        for m in self.available:
-            try:
-                result.probabilities[m.ref] = m.classifier.predict(image)
-            except Exception as e:
-                _logger.exception("prediction failed for %s", m.ref)
-                result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
-        yield result
         class_index = CLASS_NAMES.index(cam_class) if cam_class in CLASS_NAMES else None
-        for m in self.available:
-            if m.ref in result.model_errors:
-                continue
-            try:
-                with m.lock:  # CAM hooks on a shared model: one request at a time per model
-                    cam = class_activation_map(m.classifier, image, class_index=class_index, method=method)
-                result.heatmaps[m.ref] = overlay_heatmap(result.shown, cam)
-            except Exception as e:
-                _logger.exception("Grad-CAM failed for %s", m.ref)
-                result.model_errors[m.ref] = f"heat map failed: {type(e).__name__}: {e}"
+        models = self.available
+        with contextlib.ExitStack() as stack:
+            # Grad-CAM hooks live on shared models: hold every model's lock for this request, in a fixed order
+            for m in models:
+                stack.enter_context(m.lock)
+            sessions = {}
+            for m in models:  # one forward per model: its probabilities now, its heat map below
+                try:
+                    sessions[m.ref] = stack.enter_context(CamSession(m.classifier, method))
+                    probs = sessions[m.ref].probabilities(image)
+                    result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs)))
+                except Exception as e:
+                    _logger.exception("prediction failed for %s", m.ref)
+                    result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
             yield result
+            for m in models:
+                if m.ref in result.model_errors:
+                    continue
+                try:
+                    result.heatmaps[m.ref] = overlay_heatmap(result.shown, sessions[m.ref].heatmap(class_index))
+                except Exception as e:
+                    _logger.exception("Grad-CAM failed for %s", m.ref)
+                    result.model_errors[m.ref] = f"heat map failed: {type(e).__name__}: {e}"
+                yield result

@@ -55,7 +55,7 @@ from .preprocessing import PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, plot_training_curves
 from .splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
 
-__all__ = ["TrainConfig", "train", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "train", "make_loader", "train_step", "CHECKPOINT_NAME"]
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class TrainConfig:
     skip_bad_images: bool = False
     overwrite_output_dir: bool = False
     clahe: bool = False
+    channels_last: bool = False
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -181,6 +182,37 @@ def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
 
 def _collate(batch):
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def make_loader(pix, prep: PreprocessConfig, rows: List[int], micro_batch: int, augment: bool,
+                num_workers: int) -> torch.utils.data.DataLoader:
+    """The loader a run uses for one part: cached pixels, [augmentation,] the checkpoint's normalisation."""
+    view = RadiographDataset(pix, prep, rows, TrainAugmentation() if augment else None)
+    return torch.utils.data.DataLoader(
+        view, batch_size=micro_batch, shuffle=augment, num_workers=num_workers, collate_fn=_collate,
+        persistent_workers=num_workers > 0 and augment, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channels_last: bool = False):
+    """One optimisation (micro-)step under Accelerate: forward, backward, step, zero the gradients.
+
+    Returns:
+        ``(loss, logits)`` of the micro-batch.
+    """
+    x = batch["pixel_values"]
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), batch["labels"])
+        accelerator.backward(loss)
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad()
+    return loss, logits
 
 
 def _split_metrics(labels: np.ndarray, probs: np.ndarray) -> Dict[str, Any]:
@@ -267,6 +299,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     set_seed(cfg.seed)
     model, pretrained_source = create_model(cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size)
     trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     pcfg = model.pretrained_cfg
     prep = PreprocessConfig.create(
         cfg.image_size, in_chans=pcfg["input_size"][0], norm=cfg.norm,
@@ -276,12 +310,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def loader(part: str, augment: bool):
-        view = RadiographDataset(pix, prep, rows[part], TrainAugmentation() if augment else None)
-        return torch.utils.data.DataLoader(
-            view, batch_size=micro_batch, shuffle=augment, num_workers=cfg.num_workers,
-            collate_fn=_collate, persistent_workers=cfg.num_workers > 0 and augment,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return make_loader(pix, prep, rows[part], micro_batch, augment, cfg.num_workers)
 
     train_loader, train_eval_loader = loader("train", True), loader("train", False)
     val_loader, test_loader = loader("validation", False), loader("test", False)
@@ -344,15 +373,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
         for batch in bar:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(batch["pixel_values"])
-                    loss = loss_fn(logits.float(), batch["labels"])
-                accelerator.backward(loss)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
+            loss, logits = train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last)
             n = batch["labels"].numel()
             totals += torch.stack([
                 loss.detach().float() * n,

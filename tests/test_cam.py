@@ -81,3 +81,26 @@ def test_quickstart_reuses_a_finished_run_and_lists_examples(tmp_path, sample_di
     assert ensure_quickstart_model(sample_dir, run) == str(run / "model")  # no training
     examples = example_images(sample_dir)
     assert [p.split("/")[-2] for p in examples] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+def test_one_forward_per_model_per_request(tmp_path, sample_dir):
+    """The app's probabilities and heat map come from the same forward pass of each model."""
+    from cxr.checkpoint import save_model_dir
+    from cxr.demo import ModelBoard
+
+    refs = []
+    for arch in ("resnet18", "logreg"):
+        clf = _classifier(arch, size=64, **({"img_size": 64} if arch == "logreg" else {}))
+        refs.append(str(save_model_dir(clf.model, tmp_path / arch, clf.preprocess, {"model": arch})))
+    board = ModelBoard.load(refs)
+    calls = {m.ref: 0 for m in board.models}
+    for m in board.models:
+        m.classifier.model.register_forward_hook(lambda *_, ref=m.ref: calls.__setitem__(ref, calls[ref] + 1))
+    path = next((sample_dir / "COVID").glob("*.png"))
+    updates = [(dict(a.probabilities), dict(a.heatmaps)) for a in board.analyse(str(path))]
+    assert calls == {refs[0]: 1, refs[1]: 1}
+    assert updates[0][1] == {} and len(updates[0][0]) == 2  # probabilities first, no heat map yet
+    assert len(updates[-1][1]) == 2
+    for m in board.models:  # the shared forward gives the plain prediction's probabilities
+        expected = m.classifier.predict(path)
+        assert updates[-1][0][m.ref] == pytest.approx(expected, abs=1e-6)
