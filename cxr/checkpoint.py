@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -100,6 +101,9 @@ def save_model_dir(
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if not all(t.is_contiguous() for t in model.state_dict().values()):
+        # safetensors stores contiguous tensors only (a channels-last model is not): save a packed copy
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     save_for_hf(
         model,
         str(tmp),

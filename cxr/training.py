@@ -100,7 +100,7 @@ class TrainConfig:
     skip_bad_images: bool = False
     overwrite_output_dir: bool = False
     clahe: bool = False
-    channels_last: bool = False
+    channels_last: bool = True
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False

@@ -88,15 +88,22 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
             gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples (click one)")
 
         def stream(path, method_name, explain):
-            last = None
+            """Yield the page's outputs as they are ready, skipping those that did not change
+            (Gradio would otherwise re-encode and re-send every heat map at each step)."""
+            sent: Optional[List[Any]] = None
+            last, shown_array = None, None
             for a in board.analyse(path, method_name or "GradCAM", _cam_class(explain)):
                 last = a
-                yield _outputs(a, done=False)
+                if shown_array is None and a.shown is not None:
+                    shown_array = _as_array(a.shown)
+                out = _outputs(a, shown_array, done=False)
+                yield _changed(out, sent)
+                sent = out
             if last is not None:
-                yield _outputs(last, done=True)
+                yield _changed(_outputs(last, shown_array, done=True), sent)
 
-        def _outputs(a: Analysis, done: bool) -> List[Any]:
-            out: List[Any] = [_status(a, done), None if a.shown is None else _as_array(a.shown)]
+        def _outputs(a: Analysis, shown_array, done: bool) -> List[Any]:
+            out: List[Any] = [_status(a, done), shown_array]
             for m in shown:
                 probs = a.probabilities.get(m.ref)
                 out.append(probs if probs else None)
@@ -140,6 +147,15 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
 
         api_button.click(predict, [upload, method, cam_class], [api_json, api_gallery], api_name="predict")
     return demo
+
+
+def _changed(new: List[Any], old: Optional[List[Any]]) -> List[Any]:
+    """``gr.skip()`` in place of every output identical to what was already sent."""
+    import gradio as gr
+
+    if old is None:
+        return new
+    return [gr.skip() if (n is o or (isinstance(n, str) and n == o)) else n for n, o in zip(new, old)]
 
 
 def _as_array(image):

@@ -112,14 +112,23 @@ def test_page_streams_probabilities_before_heat_maps(app, client, sample_dir):
     job = client.submit(handle_file(str(next((sample_dir / "Normal").glob("*.png")))), "GradCAM", "predicted class",
                         api_name="/analyse")
     job.result(timeout=120)
-    updates = job.outputs()
+    # unchanged outputs arrive as skip markers ({"__type__": "update"}): fold them into the page's state
+    states, state = [], None
+    for update in job.outputs():
+        state = list(update) if state is None else [
+            old if isinstance(new, dict) and new.get("__type__") == "update" else new for old, new in zip(state, update)]
+        states.append(state)
     n = len(app[2]) + 1  # models, plus the unavailable one
     labels = lambda u: u[2:2 + n]  # noqa: E731
     heatmaps = lambda u: u[2 + n:2 + 2 * n]  # noqa: E731
-    first_probs = next(i for i, u in enumerate(updates) if any(labels(u)))
-    assert not any(heatmaps(updates[first_probs])), "probabilities must come before any heat map"
-    assert sum(h is not None for h in heatmaps(updates[-1])) == len(app[2])
-    assert "not for diagnosis" in updates[-1][0]
+    first_probs = next(i for i, u in enumerate(states) if any(labels(u)))
+    assert not any(heatmaps(states[first_probs])), "probabilities must come before any heat map"
+    assert sum(h is not None for h in heatmaps(states[-1])) == len(app[2])
+    assert "not for diagnosis" in states[-1][0]
+    # each heat map is sent once, not again with every later update
+    sends = [sum(1 for u in job.outputs() if not (isinstance(u[2 + n + i], dict) or u[2 + n + i] is None))
+             for i in range(len(app[2]))]
+    assert sends == [1] * len(app[2])
 
 
 def _bad_inputs(tmp_path, sample_dir):
