@@ -424,7 +424,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     # Final evaluation of the kept (best-on-validation) model.
     from safetensors.torch import load_file
 
-    accelerator.unwrap_model(model).load_state_dict(load_file(str(out / "model" / "model.safetensors")))
+    kept = accelerator.unwrap_model(model)
+    kept.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
+    # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
+    kept.to(memory_format=torch.contiguous_format)
     tr_index, tr_labels, tr_probs = predict(model, train_eval_loader, accelerator, desc="train (un-augmented)")
     va_index, va_labels, va_probs = predict(model, val_loader, accelerator, desc="validation")
     te_index, te_labels, te_probs = predict(model, test_loader, accelerator, desc="test")
