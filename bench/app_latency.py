@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import torch
 

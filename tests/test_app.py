@@ -1,6 +1,5 @@
 """The Gradio app, launched on 127.0.0.1 with models trained on the sample in this session, driven
 through gradio_client and a real headless Chromium."""
-import json
 import os
 import socket
 import subprocess

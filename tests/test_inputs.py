@@ -1,5 +1,4 @@
 """Upload decoding: every bad input gets a message for the page; DICOM is windowed and inverted right."""
-import io
 
 import numpy as np
 import pytest

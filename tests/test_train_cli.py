@@ -1,7 +1,6 @@
 """`accelerate launch train_accelerate.py` on the real sample, then `python -m cxr.eval` on its test images."""
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
