@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .labels import CLASS_NAMES, CRITICAL_CLASSES
-from .report import DISCLAIMER
+from .report import DISCLAIMER, per_class_lines
 from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
 
 __all__ = ["write_study_report", "plot_reliability", "plot_gradcam_grid"]
@@ -51,19 +51,9 @@ def _per_class_tables(result: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     for i, (name, r) in enumerate(result["runs"].items(), start=2):
         arch = next(a["model"] for a in result["arms"] if a["name"] == name)
-        paper = STUDY_PER_CLASS.get(arch) if name == arch else None
-        lines += [f"**Table {i}: {name}**", "",
-                  "| class | precision | recall | F1 | support |" + (" paper precision | paper recall | paper F1 |" if paper else ""),
-                  "|---|---|---|---|---|" + ("---|---|---|" if paper else "")]
-        for c in CLASS_NAMES:
-            pc = r["test"]["per_class"][c]
-            line = f"| {c} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
-            if paper:
-                s = paper[c]
-                line += f" {s['precision']:.2f}% | {s['recall']:.2f}% | {s['f1']:.2f}% |"
-            lines.append(line)
-        lines.append("")
-        if paper:
+        # the paper's columns only beside the run that reproduces its setting (not -clahe / -scratch variants)
+        lines += [f"**Table {i}: {name}**", "", *per_class_lines(arch if name == arch else name, r["test"]), ""]
+        if name == arch and arch in STUDY_PER_CLASS:
             lines += ["The paper printed its precision and recall swapped (it divided by the true counts); its "
                       "columns here are corrected.", ""]
     return lines
@@ -109,7 +99,7 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .cam import class_activation_map, overlay_heatmap
+    from .cam import CamSession, overlay_heatmap
     from .classifier import CXRClassifier
     from .demo import ModelBoard
     from .inputs import read_radiograph
@@ -123,9 +113,11 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
         axes[row, 0].imshow(shown, cmap="gray")
         axes[row, 0].set_title(f"{img_path.parent.name}\n{img_path.name}", fontsize=7)
         for col, (name, clf) in enumerate(classifiers.items(), start=1):
-            probs = clf.predict(image)
+            with CamSession(clf, method) as session:  # one forward for the prediction and its map
+                probs = dict(zip(clf.label_names, map(float, session.probabilities(image))))
+                cam = session.heatmap()
             pred = max(probs, key=probs.get)
-            axes[row, col].imshow(overlay_heatmap(shown, class_activation_map(clf, image, method=method)))
+            axes[row, col].imshow(overlay_heatmap(shown, cam))
             axes[row, col].set_title(f"{name}\n→ {pred} ({probs[pred]:.2f})", fontsize=7,
                                      color="black" if pred == img_path.parent.name else "red")
     for ax in axes.flat:

@@ -54,6 +54,7 @@ from .models import (
 from .preprocessing import PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, plot_training_curves
 from .splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
+from .stats import negative_log_likelihood
 
 __all__ = ["TrainConfig", "train", "make_loader", "train_step", "CHECKPOINT_NAME"]
 
@@ -217,7 +218,7 @@ def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channel
 
 def _split_metrics(labels: np.ndarray, probs: np.ndarray) -> Dict[str, Any]:
     m = compute_metrics(labels, probs)
-    m["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    m["loss"] = negative_log_likelihood(labels, probs)
     return m
 
 
