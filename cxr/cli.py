@@ -129,7 +129,10 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     args = build_train_parser().parse_args(argv)
 
     def run():
+        from accelerate import PartialState
+
         train(TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
+        PartialState().destroy_process_group()
 
     return run_cli(run)
 

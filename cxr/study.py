@@ -156,6 +156,7 @@ def run_study(
         The ``study.json`` dict.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from .data import load_radiographs
     from .splits import save_split, stratified_split
@@ -166,7 +167,8 @@ def run_study(
         raise CXRError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
     preset = PRESETS[preset_name]
     arms = plan_study(models or preset.models, preset, clahe)
-    state = PartialState()
+    # like AcceleratorState, honour ACCELERATE_USE_CPU (PartialState alone would ignore it and see one process)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(output_dir)
     ds = load_radiographs(data)  # layout errors surface before anything is written
     split_file = out / "split.json"
@@ -198,6 +200,7 @@ def run_study(
         }
         write_study_report(out, result, cam_images_per_class=cam_images_per_class, data=data)
     state.wait_for_everyone()
+    state.destroy_process_group()
     return result
 
 
@@ -232,7 +235,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         run_study(args.data, args.output_dir, models, args.preset, args.clahe, args.num_workers, args.cache_dir,
                   args.bootstrap, args.cam_images)
-        print(f"wrote {args.output_dir / 'study.md'}")
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print(f"wrote {args.output_dir / 'study.md'}")
 
     return run_cli(run)
 

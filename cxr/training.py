@@ -461,7 +461,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         }
         write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
+        tracker.finish()                  # training several models in one launch (cxr.study) still needs
     if cfg.push_to_hub and accelerator.is_main_process:
         from .hub import push_run
 

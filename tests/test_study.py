@@ -96,3 +96,20 @@ def test_paper_preset_offline_fails_before_training_anything(small_data, tmp_pat
     with pytest.raises(CXRError, match="--no-pretrained"):
         run_study(str(small_data), tmp_path / "paper", ["logreg", "resnet50"], "paper", num_workers=0)
     assert not (tmp_path / "paper" / "logreg").exists()
+
+
+@pytest.mark.slow
+def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
+    """`accelerate launch -m cxr.study`: every run uses both processes, one report is written."""
+    from conftest import ACCELERATE, run_script
+
+    out = tmp_path / "ddp"
+    proc = run_script([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxr.study", "--data", str(small_data),
+                       "--output-dir", str(out), "--models", "logreg", "--clahe", "--num-workers", "0",
+                       "--bootstrap", "200", "--cam-images", "1"], env={"ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1
+    for run in ("logreg", "logreg-clahe"):
+        assert json.loads((out / run / "run_config.json").read_text())["num_processes"] == 2
+    assert "## CLAHE" in (out / "study.md").read_text()
