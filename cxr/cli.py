@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from .allocator import keep_freed_memory
 from .errors import CXRError
 
 __all__ = ["build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
@@ -23,7 +24,9 @@ _EPILOG = "Research use only — not for diagnosis."
 
 
 def run_cli(fn: Callable[[], None]) -> int:
-    """Run ``fn``, turning a :class:`CXRError` into a one-line message and exit status 2."""
+    """Set up the process (logging; glibc keeps freed memory, :mod:`cxr.allocator`) and run ``fn``,
+    turning a :class:`CXRError` into a one-line message and exit status 2."""
+    keep_freed_memory()
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "huggingface_hub", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,73 @@
+"""CPU memory allocator settings for cxr's processes: keep freed memory for the next step to reuse.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, large blocks are
+mapped fresh and unmapped as soon as they are freed (``mmap``/``munmap`` above a threshold, and the
+heap top is trimmed back to the system), so every forward and backward pass page-faults and zeroes
+the memory of its activations again. :func:`keep_freed_memory` tells glibc to serve every block from
+its heap and to keep what is freed (``mallopt(M_MMAP_MAX, 0)`` and a 2 GiB ``M_TRIM_THRESHOLD``).
+Measured on this project's 2-core CPU machine (``bench/``): training about 10-20% faster, batched
+evaluation of EfficientNet-Lite0 up to twice as fast, the app's four-model request a third faster.
+
+The cost: a process's resident memory stays at its peak instead of shrinking between steps or
+requests. Every cxr command applies it at start (:func:`cxr.cli.run_cli`); set
+``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
+not glibc (macOS, Windows, musl), and GPU memory is not affected.
+
+Example:
+    >>> from cxr.allocator import keep_freed_memory
+    >>> keep_freed_memory()          # doctest: +SKIP
+    True
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+from typing import Optional
+
+__all__ = ["ENV_VAR", "keep_freed_memory"]
+
+_logger = logging.getLogger(__name__)
+
+#: Set to ``0`` to leave the C library's allocator settings alone.
+ENV_VAR = "CXR_KEEP_FREED_MEMORY"
+
+# mallopt parameter numbers from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# mallopt takes a C int: the largest trim threshold it accepts
+_TRIM_THRESHOLD = 2 ** 31 - 1
+
+_applied: Optional[bool] = None
+
+
+def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
+    """Make glibc keep freed memory for reuse (once per process; later calls return the first answer).
+
+    Args:
+        enabled: ``None`` reads ``$CXR_KEEP_FREED_MEMORY`` (on unless it is ``0``/``false``/``no``).
+
+    Returns:
+        ``True`` when the settings are in effect, ``False`` when disabled or not on glibc.
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    if enabled is None:
+        enabled = os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    _applied = False
+    if not enabled:
+        _logger.debug("%s=0: keeping the C library's allocator settings", ENV_VAR)
+        return _applied
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        _logger.debug("not glibc: allocator settings left alone")
+        return _applied
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return _applied
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    _logger.debug("glibc keeps freed memory for reuse: %s", _applied)
+    return _applied
