@@ -1,12 +1,14 @@
 """Shared helpers of the benchmark scripts: timing, the machine's description, markdown tables."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -48,3 +50,24 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def run_worker(script: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> Any:
+    """Run one measurement arm as ``python bench/SCRIPT ARGV`` in a fresh process; return the JSON it
+    prints last.
+
+    Each arm gets its own process so that process-wide settings (the allocator settings of
+    :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another.
+    """
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / script), *argv], cwd=REPO,
+                         env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{script} {' '.join(argv)} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def keep_defaults_env() -> Dict[str, str]:
+    """The environment of an arm that runs cxr with the C library's allocator defaults."""
+    from cxr.allocator import ENV_VAR
+
+    return {ENV_VAR: "0"}

@@ -135,7 +135,7 @@ def evaluate_folder(
     metrics = {"test": compute_metrics(labels, probs)}
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        names = cached.dataset["file_name"]
+        names = list(cached.dataset["file_name"])  # one read of the column, not one per row
         model_name = clf.name
         run_info = {
             "model": str(model_ref),
