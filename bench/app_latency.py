@@ -294,7 +294,7 @@ def main() -> None:
     print()
     print(table(["python app.py", "value"], [
         ["startup until it answers", f"{startup:.1f} s (target ≤ 15 s)"],
-        ["resident memory after start", f"{after_start / 1024:.0f} MiB"],
+        ["resident memory after the latency requests", f"{after_start / 1024:.0f} MiB"],
         ["peak resident memory", f"{peak / 1024:.0f} MiB"],
         [f"growth over {args.requests} requests (after 20 warm-up)", f"{100 * (after - warm) / warm:+.1f}% "
                                                                      f"({warm / 1024:.0f} → {after / 1024:.0f} MiB; target < 5%)"],
