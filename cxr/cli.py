@@ -16,11 +16,13 @@ from typing import Callable, List, Optional
 from .allocator import keep_freed_memory
 from .errors import CXRError
 
-__all__ = ["build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
+__all__ = ["EPILOG", "build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
 
 _logger = logging.getLogger(__name__)
 
-_EPILOG = "Research use only — not for diagnosis."
+#: Shown under every command's --help.
+EPILOG = ("Research use only — not for diagnosis. Environment: CXR_KEEP_FREED_MEMORY=0 keeps the C library's "
+          "allocator defaults (cxr/allocator.py; by default freed memory is kept for reuse, which is faster).")
 
 
 def run_cli(fn: Callable[[], None]) -> int:
@@ -40,7 +42,7 @@ def run_cli(fn: Callable[[], None]) -> int:
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
-        prog=prog, description=description, epilog=_EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
 
 

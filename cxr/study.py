@@ -206,13 +206,13 @@ def run_study(
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m cxr.study``."""
-    from .cli import run_cli
+    from .cli import EPILOG, run_cli
 
     p = argparse.ArgumentParser(
         prog="python -m cxr.study",
         description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
                     "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
-        epilog="Research use only — not for diagnosis.",
+        epilog=EPILOG,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="Image folder in the Kaggle layout (or a dataset id).")
