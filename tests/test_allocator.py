@@ -63,10 +63,11 @@ def _run(env_value):
 def test_cxr_commands_reuse_freed_memory_without_page_faults():
     kept = _run(None)
     assert kept["applied"] is True
-    # a step's activations are several 64 MiB blocks (16,384 pages each): reused from the heap,
-    # the fourth step faults almost none of them in, and the memory stays with the process
-    assert kept["faults"]["main"] < 4000, kept
-    assert kept["faults"]["thread"] < 4000, kept
+    # a step allocates 18 blocks of 64 MiB (16,384 pages each): reused from the heap, the fourth step
+    # faults at most one of them in (where the heap's free space was not yet where it was needed), and
+    # the memory stays with the process
+    assert kept["faults"]["main"] < 20000, kept
+    assert kept["faults"]["thread"] < 20000, kept
     assert kept["kept_mib"] > 128, kept
 
 
@@ -74,6 +75,6 @@ def test_env_var_keeps_the_c_library_defaults():
     default = _run("0")
     assert default["applied"] is False
     # glibc's default maps each block afresh: every step faults its pages in again; freeing returns them
-    assert default["faults"]["main"] > 30000, default
-    assert default["faults"]["thread"] > 30000, default
+    assert default["faults"]["main"] > 200000, default
+    assert default["faults"]["thread"] > 200000, default
     assert default["kept_mib"] < 64, default
