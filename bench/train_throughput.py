@@ -6,18 +6,28 @@ normalisation (:func:`cxr.training.make_loader`) and cxr's Accelerate step
 (glibc keeps freed memory, :mod:`cxr.allocator`); "ours, glibc defaults" is the same with
 ``CXR_KEEP_FREED_MEMORY=0``. Plain: ``torchvision.datasets.ImageFolder`` decoding every file every
 time, torchvision transforms, and a bare forward/backward/step loop in a plain process. Same model,
-image size, batch size, worker and thread counts. Every measurement runs in a fresh process; rounds
-rotate the order; the table gives the median.
+image size, batch size, worker and thread counts, device and precision (``--mixed-precision bf16``:
+Accelerate's autocast for ours, ``torch.autocast`` for plain). Every measurement runs in a fresh
+process; rounds rotate the order; the table gives the median.
+
+``--processes 1,N`` adds a scaling table: ours with one process against ``accelerate launch
+--num_processes N --multi_gpu`` (one process per GPU; on a CPU-only machine the same distributed path
+with ``ACCELERATE_USE_CPU=1`` and the cores shared out), batch ``--batch-size`` per process, and the
+scaling efficiency ``throughput(N) / (N x throughput(1))``.
 
     python bench/train_throughput.py --models resnet18,tf_efficientnet_lite0 --image-size 224
+    python bench/train_throughput.py --mixed-precision bf16 --processes 1,8     # on an 8-GPU machine
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import statistics
+import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -26,7 +36,13 @@ from common import DEFAULT_DATA, keep_defaults_env, machine, run_worker, table
 ARMS = ("plain", "ours-defaults", "ours")
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed_steps(loader, step, warmup: int, steps: int) -> Dict[str, float]:
+    """Time ``steps`` steps after ``warmup``: images, seconds, and the seconds spent waiting for data."""
     it = iter(loader)
     wait = compute = 0.0
     images = 0
@@ -44,10 +60,17 @@ def _timed_steps(loader, step, warmup: int, steps: int) -> Dict[str, float]:
             wait += t1 - t0
             compute += t2 - t1
             images += n
-    return {"images_per_s": images / (wait + compute), "wait_share": wait / (wait + compute)}
+    return {"images": images, "seconds": wait + compute, "wait": wait}
 
 
-def ours(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int):
+def _summary(images: float, seconds: float, wait_share: float, processes: int = 1) -> Dict[str, float]:
+    return {"images_per_s": images / seconds, "wait_share": wait_share, "processes": processes}
+
+
+def ours(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int,
+         mixed_precision: str = "no") -> Optional[Dict[str, float]]:
+    """Ours in this process (or in each process of an ``accelerate launch``); the main process gets
+    the summary of all processes (total images over the slowest process's time), the others ``None``."""
     from accelerate import Accelerator
 
     from cxr.data import cache_pixels, load_radiographs
@@ -55,8 +78,9 @@ def ours(name: str, data: str, size: int, batch: int, workers: int, channels_las
     from cxr.preprocessing import PreprocessConfig
     from cxr.training import make_loader, train_step
 
-    accelerator = Accelerator()
-    pix = cache_pixels(load_radiographs(data), size).dataset
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    with accelerator.main_process_first():
+        pix = cache_pixels(load_radiographs(data), size).dataset
     model, _ = create_model(name, 4, pretrained=False, image_size=size)
     cfg = model.pretrained_cfg
     prep = PreprocessConfig.create(size, cfg["input_size"][0], "model", cfg["mean"], cfg["std"])
@@ -71,12 +95,21 @@ def ours(name: str, data: str, size: int, batch: int, workers: int, channels_las
 
     def step(b):
         train_step(model, b, loss_fn, optimizer, scheduler, accelerator, channels_last)
+        _sync(accelerator.device)
         return len(b["labels"])
 
-    return _timed_steps(loader, step, warmup, steps)
+    res = _timed_steps(loader, step, warmup, steps)
+    every = accelerator.gather(torch.tensor([[res["images"], res["seconds"], res["wait"]]], dtype=torch.float64,
+                                            device=accelerator.device)).cpu()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    return _summary(float(every[:, 0].sum()), float(every[:, 1].max()), float((every[:, 2] / every[:, 1]).mean()),
+                    len(every))
 
 
-def plain(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int):
+def plain(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int,
+          mixed_precision: str = "no") -> Dict[str, float]:
     import timm
     from torchvision import datasets, transforms
 
@@ -92,8 +125,11 @@ def plain(name: str, data: str, size: int, batch: int, workers: int, channels_la
         transforms.ToTensor(),
         transforms.Normalize(cfg["mean"], cfg["std"]),
     ])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(data, transform=tf), batch_size=batch, shuffle=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -101,16 +137,37 @@ def plain(name: str, data: str, size: int, batch: int, workers: int, channels_la
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(b):
-        x, y = b
+        x, y = b[0].to(device, non_blocking=True), b[1].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+            loss = loss_fn(model(x).float(), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        _sync(device)
         return len(y)
 
-    return _timed_steps(loader, step, warmup, steps)
+    res = _timed_steps(loader, step, warmup, steps)
+    return _summary(res["images"], res["seconds"], res["wait"] / res["seconds"])
+
+
+def _launch(processes: int) -> Optional[List[str]]:
+    """The command prefix that runs the worker in ``processes`` processes (``None``: plain python)."""
+    if processes == 1:
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--multi_gpu",
+            "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no", "--main_process_port", str(port)]
+
+
+def _scaling_env(processes: int) -> Dict[str, str]:
+    """Without GPUs, the distributed path runs on CPU processes that share the cores out."""
+    if processes == 1 or torch.cuda.is_available():
+        return {}
+    return {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
 
 
 def main() -> None:
@@ -118,16 +175,24 @@ def main() -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="Kaggle-layout folder (default: the sample).")
     p.add_argument("--models", default="resnet18,tf_efficientnet_lite0", help="Comma-separated timm names.")
     p.add_argument("--image-size", type=int, default=224, help="Input side.")
-    p.add_argument("--batch-size", type=int, default=16, help="Images per step.")
-    p.add_argument("--workers", type=int, default=2, help="Loader worker processes (both pipelines).")
+    p.add_argument("--batch-size", type=int, default=16, help="Images per step (per process).")
+    p.add_argument("--workers", type=int, default=2, help="Loader worker processes (both pipelines, per process).")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     p.add_argument("--warmup", type=int, default=2, help="Untimed steps per measurement.")
     p.add_argument("--steps", type=int, default=5, help="Timed steps per measurement.")
     p.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (order rotates).")
     p.add_argument("--memory-formats", default="contiguous,channels_last", help="Which memory formats to compare.")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="bf16 autocast in both pipelines (for GPUs; on CPU it is usually slower).")
+    p.add_argument("--processes", default="1",
+                   help="Comma-separated process counts for the scaling table of ours, e.g. 1,8 for all of 8 GPUs "
+                        "(1 alone: no scaling table).")
     p.add_argument("--worker", default=None, metavar="ARM:MODEL:FORMAT",
                    help="Internal: measure one arm (plain, ours-defaults or ours) in this process and print JSON.")
     args = p.parse_args()
+    processes = [int(n) for n in args.processes.split(",")]
+    if any(n < 1 for n in processes) or (len(processes) > 1 and 1 not in processes):
+        p.error("--processes takes counts >= 1 and must include 1 (the baseline of the scaling efficiency)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
@@ -138,12 +203,14 @@ def main() -> None:
             keep_freed_memory()  # as cxr.cli.run_cli does; off for ours-defaults through the environment
         fn = plain if arm == "plain" else ours
         res = fn(name, args.data, args.image_size, args.batch_size, args.workers, fmt == "channels_last",
-                 args.warmup, args.steps)
-        print(json.dumps(res))
+                 args.warmup, args.steps, args.mixed_precision)
+        if res is not None:
+            print(json.dumps(res))
         return
     formats = [f.strip() for f in args.memory_formats.split(",")]
     shared = ["--data", args.data, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-              "--workers", str(args.workers), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+              "--workers", str(args.workers), "--warmup", str(args.warmup), "--steps", str(args.steps),
+              "--mixed-precision", args.mixed_precision]
     if args.threads:
         shared += ["--threads", str(args.threads)]
     results: Dict[tuple, List[Dict[str, float]]] = {}
@@ -153,26 +220,53 @@ def main() -> None:
                 for label in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
                     res = run_worker("train_throughput.py", [*shared, "--worker", f"{label}:{name}:{fmt}"],
                                      keep_defaults_env() if label == "ours-defaults" else None)
-                    results.setdefault((name, fmt, label), []).append(res)
+                    results.setdefault((name, fmt, label, 1), []).append(res)
                     print(f"round {r + 1} {name} {fmt} {label}: {res['images_per_s']:.2f} img/s, "
                           f"data wait {100 * res['wait_share']:.1f}%", flush=True)
+                for n in processes:
+                    if n == 1:
+                        continue
+                    res = run_worker("train_throughput.py", [*shared, "--worker", f"ours:{name}:{fmt}"],
+                                     _scaling_env(n), launcher=_launch(n))
+                    if res["processes"] != n:  # e.g. a launcher that silently ran one process
+                        raise SystemExit(f"asked for {n} processes, {res['processes']} ran")
+                    results.setdefault((name, fmt, "ours", n), []).append(res)
+                    print(f"round {r + 1} {name} {fmt} ours, {n} processes: {res['images_per_s']:.2f} img/s", flush=True)
+
+    def med(name, fmt, lab, n=1, key="images_per_s"):
+        return statistics.median(x[key] for x in results[(name, fmt, lab, n)])
+
     rows = []
     for name in args.models.split(","):
-        base = None
+        base = med(name, formats[0], "plain")
         for fmt in formats:
-            med = {lab: statistics.median(x["images_per_s"] for x in results[(name, fmt, lab)]) for lab in ARMS}
-            wait = {lab: statistics.median(x["wait_share"] for x in results[(name, fmt, lab)]) for lab in ARMS}
-            base = base or med["plain"]
-            rows.append([name, fmt, f"{med['plain']:.2f}", f"{med['ours']:.2f}", f"{med['ours'] / med['plain']:.2f}×",
-                         f"{med['ours-defaults'] / med['plain']:.2f}×", f"{100 * wait['plain']:.1f}%",
-                         f"{100 * wait['ours']:.1f}%", f"{med['ours'] / base:.2f}×"])
+            plain_, ours_, dflt = med(name, fmt, "plain"), med(name, fmt, "ours"), med(name, fmt, "ours-defaults")
+            rows.append([name, fmt, f"{plain_:.2f}", f"{ours_:.2f}", f"{ours_ / plain_:.2f}×", f"{dflt / plain_:.2f}×",
+                         f"{100 * med(name, fmt, 'plain', key='wait_share'):.1f}%",
+                         f"{100 * med(name, fmt, 'ours', key='wait_share'):.1f}%", f"{ours_ / base:.2f}×"])
     print()
     print(f"Training throughput, {args.image_size}px, batch {args.batch_size}, {args.workers} workers, "
-          f"median of {args.rounds} interleaved rounds of {args.steps} steps — {machine()}")
+          f"mixed precision {args.mixed_precision}, median of {args.rounds} interleaved rounds of {args.steps} steps "
+          f"— {machine()}")
     print()
     print(table(["model", "memory format", "plain img/s", "ours img/s", "ours / plain",
                  "ours with glibc defaults / plain", "plain data wait", "ours data wait", "ours / plain contiguous"],
                 rows))
+    if len(processes) > 1:
+        scaling = []
+        for name in args.models.split(","):
+            for fmt in formats:
+                one = med(name, fmt, "ours")
+                for n in processes:
+                    tput = med(name, fmt, "ours", n)
+                    scaling.append([name, fmt, n, f"{tput:.2f}", f"{tput / one:.2f}×", f"{100 * tput / (n * one):.0f}%",
+                                    f"{100 * med(name, fmt, 'ours', n, 'wait_share'):.1f}%"])
+        device = "GPU" if torch.cuda.is_available() else "CPU (ACCELERATE_USE_CPU=1, cores shared out)"
+        print()
+        print(f"Scaling of ours through accelerate launch, one process per {device}, batch {args.batch_size} per process:")
+        print()
+        print(table(["model", "memory format", "processes", "img/s (all processes)", "speed-up", "scaling efficiency",
+                     "data wait"], scaling))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end on a small subset of the real sample and print their tables.
+
+Timings are not asserted (they are measurements, not behaviour); what is: every arm ran, in as many
+processes as asked, the ratios are computed from positive throughputs, and the app benchmark counts
+one forward per model per request.
+"""
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import REPO, make_subset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory, sample_dir) -> Path:
+    return make_subset(tmp_path_factory.mktemp("bench-data"), sample_dir, per_class=8)
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _tables(text: str) -> List[List[Dict[str, str]]]:
+    """Every markdown table of ``text`` as a list of rows keyed by header."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---") and i > 0 and lines[i - 1].startswith("| "):
+            header = [c.strip() for c in lines[i - 1].strip("|").split("|")]
+            rows = []
+            for row in lines[i + 1:]:
+                if not row.startswith("| "):
+                    break
+                rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
+            tables.append(rows)
+    return tables
+
+
+def _ratio(cell: str) -> float:
+    assert cell.endswith("×"), cell
+    return float(cell[:-1])
+
+
+def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset):
+    out = _run("train_throughput.py", "--data", str(subset), "--models", "resnet18", "--image-size", "64",
+               "--batch-size", "8", "--workers", "0", "--memory-formats", "contiguous", "--warmup", "1", "--steps", "2",
+               "--rounds", "1", "--processes", "1,2")
+    arms, scaling = _tables(out)
+    (row,) = arms
+    assert row["model"] == "resnet18" and float(row["plain img/s"]) > 0 and float(row["ours img/s"]) > 0
+    assert _ratio(row["ours / plain"]) == pytest.approx(float(row["ours img/s"]) / float(row["plain img/s"]), abs=0.01)
+    assert _ratio(row["ours with glibc defaults / plain"]) > 0
+    # the 2-process row exists only if two processes reported through Accelerate's gather
+    assert [r["processes"] for r in scaling] == ["1", "2"]
+    assert scaling[0]["scaling efficiency"] == "100%" and float(scaling[1]["img/s (all processes)"]) > 0
+
+
+def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
+    out = _run("eval_throughput.py", "--data", str(subset), "--models", "resnet18", "--image-size", "64",
+               "--batch-size", "16", "--rounds", "1")
+    (rows,) = _tables(out)
+    (row,) = rows
+    assert row["images"] == "32"
+    assert _ratio(row["cxr.eval / bare"]) > 0 and _ratio(row["with glibc defaults / bare"]) > 0
+
+
+def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset):
+    out = _run("app_latency.py", "--data", str(subset), "--models", "alexnet,logreg", "--image-size", "64",
+               "--rounds", "1", "--requests", "3")
+    in_process, transport, app = _tables(out)
+    assert [r["model"] for r in in_process] == ["alexnet", "logreg", "all together"]
+    assert [r["forwards per request"] for r in in_process] == ["1", "1", "2"]
+    assert [r["python app.py, /analyse through"] for r in transport] == ["HTTP API", "gradio_client"]
+    for r in transport:
+        assert float(r["first probabilities ms"]) <= float(r["all heat maps ms"])
+        assert float(r["do-nothing app: first ms"]) > 0
+    assert "target ≤ 15 s" in app[0]["value"] and app[3]["value"].endswith("target < 5%)")
