@@ -42,8 +42,9 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
     from cxr.data import RadiographDataset, cache_pixels, load_radiographs
     from cxr.evaluation import evaluate_folder
 
-    if arm == "bare":
-        clf = CXRClassifier.from_pretrained(ckpt)
+    if arm == "bare":  # on the device cxr.eval's Accelerator picks
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        clf = CXRClassifier.from_pretrained(ckpt, device=device)
         ds = cache_pixels(load_radiographs(data), clf.preprocess.image_size).dataset
         view = RadiographDataset(ds, clf.preprocess)
         tensors = torch.stack([view[i]["pixel_values"] for i in range(len(view))])
@@ -51,7 +52,9 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
         def run():
             with torch.inference_mode():
                 for i in range(0, len(tensors), batch_size):
-                    clf.model(tensors[i:i + batch_size])
+                    clf.model(tensors[i:i + batch_size].to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
     else:
         from cxr.allocator import keep_freed_memory
 

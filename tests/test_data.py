@@ -113,3 +113,29 @@ def test_clahe_is_part_of_the_cached_and_the_evaluation_preprocessing(sample_dir
         path = sample_dir / clahe.dataset[i]["file_name"]
         assert torch.equal(view[i]["pixel_values"], prep.transform(path))
         assert not np.array_equal(np.asarray(plain.dataset[i]["pixels"]), np.asarray(clahe.dataset[i]["pixels"]))
+
+
+def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
+    """``__getitems__`` (one Arrow read per batch, what DataLoaders call) equals ``__getitem__``: on a
+    split in shuffled order, through a row selection (as skipping unreadable images makes), augmented
+    under the same seed, and through a DataLoader."""
+    from cxr.preprocessing import TrainAugmentation
+
+    cached = cache_pixels(load_radiographs(str(sample_dir)), 56)
+    prep = PreprocessConfig.create(56, 3, "radiography")
+    selected = cached.dataset.select(range(599, 0, -7))  # an indices mapping over the cache file
+    positions = [5, 0, 41, 17, 17, 84]
+    for ds, augment in ((cached.dataset, None), (selected, None), (selected, TrainAugmentation())):
+        view = RadiographDataset(ds, prep, indices=list(range(len(ds)))[::-1], augment=augment)
+        torch.manual_seed(3)
+        single = [view[i] for i in positions]
+        torch.manual_seed(3)
+        batched = view.__getitems__(positions)
+        for a, b in zip(single, batched):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    view = RadiographDataset(cached.dataset, prep)
+    batch = next(iter(torch.utils.data.DataLoader(view, batch_size=8)))
+    for j in range(8):
+        path = sample_dir / cached.dataset[j]["file_name"]
+        assert torch.equal(batch["pixel_values"][j], prep.transform(path))
+        assert int(batch["labels"][j]) == CLASSES.index(path.parent.name) and int(batch["index"][j]) == j
