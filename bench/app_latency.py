@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from common import DEFAULT_DATA, REPO, keep_defaults_env, machine, run_worker, table
+from common import DEFAULT_DATA, REPO, free_port, keep_defaults_env, machine, run_worker, table
 from eval_throughput import make_checkpoint
 
 def _bare_times(clf, image, rounds: int) -> Dict[str, float]:
@@ -193,12 +192,6 @@ def _rss_kib(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="Kaggle-layout folder (default: the sample).")
@@ -246,7 +239,7 @@ def main() -> None:
                         sum(boards["ours"]["forwards"].values())))
 
         # 3: the transport's own cost, against a do-nothing app
-        port = _free_port()
+        port = free_port()
         floor_proc, _ = _start([sys.executable, "bench/app_latency.py", "--worker", f"floor-app:{port}"], port)
         try:
             floor_url = f"http://127.0.0.1:{port}/"
@@ -256,7 +249,7 @@ def main() -> None:
             _stop(floor_proc)
 
         # 3-4: the running app
-        port = _free_port()
+        port = free_port()
         proc, startup = _start([sys.executable, "app.py", "--models", ",".join(refs), "--port", str(port)], port)
         url = f"http://127.0.0.1:{port}/"
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,19 @@ def table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def rotated(arms: Sequence[str], round_index: int) -> List[str]:
+    """``arms`` in the order of round ``round_index``: each round starts one arm later."""
+    k = round_index % len(arms)
+    return [*arms[k:], *arms[:k]]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Timer:

@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import torch
 
-from common import DEFAULT_DATA, Timer, keep_defaults_env, machine, run_worker, table
+from common import DEFAULT_DATA, Timer, keep_defaults_env, machine, rotated, run_worker, table
 
 
 def make_checkpoint(name: str, size: int, folder: Path) -> Path:
@@ -93,7 +93,7 @@ def main() -> None:
             n = len(cache_pixels(load_radiographs(args.data), args.image_size).dataset)  # warm cache for all arms
             times: Dict[str, List[float]] = {a: [] for a in arms}
             for r in range(args.rounds):
-                for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
+                for arm in rotated(arms, r):
                     res = run_worker("eval_throughput.py",
                                      ["--data", args.data, "--batch-size", str(args.batch_size),
                                       "--worker", f"{arm}:{ckpt}:{tmp / f'eval-{name}-{arm}'}"],

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from common import DEFAULT_DATA, keep_defaults_env, machine, run_worker, table
+from common import DEFAULT_DATA, free_port, keep_defaults_env, machine, rotated, run_worker, table
 
 ARMS = ("plain", "ours-defaults", "ours")
 
@@ -156,11 +155,8 @@ def _launch(processes: int) -> Optional[List[str]]:
     """The command prefix that runs the worker in ``processes`` processes (``None``: plain python)."""
     if processes == 1:
         return None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--multi_gpu",
-            "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no", "--main_process_port", str(port)]
+            "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no", "--main_process_port", str(free_port())]
 
 
 def _scaling_env(processes: int) -> Dict[str, str]:
@@ -217,7 +213,7 @@ def main() -> None:
     for r in range(args.rounds):
         for name in args.models.split(","):
             for fmt in formats:
-                for label in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
+                for label in rotated(ARMS, r):
                     res = run_worker("train_throughput.py", [*shared, "--worker", f"{label}:{name}:{fmt}"],
                                      keep_defaults_env() if label == "ours-defaults" else None)
                     results.setdefault((name, fmt, label, 1), []).append(res)
