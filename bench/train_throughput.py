@@ -186,8 +186,11 @@ def main() -> None:
     p.add_argument("--worker", default=None, metavar="ARM:MODEL:FORMAT",
                    help="Internal: measure one arm (plain, ours-defaults or ours) in this process and print JSON.")
     args = p.parse_args()
-    processes = [int(n) for n in args.processes.split(",")]
-    if any(n < 1 for n in processes) or (len(processes) > 1 and 1 not in processes):
+    try:
+        processes = [int(n) for n in args.processes.split(",")]
+    except ValueError:
+        p.error(f"--processes takes comma-separated whole numbers, got {args.processes!r}")
+    if any(n < 1 for n in processes) or 1 not in processes:
         p.error("--processes takes counts >= 1 and must include 1 (the baseline of the scaling efficiency)")
     if args.threads:
         torch.set_num_threads(args.threads)
