@@ -3,8 +3,11 @@
 It serves, on 127.0.0.1, the subset of the Hub's HTTP API that ``huggingface_hub`` uses for
 ``whoami``, ``create_repo``, ``upload_folder``/``create_commit`` (files sent inline, the
 "regular" upload mode; README front matter checked as YAML), ``hf_hub_download``,
-``snapshot_download``, ``model_info`` and ``list_repo_tree``. Point ``HF_ENDPOINT`` at :attr:`LocalHub.url` and the library's real code
-paths run against it. Repositories live in memory; every commit is a full snapshot.
+``snapshot_download``, ``model_info``/``dataset_info``/``space_info`` and ``list_repo_tree``, for model,
+dataset and Space repositories. Point ``HF_ENDPOINT`` at :attr:`LocalHub.url` and the library's real code
+paths run against it. Repositories live in memory; every commit is a full snapshot. Model repositories
+are keyed by their id (``hub.repos["org/name"]``), the others by ``"datasets/org/name"`` and
+``"spaces/org/name"`` (:func:`repo_key`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,14 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
 TOKEN = "hf_local_stand_in_write_token"
+#: URL segment of each repository type, as the Hub's API spells it.
+KINDS = {"model": "models", "dataset": "datasets", "space": "spaces"}
+
+
+def repo_key(repo_id: str, repo_type: str = "model") -> str:
+    """The key of a repository in :attr:`LocalHub.repos`: the id for models, ``"<type>s/<id>"`` otherwise."""
+    kind = KINDS[repo_type]
+    return repo_id if kind == "models" else f"{kind}/{repo_id}"
 USER = "tester"
 ORGS = ("cxr-test",)
 
@@ -27,6 +38,7 @@ ORGS = ("cxr-test",)
 @dataclass
 class Repo:
     private: bool = False
+    sdk: Optional[str] = None  # Spaces only
     commits: List[Tuple[str, Dict[str, bytes]]] = field(default_factory=list)  # (sha, snapshot), newest last
 
     def snapshot(self, revision: str) -> Optional[Tuple[str, Dict[str, bytes]]]:
@@ -83,10 +95,10 @@ class LocalHub:
         self._server.server_close()
 
     # -- seeding for tests -------------------------------------------------------------------
-    def put_files(self, repo_id: str, files: Dict[str, bytes], private: bool = False) -> str:
-        """Create or update a repository directly (to stage foreign, non-cxr repositories)."""
+    def put_files(self, repo_id: str, files: Dict[str, bytes], private: bool = False, repo_type: str = "model") -> str:
+        """Create or update a repository directly (to stage foreign repositories and data sets)."""
         with self.lock:
-            repo = self.repos.setdefault(repo_id, Repo(private=private))
+            repo = self.repos.setdefault(repo_key(repo_id, repo_type), Repo(private=private))
             return self._commit(repo, files, [])
 
     @staticmethod
@@ -115,22 +127,28 @@ class LocalHub:
         if method == "POST":
             body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
         authed = req.headers.get("Authorization") == f"Bearer {TOKEN}"
+        kind = r"(?P<kind>models|datasets|spaces)"
+        repo = r"(?P<repo>[^/]+/[^/]+)"
         routes = [
             ("GET", r"/api/whoami-v2", self._whoami),
             ("POST", r"/api/repos/create", self._create),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
-            ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", self._preupload),
-            ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", self._commit_route),
-            ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", self._info),
-            ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
-            ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
-            ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("POST", rf"/api/{kind}/{repo}/preupload/(?P<rev>[^/]+)", self._preupload),
+            ("POST", rf"/api/{kind}/{repo}/commit/(?P<rev>[^/]+)", self._commit_route),
+            ("GET", rf"/api/{kind}/{repo}(?:/revision/(?P<rev>[^/]+))?", self._info),
+            ("GET", rf"/api/{kind}/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
+            ("HEAD", rf"/(?:(?P<kind>datasets|spaces)/)?{repo}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("GET", rf"/(?:(?P<kind>datasets|spaces)/)?{repo}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
         ]
         for m, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if m == method and match:
+                args = match.groupdict()
+                if args.get("repo"):  # one key per repository, whatever its type
+                    args["repo"] = args["repo"] if args.get("kind") in (None, "models") else f"{args['kind']}/{args['repo']}"
+                args.pop("kind", None)
                 with self.lock:
-                    status, headers, payload = handler(authed=authed, body=body, method=method, **match.groupdict())
+                    status, headers, payload = handler(authed=authed, body=body, method=method, **args)
                 break
         else:
             status, headers, payload = 404, {"X-Error-Message": f"local stand-in: no route {method} {path}"}, b"{}"
@@ -173,11 +191,19 @@ class LocalHub:
         namespace = payload.get("organization") or USER
         if namespace not in (USER, *ORGS):
             return self._error(403, None, f"You don't have the rights to create a model under the namespace {namespace}")
+        repo_type = payload.get("type") or "model"
+        if repo_type not in KINDS:
+            return self._error(400, None, f"unknown repository type {repo_type!r}")
+        if repo_type == "space" and not payload.get("sdk"):
+            return self._error(400, None, "a Space needs an sdk (gradio, docker or static)")
         repo_id = f"{namespace}/{payload['name']}"
-        if repo_id in self.repos:
-            return 409, {}, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
-        self.repos[repo_id] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
-        return 200, {}, {"url": f"{self.url}/{repo_id}", "name": repo_id}
+        key = repo_key(repo_id, repo_type)
+        url = f"{self.url}/{key}"
+        if key in self.repos:
+            return 409, {}, {"error": f"You already created this {repo_type} repo", "url": url}
+        self.repos[key] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
+        self.repos[key].sdk = payload.get("sdk")
+        return 200, {}, {"url": url, "name": repo_id}
 
     def _validate_yaml(self, body, **_):
         """Check a README's front matter parses as a YAML mapping (the Hub checks far more)."""
@@ -234,8 +260,10 @@ class LocalHub:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             snap = ("0" * 40, {})
         sha, files = snap
+        repo_id = repo.split("/", 1)[1] if repo.startswith(("datasets/", "spaces/")) else repo
         return 200, {}, {
-            "_id": repo, "id": repo, "modelId": repo, "sha": sha, "private": r.private, "disabled": False,
+            "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": r.private, "disabled": False,
+            "sdk": r.sdk,
             "gated": False, "tags": [], "downloads": 0, "likes": 0, "library_name": "timm",
             "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(files.items())],
             "lastModified": "2026-11-25T00:00:00.000Z", "createdAt": "2026-11-25T00:00:00.000Z",
