@@ -127,7 +127,7 @@ class CamSession:
                 self.outputs = self.clf.model(self.x)
         else:
             self.outputs = self.cam.activations_and_grads(self.x)
-        return self.outputs.detach().float().softmax(-1)[0].cpu().numpy()
+        return self.clf.probabilities(self.outputs.detach())[0].cpu().numpy()
 
     def heatmap(self, class_index: Optional[int] = None) -> np.ndarray:
         """The map for ``class_index`` (default: the predicted class) from the forward already run."""

@@ -35,6 +35,7 @@ from .labels import CLASS_NAMES
 from .preprocessing import PreprocessConfig
 
 __all__ = [
+    "NON_PORTABLE_MODEL_TYPE",
     "save_model_dir",
     "recover_model_dir",
     "load_model",
@@ -48,6 +49,9 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+#: ``config.json``'s ``model_type`` for models whose preprocessing only cxr applies (CLAHE): transformers
+#: refuses to load them and names this type in its error.
+NON_PORTABLE_MODEL_TYPE = "cxr-only (CLAHE preprocessing that transformers cannot apply; load with cxr.CXRClassifier)"
 CONFIG_NAME = "config.json"
 
 
@@ -109,7 +113,7 @@ def save_model_dir(
         str(tmp),
         model_config={
             "label_names": list(preprocess.label_names),
-            "cxr": {"preprocessing": preprocess.to_dict(), **info},
+            "cxr": {"preprocessing": preprocess.to_dict(), "portability": preprocess.portability(), **info},
         },
         data_config=preprocess.timm_data_config(),
         safe_serialization=True,
@@ -123,6 +127,10 @@ def save_model_dir(
         cfg["model_args"] = model_args
     else:
         cfg.pop("model_args", None)
+    if not preprocess.portable:
+        # transformers would load it and feed it the wrong input without a word: an explicit model type it
+        # does not know stops AutoConfig/pipeline at load, with the reason in the message (timm ignores the key)
+        cfg["model_type"] = NON_PORTABLE_MODEL_TYPE
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     _atomic_swap_dir(tmp, directory)
     return directory

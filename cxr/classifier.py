@@ -76,6 +76,19 @@ class CXRClassifier:
         return str(self.config.get("cxr", {}).get("model") or self.config.get("architecture"))
 
     @property
+    def temperature(self) -> float:
+        """The softmax temperature saved with the model (``config.json``'s ``cxr.temperature``), else 1.
+
+        A temperature fitted on validation data calibrates the probabilities without changing the
+        predicted class; every probability cxr shows or returns goes through it (:meth:`probabilities`).
+        """
+        return float(self.config.get("cxr", {}).get("temperature") or 1.0)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities from the model's logits: ``softmax(logits / temperature)``."""
+        return (logits.float() / self.temperature).softmax(-1)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -85,8 +98,8 @@ class CXRClassifier:
 
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """Class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""
-        return self.model(self.inputs(images)).float().softmax(-1).cpu().numpy()
+        """Calibrated class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""
+        return self.probabilities(self.model(self.inputs(images))).cpu().numpy()
 
     def predict(self, image: ImageLike) -> Dict[str, float]:
         """Class probabilities of one image by class name."""

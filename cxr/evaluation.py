@@ -29,7 +29,8 @@ _logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating",
+            temperature: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``model`` over ``loader`` on every process and gather the results on all of them.
 
     Args:
@@ -37,6 +38,7 @@ def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating
         loader: a loader prepared by ``accelerator`` yielding ``pixel_values``, ``labels``, ``index``.
         accelerator: the run's ``Accelerator``.
         desc: progress-bar label (main process only).
+        temperature: softmax temperature (a saved model's calibration, :attr:`CXRClassifier.temperature`).
 
     Returns:
         ``(index, labels, probabilities)``, one row per image of the loader's dataset, exactly once,
@@ -47,7 +49,7 @@ def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         with accelerator.autocast():
             logits = model(batch["pixel_values"])
-        probs = logits.float().softmax(dim=-1)
+        probs = (logits.float() / temperature).softmax(dim=-1)
         idx, labels, probs = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs))
         idx_parts.append(idx.cpu())
         lab_parts.append(labels.cpu())
@@ -131,7 +133,7 @@ def evaluate_folder(
     view = RadiographDataset(cached.dataset, prep)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model, loader = accelerator.prepare(model, loader)
-    index, labels, probs = predict(model, loader, accelerator, desc="cxr.eval")
+    index, labels, probs = predict(model, loader, accelerator, desc="cxr.eval", temperature=clf.temperature)
     metrics = {"test": compute_metrics(labels, probs)}
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -220,15 +220,45 @@ class PreprocessConfig:
         return cls(**kw)
 
     def timm_data_config(self) -> Dict[str, Any]:
-        """The same preprocessing in timm's ``pretrained_cfg`` vocabulary (for ``save_for_hf``)."""
+        """The same preprocessing in timm's ``pretrained_cfg`` vocabulary (for ``save_for_hf``).
+
+        ``crop_mode: squash`` with ``crop_pct: 1.0`` makes timm's eval transform (and so transformers'
+        ``TimmWrapperImageProcessor``) resize the whole image to ``image_size`` x ``image_size`` with the
+        same PIL filter, as :meth:`pixels` does, instead of resizing the short side and cropping.
+        """
         return {
             "input_size": (self.in_chans, self.image_size, self.image_size),
             "mean": tuple(self.mean),
             "std": tuple(self.std),
             "interpolation": self.interpolation,
             "crop_pct": 1.0,
-            "crop_mode": "center",
+            "crop_mode": "squash",
         }
+
+    @property
+    def portable(self) -> bool:
+        """Whether timm's and transformers' own preprocessing can reproduce this one (CLAHE: no)."""
+        return not self.clahe
+
+    def portability(self) -> Dict[str, Any]:
+        """What other libraries reproduce of this preprocessing, stored in ``config.json`` (``cxr.portability``).
+
+        Returns:
+            ``{"timm": bool, "transformers": bool, "notes": [...]}``: where timm's eval transform and
+            transformers' image processor give cxr's input, and the conditions that must hold.
+        """
+        notes = [
+            "cxr converts every image to one 8-bit grey channel (ITU-R 601 luma) before resizing; timm and "
+            "transformers resize the RGB channels as given: identical for grey radiographs (equal R, G and B), "
+            "different for colour images unless they are converted to grey first (image.convert('L').convert('RGB')).",
+            "16- and 32-bit images: cxr stretches their own minimum..maximum to 0..255; PIL's convert('RGB'), which "
+            "transformers' pipeline applies to a path, clips them instead. Pass cxr.preprocessing.load_grayscale(path)"
+            ".convert('RGB') to timm or transformers.",
+        ]
+        if self.clahe:
+            notes.insert(0, "This model applies CLAHE (OpenCV) to the full-resolution grey image before resizing; "
+                            "neither timm nor transformers can apply it, so only cxr gives this model its input.")
+        return {"timm": self.portable, "transformers": self.portable, "notes": notes}
 
     def pixels(self, image: ImageLike) -> np.ndarray:
         """Decode, [CLAHE,] resize: the ``image_size x image_size`` uint8 grey array (cacheable)."""

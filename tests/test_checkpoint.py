@@ -70,8 +70,8 @@ def test_transformers_pipeline_reads_the_saved_preprocessing(tmp_path, sample_di
     with torch.no_grad():
         ref = model(prep.transform(path).unsqueeze(0)).softmax(-1)[0]
     assert set(got) == set(CLASS_NAMES)
-    for i, name in enumerate(CLASS_NAMES):  # its own resize implementation: close, not bit-identical
-        assert got[name] == pytest.approx(float(ref[i]), abs=0.02)
+    for i, name in enumerate(CLASS_NAMES):  # squash resize with the same PIL filter: cxr's input
+        assert got[name] == pytest.approx(float(ref[i]), abs=1e-3)
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path):

@@ -101,8 +101,8 @@ print(json.dumps(out))
     got = run_in_fresh_process(code, hub_env(hub, tmp_path))
     for way in ("cxr", "timm", "transformers"):
         assert np.allclose(got[way], expected, atol=1e-5), way
-    for row, probs in zip(got["pipeline"], expected):  # the pipeline resizes with its own code
-        assert [row[label] for label in got["labels"]] == pytest.approx(probs.tolist(), abs=0.03)
+    for row, probs in zip(got["pipeline"], expected):  # the pipeline reads the files itself, to cxr's input
+        assert [row[label] for label in got["labels"]] == pytest.approx(probs.tolist(), abs=1e-3)
 
 
 def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, tmp_path):

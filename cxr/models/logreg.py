@@ -22,6 +22,9 @@ from ..labels import NORMALIZATIONS
 
 __all__ = ["LogisticRegression", "logreg"]
 
+#: ITU-R 601 luma weights (PIL's ``convert("L")``), for RGB input to a one-channel model.
+_LUMA = (0.299, 0.587, 0.114)
+
 
 class LogisticRegression(nn.Module):
     """Flatten, then one ``nn.Linear``: softmax regression on pixels.
@@ -42,6 +45,7 @@ class LogisticRegression(nn.Module):
         super().__init__()
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.img_size = (h, w)
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = in_chans * h * w
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -54,6 +58,10 @@ class LogisticRegression(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 3 and self.in_chans == 1:
+            # timm's and transformers' image processors feed RGB: take its luma (exactly the grey channel
+            # for grey images, and the normalisation commutes with it: one mean/std for every channel)
+            x = torch.tensordot(x, x.new_tensor(_LUMA), dims=([1], [0])).unsqueeze(1)
         return torch.flatten(x, 1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
