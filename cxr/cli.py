@@ -217,9 +217,9 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         if args.quickstart:
             quick = ensure_quickstart_model(args.quickstart)
             refs = [quick] + [r for r in refs if Path(r).resolve() != Path(quick).resolve()]
-        if not refs:
-            raise CXRError("no models to show: pass --models, list them in app_models.txt, train one into "
-                           "runs/NAME/model, or use --quickstart DATA")
+        if not refs:  # a fresh Space or checkout: serve a page that says what the app needs, never exit
+            _logger.warning("no models to show: pass --models, list them in app_models.txt, train one into "
+                            "runs/NAME/model, or use --quickstart DATA; serving a page that says so")
         board = ModelBoard.load(refs)
         for m in board.models:
             _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")

@@ -146,6 +146,33 @@ class ModelBoard:
         grey.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
         return grey
 
+    def classify(self, path: Optional[str]) -> Analysis:
+        """Every model's calibrated probabilities for one upload, without Grad-CAM (the fast path).
+
+        Args:
+            path: the uploaded file.
+
+        Returns:
+            An :class:`Analysis` with ``probabilities`` (and ``model_errors``) filled in, or with
+            ``error`` set for a bad upload.
+        """
+        result = Analysis()
+        try:
+            image, result.warnings = read_radiograph(path)
+        except CXRError as e:
+            result.error = str(e)
+            return result
+        for m in self.available:
+            try:
+                # the lock keeps this forward out of a concurrent request's Grad-CAM hooks on the same model
+                with m.lock:
+                    probs = m.classifier.predict_proba([image])[0]
+                result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs)))
+            except Exception as e:
+                _logger.exception("prediction failed for %s", m.ref)
+                result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
+        return result
+
     def analyse(self, path: Optional[str], method: str = "GradCAM", cam_class: Optional[str] = None) -> Iterator[Analysis]:
         """Stream a request: yields after decoding, after all probabilities, then after each heat map.
 

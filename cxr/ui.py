@@ -15,7 +15,7 @@ from .demo import Analysis, ModelBoard, agreement_line
 from .labels import CLASS_NAMES
 from .report import DISCLAIMER
 
-__all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES"]
+__all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -28,6 +28,25 @@ _INTRO = f"""# Chest X-ray classifiers, side by side
 class probabilities and a Grad-CAM heat map of where it looked. These models were trained on a
 database whose classes come from different hospitals and age groups, so they can answer from the
 source of an image rather than from disease."""
+
+
+#: Shown instead of model columns when the app has no model to show (a fresh Space, a fresh checkout).
+NO_MODELS = """## No models to show yet
+
+This app shows chest X-ray classifiers trained with `cxr`, side by side. It was started without any:
+
+- **A Hugging Face Space:** list the published model ids in the Space's `app_models.txt`, one per line (or
+  set the Space variable `CXR_APP_MODELS` to `ORG/model1,ORG/model2`), then restart the Space.
+  `python -m cxr.hub space ORG/NAME --models ORG/model1,ORG/model2` deploys a Space with its models listed.
+- **Your machine:** `python app.py --models ORG/NAME,runs/NAME/model` (Hub ids or model folders), or
+  `python app.py --quickstart DATA` to fine-tune EfficientNet-Lite0 on a Kaggle-layout folder first (offline).
+- **A model of your own:** `accelerate launch train_accelerate.py --model resnet50 --data DATA --output-dir
+  runs/resnet50` writes `runs/resnet50/model`, which the app shows when started from that folder.
+"""
+
+
+NO_MODELS_LINE = ("this app was started without models: list Hub ids in app_models.txt or $CXR_APP_MODELS, "
+                  "or pass --models (the page says how)")
 
 
 def _model_header(m) -> str:
@@ -66,33 +85,35 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
     shown = board.models
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)") as demo:
         gr.Markdown(_INTRO)
+        if not shown:
+            gr.Markdown(NO_MODELS, elem_id="no-models")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath")
                 method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
                 cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
-                run = gr.Button("Analyse", variant="primary")
+                run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
             with gr.Column(scale=1):
                 image = gr.Image(label="Image as analysed (grey)", type="numpy", interactive=False, height=320)
-        status = gr.Markdown(f"*{DISCLAIMER}*", elem_id="status")
+        status = gr.Markdown(f"*{DISCLAIMER}*", elem_id="status", label="Status")
         labels, heatmaps = [], []
         with gr.Row(equal_height=False):
             for i, m in enumerate(shown):
                 with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
                     gr.Markdown(_model_header(m))
-                    labels.append(gr.Label(num_top_classes=4, label="Probabilities", elem_id=f"label-{i}"))
-                    heatmaps.append(gr.Image(label="Grad-CAM", type="numpy", interactive=False,
+                    labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
+                    heatmaps.append(gr.Image(label=f"Grad-CAM · {m.ref}", type="numpy", interactive=False,
                                              elem_id=f"heatmap-{i}", height=260))
-        agreement = gr.Markdown("", elem_id="agreement")
+        agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
         if examples:
             gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples (click one)")
 
-        def stream(path, method_name, explain):
+        def stream(image, cam_method, explain):
             """Yield the page's outputs as they are ready, skipping those that did not change
             (Gradio would otherwise re-encode and re-send every heat map at each step)."""
             sent: Optional[List[Any]] = None
             last, shown_array = None, None
-            for a in board.analyse(path, method_name or "GradCAM", _cam_class(explain)):
+            for a in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
                 last = a
                 if shown_array is None and a.shown is not None:
                     shown_array = _as_array(a.shown)
@@ -113,20 +134,19 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
             return out
 
         outputs = [status, image, *labels, *heatmaps, agreement]
-        run.click(stream, [upload, method, cam_class], outputs, api_name="analyse")
+        run.click(stream, [upload, method, cam_class], outputs, api_name="analyse",
+                  api_description="What the page shows, streamed: the status line, the image as analysed, then every "
+                                  "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
+                                  "ready, and whether the models agree. Programs want /classify or /predict.")
         upload.upload(stream, [upload, method, cam_class], outputs, api_name=False)
 
-        api_json = gr.JSON(visible=False)
-        api_gallery = gr.Gallery(visible=False, format="png")
+        api_json = gr.JSON(visible=False, label="result")
+        api_gallery = gr.Gallery(visible=False, format="png", label="heat maps")
         api_button = gr.Button(visible=False)
+        probabilities_json = gr.JSON(visible=False, label="probabilities")
+        classify_button = gr.Button(visible=False)
 
-        def predict(path, method_name="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
-            """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
-            final = None
-            for final in board.analyse(path, method_name or "GradCAM", _cam_class(explain)):
-                pass
-            if final.error:
-                return {"error": final.error}, []
+        def model_entries(final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
             models, gallery = {}, []
             for m in shown:
                 entry: Dict[str, Any] = {"available": m.available}
@@ -134,18 +154,54 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
                     entry["error"] = m.error
                 elif m.ref in final.model_errors:
                     entry["error"] = final.model_errors[m.ref]
+                else:
+                    entry["temperature"] = m.classifier.temperature
                 probs = final.probabilities.get(m.ref)
                 if probs:
                     entry.update(probabilities=probs, predicted=max(probs, key=probs.get))
-                if m.ref in final.heatmaps:
+                if with_heatmaps and m.ref in final.heatmaps:
                     entry["heatmap_index"] = len(gallery)
                     gallery.append((final.heatmaps[m.ref], m.ref))
                 models[m.ref] = entry
+            return models, gallery
+
+        def classify(image) -> Dict[str, Any]:
+            """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
+            final = board.classify(image)
+            if not shown:
+                final.error = NO_MODELS_LINE
+            if final.error:
+                return {"error": final.error, "disclaimer": DISCLAIMER}
+            models, _ = model_entries(final, with_heatmaps=False)
+            return {"error": None, "warnings": final.warnings, "agreement": agreement_line(final.probabilities),
+                    "models": models, "disclaimer": DISCLAIMER}
+
+        classify_button.click(
+            classify, [upload], [probabilities_json], api_name="classify",
+            api_description="Fast: every model's calibrated class probabilities for one chest X-ray, no Grad-CAM. "
+                            "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
+                            "models (per model: available, probabilities by class, predicted, temperature, error), "
+                            "disclaimer. Research use only, not for diagnosis.")
+
+        def predict(image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
+            """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
+            final = None
+            for final in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
+                pass
+            if not shown:
+                final.error = NO_MODELS_LINE
+            if final.error:
+                return {"error": final.error, "disclaimer": DISCLAIMER}, []
+            models, gallery = model_entries(final, with_heatmaps=True)
             return {"error": None, "warnings": final.warnings, "shown_size": list(final.shown.size),
                     "agreement": agreement_line(final.probabilities), "models": models,
                     "disclaimer": DISCLAIMER}, gallery
 
-        api_button.click(predict, [upload, method, cam_class], [api_json, api_gallery], api_name="predict")
+        api_button.click(
+            predict, [upload, method, cam_class], [api_json, api_gallery], api_name="predict",
+            api_description="Every model's calibrated probabilities and a Grad-CAM heat map per model, in one answer. "
+                            "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
+                            "gallery of heat maps (PNG, the size of the image as analysed, captioned by model).")
     return demo
 
 

@@ -99,6 +99,77 @@ def test_real_xray_gets_every_model_probabilities_and_heat_map(app, client, samp
     assert info["agreement"]
 
 
+def test_classify_endpoint_gives_cxr_probabilities_without_heat_maps(app, client, tmp_path, sample_dir):
+    from gradio_client import handle_file
+
+    from cxr import CXRClassifier
+
+    paths = [next((sample_dir / c).glob("*.png")) for c in ("COVID", "Viral Pneumonia")]
+    for path in paths:
+        info = client.predict(handle_file(str(path)), api_name="/classify")
+        assert info["error"] is None and "not for diagnosis" in info["disclaimer"]
+        assert info["models"][MISSING]["available"] is False
+        for ref in app[2]:
+            entry = info["models"][ref]
+            clf = CXRClassifier.from_pretrained(ref)
+            expected = dict(zip(clf.label_names, clf.predict_proba([path])[0].tolist()))
+            assert entry["probabilities"] == pytest.approx(expected, abs=1e-5)
+            assert entry["temperature"] == clf.temperature and "heatmap_index" not in entry
+            # the same numbers the full /predict answer carries
+        full, _ = predict(client, path)
+        for ref in app[2]:
+            assert full["models"][ref]["probabilities"] == pytest.approx(info["models"][ref]["probabilities"], abs=1e-6)
+    for bad, message in _bad_inputs(tmp_path, sample_dir)[:3]:
+        info = client.predict(handle_file(str(bad)) if bad else None, api_name="/classify")
+        assert message in info["error"], (bad, info)
+
+
+def test_api_endpoints_name_their_outputs_and_say_what_they_do(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/analyse", "/predict", "/classify"} <= set(api)
+    for name in ("/analyse", "/predict", "/classify"):
+        endpoint = api[name]
+        assert len(endpoint["description"]) > 40, name
+        labels = [r["label"] for r in endpoint["returns"]] + [p["label"] for p in endpoint["parameters"]]
+        assert all(label and not label.startswith("value_") for label in labels), (name, labels)
+    assert [r["label"] for r in api["/classify"]["returns"]] == ["probabilities"]
+    assert [r["label"] for r in api["/predict"]["returns"]] == ["result", "heat maps"]
+    assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["image", "cam_method", "explain"]
+
+
+def test_app_without_models_serves_a_page_that_says_what_it_needs(tmp_path, sample_dir):
+    """A fresh Space: no --models, no app_models.txt, no runs/ — the app serves and explains, never exits."""
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([PYTHON, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path, stdout=f,
+                                stderr=subprocess.STDOUT,
+                                env={k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items()
+                                     if k != "CXR_APP_MODELS"})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                config = urllib.request.urlopen(url + "config", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the app did not start: " + log.read_text()[-3000:])
+        assert "No models to show yet" in config and "app_models.txt" in config and "cxr.hub space" in config
+        client = Client(url, verbose=False)
+        info = client.predict(handle_file(str(next((sample_dir / "COVID").glob("*.png")))), api_name="/classify")
+        assert "started without models" in info["error"]
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_each_cam_method_and_explained_class(app, client, sample_dir):
     path = next((sample_dir / "Viral Pneumonia").glob("*.png"))
     for method in ("GradCAM++", "HiResCAM", "EigenCAM"):
