@@ -30,7 +30,7 @@ def run_cli(fn: Callable[[], None]) -> int:
     turning a :class:`CXRError` into a one-line message and exit status 2."""
     keep_freed_memory()
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "huggingface_hub", "timm"):
+    for noisy in ("datasets", "httpx", "httpx2", "huggingface_hub", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         fn()

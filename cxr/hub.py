@@ -22,12 +22,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 from .errors import CXRError
 from .models.pretrained import hub_is_offline
 
-__all__ = ["PUSHED_FILES", "validate_hub_model_id", "check_push_target", "push_run", "retry_command", "main"]
+__all__ = ["PUSHED_FILES", "validate_hub_model_id", "check_token", "check_push_target", "push_run", "retry_command", "main"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,10 +66,35 @@ def _token() -> str:
     token = get_token()
     if not token:
         raise CXRError(
-            "pushing to the Hub needs a token with write access: set HF_TOKEN or run `hf auth login` "
-            "(nothing was trained or written)"
+            "writing to the Hub needs a token with write access: set HF_TOKEN or run `hf auth login` "
+            "(nothing was trained, written or uploaded)"
         )
     return token
+
+
+def check_token() -> Tuple[str, str]:
+    """A token the Hub accepts: present and valid (``whoami``).
+
+    Returns:
+        ``(token, user name)``.
+
+    Raises:
+        CXRError: no token, a rejected token, or an unreachable Hub.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = _token()
+    try:
+        user = HfApi(token=token).whoami()
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status == 401:
+            raise CXRError(f"the Hugging Face token was rejected by {constants.ENDPOINT} (401): log in again") from None
+        raise CXRError(f"could not check the token at {constants.ENDPOINT}: {e}") from None
+    except Exception as e:  # connection refused, DNS, timeouts
+        raise CXRError(f"cannot reach the Hub at {constants.ENDPOINT}: {type(e).__name__}: {e}") from None
+    return token, str(user.get("name", "?"))
 
 
 def check_push_target(repo_id: str, private: bool = False) -> str:
@@ -83,27 +108,17 @@ def check_push_target(repo_id: str, private: bool = False) -> str:
     Raises:
         CXRError: with the reason.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     validate_hub_model_id(repo_id)
     if hub_is_offline():
         raise CXRError("cannot push: the Hub is offline (HF_HUB_OFFLINE=1)")
-    token = _token()
-    api = HfApi(token=token)
+    token, user = check_token()
     try:
-        user = api.whoami()
+        url = HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        if status == 401:
-            raise CXRError(f"the Hugging Face token was rejected by {constants.ENDPOINT} (401): log in again") from None
-        raise CXRError(f"could not check the token at {constants.ENDPOINT}: {e}") from None
-    except Exception as e:  # connection refused, DNS, timeouts
-        raise CXRError(f"cannot reach the Hub at {constants.ENDPOINT}: {type(e).__name__}: {e}") from None
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    except HfHubHTTPError as e:
-        raise CXRError(f"cannot create or write {repo_id} as {user.get('name', '?')}: {e}") from None
+        raise CXRError(f"cannot create or write {repo_id} as {user}: {e}") from None
     return str(url)
 
 
@@ -175,12 +190,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m cxr.hub push RUN_DIR ORG/NAME [--private]``."""
+    """``python -m cxr.hub push RUN_DIR ORG/NAME [--private]`` and ``python -m cxr.hub space OWNER/NAME --models ...``."""
     from .cli import run_cli
 
     parser = argparse.ArgumentParser(
         prog="python -m cxr.hub",
-        description="Publish cxr runs on the Hugging Face Hub. Research use only — not for diagnosis.",
+        description="Publish cxr runs on the Hugging Face Hub, and deploy a Space that shows them. "
+                    "Research use only — not for diagnosis.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="Publish a finished run folder (model, model card, metrics, plots, split).")
@@ -188,10 +204,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     push.add_argument("repo_id", help="Hub model repository ORG/NAME (created if missing).")
     push.add_argument("--private", action="store_true", help="Create the repository private.")
     push.add_argument("--commit-message", default=None, help="Commit message (default: 'Upload <model> trained with cxr').")
+    space = sub.add_parser(
+        "space", help="Create or update a Gradio Space that shows published models side by side (app, package, "
+                      "pinned requirements, README front matter, model list); every check runs before any upload.")
+    space.add_argument("space_id", help="Hub Space OWNER/NAME (created if missing).")
+    space.add_argument("--models", required=True, metavar="ORG/M1,ORG/M2",
+                       help="Comma-separated ids of published cxr models, in the order the app shows them.")
+    space.add_argument("--private", action="store_true", help="Create the Space private.")
+    space.add_argument("--commit-message", default=None,
+                       help="Commit message (default: 'Deploy cxr app with N model(s)').")
     args = parser.parse_args(argv)
 
     def run():
-        url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
+        if args.command == "space":
+            from .space import deploy_space
+
+            url = deploy_space(args.space_id, args.models.split(","), private=args.private,
+                               commit_message=args.commit_message)
+        else:
+            url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
         print(url)
 
     return run_cli(run)

@@ -275,6 +275,8 @@ class LocalHub:
         if r is None:
             return None, self._error(404, "RepoNotFound", f"Repository {repo} not found")
         snap = r.snapshot(rev)
+        if snap is None and rev in ("main", "HEAD") and not r.commits:
+            snap = ("0" * 40, {})  # a repository just created: an empty main branch
         if snap is None:
             return None, self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return snap, None

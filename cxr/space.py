@@ -1,0 +1,281 @@
+"""A Hugging Face Space for published cxr models, built and deployed in one command.
+
+``python -m cxr.hub space ORG/NAME --models ORG/m1,ORG/m2`` checks everything first — the Space id,
+the token, and that every model id is a published cxr checkpoint — then creates the Space
+repository (``repo_type="space"``, Gradio SDK) and uploads exactly what it needs to start:
+
+- ``app.py``: the app's entry point (:func:`cxr.cli.app_main`);
+- ``cxr/``: this package, as installed or checked out (Python modules and package data);
+- ``requirements.txt``: the app's runtime dependencies pinned at the versions running here
+  (Gradio itself comes from the Space's ``sdk_version``);
+- ``README.md``: front matter a Space accepts (``sdk``, ``sdk_version``, ``app_file``,
+  ``python_version``, ``models`` and ``preload_from_hub`` so start-up downloads nothing);
+- ``app_models.txt``: the models the app shows, one per line.
+
+Nothing is uploaded when a check fails. Research use only — not for diagnosis.
+
+Example:
+    >>> url = deploy_space("my-org/cxr-demo", ["my-org/cxr-lite0", "my-org/cxr-resnet50"])   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from .errors import CXRError
+
+__all__ = ["APP_PY", "SPACE_FILES", "validate_space_id", "check_models_published", "space_requirements",
+           "build_space", "deploy_space"]
+
+_logger = logging.getLogger(__name__)
+
+#: The Space's entry point: the same three lines as the repository's ``app.py``.
+APP_PY = '''"""The cxr Gradio app on a Hugging Face Space. Research use only — not for diagnosis."""
+import sys
+
+from cxr.cli import app_main
+
+if __name__ == "__main__":
+    sys.exit(app_main())
+'''
+#: What a deployed Space holds besides the ``cxr/`` package.
+SPACE_FILES = ("app.py", "README.md", "requirements.txt", "app_models.txt")
+#: Runtime dependencies a Space must not pin: Gradio comes from the front matter's ``sdk_version``.
+_SDK_PROVIDED = {"gradio"}
+_MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def validate_space_id(space_id: Optional[str]) -> str:
+    """Check that ``space_id`` is a well-formed ``OWNER/NAME``.
+
+    Raises:
+        CXRError: naming the problem.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not space_id or space_id.count("/") != 1 or not all(space_id.split("/")):
+        raise CXRError(f"malformed Space id {space_id!r}: expected OWNER/NAME (your user or organisation, a slash, "
+                       "a name); nothing was uploaded")
+    try:
+        validate_repo_id(space_id)
+    except HFValidationError as e:
+        raise CXRError(f"malformed Space id {space_id!r}: {e}; nothing was uploaded") from None
+    return space_id
+
+
+def check_models_published(model_ids: Sequence[str], token: Optional[str] = None) -> Dict[str, str]:
+    """Make sure every id is a published cxr model: its repository exists and holds ``config.json``
+    with a ``cxr`` block and ``model.safetensors``.
+
+    Args:
+        model_ids: Hub model ids.
+        token: a token that can read them (private models).
+
+    Returns:
+        ``{model id: its architecture}``.
+
+    Raises:
+        CXRError: listing every id that is malformed, missing, or not a cxr checkpoint.
+    """
+    import json
+
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not model_ids:
+        raise CXRError("--models needs at least one published model id (ORG/NAME); nothing was uploaded")
+    api, found, problems = HfApi(token=token), {}, []
+    for model_id in model_ids:
+        try:
+            if model_id.count("/") != 1:
+                raise HFValidationError("expected ORG/NAME")
+            validate_repo_id(model_id)
+            info = api.model_info(model_id)
+            files = {s.rfilename for s in info.siblings or []}
+            missing = [f for f in _MODEL_FILES if f not in files]
+            if missing:
+                problems.append(f"{model_id}: not a cxr checkpoint (no {', '.join(missing)})")
+                continue
+            cfg = json.loads(Path(hf_hub_download(model_id, "config.json", token=token)).read_text())
+            if not isinstance(cfg.get("cxr"), dict):
+                problems.append(f"{model_id}: not a cxr checkpoint (its config.json has no 'cxr' block)")
+                continue
+            found[model_id] = str(cfg.get("architecture"))
+        except HFValidationError as e:
+            problems.append(f"{model_id}: malformed model id ({e})")
+        except RepositoryNotFoundError:
+            problems.append(f"{model_id}: no such model on the Hub (or private, and the token cannot read it)")
+        except Exception as e:  # connection errors and the like
+            problems.append(f"{model_id}: cannot check it ({type(e).__name__}: {e})")
+    if problems:
+        raise CXRError("cannot deploy the Space; nothing was uploaded:\n  " + "\n  ".join(problems))
+    return found
+
+
+def _runtime_requirements() -> List[str]:
+    """Names of cxr's runtime dependencies: the installed distribution's metadata, else pyproject.toml."""
+    try:
+        requires = metadata.requires("cxr") or []
+        if requires:
+            return [r for r in requires if "extra ==" not in r]
+    except metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        raise CXRError("cannot tell cxr's dependencies: cxr is neither installed nor run from its checkout")
+    import tomllib
+
+    return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+
+
+def space_requirements() -> str:
+    """The Space's ``requirements.txt``: every runtime dependency pinned at the version running here
+    (local version labels such as ``+cu130`` dropped), except what the Gradio SDK provides."""
+    lines = ["# cxr's runtime dependencies, pinned at the versions that deployed this Space (python -m cxr.hub space).",
+             "# Gradio comes from the README's sdk_version."]
+    for requirement in _runtime_requirements():
+        name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
+        if name.lower() in _SDK_PROVIDED:
+            continue
+        try:
+            version = metadata.version(name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            raise CXRError(f"cxr's dependency {name} is not installed here; install requirements.txt first") from None
+        lines.append(f"{name}=={version}")
+    return "\n".join(lines) + "\n"
+
+
+def _space_readme(space_id: str, model_ids: Sequence[str], architectures: Dict[str, str]) -> str:
+    import gradio
+    import yaml
+
+    from .model_card import LICENSE_LINK, LICENSE_NAME
+    from .report import DISCLAIMER
+
+    front = {
+        "title": "cxr — chest X-ray classifiers",
+        "emoji": "🩻",
+        "colorFrom": "blue",
+        "colorTo": "gray",
+        "sdk": "gradio",
+        "sdk_version": gradio.__version__,
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "app_file": "app.py",
+        "pinned": False,
+        "license": "other",
+        "license_name": LICENSE_NAME,
+        "license_link": LICENSE_LINK,
+        "short_description": "Research-only chest X-ray classifiers with Grad-CAM",
+        "models": list(model_ids),
+        # downloaded when the Space is built, so starting the app fetches nothing
+        "preload_from_hub": [f"{m} {','.join(_MODEL_FILES)}" for m in model_ids],
+        "tags": ["medical-imaging", "chest-x-ray", "grad-cam", "cxr"],
+    }
+    rows = "\n".join(f"| [`{m}`](https://huggingface.co/{m}) | `{architectures.get(m, '?')}` |" for m in model_ids)
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
+---
+
+# Chest X-ray classifiers, side by side
+
+**{DISCLAIMER}** Upload a frontal chest X-ray: each model below gives its four class probabilities
+(`COVID`, `Lung_Opacity`, `Normal`, `Viral Pneumonia`) and a Grad-CAM heat map. The models were trained
+on a database whose classes come from different hospitals and age groups, so they can answer from the
+source of an image rather than from disease; each model card says how it was trained and scored.
+
+| model | architecture |
+|---|---|
+{rows}
+
+Deployed with `python -m cxr.hub space {space_id} --models {','.join(model_ids)}`; the models shown are
+listed in `app_models.txt`. Programs can call the `/classify` endpoint (probabilities only) or `/predict`
+(probabilities and heat maps) with `gradio_client`.
+"""
+
+
+def build_space(folder: Union[str, Path], space_id: str, model_ids: Sequence[str],
+                architectures: Optional[Dict[str, str]] = None) -> Path:
+    """Write a Space's files into ``folder`` (which must be empty or missing).
+
+    Args:
+        folder: where to write.
+        space_id: ``OWNER/NAME`` (named in the README).
+        model_ids: the models the Space shows.
+        architectures: ``{model id: architecture}`` for the README's table.
+
+    Returns:
+        The folder, holding :data:`SPACE_FILES` and ``cxr/``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, folder / "cxr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    from .model_card import TEMPLATE_PATH  # package data: ships inside cxr/ as in a wheel
+
+    cards = folder / "cxr" / "model_cards"
+    cards.mkdir(exist_ok=True)
+    shutil.copy2(TEMPLATE_PATH, cards / TEMPLATE_PATH.name)
+    (folder / "app.py").write_text(APP_PY)
+    (folder / "requirements.txt").write_text(space_requirements())
+    (folder / "app_models.txt").write_text(
+        "# The models this Space shows (python -m cxr.hub space), one Hub id per line.\n" + "\n".join(model_ids) + "\n")
+    (folder / "README.md").write_text(_space_readme(space_id, model_ids, architectures or {}))
+    return folder
+
+
+def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
+                 commit_message: Optional[str] = None) -> str:
+    """Create (or update) a Gradio Space showing ``model_ids`` and upload what it needs.
+
+    Every check runs before anything is created or uploaded: the Space id, the Hub connection and
+    token, each model id (published, a cxr checkpoint), and the README's front matter (the Hub's own
+    validator). Files of an earlier deployment that this one no longer has are deleted.
+
+    Args:
+        space_id: ``OWNER/NAME``.
+        model_ids: published cxr model ids, shown in this order.
+        private: create the Space private (an existing Space keeps its visibility).
+        commit_message: defaults to "Deploy cxr app with N model(s)".
+
+    Returns:
+        The URL of the commit.
+
+    Raises:
+        CXRError: naming what is wrong; nothing was uploaded.
+    """
+    from huggingface_hub import HfApi, SpaceCard, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import check_token
+    from .models.pretrained import hub_is_offline
+
+    validate_space_id(space_id)
+    model_ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))
+    if hub_is_offline():
+        raise CXRError("cannot deploy a Space: the Hub is offline (HF_HUB_OFFLINE=1); nothing was uploaded")
+    token = check_token()
+    architectures = check_models_published(model_ids, token)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="cxr-space-") as tmp:
+        folder = build_space(Path(tmp) / "space", space_id, model_ids, architectures)
+        try:
+            SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
+        except ValueError as e:
+            raise CXRError(f"the Space README's front matter was refused: {e}; nothing was uploaded") from None
+        try:
+            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=space_id, repo_type="space", folder_path=str(folder), delete_patterns=["*"],
+                commit_message=commit_message or f"Deploy cxr app with {len(model_ids)} model(s)",
+            )
+        except HfHubHTTPError as e:
+            raise CXRError(f"could not deploy {space_id} at {constants.ENDPOINT}: {e}") from None
+    _logger.info("deployed %s with %s", space_id, ", ".join(model_ids))
+    return str(info.commit_url)
