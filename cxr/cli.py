@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 from .allocator import keep_freed_memory
 from .errors import CXRError
 
-__all__ = ["EPILOG", "build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
+__all__ = ["EPILOG", "program_name", "build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
 
 _logger = logging.getLogger(__name__)
 
@@ -40,15 +40,32 @@ def run_cli(fn: Callable[[], None]) -> int:
     return 0
 
 
+def program_name(default: str) -> str:
+    """The command as the user typed it: an installed console command (``cxr-train``, ...) by its own
+    name, else ``default`` (``accelerate launch train_accelerate.py``, ``python -m cxr.eval``, ...)."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("cxr-") else default
+
+
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
-        prog=prog, description=description, epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=program_name(prog), description=description, epilog=EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
 
 def _data_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     default = os.environ.get("CXR_DATA")
     parser.add_argument("--data", default=default, required=default is None, help=help_text + " Default: $CXR_DATA.")
+
+
+def _dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-revision", default=None, metavar="REV",
+                        help="Branch, tag or commit of a Hub dataset (--data ORG/NAME); the commit it resolves to is "
+                             "recorded (default: main).")
+    parser.add_argument("--dataset-config", default=None, metavar="NAME",
+                        help="Configuration (subset) of a Hub or parquet dataset that has several (default: its "
+                             "default one).")
 
 
 def _decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +90,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help=f"Architecture: a study model ({study}) or any timm model name.")
     _data_arg(p, "Image folder in the Kaggle layout (<Class>/images/*.png or <Class>/*.png), or a Hugging Face "
-                 "dataset id / parquet folder with an Image and a ClassLabel column.")
+                 "dataset id / parquet folder with an Image and a ClassLabel column (its own train/validation/test "
+                 "splits are kept; missing parts are made, stratified), or a Hub dataset holding the Kaggle folders.")
+    _dataset_args(p)
     p.add_argument("--output-dir", required=True, type=Path,
                    help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.")
     p.add_argument("--epochs", type=int, default=None, help="Epochs (default: the study's for the model, else 20).")
@@ -151,6 +170,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="A run's model/ folder or a Hub repository id (ORG/NAME).")
     _data_arg(p, "Image folder in the Kaggle layout (every image is a test image), or a dataset id.")
+    _dataset_args(p)
     p.add_argument("--output-dir", required=True, type=Path, help="Folder for the evaluation files.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass and process.")
     p.add_argument("--num-workers", type=int, default=0, help="Data-loader worker processes.")
@@ -171,7 +191,8 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
             raise CXRError(f"--num-workers must be >= 0, got {args.num_workers}")
         evaluate_folder(args.model, args.data, args.output_dir, batch_size=args.batch_size,
                         num_workers=args.num_workers, cache_dir=args.cache_dir,
-                        skip_bad_images=args.skip_bad_images)
+                        skip_bad_images=args.skip_bad_images, dataset_revision=args.dataset_revision,
+                        dataset_config=args.dataset_config)
 
     return run_cli(run)
 

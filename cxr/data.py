@@ -6,6 +6,13 @@ them become a :class:`datasets.Dataset` with columns ``image`` (:class:`datasets
 ``file_name`` (``<Class>/<basename>``, the key split files use) and ``label``
 (:class:`datasets.ClassLabel` named exactly :data:`cxr.labels.CLASS_NAMES`).
 
+A Hub dataset is resolved with ``huggingface_hub`` first (``dataset_info`` gives the commit sha of
+``--dataset-revision``, default ``main``; ``snapshot_download`` fetches that commit, without the
+Kaggle tree's ``masks/``), then its local snapshot is read like a local folder: class folders with
+the folder loader, anything else with ``datasets.load_dataset(snapshot, name=--dataset-config)``.
+:func:`load_data_source` also returns the data's own splits (``train``/``test``/...) and a record of
+what was loaded (the ``data_source`` of ``run_config.json``).
+
 Decoding is done once: :func:`cache_pixels` decodes every image, converts it to grey and resizes
 it to the training size with :meth:`PreprocessConfig.pixels` (the same call evaluation uses), and
 stores the uint8 result in an Arrow cache file keyed by the files and the size.
@@ -21,8 +28,9 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
@@ -35,6 +43,9 @@ from .preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentati
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "DataSource",
+    "check_data_options",
+    "load_data_source",
     "find_dataset_root",
     "scan_image_folder",
     "load_radiographs",
@@ -150,33 +161,34 @@ def _find_column(features: datasets.Features, kind: type) -> Optional[str]:
     return cols[0] if cols else None
 
 
-def _hub_dataset(data: str) -> datasets.Dataset:
-    try:
-        loaded = datasets.load_dataset(data)
-    except Exception as e:  # datasets raises many types for "not found" / offline
-        raise CXRError(
-            f"--data {data!r} is neither a local image folder nor a loadable dataset "
-            f"({type(e).__name__}: {e}). Offline (HF_HUB_OFFLINE=1), only local folders work."
-        ) from e
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _from_datasets(loaded: datasets.DatasetDict, what: str) -> Tuple[datasets.Dataset, Dict[str, List[str]]]:
+    """Turn every split of a ``load_dataset`` result into the common columns and merge them.
+
+    Returns:
+        The merged dataset and ``{split name: file names}``, the data's own split of its images.
+    """
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-    parts = []
+    parts, given = [], {}
     for split_name, ds in splits.items():
         image_col = _find_column(ds.features, datasets.Image)
         label_col = _find_column(ds.features, datasets.ClassLabel)
         if image_col is None or label_col is None:
             raise CXRError(
-                f"dataset {data!r} (split {split_name!r}) needs an Image column and a ClassLabel column; "
+                f"{what} (split {split_name!r}) needs an Image column and a ClassLabel column; "
                 f"it has {dict(ds.features)}"
             )
         names = ds.features[label_col].names
         if sorted(names) != sorted(CLASS_NAMES):
-            raise CXRError(
-                f"dataset {data!r} has classes {names}; expected exactly {list(CLASS_NAMES)}"
-            )
+            raise CXRError(f"{what} has classes {names}; expected exactly {list(CLASS_NAMES)}")
         remap = [CLASS_NAMES.index(n) for n in names]
         ds = ds.cast_column(image_col, datasets.Image(decode=False))
 
-        def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap):
+        def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap, _fp=ds._fingerprint):
             out_names = []
             for img, idx, lab in zip(batch[_img], indices, batch[_lab]):
                 base = os.path.basename(img.get("path") or "") or f"{_split}-{idx:07d}.png"
@@ -185,10 +197,10 @@ def _hub_dataset(data: str) -> datasets.Dataset:
                 "image": batch[_img],
                 "file_name": out_names,
                 "label": [_remap[lab] for lab in batch[_lab]],
-                "file_stat": [f"{ds._fingerprint}:{i}" for i in indices],
+                "file_stat": [f"{_fp}:{i}" for i in indices],
             }
 
-        parts.append(ds.map(
+        part = ds.map(
             _rows,
             batched=True,
             with_indices=True,
@@ -199,35 +211,225 @@ def _hub_dataset(data: str) -> datasets.Dataset:
                 "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
                 "file_stat": datasets.Value("string"),
             }),
-        ))
+        )
+        parts.append(part)
+        given[str(split_name)] = list(part["file_name"])
     ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(set(ds["file_name"])) != len(ds):
-        raise CXRError(f"dataset {data!r} has duplicate file names; split files need unique names")
-    return ds.cast_column("image", datasets.Image())
+        raise CXRError(f"{what} has duplicate file names; split files need unique names")
+    return ds.cast_column("image", datasets.Image()), given
 
 
-def load_radiographs(data: str) -> datasets.Dataset:
-    """Load ``--data`` as a dataset with ``image``, ``file_name`` and ``label`` columns.
+def _load_with_datasets(folder: Path, config: Optional[str], what: str) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` on a local folder (parquet, imagefolder, README ``configs:``)."""
+    try:
+        configs = datasets.get_dataset_config_names(str(folder))
+    except Exception as e:  # no data files, unreadable README, ...
+        raise CXRError(f"{what} is not a dataset cxr can read ({_first_line(e)})") from e
+    if config is not None and config not in configs:
+        raise CXRError(f"--dataset-config {config!r}: {what} has no such configuration; it has: {', '.join(configs)}")
+    try:
+        return datasets.load_dataset(str(folder), name=config)
+    except Exception as e:  # datasets raises many types
+        if config is None and len(configs) > 1:
+            raise CXRError(
+                f"{what} has several configurations ({', '.join(configs)}) and no default: "
+                "pick one with --dataset-config"
+            ) from e
+        raise CXRError(f"{what} could not be loaded ({_first_line(e)})") from e
+
+
+def _has_class_folders(path: Path) -> bool:
+    root = find_dataset_root(path)
+    return any((root / c).is_dir() for c in CLASS_NAMES)
+
+
+def _read_as_image_folder(path: Path) -> bool:
+    """Whether a local ``--data`` folder is read by the class-folder loader (else ``datasets.load_dataset``)."""
+    return _has_class_folders(path) or (
+        not any(path.glob("**/*.parquet")) and not (path / "dataset_info.json").exists()
+    )
+
+
+def _class_folder_prefix(paths: Sequence[str]) -> Optional[str]:
+    """The folder of a repository's file list that holds the class folders (``""``: the top), if any.
+
+    Mirrors :func:`find_dataset_root`: the class folders themselves, or one wrapper folder around them.
+    """
+    def subdirs(prefix: str) -> set:
+        rests = [p[len(prefix):] for p in paths if p.startswith(prefix)]
+        return {r.split("/")[0] for r in rests if "/" in r and not r.startswith((".", "_"))}
+
+    top = subdirs("")
+    if top & set(CLASS_NAMES):
+        return ""
+    if len(top) == 1:
+        wrapper = f"{next(iter(top))}/"
+        if subdirs(wrapper) & set(CLASS_NAMES):
+            return wrapper
+    return None
+
+
+def _download_patterns(paths: Sequence[str]) -> Tuple[Optional[List[str]], Optional[List[str]]]:
+    """``(allow_patterns, ignore_patterns)`` for a repository's files: for the Kaggle tree only the class
+    folders' images, never the masks; otherwise everything."""
+    wrapper = _class_folder_prefix(paths)
+    if wrapper is None:
+        return None, None
+    return [f"{wrapper}{c}/*" for c in CLASS_NAMES], [f"{wrapper}*/masks/*"]
+
+
+def _hub_snapshot(repo_id: str, revision: Optional[str]) -> Tuple[Path, str, bool]:
+    """Resolve a Hub dataset repository at ``revision`` and download that commit (or find it cached).
+
+    Returns:
+        ``(snapshot folder, commit sha, whether it came from the local cache without the Hub)``.
+    """
+    import httpx
+    from huggingface_hub import HfApi, constants, get_cached_repo_tree, snapshot_download
+    from huggingface_hub.errors import (
+        CachedRepoTreeNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    rev = revision or "main"
+    prefix = f"--data {repo_id!r} is neither a local image folder nor a loadable dataset"
+    try:
+        info = HfApi().dataset_info(repo_id, revision=rev)
+    except RevisionNotFoundError as e:
+        raise CXRError(f"--dataset-revision {rev!r}: no such branch, tag or commit in the Hub dataset "
+                       f"{repo_id!r}") from e
+    except GatedRepoError as e:
+        raise CXRError(f"the Hub dataset {repo_id!r} is gated: accept its terms on the Hub and log in "
+                       "(`hf auth login` or HF_TOKEN)") from e
+    except RepositoryNotFoundError as e:
+        raise CXRError(f"{prefix}: no dataset repository {repo_id!r} on the Hub ({constants.ENDPOINT}); "
+                       "if it is private, log in (`hf auth login` or HF_TOKEN)") from e
+    except (ConnectionError, httpx.TransportError) as e:  # OfflineModeIsEnabled is a ConnectionError
+        why = ("the Hub is offline (HF_HUB_OFFLINE=1)" if isinstance(e, OfflineModeIsEnabled)
+               else f"the Hub cannot be reached ({_first_line(e)})")
+        try:  # the commit a previous download of this revision fetched, with the same files
+            allow, ignore = _download_patterns([f.path for f in get_cached_repo_tree(
+                repo_id, repo_type="dataset", revision=rev)])
+            folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=rev, local_files_only=True,
+                                            allow_patterns=allow, ignore_patterns=ignore))
+        except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, OSError) as e2:
+            raise CXRError(f"{prefix}: {why} and no complete copy of the Hub dataset {repo_id!r} at revision {rev!r} "
+                           "is cached. Go online once, or pass a local folder.") from e2
+        _logger.warning("%s: using the cached copy of %s at %s", why, repo_id, folder.name)
+        return folder, folder.name, True
+    except HfHubHTTPError as e:
+        raise CXRError(f"{prefix}: the Hub answered {_first_line(e)}") from e
+    allow, ignore = _download_patterns([s.rfilename for s in info.siblings or []])
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=rev,
+                                        allow_patterns=allow, ignore_patterns=ignore))
+    except (HfHubHTTPError, ConnectionError, httpx.TransportError) as e:
+        raise CXRError(f"downloading the Hub dataset {repo_id!r} at {info.sha} failed: {_first_line(e)}") from e
+    sha = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else info.sha
+    if sha != info.sha:
+        _logger.warning("%s moved from %s to %s while it was downloaded; using %s", rev, info.sha, sha, sha)
+    return folder, sha, False
+
+
+@dataclasses.dataclass
+class DataSource:
+    """What ``--data`` resolved to.
+
+    Attributes:
+        dataset: the images, as :func:`load_radiographs` returns them.
+        given_splits: the data's own splits, ``{split name: file names}`` as the data names them
+            (``{}`` for class folders, which have none).
+        info: what was loaded, JSON-ready: ``kind`` (``"hub"`` or ``"folder"``), ``id``, ``revision``
+            (the resolved commit sha), ``requested_revision`` and ``from_cache`` for the Hub, ``path`` (as given) for
+            a folder, ``layout`` (``"class folders"`` or ``"datasets"``) and ``config``.
+    """
+
+    dataset: datasets.Dataset
+    given_splits: Dict[str, List[str]]
+    info: Dict[str, Any]
+
+
+def check_data_options(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Check ``--dataset-revision`` and ``--dataset-config`` against ``--data`` before anything runs.
+
+    Raises:
+        CXRError: an empty value, a revision for a local folder, or a configuration for an image folder.
+    """
+    for flag, value in (("--dataset-revision", revision), ("--dataset-config", config)):
+        if value is not None and not value.strip():
+            raise CXRError(f"{flag} must not be empty")
+    path = Path(data)
+    if path.is_dir():
+        if revision is not None:
+            raise CXRError(f"--dataset-revision is for Hub datasets (--data ORG/NAME); --data {data} is a local "
+                           "folder, which has no revisions")
+        if config is not None and _read_as_image_folder(path):
+            raise CXRError(f"--dataset-config is for datasets with configurations (a Hub dataset or a local parquet "
+                           f"dataset); --data {data} is an image folder")
+    elif (revision is not None or config is not None) and not _looks_like_repo_id(data):
+        raise CXRError(f"--data folder not found: {data}")
+
+
+def load_data_source(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> DataSource:
+    """Load ``--data`` with its own splits and a record of what was loaded.
+
+    Args:
+        data: a Kaggle-layout folder, a folder ``datasets.load_dataset`` reads (parquet, ...), or a Hub
+            dataset id (a repository of parquet/image files with an Image column and a ClassLabel of the four
+            class names, or the Kaggle folder tree).
+        revision: branch, tag or commit of a Hub dataset (default ``main``).
+        config: the dataset's configuration (subset) name.
+
+    Raises:
+        CXRError: for every layout problem, bad option, missing repository or revision, naming it.
+    """
+    check_data_options(data, revision, config)
+    path = Path(data)
+    if path.is_dir():
+        info: Dict[str, Any] = {"kind": "folder", "path": data}
+        folder, what = path, f"--data {data}"
+        if _read_as_image_folder(path):
+            return DataSource(_folder_dataset(path), {}, {**info, "layout": "class folders", "config": None})
+    elif not _looks_like_repo_id(data):
+        raise CXRError(f"--data folder not found: {data}")
+    else:
+        folder, sha, cached = _hub_snapshot(data, revision)
+        info = {"kind": "hub", "id": data, "revision": sha, "requested_revision": revision or "main",
+                "from_cache": cached}
+        what = f"the Hub dataset {data!r} at {sha[:12]}"
+        if _has_class_folders(folder):
+            if config is not None:
+                raise CXRError(f"--dataset-config {config!r}: {what} is a tree of class folders, which has no "
+                               "configurations")
+            return DataSource(_folder_dataset(folder), {}, {**info, "layout": "class folders", "config": None})
+    ds, given = _from_datasets(_load_with_datasets(folder, config, what), what)
+    return DataSource(ds, given, {**info, "layout": "datasets", "config": config})
+
+
+def load_radiographs(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> datasets.Dataset:
+    """Load ``--data`` as a dataset with ``image``, ``file_name`` and ``label`` columns: every image of
+    every split (see :func:`load_data_source` for the splits and the record of what was loaded).
 
     Args:
         data: a Kaggle-layout folder, a folder ``datasets.load_dataset`` reads (parquet, ...),
-            or a Hub dataset id with an Image column and a ClassLabel of the four class names.
+            or a Hub dataset id with an Image column and a ClassLabel of the four class names, or
+            holding the Kaggle folder tree.
+        revision: branch, tag or commit of a Hub dataset.
+        config: the dataset's configuration name.
 
     Returns:
-        The dataset (images not decoded yet), sorted by ``file_name``.
+        The dataset (images not decoded yet); a class-folder layout is sorted by ``file_name``.
 
     Raises:
         CXRError: for every layout problem, naming it.
     """
-    path = Path(data)
-    if path.is_dir():
-        root = find_dataset_root(path)
-        has_class_dirs = any((root / c).is_dir() for c in CLASS_NAMES)
-        if has_class_dirs or not any(path.glob("**/*.parquet")) and not (path / "dataset_info.json").exists():
-            return _folder_dataset(path)
-    elif not _looks_like_repo_id(data):
-        raise CXRError(f"--data folder not found: {data}")
-    return _hub_dataset(data)
+    return load_data_source(data, revision, config).dataset
 
 
 def _looks_like_repo_id(data: str) -> bool:

@@ -103,8 +103,10 @@ def evaluate_folder(
         num_workers: int = 0,
         cache_dir: Optional[str] = None,
         skip_bad_images: bool = False,
+        dataset_revision: Optional[str] = None,
+        dataset_config: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Evaluate a checkpoint on every image of a dataset (``python -m cxr.eval``).
+    """Evaluate a checkpoint on every image of a dataset, every split of it (``python -m cxr.eval``).
 
     Args:
         model_ref: model folder or Hub repository id.
@@ -114,6 +116,8 @@ def evaluate_folder(
         num_workers: loader worker processes.
         cache_dir: resized-pixel cache folder.
         skip_bad_images: skip undecodable images instead of failing.
+        dataset_revision: branch, tag or commit of a Hub dataset.
+        dataset_config: the dataset's configuration name.
 
     Returns:
         The ``metrics.json`` dict (``{"test": {...}}``).
@@ -121,14 +125,15 @@ def evaluate_folder(
     from accelerate import Accelerator
 
     from .classifier import CXRClassifier
-    from .data import RadiographDataset, cache_pixels, load_radiographs
+    from .data import RadiographDataset, cache_pixels, check_data_options, load_data_source
 
+    check_data_options(data, dataset_revision, dataset_config)
     accelerator = Accelerator()
     clf = CXRClassifier.from_pretrained(model_ref)
     model, prep = clf.model, clf.preprocess
     with accelerator.main_process_first():
-        ds = load_radiographs(data)
-        cached = cache_pixels(ds, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+        source = load_data_source(data, dataset_revision, dataset_config)
+        cached = cache_pixels(source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
                               clahe=prep.clahe)
     view = RadiographDataset(cached.dataset, prep)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -141,7 +146,9 @@ def evaluate_folder(
         model_name = clf.name
         run_info = {
             "model": str(model_ref),
-            "data": f"{data} ({len(view)} images, every one a test image)",
+            "data": f"{data}{' @ ' + source.info['revision'] if source.info['kind'] == 'hub' else ''}"
+                    f"{', config ' + source.info['config'] if source.info.get('config') else ''} "
+                    f"({len(view)} images, every one a test image)",
             "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
                              f"mean {list(prep.mean)} std {list(prep.std)}",
             "skipped unreadable images": len(cached.bad),

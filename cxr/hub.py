@@ -191,10 +191,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m cxr.hub push RUN_DIR ORG/NAME [--private]`` and ``python -m cxr.hub space OWNER/NAME --models ...``."""
-    from .cli import run_cli
+    from .cli import program_name, run_cli
 
     parser = argparse.ArgumentParser(
-        prog="python -m cxr.hub",
+        prog=program_name("python -m cxr.hub"),
         description="Publish cxr runs on the Hugging Face Hub, and deploy a Space that shows them. "
                     "Research use only — not for diagnosis.",
     )

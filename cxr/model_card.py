@@ -103,7 +103,7 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
     folder name and image count, with ``imagefolder`` as its type.
     """
     seed = split.get("seed")
-    own_test = str((source.get("splits") or {}).get("test", "")).startswith("dataset")
+    own_test = "dataset's own" in str((source.get("splits") or {}).get("test", ""))
     test_part = "test" if own_test else f"test (cxr random split, seed {seed}: {n_test} images)"
     total = sum(len(split.get(p, [])) for p in ("train", "validation", "test"))
     if source.get("kind") == "hub":

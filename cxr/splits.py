@@ -5,6 +5,9 @@ identical on every platform), so the same data and seed give the same split ever
 file written by one run can be given to another (``--split-file``) so models are compared on the
 same test images.
 
+A dataset that comes with its own splits keeps them: :func:`complete_split` makes only the parts it
+lacks (a validation part carved from train, stratified; or the whole 80/10/10 when it has only one split).
+
 Example:
     >>> names = [f"COVID/{i}.png" for i in range(10)] + [f"Normal/{i}.png" for i in range(10)]
     >>> split = stratified_split(names, [0] * 10 + [2] * 10, seed=1)
@@ -24,12 +27,22 @@ import numpy as np
 
 from .errors import CXRError
 
-__all__ = ["SPLITS", "DEFAULT_FRACTIONS", "stratified_split", "save_split", "load_split", "indices_for_split"]
+__all__ = [
+    "SPLITS", "SPLIT_ALIASES", "DEFAULT_FRACTIONS", "stratified_split", "complete_split", "save_split", "load_split",
+    "indices_for_split",
+]
 
 _logger = logging.getLogger(__name__)
 
 SPLITS: Tuple[str, ...] = ("train", "validation", "test")
 DEFAULT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+#: The split names a dataset may use for each part: ``datasets``' own keywords for split file names
+#: (``data/valid-*.parquet`` loads as ``validation``, ``data/eval-*.parquet`` as ``test``).
+SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
 
 
 def _round_half_up(x: float) -> int:
@@ -77,6 +90,85 @@ def stratified_split(
         out["test"] += names[n_val:n_val + n_test]
         out["train"] += names[n_val + n_test:]
     return {s: sorted(v) for s, v in out.items()}
+
+
+def _share(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def complete_split(
+        file_names: Sequence[str],
+        labels: Sequence[int],
+        given: Dict[str, List[str]],
+        seed: int = 1,
+) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
+    """Keep the data's own train/validation/test splits and make only the parts it lacks.
+
+    * no splits (class folders): the stratified 80/10/10 split of all images;
+    * only ``train``: the stratified 80/10/10 split of it;
+    * ``train`` and ``test`` (or ``train`` and ``validation``): the missing part is carved from train,
+      stratified, 1/9 of it (80/10/10 overall when the given test part is 10%);
+    * all three: kept as they are.
+
+    Split names are matched through :data:`SPLIT_ALIASES` (case-insensitive). Given file names that
+    are not in ``file_names`` (skipped unreadable images) are left out.
+
+    Args:
+        file_names: the keys of the loaded images.
+        labels: class index per file.
+        given: ``{split name as the data names it: file names}``.
+        seed: the split seed.
+
+    Returns:
+        ``(split, how)``: the split as :func:`stratified_split` returns it, and one line per part
+        saying where it came from.
+
+    Raises:
+        CXRError: a split name that is none of the aliases, two splits for one part, or no train split.
+    """
+    label_of = dict(zip(file_names, (int(x) for x in labels)))
+    if not given:
+        split = stratified_split(file_names, labels, seed=seed)
+        return split, {
+            part: f"made: {_share(f)} of the {len(file_names)} images, stratified by class (seed {seed})"
+            for part, f in zip(SPLITS, DEFAULT_FRACTIONS)
+        }
+    part_of = {alias: part for part, aliases in SPLIT_ALIASES.items() for alias in aliases}
+    unknown = sorted(name for name in given if name.lower() not in part_of)
+    if unknown:
+        known = "; ".join(f"{part}: {', '.join(a)}" for part, a in SPLIT_ALIASES.items())
+        raise CXRError(
+            f"the dataset's split(s) {', '.join(repr(u) for u in unknown)} are not train, validation or test "
+            f"(names understood: {known}); pass --split-file to say which images go where"
+        )
+    source: Dict[str, str] = {}
+    for name in sorted(given):
+        part = part_of[name.lower()]
+        if part in source:
+            raise CXRError(f"the dataset has two {part} splits, {source[part]!r} and {name!r}; pass --split-file "
+                           "to say which images go where")
+        source[part] = name
+    if "train" not in source:
+        raise CXRError(f"the dataset has no train split (it has {', '.join(repr(n) for n in sorted(given))}); "
+                       "pass --split-file to say which images train")
+    kept = {part: sorted(n for n in given[name] if n in label_of) for part, name in source.items()}
+    how = {part: f"the dataset's own {name!r} split" for part, name in source.items()}
+    missing = [part for part in SPLITS if part not in kept]
+    if missing:
+        train = kept["train"]
+        if len(missing) == 2:
+            fractions = DEFAULT_FRACTIONS
+        else:
+            fractions = (8 / 9, 1 / 9, 0.0) if missing == ["validation"] else (8 / 9, 0.0, 1 / 9)
+        carved = stratified_split(train, [label_of[n] for n in train], seed=seed, fractions=fractions)
+        for part in SPLITS:
+            if part in missing:
+                kept[part] = carved[part]
+                share = "1/9" if len(missing) == 1 else _share(fractions[SPLITS.index(part)])
+                how[part] = f"carved from {source['train']!r}: {share} of it, stratified by class (seed {seed})"
+        kept["train"] = carved["train"]
+        how["train"] += f", less the {' and '.join(missing)} part{'s' if len(missing) > 1 else ''} carved from it"
+    return {part: kept[part] for part in SPLITS}, {part: how[part] for part in SPLITS}
 
 
 def save_split(path: os.PathLike, split: Dict[str, List[str]], seed: int, fractions=DEFAULT_FRACTIONS) -> None:

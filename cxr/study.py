@@ -206,10 +206,10 @@ def run_study(
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m cxr.study``."""
-    from .cli import EPILOG, run_cli
+    from .cli import EPILOG, program_name, run_cli
 
     p = argparse.ArgumentParser(
-        prog="python -m cxr.study",
+        prog=program_name("python -m cxr.study"),
         description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
                     "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
         epilog=EPILOG,

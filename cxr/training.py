@@ -1,7 +1,8 @@
 """Fine-tuning with Accelerate: one code path for a laptop CPU, one GPU or N GPUs (DDP).
 
 :func:`train` reproduces the study's protocol without its defects: a stratified 80/10/10 split
-whose validation images are never augmented, the model kept is the best on validation (accuracy,
+(a dataset's own train/validation/test splits are kept, only missing parts are made) whose validation
+images are never augmented, the model kept is the best on validation (accuracy,
 ties broken by fewer COVID + Viral Pneumonia called Normal), and every epoch ends with an atomic
 checkpoint that ``--resume`` continues from.
 
@@ -39,7 +40,7 @@ from .checkpoint import (
     save_model_dir,
     save_training_state,
 )
-from .data import RadiographDataset, cache_pixels, load_radiographs
+from .data import RadiographDataset, cache_pixels, check_data_options, load_data_source
 from .errors import CXRError
 from .evaluation import predict, write_evaluation, write_json, write_predictions
 from .labels import CLASS_NAMES, NORMALIZATIONS
@@ -53,7 +54,7 @@ from .models import (
 )
 from .preprocessing import PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, plot_training_curves
-from .splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
+from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from .stats import negative_log_likelihood
 
 __all__ = ["TrainConfig", "train", "make_loader", "train_step", "CHECKPOINT_NAME"]
@@ -105,6 +106,8 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
+    dataset_revision: Optional[str] = None
+    dataset_config: Optional[str] = None
 
     def resolve(self) -> "TrainConfig":
         """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
@@ -140,6 +143,7 @@ class TrainConfig:
             from .hub import validate_hub_model_id
 
             validate_hub_model_id(cfg.hub_model_id)
+        check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
         out = Path(cfg.output_dir)
@@ -281,20 +285,31 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
             )
 
-    # Data: decode and resize once (main process first, the others then read its cache).
+    # Data: decode and resize once (main process first, the others then read its cache). A resumed run
+    # reads the Hub dataset at the commit it started from unless --dataset-revision says otherwise.
+    prior_source = (state or {}).get("data_source") or {}
+    revision = cfg.dataset_revision
+    if revision is None and prior_source.get("kind") == "hub" and prior_source.get("id") == cfg.data:
+        revision = prior_source.get("revision")
     with accelerator.main_process_first():
-        ds = load_radiographs(cfg.data)
-        cached = cache_pixels(ds, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
-                              clahe=cfg.clahe)
+        source = load_data_source(cfg.data, revision, cfg.dataset_config)
+        cached = cache_pixels(source.dataset, cfg.image_size, cache_dir=cfg.cache_dir,
+                              skip_bad_images=cfg.skip_bad_images, clahe=cfg.clahe)
     pix = cached.dataset
     file_names = pix["file_name"]
     if state is not None:
         split = state["split"]
+        how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
     elif cfg.split_file:
         split = load_split(cfg.split_file)
+        how = {part: f"from --split-file {cfg.split_file}" for part in SPLITS}
     else:
-        split = stratified_split(file_names, pix["label"], seed=cfg.seed)
+        split, how = complete_split(file_names, pix["label"], source.given_splits, seed=cfg.seed)
     rows = indices_for_split(file_names, split)
+    data_source = {**source.info, "images": len(pix), "splits": how}
+    accelerator.print(f"data: {_describe_data(data_source)}")
+    for part in SPLITS:
+        accelerator.print(f"  {part}: {len(rows[part])} images, {how[part]}")
 
     # Model and its preprocessing (the one source of truth saved with the checkpoint).
     set_seed(cfg.seed)
@@ -345,7 +360,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if recover_model_dir(out / "model"):
             _logger.warning("restored %s/model from a save interrupted by the last run's end", out)
-        save_split(out / SPLIT_NAME, split, cfg.seed)
+        # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
+        fractions = (tuple(round(len(rows[p]) / sum(map(len, rows.values())), 4) for p in SPLITS)
+                     if source.given_splits else DEFAULT_FRACTIONS)
+        save_split(out / SPLIT_NAME, split, cfg.seed, fractions)
         write_json(out / "run_config.json", {
             "config": cfg.to_dict(),
             **run_info,
@@ -355,6 +373,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
             "images": {part: len(rows[part]) for part in SPLITS},
+            "data_source": data_source,
             "skipped_unreadable_images": [n for n, _ in cached.bad],
             "versions": _versions(),
         })
@@ -418,6 +437,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 "history": history,
                 "best": best,
                 "split": split,
+                "data_source": data_source,
                 "config": cfg.to_dict(),
             })
         accelerator.wait_for_everyone()
@@ -447,8 +467,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         write_predictions(out / "predictions_train.csv", [file_names[rows["train"][i]] for i in tr_index],
                           tr_labels, tr_probs)
         info = {
-            "data": f"{cfg.data} ({len(pix)} images; split {len(rows['train'])}/{len(rows['validation'])}/"
-                    f"{len(rows['test'])}, seed {cfg.seed}, {SPLIT_NAME})",
+            "data": f"{_describe_data(data_source)} ({len(pix)} images; split {len(rows['train'])}/"
+                    f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {SPLIT_NAME})",
             "pretrained": pretrained_source,
             "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
             "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
@@ -486,6 +506,19 @@ def _check_push_target_on_main(accelerator, cfg: TrainConfig) -> None:
         broadcast_object_list(message)
     if message[0]:
         raise CXRError(message[0])
+
+
+def _describe_data(source: Dict[str, Any]) -> str:
+    """One line for logs and reports: ``ORG/NAME @ sha (config c)`` or the folder's path."""
+    if source["kind"] == "hub":
+        text = f"Hub dataset {source['id']} @ {source['revision']}"
+        if source["requested_revision"] not in ("main", source["revision"]):
+            text += f" ({source['requested_revision']})"
+        if source.get("from_cache"):
+            text += ", cached copy"
+    else:
+        text = source["path"]
+    return text + (f", config {source['config']}" if source.get("config") else "")
 
 
 def _model_info(run_info: Dict[str, Any], cfg: TrainConfig) -> Dict[str, Any]:

@@ -241,7 +241,7 @@ def test_installed_console_scripts_answer_help(wheel):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{script}: {err[-2000:]}"
         text = " ".join(out.split())
-        assert text.startswith("usage: ") and "not for diagnosis" in text, script
+        assert text.startswith(f"usage: {script} ") and "not for diagnosis" in text, script
 
 
 @pytest.mark.slow
