@@ -146,6 +146,16 @@ class ModelBoard:
         grey.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
         return grey
 
+    @staticmethod
+    def _read(path: Optional[str], result: Analysis) -> Optional[Image.Image]:
+        """Decode an upload, recording its warnings in ``result``; a bad one sets ``result.error`` and gives ``None``."""
+        try:
+            image, result.warnings = read_radiograph(path)
+        except CXRError as e:
+            result.error = str(e)
+            return None
+        return image
+
     def classify(self, path: Optional[str]) -> Analysis:
         """Every model's calibrated probabilities for one upload, without Grad-CAM (the fast path).
 
@@ -157,10 +167,8 @@ class ModelBoard:
             ``error`` set for a bad upload.
         """
         result = Analysis()
-        try:
-            image, result.warnings = read_radiograph(path)
-        except CXRError as e:
-            result.error = str(e)
+        image = self._read(path, result)
+        if image is None:
             return result
         for m in self.available:
             try:
@@ -186,10 +194,8 @@ class ModelBoard:
             with ``error`` set.
         """
         result = Analysis()
-        try:
-            image, result.warnings = read_radiograph(path)
-        except CXRError as e:
-            result.error = str(e)
+        image = self._read(path, result)
+        if image is None:
             yield result
             return
         result.shown = self.shown_image(image)

@@ -80,5 +80,24 @@ def run_script(args: List[str], timeout: int = 600, env: Dict[str, str] | None =
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> bytes:
+    """Poll ``url`` until the server started as ``proc`` answers; fail with its log if it exits or never does.
+
+    Returns:
+        The first answer's body.
+    """
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            return urllib.request.urlopen(url, timeout=2).read()
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {timeout:.0f} s: " + log.read_text()[-3000:])
+
+
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

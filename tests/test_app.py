@@ -3,8 +3,6 @@ through gradio_client and a real headless Chromium."""
 import os
 import socket
 import subprocess
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, wait_until_serving
 from cxr.cli import train_main
 from test_inputs import write_dicom
 
@@ -47,16 +45,7 @@ def app(app_models, sample_dir, tmp_path_factory):
              "--examples", str(sample_dir), "--concurrency", "4"],
             cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-    else:
-        pytest.fail("the app did not start: " + log.read_text()[-3000:])
+    wait_until_serving(url, proc, log)
     yield url, proc, app_models
     proc.terminate()
     proc.wait(timeout=30)
@@ -150,16 +139,7 @@ def test_app_without_models_serves_a_page_that_says_what_it_needs(tmp_path, samp
                                      if k != "CXR_APP_MODELS"})
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                config = urllib.request.urlopen(url + "config", timeout=2).read().decode()
-                break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("the app did not start: " + log.read_text()[-3000:])
+        config = wait_until_serving(url + "config", proc, log).decode()
         assert "No models to show yet" in config and "app_models.txt" in config and "cxr.hub space" in config
         client = Client(url, verbose=False)
         info = client.predict(handle_file(str(next((sample_dir / "COVID").glob("*.png")))), api_name="/classify")

@@ -4,13 +4,10 @@ Space repository into an empty folder with snapshot_download, start its app.py t
 endpoint pointed at the stand-in, and get predictions from every listed model through gradio_client."""
 import os
 import subprocess
-import time
-import urllib.request
-
 import pytest
 import yaml
 
-from conftest import PYTHON, make_subset, run_script
+from conftest import PYTHON, make_subset, run_script, wait_until_serving
 from hub_server import TOKEN, LocalHub
 from test_app import _free_port
 from test_hub import hub_env
@@ -96,16 +93,7 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, t
                                env={**app_env, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert app.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the Space's app did not start: " + log.read_text()[-3000:])
+        wait_until_serving(url, app, log, timeout=180)
         client = Client(url, verbose=False)
         for cls in ("COVID", "Normal"):
             image = handle_file(str(next((sample_dir / cls).glob("*.png"))))
