@@ -211,6 +211,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     space.add_argument("--models", required=True, metavar="ORG/M1,ORG/M2",
                        help="Comma-separated ids of published cxr models, in the order the app shows them.")
     space.add_argument("--private", action="store_true", help="Create the Space private.")
+    space.add_argument("--force", action="store_true",
+                       help="Deploy over an existing Space that cxr did not deploy (its app.py, README.md and "
+                            "requirements.txt are replaced; other files stay).")
     space.add_argument("--commit-message", default=None,
                        help="Commit message (default: 'Deploy cxr app with N model(s)').")
     args = parser.parse_args(argv)
@@ -220,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .space import deploy_space
 
             url = deploy_space(args.space_id, args.models.split(","), private=args.private,
-                               commit_message=args.commit_message)
+                               commit_message=args.commit_message, force=args.force)
         else:
             url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
         print(url)

@@ -103,8 +103,13 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
     folder name and image count, with ``imagefolder`` as its type.
     """
     seed = split.get("seed")
-    own_test = "dataset's own" in str((source.get("splits") or {}).get("test", ""))
-    test_part = "test" if own_test else f"test (cxr random split, seed {seed}: {n_test} images)"
+    origin = str((source.get("splits") or {}).get("test", ""))  # written by cxr.splits.complete_split / training
+    if "dataset's own" in origin:
+        test_part = "test"
+    elif origin.startswith("from --split-file"):
+        test_part = f"test (a cxr split file: {n_test} images)"
+    else:
+        test_part = f"test (cxr random split, seed {seed}: {n_test} images)"
     total = sum(len(split.get(p, [])) for p in ("train", "validation", "test"))
     if source.get("kind") == "hub":
         return {"dataset_name": f"{source['id']}, {n_test} test images", "dataset_type": source["id"],

@@ -108,6 +108,9 @@ def check_models_published(model_ids: Sequence[str], token: Optional[str] = None
                 problems.append(f"{model_id}: not a cxr checkpoint (its config.json has no 'cxr' block)")
                 continue
             found[model_id] = str(cfg.get("architecture"))
+            if info.private or info.gated:
+                _logger.warning("%s is %s: the Space can load it only with a secret HF_TOKEN that may read it "
+                                "(Space settings)", model_id, "private" if info.private else "gated")
         except HFValidationError as e:
             problems.append(f"{model_id}: malformed model id ({e})")
         except RepositoryNotFoundError:
@@ -130,8 +133,10 @@ def _runtime_requirements() -> List[str]:
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     if not pyproject.is_file():
         raise CXRError("cannot tell cxr's dependencies: cxr is neither installed nor run from its checkout")
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10, from a checkout
+        raise CXRError("cannot read pyproject.toml on Python 3.10: install cxr (pip install .) first") from None
     return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
 
 
@@ -230,19 +235,39 @@ def build_space(folder: Union[str, Path], space_id: str, model_ids: Sequence[str
     return folder
 
 
+def _check_ours_to_replace(api, space_id: str, force: bool) -> None:
+    """Refuse to overwrite an existing Space that cxr did not deploy (it has no ``app_models.txt`` and ``cxr/``)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        files = set(api.list_repo_files(space_id, repo_type="space"))
+    except RepositoryNotFoundError:
+        return
+    except Exception as e:
+        raise CXRError(f"cannot read the Space {space_id}: {type(e).__name__}: {e}; nothing was uploaded") from None
+    ours = "app_models.txt" in files and "cxr/__init__.py" in files
+    if files - {".gitattributes"} and not ours and not force:
+        raise CXRError(f"the Space {space_id} exists and was not deployed by cxr (no app_models.txt and cxr/ package); "
+                       "its app.py, README.md and requirements.txt would be replaced. Pass --force to do so; "
+                       "nothing was uploaded")
+
+
 def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
-                 commit_message: Optional[str] = None) -> str:
+                 commit_message: Optional[str] = None, force: bool = False) -> str:
     """Create (or update) a Gradio Space showing ``model_ids`` and upload what it needs.
 
     Every check runs before anything is created or uploaded: the Space id, the Hub connection and
-    token, each model id (published, a cxr checkpoint), and the README's front matter (the Hub's own
-    validator). Files of an earlier deployment that this one no longer has are deleted.
+    token, each model id (published, a cxr checkpoint), that an existing Space was deployed by cxr
+    (else ``force``), and the README's front matter (the Hub's own validator). An update replaces the
+    ``cxr/`` package whole and rewrites :data:`SPACE_FILES`; other files the owner added stay.
 
     Args:
         space_id: ``OWNER/NAME``.
         model_ids: published cxr model ids, shown in this order.
         private: create the Space private (an existing Space keeps its visibility).
         commit_message: defaults to "Deploy cxr app with N model(s)".
+        force: deploy over an existing Space that cxr did not deploy (its app.py, README.md and
+            requirements.txt are replaced).
 
     Returns:
         The URL of the commit.
@@ -260,19 +285,21 @@ def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
     model_ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))
     if hub_is_offline():
         raise CXRError("cannot deploy a Space: the Hub is offline (HF_HUB_OFFLINE=1); nothing was uploaded")
-    token = check_token()
+    token, _ = check_token()
     architectures = check_models_published(model_ids, token)
     api = HfApi(token=token)
+    _check_ours_to_replace(api, space_id, force)
     with tempfile.TemporaryDirectory(prefix="cxr-space-") as tmp:
         folder = build_space(Path(tmp) / "space", space_id, model_ids, architectures)
         try:
             SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
-        except ValueError as e:
-            raise CXRError(f"the Space README's front matter was refused: {e}; nothing was uploaded") from None
+        except Exception as e:  # ValueError for refused metadata, HTTP errors for the validator itself
+            raise CXRError(f"the Space README's front matter was refused or could not be checked "
+                           f"({type(e).__name__}: {e}); nothing was uploaded") from None
         try:
             api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
             info = api.upload_folder(
-                repo_id=space_id, repo_type="space", folder_path=str(folder), delete_patterns=["*"],
+                repo_id=space_id, repo_type="space", folder_path=str(folder), delete_patterns=["cxr/**"],
                 commit_message=commit_message or f"Deploy cxr app with {len(model_ids)} model(s)",
             )
         except HfHubHTTPError as e:

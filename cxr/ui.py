@@ -167,9 +167,9 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
 
         def classify(image) -> Dict[str, Any]:
             """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
-            final = board.classify(image)
             if not shown:
-                final.error = NO_MODELS_LINE
+                return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
+            final = board.classify(image)
             if final.error:
                 return {"error": final.error, "disclaimer": DISCLAIMER}
             models, _ = model_entries(final, with_heatmaps=False)
@@ -178,7 +178,8 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
 
         classify_button.click(
             classify, [upload], [probabilities_json], api_name="classify",
-            api_description="Fast: every model's calibrated class probabilities for one chest X-ray, no Grad-CAM. "
+            api_description="Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
+                            "temperature, when it has one), no Grad-CAM. "
                             "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
                             "models (per model: available, probabilities by class, predicted, temperature, error), "
                             "disclaimer. Research use only, not for diagnosis.")
@@ -199,7 +200,7 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
 
         api_button.click(
             predict, [upload, method, cam_class], [api_json, api_gallery], api_name="predict",
-            api_description="Every model's calibrated probabilities and a Grad-CAM heat map per model, in one answer. "
+            api_description="Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
                             "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
                             "gallery of heat maps (PNG, the size of the image as analysed, captioned by model).")
     return demo

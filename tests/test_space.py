@@ -38,9 +38,10 @@ def published(hub, tmp_path_factory, sample_dir):
     return list(MODELS)
 
 
-def deploy(hub, tmp_path, space_id, models, token=TOKEN):
-    return run_script([PYTHON, "-m", "cxr.hub", "space", space_id, "--models", ",".join(models)],
-                      env=hub_env(hub, tmp_path, token=token))
+def deploy(hub, tmp_path, space_id, models, token=TOKEN, *extra):
+    # no implicit token: every request must carry the token the command checked
+    return run_script([PYTHON, "-m", "cxr.hub", "space", space_id, "--models", ",".join(models), *extra],
+                      env={**hub_env(hub, tmp_path, token=token), "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"})
 
 
 def _front_matter(readme: bytes) -> dict:
@@ -134,3 +135,27 @@ def test_a_foreign_repository_is_refused_as_a_model(hub, published, tmp_path):
     proc = deploy(hub, tmp_path, "cxr-test/demo-foreign", [published[0], "cxr-test/not-cxr"])
     assert proc.returncode == 2 and "cxr-test/not-cxr: not a cxr checkpoint" in proc.stderr
     assert "spaces/cxr-test/demo-foreign" not in hub.repos
+
+
+def test_redeploy_updates_a_cxr_space_and_never_touches_a_foreign_one(hub, published, tmp_path):
+    assert deploy(hub, tmp_path, "cxr-test/redeploy", published).returncode == 0
+    # an older deployment's module and the owner's own file beside the app
+    hub.put_files("cxr-test/redeploy", {"cxr/retired_module.py": b"x = 1\n", "NOTES.md": b"mine\n"}, repo_type="space")
+    proc = deploy(hub, tmp_path, "cxr-test/redeploy", published[:1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, files = hub.repos["spaces/cxr-test/redeploy"].snapshot("main")
+    assert "cxr/retired_module.py" not in files  # the package is replaced whole
+    assert files["NOTES.md"] == b"mine\n"  # what cxr did not write stays
+    assert _front_matter(files["README.md"])["models"] == published[:1]
+    assert files["app_models.txt"].decode().split("\n")[1:] == [published[0], ""]
+
+    # a Space cxr did not deploy is refused unless --force
+    hub.put_files("cxr-test/someone-elses", {"app.py": b"print('hello')\n", "README.md": b"---\nsdk: gradio\n---\n"},
+                  repo_type="space")
+    proc = deploy(hub, tmp_path, "cxr-test/someone-elses", published)
+    assert proc.returncode == 2 and "was not deployed by cxr" in proc.stderr and "--force" in proc.stderr
+    _, files = hub.repos["spaces/cxr-test/someone-elses"].snapshot("main")
+    assert files["app.py"] == b"print('hello')\n"
+    assert deploy(hub, tmp_path, "cxr-test/someone-elses", published, TOKEN, "--force").returncode == 0
+    _, files = hub.repos["spaces/cxr-test/someone-elses"].snapshot("main")
+    assert b"app_main" in files["app.py"]
