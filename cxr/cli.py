@@ -120,9 +120,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "others: timm's download, which needs the Hub).")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="Data-loader worker processes per training process.")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="Channels-last memory format for model and inputs (16-26%% faster training for ResNet18 and "
-                        "EfficientNet-Lite0 on this CPU; bench/RESULTS.md).")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
+                        "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")
     p.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="Micro-batches accumulated per optimiser step.")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,

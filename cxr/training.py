@@ -102,7 +102,7 @@ class TrainConfig:
     skip_bad_images: bool = False
     overwrite_output_dir: bool = False
     clahe: bool = False
-    channels_last: bool = True
+    channels_last: Optional[bool] = None  # None: on for CPU training, off on accelerators (bench/RESULTS.md)
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -265,6 +265,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if cfg.channels_last is None:  # measured: faster on CPU, several times slower for EfficientNet-Lite0 on CUDA
+        cfg = dataclasses.replace(cfg, channels_last=accelerator.device.type == "cpu")
     world = accelerator.num_processes * cfg.gradient_accumulation_steps
     if cfg.batch_size % world:
         raise CXRError(

