@@ -38,6 +38,7 @@ __all__ = [
     "NON_PORTABLE_MODEL_TYPE",
     "save_model_dir",
     "recover_model_dir",
+    "set_model_temperature",
     "load_model",
     "read_model_config",
     "save_training_state",
@@ -134,6 +135,19 @@ def save_model_dir(
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     _atomic_swap_dir(tmp, directory)
     return directory
+
+
+def set_model_temperature(directory: Union[str, os.PathLike], temperature: float) -> None:
+    """Save a softmax temperature in a model folder's ``config.json`` (``cxr.temperature``), atomically.
+
+    :class:`cxr.CXRClassifier`, ``cxr.eval`` and the app divide the logits by it before the softmax.
+    """
+    path = Path(directory) / CONFIG_NAME
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("cxr", {})["temperature"] = float(temperature)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Tuple[Dict[str, Any], str]:

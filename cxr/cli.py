@@ -123,6 +123,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
                         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
+                        "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "
+                        "the run report gives the expected calibration error before and after.")
     p.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="Micro-batches accumulated per optimiser step.")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,

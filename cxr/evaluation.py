@@ -29,34 +29,45 @@ _logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating",
-            temperature: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run ``model`` over ``loader`` on every process and gather the results on all of them.
+def predict_logits(model: torch.nn.Module, loader, accelerator,
+                   desc: str = "evaluating") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``model`` over ``loader`` on every process and gather its logits on all of them.
 
     Args:
         model: a (prepared) model.
         loader: a loader prepared by ``accelerator`` yielding ``pixel_values``, ``labels``, ``index``.
         accelerator: the run's ``Accelerator``.
         desc: progress-bar label (main process only).
-        temperature: softmax temperature (a saved model's calibration, :attr:`CXRClassifier.temperature`).
 
     Returns:
-        ``(index, labels, probabilities)``, one row per image of the loader's dataset, exactly once,
+        ``(index, labels, logits)`` (float32), one row per image of the loader's dataset, exactly once,
         sorted by index.
     """
     model.eval()
-    idx_parts, lab_parts, prob_parts = [], [], []
+    idx_parts, lab_parts, logit_parts = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         with accelerator.autocast():
             logits = model(batch["pixel_values"])
-        probs = (logits.float() / temperature).softmax(dim=-1)
-        idx, labels, probs = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs))
+        idx, labels, logits = accelerator.gather_for_metrics((batch["index"], batch["labels"], logits.float()))
         idx_parts.append(idx.cpu())
         lab_parts.append(labels.cpu())
-        prob_parts.append(probs.cpu())
+        logit_parts.append(logits.cpu())
     index = torch.cat(idx_parts).numpy()
     order = np.argsort(index, kind="stable")
-    return index[order], torch.cat(lab_parts).numpy()[order], torch.cat(prob_parts).numpy()[order]
+    return index[order], torch.cat(lab_parts).numpy()[order], torch.cat(logit_parts).numpy()[order]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` in float32, the same operations as :meth:`CXRClassifier.probabilities`."""
+    return (torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature).softmax(-1).numpy()
+
+
+def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating",
+            temperature: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`predict_logits`, as probabilities ``softmax(logits / temperature)`` (a saved model's calibration,
+    :attr:`CXRClassifier.temperature`)."""
+    index, labels, logits = predict_logits(model, loader, accelerator, desc)
+    return index, labels, softmax(logits, temperature)
 
 
 def write_json(path: Path, payload: Dict[str, Any]) -> None:

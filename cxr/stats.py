@@ -129,18 +129,39 @@ def negative_log_likelihood(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities as ``softmax(log p / T)`` (logits are ``log p`` up to a constant)."""
-    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
+    """Rescale probabilities as ``softmax(log p / T)`` (logits are ``log p`` up to a constant).
+
+    Probabilities below 1e-12 are clipped first; with a model's logits at hand use
+    :func:`softmax_with_temperature`, which loses nothing.
+    """
+    return softmax_with_temperature(np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)), temperature)
+
+
+def softmax_with_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(y: np.ndarray, probs: np.ndarray, bounds: Sequence[float] = (0.05, 20.0)) -> float:
-    """The temperature minimising validation NLL (Guo et al. 2017), by bounded search on ``log T``."""
+def _nll_of_logits(y: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(y)), np.asarray(y)]))
+
+
+def fit_temperature_to_logits(y: np.ndarray, logits: np.ndarray, bounds: Sequence[float] = (0.05, 20.0)) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017), by bounded search on ``log T``."""
     from scipy.optimize import minimize_scalar
 
-    res = minimize_scalar(lambda log_t: negative_log_likelihood(y, apply_temperature(probs, math.exp(log_t))),
+    res = minimize_scalar(lambda log_t: _nll_of_logits(y, logits, math.exp(log_t)),
                           bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-4})
     return float(math.exp(res.x))
+
+
+def fit_temperature(y: np.ndarray, probs: np.ndarray, bounds: Sequence[float] = (0.05, 20.0)) -> float:
+    """:func:`fit_temperature_to_logits` on ``log p`` (probabilities clipped at 1e-12), for saved predictions."""
+    return fit_temperature_to_logits(y, np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)), bounds)

@@ -39,10 +39,11 @@ from .checkpoint import (
     restore_rng_state,
     save_model_dir,
     save_training_state,
+    set_model_temperature,
 )
 from .data import RadiographDataset, cache_pixels, check_data_options, load_data_source
 from .errors import CXRError
-from .evaluation import predict, write_evaluation, write_json, write_predictions
+from .evaluation import predict, predict_logits, softmax, write_evaluation, write_json, write_predictions
 from .labels import CLASS_NAMES, NORMALIZATIONS
 from .metrics import compute_metrics, critical_to_normal, selection_key
 from .models import (
@@ -55,9 +56,9 @@ from .models import (
 from .preprocessing import PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, plot_training_curves
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
-from .stats import negative_log_likelihood
+from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
 
-__all__ = ["TrainConfig", "train", "make_loader", "train_step", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "train", "make_loader", "train_step", "fit_calibration", "CHECKPOINT_NAME"]
 
 _logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     clahe: bool = False
     channels_last: Optional[bool] = None  # None: on for CPU training, off on accelerators (bench/RESULTS.md)
+    calibrate: bool = True
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -451,15 +453,28 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     kept.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
     # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
     kept.to(memory_format=torch.contiguous_format)
-    tr_index, tr_labels, tr_probs = predict(model, train_eval_loader, accelerator, desc="train (un-augmented)")
-    va_index, va_labels, va_probs = predict(model, val_loader, accelerator, desc="validation")
-    te_index, te_labels, te_probs = predict(model, test_loader, accelerator, desc="test")
+    tr_index, tr_labels, tr_logits = predict_logits(model, train_eval_loader, accelerator, desc="train (un-augmented)")
+    va_index, va_labels, va_logits = predict_logits(model, val_loader, accelerator, desc="validation")
+    te_index, te_labels, te_logits = predict_logits(model, test_loader, accelerator, desc="test")
+    calibration, t = None, 1.0
+    if cfg.calibrate:  # one temperature, fitted on validation, saved with the model and applied everywhere
+        calibration = fit_calibration(va_labels, va_logits, te_labels, te_logits)
+        t = calibration["temperature"]
+        if accelerator.is_main_process:
+            set_model_temperature(out / "model", t)
+        accelerator.print(f"temperature {t:.3f} ({calibration['note']}); ECE validation "
+                          f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
+                          f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}")
+    # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
+    tr_probs, va_probs, te_probs = (softmax(z, t) for z in (tr_logits, va_logits, te_logits))
     metrics = {
         "train": _split_metrics(tr_labels, tr_probs),
         "validation": _split_metrics(va_labels, va_probs),
         "test": _split_metrics(te_labels, te_probs),
         "best_epoch": best["epoch"],
     }
+    if calibration is not None:
+        metrics["calibration"] = calibration
     if accelerator.is_main_process:
         write_json(out / "history.json", {"best_epoch": best["epoch"], "epochs": history})
         plot_training_curves(out / "training_curves.png", history, best_epoch=best["epoch"])
@@ -479,6 +494,12 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                             f"{cfg.epochs} epochs, {accelerator.num_processes} process(es)",
             "kept epoch": f"{best['epoch']} (best validation accuracy, ties: fewer COVID + Viral Pn. called Normal)",
             "train accuracy": "the kept model on the un-augmented training images",
+            "calibration": ("off (--no-calibrate): probabilities are the softmax of the logits" if calibration is None else
+                            f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
+                            f"({calibration['note']}), saved in model/config.json and applied to every probability "
+                            f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
+                            f" -> {calibration['validation']['ece_after']:.3f}, test "
+                            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"),
             "note": DISCLAIMER,
         }
         write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
@@ -490,6 +511,31 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
         accelerator.print(f"pushed to {push_run(out, cfg.hub_model_id, private=cfg.hub_private)}")
     return metrics
+
+
+def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray,
+                    test_logits: np.ndarray) -> Dict[str, Any]:
+    """Fit the softmax temperature on validation (NLL, Guo et al. 2017) and measure ECE before and after.
+
+    A validation set the model classifies without error cannot identify a temperature (the NLL keeps
+    falling as T shrinks, towards certainty): then T stays 1 and the note says why.
+
+    Args:
+        val_labels, val_logits: the kept model's validation labels and logits.
+        test_labels, test_logits: the same on test, for the report only.
+
+    Returns:
+        ``{"temperature", "note", "validation": {"ece_before", "ece_after"}, "test": {...}}``.
+    """
+    if (val_logits.argmax(1) == val_labels).all():
+        t, note = 1.0, "validation has no error, so it cannot identify a temperature: kept 1"
+    else:
+        t, note = fit_temperature_to_logits(val_labels, val_logits), f"fitted on {len(val_labels)} validation images"
+    out: Dict[str, Any] = {"temperature": float(t), "note": note}
+    for part, y, z in (("validation", val_labels, val_logits), ("test", test_labels, test_logits)):
+        out[part] = {"ece_before": expected_calibration_error(y, softmax_with_temperature(z)),
+                     "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t))}
+    return out
 
 
 def _check_push_target_on_main(accelerator, cfg: TrainConfig) -> None:

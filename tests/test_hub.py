@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import ACCELERATE, PYTHON, REPO, run_script
+from cxr.stats import softmax_with_temperature
 from hub_server import TOKEN, LocalHub
 
 SAMPLES = ("COVID/COVID-1004.png", "Lung_Opacity/1002.png", "Viral Pneumonia/Viral Pneumonia-1020.png")
@@ -80,7 +81,11 @@ def test_fresh_process_loads_the_same_model_three_ways(hub, pushed_run, tmp_path
 
     local = CXRClassifier.from_pretrained(pushed_run / "model")
     paths = [str(sample_dir / s) for s in SAMPLES]
-    expected = local.predict_proba(paths)
+    calibrated = local.predict_proba(paths)
+    with torch.no_grad():  # what timm and transformers return: the softmax without cxr's saved temperature
+        expected = local.model(local.inputs(paths)).softmax(-1).numpy()
+    assert local.temperature != 1.0 and np.allclose(calibrated, softmax_with_temperature(np.log(expected), local.temperature),
+                                                    atol=1e-5)
     code = f"""
 import json, torch, timm
 from cxr import CXRClassifier
@@ -99,7 +104,8 @@ with torch.no_grad():
 print(json.dumps(out))
 """
     got = run_in_fresh_process(code, hub_env(hub, tmp_path))
-    for way in ("cxr", "timm", "transformers"):
+    assert np.allclose(got["cxr"], calibrated, atol=1e-5)
+    for way in ("timm", "transformers"):
         assert np.allclose(got[way], expected, atol=1e-5), way
     for row, probs in zip(got["pipeline"], expected):  # the pipeline reads the files itself, to cxr's input
         assert [row[label] for label in got["labels"]] == pytest.approx(probs.tolist(), abs=1e-3)

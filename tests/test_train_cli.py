@@ -107,6 +107,45 @@ def test_report_shows_the_study_layout_and_disclaimer(lite0_run):
     assert "![confusion_matrix.png](confusion_matrix.png)" in report
 
 
+def test_the_kept_model_is_calibrated_on_validation_and_says_so(lite0_run):
+    """The temperature fitted on validation is saved with the model, scales every reported probability
+    (never the predicted class), and the report gives the ECE before and after."""
+    from cxr import CXRClassifier
+    from cxr.stats import apply_temperature, expected_calibration_error, negative_log_likelihood
+
+    out, _ = lite0_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    t = cal["temperature"]
+    assert json.loads((out / "model" / "config.json").read_text())["cxr"]["temperature"] == t
+    assert CXRClassifier.from_pretrained(out / "model").temperature == t
+    val = list(csv.DictReader(open(out / "predictions_validation.csv")))
+    y = np.array([CLASSES.index(r["label"]) for r in val])
+    calibrated = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in val])
+    raw = apply_temperature(calibrated, 1 / t)  # undo the saved scaling
+    nll = {f: negative_log_likelihood(y, apply_temperature(raw, t * f)) for f in (1 / 1.5, 1.0, 1.5)}
+    assert nll[1.0] <= min(nll.values()) + 1e-6  # t is the NLL optimum on validation (up to the CSV's rounding)
+    assert t != pytest.approx(1.0, abs=1e-3)
+    assert (raw.argmax(1) == calibrated.argmax(1)).all()
+    assert cal["validation"]["ece_after"] == pytest.approx(expected_calibration_error(y, calibrated), abs=1e-6)
+    assert cal["validation"]["ece_before"] == pytest.approx(expected_calibration_error(y, raw), abs=1e-3)
+    assert cal["validation"]["ece_after"] <= cal["validation"]["ece_before"] + 1e-9
+    report = (out / "report.md").read_text()
+    assert f"temperature {t:.3f} fitted on validation NLL" in report and "expected calibration error" in report
+
+
+def test_calibration_keeps_t_1_when_validation_has_no_error():
+    from cxr.training import fit_calibration
+
+    y = np.array([0, 1, 2, 3] * 5)
+    logits = np.zeros((20, 4))
+    logits[np.arange(20), y] = 2.0
+    cal = fit_calibration(y, logits, y, logits)
+    assert cal["temperature"] == 1.0 and "no error" in cal["note"]
+    logits[0] = [0.0, 2.0, 0.0, 0.0]  # one mistake: now a temperature is fitted
+    assert fit_calibration(y, logits, y, logits)["temperature"] != 1.0
+
+
 def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, tmp_path, sample_dir):
     """Evaluation decodes the raw files itself: equal results prove training and evaluation preprocess alike."""
     out, _ = lite0_run
