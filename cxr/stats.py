@@ -17,6 +17,9 @@ import numpy as np
 
 __all__ = [
     "stratified_bootstrap_ci",
+    "stratified_bootstrap_intervals",
+    "softmax_with_temperature",
+    "fit_temperature_to_logits",
     "accuracy_of",
     "recall_of",
     "mcnemar_test",
@@ -55,7 +58,7 @@ def stratified_bootstrap_ci(
 
     Args:
         y: true labels.
-        pred: predicted labels.
+        pred: predicted labels (or any per-image rows, e.g. probabilities).
         statistic: ``f(y, pred) -> float``.
         n_resamples: bootstrap resamples.
         confidence: interval coverage.
@@ -64,16 +67,44 @@ def stratified_bootstrap_ci(
     Returns:
         ``(estimate, low, high)``.
     """
-    y, pred = np.asarray(y), np.asarray(pred)
+    return stratified_bootstrap_intervals(y, pred, lambda a, b: {"value": statistic(a, b)}, n_resamples,
+                                          confidence, seed)["value"]
+
+
+def stratified_bootstrap_intervals(
+        y: np.ndarray,
+        rows: np.ndarray,
+        statistics: Callable[[np.ndarray, np.ndarray], Dict[str, float]],
+        n_resamples: int = 1000,
+        confidence: float = 0.95,
+        seed: int = 0,
+) -> Dict[str, Tuple[float, float, float]]:
+    """:func:`stratified_bootstrap_ci` for several statistics computed together on each resample.
+
+    Args:
+        y: true labels.
+        rows: per-image values (predicted labels, probabilities, ...), indexed like ``y``.
+        statistics: ``f(y, rows) -> {name: value}``, called once per resample.
+        n_resamples, confidence, seed: as :func:`stratified_bootstrap_ci`.
+
+    Returns:
+        ``{name: (estimate, low, high)}``.
+    """
+    y, rows = np.asarray(y), np.asarray(rows)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y == c) for c in np.unique(y)]
-    stats = np.empty(n_resamples)
+    estimate = statistics(y, rows)
+    draws = {name: np.empty(n_resamples) for name in estimate}
     for b in range(n_resamples):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        stats[b] = statistic(y[idx], pred[idx])
+        for name, value in statistics(y[idx], rows[idx]).items():
+            draws[name][b] = np.nan if value is None else value
     alpha = (1 - confidence) / 2
-    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
-    return float(statistic(y, pred)), float(low), float(high)
+    out = {}
+    for name, values in draws.items():
+        low, high = np.nanquantile(values, [alpha, 1 - alpha])
+        out[name] = (float(estimate[name]), float(low), float(high))
+    return out
 
 
 def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> Dict[str, float]:

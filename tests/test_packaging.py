@@ -27,7 +27,7 @@ from conftest import PYTHON, REPO, make_subset, run_script
 from hub_server import TOKEN, LocalHub
 
 SCRIPTS = {"cxr-train": "cxr.cli:train_main", "cxr-eval": "cxr.cli:eval_main", "cxr-app": "cxr.cli:app_main",
-           "cxr-study": "cxr.study:main", "cxr-hub": "cxr.hub:main"}
+           "cxr-study": "cxr.study:main", "cxr-hub": "cxr.hub:main", "cxr-cv": "cxr.cv:main"}
 TEMPLATE = "model_cards/cxr_model_card.md"
 METRIC = "cxr/metrics/cxr_classification/cxr_classification.py"
 PIP = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
