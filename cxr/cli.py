@@ -79,6 +79,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     """The parser of ``train_accelerate.py``."""
     from .labels import NORMALIZATIONS
     from .models import STUDY_MODELS, TRAIN_LAYER_POLICIES
+    from .preprocessing import AUGMENTATIONS
     from .training import MIXED_PRECISION, OPTIMIZERS, REPORT_TO, SCHEDULERS
 
     study = ", ".join(f"{n} (batch {s.batch_size}, {s.epochs} epochs)" for n, s in STUDY_MODELS.items())
@@ -100,10 +101,12 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="Images per optimiser step across all processes and accumulation steps "
                         "(default: the study's for the model, else 64).")
     p.add_argument("--lr", type=float, default=5e-4, help="Learning rate (the study's Adam 5e-4).")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="Optimiser (SGD uses momentum 0.9).")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="Optimiser (SGD uses momentum 0.9; adamw: decoupled weight decay).")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay.")
     p.add_argument("--lr-scheduler", choices=SCHEDULERS, default="constant",
-                   help="Learning-rate schedule per optimiser step (the study used none: constant).")
+                   help="Learning-rate schedule per optimiser step after any warm-up: constant (the study's) or a cosine "
+                        "decay to 0 at the end.")
     p.add_argument("--image-size", type=int, default=224, help="Square input side in pixels.")
     p.add_argument("--norm", choices=("model", *NORMALIZATIONS), default="model",
                    help="Normalisation: the backbone's own mean/std, the study's radiography statistics, "
@@ -123,6 +126,17 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
                         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule.")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing of the cross-entropy, in [0, 1).")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="Keep an exponential moving average of the weights with this decay per step, in (0, 1); the "
+                        "EMA model is the one validated, kept and saved (default: off).")
+    p.add_argument("--clip-grad-norm", type=float, default=None,
+                   help="Clip the gradients' global norm to this value before each step (default: off).")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="study",
+                   help="Training augmentation: study (horizontal flip, rotation up to 10 degrees) or radiograph "
+                        "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%); never a vertical flip.")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
                         "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "

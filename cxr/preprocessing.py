@@ -38,6 +38,7 @@ __all__ = [
     "apply_clahe",
     "grayscale_to_tensor",
     "TrainAugmentation",
+    "AUGMENTATIONS",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -287,8 +288,14 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
     raise ValueError(f"cannot fit {len(values)} normalisation values to {in_chans} input channels")
 
 
+#: ``--augment`` choices: the study's (flip, rotation) and one for radiographs (adds small scale and shift,
+#: brightness and contrast; never a vertical flip).
+AUGMENTATIONS = ("study", "radiograph")
+
+
 class TrainAugmentation:
-    """The study's training augmentation on uint8 grey pixels: horizontal flip, rotation ±degrees.
+    """Training augmentation on uint8 grey pixels: horizontal flip, rotation ±degrees and, optionally,
+    small scale and translation and brightness/contrast changes. Never a vertical flip.
 
     Runs on the cached, already resized image (as the study augmented its 224x224 tensors), and
     draws from torch's global RNG, which Accelerate seeds per process and per worker.
@@ -296,22 +303,41 @@ class TrainAugmentation:
     Args:
         degrees: maximum absolute rotation.
         flip_p: probability of a horizontal flip.
+        translate: maximum shift as a fraction of the side (0: none).
+        scale: maximum relative zoom in or out (0: none).
+        brightness: maximum relative brightness change (0: none).
+        contrast: maximum relative contrast change (0: none).
     """
 
-    def __init__(self, degrees: float = 10.0, flip_p: float = 0.5):
+    def __init__(self, degrees: float = 10.0, flip_p: float = 0.5, translate: float = 0.0, scale: float = 0.0,
+                 brightness: float = 0.0, contrast: float = 0.0):
         from torchvision.transforms import v2
 
-        self.degrees = degrees
-        self.flip_p = flip_p
-        self._tf = v2.Compose([
-            v2.RandomHorizontalFlip(p=flip_p),
-            v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0),
-        ])
+        self.params = dict(degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness,
+                           contrast=contrast)
+        steps = [v2.RandomHorizontalFlip(p=flip_p)]
+        if translate or scale:
+            steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate else None,
+                                         scale=(1 - scale, 1 + scale) if scale else None,
+                                         interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+        else:
+            steps.append(v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+        if brightness or contrast:
+            steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
+        self._tf = v2.Compose(steps)
+
+    @classmethod
+    def named(cls, name: str) -> "TrainAugmentation":
+        """The augmentation ``--augment NAME`` selects (:data:`AUGMENTATIONS`)."""
+        if name == "study":
+            return cls()
+        if name == "radiograph":
+            return cls(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2)
+        raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         """Augment ``HxW`` uint8 pixels; returns a ``1xHxW`` uint8 tensor."""
         return self._tf(torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0))
 
     def __repr__(self) -> str:
-        return f"TrainAugmentation(degrees={self.degrees}, flip_p={self.flip_p})"
-
+        return "TrainAugmentation(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"

@@ -53,7 +53,7 @@ from .models import (
     freeze_frozen_batchnorm,
     model_spec,
 )
-from .preprocessing import PreprocessConfig, TrainAugmentation
+from .preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, plot_training_curves
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
@@ -64,9 +64,11 @@ _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SPLIT_NAME = "split.json"
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: A cross-entropy above this (logits a thousand apart on the wrong class) means the run has diverged.
+DIVERGED_LOSS = 1e3
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
 _RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer")
@@ -105,6 +107,11 @@ class TrainConfig:
     clahe: bool = False
     channels_last: Optional[bool] = None  # None: on for CPU training, off on accelerators (bench/RESULTS.md)
     calibrate: bool = True
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: Optional[float] = None
+    clip_grad_norm: Optional[float] = None
+    augment: str = "study"
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -129,6 +136,13 @@ class TrainConfig:
             (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
             (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
             (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
+            (0 <= cfg.warmup_epochs < cfg.epochs,
+             f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}"),
+            (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+            (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
+            (cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+             f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}"),
+            (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
             (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
             (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
             (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
@@ -178,13 +192,26 @@ def _checkpoint_path(resume: str, output_dir: Path) -> Path:
 def _make_optimizer(cfg: TrainConfig, params: List[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
-    if cfg.lr_scheduler == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier at optimiser step ``step``: linear warm-up over ``warmup_steps`` (from
+    1/``warmup_steps``), then constant or a cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler))
 
 
 def _collate(batch):
@@ -192,20 +219,24 @@ def _collate(batch):
 
 
 def make_loader(pix, prep: PreprocessConfig, rows: List[int], micro_batch: int, augment: bool,
-                num_workers: int) -> torch.utils.data.DataLoader:
+                num_workers: int, augmentation: str = "study") -> torch.utils.data.DataLoader:
     """The loader a run uses for one part: cached pixels, [augmentation,] the checkpoint's normalisation."""
-    view = RadiographDataset(pix, prep, rows, TrainAugmentation() if augment else None)
+    view = RadiographDataset(pix, prep, rows, TrainAugmentation.named(augmentation) if augment else None)
     return torch.utils.data.DataLoader(
         view, batch_size=micro_batch, shuffle=augment, num_workers=num_workers, collate_fn=_collate,
         persistent_workers=num_workers > 0 and augment, pin_memory=torch.cuda.is_available(),
     )
 
 
-def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channels_last: bool = False):
-    """One optimisation (micro-)step under Accelerate: forward, backward, step, zero the gradients.
+def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channels_last: bool = False,
+               clip_grad_norm: Optional[float] = None):
+    """One optimisation (micro-)step under Accelerate: forward, backward, [clip,] step, zero the gradients.
 
     Returns:
         ``(loss, logits)`` of the micro-batch.
+
+    Raises:
+        CXRError: the loss is not finite (the run diverged; nothing of this epoch is kept).
     """
     x = batch["pixel_values"]
     if channels_last:
@@ -214,7 +245,12 @@ def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channel
         with accelerator.autocast():
             logits = model(x)
             loss = loss_fn(logits.float(), batch["labels"])
+        if not torch.isfinite(loss) or loss.item() > DIVERGED_LOSS:
+            raise CXRError(f"the training loss became {loss.item():.4g} (diverged): lower --lr, add --clip-grad-norm or "
+                           "--warmup-epochs; no model is kept from this epoch on")
         accelerator.backward(loss)
+        if clip_grad_norm is not None and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         if accelerator.sync_gradients:
             scheduler.step()
@@ -330,13 +366,13 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def loader(part: str, augment: bool):
-        return make_loader(pix, prep, rows[part], micro_batch, augment, cfg.num_workers)
+        return make_loader(pix, prep, rows[part], micro_batch, augment, cfg.num_workers, cfg.augment)
 
     train_loader, train_eval_loader = loader("train", True), loader("train", False)
     val_loader, test_loader = loader("validation", False), loader("test", False)
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
     model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler
     )
@@ -385,7 +421,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("cxr", config=flat)
 
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = None
+    if cfg.ema_decay is not None:  # evaluated and kept instead of the raw weights
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, device=accelerator.device)
+        if state is not None and "ema" in state:
+            ema.module.load_state_dict(state["ema"])
     for epoch in range(start_epoch, cfg.epochs):
         # Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them.
         set_seed(cfg.seed + epoch, device_specific=True)
@@ -397,7 +440,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
         for batch in bar:
-            loss, logits = train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last)
+            loss, logits = train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last,
+                                      cfg.clip_grad_norm)
+            if ema is not None and accelerator.sync_gradients:
+                ema.update(accelerator.unwrap_model(model))
             n = batch["labels"].numel()
             totals += torch.stack([
                 loss.detach().float() * n,
@@ -406,7 +452,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             ])
             bar.set_postfix(loss=f"{loss.item():.4f}")
         totals = accelerator.reduce(totals, reduction="sum")
-        _, val_labels, val_probs = predict(model, val_loader, accelerator, desc="validation")
+        kept_model = model if ema is None else ema.module
+        _, val_labels, val_probs = predict(kept_model, val_loader, accelerator, desc="validation")
         val = _split_metrics(val_labels, val_probs)
         record = {
             "epoch": epoch + 1,
@@ -431,7 +478,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             if improved:
-                save_model_dir(unwrapped, out / "model", prep, {**_model_info(run_info, cfg), "epoch": epoch + 1})
+                save_model_dir(unwrapped if ema is None else ema.module, out / "model", prep,
+                               {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None})
             save_training_state(out / CHECKPOINT_NAME, {
                 "model": unwrapped.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -443,6 +491,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 "split": split,
                 "data_source": data_source,
                 "config": cfg.to_dict(),
+                **({"ema": ema.module.state_dict()} if ema is not None else {}),
             })
         accelerator.wait_for_everyone()
 

@@ -1,0 +1,85 @@
+"""The fine-tuning recipe's parts, each a flag recorded in run_config.json: AdamW, warm-up then cosine,
+label smoothing, an EMA of the weights (the model validated and kept), gradient clipping, radiograph
+augmentation; bad values and a diverging run stop with one clear line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxr.cli import train_main
+from cxr.preprocessing import TrainAugmentation
+from cxr.training import lr_factor
+
+
+def _run(data, out, *extra):
+    return train_main(["--model", "logreg", "--data", str(data), "--output-dir", str(out), "--epochs", "2",
+                       "--image-size", "24", "--num-workers", "0", "--batch-size", "16", *extra])
+
+
+def test_warmup_then_cosine_and_constant_schedules():
+    total, warm = 100, 10
+    f = [lr_factor(s, total, warm, "cosine") for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up
+    assert all(a < b for a, b in zip(f[:9], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01  # cosine down to ~0
+    assert [lr_factor(s, total, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--ema-decay", "1.0"], "--ema-decay must be in (0, 1)"),
+    (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
+    (["--warmup-epochs", "2"], "--warmup-epochs must be >= 0 and shorter than training (2 epochs)"),
+    (["--clip-grad-norm", "0"], "--clip-grad-norm must be positive"),
+])
+def test_bad_recipe_values_fail_before_any_work(subset, tmp_path, capsys, extra, message):
+    assert _run(subset, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_recipe_runs_records_its_settings_and_keeps_the_ema_weights(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine",
+                "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--ema-decay", "0.5", "--clip-grad-norm", "1.0",
+                "--augment", "radiograph") == 0
+    cfg = json.loads((out / "run_config.json").read_text())["config"]
+    assert {k: cfg[k] for k in ("optimizer", "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay",
+                                "clip_grad_norm", "augment")} == {
+        "optimizer": "adamw", "lr_scheduler": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1,
+        "ema_decay": 0.5, "clip_grad_norm": 1.0, "augment": "radiograph"}
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    assert history[-1]["lr"] < history[0]["lr"]  # the cosine decays
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    model_cfg = json.loads((out / "model" / "config.json").read_text())["cxr"]
+    assert model_cfg["ema"] is True
+    raw, ema = state["model"], state["ema"]
+    assert not torch.allclose(raw["head.weight"], ema["head.weight"])  # the average is not the last weights
+    if model_cfg["epoch"] == 2:  # the kept epoch is the last one here: its saved weights are the EMA's
+        assert torch.equal(saved["head.weight"], ema["head.weight"])
+
+
+def test_a_diverging_run_stops_clearly_and_keeps_nothing_from_it(subset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--lr", "1e30", "--optimizer", "sgd") == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar: one error line
+    assert last.startswith("error: the training loss became") and "(diverged)" in last
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+
+
+def test_radiograph_augmentation_shifts_scales_and_changes_contrast_but_never_flips_vertically():
+    torch.manual_seed(0)
+    pixels = np.tile(np.arange(64, dtype=np.uint8)[:, None] * 3, (1, 64))  # brightness rises top to bottom
+    aug = TrainAugmentation.named("radiograph")
+    outs = [aug(pixels)[0].numpy().astype(float) for _ in range(20)]
+    assert all(o.shape == (64, 64) for o in outs)
+    assert len({o.tobytes() for o in outs}) == 20  # random every time
+    for o in outs:  # top stays darker than bottom: no vertical flip
+        assert o[8:20, 16:48].mean() < o[44:56, 16:48].mean()
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        TrainAugmentation.named("mixup")
