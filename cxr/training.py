@@ -426,7 +426,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     if cfg.ema_decay is not None:  # evaluated and kept instead of the raw weights
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, device=accelerator.device)
+        # the decay ramps up from 0 (timm's warm-up), so the average does not drag the randomly initialised head along
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True,
+                         device=accelerator.device)
         if state is not None and "ema" in state:
             ema.module.load_state_dict(state["ema"])
     for epoch in range(start_epoch, cfg.epochs):
@@ -439,11 +441,13 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         t0 = time.time()
         totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
+        ema_step = epoch * steps_per_epoch  # optimiser steps so far (resumes count on)
         for batch in bar:
             loss, logits = train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last,
                                       cfg.clip_grad_norm)
             if ema is not None and accelerator.sync_gradients:
-                ema.update(accelerator.unwrap_model(model))
+                ema_step += 1
+                ema.update(accelerator.unwrap_model(model), step=ema_step)
             n = batch["labels"].numel()
             totals += torch.stack([
                 loss.detach().float() * n,
