@@ -162,6 +162,13 @@ def _prepare(out: Path, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels)))}
 
 
+def _refuse_per_run_flags(cfg) -> None:
+    for field, flag in _NOT_FOR_CV.items():
+        if getattr(cfg, field):
+            raise CXRError(f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
+                           "publish a model trained with train_accelerate.py)")
+
+
 def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     """Train one model per fold and score every image once (see the module docstring).
 
@@ -180,10 +187,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     from .splits import save_split
     from .training import CHECKPOINT_NAME, train
 
-    for field, flag in _NOT_FOR_CV.items():
-        if getattr(cfg, field):
-            raise CXRError(f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
-                           "publish a model trained with train_accelerate.py)")
+    _refuse_per_run_flags(cfg)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(cfg.output_dir)
     prepared = _prepare(out, cfg.data, folds, cfg.seed, cfg)
@@ -313,10 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                   if k not in ("folds", "bootstrap")}
         cfg = TrainConfig(**fields)
-        for field, flag in _NOT_FOR_CV.items():
-            if getattr(cfg, field):
-                raise CXRError(f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
-                               "publish a model trained with train_accelerate.py)")
+        _refuse_per_run_flags(cfg)
         cfg = dataclasses.replace(cfg.resolve(), overwrite_output_dir=True)
         result = run_cv(cfg, args.folds, args.bootstrap)
         from accelerate import PartialState
