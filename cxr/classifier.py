@@ -22,7 +22,13 @@ from torch import nn
 from .checkpoint import load_model
 from .preprocessing import ImageLike, PreprocessConfig
 
-__all__ = ["CXRClassifier"]
+__all__ = ["CXRClassifier", "temperature_softmax"]
+
+
+def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / temperature)`` in float32: the one way cxr turns logits into the probabilities it
+    shows or returns (:meth:`CXRClassifier.probabilities`, ``cxr.eval``, training's reports)."""
+    return (logits.float() / temperature).softmax(-1)
 
 
 class CXRClassifier:
@@ -86,7 +92,7 @@ class CXRClassifier:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities from the model's logits: ``softmax(logits / temperature)``."""
-        return (logits.float() / self.temperature).softmax(-1)
+        return temperature_softmax(logits, self.temperature)
 
     @property
     def device(self) -> torch.device:

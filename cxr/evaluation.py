@@ -58,8 +58,10 @@ def predict_logits(model: torch.nn.Module, loader, accelerator,
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / T)`` in float32, the same operations as :meth:`CXRClassifier.probabilities`."""
-    return (torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature).softmax(-1).numpy()
+    """:func:`cxr.classifier.temperature_softmax` of gathered logits (the app's and ``CXRClassifier``'s numbers)."""
+    from .classifier import temperature_softmax
+
+    return temperature_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), temperature).numpy()
 
 
 def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating",

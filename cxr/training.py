@@ -71,7 +71,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 DIVERGED_LOSS = 1e3
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
-_RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer")
+_RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer",
+                  "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay", "clip_grad_norm", "augment")
 
 
 @dataclasses.dataclass

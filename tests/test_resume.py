@@ -64,3 +64,6 @@ def test_resume_refuses_other_settings(tmp_path, sample_dir):
     assert run_script(args).returncode == 0
     proc = run_script([*args[:-4], "--image-size", "32", "--num-workers", "0", "--resume"])
     assert proc.returncode == 2 and "--image-size 24" in proc.stderr
+    # a recipe part changed on resume (the checkpoint holds no EMA) is refused as well
+    proc = run_script([*args, "--ema-decay", "0.9", "--resume"])
+    assert proc.returncode == 2 and "--ema-decay None (now 0.9)" in proc.stderr
