@@ -75,12 +75,26 @@ def _decoding_args(parser: argparse.ArgumentParser) -> None:
                         help="Skip (and count) unreadable image files instead of stopping with their list.")
 
 
+def _preset_text(name: str) -> str:
+    """A preset's values as the flags that would set them."""
+    from .training import PRESETS
+
+    flags = []
+    for key, value in PRESETS[name].items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """The parser of ``train_accelerate.py``."""
     from .labels import NORMALIZATIONS
     from .models import STUDY_MODELS, TRAIN_LAYER_POLICIES
     from .preprocessing import AUGMENTATIONS
-    from .training import MIXED_PRECISION, OPTIMIZERS, REPORT_TO, SCHEDULERS
+    from .training import KEEP_RULES, MIXED_PRECISION, OPTIMIZERS, PRESETS, REPORT_TO, SCHEDULERS
 
     study = ", ".join(f"{n} (batch {s.batch_size}, {s.epochs} epochs)" for n, s in STUDY_MODELS.items())
     p = _parser(
@@ -96,17 +110,23 @@ def build_train_parser() -> argparse.ArgumentParser:
     _dataset_args(p)
     p.add_argument("--output-dir", required=True, type=Path,
                    help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.")
-    p.add_argument("--epochs", type=int, default=None, help="Epochs (default: the study's for the model, else 20).")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                   help="The recipe every recipe flag below that is not given takes its value from: default (chosen by "
+                        "cross-validation; README, 'Choosing the recipe') or paper (the study's: Adam 5e-4 constant, each "
+                        "model's study batch size and epochs, flip + rotation, the best validation epoch). Default: "
+                        f"{_preset_text('default')}.")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="Epochs (default: the preset's; paper: the study's for the model, else 20).")
     p.add_argument("--batch-size", type=int, default=None,
                    help="Images per optimiser step across all processes and accumulation steps "
-                        "(default: the study's for the model, else 64).")
-    p.add_argument("--lr", type=float, default=5e-4, help="Learning rate (the study's Adam 5e-4).")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                   help="Optimiser (SGD uses momentum 0.9; adamw: decoupled weight decay).")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay.")
-    p.add_argument("--lr-scheduler", choices=SCHEDULERS, default="constant",
-                   help="Learning-rate schedule per optimiser step after any warm-up: constant (the study's) or a cosine "
-                        "decay to 0 at the end.")
+                        "(default: the preset's; paper: the study's for the model, else 64).")
+    p.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: the preset's).")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="Optimiser (SGD uses momentum 0.9; adamw: decoupled weight decay; default: the preset's).")
+    p.add_argument("--weight-decay", type=float, default=None, help="Weight decay (default: the preset's).")
+    p.add_argument("--lr-scheduler", choices=SCHEDULERS, default=None,
+                   help="Learning-rate schedule per optimiser step after any warm-up: constant or a cosine decay to 0 at "
+                        "the end (default: the preset's).")
     p.add_argument("--image-size", type=int, default=224, help="Square input side in pixels.")
     p.add_argument("--norm", choices=("model", *NORMALIZATIONS), default="model",
                    help="Normalisation: the backbone's own mean/std, the study's radiography statistics, "
@@ -126,17 +146,28 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
                         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")
-    p.add_argument("--warmup-epochs", type=float, default=0.0,
-                   help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule.")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing of the cross-entropy, in [0, 1).")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule "
+                        "(default: the preset's).")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="Label smoothing of the cross-entropy, in [0, 1) (default: the preset's).")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="Keep an exponential moving average of the weights with this decay per step, in (0, 1); the "
                         "EMA model is the one validated, kept and saved (default: off).")
     p.add_argument("--clip-grad-norm", type=float, default=None,
                    help="Clip the gradients' global norm to this value before each step (default: off).")
-    p.add_argument("--augment", choices=AUGMENTATIONS, default="study",
-                   help="Training augmentation: study (horizontal flip, rotation up to 10 degrees) or radiograph "
-                        "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%); never a vertical flip.")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
+                   help="Training augmentation: study (horizontal flip, rotation up to 10 degrees), radiograph "
+                        "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%) or flip (horizontal "
+                        "flip only); never a vertical flip (default: the preset's).")
+    p.add_argument("--keep", choices=KEEP_RULES, default=None,
+                   help="Which epoch's model the run keeps: best (highest validation accuracy, ties broken by fewer "
+                        "COVID + Viral Pneumonia images called Normal) or last (default: the preset's).")
+    p.add_argument("--final-fit", action=argparse.BooleanOptionalAction, default=None,
+                   help="Train twice: first on the training part alone (in OUTPUT_DIR/holdout/; its kept epoch sets the "
+                        "epoch count and its validation images the temperature), then, from the same start, on "
+                        "training + validation for that many epochs, keeping the last. Test stays held out (default: the "
+                        "preset's).")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
                         "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "

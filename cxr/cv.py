@@ -232,7 +232,7 @@ def _write_results(out: Path, cfg, folds: int, labels: Dict[str, int], log: Dict
         metrics = json.loads((run_dir / "metrics.json").read_text())
         rows += [(n, int(lab), k, p) for n, lab, p in zip(pred.files, pred.y, pred.probs)]
         per_fold.append({"fold": k, "images": len(pred.files), **_headline(pred.y, pred.probs),
-                         "best_epoch": metrics.get("best_epoch"),
+                         "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
                          "temperature": (metrics.get("calibration") or {}).get("temperature")})
     names = [r[0] for r in rows]
     if sorted(names) != sorted(labels) or len(set(names)) != len(names):
@@ -268,13 +268,14 @@ def _fmt(name: str, v: Optional[float], pct: bool) -> str:
 
 
 def _report(result: Dict[str, Any]) -> str:
-    from .report import DISCLAIMER
+    from .report import DISCLAIMER, recipe_summary
 
     r = result["recipe"]
     lines = [f"# Cross-validation: {r['model']}, {result['folds']} folds, {result['images']} images", "",
              f"*{DISCLAIMER}*", "",
-             f"Data `{r['data']}`; {r['image_size']} px; {r['optimizer']} lr {r['lr']}, {r['lr_scheduler']} schedule, "
-             f"batch {r['batch_size']}, {r['epochs']} epochs; folds seeded {result['seed']}. Every image is scored once, "
+             f"Data `{r['data']}`; {r['image_size']} px; {recipe_summary(r)}; kept model: {r.get('keep', 'best')}"
+             f"{' epoch, then a final fit on training + validation' if r.get('final_fit') else ' epoch'}; "
+             f"folds seeded {result['seed']}. Every image is scored once, "
              "by the fold model that did not train on it; intervals are stratified bootstrap 95% "
              f"({result['bootstrap_resamples']} resamples) over all {result['images']} out-of-fold predictions.", "",
              "| out of fold | value | 95% interval |", "|---|---|---|"]
@@ -288,7 +289,7 @@ def _report(result: Dict[str, Any]) -> str:
         t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
         lines.append(f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
                      f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
-                     f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['best_epoch']} | {t} |")
+                     f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} |")
     lines += ["", f"Files: `{FOLDS_NAME}`, `splits/fold-K.json`, `fold-K/` (each a full run folder), `{OOF_NAME}`.", ""]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 
 from .errors import CXRError
 from .labels import CLASS_NAMES
-from .report import per_class_lines, table1_lines
+from .report import kept_description, per_class_lines, recipe_summary, table1_lines
 from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 
 __all__ = ["TEMPLATE_PATH", "CARD_TAGS", "render_model_card", "card_eval_results", "data_source", "evaluated_on",
@@ -225,9 +225,8 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         portable=bool(portability.get("timm")) and bool(portability.get("transformers")),
         portability_notes=portability.get("notes") or [],
         temperature=temperature,
-        optimisation=(f"{cfg['optimizer']} lr {cfg['lr']}, {cfg['lr_scheduler']} schedule, batch {cfg['batch_size']}, "
-                      f"{cfg['epochs']} epochs, seed {cfg['seed']}"),
-        best_epoch=metrics.get("best_epoch"),
+        optimisation=recipe_summary(cfg),
+        kept=kept_description(metrics),
         versions=versions or "unknown",
         data_caveat=caveat,
         data_description=data_description,

@@ -290,7 +290,7 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
 
 #: ``--augment`` choices: the study's (flip, rotation) and one for radiographs (adds small scale and shift,
 #: brightness and contrast; never a vertical flip).
-AUGMENTATIONS = ("study", "radiograph")
+AUGMENTATIONS = ("study", "radiograph", "flip")
 
 
 class TrainAugmentation:
@@ -320,7 +320,7 @@ class TrainAugmentation:
             steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate else None,
                                          scale=(1 - scale, 1 + scale) if scale else None,
                                          interpolation=v2.InterpolationMode.BILINEAR, fill=0))
-        else:
+        elif degrees:
             steps.append(v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if brightness or contrast:
             steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
@@ -333,6 +333,8 @@ class TrainAugmentation:
             return cls()
         if name == "radiograph":
             return cls(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2)
+        if name == "flip":
+            return cls(degrees=0.0, flip_p=0.5)
         raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:

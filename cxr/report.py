@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from .labels import CLASS_NAMES, NORMAL
 from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 
-__all__ = ["write_report", "table1_lines", "per_class_lines", "plot_confusion_matrix", "plot_training_curves", "DISCLAIMER"]
+__all__ = ["write_report", "table1_lines", "per_class_lines", "plot_confusion_matrix", "plot_training_curves", "recipe_summary",
+           "kept_description", "DISCLAIMER"]
 
 _logger = logging.getLogger(__name__)
 
@@ -157,8 +158,10 @@ def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title:
     plt.close(fig)
 
 
-def plot_training_curves(path: Path, history: Sequence[Dict[str, Any]], best_epoch: Optional[int] = None) -> None:
-    """Save loss and accuracy per epoch, training (augmented) and validation, marking the kept epoch."""
+def plot_training_curves(path: Path, history: Sequence[Dict[str, Any]], kept_epoch: Optional[int] = None,
+                         kept_rule: str = "best") -> None:
+    """Save loss and accuracy per epoch, training (augmented) and validation, marking the kept epoch
+    (``kept_rule``: which one was kept, e.g. ``best`` or ``last``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,10 +181,45 @@ def plot_training_curves(path: Path, history: Sequence[Dict[str, Any]], best_epo
 
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", ls="--", lw=1, label="kept (best validation)")
+        if kept_epoch is not None:
+            ax.axvline(kept_epoch, color="grey", ls="--", lw=1, label=f"kept ({kept_rule})")
         ax.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def recipe_summary(config: Dict[str, Any]) -> str:
+    """One line naming a run's recipe from its ``run_config.json`` ``config`` (older runs lack the newer keys).
+
+    Example:
+        >>> recipe_summary({"optimizer": "adam", "lr": 0.0005, "lr_scheduler": "constant", "batch_size": 64,
+        ...                 "epochs": 20, "seed": 1})
+        'adam lr 0.0005, constant schedule, batch 64, 20 epochs, seed 1, augmentation study'
+    """
+    c = config
+    parts = [f"{c['optimizer']} lr {c['lr']}" + (f" weight decay {c['weight_decay']}" if c.get("weight_decay") else ""),
+             f"{c['lr_scheduler']} schedule" + (f" after {c['warmup_epochs']} warm-up epoch(s)"
+                                                if c.get("warmup_epochs") else ""),
+             f"batch {c['batch_size']}", f"{c['epochs']} epochs", f"seed {c['seed']}",
+             f"augmentation {c.get('augment', 'study')}"]
+    if c.get("label_smoothing"):
+        parts.append(f"label smoothing {c['label_smoothing']}")
+    if c.get("ema_decay"):
+        parts.append(f"weight EMA {c['ema_decay']}")
+    if c.get("clip_grad_norm"):
+        parts.append(f"gradients clipped at norm {c['clip_grad_norm']}")
+    return ", ".join(parts)
+
+def kept_description(metrics: Dict[str, Any]) -> str:
+    """Which model a run kept and why, from its ``metrics.json`` (older runs only say ``best_epoch``)."""
+    epoch = metrics.get("kept_epoch", metrics.get("best_epoch"))
+    if metrics.get("final_fit"):
+        return (f"the last epoch ({epoch}) of a refit on training + validation; the epoch count is the one kept by a "
+                f"first run on training alone (in {metrics['final_fit']['holdout']}/), whose validation images also "
+                "fitted the temperature")
+    if metrics.get("keep") == "last":
+        return f"the last epoch ({epoch})"
+    return (f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "
+            "predicted as Normal)")

@@ -120,7 +120,8 @@ def _train_arm(arm: StudyArm, preset: Preset, data: str, out: Path, split_file: 
         return "skipped (finished)"
     resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None
     train(TrainConfig(
-        model=arm.model, data=data, output_dir=str(run_dir), epochs=preset.epochs, batch_size=preset.batch_size,
+        model=arm.model, data=data, output_dir=str(run_dir), preset="paper", epochs=preset.epochs,
+        batch_size=preset.batch_size,
         image_size=preset.image_size, norm=preset.norm, pretrained=arm.pretrained, train_layers=arm.train_layers,
         clahe=arm.clahe, split_file=str(split_file), num_workers=num_workers, cache_dir=cache_dir, resume=resume,
         overwrite_output_dir=True, calibrate=False,  # the study reports raw probabilities and calibrates them itself

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import platform
@@ -54,11 +55,12 @@ from .models import (
     model_spec,
 )
 from .preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
-from .report import DISCLAIMER, plot_training_curves
+from .report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
 
-__all__ = ["TrainConfig", "train", "make_loader", "train_step", "fit_calibration", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "CHECKPOINT_NAME",
+           "KEEP_RULES", "HOLDOUT_DIR"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,18 +68,34 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SPLIT_NAME = "split.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine")
+#: Which epoch's model a run keeps: the best on validation, or the last one.
+KEEP_RULES = ("best", "last")
+#: The sub-folder where ``--final-fit`` trains on the training part alone, to choose the epoch count and the temperature.
+HOLDOUT_DIR = "holdout"
+#: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
+#: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
+#: the one cross-validation chose (README, "Choosing the recipe").
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": dict(optimizer="adam", lr=5e-4, weight_decay=0.0, lr_scheduler="constant", warmup_epochs=0.0,
+                  label_smoothing=0.0, augment="study", keep="best", final_fit=False, epochs=None, batch_size=None),
+}
+PRESETS["default"] = dict(PRESETS["paper"])
+#: What a checkpoint written before a recipe setting existed was trained with.
+_LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
 MIXED_PRECISION = ("no", "fp16", "bf16")
 #: A cross-entropy above this (logits a thousand apart on the wrong class) means the run has diverged.
 DIVERGED_LOSS = 1e3
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
 _RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer",
-                  "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay", "clip_grad_norm", "augment")
+                  "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay", "clip_grad_norm", "augment", "keep",
+                  "final_fit")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a training run needs; ``None`` means "the study's default for this model".
+    """Everything a training run needs; a recipe setting left ``None`` takes the value of ``preset``
+    (:data:`PRESETS`), where ``epochs``/``batch_size`` ``None`` means the model's study values.
 
     Attributes mirror the flags of ``train_accelerate.py`` (see its ``--help``).
     """
@@ -85,12 +103,13 @@ class TrainConfig:
     model: str
     data: str
     output_dir: str
+    preset: str = "default"
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
-    lr: float = 5e-4
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    lr_scheduler: str = "constant"
+    lr: Optional[float] = None
+    optimizer: Optional[str] = None
+    weight_decay: Optional[float] = None
+    lr_scheduler: Optional[str] = None
     image_size: int = 224
     norm: str = "model"
     seed: int = 1
@@ -108,11 +127,13 @@ class TrainConfig:
     clahe: bool = False
     channels_last: Optional[bool] = None  # None: on for CPU training, off on accelerators (bench/RESULTS.md)
     calibrate: bool = True
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    warmup_epochs: Optional[float] = None
+    label_smoothing: Optional[float] = None
     ema_decay: Optional[float] = None
     clip_grad_norm: Optional[float] = None
-    augment: str = "study"
+    augment: Optional[str] = None
+    keep: Optional[str] = None
+    final_fit: Optional[bool] = None
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -122,12 +143,15 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
         spec = model_spec(self.model)  # unknown model -> error with suggestions
+        if self.preset not in PRESETS:
+            raise CXRError(f"--preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+        unset = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, model=spec.name, **unset)
         cfg = dataclasses.replace(
-            self,
-            model=spec.name,
-            epochs=self.epochs if self.epochs is not None else spec.epochs,
-            batch_size=self.batch_size if self.batch_size is not None else spec.batch_size,
-            train_layers=self.train_layers or spec.default_train_layers,
+            cfg,
+            epochs=cfg.epochs if cfg.epochs is not None else spec.epochs,
+            batch_size=cfg.batch_size if cfg.batch_size is not None else spec.batch_size,
+            train_layers=cfg.train_layers or spec.default_train_layers,
         )
         checks = [
             (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
@@ -144,6 +168,7 @@ class TrainConfig:
             (cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
              f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}"),
             (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
+            (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
             (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
             (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
             (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
@@ -164,7 +189,13 @@ class TrainConfig:
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
         out = Path(cfg.output_dir)
-        if cfg.resume is not None:
+        if cfg.resume is not None and cfg.final_fit:
+            # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
+            if cfg.resume not in ("", "auto") and Path(cfg.resume).resolve() != out.resolve():
+                raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
+            _checkpoint_path("auto", out / HOLDOUT_DIR)
+            cfg.resume = "auto"
+        elif cfg.resume is not None:
             cfg.resume = str(_checkpoint_path(cfg.resume, out))
         elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
             if (out / CHECKPOINT_NAME).exists() or (out / "metrics.json").exists():
@@ -279,23 +310,65 @@ def _versions() -> Dict[str, str]:
     }
 
 
+@dataclasses.dataclass
+class _Refit:
+    """What ``--final-fit``'s second run takes from its hold-out run: the split whose training part now
+    holds the validation images too, and the temperature fitted on those images while they were held out."""
+
+    split: Dict[str, List[str]]
+    temperature: Optional[float]
+    holdout: Path
+
+
 def train(config: TrainConfig) -> Dict[str, Any]:
-    """Train, select the best epoch on validation, evaluate it on test, and write the run folder.
+    """Train, keep the best-on-validation or the last epoch, evaluate it on test, and write the run folder.
+
+    With ``final_fit``, two runs: one in ``holdout/`` on the training part alone (its kept epoch sets the
+    epoch count, its validation images the temperature), then the model that is kept, trained from the
+    same start on training + validation for that many epochs; test stays held out throughout.
 
     Args:
         config: the run's settings (checked by :meth:`TrainConfig.resolve` first).
 
     Returns:
         The ``metrics.json`` dict: ``train`` (un-augmented training images), ``validation`` and
-        ``test``, each as returned by :func:`cxr.metrics.compute_metrics` plus ``loss``.
+        ``test``, each as returned by :func:`cxr.metrics.compute_metrics` plus ``loss``; ``kept_epoch``.
 
     Raises:
         CXRError: bad flags or data; raised before anything is written to ``output_dir``.
+
+    Example:
+        >>> train(TrainConfig(model="tf_efficientnet_lite0", data="cxr-sample", output_dir="runs/lite0"))  # doctest: +SKIP
     """
+    cfg = config.resolve()
+    return _final_fit(cfg) if cfg.final_fit else _fit(cfg)
+
+
+def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
+    """``--final-fit``: the hold-out run (resumed or reused when ``--resume``), then the refit in ``output_dir``."""
+    out = Path(cfg.output_dir)
+    hold = out / HOLDOUT_DIR
+    resume = cfg.resume is not None
+    if resume and (hold / "metrics.json").is_file():
+        hold_metrics = json.loads((hold / "metrics.json").read_text())
+    else:
+        hold_metrics = _fit(dataclasses.replace(
+            cfg, output_dir=str(hold), final_fit=False, push_to_hub=False, hub_model_id=None,
+            resume="auto" if resume else None).resolve())
+    split = load_split(hold / SPLIT_NAME)
+    split["train"] = sorted(split["train"] + split["validation"])
+    temperature = (hold_metrics.get("calibration") or {}).get("temperature") if cfg.calibrate else None
+    refit_cfg = dataclasses.replace(
+        cfg, epochs=int(hold_metrics["kept_epoch"]), keep="last",
+        resume=str(out / CHECKPOINT_NAME) if resume and (out / CHECKPOINT_NAME).is_file() else None)
+    return _fit(refit_cfg, _Refit(split, temperature, hold))
+
+
+def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
+    """One training run of a resolved ``cfg`` into ``cfg.output_dir`` (see :func:`train`)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
-    cfg = config.resolve()
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -318,7 +391,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         saved = state["config"]
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **_LEGACY_RECIPE}
         changed = [k for k in _RESUME_LOCKED if saved.get(k, defaults[k]) != getattr(cfg, k)]
         if changed:
             raise CXRError(
@@ -341,6 +414,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     if state is not None:
         split = state["split"]
         how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
+    elif refit is not None:
+        split = refit.split
+        how = {"train": f"training + validation of {refit.holdout.name}/{SPLIT_NAME} (--final-fit)",
+               "validation": f"validation of {refit.holdout.name}/{SPLIT_NAME}, trained on here: not held out",
+               "test": f"test of {refit.holdout.name}/{SPLIT_NAME}"}
     elif cfg.split_file:
         split = load_split(cfg.split_file)
         how = {part: f"from --split-file {cfg.split_file}" for part in SPLITS}
@@ -379,7 +457,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     )
 
     history: List[Dict[str, Any]] = []
-    best: Optional[Dict[str, Any]] = None
+    best: Optional[Dict[str, Any]] = None  # the best epoch on validation
+    kept_at: Optional[Dict[str, Any]] = None  # the epoch whose model is in model/ (cfg.keep)
     start_epoch = 0
     if state is not None:
         accelerator.unwrap_model(model).load_state_dict(state["model"])
@@ -387,6 +466,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
         start_epoch, history, best = state["epoch"], list(state["history"]), state["best"]
+        kept_at = state.get("kept", best)
         accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {start_epoch}/{cfg.epochs}")
 
     run_info = {
@@ -474,6 +554,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         improved = best is None or selection_key(val) > tuple(best["key"])
         if improved:
             best = {"epoch": epoch + 1, "key": list(selection_key(val)), "validation": val}
+        keep_now = improved if cfg.keep == "best" else epoch + 1 == cfg.epochs
+        if keep_now:
+            kept_at = {"epoch": epoch + 1, "validation": val}
         accelerator.print(
             f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}, COVID+Viral Pn. called Normal "
@@ -482,7 +565,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            if improved:
+            if keep_now:
                 save_model_dir(unwrapped if ema is None else ema.module, out / "model", prep,
                                {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None})
             save_training_state(out / CHECKPOINT_NAME, {
@@ -493,6 +576,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 "epoch": epoch + 1,
                 "history": history,
                 "best": best,
+                "kept": kept_at,
                 "split": split,
                 "data_source": data_source,
                 "config": cfg.to_dict(),
@@ -500,7 +584,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             })
         accelerator.wait_for_everyone()
 
-    # Final evaluation of the kept (best-on-validation) model.
+    # Final evaluation of the kept model.
     from safetensors.torch import load_file
 
     kept = accelerator.unwrap_model(model)
@@ -512,7 +596,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     te_index, te_labels, te_logits = predict_logits(model, test_loader, accelerator, desc="test")
     calibration, t = None, 1.0
     if cfg.calibrate:  # one temperature, fitted on validation, saved with the model and applied everywhere
-        calibration = fit_calibration(va_labels, va_logits, te_labels, te_logits)
+        calibration = fit_calibration(va_labels, va_logits, te_labels, te_logits,
+                                      temperature=None if refit is None else refit.temperature,
+                                      source=None if refit is None else f"{refit.holdout.name}/")
         t = calibration["temperature"]
         if accelerator.is_main_process:
             set_model_temperature(out / "model", t)
@@ -525,13 +611,19 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         "train": _split_metrics(tr_labels, tr_probs),
         "validation": _split_metrics(va_labels, va_probs),
         "test": _split_metrics(te_labels, te_probs),
+        "kept_epoch": kept_at["epoch"],
         "best_epoch": best["epoch"],
+        "keep": cfg.keep,
     }
+    if refit is not None:
+        metrics["final_fit"] = {"holdout": refit.holdout.name, "validation_held_out": False}
     if calibration is not None:
         metrics["calibration"] = calibration
     if accelerator.is_main_process:
-        write_json(out / "history.json", {"best_epoch": best["epoch"], "epochs": history})
-        plot_training_curves(out / "training_curves.png", history, best_epoch=best["epoch"])
+        write_json(out / "history.json", {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep,
+                                          "epochs": history})
+        plot_training_curves(out / "training_curves.png", history, kept_epoch=kept_at["epoch"],
+                             kept_rule="last, final fit" if refit else cfg.keep)
         test_files = [file_names[rows["test"][i]] for i in te_index]
         write_predictions(out / "predictions_validation.csv", [file_names[rows["validation"][i]] for i in va_index],
                           va_labels, va_probs)
@@ -544,9 +636,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
             "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
                              f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
-            "optimisation": f"{cfg.optimizer} lr {cfg.lr}, {cfg.lr_scheduler} schedule, batch {cfg.batch_size}, "
-                            f"{cfg.epochs} epochs, {accelerator.num_processes} process(es)",
-            "kept epoch": f"{best['epoch']} (best validation accuracy, ties: fewer COVID + Viral Pn. called Normal)",
+            "optimisation": f"{recipe_summary(cfg.to_dict())}, {accelerator.num_processes} process(es)",
+            "kept model": kept_description(metrics),
             "train accuracy": "the kept model on the un-augmented training images",
             "calibration": ("off (--no-calibrate): probabilities are the softmax of the logits" if calibration is None else
                             f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
@@ -568,7 +659,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 
 def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray,
-                    test_logits: np.ndarray) -> Dict[str, Any]:
+                    test_logits: np.ndarray, temperature: Optional[float] = None,
+                    source: Optional[str] = None) -> Dict[str, Any]:
     """Fit the softmax temperature on validation (NLL, Guo et al. 2017) and measure ECE before and after.
 
     A validation set the model classifies without error cannot identify a temperature (the NLL keeps
@@ -577,11 +669,15 @@ def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels:
     Args:
         val_labels, val_logits: the kept model's validation labels and logits.
         test_labels, test_logits: the same on test, for the report only.
+        temperature: a temperature fitted elsewhere (``--final-fit``'s hold-out run, named by ``source``),
+            used instead of fitting one here.
 
     Returns:
         ``{"temperature", "note", "validation": {"ece_before", "ece_after"}, "test": {...}}``.
     """
-    if (val_logits.argmax(1) == val_labels).all():
+    if temperature is not None:
+        t, note = temperature, f"fitted on the validation images of {source} while they were held out"
+    elif (val_logits.argmax(1) == val_labels).all():
         t, note = 1.0, "validation has no error, so it cannot identify a temperature: kept 1"
     else:
         t, note = fit_temperature_to_logits(val_labels, val_logits), f"fitted on {len(val_labels)} validation images"

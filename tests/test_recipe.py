@@ -83,3 +83,57 @@ def test_radiograph_augmentation_shifts_scales_and_changes_contrast_but_never_fl
         assert o[8:20, 16:48].mean() < o[44:56, 16:48].mean()
     with pytest.raises(ValueError, match="unknown augmentation"):
         TrainAugmentation.named("mixup")
+
+
+def test_flip_augmentation_only_mirrors():
+    torch.manual_seed(0)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    outs = [TrainAugmentation.named("flip")(pixels)[0].numpy() for _ in range(20)]
+    assert all(np.array_equal(o, pixels) or np.array_equal(o, pixels[:, ::-1]) for o in outs)
+    assert any(np.array_equal(o, pixels[:, ::-1]) for o in outs) and any(np.array_equal(o, pixels) for o in outs)
+
+
+def test_keep_last_keeps_the_last_epoch_whatever_validation_says(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--keep", "last", "--epochs", "3") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert metrics["kept_epoch"] == history["kept_epoch"] == 3 and metrics["keep"] == "last"
+    assert json.loads((out / "model" / "config.json").read_text())["cxr"]["epoch"] == 3
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], state["model"][k]) for k in saved)  # the last weights, not an earlier epoch's
+    assert "the last epoch (3)" in (out / "report.md").read_text()
+
+
+def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperature(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2") == 0
+    hold, refit = (json.loads((d / "split.json").read_text()) for d in (out / "holdout", out))
+    assert sorted(refit["train"]) == sorted(hold["train"] + hold["validation"])
+    assert refit["test"] == hold["test"] and refit["validation"] == hold["validation"]
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["images"]["train"] == len(hold["train"]) + len(hold["validation"])
+    hold_metrics = json.loads((out / "holdout" / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    t = hold_metrics["calibration"]["temperature"]
+    assert json.loads((out / "model" / "config.json").read_text())["cxr"]["temperature"] == pytest.approx(t)
+    assert metrics["calibration"]["temperature"] == pytest.approx(t) and "holdout/" in metrics["calibration"]["note"]
+    assert metrics["final_fit"] == {"holdout": "holdout", "validation_held_out": False}
+    assert metrics["kept_epoch"] == hold_metrics["kept_epoch"] == 2
+    a = load_file(str(out / "model" / "model.safetensors"))
+    b = load_file(str(out / "holdout" / "model" / "model.safetensors"))
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # a second model, trained on more images
+    assert "refit on training + validation" in (out / "report.md").read_text()
+    # resuming the finished run reuses both parts and gives the same model
+    assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2", "--resume") == 0
+    assert torch.equal(load_file(str(out / "model" / "model.safetensors"))["head.weight"], a["head.weight"])
+    assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+def test_final_fit_with_keep_best_refits_for_the_kept_epoch_count(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--final-fit", "--keep", "best", "--epochs", "3") == 0
+    hold_metrics = json.loads((out / "holdout" / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["epochs"]) == hold_metrics["kept_epoch"] == hold_metrics["best_epoch"]

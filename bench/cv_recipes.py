@@ -1,0 +1,117 @@
+"""Recipe comparison by cross-validation: ``python -m cxr.cv`` once per named recipe, several at a time,
+then one table of the out-of-fold figures (bootstrap 95% intervals) of every recipe that finished.
+
+Each recipe is a list of ``train_accelerate.py`` flags on top of the common ones (model, image size,
+folds, seed); ``paper`` is the study's own recipe (``--preset paper``), ``default`` today's defaults.
+Recipes run as separate processes (``--parallel`` at a time, ``--threads`` torch threads each); a
+rerun resumes every unfinished CV and reuses the finished ones. The table goes to stdout and to
+``OUTPUT_DIR/recipes.md``.
+
+    python bench/cv_recipes.py --output-dir runs/cv-recipes --recipes paper,default --parallel 1
+    python bench/cv_recipes.py --output-dir /tmp/cv --parallel 8 --threads 2    # on a 16-core GPU machine
+
+Research use only — not for diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from common import DEFAULT_DATA, REPO, machine, table
+
+#: Named recipes: the flags each adds to the common ones.
+RECIPES: Dict[str, List[str]] = {
+    "paper": ["--preset", "paper"],
+    "default": [],
+    "bs16-e10": ["--preset", "paper", "--batch-size", "16", "--epochs", "10"],
+    "bs16-e10-last": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--keep", "last"],
+    "bs16-e10-last-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--keep", "last",
+                            "--final-fit"],
+    "plain-loop": ["--preset", "paper", "--batch-size", "16", "--epochs", "6", "--lr", "3e-4", "--augment", "flip",
+                   "--keep", "last"],
+    "plain-loop-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "6", "--lr", "3e-4", "--augment",
+                         "flip", "--keep", "last", "--final-fit"],
+    "adamw-cos": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine",
+                  "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last"],
+    "adamw-cos-flip": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
+                       "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last",
+                       "--augment", "flip"],
+    "adamw-cos-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
+                        "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last",
+                        "--final-fit"],
+    "adamw-cos-e15-lr1e-3": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
+                             "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "15", "--lr", "1e-3",
+                             "--keep", "last"],
+}
+
+
+def _pct(s: Dict[str, float]) -> str:
+    return f"{100 * s['value']:.1f}% [{100 * s['low']:.1f}, {100 * s['high']:.1f}]"
+
+
+def _row(name: str, result: Dict) -> List[str]:
+    o = result["out_of_fold"]
+    return [name, " ".join(RECIPES[name]) or "(defaults)", _pct(o["accuracy"]), _pct(o["covid_recall"]),
+            f"{o['covid_to_normal']['value']:.0f}", f"{o['viral_pneumonia_to_normal']['value']:.0f}",
+            f"{o['macro_auroc']['value']:.4f}", f"{o['ece']['value']:.3f}"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="Class-folder X-rays (default: $CXR_SAMPLE_DIR).")
+    p.add_argument("--output-dir", required=True, type=Path, help="One CV folder per recipe goes here.")
+    p.add_argument("--recipes", default=",".join(RECIPES), help=f"Comma-separated recipe names: {', '.join(RECIPES)}.")
+    p.add_argument("--model", default="tf_efficientnet_lite0", help="timm model every recipe trains.")
+    p.add_argument("--image-size", type=int, default=224, help="Input side in pixels.")
+    p.add_argument("--folds", type=int, default=5, help="Folds of each CV.")
+    p.add_argument("--parallel", type=int, default=1, help="Recipes run at the same time.")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2),
+                   help="Torch threads per recipe (OMP_NUM_THREADS).")
+    p.add_argument("--num-workers", type=int, default=1, help="Data-loader workers per recipe.")
+    args = p.parse_args()
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or args.parallel < 1 or args.threads < 1:
+        p.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}" if unknown
+                else "--parallel and --threads must be at least 1")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    pending, running, seconds = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name = pending.pop(0)
+            cmd = [sys.executable, "-m", "cxr.cv", "--data", args.data, "--output-dir", str(args.output_dir / name),
+                   "--model", args.model, "--image-size", str(args.image_size), "--folds", str(args.folds),
+                   "--num-workers", str(args.num_workers), "--cache-dir", str(args.output_dir / "cache" / name),
+                   *RECIPES[name]]
+            log = open(args.output_dir / f"{name}.log", "w")
+            running[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+        time.sleep(2)
+        for name, (proc, t0) in list(running.items()):
+            if proc.poll() is not None:
+                seconds[name] = time.time() - t0
+                print(f"{name}: exit {proc.returncode} after {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+                del running[name]
+    rows = []
+    for name in names:
+        path = args.output_dir / name / "cv.json"
+        if path.is_file():
+            rows.append(_row(name, json.loads(path.read_text())))
+    text = "\n".join([
+        f"{args.model}, {args.image_size} px, {args.folds}-fold CV on `{args.data}` (out-of-fold figures over every "
+        f"image; bootstrap 95% intervals). {machine()}", "",
+        table(["recipe", "flags", "accuracy", "COVID recall", "COVID→Normal", "Viral Pn.→Normal", "macro AUROC", "ECE"],
+              rows), ""])
+    (args.output_dir / "recipes.md").write_text(text)
+    print(text)
+    return 0 if len(rows) == len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
