@@ -48,6 +48,16 @@ RECIPES: Dict[str, List[str]] = {
     "adamw-cos-e15-lr1e-3": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
                              "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "15", "--lr", "1e-3",
                              "--keep", "last"],
+    "adamw-cos-flip-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--final-fit"],
+    "adamw-cos-flip-refit-seed2": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--final-fit", "--seed", "2"],
+    "adamw-cos-flip-e15-lr1e-3": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "15", "--lr", "1e-3"],
+    "adamw-cos-flip-e15-lr1e-3-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "15", "--lr", "1e-3", "--final-fit"],
+    "adamw-cos-flip-lr1e-3-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--lr", "1e-3", "--final-fit"],
+    "adamw-cos-flip-e20-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "20", "--final-fit"],
+    "adamw-cos-flip-ls-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--label-smoothing", "0.1", "--final-fit"],
+    "adamw-cos-flip-ema-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--ema-decay", "0.99", "--final-fit"],
+    "adam-flip-e10-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--lr", "3e-4", "--augment",
+                            "flip", "--keep", "last", "--final-fit"],
 }
 
 

@@ -143,12 +143,15 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "others: timm's download, which needs the Hub).")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="Data-loader worker processes per training process.")
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="Torch threads per process when training on CPU (default: the usable cores shared evenly among "
+                        "this machine's processes; accelerate launch alone would give each process one).")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
                         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule "
-                        "(default: the preset's).")
+                        "(default: the preset's, at most half of training).")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="Label smoothing of the cross-entropy, in [0, 1) (default: the preset's).")
     p.add_argument("--ema-decay", type=float, default=None,

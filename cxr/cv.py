@@ -185,7 +185,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     from accelerate.utils import parse_flag_from_env
 
     from .splits import save_split
-    from .training import CHECKPOINT_NAME, train
+    from .training import has_checkpoint, train
 
     _refuse_per_run_flags(cfg)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -206,7 +206,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
         if (run_dir / "metrics.json").is_file() and (run_dir / "predictions.csv").is_file():
             status = "kept (finished before)"
         else:
-            resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None
+            resume = "auto" if has_checkpoint(run_dir, cfg.final_fit) else None
             if state.is_main_process:
                 print(f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run_dir}",
                       flush=True)

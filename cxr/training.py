@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ from .report import DISCLAIMER, kept_description, plot_training_curves, recipe_s
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
 
-__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "CHECKPOINT_NAME",
+__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "CHECKPOINT_NAME",
            "KEEP_RULES", "HOLDOUT_DIR"]
 
 _logger = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(optimizer="adam", lr=5e-4, weight_decay=0.0, lr_scheduler="constant", warmup_epochs=0.0,
                   label_smoothing=0.0, augment="study", keep="best", final_fit=False, epochs=None, batch_size=None),
 }
-PRESETS["default"] = dict(PRESETS["paper"])
+PRESETS["default"] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, lr_scheduler="cosine", warmup_epochs=1.0,
+                          label_smoothing=0.0, augment="flip", keep="last", final_fit=False, epochs=15, batch_size=16)
 #: What a checkpoint written before a recipe setting existed was trained with.
 _LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -116,6 +118,7 @@ class TrainConfig:
     train_layers: Optional[str] = None
     pretrained: bool = True
     num_workers: int = 2
+    cpu_threads: Optional[int] = None  # None: the usable cores shared among this machine's processes
     gradient_accumulation_steps: int = 1
     mixed_precision: Optional[str] = None
     resume: Optional[str] = None
@@ -153,6 +156,11 @@ class TrainConfig:
             batch_size=cfg.batch_size if cfg.batch_size is not None else spec.batch_size,
             train_layers=cfg.train_layers or spec.default_train_layers,
         )
+        if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
+            cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 2)
+        if cfg.resume is not None:  # a resumed run keeps the recipe it started with, except what is given now
+            saved = _saved_recipe(cfg.resume, Path(cfg.output_dir))
+            cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
         checks = [
             (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
             (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
@@ -172,6 +180,7 @@ class TrainConfig:
             (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
             (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
             (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
+            (cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"--cpu-threads must be at least 1, got {cfg.cpu_threads}"),
             (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
             (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
             (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
@@ -209,6 +218,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _saved_recipe(resume: str, output_dir: Path) -> Dict[str, Any]:
+    """The ``config`` a run to be resumed started with (its ``run_config.json``; a final fit's hold-out run
+    holds the recipe as given), or ``{}`` where there is none."""
+    if resume not in ("", "auto"):
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    else:
+        folder = output_dir / HOLDOUT_DIR if (output_dir / HOLDOUT_DIR / "run_config.json").is_file() else output_dir
+    try:
+        return json.loads((folder / "run_config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _checkpoint_path(resume: str, output_dir: Path) -> Path:
     path = Path(resume) if resume not in ("", "auto") else output_dir
     if path.is_dir():
@@ -219,6 +241,24 @@ def _checkpoint_path(resume: str, output_dir: Path) -> Path:
             "after each epoch; start without --resume if none finished."
         )
     return path
+
+
+def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
+    """Whether a run in ``output_dir`` left a checkpoint that ``resume="auto"`` continues from (with
+    ``final_fit``, the hold-out run's counts too)."""
+    out = Path(output_dir)
+    return (out / CHECKPOINT_NAME).is_file() or (final_fit and (out / HOLDOUT_DIR / CHECKPOINT_NAME).is_file())
+
+
+def _set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
+    """Give torch ``requested`` threads, or the usable cores shared among this machine's training processes:
+    ``accelerate launch`` without a CPU config sets ``OMP_NUM_THREADS=1``, which would leave all but one core idle."""
+    if requested is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        requested = max(1, cores // max(local, 1))
+    torch.set_num_threads(requested)
+    return requested
 
 
 def _make_optimizer(cfg: TrainConfig, params: List[nn.Parameter]) -> torch.optim.Optimizer:
@@ -377,6 +417,8 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if accelerator.device.type == "cpu":
+        _set_cpu_threads(cfg.cpu_threads, accelerator.num_processes)
     if cfg.channels_last is None:  # measured: faster on CPU, several times slower for EfficientNet-Lite0 on CUDA
         cfg = dataclasses.replace(cfg, channels_last=accelerator.device.type == "cpu")
     world = accelerator.num_processes * cfg.gradient_accumulation_steps
@@ -492,6 +534,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
             "micro_batch_per_process": micro_batch,
             "num_processes": accelerator.num_processes,
             "device": str(accelerator.device),
+            "torch_threads": torch.get_num_threads(),
             "mixed_precision": accelerator.mixed_precision,
             "images": {part: len(rows[part]) for part in SPLITS},
             "data_source": data_source,

@@ -82,3 +82,23 @@ def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset)
         assert float(r["first probabilities ms"]) <= float(r["all heat maps ms"])
         assert float(r["do-nothing app: first ms"]) > 0
     assert "target ≤ 15 s" in app[0]["value"] and app[3]["value"].endswith("target < 5%)")
+
+
+def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_path):
+    import json
+
+    out = _run("cv_recipes.py", "--data", str(subset), "--output-dir", str(tmp_path / "cvr"), "--recipes", "paper,default",
+               "--model", "logreg", "--image-size", "24", "--folds", "2", "--parallel", "2", "--threads", "1",
+               "--num-workers", "0")
+    (rows,) = _tables(out)
+    assert [r["recipe"] for r in rows] == ["paper", "default"]
+    for row in rows:
+        result = json.loads((tmp_path / "cvr" / row["recipe"] / "cv.json").read_text())
+        assert result["images"] == 32 and result["folds"] == 2
+        assert row["accuracy"].startswith(f"{100 * result['out_of_fold']['accuracy']['value']:.1f}% [")
+    assert json.loads((tmp_path / "cvr" / "paper" / "cv.json").read_text())["recipe"]["optimizer"] == "adam"
+    assert json.loads((tmp_path / "cvr" / "default" / "cv.json").read_text())["recipe"]["optimizer"] == "adamw"
+    assert (tmp_path / "cvr" / "recipes.md").read_text().strip() in out
+    bad = subprocess.run([sys.executable, "bench/cv_recipes.py", "--output-dir", str(tmp_path / "x"), "--recipes",
+                          "nope"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown recipe(s) ['nope']" in bad.stderr

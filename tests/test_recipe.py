@@ -9,8 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from cxr.cli import train_main
+from cxr.errors import CXRError
+from cxr.metrics import selection_key
+from cxr.models import model_spec
 from cxr.preprocessing import TrainAugmentation
-from cxr.training import lr_factor
+from cxr.training import PRESETS, TrainConfig, has_checkpoint, lr_factor
 
 
 def _run(data, out, *extra):
@@ -129,6 +132,12 @@ def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperatur
     assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2", "--resume") == 0
     assert torch.equal(load_file(str(out / "model" / "model.safetensors"))["head.weight"], a["head.weight"])
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+    # killed in the hold-out run after its first epoch: the CV and the quick start see a checkpoint to resume
+    for f in (out / "metrics.json", out / "checkpoint.pt", out / "holdout" / "metrics.json"):
+        f.unlink()
+    assert has_checkpoint(out, final_fit=True) and not has_checkpoint(out)
+    assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2", "--resume") == 0
+    assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
 
 
 def test_final_fit_with_keep_best_refits_for_the_kept_epoch_count(subset, tmp_path):
@@ -137,3 +146,54 @@ def test_final_fit_with_keep_best_refits_for_the_kept_epoch_count(subset, tmp_pa
     hold_metrics = json.loads((out / "holdout" / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())
     assert len(history["epochs"]) == hold_metrics["kept_epoch"] == hold_metrics["best_epoch"]
+
+
+def test_keep_best_keeps_the_best_validation_epoch(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--keep", "best", "--epochs", "4", "--lr", "3e-3") == 0
+    history = json.loads((out / "history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = [(h["val_accuracy"], -h["val_critical_to_normal"]) for h in history["epochs"]]
+    best = 1 + max(range(len(keys)), key=lambda i: (keys[i], -i))  # the first of equals
+    assert history["kept_epoch"] == metrics["kept_epoch"] == metrics["best_epoch"] == best
+    assert json.loads((out / "model" / "config.json").read_text())["cxr"]["epoch"] == best
+    assert metrics["validation"]["accuracy"] == pytest.approx(history["epochs"][best - 1]["val_accuracy"])
+    assert selection_key(metrics["validation"])[0] == max(k[0] for k in keys)
+
+
+def test_presets_fill_only_the_recipe_flags_not_given(sample_dir, tmp_path):
+    base = dict(model="tf_efficientnet_lite0", data=str(sample_dir), output_dir=str(tmp_path / "x"))
+    default = TrainConfig(**base).resolve()
+    assert {k: getattr(default, k) for k in PRESETS["default"]} == PRESETS["default"]
+    paper = TrainConfig(**base, preset="paper").resolve()
+    spec = model_spec("tf_efficientnet_lite0")
+    assert (paper.optimizer, paper.lr, paper.lr_scheduler, paper.augment, paper.keep, paper.final_fit) == (
+        "adam", 5e-4, "constant", "study", "best", False)
+    assert (paper.epochs, paper.batch_size) == (spec.epochs, spec.batch_size)  # the study's for the model
+    mixed = TrainConfig(**base, preset="paper", batch_size=16, keep="last").resolve()
+    assert (mixed.batch_size, mixed.keep, mixed.lr, mixed.epochs) == (16, "last", 5e-4, spec.epochs)
+    assert "--preset must be one of" in _error(lambda: TrainConfig(**base, preset="sota").resolve())
+
+
+def test_cpu_threads_flag_sets_torch_threads(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--cpu-threads", "1", "--epochs", "1") == 0
+    assert json.loads((out / "run_config.json").read_text())["torch_threads"] == 1
+
+
+def _error(fn) -> str:
+    with pytest.raises(CXRError) as e:
+        fn()
+    return str(e.value)
+
+
+def test_a_resumed_run_keeps_the_recipe_it_started_with_unless_told(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--epochs", "1", "--preset", "paper", "--batch-size", "16") == 0
+    # no --preset now: the run goes on with the study's recipe it began with; the epochs given are new
+    assert _run(subset, out, "--epochs", "2", "--resume") == 0
+    cfg = json.loads((out / "run_config.json").read_text())["config"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["augment"], cfg["keep"], cfg["epochs"]) == ("adam", 5e-4, "study", "best", 2)
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+    # a recipe value given that differs from the checkpoint's is refused, as before
+    assert _run(subset, out, "--epochs", "3", "--resume", "--optimizer", "adamw") == 2

