@@ -1,9 +1,10 @@
 """Fine-tuning with Accelerate: one code path for a laptop CPU, one GPU or N GPUs (DDP).
 
-:func:`train` reproduces the study's protocol without its defects: a stratified 80/10/10 split
-(a dataset's own train/validation/test splits are kept, only missing parts are made) whose validation
-images are never augmented, the model kept is the best on validation (accuracy,
-ties broken by fewer COVID + Viral Pneumonia called Normal), and every epoch ends with an atomic
+:func:`train` fine-tunes with the recipe of ``--preset`` (``default``: chosen by cross-validation;
+``paper``: the study's) without the study's defects: a stratified 80/10/10 split (a dataset's own
+train/validation/test splits are kept, only missing parts are made) whose validation images are never
+augmented, the last or the best-on-validation epoch kept (``--keep``), optionally refitted on training +
+validation (``--final-fit``), a temperature fitted on validation, and every epoch ending with an atomic
 checkpoint that ``--resume`` continues from.
 
 ``batch_size`` is the number of images per optimiser step across all processes and
