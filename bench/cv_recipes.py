@@ -82,7 +82,7 @@ def main() -> int:
     p.add_argument("--folds", type=int, default=5, help="Folds of each CV.")
     p.add_argument("--parallel", type=int, default=1, help="Recipes run at the same time.")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2),
-                   help="Torch threads per recipe (OMP_NUM_THREADS).")
+                   help="Torch threads per recipe (OMP_NUM_THREADS and --cpu-threads).")
     p.add_argument("--num-workers", type=int, default=1, help="Data-loader workers per recipe.")
     args = p.parse_args()
     names = [n for n in args.recipes.split(",") if n]
@@ -99,6 +99,7 @@ def main() -> int:
             cmd = [sys.executable, "-m", "cxr.cv", "--data", args.data, "--output-dir", str(args.output_dir / name),
                    "--model", args.model, "--image-size", str(args.image_size), "--folds", str(args.folds),
                    "--num-workers", str(args.num_workers), "--cache-dir", str(args.output_dir / "cache" / name),
+                   "--cpu-threads", str(args.threads),
                    *RECIPES[name]]
             log = open(args.output_dir / f"{name}.log", "w")
             running[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())

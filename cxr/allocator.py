@@ -7,8 +7,8 @@ the memory of its activations again; threads other than the main one (the app's 
 allocate from per-thread arenas made of 64 MiB heaps that glibc unmaps as soon as they empty.
 :func:`keep_freed_memory` tells glibc to serve every block from the main heap, for every thread, and
 to keep what is freed (``mallopt``: ``M_MMAP_MAX`` 0, ``M_ARENA_MAX`` 1, ``M_TRIM_THRESHOLD`` 2 GiB).
-Measured on this project's 2-core CPU machine (``bench/RESULTS.md``): training 2-21% faster, batched
-evaluation 1.5-2.3x as fast, the app's four-model request a fifth to a third faster.
+What it gains for training, batched evaluation and the app's requests is measured by the ``bench/``
+scripts and recorded in ``bench/RESULTS.md``.
 
 The cost: a process's resident memory stays at its peak instead of shrinking between steps or
 requests. Every cxr command applies it at start (:func:`cxr.cli.run_cli`); set

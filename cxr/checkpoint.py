@@ -12,7 +12,7 @@ are read back with ``torch.load(..., weights_only=True)``.
 
 Example:
     >>> model, prep, cfg = load_model("runs/resnet50/model")        # doctest: +SKIP
-    >>> prep.image_size, prep.label_names[0]
+    >>> prep.image_size, prep.label_names[0]  # doctest: +SKIP
     (224, 'COVID')
 """
 from __future__ import annotations

@@ -96,14 +96,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     from .preprocessing import AUGMENTATIONS
     from .training import KEEP_RULES, MIXED_PRECISION, OPTIMIZERS, PRESETS, REPORT_TO, SCHEDULERS
 
-    study = ", ".join(f"{n} (batch {s.batch_size}, {s.epochs} epochs)" for n, s in STUDY_MODELS.items())
+    study = ", ".join(STUDY_MODELS)
     p = _parser(
         "accelerate launch train_accelerate.py",
         "Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
         "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
     )
     p.add_argument("--model", required=True,
-                   help=f"Architecture: a study model ({study}) or any timm model name.")
+                   help=f"Architecture: a study model ({study}; --preset paper trains each with the study's batch "
+                        "size and epochs) or any timm model name.")
     _data_arg(p, "Image folder in the Kaggle layout (<Class>/images/*.png or <Class>/*.png), or a Hugging Face "
                  "dataset id / parquet folder with an Image and a ClassLabel column (its own train/validation/test "
                  "splits are kept; missing parts are made, stratified), or a Hub dataset holding the Kaggle folders.")
@@ -112,9 +113,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.")
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help="The recipe every recipe flag below that is not given takes its value from: default (chosen by "
-                        "cross-validation; README, 'Choosing the recipe') or paper (the study's: Adam 5e-4 constant, each "
-                        "model's study batch size and epochs, flip + rotation, the best validation epoch). Default: "
-                        f"{_preset_text('default')}.")
+                        f"cross-validation; README, 'Choosing the recipe': {_preset_text('default')}) or paper (the "
+                        f"study's: {_preset_text('paper')}, each model's study batch size and epochs).")
     p.add_argument("--epochs", type=int, default=None,
                    help="Epochs (default: the preset's; paper: the study's for the model, else 20).")
     p.add_argument("--batch-size", type=int, default=None,
@@ -144,8 +144,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="Data-loader worker processes per training process.")
     p.add_argument("--cpu-threads", type=int, default=None,
-                   help="Torch threads per process when training on CPU (default: the usable cores shared evenly among "
-                        "this machine's processes; accelerate launch alone would give each process one).")
+                   help="Torch threads per process when training on CPU (default: OMP_NUM_THREADS where it is above 1, "
+                        "else the usable cores shared evenly among this machine's processes; accelerate launch alone "
+                        "would give each process one).")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
                         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).")

@@ -4,7 +4,7 @@
 Every image is scored exactly once by a model that never saw it: the images are cut into ``--folds``
 stratified, seeded folds (``folds.json``); for each fold, one model is trained by the same code as
 ``train_accelerate.py`` with that fold as its test part (the validation part, a stratified ninth of the
-rest, picks the epoch and fits the temperature), in ``fold-K/``. The out-of-fold predictions of all
+rest, fits the temperature and, with ``--keep best``, picks the epoch), in ``fold-K/``. The out-of-fold predictions of all
 folds (``oof_predictions.csv``) then give accuracy, COVID recall, the images called Normal, macro
 AUROC and ECE over all images, each with a stratified bootstrap 95% interval, plus a per-fold table
 (``cv.md``, ``cv.json``). On the 600-image sample that is 600 scored images instead of 60.
@@ -185,7 +185,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     from accelerate.utils import parse_flag_from_env
 
     from .splits import save_split
-    from .training import has_checkpoint, train
+    from .training import has_checkpoint, recipe_differences, saved_recipe, train
 
     _refuse_per_run_flags(cfg)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -204,6 +204,10 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
         run_dir = out / f"fold-{k}"
         t0 = time.time()
         if (run_dir / "metrics.json").is_file() and (run_dir / "predictions.csv").is_file():
+            differs = recipe_differences(saved_recipe(run_dir), cfg)
+            if differs:
+                raise CXRError(f"{run_dir} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
+                               "one recipe: choose another --output-dir, or remove the folder to start over")
             status = "kept (finished before)"
         else:
             resume = "auto" if has_checkpoint(run_dir, cfg.final_fit) else None

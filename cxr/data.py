@@ -19,7 +19,7 @@ stores the uint8 result in an Arrow cache file keyed by the files and the size.
 
 Example:
     >>> ds = load_radiographs("../shared/data/cxr-sample")          # doctest: +SKIP
-    >>> ds.features["label"].names
+    >>> ds.features["label"].names  # doctest: +SKIP
     ['COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia']
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .labels import CLASS_NAMES
 from .preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentation
 
 __all__ = [
-    "DEFAULT_CACHE_DIR",
+    "default_cache_dir",
     "DataSource",
     "check_data_options",
     "load_data_source",
@@ -56,8 +56,10 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Where resized pixels are cached unless ``--cache-dir`` / ``CXR_CACHE_DIR`` says otherwise.
-DEFAULT_CACHE_DIR = Path(os.environ.get("CXR_CACHE_DIR", Path.home() / ".cache" / "cxr"))
+def default_cache_dir() -> Path:
+    """Where resized pixels are cached unless ``--cache-dir`` says otherwise: ``$CXR_CACHE_DIR`` as it is
+    now (read at each use, not at import), else ``~/.cache/cxr``."""
+    return Path(os.environ.get("CXR_CACHE_DIR") or Path.home() / ".cache" / "cxr")
 
 _IGNORED_SUBDIRS = ("masks",)
 _MAX_LISTED = 20
@@ -457,11 +459,7 @@ def _decode_fn(image_size: int, clahe: bool):
         img = example["image"]
         src = img["bytes"] if img.get("bytes") else img["path"]
         try:
-            if isinstance(src, bytes):
-                import io
-
-                src = io.BytesIO(src)
-            pixels = prep.pixels(src)
+            pixels = prep.pixels(src)  # PNG, JPEG or DICOM, by cxr.inputs like every other path
             error = ""
         except Exception as e:  # any decoder failure is reported with the file's name
             pixels = np.zeros((image_size, image_size), dtype=np.uint8)
@@ -487,7 +485,7 @@ def cache_pixels(
     Args:
         ds: a dataset from :func:`load_radiographs`.
         image_size: side length to resize to.
-        cache_dir: folder for the Arrow cache (default :data:`DEFAULT_CACHE_DIR`).
+        cache_dir: folder for the Arrow cache (default :func:`default_cache_dir`).
         num_proc: decoding processes (default: CPU count, at most one per 200 images).
         skip_bad_images: drop undecodable images instead of raising.
         clahe: apply CLAHE before resizing (see :class:`PreprocessConfig`).
@@ -499,7 +497,7 @@ def cache_pixels(
         CXRError: some images could not be decoded and ``skip_bad_images`` is false, or
             skipping them left a class empty.
     """
-    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+    cache_dir = Path(cache_dir or default_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}".encode())
     for name, stat in zip(ds["file_name"], ds["file_stat"]):

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .inputs import ImageLike, load_grayscale, to_grayscale
 from .labels import CLASS_NAMES, NORMALIZATIONS
 
 __all__ = [
@@ -43,60 +43,9 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Bumped whenever the pixels this module produces change, so cached resized images are rebuilt.
-PREPROCESS_VERSION = 1
-
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-
-def to_grayscale(image: Image.Image) -> Image.Image:
-    """Return one 8-bit luminance channel (PIL mode ``L``) for any PIL image mode.
-
-    Colour modes use ITU-R 601 luma (PIL's ``L`` conversion); alpha is dropped; palette and
-    CMYK images go through RGB; 16-bit and float images are stretched linearly from their own
-    minimum and maximum to 0..255 (X-ray detectors rarely use the full 16-bit range).
-
-    Args:
-        image: a decoded PIL image.
-
-    Returns:
-        A PIL image in mode ``L``.
-    """
-    mode = image.mode
-    if mode == "L":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    return image.convert("L")
-
-
-def load_grayscale(image: ImageLike) -> Image.Image:
-    """Decode a path, PIL image or array fully into one luminance channel.
-
-    Args:
-        image: a file path, a PIL image, or a ``HxW`` / ``HxWxC`` uint8 array.
-
-    Returns:
-        A PIL image in mode ``L``.
-
-    Raises:
-        OSError / PIL.UnidentifiedImageError: the file is not a decodable image.
-    """
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
-        image = Image.fromarray(arr)
-    elif not isinstance(image, Image.Image):
-        with Image.open(image) as opened:
-            opened.load()
-            return to_grayscale(opened)
-    return to_grayscale(image)
+#: Bumped whenever the pixels this module produces change, so cached resized images are rebuilt
+#: (2: one decoder, :mod:`cxr.inputs`: DICOM files in a dataset decode; formats other than PNG/JPEG/DICOM are refused).
+PREPROCESS_VERSION = 2
 
 
 def apply_clahe(image: Image.Image, clip_limit: float = 2.0, tiles: int = 8) -> Image.Image:

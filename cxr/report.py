@@ -117,7 +117,9 @@ def write_report(
     val = metrics.get("validation")
     if val:
         lines += [
-            "## Validation (model selection)",
+            "## Validation" + (" (trained on: --final-fit refits on training + validation)" if metrics.get("final_fit")
+                               else " (picked the kept epoch)" if metrics.get("keep", "best") == "best"
+                               else " (held out; the last epoch is kept)"),
             "",
             f"Accuracy {_pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
             f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
@@ -216,9 +218,9 @@ def kept_description(metrics: Dict[str, Any]) -> str:
     """Which model a run kept and why, from its ``metrics.json`` (older runs only say ``best_epoch``)."""
     epoch = metrics.get("kept_epoch", metrics.get("best_epoch"))
     if metrics.get("final_fit"):
+        calibrated = ", whose validation images also gave the temperature" if metrics.get("calibration") else ""
         return (f"the last epoch ({epoch}) of a refit on training + validation; the epoch count is the one kept by a "
-                f"first run on training alone (in {metrics['final_fit']['holdout']}/), whose validation images also "
-                "fitted the temperature")
+                f"first run on training alone (in {metrics['final_fit']['holdout']}/){calibrated}")
     if metrics.get("keep") == "last":
         return f"the last epoch ({epoch})"
     return (f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "

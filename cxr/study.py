@@ -222,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="Comma-separated models (default: the preset's: " +
                         "; ".join(f"{k}: {','.join(v.models)}" for k, v in PRESETS.items()) + ").")
     p.add_argument("--preset", choices=tuple(PRESETS), default="cpu-quick",
-                   help="paper: the study's protocol; cpu-quick: shrunk to finish on a 2-core CPU in under 30 minutes.")
+                   help="paper: the study's protocol; cpu-quick: shrunk (96 px, 6 epochs) to finish on a small CPU; its time is in the README.")
     p.add_argument("--clahe", action="store_true", help="Also train every model with CLAHE before resizing.")
     p.add_argument("--num-workers", type=int, default=2, help="Data-loader workers per run.")
     p.add_argument("--cache-dir", default=None, help="Folder for decoded, resized images.")

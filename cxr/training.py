@@ -8,7 +8,7 @@ validation (``--final-fit``), a temperature fitted on validation, and every epoc
 checkpoint that ``--resume`` continues from.
 
 ``batch_size`` is the number of images per optimiser step across all processes and
-accumulation steps (the study's batch sizes), so the same command optimises the same way on any
+accumulation steps, so the same command optimises the same way on any
 hardware; each process loads ``batch_size / (processes x accumulation steps)`` images at a time.
 
 Example:
@@ -61,7 +61,8 @@ from .report import DISCLAIMER, kept_description, plot_training_curves, recipe_s
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
 
-__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "CHECKPOINT_NAME",
+__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "saved_recipe",
+           "recipe_differences", "CHECKPOINT_NAME",
            "KEEP_RULES", "HOLDOUT_DIR"]
 
 _logger = logging.getLogger(__name__)
@@ -106,7 +107,6 @@ class TrainConfig:
     model: str
     data: str
     output_dir: str
-    preset: str = "default"
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -143,6 +143,7 @@ class TrainConfig:
     hub_private: bool = False
     dataset_revision: Optional[str] = None
     dataset_config: Optional[str] = None
+    preset: str = "default"
 
     def resolve(self) -> "TrainConfig":
         """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
@@ -160,7 +161,7 @@ class TrainConfig:
         if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
             cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 2)
         if cfg.resume is not None:  # a resumed run keeps the recipe it started with, except what is given now
-            saved = _saved_recipe(cfg.resume, Path(cfg.output_dir))
+            saved = saved_recipe(_resume_dir(cfg.resume, Path(cfg.output_dir)))
             cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
         checks = [
             (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
@@ -201,7 +202,7 @@ class TrainConfig:
         out = Path(cfg.output_dir)
         if cfg.resume is not None and cfg.final_fit:
             # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
-            if cfg.resume not in ("", "auto") and Path(cfg.resume).resolve() != out.resolve():
+            if _resume_dir(cfg.resume, out).resolve() != out.resolve():
                 raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
             _checkpoint_path("auto", out / HOLDOUT_DIR)
             cfg.resume = "auto"
@@ -219,17 +220,48 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _saved_recipe(resume: str, output_dir: Path) -> Dict[str, Any]:
-    """The ``config`` a run to be resumed started with (its ``run_config.json``; a final fit's hold-out run
-    holds the recipe as given), or ``{}`` where there is none."""
-    if resume not in ("", "auto"):
-        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    else:
-        folder = output_dir / HOLDOUT_DIR if (output_dir / HOLDOUT_DIR / "run_config.json").is_file() else output_dir
+def _read_config(folder: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads((folder / "run_config.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        return None
+
+
+def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
+    """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
+    ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
+    config holds the shortened epoch count) — with what older runs lack filled by the recipe they were
+    trained with. ``{}`` where there is no run.
+    """
+    run_dir = Path(run_dir)
+    own, hold = _read_config(run_dir), _read_config(run_dir / HOLDOUT_DIR)
+    if own is not None and not own.get("final_fit"):
+        found = own
+    elif hold is not None:
+        found = {**hold, "final_fit": True, "output_dir": str(run_dir)}
+    else:
+        found = own
+    return {} if found is None else {**_LEGACY_RECIPE, **found}
+
+
+#: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
+RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
+
+
+def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig) -> List[str]:
+    """``--flag saved (now value)`` for every :data:`RECIPE_KEYS` setting in which ``saved`` (see
+    :func:`saved_recipe`) differs from ``cfg``."""
+    return [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
+            for k in RECIPE_KEYS if saved.get(k) != getattr(cfg, k)]
+
+
+def _resume_dir(resume: str, output_dir: Path) -> Path:
+    """The run folder a ``--resume`` value points at (the output folder, or a checkpoint's folder)."""
+    if resume in ("", "auto"):
+        return output_dir
+    path = Path(resume)
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if folder.name == HOLDOUT_DIR else folder
 
 
 def _checkpoint_path(resume: str, output_dir: Path) -> Path:
@@ -252,8 +284,12 @@ def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
 
 
 def _set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
-    """Give torch ``requested`` threads, or the usable cores shared among this machine's training processes:
-    ``accelerate launch`` without a CPU config sets ``OMP_NUM_THREADS=1``, which would leave all but one core idle."""
+    """Give torch ``requested`` threads; else ``OMP_NUM_THREADS`` where it is set above 1; else the usable cores
+    shared among this machine's training processes — ``accelerate launch`` without a CPU config sets
+    ``OMP_NUM_THREADS=1``, which would leave all but one core idle."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if requested is None and env.isdigit() and int(env) > 1:
+        requested = int(env)
     if requested is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -353,12 +389,13 @@ def _versions() -> Dict[str, str]:
 
 @dataclasses.dataclass
 class _Refit:
-    """What ``--final-fit``'s second run takes from its hold-out run: the split whose training part now
-    holds the validation images too, and the temperature fitted on those images while they were held out."""
+    """What ``--final-fit``'s second run takes from its hold-out run: its split (the refit trains on its
+    training and validation parts) and its calibration, fitted on validation while it was held out."""
 
     split: Dict[str, List[str]]
-    temperature: Optional[float]
+    calibration: Optional[Dict[str, Any]]  # the hold-out run's (None: --no-calibrate)
     holdout: Path
+    how: Dict[str, str]  # how the hold-out run's split was made, part by part
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
@@ -389,20 +426,31 @@ def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     """``--final-fit``: the hold-out run (resumed or reused when ``--resume``), then the refit in ``output_dir``."""
     out = Path(cfg.output_dir)
     hold = out / HOLDOUT_DIR
+    if cfg.push_to_hub:  # before the hold-out run, not after it
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+
+        _check_push_target_on_main(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), cfg)
     resume = cfg.resume is not None
-    if resume and (hold / "metrics.json").is_file():
+    reused = resume and (hold / "metrics.json").is_file()
+    if reused:
         hold_metrics = json.loads((hold / "metrics.json").read_text())
+        if int(json.loads((hold / "run_config.json").read_text())["config"]["epochs"]) != cfg.epochs:
+            raise CXRError(f"--resume: the hold-out run in {hold} finished with another --epochs; start over "
+                           "with --overwrite-output-dir to change it")
     else:
         hold_metrics = _fit(dataclasses.replace(
             cfg, output_dir=str(hold), final_fit=False, push_to_hub=False, hub_model_id=None,
             resume="auto" if resume else None).resolve())
-    split = load_split(hold / SPLIT_NAME)
-    split["train"] = sorted(split["train"] + split["validation"])
-    temperature = (hold_metrics.get("calibration") or {}).get("temperature") if cfg.calibrate else None
+    calibration = hold_metrics.get("calibration") if cfg.calibrate else None
+    epochs = int(hold_metrics["kept_epoch"])
     refit_cfg = dataclasses.replace(
-        cfg, epochs=int(hold_metrics["kept_epoch"]), keep="last",
-        resume=str(out / CHECKPOINT_NAME) if resume and (out / CHECKPOINT_NAME).is_file() else None)
-    return _fit(refit_cfg, _Refit(split, temperature, hold))
+        cfg, epochs=epochs, keep="last", warmup_epochs=min(cfg.warmup_epochs, epochs / 2),
+        # a refit checkpoint counts only beside the very hold-out run it followed
+        resume=str(out / CHECKPOINT_NAME) if reused and (out / CHECKPOINT_NAME).is_file() else None)
+    hold_run = json.loads((hold / "run_config.json").read_text())
+    return _fit(refit_cfg, _Refit(load_split(hold / SPLIT_NAME), calibration, hold,
+                                  hold_run.get("data_source", {}).get("splits") or {}))
 
 
 def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
@@ -439,7 +487,8 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         if changed:
             raise CXRError(
                 "--resume: the checkpoint was trained with other settings: "
-                + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
+                + ", ".join(f"--{k.replace('_', '-')} {saved.get(k, defaults[k])!r} (now {getattr(cfg, k)!r})"
+                            for k in changed)
             )
 
     # Data: decode and resize once (main process first, the others then read its cache). A resumed run
@@ -458,16 +507,19 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         split = state["split"]
         how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
     elif refit is not None:
-        split = refit.split
-        how = {"train": f"training + validation of {refit.holdout.name}/{SPLIT_NAME} (--final-fit)",
-               "validation": f"validation of {refit.holdout.name}/{SPLIT_NAME}, trained on here: not held out",
-               "test": f"test of {refit.holdout.name}/{SPLIT_NAME}"}
+        split, how = refit.split, dict(refit.how)
+    if refit is not None and state is None:  # the hold-out split, saved as it is; training also takes validation
+        how = {part: how.get(part, f"as in {refit.holdout.name}/{SPLIT_NAME}") for part in SPLITS}
+        how["train"] += "; with the validation images added (--final-fit)"
+        how["validation"] += "; trained on here (--final-fit), so not held out"
     elif cfg.split_file:
         split = load_split(cfg.split_file)
         how = {part: f"from --split-file {cfg.split_file}" for part in SPLITS}
     else:
         split, how = complete_split(file_names, pix["label"], source.given_splits, seed=cfg.seed)
     rows = indices_for_split(file_names, split)
+    if refit is not None:
+        rows["train"] = sorted(rows["train"] + rows["validation"])
     data_source = {**source.info, "images": len(pix), "splits": how}
     accelerator.print(f"data: {_describe_data(data_source)}")
     for part in SPLITS:
@@ -628,6 +680,14 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
             })
         accelerator.wait_for_everyone()
 
+    if cfg.keep == "last" and (kept_at is None or kept_at["epoch"] != len(history)):
+        # resumed with no epoch left to train (--epochs no more than were done): keep the weights in hand
+        kept_at = {"epoch": len(history)}
+        if accelerator.is_main_process:
+            save_model_dir(accelerator.unwrap_model(model) if ema is None else ema.module, out / "model", prep,
+                           {**_model_info(run_info, cfg), "epoch": len(history), "ema": ema is not None})
+        accelerator.wait_for_everyone()
+
     # Final evaluation of the kept model.
     from safetensors.torch import load_file
 
@@ -639,9 +699,11 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     va_index, va_labels, va_logits = predict_logits(model, val_loader, accelerator, desc="validation")
     te_index, te_labels, te_logits = predict_logits(model, test_loader, accelerator, desc="test")
     calibration, t = None, 1.0
-    if cfg.calibrate:  # one temperature, fitted on validation, saved with the model and applied everywhere
+    # one temperature, fitted on validation, saved with the model and applied everywhere (a refit takes its
+    # hold-out run's: its own validation images were trained on)
+    if cfg.calibrate and (refit is None or refit.calibration is not None):
         calibration = fit_calibration(va_labels, va_logits, te_labels, te_logits,
-                                      temperature=None if refit is None else refit.temperature,
+                                      fitted=None if refit is None else refit.calibration,
                                       source=None if refit is None else f"{refit.holdout.name}/")
         t = calibration["temperature"]
         if accelerator.is_main_process:
@@ -703,7 +765,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
 
 
 def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray,
-                    test_logits: np.ndarray, temperature: Optional[float] = None,
+                    test_logits: np.ndarray, fitted: Optional[Dict[str, Any]] = None,
                     source: Optional[str] = None) -> Dict[str, Any]:
     """Fit the softmax temperature on validation (NLL, Guo et al. 2017) and measure ECE before and after.
 
@@ -713,14 +775,14 @@ def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels:
     Args:
         val_labels, val_logits: the kept model's validation labels and logits.
         test_labels, test_logits: the same on test, for the report only.
-        temperature: a temperature fitted elsewhere (``--final-fit``'s hold-out run, named by ``source``),
-            used instead of fitting one here.
+        fitted: a calibration made elsewhere (``--final-fit``'s hold-out run, named by ``source``): its
+            temperature is used instead of fitting one here.
 
     Returns:
         ``{"temperature", "note", "validation": {"ece_before", "ece_after"}, "test": {...}}``.
     """
-    if temperature is not None:
-        t, note = temperature, f"fitted on the validation images of {source} while they were held out"
+    if fitted is not None:
+        t, note = fitted["temperature"], f"from {source}: {fitted['note']}"
     elif (val_logits.argmax(1) == val_labels).all():
         t, note = 1.0, "validation has no error, so it cannot identify a temperature: kept 1"
     else:

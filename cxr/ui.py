@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .cam import CAM_METHODS
 from .demo import Analysis, ModelBoard, agreement_line
+from .inputs import UPLOAD_SUFFIXES
 from .labels import CLASS_NAMES
 from .report import DISCLAIMER
 
@@ -20,7 +21,7 @@ __all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS"]
 _logger = logging.getLogger(__name__)
 
 PREDICTED = "predicted class"
-UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
+UPLOAD_TYPES = list(UPLOAD_SUFFIXES)
 
 _INTRO = f"""# Chest X-ray classifiers, side by side
 

@@ -110,6 +110,10 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     # other folds into the same folder: refused
     proc = run_script([*cmd[:-len(TINY)], *TINY, "--folds", "2"])
     assert proc.returncode == 2 and "holds a cross-validation with other folds" in proc.stderr
+    # another recipe into the same folder: refused, naming what differs, before any fold is kept or trained
+    proc = run_script([*cmd, "--lr", "0.01"])
+    assert proc.returncode == 2 and "was trained with another recipe" in proc.stderr and "--lr" in proc.stderr
+    assert (cv / "oof_predictions.csv").read_text() == before
 
 
 @pytest.mark.slow

@@ -139,3 +139,12 @@ def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
         path = sample_dir / cached.dataset[j]["file_name"]
         assert torch.equal(batch["pixel_values"][j], prep.transform(path))
         assert int(batch["labels"][j]) == CLASSES.index(path.parent.name) and int(batch["index"][j]) == j
+
+
+def test_cache_dir_env_var_is_read_when_used_not_at_import(subset, tmp_path, monkeypatch):
+    from cxr.data import cache_pixels, default_cache_dir, load_radiographs
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "later"))
+    assert default_cache_dir() == tmp_path / "later"
+    cache_pixels(load_radiographs(str(subset)), 24)
+    assert any((tmp_path / "later").rglob("*.arrow"))

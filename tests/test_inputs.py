@@ -124,3 +124,93 @@ def test_dicom_rescale_slope_is_applied(tmp_path):
     plain = np.asarray(read_dicom(write_dicom(tmp_path / "a.dcm", ramp)))
     rescaled = np.asarray(read_dicom(write_dicom(tmp_path / "b.dcm", ramp, rescale=(2.0, -1024), window=(0, 800))))
     assert not np.array_equal(plain, rescaled)
+
+
+def _dicom_of(tmp_path, png, name="x.dcm"):
+    """A real X-ray as a 16-bit DICOM whose pixels are the PNG's times 16 (same picture after stretching)."""
+    grey = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+    return write_dicom(tmp_path / name, grey * 16)
+
+
+def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sample_dir):
+    """A DICOM reaches CXRClassifier, the cached training pixels and the app through the same decoder."""
+    import timm
+    import torch
+
+    from cxr.classifier import CXRClassifier
+    from cxr.data import load_radiographs, cache_pixels
+    from cxr.preprocessing import PreprocessConfig, load_grayscale
+
+    png = sorted((sample_dir / "COVID").glob("*.png"))[0]
+    dcm = _dicom_of(tmp_path, png)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=4)
+    clf = CXRClassifier(model, PreprocessConfig.create(64, 3, "imagenet"), {"architecture": "resnet18",
+                                                                              "cxr": {"model": "resnet18"}}, "resnet18")
+    from_dicom, from_png = clf.predict(str(dcm)), clf.predict(str(png))
+    assert from_dicom.keys() == from_png.keys()
+    assert max(abs(from_dicom[k] - from_png[k]) for k in from_png) < 0.05  # the same picture, its range stretched
+    assert np.array_equal(np.asarray(load_grayscale(dcm)), np.asarray(read_radiograph(dcm)[0]))
+    # a training folder holding a DICOM: decoded into the pixel cache like the PNGs
+    data = tmp_path / "data"
+    for i, name in enumerate(("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")):
+        (data / name).mkdir(parents=True)
+        for p in sorted((sample_dir / name).glob("*.png"))[:2]:
+            (data / name / p.name).write_bytes(p.read_bytes())
+    _dicom_of(data / "COVID", png, "scan.dcm")
+    cached = cache_pixels(load_radiographs(str(data)), 48, cache_dir=str(tmp_path / "cache"))
+    row = cached.dataset["file_name"].index("COVID/scan.dcm")
+    twin = cached.dataset["file_name"].index(f"COVID/{png.name}")
+    got = np.asarray(cached.dataset[row]["pixels"], dtype=np.uint8)
+    assert cached.bad == []
+    assert np.array_equal(got, PreprocessConfig.create(48, 1, "radiography").pixels(dcm))  # the one decoder
+    assert np.corrcoef(got.ravel(), np.asarray(cached.dataset[twin]["pixels"]).ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("fmt, suffix", [("GIF", ".png"), ("BMP", ".bmp"), ("TIFF", ".png"), ("ICO", ".png")])
+def test_only_png_jpeg_and_dicom_are_decoded(tmp_path, sample_dir, fmt, suffix):
+    from cxr.preprocessing import load_grayscale
+
+    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L").resize((64, 64))
+    path = tmp_path / f"x{suffix}"
+    grey.save(path, format=fmt)
+    for decode in (lambda: read_radiograph(path), lambda: load_grayscale(path), lambda: load_grayscale(path.read_bytes())):
+        with pytest.raises(ImageInputError, match="Upload a PNG, JPEG or DICOM"):
+            decode()
+
+
+def test_multiframe_dicom_decodes_only_its_first_frame(tmp_path, monkeypatch):
+    import pydicom.pixels
+
+    ramp = np.tile(np.linspace(0, 4000, 64), (64, 1))
+    path = write_dicom(tmp_path / "m.dcm", ramp)
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([ramp, ramp[::-1], np.zeros_like(ramp)]).astype(np.uint16).tobytes()
+    ds.save_as(path)
+    calls = []
+    real = pydicom.pixels.pixel_array
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda src, **kw: calls.append(kw) or real(src, **kw))
+    frame = np.asarray(read_dicom(path))
+    assert calls == [{"index": 0}]
+    assert frame[0, 0] == 0 and frame[0, -1] == 255  # the first frame, the ramp
+
+
+def test_a_compressed_dicom_that_cannot_be_decoded_says_so_without_plugin_names(tmp_path):
+    from pydicom import dcmread
+    from pydicom.uid import JPEGLSLossless
+
+    path = write_dicom(tmp_path / "ls.dcm", np.zeros((64, 64)))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 60])  # a frame no installed decoder reads
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(ImageInputError) as e:
+        read_radiograph(path)
+    message = str(e.value)
+    assert "JPEG-LS" in message and "Export it as PNG or as uncompressed DICOM" in message
+    assert "plugin" not in message.lower() and "pylibjpeg" not in message.lower()

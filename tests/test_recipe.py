@@ -2,6 +2,7 @@
 label smoothing, an EMA of the weights (the model validated and kept), gradient clipping, radiograph
 augmentation; bad values and a diverging run stop with one clear line."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
 from cxr.preprocessing import TrainAugmentation
-from cxr.training import PRESETS, TrainConfig, has_checkpoint, lr_factor
+from cxr.splits import load_split
+from cxr.training import PRESETS, TrainConfig, _set_cpu_threads, has_checkpoint, lr_factor
 
 
 def _run(data, out, *extra):
@@ -113,8 +115,7 @@ def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperatur
     out = tmp_path / "run"
     assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2") == 0
     hold, refit = (json.loads((d / "split.json").read_text()) for d in (out / "holdout", out))
-    assert sorted(refit["train"]) == sorted(hold["train"] + hold["validation"])
-    assert refit["test"] == hold["test"] and refit["validation"] == hold["validation"]
+    assert refit == hold  # the hold-out split, as it was; the refit trains on its training + validation parts
     run = json.loads((out / "run_config.json").read_text())
     assert run["images"]["train"] == len(hold["train"]) + len(hold["validation"])
     hold_metrics = json.loads((out / "holdout" / "metrics.json").read_text())
@@ -132,12 +133,17 @@ def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperatur
     assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2", "--resume") == 0
     assert torch.equal(load_file(str(out / "model" / "model.safetensors"))["head.weight"], a["head.weight"])
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
-    # killed in the hold-out run after its first epoch: the CV and the quick start see a checkpoint to resume
+    # the split file is the hold-out run's, valid as --split-file; training took its validation part too
+    assert load_split(out / "split.json") == {p: hold[p] for p in ("train", "validation", "test")}
+    assert run["data_source"]["splits"]["train"].endswith("with the validation images added (--final-fit)")
+    # killed in the hold-out run: a plain --resume (no recipe flags) carries on as a final fit
     for f in (out / "metrics.json", out / "checkpoint.pt", out / "holdout" / "metrics.json"):
         f.unlink()
     assert has_checkpoint(out, final_fit=True) and not has_checkpoint(out)
-    assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2", "--resume") == 0
+    assert train_main(["--model", "logreg", "--data", str(subset), "--output-dir", str(out), "--image-size", "24",
+                       "--num-workers", "0", "--batch-size", "16", "--epochs", "2", "--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+    assert (out / "holdout" / "metrics.json").is_file()
 
 
 def test_final_fit_with_keep_best_refits_for_the_kept_epoch_count(subset, tmp_path):
@@ -197,3 +203,50 @@ def test_a_resumed_run_keeps_the_recipe_it_started_with_unless_told(subset, tmp_
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
     # a recipe value given that differs from the checkpoint's is refused, as before
     assert _run(subset, out, "--epochs", "3", "--resume", "--optimizer", "adamw") == 2
+
+
+def test_a_run_from_before_presets_resumes_with_the_recipe_it_was_trained_with(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--epochs", "1", "--preset", "paper") == 0
+    # as written before --keep/--final-fit/--preset existed
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    run = json.loads((out / "run_config.json").read_text())
+    for cfg in (state["config"], run["config"]):
+        for key in ("keep", "final_fit", "preset"):
+            cfg.pop(key)
+    state.pop("kept")
+    torch.save(state, out / "checkpoint.pt")
+    (out / "run_config.json").write_text(json.dumps(run))
+    assert _run(subset, out, "--epochs", "2", "--resume") == 0
+    cfg = json.loads((out / "run_config.json").read_text())["config"]
+    assert (cfg["keep"], cfg["final_fit"], cfg["optimizer"], cfg["epochs"]) == ("best", False, "adam", 2)
+
+
+def test_keep_last_resumed_with_no_epoch_left_keeps_the_weights_in_hand(subset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(subset, out, "--keep", "last", "--epochs", "2") == 0
+    # as if killed after epoch 2's checkpoint but before the kept model was written
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    state["kept"] = None
+    torch.save(state, out / "checkpoint.pt")
+    import shutil
+
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    assert _run(subset, out, "--keep", "last", "--epochs", "2", "--resume") == 0
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], state["model"][k]) for k in saved)
+    assert json.loads((out / "metrics.json").read_text())["kept_epoch"] == 2
+
+
+def test_cpu_threads_default_honours_omp_num_threads_above_one(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert _set_cpu_threads(None, 1) == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets by itself
+        assert _set_cpu_threads(None, 1) == len(os.sched_getaffinity(0))
+        assert _set_cpu_threads(None, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
+        assert _set_cpu_threads(1, 1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
