@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-
 from common import DEFAULT_DATA, REPO, free_port, keep_defaults_env, machine, run_worker, table
 from eval_throughput import make_checkpoint
+
 
 def _bare_times(clf, image, rounds: int) -> Dict[str, float]:
     x = clf.inputs([image])
@@ -176,7 +176,7 @@ def _start(cmd: List[str], port: int) -> Tuple[subprocess.Popen, float]:
             return proc, time.perf_counter() - t0
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"{' '.join(cmd)} did not start")
+                raise SystemExit(f"{' '.join(cmd)} did not start") from None
             time.sleep(0.1)
 
 
@@ -258,7 +258,7 @@ def main() -> None:
 
             client = Client(url, verbose=False)
             after_start = _rss_kib(proc.pid)
-            for i in range(min(20, args.requests)):
+            for _ in range(min(20, args.requests)):
                 client.predict(handle_file(image), "GradCAM", "predicted class", api_name="/predict")
             warm = _rss_kib(proc.pid)
             files = sorted(Path(args.data).glob("*/*.png"))

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-
 from common import DEFAULT_DATA, Timer, keep_defaults_env, machine, rotated, run_worker, table
 
 

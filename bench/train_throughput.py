@@ -29,7 +29,6 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-
 from common import DEFAULT_DATA, free_port, keep_defaults_env, machine, rotated, run_worker, table
 
 ARMS = ("plain", "ours-defaults", "ours")

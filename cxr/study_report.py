@@ -41,7 +41,7 @@ def _table1(result: Dict[str, Any]) -> List[str]:
         to_n = r["test"]["to_normal"]
         lines.append(f"| {name} (ours) | {n} test images | {_pct(r['train_accuracy'])} | {_pct(r['test']['accuracy'])} | "
                      + " | ".join(str(to_n[c]) for c in _TO_NORMAL) + " |")
-    for key, row in STUDY_TABLE1.items():
+    for row in STUDY_TABLE1.values():
         lines.append(f"| {row['label']} (paper) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
                      + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL) + " |")
     return lines

@@ -59,7 +59,12 @@ from .models import (
 from .preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
 from .report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
 from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
-from .stats import expected_calibration_error, fit_temperature_to_logits, negative_log_likelihood, softmax_with_temperature
+from .stats import (
+    expected_calibration_error,
+    fit_temperature_to_logits,
+    negative_log_likelihood,
+    softmax_with_temperature,
+)
 
 __all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "saved_recipe",
            "recipe_differences", "CHECKPOINT_NAME",

@@ -188,7 +188,7 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
         def predict(image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
             """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
             final = None
-            for final in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
+            for final in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
                 pass
             if not shown:
                 final.error = NO_MODELS_LINE

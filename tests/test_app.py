@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import PYTHON, REPO, wait_until_serving
-from cxr.cli import train_main
+from PIL import Image
 from test_inputs import write_dicom
+
+from cxr.cli import train_main
 
 MISSING = "cxr-test/not-published"
 

@@ -4,8 +4,8 @@ import shutil
 import time
 
 import pytest
-
 from conftest import make_subset
+
 from cxr.cli import eval_main, train_main
 
 

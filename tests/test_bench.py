@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-
 from conftest import REPO, make_subset
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-
 from conftest import ACCELERATE, CLASSES, PYTHON, make_subset, run_script
+
 from cxr.cv import check_folds, fold_split, stratified_folds
 from cxr.errors import CXRError
 

@@ -4,8 +4,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-
 from conftest import CLASSES, make_subset
+
 from cxr.data import RadiographDataset, cache_pixels, load_radiographs
 from cxr.preprocessing import PreprocessConfig
 

@@ -3,7 +3,6 @@ import csv
 import json
 
 import pytest
-
 from conftest import ACCELERATE, PYTHON, run_script
 
 

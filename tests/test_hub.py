@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import ACCELERATE, PYTHON, REPO, run_script
-from cxr.stats import softmax_with_temperature
 from hub_server import TOKEN, LocalHub
+
+from cxr.stats import softmax_with_temperature
 
 SAMPLES = ("COVID/COVID-1004.png", "Lung_Opacity/1002.png", "Viral Pneumonia/Viral Pneumonia-1020.png")
 REPO_FILES = ["README.md", "config.json", "confusion_matrix.png", "metrics.json", "model.safetensors", "split.json",

@@ -14,12 +14,12 @@ from typing import Dict, List, Sequence
 
 import datasets
 import pytest
-
 from conftest import CLASSES, PYTHON, REPO, make_subset, run_script, sample_files
+from hub_server import LocalHub
+
 from cxr.data import load_data_source, load_radiographs
 from cxr.errors import CXRError
 from cxr.splits import complete_split, stratified_split
-from hub_server import LocalHub
 
 SHA = re.compile(r"[0-9a-f]{40}")
 

@@ -138,7 +138,7 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
     import torch
 
     from cxr.classifier import CXRClassifier
-    from cxr.data import load_radiographs, cache_pixels
+    from cxr.data import cache_pixels, load_radiographs
     from cxr.preprocessing import PreprocessConfig, load_grayscale
 
     png = sorted((sample_dir / "COVID").glob("*.png"))[0]
@@ -153,7 +153,7 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
     assert np.array_equal(np.asarray(load_grayscale(dcm)), np.asarray(read_radiograph(dcm)[0]))
     # a training folder holding a DICOM: decoded into the pixel cache like the PNGs
     data = tmp_path / "data"
-    for i, name in enumerate(("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")):
+    for name in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
         (data / name).mkdir(parents=True)
         for p in sorted((sample_dir / name).glob("*.png"))[:2]:
             (data / name / p.name).write_bytes(p.read_bytes())

@@ -6,9 +6,8 @@ import subprocess
 import time
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import PYTHON, REPO, run_script
+from safetensors.torch import load_file
 
 EPOCHS = 30
 

@@ -4,9 +4,9 @@ Space repository into an empty folder with snapshot_download, start its app.py t
 endpoint pointed at the stand-in, and get predictions from every listed model through gradio_client."""
 import os
 import subprocess
+
 import pytest
 import yaml
-
 from conftest import PYTHON, make_subset, run_script, wait_until_serving
 from hub_server import TOKEN, LocalHub
 from test_app import _free_port

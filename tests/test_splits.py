@@ -5,11 +5,11 @@ import sys
 from collections import Counter
 
 import pytest
+from conftest import REPO
 
 from cxr.data import load_radiographs
 from cxr.errors import CXRError
 from cxr.splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")

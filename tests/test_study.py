@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
+from conftest import make_subset
 from sklearn.metrics import accuracy_score
 
-from conftest import make_subset
 from cxr.errors import CXRError
 
 SECTIONS = ["## Table 1", "## Tables 2–", "## Uncertainty", "## Calibration",

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ACCELERATE, CLASSES, PYTHON, run_script
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
-from conftest import ACCELERATE, CLASSES, PYTHON, run_script
 from cxr.cli import build_eval_parser, build_train_parser
 from cxr.training import PRESETS
 

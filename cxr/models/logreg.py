@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 from ..labels import NORMALIZATIONS
 
