@@ -10,8 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the settings are glibc's")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the settings are glibc's")]
 
 # Runs through run_cli, as every cxr command does: training steps of a small convolutional net whose
 # activations (64 MiB each) are above glibc's largest dynamic mmap threshold (32 MiB), in the main

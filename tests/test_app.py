@@ -14,6 +14,9 @@ from test_inputs import write_dicom
 
 from cxr.cli import train_main
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 MISSING = "cxr-test/not-published"
 
 

@@ -17,6 +17,9 @@ from hub_server import TOKEN, LocalHub
 
 from cxr.stats import softmax_with_temperature
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 SAMPLES = ("COVID/COVID-1004.png", "Lung_Opacity/1002.png", "Viral Pneumonia/Viral Pneumonia-1020.png")
 REPO_FILES = ["README.md", "config.json", "confusion_matrix.png", "metrics.json", "model.safetensors", "split.json",
               "training_curves.png"]

@@ -21,6 +21,9 @@ from cxr.data import load_data_source, load_radiographs
 from cxr.errors import CXRError
 from cxr.splits import complete_split, stratified_split
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 SHA = re.compile(r"[0-9a-f]{40}")
 
 

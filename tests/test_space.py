@@ -12,6 +12,9 @@ from hub_server import TOKEN, LocalHub
 from test_app import _free_port
 from test_hub import hub_env
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 MODELS = {"cxr-test/space-lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
           "cxr-test/space-logreg": ["--model", "logreg", "--image-size", "24"]}
 

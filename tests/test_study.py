@@ -9,6 +9,9 @@ from sklearn.metrics import accuracy_score
 
 from cxr.errors import CXRError
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 SECTIONS = ["## Table 1", "## Tables 2–", "## Uncertainty", "## Calibration",
             "## ImageNet weights versus training from scratch", "## CLAHE", "## Grad-CAM (the paper's Table 6)",
             "## Source audit"]

@@ -12,6 +12,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 from cxr.cli import build_eval_parser, build_train_parser
 from cxr.training import PRESETS
 
+# Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
+pytestmark = pytest.mark.slow
+
 EXPECTED_FILES = [
     "checkpoint.pt", "confusion_matrix.png", "history.json", "metrics.json", "model", "predictions.csv",
     "predictions_train.csv", "predictions_validation.csv", "report.md", "run_config.json", "split.json",
