@@ -28,7 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -253,11 +253,11 @@ def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
 RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
 
 
-def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig) -> List[str]:
-    """``--flag saved (now value)`` for every :data:`RECIPE_KEYS` setting in which ``saved`` (see
-    :func:`saved_recipe`) differs from ``cfg``."""
+def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
+    """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
+    differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
     return [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
-            for k in RECIPE_KEYS if saved.get(k) != getattr(cfg, k)]
+            for k in keys if saved.get(k) != getattr(cfg, k)]
 
 
 def _resume_dir(resume: str, output_dir: Path) -> Path:
@@ -440,7 +440,7 @@ def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     reused = resume and (hold / "metrics.json").is_file()
     if reused:
         hold_metrics = json.loads((hold / "metrics.json").read_text())
-        if int(json.loads((hold / "run_config.json").read_text())["config"]["epochs"]) != cfg.epochs:
+        if int(saved_recipe(hold)["epochs"]) != cfg.epochs:
             raise CXRError(f"--resume: the hold-out run in {hold} finished with another --epochs; start over "
                            "with --overwrite-output-dir to change it")
     else:
@@ -488,13 +488,9 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     if state is not None:
         saved = state["config"]
         defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **_LEGACY_RECIPE}
-        changed = [k for k in _RESUME_LOCKED if saved.get(k, defaults[k]) != getattr(cfg, k)]
+        changed = recipe_differences({**defaults, **saved}, cfg, _RESUME_LOCKED)
         if changed:
-            raise CXRError(
-                "--resume: the checkpoint was trained with other settings: "
-                + ", ".join(f"--{k.replace('_', '-')} {saved.get(k, defaults[k])!r} (now {getattr(cfg, k)!r})"
-                            for k in changed)
-            )
+            raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
 
     # Data: decode and resize once (main process first, the others then read its cache). A resumed run
     # reads the Hub dataset at the commit it started from unless --dataset-revision says otherwise.
