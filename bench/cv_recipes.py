@@ -56,6 +56,18 @@ RECIPES: Dict[str, List[str]] = {
     "adamw-cos-flip-e20-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "20", "--final-fit"],
     "adamw-cos-flip-ls-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--label-smoothing", "0.1", "--final-fit"],
     "adamw-cos-flip-ema-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--ema-decay", "0.99", "--final-fit"],
+    # round 3: on today's default
+    "default-seed2": ["--seed", "2"],
+    "lr2e-3": ["--lr", "2e-3"],
+    "e20": ["--epochs", "20"],
+    "lr2e-3-e20": ["--lr", "2e-3", "--epochs", "20"],
+    "ld0.85-lr2e-3": ["--layer-decay", "0.85", "--lr", "2e-3"],
+    "ld0.9-lr2e-3": ["--layer-decay", "0.9", "--lr", "2e-3"],
+    "dp0.1": ["--drop-path", "0.1"],
+    "frozen-bn": ["--freeze-bn-stats"],
+    "radiograph": ["--augment", "radiograph"],
+    "bs32-lr2e-3": ["--batch-size", "32", "--lr", "2e-3"],
+    "lr2e-3-refit": ["--lr", "2e-3", "--final-fit"],
     "adam-flip-e10-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--lr", "3e-4", "--augment",
                             "flip", "--keep", "last", "--final-fit"],
 }

@@ -160,6 +160,16 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "EMA model is the one validated, kept and saved (default: off).")
     p.add_argument("--clip-grad-norm", type=float, default=None,
                    help="Clip the gradients' global norm to this value before each step (default: off).")
+    p.add_argument("--layer-decay", type=float, default=None,
+                   help="Layer-wise learning-rate decay in (0, 1]: each layer (timm's grouping) learns at this times "
+                        "the rate of the layer above it, the head at --lr; below 1 also exempts biases and norm "
+                        "parameters from weight decay (default: the preset's; 1: off).")
+    p.add_argument("--drop-path", type=float, default=None,
+                   help="Stochastic-depth rate in [0, 1) for models that have it (timm's drop_path_rate; default: the "
+                        "preset's).")
+    p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=None,
+                   help="Keep every batch-norm layer's running statistics at their ImageNet values during training; "
+                        "their scale and shift still train (default: the preset's).")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
                    help="Training augmentation: study (horizontal flip, rotation up to 10 degrees), radiograph "
                         "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%) or flip (horizontal "

@@ -210,9 +210,16 @@ def recipe_summary(config: Dict[str, Any]) -> str:
         parts.append(f"label smoothing {c['label_smoothing']}")
     if c.get("ema_decay"):
         parts.append(f"weight EMA {c['ema_decay']}")
+    if c.get("layer_decay") not in (None, 1.0):
+        parts.append(f"layer-wise LR decay {c['layer_decay']}")
+    if c.get("drop_path"):
+        parts.append(f"drop path {c['drop_path']}")
+    if c.get("freeze_bn_stats"):
+        parts.append("batch-norm statistics frozen")
     if c.get("clip_grad_norm"):
         parts.append(f"gradients clipped at norm {c['clip_grad_norm']}")
     return ", ".join(parts)
+
 
 def kept_description(metrics: Dict[str, Any]) -> str:
     """Which model a run kept and why, from its ``metrics.json`` (older runs only say ``best_epoch``)."""

@@ -85,10 +85,12 @@ HOLDOUT_DIR = "holdout"
 #: the one cross-validation chose (README, "Choosing the recipe").
 PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(optimizer="adam", lr=5e-4, weight_decay=0.0, lr_scheduler="constant", warmup_epochs=0.0,
-                  label_smoothing=0.0, augment="study", keep="best", final_fit=False, epochs=None, batch_size=None),
+                  label_smoothing=0.0, augment="study", keep="best", final_fit=False, epochs=None, batch_size=None,
+                  layer_decay=1.0, drop_path=0.0, freeze_bn_stats=False),
 }
 PRESETS["default"] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, lr_scheduler="cosine", warmup_epochs=1.0,
-                          label_smoothing=0.0, augment="flip", keep="last", final_fit=False, epochs=15, batch_size=16)
+                          label_smoothing=0.0, augment="flip", keep="last", final_fit=False, epochs=15, batch_size=16,
+                          layer_decay=1.0, drop_path=0.0, freeze_bn_stats=False)
 #: What a checkpoint written before a recipe setting existed was trained with.
 _LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -98,7 +100,7 @@ REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
 _RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer",
                   "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay", "clip_grad_norm", "augment", "keep",
-                  "final_fit")
+                  "final_fit", "layer_decay", "drop_path", "freeze_bn_stats")
 
 
 @dataclasses.dataclass
@@ -143,6 +145,9 @@ class TrainConfig:
     augment: Optional[str] = None
     keep: Optional[str] = None
     final_fit: Optional[bool] = None
+    layer_decay: Optional[float] = None
+    drop_path: Optional[float] = None
+    freeze_bn_stats: Optional[bool] = None
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
@@ -182,6 +187,8 @@ class TrainConfig:
             (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
             (cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
              f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}"),
+            (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
+            (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
             (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
             (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
             (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
@@ -303,7 +310,17 @@ def _set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
     return requested
 
 
-def _make_optimizer(cfg: TrainConfig, params: List[nn.Parameter]) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of ``model``'s trainable parameters; with ``layer_decay`` below 1, one parameter group per
+    layer (timm's grouping), each layer's learning rate ``layer_decay`` times the next one's, the head's ``lr``,
+    and no weight decay on biases and norm parameters."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if cfg.layer_decay < 1:
+        from timm.optim import param_groups_layer_decay
+
+        params = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        for group in params:
+            group["lr"] = cfg.lr * group["lr_scale"]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -528,7 +545,8 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
 
     # Model and its preprocessing (the one source of truth saved with the checkpoint).
     set_seed(cfg.seed)
-    model, pretrained_source = create_model(cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size)
+    model, pretrained_source = create_model(cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size,
+                                            drop_path=cfg.drop_path)
     trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -545,7 +563,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
 
     train_loader, train_eval_loader = loader("train", True), loader("train", False)
     val_loader, test_loader = loader("validation", False), loader("test", False)
-    optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    optimizer = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
     model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler = accelerator.prepare(
@@ -615,7 +633,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         model.train()
-        freeze_frozen_batchnorm(model)
+        freeze_frozen_batchnorm(model, all_layers=cfg.freeze_bn_stats)
         t0 = time.time()
         totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)

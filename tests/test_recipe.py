@@ -39,6 +39,9 @@ def test_warmup_then_cosine_and_constant_schedules():
     (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
     (["--warmup-epochs", "2"], "--warmup-epochs must be >= 0 and shorter than training (2 epochs)"),
     (["--clip-grad-norm", "0"], "--clip-grad-norm must be positive"),
+    (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
+    (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
+    (["--drop-path", "-0.1"], "--drop-path must be in [0, 1)"),
 ])
 def test_bad_recipe_values_fail_before_any_work(subset, tmp_path, capsys, extra, message):
     assert _run(subset, tmp_path / "out", *extra) == 2
@@ -67,6 +70,25 @@ def test_full_recipe_runs_records_its_settings_and_keeps_the_ema_weights(subset,
     assert not torch.allclose(raw["head.weight"], ema["head.weight"])  # the average is not the last weights
     if model_cfg["epoch"] == 2:  # the kept epoch is the last one here: its saved weights are the EMA's
         assert torch.equal(saved["head.weight"], ema["head.weight"])
+
+
+def test_layer_decay_frozen_bn_statistics_and_drop_path_on_a_real_backbone(subset, tmp_path):
+    out = tmp_path / "run"
+    assert train_main(["--model", "tf_efficientnet_lite0", "--no-pretrained", "--data", str(subset), "--output-dir",
+                       str(out), "--epochs", "1", "--image-size", "32", "--num-workers", "0", "--layer-decay", "0.5",
+                       "--freeze-bn-stats", "--drop-path", "0.2"]) == 0
+    cfg = json.loads((out / "run_config.json").read_text())["config"]
+    assert (cfg["layer_decay"], cfg["freeze_bn_stats"], cfg["drop_path"]) == (0.5, True, 0.2)
+    groups = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["optimizer"]["param_groups"]
+    peak = {round(g["initial_lr"] / 1e-3, 6) for g in groups}  # the default peak lr 1e-3 times 0.5 ** depth
+    assert max(peak) == 1.0 and 0.5 in peak and 0.25 in peak and min(peak) < 0.001
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.05}  # biases and norms without weight decay
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    means = [v for k, v in saved.items() if k.endswith("running_mean")]
+    # the statistics stayed at their initial values although the batch-norm scales trained
+    assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)
+    assert not all(torch.equal(v, torch.ones_like(v)) for k, v in saved.items() if k.endswith("bn1.weight"))
+    assert "layer-wise LR decay 0.5" in (out / "report.md").read_text()
 
 
 def test_a_diverging_run_stops_clearly_and_keeps_nothing_from_it(subset, tmp_path, capsys):

