@@ -91,8 +91,16 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
     out = _run("cv_recipes.py", "--data", str(subset), "--output-dir", str(tmp_path / "cvr"), "--recipes", "paper,default",
                "--model", "logreg", "--image-size", "24", "--folds", "2", "--parallel", "2", "--threads", "1",
                "--num-workers", "0")
-    (rows,) = _tables(out)
+    rows, misses = _tables(out)
     assert [r["recipe"] for r in rows] == ["paper", "default"]
+    called_normal = []  # per recipe: its COVID and Viral Pneumonia images predicted Normal out of fold
+    for name in ("paper", "default"):
+        oof = (tmp_path / "cvr" / name / "oof_predictions.csv").read_text().splitlines()[1:]
+        called_normal.append({r.split(",")[0] for r in oof
+                              if r.split(",")[1] in ("COVID", "Viral Pneumonia") and r.split(",")[3] == "Normal"})
+    listed = {m["image"]: m["called Normal by"] for m in misses}
+    assert set(listed) == called_normal[0] | called_normal[1]  # half of two recipes: either
+    assert all(v == f"{(k in called_normal[0]) + (k in called_normal[1])} of 2" for k, v in listed.items())
     for row in rows:
         result = json.loads((tmp_path / "cvr" / row["recipe"] / "cv.json").read_text())
         assert result["images"] == 32 and result["folds"] == 2
