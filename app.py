@@ -1,7 +1,7 @@
 """The Gradio app (a Hugging Face Space's entry point): ``python app.py --models ORG/NAME,runs/x/model``.
 
-Research use only — not for diagnosis. Flags: ``--help``; the page lives in :mod:`cxr.ui`, its
-computations in :mod:`cxr.demo`.
+Research use only — not for diagnosis. Flags: ``--help``; the page lives in :mod:`cxr.app.page`, its
+computations in :mod:`cxr.app.board`.
 """
 import sys
 

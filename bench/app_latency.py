@@ -8,7 +8,7 @@ bare models in a plain one; the app's code in one set up as ``python app.py`` se
 keeps freed memory, :mod:`cxr.allocator`), and again with ``CXR_KEEP_FREED_MEMORY=0``. Reported:
 
 1. per model and for all together: time to first probabilities and to all heat maps through
-   :meth:`cxr.demo.ModelBoard.analyse`, against the sum of bare forwards / forward+backwards;
+   :meth:`cxr.app.board.ModelBoard.analyse`, against the sum of bare forwards / forward+backwards;
 2. forwards per model per request (hooks count them; the target is 1);
 3. the same two times against ``python app.py``: through ``gradio_client`` and through Gradio's
    HTTP API as a browser uses it (upload, join the queue, read the server-sent events), each beside
@@ -70,14 +70,14 @@ def _analyse_times(board, image_path: str, rounds: int) -> Dict[str, float]:
 
 
 def _bare_worker(refs: Sequence[str], image: str, rounds: int) -> Dict[str, Dict[str, float]]:
-    from cxr.classifier import CXRClassifier
+    from cxr.models.classifier import CXRClassifier
 
     return {ref: _bare_times(CXRClassifier.from_pretrained(ref), image, rounds) for ref in refs}
 
 
 def _board_worker(refs: Sequence[str], image: str, rounds: int) -> Dict[str, object]:
     from cxr.allocator import keep_freed_memory
-    from cxr.demo import ModelBoard
+    from cxr.app.board import ModelBoard
 
     keep_freed_memory()  # as cxr.cli.run_cli does for python app.py; off through the environment
     board = ModelBoard.load(refs)

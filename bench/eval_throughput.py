@@ -1,6 +1,6 @@
 """Evaluation throughput: ``cxr.eval`` over a folder against the bare model's batched forward.
 
-Ours: :func:`cxr.evaluation.evaluate_folder` end to end on a warm pixel cache (loading the
+Ours: :func:`cxr.training.evaluation.evaluate_folder` end to end on a warm pixel cache (loading the
 checkpoint, the dataset, batched prediction under Accelerate, metrics and the files it writes), in a
 process set up as ``python -m cxr.eval`` sets up its own (glibc keeps freed memory,
 :mod:`cxr.allocator`); "glibc defaults" is the same with ``CXR_KEEP_FREED_MEMORY=0``. Bare: the same
@@ -25,9 +25,9 @@ from common import DEFAULT_DATA, Timer, keep_defaults_env, machine, rotated, run
 
 def make_checkpoint(name: str, size: int, folder: Path) -> Path:
     """A cxr model folder for ``name`` (random weights: speed does not depend on them)."""
-    from cxr.checkpoint import save_model_dir
+    from cxr.data.preprocessing import PreprocessConfig
     from cxr.models import create_model
-    from cxr.preprocessing import PreprocessConfig
+    from cxr.models.checkpoint import save_model_dir
 
     model, _ = create_model(name, 4, pretrained=False, image_size=size)
     cfg = model.pretrained_cfg
@@ -37,9 +37,9 @@ def make_checkpoint(name: str, size: int, folder: Path) -> Path:
 
 def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float:
     """Seconds of one timed pass of ``arm`` after an untimed warm-up pass, in this process."""
-    from cxr.classifier import CXRClassifier
-    from cxr.data import RadiographDataset, cache_pixels, load_radiographs
-    from cxr.evaluation import evaluate_folder
+    from cxr.data.dataset import RadiographDataset, cache_pixels, load_radiographs
+    from cxr.models.classifier import CXRClassifier
+    from cxr.training.evaluation import evaluate_folder
 
     if arm == "bare":  # on the device cxr.eval's Accelerator picks
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,7 +68,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
 
 
 def main() -> None:
-    from cxr.data import cache_pixels, load_radiographs
+    from cxr.data.dataset import cache_pixels, load_radiographs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="Kaggle-layout folder (default: the sample).")

@@ -1,4 +1,5 @@
-"""Command-line interfaces: ``train_accelerate.py`` and ``python -m cxr.eval``.
+"""Every command line of cxr, in one place: ``train_accelerate.py``, ``app.py``, ``python -m cxr.eval``,
+``python -m cxr.cv``, ``python -m cxr.hub`` and ``python -m cxr.study``.
 
 Each parser gives every flag help text and checks arguments up front; user mistakes
 (:class:`CXRError`) print one clear ``error:`` line and exit with status 2, before any output
@@ -13,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .allocator import keep_freed_memory
-from .errors import CXRError
+from cxr.allocator import keep_freed_memory
+from cxr.errors import CXRError
 
-__all__ = ["EPILOG", "program_name", "build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main", "app_main", "run_cli"]
+__all__ = ["EPILOG", "program_name", "build_train_parser", "build_eval_parser", "build_app_parser", "train_main", "eval_main",
+           "app_main", "cv_main", "hub_main", "study_main", "run_cli"]
 
 _logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def _decoding_args(parser: argparse.ArgumentParser) -> None:
 
 def _preset_text(name: str) -> str:
     """A preset's values as the flags that would set them."""
-    from .training import PRESETS
+    from cxr.training.loop import PRESETS
 
     flags = []
     for key, value in PRESETS[name].items():
@@ -91,10 +93,10 @@ def _preset_text(name: str) -> str:
 
 def build_train_parser() -> argparse.ArgumentParser:
     """The parser of ``train_accelerate.py``."""
-    from .labels import NORMALIZATIONS
-    from .models import STUDY_MODELS, TRAIN_LAYER_POLICIES
-    from .preprocessing import AUGMENTATIONS
-    from .training import KEEP_RULES, MIXED_PRECISION, OPTIMIZERS, PRESETS, REPORT_TO, SCHEDULERS
+    from cxr.data.preprocessing import AUGMENTATIONS
+    from cxr.labels import NORMALIZATIONS
+    from cxr.models import STUDY_MODELS, TRAIN_LAYER_POLICIES
+    from cxr.training.loop import KEEP_RULES, MIXED_PRECISION, OPTIMIZERS, PRESETS, REPORT_TO, SCHEDULERS
 
     study = ", ".join(STUDY_MODELS)
     p = _parser(
@@ -211,7 +213,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``train_accelerate.py``."""
-    from .training import TrainConfig, train
+    from cxr.training.loop import TrainConfig, train
 
     args = build_train_parser().parse_args(argv)
 
@@ -243,7 +245,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m cxr.eval``."""
-    from .evaluation import evaluate_folder
+    from cxr.training.evaluation import evaluate_folder
 
     args = build_eval_parser().parse_args(argv)
 
@@ -291,9 +293,9 @@ def app_main(argv: Optional[List[str]] = None) -> int:
     args = build_app_parser().parse_args(argv)
 
     def run():
-        from .demo import ModelBoard, resolve_model_refs
-        from .quickstart import ensure_quickstart_model, example_images
-        from .ui import build_demo
+        from cxr.app.board import ModelBoard, resolve_model_refs
+        from cxr.app.page import build_demo
+        from cxr.app.quickstart import ensure_quickstart_model, example_images
 
         if args.concurrency < 1:
             raise CXRError(f"--concurrency must be at least 1, got {args.concurrency}")
@@ -311,5 +313,130 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         demo = build_demo(board, example_images(example_dir) if example_dir else ())
         demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+
+    return run_cli(run)
+
+
+def cv_main(argv: Optional[List[str]] = None) -> int:
+    """``python -m cxr.cv``: every training flag of ``train_accelerate.py``, plus ``--folds`` and ``--bootstrap``."""
+    import dataclasses
+
+    from cxr.training.cv import refuse_per_run_flags, run_cv
+    from cxr.training.loop import TrainConfig
+
+    p = build_train_parser()
+    p.prog = program_name("python -m cxr.cv")
+    p.description = ("Cross-validate a training recipe: one model per stratified fold, every image scored once out of "
+                     "fold; accuracy, COVID recall, images called Normal, macro AUROC and ECE with bootstrap 95% "
+                     "intervals, and a per-fold table. --output-dir is the CV folder; every other flag is the recipe "
+                     "of each fold. A rerun resumes (finished folds are kept).")
+    group = p.add_argument_group("cross-validation")
+    group.add_argument("--folds", type=int, default=5, help="Number of stratified folds (2 to the smallest class's size).")
+    group.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95%% intervals.")
+    args = p.parse_args(argv)
+
+    def run():
+        if args.bootstrap < 100:
+            raise CXRError(f"--bootstrap must be at least 100, got {args.bootstrap}")
+        if args.folds < 2:
+            raise CXRError(f"--folds must be at least 2, got {args.folds}")
+        fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                  if k not in ("folds", "bootstrap")}
+        cfg = TrainConfig(**fields)
+        refuse_per_run_flags(cfg)
+        cfg = dataclasses.replace(cfg.resolve(), overwrite_output_dir=True)
+        result = run_cv(cfg, args.folds, args.bootstrap)
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process and result:
+            oof = result["out_of_fold"]
+            print(f"out of fold ({result['images']} images): accuracy {100 * oof['accuracy']['value']:.1f}% "
+                  f"[{100 * oof['accuracy']['low']:.1f}, {100 * oof['accuracy']['high']:.1f}]; wrote "
+                  f"{Path(cfg.output_dir) / 'cv.md'}")
+        state.destroy_process_group()
+
+    return run_cli(run)
+
+
+def hub_main(argv: Optional[List[str]] = None) -> int:
+    """``python -m cxr.hub push RUN_DIR ORG/NAME [--private]`` and ``python -m cxr.hub space OWNER/NAME --models ...``."""
+    parser = argparse.ArgumentParser(
+        prog=program_name("python -m cxr.hub"),
+        description="Publish cxr runs on the Hugging Face Hub, and deploy a Space that shows them. "
+                    "Research use only — not for diagnosis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="Publish a finished run folder (model, model card, metrics, plots, split).")
+    push.add_argument("run_dir", type=Path, help="A train_accelerate.py --output-dir folder.")
+    push.add_argument("repo_id", help="Hub model repository ORG/NAME (created if missing).")
+    push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.add_argument("--commit-message", default=None, help="Commit message (default: 'Upload <model> trained with cxr').")
+    space = sub.add_parser(
+        "space", help="Create or update a Gradio Space that shows published models side by side (app, package, "
+                      "pinned requirements, README front matter, model list); every check runs before any upload.")
+    space.add_argument("space_id", help="Hub Space OWNER/NAME (created if missing).")
+    space.add_argument("--models", required=True, metavar="ORG/M1,ORG/M2",
+                       help="Comma-separated ids of published cxr models, in the order the app shows them.")
+    space.add_argument("--private", action="store_true", help="Create the Space private.")
+    space.add_argument("--force", action="store_true",
+                       help="Deploy over an existing Space that cxr did not deploy (its app.py, README.md and "
+                            "requirements.txt are replaced; other files stay).")
+    space.add_argument("--commit-message", default=None,
+                       help="Commit message (default: 'Deploy cxr app with N model(s)').")
+    args = parser.parse_args(argv)
+
+    def run():
+        if args.command == "space":
+            from cxr.hub.space import deploy_space
+
+            url = deploy_space(args.space_id, args.models.split(","), private=args.private,
+                               commit_message=args.commit_message, force=args.force)
+        else:
+            from cxr.hub.publish import push_run
+
+            url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
+        print(url)
+
+    return run_cli(run)
+
+
+def study_main(argv: Optional[List[str]] = None) -> int:
+    """``python -m cxr.study``."""
+    from cxr.study.runner import PRESETS
+
+    p = argparse.ArgumentParser(
+        prog=program_name("python -m cxr.study"),
+        description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
+                    "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
+        epilog=EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="Image folder in the Kaggle layout (or a dataset id).")
+    p.add_argument("--output-dir", required=True, type=Path, help="Study folder (finished runs in it are skipped).")
+    p.add_argument("--models", default=None,
+                   help="Comma-separated models (default: the preset's: " +
+                        "; ".join(f"{k}: {','.join(v.models)}" for k, v in PRESETS.items()) + ").")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu-quick",
+                   help="paper: the study's protocol; cpu-quick: shrunk (96 px, 6 epochs) to finish on a small CPU; its time is in the README.")
+    p.add_argument("--clahe", action="store_true", help="Also train every model with CLAHE before resizing.")
+    p.add_argument("--num-workers", type=int, default=2, help="Data-loader workers per run.")
+    p.add_argument("--cache-dir", default=None, help="Folder for decoded, resized images.")
+    p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95%% intervals.")
+    p.add_argument("--cam-images", type=int, default=2, help="Test images per class in the Grad-CAM figure.")
+    args = p.parse_args(argv)
+
+    def run():
+        if args.bootstrap < 100:
+            raise CXRError(f"--bootstrap must be at least 100, got {args.bootstrap}")
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        from cxr.study.runner import run_study
+
+        run_study(args.data, args.output_dir, models, args.preset, args.clahe, args.num_workers, args.cache_dir,
+                  args.bootstrap, args.cam_images)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print(f"wrote {args.output_dir / 'study.md'}")
 
     return run_cli(run)

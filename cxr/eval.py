@@ -1,10 +1,10 @@
 """``python -m cxr.eval --model DIR_OR_REPO --data DIR --output-dir DIR``: evaluate a checkpoint.
 
-Research use only — not for diagnosis. The logic lives in :mod:`cxr.evaluation`.
+Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.evaluation`.
 """
 import sys
 
-from .cli import eval_main
+from cxr.cli import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 import cxr  # noqa: F401
-from cxr.cam import CAM_METHODS, class_activation_map, overlay_heatmap, reshape_transform_for, target_layers
-from cxr.classifier import CXRClassifier
-from cxr.preprocessing import PreprocessConfig
+from cxr.data.preprocessing import PreprocessConfig
+from cxr.models.cam import CAM_METHODS, class_activation_map, overlay_heatmap, reshape_transform_for, target_layers
+from cxr.models.classifier import CXRClassifier
 
 
 def _classifier(arch, size=64, **kw):
@@ -72,7 +72,7 @@ def test_overlay_has_the_shown_image_size():
 
 
 def test_quickstart_reuses_a_finished_run_and_lists_examples(tmp_path, sample_dir):
-    from cxr.quickstart import ensure_quickstart_model, example_images
+    from cxr.app.quickstart import ensure_quickstart_model, example_images
 
     run = tmp_path / "quick"
     (run / "model").mkdir(parents=True)
@@ -85,8 +85,8 @@ def test_quickstart_reuses_a_finished_run_and_lists_examples(tmp_path, sample_di
 
 def test_one_forward_per_model_per_request(tmp_path, sample_dir):
     """The app's probabilities and heat map come from the same forward pass of each model."""
-    from cxr.checkpoint import save_model_dir
-    from cxr.demo import ModelBoard
+    from cxr.app.board import ModelBoard
+    from cxr.models.checkpoint import save_model_dir
 
     refs = []
     for arch in ("resnet18", "logreg"):

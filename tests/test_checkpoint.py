@@ -9,7 +9,11 @@ import torch
 from PIL import Image
 
 import cxr  # noqa: F401
-from cxr.checkpoint import (
+from cxr.data.preprocessing import PreprocessConfig
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.models import create_model
+from cxr.models.checkpoint import (
     capture_rng_state,
     load_model,
     load_training_state,
@@ -17,10 +21,6 @@ from cxr.checkpoint import (
     save_model_dir,
     save_training_state,
 )
-from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
-from cxr.models import create_model
-from cxr.preprocessing import PreprocessConfig
 
 
 def _save(tmp_path, name, image_size=64, norm="radiography", pretrained=False):

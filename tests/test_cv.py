@@ -7,8 +7,8 @@ import os
 import pytest
 from conftest import ACCELERATE, CLASSES, PYTHON, make_subset, run_script
 
-from cxr.cv import check_folds, fold_split, stratified_folds
 from cxr.errors import CXRError
+from cxr.training.cv import check_folds, fold_split, stratified_folds
 
 TINY = ["--model", "logreg", "--image-size", "24", "--epochs", "1", "--num-workers", "0", "--batch-size", "16"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import CLASSES, make_subset
 
-from cxr.data import RadiographDataset, cache_pixels, load_radiographs
-from cxr.preprocessing import PreprocessConfig
+from cxr.data.dataset import RadiographDataset, cache_pixels, load_radiographs
+from cxr.data.preprocessing import PreprocessConfig
 
 
 def test_flat_sample_loads_with_the_four_class_labels(sample_dir):
@@ -67,7 +67,7 @@ def test_pixels_are_decoded_once_then_read_from_the_cache(tmp_path, sample_dir, 
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr("cxr.preprocessing.PreprocessConfig.pixels", boom)
+    monkeypatch.setattr("cxr.data.preprocessing.PreprocessConfig.pixels", boom)
     second = cache_pixels(load_radiographs(str(data)), 40, cache_dir=tmp_path / "cache")
     assert np.array_equal(np.stack(first.dataset["pixels"]), np.stack(second.dataset["pixels"]))
     from cxr.errors import CXRError
@@ -90,7 +90,7 @@ def test_training_and_evaluation_inputs_are_identical(sample_dir):
 
 
 def test_augmented_training_input_differs_but_keeps_shape(sample_dir):
-    from cxr.preprocessing import TrainAugmentation
+    from cxr.data.preprocessing import TrainAugmentation
 
     ds = load_radiographs(str(sample_dir))
     cached = cache_pixels(ds, 56)
@@ -119,7 +119,7 @@ def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
     """``__getitems__`` (one Arrow read per batch, what DataLoaders call) equals ``__getitem__``: on a
     split in shuffled order, through a row selection (as skipping unreadable images makes), augmented
     under the same seed, and through a DataLoader."""
-    from cxr.preprocessing import TrainAugmentation
+    from cxr.data.preprocessing import TrainAugmentation
 
     cached = cache_pixels(load_radiographs(str(sample_dir)), 56)
     prep = PreprocessConfig.create(56, 3, "radiography")
@@ -142,7 +142,7 @@ def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
 
 
 def test_cache_dir_env_var_is_read_when_used_not_at_import(subset, tmp_path, monkeypatch):
-    from cxr.data import cache_pixels, default_cache_dir, load_radiographs
+    from cxr.data.dataset import cache_pixels, default_cache_dir, load_radiographs
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "later"))
     assert default_cache_dir() == tmp_path / "later"

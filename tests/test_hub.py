@@ -15,7 +15,7 @@ import torch
 from conftest import ACCELERATE, PYTHON, REPO, run_script
 from hub_server import TOKEN, LocalHub
 
-from cxr.stats import softmax_with_temperature
+from cxr.metrics.stats import softmax_with_temperature
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
@@ -153,7 +153,7 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
 
 def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
     from cxr.cli import train_main
-    from cxr.model_card import render_model_card
+    from cxr.reporting.model_card import render_model_card
 
     out = tmp_path / "logreg"
     assert train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",

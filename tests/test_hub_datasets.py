@@ -17,9 +17,9 @@ import pytest
 from conftest import CLASSES, PYTHON, REPO, make_subset, run_script, sample_files
 from hub_server import LocalHub
 
-from cxr.data import load_data_source, load_radiographs
+from cxr.data.dataset import load_data_source, load_radiographs
+from cxr.data.splits import complete_split, stratified_split
 from cxr.errors import CXRError
-from cxr.splits import complete_split, stratified_split
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def load_in_fresh_process(hub, tmp_path: Path, data: str, revision=None, config=
     """``load_data_source`` in a new process (huggingface_hub reads HF_ENDPOINT when imported)."""
     code = f"""
 import json, os, pathlib
-from cxr.data import load_data_source
+from cxr.data.dataset import load_data_source
 s = load_data_source({data!r}, {revision!r}, {config!r})
 cache = pathlib.Path(os.environ["HF_HOME"]) / "hub"
 pngs = sorted(str(p.relative_to(cache)) for p in cache.rglob("*.png"))
@@ -185,7 +185,7 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
     # the model card names the dataset, its commit and its own test split
     from huggingface_hub import ModelCardData
 
-    from cxr.model_card import render_model_card
+    from cxr.reporting.model_card import render_model_card
 
     card = render_model_card(tmp_path / "run", "cxr-test/xray-model")
     assert card.data.datasets == ["cxr-test/xray-3splits"]

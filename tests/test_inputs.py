@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.inputs import ImageInputError, chest_xray_warnings, read_dicom, read_radiograph
+from cxr.data.decode import ImageInputError, chest_xray_warnings, read_dicom, read_radiograph
 
 
 def _save(tmp_path, name, image, **kw):
@@ -137,9 +137,9 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
     import timm
     import torch
 
-    from cxr.classifier import CXRClassifier
-    from cxr.data import cache_pixels, load_radiographs
-    from cxr.preprocessing import PreprocessConfig, load_grayscale
+    from cxr.data.dataset import cache_pixels, load_radiographs
+    from cxr.data.preprocessing import PreprocessConfig, load_grayscale
+    from cxr.models.classifier import CXRClassifier
 
     png = sorted((sample_dir / "COVID").glob("*.png"))[0]
     dcm = _dicom_of(tmp_path, png)
@@ -169,7 +169,7 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
 
 @pytest.mark.parametrize("fmt, suffix", [("GIF", ".png"), ("BMP", ".bmp"), ("TIFF", ".png"), ("ICO", ".png")])
 def test_only_png_jpeg_and_dicom_are_decoded(tmp_path, sample_dir, fmt, suffix):
-    from cxr.preprocessing import load_grayscale
+    from cxr.data.preprocessing import load_grayscale
 
     grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L").resize((64, 64))
     path = tmp_path / f"x{suffix}"

@@ -26,7 +26,7 @@ from conftest import PYTHON, REPO, make_subset, run_script
 from hub_server import TOKEN, LocalHub
 
 SCRIPTS = {"cxr-train": "cxr.cli:train_main", "cxr-eval": "cxr.cli:eval_main", "cxr-app": "cxr.cli:app_main",
-           "cxr-study": "cxr.study:main", "cxr-hub": "cxr.hub:main", "cxr-cv": "cxr.cv:main"}
+           "cxr-study": "cxr.cli:study_main", "cxr-hub": "cxr.cli:hub_main", "cxr-cv": "cxr.cli:cv_main"}
 TEMPLATE = "model_cards/cxr_model_card.md"
 METRIC = "cxr/metrics/cxr_classification/cxr_classification.py"
 PIP = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -166,7 +166,7 @@ def test_editable_install_finds_the_template_in_the_checkout(tmp_path):
     """``pip install -e`` into a throwaway venv (no pip of its own; the requirements come from this
     interpreter's site-packages through a .pth file): cxr imports from the source folder, and the
     template is the source folder's model_cards/ file (the editable finder does not map the
-    data-only ``cxr.model_cards``, so cxr.model_card falls back to the checkout path)."""
+    data-only ``cxr.model_cards``, so cxr.reporting.model_card falls back to the checkout path)."""
     src = copy_checkout(tmp_path / "src")
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
     py = tmp_path / "venv" / "bin" / "python"
@@ -180,8 +180,8 @@ def test_editable_install_finds_the_template_in_the_checkout(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     code = """
-import json, importlib.metadata, cxr, cxr.model_card
-print(json.dumps([cxr.__file__, str(cxr.model_card.TEMPLATE_PATH), importlib.metadata.version("cxr"), cxr.__version__]))
+import json, importlib.metadata, cxr, cxr.reporting.model_card
+print(json.dumps([cxr.__file__, str(cxr.reporting.model_card.TEMPLATE_PATH), importlib.metadata.version("cxr"), cxr.__version__]))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([str(py), "-c", code], cwd=outside, capture_output=True, text=True, env=env, timeout=300)
@@ -194,7 +194,7 @@ print(json.dumps([cxr.__file__, str(cxr.model_card.TEMPLATE_PATH), importlib.met
 
 
 def test_checkout_without_install_uses_the_top_level_template():
-    from cxr.model_card import TEMPLATE_PATH
+    from cxr.reporting.model_card import TEMPLATE_PATH
 
     assert TEMPLATE_PATH == REPO / TEMPLATE
 
@@ -246,7 +246,7 @@ def test_installed_console_scripts_answer_help(wheel):
 @pytest.mark.slow
 def test_installed_package_renders_the_model_card_from_its_template(wheel, runs):
     code = GUARD.format(repo=str(REPO)) + f"""
-from cxr.model_card import TEMPLATE_PATH, render_model_card
+from cxr.reporting.model_card import TEMPLATE_PATH, render_model_card
 card = render_model_card({str(runs.logreg)!r}, "cxr-test/logreg")
 print(json.dumps({{"template": str(TEMPLATE_PATH), "text": card.text, "model": card.data.model_name}}))
 """
@@ -276,7 +276,7 @@ def test_model_card_code_runs_as_written(wheel, runs, hub, sample_dir, tmp_path)
     """Publish the logreg run with the installed ``cxr-hub`` to the local Hub stand-in, then run every
     Python block of its card in a fresh process, as a reader would: in an empty folder holding a real
     X-ray under the card's file name, with the installed package and no token."""
-    from cxr.model_card import render_model_card
+    from cxr.reporting.model_card import render_model_card
 
     repo_id = "cxr-test/packaged-logreg"
     hub_vars = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")

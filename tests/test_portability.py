@@ -12,10 +12,10 @@ from PIL import Image
 
 import cxr  # noqa: F401  (registers alexnet and logreg in timm)
 from cxr import CXRClassifier
-from cxr.checkpoint import NON_PORTABLE_MODEL_TYPE, save_model_dir
+from cxr.data.preprocessing import PreprocessConfig, load_grayscale
 from cxr.labels import CLASS_NAMES
 from cxr.models import create_model
-from cxr.preprocessing import PreprocessConfig, load_grayscale
+from cxr.models.checkpoint import NON_PORTABLE_MODEL_TYPE, save_model_dir
 
 TOLERANCE = 1e-3  # probabilities within 1e-3 of cxr's, or the model card says where and why not
 

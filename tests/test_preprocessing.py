@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation, load_grayscale, to_grayscale
 from cxr.labels import CLASS_NAMES, NORMALIZATIONS
-from cxr.preprocessing import PreprocessConfig, TrainAugmentation, load_grayscale, to_grayscale
 
 
 def test_rgb_radiograph_with_equal_channels_is_its_grey_channel(sample_dir):

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from cxr.cli import train_main
+from cxr.data.preprocessing import TrainAugmentation
+from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
-from cxr.preprocessing import TrainAugmentation
-from cxr.splits import load_split
-from cxr.training import PRESETS, TrainConfig, _set_cpu_threads, has_checkpoint, lr_factor
+from cxr.training.loop import PRESETS, TrainConfig, _set_cpu_threads, has_checkpoint, lr_factor
 
 
 def _run(data, out, *extra):

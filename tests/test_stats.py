@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from cxr.stats import (
+from cxr.metrics.stats import (
     accuracy_of,
     apply_temperature,
     expected_calibration_error,

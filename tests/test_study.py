@@ -26,11 +26,11 @@ def small_data(tmp_path_factory, sample_dir):
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(small_data, tmp_path_factory):
-    import cxr.training
-    from cxr.study import run_study
+    import cxr.training.loop
+    from cxr.study.runner import run_study
 
     out = tmp_path_factory.mktemp("study") / "study"
-    real_train = cxr.training.train
+    real_train = cxr.training.loop.train
     calls = []
 
     def train_then_die(cfg):
@@ -39,13 +39,13 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
             raise KeyboardInterrupt("killed during the second run")
         return real_train(cfg)
 
-    cxr.training.train = train_then_die
+    cxr.training.loop.train = train_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
             run_study(str(small_data), out, ["logreg", "tf_efficientnet_lite0"], "cpu-quick", clahe=True,
                       num_workers=0, bootstrap=200, cam_images_per_class=1)
     finally:
-        cxr.training.train = real_train
+        cxr.training.loop.train = real_train
     assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
     result = run_study(str(small_data), out, ["logreg", "tf_efficientnet_lite0"], "cpu-quick", clahe=True,
                        num_workers=0, bootstrap=200, cam_images_per_class=1)
@@ -94,7 +94,7 @@ def test_every_number_comes_from_the_saved_predictions(interrupted_then_resumed)
 
 
 def test_paper_preset_offline_fails_before_training_anything(small_data, tmp_path):
-    from cxr.study import run_study
+    from cxr.study.runner import run_study
 
     with pytest.raises(CXRError, match="--no-pretrained"):
         run_study(str(small_data), tmp_path / "paper", ["logreg", "resnet50"], "paper", num_workers=0)

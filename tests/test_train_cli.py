@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from cxr.cli import build_eval_parser, build_train_parser
-from cxr.training import PRESETS
+from cxr.training.loop import PRESETS
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_the_kept_model_is_calibrated_on_validation_and_says_so(lite0_run):
     """The temperature fitted on validation is saved with the model, scales every reported probability
     (never the predicted class), and the report gives the ECE before and after."""
     from cxr import CXRClassifier
-    from cxr.stats import apply_temperature, expected_calibration_error, negative_log_likelihood
+    from cxr.metrics.stats import apply_temperature, expected_calibration_error, negative_log_likelihood
 
     out, _ = lite0_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -141,7 +141,7 @@ def test_the_kept_model_is_calibrated_on_validation_and_says_so(lite0_run):
 
 
 def test_calibration_keeps_t_1_when_validation_has_no_error():
-    from cxr.training import fit_calibration
+    from cxr.training.loop import fit_calibration
 
     y = np.array([0, 1, 2, 3] * 5)
     logits = np.zeros((20, 4))

@@ -17,7 +17,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
-from ..labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
 
 __all__ = ["METRIC_MODULE", "load_metric", "compute_metrics", "critical_to_normal", "selection_key"]
 

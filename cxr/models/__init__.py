@@ -1,6 +1,14 @@
-"""Model registry: the study's architectures (AlexNet and logistic regression registered in timm),
-their fine-tuning policies, and ImageNet weights offline and online."""
-from .registry import (
+"""Models: architectures, weights, saved checkpoints and what a loaded model does.
+
+- :mod:`cxr.models.registry` — the study's architectures (AlexNet and logistic regression registered in timm),
+  their fine-tuning policies; :mod:`cxr.models.pretrained` — ImageNet weights offline and online;
+- :mod:`cxr.models.checkpoint` — the model folder (timm's Hub layout + preprocessing), saved and loaded;
+- :mod:`cxr.models.classifier` — :class:`~cxr.models.classifier.CXRClassifier`, a loaded model that predicts;
+- :mod:`cxr.models.cam` — Grad-CAM heat maps of a loaded model.
+
+Imports data, metrics and the foundations.
+"""
+from cxr.models.registry import (
     STUDY_MODELS,
     TRAIN_LAYER_POLICIES,
     ModelSpec,

@@ -18,7 +18,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from ..labels import NORMALIZATIONS
+from cxr.labels import NORMALIZATIONS
 
 __all__ = ["LogisticRegression", "logreg"]
 

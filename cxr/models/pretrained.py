@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..errors import CXRError
+from cxr.errors import CXRError
 
 __all__ = [
     "OFFLINE_WEIGHT_PACKAGES",

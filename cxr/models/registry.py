@@ -20,10 +20,10 @@ from typing import Dict, List, Optional, Tuple
 import timm
 from torch import nn
 
-from ..errors import CXRError
-from . import alexnet as _alexnet  # noqa: F401  (registers "alexnet" in timm)
-from . import logreg as _logreg  # noqa: F401  (registers "logreg" in timm)
-from .pretrained import (
+from cxr.errors import CXRError
+from cxr.models import alexnet as _alexnet  # noqa: F401  (registers "alexnet" in timm)
+from cxr.models import logreg as _logreg  # noqa: F401  (registers "logreg" in timm)
+from cxr.models.pretrained import (
     check_pretrained_available,
     load_offline_imagenet_weights,
     offline_hint,

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -35,7 +34,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (
+from cxr.data.dataset import RadiographDataset, cache_pixels, check_data_options, load_data_source
+from cxr.data.preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
+from cxr.data.splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES, NORMALIZATIONS
+from cxr.metrics import compute_metrics, critical_to_normal, selection_key
+from cxr.metrics.stats import (
+    expected_calibration_error,
+    fit_temperature_to_logits,
+    negative_log_likelihood,
+    softmax_with_temperature,
+)
+from cxr.models import (
+    TRAIN_LAYER_POLICIES,
+    apply_train_layers,
+    create_model,
+    freeze_frozen_batchnorm,
+    model_spec,
+)
+from cxr.models.checkpoint import (
     capture_rng_state,
     load_training_state,
     recover_model_dir,
@@ -44,42 +62,19 @@ from .checkpoint import (
     save_training_state,
     set_model_temperature,
 )
-from .data import RadiographDataset, cache_pixels, check_data_options, load_data_source
-from .errors import CXRError
-from .evaluation import predict, predict_logits, softmax, write_evaluation, write_json, write_predictions
-from .labels import CLASS_NAMES, NORMALIZATIONS
-from .metrics import compute_metrics, critical_to_normal, selection_key
-from .models import (
-    TRAIN_LAYER_POLICIES,
-    apply_train_layers,
-    create_model,
-    freeze_frozen_batchnorm,
-    model_spec,
-)
-from .preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
-from .report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
-from .splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
-from .stats import (
-    expected_calibration_error,
-    fit_temperature_to_logits,
-    negative_log_likelihood,
-    softmax_with_temperature,
-)
+from cxr.reporting.run_report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
+from cxr.run_folder import RunFolder, read_json, write_json, write_predictions
+from cxr.training.evaluation import predict, predict_logits, softmax, write_evaluation
 
 __all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "saved_recipe",
-           "recipe_differences", "CHECKPOINT_NAME",
-           "KEEP_RULES", "HOLDOUT_DIR"]
+           "recipe_differences", "KEEP_RULES"]
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-SPLIT_NAME = "split.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine")
 #: Which epoch's model a run keeps: the best on validation, or the last one.
 KEEP_RULES = ("best", "last")
-#: The sub-folder where ``--final-fit`` trains on the training part alone, to choose the epoch count and the temperature.
-HOLDOUT_DIR = "holdout"
 #: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
 #: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
 #: the one cross-validation chose (README, "Choosing the recipe").
@@ -205,7 +200,7 @@ class TrainConfig:
         if cfg.hub_model_id and not cfg.push_to_hub:
             raise CXRError("--hub-model-id is only used with --push-to-hub")
         if cfg.push_to_hub:
-            from .hub import validate_hub_model_id
+            from cxr.hub.publish import validate_hub_model_id
 
             validate_hub_model_id(cfg.hub_model_id)
         check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
@@ -216,12 +211,12 @@ class TrainConfig:
             # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
             if _resume_dir(cfg.resume, out).resolve() != out.resolve():
                 raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
-            _checkpoint_path("auto", out / HOLDOUT_DIR)
+            _checkpoint_path("auto", RunFolder(out).holdout.root)
             cfg.resume = "auto"
         elif cfg.resume is not None:
             cfg.resume = str(_checkpoint_path(cfg.resume, out))
         elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-            if (out / CHECKPOINT_NAME).exists() or (out / "metrics.json").exists():
+            if RunFolder(out).holds_run():
                 raise CXRError(
                     f"--output-dir {out} already holds a run. Pass --resume to continue it, "
                     "--overwrite-output-dir to start over in it, or choose another folder."
@@ -232,13 +227,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _read_config(folder: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads((folder / "run_config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
     """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
     ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
@@ -246,7 +234,8 @@ def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
     trained with. ``{}`` where there is no run.
     """
     run_dir = Path(run_dir)
-    own, hold = _read_config(run_dir), _read_config(run_dir / HOLDOUT_DIR)
+    run = RunFolder(run_dir)
+    own, hold = run.read_config(), run.holdout.read_config()
     if own is not None and not own.get("final_fit"):
         found = own
     elif hold is not None:
@@ -273,16 +262,16 @@ def _resume_dir(resume: str, output_dir: Path) -> Path:
         return output_dir
     path = Path(resume)
     folder = path if path.is_dir() else path.parent
-    return folder.parent if folder.name == HOLDOUT_DIR else folder
+    return folder.parent if RunFolder(folder.parent).holdout.root == folder else folder
 
 
 def _checkpoint_path(resume: str, output_dir: Path) -> Path:
     path = Path(resume) if resume not in ("", "auto") else output_dir
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = RunFolder(path).checkpoint
     if not path.is_file():
         raise CXRError(
-            f"--resume: no checkpoint at {path}. A run writes {CHECKPOINT_NAME} into its --output-dir "
+            f"--resume: no checkpoint at {path}. A run writes {RunFolder(output_dir).checkpoint.name} into its --output-dir "
             "after each epoch; start without --resume if none finished."
         )
     return path
@@ -291,8 +280,8 @@ def _checkpoint_path(resume: str, output_dir: Path) -> Path:
 def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
     """Whether a run in ``output_dir`` left a checkpoint that ``resume="auto"`` continues from (with
     ``final_fit``, the hold-out run's counts too)."""
-    out = Path(output_dir)
-    return (out / CHECKPOINT_NAME).is_file() or (final_fit and (out / HOLDOUT_DIR / CHECKPOINT_NAME).is_file())
+    run = RunFolder(output_dir)
+    return run.checkpoint.is_file() or (final_fit and run.holdout.checkpoint.is_file())
 
 
 def _set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
@@ -446,32 +435,32 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     """``--final-fit``: the hold-out run (resumed or reused when ``--resume``), then the refit in ``output_dir``."""
-    out = Path(cfg.output_dir)
-    hold = out / HOLDOUT_DIR
+    run = RunFolder(cfg.output_dir)
+    hold = run.holdout
     if cfg.push_to_hub:  # before the hold-out run, not after it
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
         _check_push_target_on_main(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), cfg)
     resume = cfg.resume is not None
-    reused = resume and (hold / "metrics.json").is_file()
+    reused = resume and hold.metrics.is_file()
     if reused:
-        hold_metrics = json.loads((hold / "metrics.json").read_text())
-        if int(saved_recipe(hold)["epochs"]) != cfg.epochs:
-            raise CXRError(f"--resume: the hold-out run in {hold} finished with another --epochs; start over "
+        hold_metrics = read_json(hold.metrics)
+        if int(saved_recipe(hold.root)["epochs"]) != cfg.epochs:
+            raise CXRError(f"--resume: the hold-out run in {hold.root} finished with another --epochs; start over "
                            "with --overwrite-output-dir to change it")
     else:
         hold_metrics = _fit(dataclasses.replace(
-            cfg, output_dir=str(hold), final_fit=False, push_to_hub=False, hub_model_id=None,
+            cfg, output_dir=str(hold.root), final_fit=False, push_to_hub=False, hub_model_id=None,
             resume="auto" if resume else None).resolve())
     calibration = hold_metrics.get("calibration") if cfg.calibrate else None
     epochs = int(hold_metrics["kept_epoch"])
     refit_cfg = dataclasses.replace(
         cfg, epochs=epochs, keep="last", warmup_epochs=min(cfg.warmup_epochs, epochs / 2),
         # a refit checkpoint counts only beside the very hold-out run it followed
-        resume=str(out / CHECKPOINT_NAME) if reused and (out / CHECKPOINT_NAME).is_file() else None)
-    hold_run = json.loads((hold / "run_config.json").read_text())
-    return _fit(refit_cfg, _Refit(load_split(hold / SPLIT_NAME), calibration, hold,
+        resume=str(run.checkpoint) if reused and run.checkpoint.is_file() else None)
+    hold_run = read_json(hold.run_config)
+    return _fit(refit_cfg, _Refit(load_split(hold.split), calibration, hold.root,
                                   hold_run.get("data_source", {}).get("splits") or {}))
 
 
@@ -481,6 +470,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     from accelerate.utils import set_seed
 
     out = Path(cfg.output_dir)
+    run = RunFolder(out)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
@@ -527,7 +517,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     elif refit is not None:
         split, how = refit.split, dict(refit.how)
     if refit is not None and state is None:  # the hold-out split, saved as it is; training also takes validation
-        how = {part: how.get(part, f"as in {refit.holdout.name}/{SPLIT_NAME}") for part in SPLITS}
+        how = {part: how.get(part, f"as in {refit.holdout.name}/{run.split.name}") for part in SPLITS}
         how["train"] += "; with the validation images added (--final-fit)"
         how["validation"] += "; trained on here (--final-fit), so not held out"
     elif cfg.split_file:
@@ -593,13 +583,13 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if recover_model_dir(out / "model"):
+        if recover_model_dir(run.model_dir):
             _logger.warning("restored %s/model from a save interrupted by the last run's end", out)
         # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
         fractions = (tuple(round(len(rows[p]) / sum(map(len, rows.values())), 4) for p in SPLITS)
                      if source.given_splits else DEFAULT_FRACTIONS)
-        save_split(out / SPLIT_NAME, split, cfg.seed, fractions)
-        write_json(out / "run_config.json", {
+        save_split(run.split, split, cfg.seed, fractions)
+        write_json(run.run_config, {
             "config": cfg.to_dict(),
             **run_info,
             "first_trainable_parameter": trainable[0],
@@ -681,9 +671,9 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             if keep_now:
-                save_model_dir(unwrapped if ema is None else ema.module, out / "model", prep,
+                save_model_dir(unwrapped if ema is None else ema.module, run.model_dir, prep,
                                {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None})
-            save_training_state(out / CHECKPOINT_NAME, {
+            save_training_state(run.checkpoint, {
                 "model": unwrapped.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -703,7 +693,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         # resumed with no epoch left to train (--epochs no more than were done): keep the weights in hand
         kept_at = {"epoch": len(history)}
         if accelerator.is_main_process:
-            save_model_dir(accelerator.unwrap_model(model) if ema is None else ema.module, out / "model", prep,
+            save_model_dir(accelerator.unwrap_model(model) if ema is None else ema.module, run.model_dir, prep,
                            {**_model_info(run_info, cfg), "epoch": len(history), "ema": ema is not None})
         accelerator.wait_for_everyone()
 
@@ -711,7 +701,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     from safetensors.torch import load_file
 
     kept = accelerator.unwrap_model(model)
-    kept.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
+    kept.load_state_dict(load_file(str(run.model_weights)))
     # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
     kept.to(memory_format=torch.contiguous_format)
     tr_index, tr_labels, tr_logits = predict_logits(model, train_eval_loader, accelerator, desc="train (un-augmented)")
@@ -726,7 +716,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
                                       source=None if refit is None else f"{refit.holdout.name}/")
         t = calibration["temperature"]
         if accelerator.is_main_process:
-            set_model_temperature(out / "model", t)
+            set_model_temperature(run.model_dir, t)
         accelerator.print(f"temperature {t:.3f} ({calibration['note']}); ECE validation "
                           f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
                           f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}")
@@ -745,18 +735,18 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     if calibration is not None:
         metrics["calibration"] = calibration
     if accelerator.is_main_process:
-        write_json(out / "history.json", {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep,
+        write_json(run.history, {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep,
                                           "epochs": history})
-        plot_training_curves(out / "training_curves.png", history, kept_epoch=kept_at["epoch"],
+        plot_training_curves(run.training_curves, history, kept_epoch=kept_at["epoch"],
                              kept_rule="last, final fit" if refit else cfg.keep)
         test_files = [file_names[rows["test"][i]] for i in te_index]
-        write_predictions(out / "predictions_validation.csv", [file_names[rows["validation"][i]] for i in va_index],
+        write_predictions(run.predictions("validation"), [file_names[rows["validation"][i]] for i in va_index],
                           va_labels, va_probs)
-        write_predictions(out / "predictions_train.csv", [file_names[rows["train"][i]] for i in tr_index],
+        write_predictions(run.predictions("train"), [file_names[rows["train"][i]] for i in tr_index],
                           tr_labels, tr_probs)
         info = {
             "data": f"{_describe_data(data_source)} ({len(pix)} images; split {len(rows['train'])}/"
-                    f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {SPLIT_NAME})",
+                    f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {run.split.name})",
             "pretrained": pretrained_source,
             "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
             "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
@@ -775,9 +765,9 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
-        tracker.finish()                  # training several models in one launch (cxr.study) still needs
+        tracker.finish()                  # training several models in one launch (cxr.study.runner) still needs
     if cfg.push_to_hub and accelerator.is_main_process:
-        from .hub import push_run
+        from cxr.hub.publish import push_run
 
         accelerator.print(f"pushed to {push_run(out, cfg.hub_model_id, private=cfg.hub_private)}")
     return metrics
@@ -817,7 +807,7 @@ def _check_push_target_on_main(accelerator, cfg: TrainConfig) -> None:
     """Check token and repository on the main process before training; every process stops if it fails."""
     from accelerate.utils import broadcast_object_list
 
-    from .hub import check_push_target
+    from cxr.hub.publish import check_push_target
 
     message: List[Optional[str]] = [None]
     if accelerator.is_main_process:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CXRError
-from .labels import CLASS_NAMES
-from .preprocessing import PreprocessConfig
+from cxr.data.preprocessing import PreprocessConfig
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
 __all__ = [
     "NON_PORTABLE_MODEL_TYPE",
@@ -49,11 +50,11 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = MODEL_WEIGHTS_NAME
 #: ``config.json``'s ``model_type`` for models whose preprocessing only cxr applies (CLAHE): transformers
 #: refuses to load them and names this type in its error.
 NON_PORTABLE_MODEL_TYPE = "cxr-only (CLAHE preprocessing that transformers cannot apply; load with cxr.CXRClassifier)"
-CONFIG_NAME = "config.json"
+CONFIG_NAME = MODEL_CONFIG_NAME
 
 
 def _atomic_swap_dir(tmp: Path, final: Path) -> None:
@@ -230,7 +231,7 @@ def load_model(
     """
     import timm
 
-    from . import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
+    from cxr import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
 
     cfg, timm_name = read_model_config(ref, revision)
     prep = PreprocessConfig.from_dict(cfg["cxr"]["preprocessing"])

@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .errors import CXRError
-from .labels import CLASS_NAMES
-from .report import kept_description, per_class_lines, recipe_summary, table1_lines
-from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.reporting.run_report import kept_description, per_class_lines, recipe_summary, table1_lines
+from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.run_folder import RunFolder
 
 __all__ = ["TEMPLATE_PATH", "CARD_TAGS", "render_model_card", "card_eval_results", "data_source", "evaluated_on",
            "base_model_id"]
@@ -39,7 +40,7 @@ def _template_path() -> Path:
         installed = None
     if isinstance(installed, Path) and installed.is_file():
         return installed
-    return Path(__file__).resolve().parents[1] / "model_cards" / "cxr_model_card.md"
+    return Path(__file__).resolve().parents[2] / "model_cards" / "cxr_model_card.md"
 
 
 #: The Jinja template: one file, ``model_cards/cxr_model_card.md`` in the repository, shipped in the
@@ -103,7 +104,7 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
     folder name and image count, with ``imagefolder`` as its type.
     """
     seed = split.get("seed")
-    origin = str((source.get("splits") or {}).get("test", ""))  # written by cxr.splits.complete_split / training
+    origin = str((source.get("splits") or {}).get("test", ""))  # written by cxr.data.splits.complete_split / training
     if "dataset's own" in origin:
         test_part = "test"
     elif origin.startswith("from --split-file"):
@@ -161,10 +162,11 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
     from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
-    run = _read_json(run_dir / "run_config.json")
-    split = _read_json(run_dir / "split.json")
-    model_cfg = _read_json(run_dir / "model" / "config.json")
+    folder = RunFolder(run_dir)
+    metrics = _read_json(folder.metrics)
+    run = _read_json(folder.run_config)
+    split = _read_json(folder.split)
+    model_cfg = _read_json(folder.model_config)
     cfg = run["config"]
     prep = model_cfg["cxr"]["preprocessing"]
     portability = model_cfg["cxr"].get("portability") or {"timm": True, "transformers": True, "notes": []}

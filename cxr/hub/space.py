@@ -28,7 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from .errors import CXRError
+from cxr.errors import CXRError
+from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
 __all__ = ["APP_PY", "SPACE_FILES", "validate_space_id", "check_models_published", "space_requirements",
            "build_space", "deploy_space"]
@@ -48,7 +49,9 @@ if __name__ == "__main__":
 SPACE_FILES = ("app.py", "README.md", "requirements.txt", "app_models.txt")
 #: Runtime dependencies a Space must not pin: Gradio comes from the front matter's ``sdk_version``.
 _SDK_PROVIDED = {"gradio"}
-_MODEL_FILES = ("config.json", "model.safetensors")
+_MODEL_FILES = (MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME)
+#: The ``cxr`` package folder, which a Space holds whole.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def validate_space_id(space_id: Optional[str]) -> str:
@@ -103,7 +106,7 @@ def check_models_published(model_ids: Sequence[str], token: Optional[str] = None
             if missing:
                 problems.append(f"{model_id}: not a cxr checkpoint (no {', '.join(missing)})")
                 continue
-            cfg = json.loads(Path(hf_hub_download(model_id, "config.json", token=token)).read_text())
+            cfg = json.loads(Path(hf_hub_download(model_id, MODEL_CONFIG_NAME, token=token)).read_text())
             if not isinstance(cfg.get("cxr"), dict):
                 problems.append(f"{model_id}: not a cxr checkpoint (its config.json has no 'cxr' block)")
                 continue
@@ -130,7 +133,7 @@ def _runtime_requirements() -> List[str]:
             return [r for r in requires if "extra ==" not in r]
     except metadata.PackageNotFoundError:
         pass
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = _PACKAGE_DIR.parent / "pyproject.toml"
     if not pyproject.is_file():
         raise CXRError("cannot tell cxr's dependencies: cxr is neither installed nor run from its checkout")
     try:
@@ -161,8 +164,8 @@ def _space_readme(space_id: str, model_ids: Sequence[str], architectures: Dict[s
     import gradio
     import yaml
 
-    from .model_card import LICENSE_LINK, LICENSE_NAME
-    from .report import DISCLAIMER
+    from cxr.reporting.model_card import LICENSE_LINK, LICENSE_NAME
+    from cxr.reporting.run_report import DISCLAIMER
 
     front = {
         "title": "cxr — chest X-ray classifiers",
@@ -220,9 +223,9 @@ def build_space(folder: Union[str, Path], space_id: str, model_ids: Sequence[str
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    package = Path(__file__).resolve().parent
+    package = _PACKAGE_DIR
     shutil.copytree(package, folder / "cxr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    from .model_card import TEMPLATE_PATH  # package data: ships inside cxr/ as in a wheel
+    from cxr.reporting.model_card import TEMPLATE_PATH  # package data: ships inside cxr/ as in a wheel
 
     cards = folder / "cxr" / "model_cards"
     cards.mkdir(exist_ok=True)
@@ -278,8 +281,8 @@ def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
     from huggingface_hub import HfApi, SpaceCard, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import check_token
-    from .models.pretrained import hub_is_offline
+    from cxr.hub.publish import check_token
+    from cxr.models.pretrained import hub_is_offline
 
     validate_space_id(space_id)
     model_ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_model
-from .preprocessing import ImageLike, PreprocessConfig
+from cxr.data.preprocessing import ImageLike, PreprocessConfig
+from cxr.models.checkpoint import load_model
 
 __all__ = ["CXRClassifier", "temperature_softmax"]
 

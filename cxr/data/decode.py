@@ -25,7 +25,7 @@ from typing import BinaryIO, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CXRError
+from cxr.errors import CXRError
 
 __all__ = [
     "ImageInputError",

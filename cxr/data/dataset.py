@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .errors import CXRError
-from .labels import CLASS_NAMES
-from .preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentation
+from cxr.data.preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentation
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
 
 __all__ = [
     "default_cache_dir",
@@ -459,7 +459,7 @@ def _decode_fn(image_size: int, clahe: bool):
         img = example["image"]
         src = img["bytes"] if img.get("bytes") else img["path"]
         try:
-            pixels = prep.pixels(src)  # PNG, JPEG or DICOM, by cxr.inputs like every other path
+            pixels = prep.pixels(src)  # PNG, JPEG or DICOM, by cxr.data.decode like every other path
             error = ""
         except Exception as e:  # any decoder failure is reported with the file's name
             pixels = np.zeros((image_size, image_size), dtype=np.uint8)

@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .errors import CXRError
+from cxr.errors import CXRError
 
 __all__ = [
     "SPLITS", "SPLIT_ALIASES", "DEFAULT_FRACTIONS", "stratified_split", "complete_split", "save_split", "load_split",

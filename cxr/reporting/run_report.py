@@ -1,7 +1,7 @@
 """Human-readable outputs of a run: ``report.md``, ``confusion_matrix.png``, ``training_curves.png``.
 
 Every number comes from the ``metrics.json`` dict passed in; the study's published numbers come
-from :mod:`cxr.study_reference` and are labelled as such.
+from :mod:`cxr.reporting.study_reference` and are labelled as such.
 """
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .labels import CLASS_NAMES, NORMAL
-from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.labels import CLASS_NAMES, NORMAL
+from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.run_folder import RunFolder
 
 __all__ = ["write_report", "table1_lines", "per_class_lines", "plot_confusion_matrix", "plot_training_curves", "recipe_summary",
            "kept_description", "DISCLAIMER"]
@@ -69,7 +70,7 @@ def write_report(
         model_name: str,
         metrics: Dict[str, Any],
         run_info: Dict[str, Any],
-        images: Sequence[str] = ("confusion_matrix.png", "training_curves.png"),
+        images: Optional[Sequence[str]] = None,
 ) -> None:
     """Write ``report.md``: the study's Table 1 row and per-class table for this model, beside the study's.
 
@@ -78,7 +79,8 @@ def write_report(
         model_name: the ``--model`` name (selects the study's rows).
         metrics: the ``metrics.json`` dict (``test`` required; ``validation``, ``train`` optional).
         run_info: facts to list (data, split, preprocessing, epochs, ...), as ``{label: value}``.
-        images: image files beside the report to embed (missing ones are skipped).
+        images: image files beside the report to embed (default: the run folder's confusion matrix and
+            training curves; missing ones are skipped).
     """
     test = metrics["test"]
     lines = [
@@ -125,7 +127,8 @@ def write_report(
             f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
             "",
         ]
-    for img in images:
+    run = RunFolder(path.parent)
+    for img in images if images is not None else (run.confusion_matrix.name, run.training_curves.name):
         if (path.parent / img).exists():
             lines += [f"![{img}]({img})", ""]
     path.write_text("\n".join(lines))

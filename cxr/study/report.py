@@ -1,4 +1,4 @@
-"""``study.md``, ``study.json`` and the study's figures, written from :func:`cxr.study_analysis.analyse_study`.
+"""``study.md``, ``study.json`` and the study's figures, written from :func:`cxr.study.analysis.analyse_study`.
 
 Figures: ``reliability.png`` (reliability diagrams before/after temperature scaling, one panel per
 run) and ``gradcam_grid.png`` (the paper's Table 6 as one figure: test images of each class, the
@@ -13,9 +13,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .labels import CLASS_NAMES, CRITICAL_CLASSES
-from .report import DISCLAIMER, per_class_lines
-from .study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
+from cxr.reporting.run_report import DISCLAIMER, per_class_lines
+from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
+from cxr.run_folder import RunFolder, read_json
 
 __all__ = ["write_study_report", "plot_reliability", "plot_gradcam_grid"]
 
@@ -99,12 +100,12 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .cam import CamSession, overlay_heatmap
-    from .classifier import CXRClassifier
-    from .demo import ModelBoard
-    from .inputs import read_radiograph
+    from cxr.app.board import ModelBoard
+    from cxr.data.decode import read_radiograph
+    from cxr.models.cam import CamSession, overlay_heatmap
+    from cxr.models.classifier import CXRClassifier
 
-    classifiers = {name: CXRClassifier.from_pretrained(d / "model") for name, d in run_dirs.items()}
+    classifiers = {name: CXRClassifier.from_pretrained(RunFolder(d).model_dir) for name, d in run_dirs.items()}
     fig, axes = plt.subplots(len(images), 1 + len(classifiers), figsize=(2.1 * (1 + len(classifiers)), 2.3 * len(images)),
                              dpi=100, squeeze=False)
     for row, img_path in enumerate(images):
@@ -129,7 +130,7 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
 
 
 def _cam_images(result: Dict[str, Any], data: str, out: Path, per_class: int) -> List[Path]:
-    split = json.loads((out / "split.json").read_text())
+    split = read_json(RunFolder(out).split)
     root = Path(data)
     picked: List[Path] = []
     for c in CLASS_NAMES:
@@ -153,7 +154,7 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         "# The study, reproduced: one split, every model",
         "",
         f"**{DISCLAIMER}** Every number below is recomputed from the runs' saved predictions "
-        "(`<run>/predictions_train.csv`, `predictions_validation.csv`, `predictions.csv`) by `cxr.study_analysis`.",
+        "(`<run>/predictions_train.csv`, `predictions_validation.csv`, `predictions.csv`) by `cxr.study.analysis`.",
         "",
         f"- Command preset: `{result['preset']}` — {result['preset_note']}",
         f"- Data: {result['data']}; split (seed 1, stratified): {result['split']['train']} / {result['split']['validation']} / "

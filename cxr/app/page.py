@@ -1,6 +1,6 @@
 """The Gradio page: one column per model — prediction, probabilities, Grad-CAM — side by side.
 
-:func:`build_demo` lays out a :class:`~cxr.demo.ModelBoard`. The page's event streams (all
+:func:`build_demo` lays out a :class:`~cxr.app.board.ModelBoard`. The page's event streams (all
 probabilities first, heat maps as they are ready); the ``/predict`` API endpoint returns every
 model's probabilities (JSON) and heat maps (a gallery) in one answer for ``gradio_client``.
 Research use only — not for diagnosis.
@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .cam import CAM_METHODS
-from .demo import Analysis, ModelBoard, agreement_line
-from .inputs import UPLOAD_SUFFIXES
-from .labels import CLASS_NAMES
-from .report import DISCLAIMER
+from cxr.app.board import Analysis, ModelBoard, agreement_line
+from cxr.data.decode import UPLOAD_SUFFIXES
+from cxr.labels import CLASS_NAMES
+from cxr.models.cam import CAM_METHODS
+from cxr.reporting.run_report import DISCLAIMER
 
 __all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS"]
 

@@ -14,26 +14,22 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
-from .errors import CXRError
-from .models.pretrained import hub_is_offline
+from cxr.errors import CXRError
+from cxr.models.pretrained import hub_is_offline
+from cxr.run_folder import RunFolder, read_json
 
-__all__ = ["PUSHED_FILES", "validate_hub_model_id", "check_token", "check_push_target", "push_run", "retry_command", "main"]
+__all__ = ["validate_hub_model_id", "check_token", "check_push_target", "push_run", "retry_command"]
 
 _logger = logging.getLogger(__name__)
 
 #: Run files published beside the model (the model folder's own files are added to them).
-PUSHED_FILES = ("metrics.json", "confusion_matrix.png", "training_curves.png", "split.json")
-_MODEL_FILES = ("config.json", "model.safetensors")
 
 
 def retry_command(run_dir: Union[str, Path], repo_id: str, private: bool = False) -> str:
@@ -145,11 +141,12 @@ def push_run(
     """
     from huggingface_hub import HfApi
 
-    from .model_card import render_model_card
+    from cxr.reporting.model_card import render_model_card
 
     run_dir = Path(run_dir)
-    missing = [f"model/{f}" for f in _MODEL_FILES if not (run_dir / "model" / f).is_file()]
-    missing += [f for f in ("metrics.json", "run_config.json", "split.json") if not (run_dir / f).is_file()]
+    run = RunFolder(run_dir)
+    needed = [run.model_config, run.model_weights, run.metrics, run.run_config, run.split]
+    missing = [p.relative_to(run_dir).as_posix() for p in needed if not p.is_file()]
     if missing:
         raise CXRError(f"{run_dir} is not a finished cxr run: missing {', '.join(missing)}")
     try:
@@ -158,14 +155,12 @@ def push_run(
         raise CXRError(f"{e}\nThe run folder {run_dir} is complete on disk; once fixed, publish it with:\n"
                        f"  {retry_command(run_dir, repo_id, private)}") from None
     card = render_model_card(run_dir, repo_id)
-    model_name = json.loads((run_dir / "run_config.json").read_text())["model"]
+    model_name = read_json(run.run_config)["model"]
     with tempfile.TemporaryDirectory(prefix="cxr-push-") as tmp:
         stage = Path(tmp)
-        for name in _MODEL_FILES:
-            _link_or_copy(run_dir / "model" / name, stage / name)
-        for name in PUSHED_FILES:
-            if (run_dir / name).is_file():
-                _link_or_copy(run_dir / name, stage / name)
+        for path in (run.model_config, run.model_weights, *run.published):
+            if path.is_file():
+                _link_or_copy(path, stage / path.name)
         card.save(str(stage / "README.md"))
         try:
             info = HfApi().upload_folder(
@@ -187,49 +182,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m cxr.hub push RUN_DIR ORG/NAME [--private]`` and ``python -m cxr.hub space OWNER/NAME --models ...``."""
-    from .cli import program_name, run_cli
-
-    parser = argparse.ArgumentParser(
-        prog=program_name("python -m cxr.hub"),
-        description="Publish cxr runs on the Hugging Face Hub, and deploy a Space that shows them. "
-                    "Research use only — not for diagnosis.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    push = sub.add_parser("push", help="Publish a finished run folder (model, model card, metrics, plots, split).")
-    push.add_argument("run_dir", type=Path, help="A train_accelerate.py --output-dir folder.")
-    push.add_argument("repo_id", help="Hub model repository ORG/NAME (created if missing).")
-    push.add_argument("--private", action="store_true", help="Create the repository private.")
-    push.add_argument("--commit-message", default=None, help="Commit message (default: 'Upload <model> trained with cxr').")
-    space = sub.add_parser(
-        "space", help="Create or update a Gradio Space that shows published models side by side (app, package, "
-                      "pinned requirements, README front matter, model list); every check runs before any upload.")
-    space.add_argument("space_id", help="Hub Space OWNER/NAME (created if missing).")
-    space.add_argument("--models", required=True, metavar="ORG/M1,ORG/M2",
-                       help="Comma-separated ids of published cxr models, in the order the app shows them.")
-    space.add_argument("--private", action="store_true", help="Create the Space private.")
-    space.add_argument("--force", action="store_true",
-                       help="Deploy over an existing Space that cxr did not deploy (its app.py, README.md and "
-                            "requirements.txt are replaced; other files stay).")
-    space.add_argument("--commit-message", default=None,
-                       help="Commit message (default: 'Deploy cxr app with N model(s)').")
-    args = parser.parse_args(argv)
-
-    def run():
-        if args.command == "space":
-            from .space import deploy_space
-
-            url = deploy_space(args.space_id, args.models.split(","), private=args.private,
-                               commit_message=args.commit_message, force=args.force)
-        else:
-            url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
-        print(url)
-
-    return run_cli(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

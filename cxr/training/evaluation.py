@@ -8,10 +8,7 @@ the Kaggle layout, every image a test image.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -19,11 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .labels import CLASS_NAMES
-from .metrics import compute_metrics
-from .report import DISCLAIMER, plot_confusion_matrix, write_report
+from cxr.metrics import compute_metrics
+from cxr.reporting.run_report import DISCLAIMER, plot_confusion_matrix, write_report
+from cxr.run_folder import RunFolder, write_json, write_predictions
 
-__all__ = ["predict", "write_predictions", "write_json", "write_evaluation", "evaluate_folder"]
+__all__ = ["predict", "write_evaluation", "evaluate_folder"]
 
 _logger = logging.getLogger(__name__)
 
@@ -58,8 +55,8 @@ def predict_logits(model: torch.nn.Module, loader, accelerator,
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """:func:`cxr.classifier.temperature_softmax` of gathered logits (the app's and ``CXRClassifier``'s numbers)."""
-    from .classifier import temperature_softmax
+    """:func:`cxr.models.classifier.temperature_softmax` of gathered logits (the app's and ``CXRClassifier``'s numbers)."""
+    from cxr.models.classifier import temperature_softmax
 
     return temperature_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), temperature).numpy()
 
@@ -72,22 +69,6 @@ def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating
     return index, labels, softmax(logits, temperature)
 
 
-def write_json(path: Path, payload: Dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_predictions(path: Path, file_names: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
-    """``predictions.csv``: file, true label, predicted label, one probability column per class."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file_name", "label", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
-        for name, lab, p in zip(file_names, labels, probs):
-            w.writerow([name, CLASS_NAMES[int(lab)], CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
-
-
 def write_evaluation(
         output_dir: Path,
         model_name: str,
@@ -97,15 +78,16 @@ def write_evaluation(
         test_labels: np.ndarray,
         test_probs: np.ndarray,
 ) -> None:
-    """Write ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and ``report.md``."""
-    write_json(output_dir / "metrics.json", metrics)
-    write_predictions(output_dir / "predictions.csv", test_files, test_labels, test_probs)
+    """Write the run folder's metrics, test predictions, confusion matrix and report (:class:`RunFolder`)."""
+    run = RunFolder(output_dir)
+    write_json(run.metrics, metrics)
+    write_predictions(run.predictions("test"), test_files, test_labels, test_probs)
     plot_confusion_matrix(
-        output_dir / "confusion_matrix.png",
+        run.confusion_matrix,
         metrics["test"]["confusion_matrix"],
         title=f"{model_name}: test confusion matrix (n={metrics['test']['num_images']})",
     )
-    write_report(output_dir / "report.md", model_name, metrics, run_info)
+    write_report(run.report, model_name, metrics, run_info)
 
 
 def evaluate_folder(
@@ -123,7 +105,7 @@ def evaluate_folder(
 
     Args:
         model_ref: model folder or Hub repository id.
-        data: folder in the Kaggle layout, or a dataset id (see :func:`cxr.data.load_radiographs`).
+        data: folder in the Kaggle layout, or a dataset id (see :func:`cxr.data.dataset.load_radiographs`).
         output_dir: where the evaluation files go (created).
         batch_size: images per forward pass and process.
         num_workers: loader worker processes.
@@ -137,8 +119,8 @@ def evaluate_folder(
     """
     from accelerate import Accelerator
 
-    from .classifier import CXRClassifier
-    from .data import RadiographDataset, cache_pixels, check_data_options, load_data_source
+    from cxr.data.dataset import RadiographDataset, cache_pixels, check_data_options, load_data_source
+    from cxr.models.classifier import CXRClassifier
 
     check_data_options(data, dataset_revision, dataset_config)
     accelerator = Accelerator()

@@ -24,12 +24,13 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .cam import CamSession, overlay_heatmap
-from .classifier import CXRClassifier
-from .errors import CXRError
-from .inputs import read_radiograph
-from .labels import CLASS_NAMES
-from .preprocessing import to_grayscale
+from cxr.data.decode import read_radiograph
+from cxr.data.preprocessing import to_grayscale
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.models.cam import CamSession, overlay_heatmap
+from cxr.models.classifier import CXRClassifier
+from cxr.run_folder import RunFolder
 
 __all__ = ["DISPLAY_SIDE", "ShownModel", "ModelBoard", "Analysis", "resolve_model_refs", "agreement_line"]
 
@@ -49,7 +50,8 @@ def resolve_model_refs(arg: Optional[str] = None, root: Path = Path(".")) -> Lis
         text = ",".join(ln for ln in lines if ln)
     if text:
         return [r.strip() for r in text.split(",") if r.strip()]
-    return sorted(str(p) for p in (root / "runs").glob("*/model") if (p / "config.json").is_file())
+    runs = (RunFolder(p) for p in sorted((root / "runs").iterdir())) if (root / "runs").is_dir() else ()
+    return [str(r.model_dir) for r in runs if r.model_config.is_file()]
 
 
 @dataclasses.dataclass

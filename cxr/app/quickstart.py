@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from typing import List, Union
 
-from .labels import CLASS_NAMES
+from cxr.labels import CLASS_NAMES
+from cxr.run_folder import RunFolder
 
 __all__ = ["QUICKSTART_DIR", "ensure_quickstart_model", "example_images"]
 
@@ -22,17 +23,18 @@ QUICKSTART_DIR = Path("runs/quickstart-lite0")
 
 def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path] = QUICKSTART_DIR) -> str:
     """Train the quick-start model unless a finished run is already there; return its model folder."""
-    from .training import TrainConfig, has_checkpoint, train
+    from cxr.training.loop import TrainConfig, has_checkpoint, train
 
     out = Path(output_dir)
-    if (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file():
-        _logger.info("quick-start model already trained: %s", out / "model")
-        return str(out / "model")
+    run = RunFolder(out)
+    if run.is_finished():
+        _logger.info("quick-start model already trained: %s", run.model_dir)
+        return str(run.model_dir)
     _logger.info("training the quick-start model (EfficientNet-Lite0, 8 epochs at 128 px) into %s", out)
     resume = "auto" if has_checkpoint(out) else None
     train(TrainConfig(model="tf_efficientnet_lite0", data=str(data), output_dir=str(out), epochs=8,
                       image_size=128, resume=resume, overwrite_output_dir=True))
-    return str(out / "model")
+    return str(run.model_dir)
 
 
 def example_images(data: Union[str, Path], per_class: int = 1) -> List[str]:

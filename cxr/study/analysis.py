@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .labels import CLASS_NAMES, CRITICAL_CLASSES
-from .metrics import compute_metrics
-from .stats import (
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
+from cxr.metrics import compute_metrics
+from cxr.metrics.stats import (
     accuracy_of,
     apply_temperature,
     expected_calibration_error,
@@ -27,33 +27,12 @@ from .stats import (
     reliability_bins,
     stratified_bootstrap_ci,
 )
+from cxr.run_folder import PREDICTION_PARTS, Predictions, RunFolder, read_predictions
 
-__all__ = ["Predictions", "read_predictions", "analyse_study", "read_sources", "source_audit"]
+__all__ = ["analyse_study", "read_sources", "source_audit"]
 
 _logger = logging.getLogger(__name__)
 
-PREDICTION_FILES = {"train": "predictions_train.csv", "validation": "predictions_validation.csv", "test": "predictions.csv"}
-
-
-class Predictions:
-    """One part's saved predictions: ``files``, true labels ``y`` and ``probs`` (N x 4)."""
-
-    def __init__(self, files: List[str], y: np.ndarray, probs: np.ndarray):
-        self.files, self.y, self.probs = files, y, probs
-
-    @property
-    def pred(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
-
-
-def read_predictions(path: Path) -> Predictions:
-    """Parse a ``predictions*.csv`` written by a run."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    files = [r["file_name"] for r in rows]
-    y = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
-    return Predictions(files, y, probs)
 
 
 def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
@@ -163,7 +142,8 @@ def analyse_study(
     Returns:
         ``{"runs": {name: numbers}, "best": name, "mcnemar": {...}, "source_audit": {...} | None}``.
     """
-    parts = {name: {part: read_predictions(d / f) for part, f in PREDICTION_FILES.items()} for name, d in run_dirs.items()}
+    parts = {name: {part: read_predictions(RunFolder(d).predictions(part)) for part in PREDICTION_PARTS}
+             for name, d in run_dirs.items()}
     test_files = {name: p["test"].files for name, p in parts.items()}
     first = next(iter(test_files.values()))
     for name, files in test_files.items():

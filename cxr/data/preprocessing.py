@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inputs import ImageLike, load_grayscale, to_grayscale
-from .labels import CLASS_NAMES, NORMALIZATIONS
+from cxr.data.decode import ImageLike, load_grayscale, to_grayscale
+from cxr.labels import CLASS_NAMES, NORMALIZATIONS
 
 __all__ = [
     "PreprocessConfig",
@@ -44,7 +44,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 #: Bumped whenever the pixels this module produces change, so cached resized images are rebuilt
-#: (2: one decoder, :mod:`cxr.inputs`: DICOM files in a dataset decode; formats other than PNG/JPEG/DICOM are refused).
+#: (2: one decoder, :mod:`cxr.data.decode`: DICOM files in a dataset decode; formats other than PNG/JPEG/DICOM are refused).
 PREPROCESS_VERSION = 2
 
 
@@ -202,7 +202,7 @@ class PreprocessConfig:
             "transformers resize the RGB channels as given: identical for grey radiographs (equal R, G and B), "
             "different for colour images unless they are converted to grey first (image.convert('L').convert('RGB')).",
             "16- and 32-bit images: cxr stretches their own minimum..maximum to 0..255; PIL's convert('RGB'), which "
-            "transformers' pipeline applies to a path, clips them instead. Pass cxr.preprocessing.load_grayscale(path)"
+            "transformers' pipeline applies to a path, clips them instead. Pass cxr.data.preprocessing.load_grayscale(path)"
             ".convert('RGB') to timm or transformers.",
         ]
         if self.clahe:

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .classifier import CXRClassifier
-from .models import STUDY_MODELS
-from .preprocessing import ImageLike
+from cxr.data.preprocessing import ImageLike
+from cxr.models import STUDY_MODELS
+from cxr.models.classifier import CXRClassifier
 
 __all__ = ["CAM_METHODS", "CamSession", "target_layers", "reshape_transform_for", "class_activation_map", "overlay_heatmap"]
 

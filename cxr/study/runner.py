@@ -1,7 +1,7 @@
 """The whole study in one command: every model on one split, then one comparison report.
 
 ``python -m cxr.study --data DIR --output-dir runs/study [--models …] [--preset paper|cpu-quick] [--clahe]``
-makes one split (seed 1), trains every listed model on it through :func:`cxr.training.train` (the
+makes one split (seed 1), trains every listed model on it through :func:`cxr.training.loop.train` (the
 code path of ``train_accelerate.py``; ``accelerate launch -m cxr.study …`` works too), skips runs
 that already finished and resumes interrupted ones, then writes ``study.md``, ``study.json``,
 ``reliability.png`` and ``gradcam_grid.png`` — every number recomputed from the runs' saved
@@ -9,18 +9,17 @@ predictions. Research use only — not for diagnosis.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .errors import CXRError
+from cxr.errors import CXRError
+from cxr.run_folder import RunFolder
 
-__all__ = ["PRESETS", "StudyArm", "plan_study", "run_study", "main"]
+__all__ = ["PRESETS", "StudyArm", "plan_study", "run_study"]
 
 _logger = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
     """The runs a study trains, in report order (checked: unknown models fail here, before training)."""
     import timm
 
-    from .models import model_spec
-    from .models.pretrained import check_pretrained_available, offline_weights_file
+    from cxr.models import model_spec
+    from cxr.models.pretrained import check_pretrained_available, offline_weights_file
 
     arms: List[StudyArm] = []
     for name in models:
@@ -113,12 +112,13 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
 
 def _train_arm(arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int,
                cache_dir: Optional[str]) -> str:
-    from .training import CHECKPOINT_NAME, TrainConfig, train
+    from cxr.training.loop import TrainConfig, has_checkpoint, train
 
     run_dir = out / arm.name
-    if (run_dir / "metrics.json").is_file() and (run_dir / "predictions_train.csv").is_file():
+    run = RunFolder(run_dir)
+    if run.metrics.is_file() and run.predictions("train").is_file():
         return "skipped (finished)"
-    resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None
+    resume = "auto" if has_checkpoint(run_dir) else None
     train(TrainConfig(
         model=arm.model, data=data, output_dir=str(run_dir), preset="paper", epochs=preset.epochs,
         batch_size=preset.batch_size,
@@ -159,10 +159,10 @@ def run_study(
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from .data import load_radiographs
-    from .splits import save_split, stratified_split
-    from .study_analysis import analyse_study
-    from .study_report import write_study_report
+    from cxr.data.dataset import load_radiographs
+    from cxr.data.splits import save_split, stratified_split
+    from cxr.study.analysis import analyse_study
+    from cxr.study.report import write_study_report
 
     if preset_name not in PRESETS:
         raise CXRError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
@@ -172,7 +172,7 @@ def run_study(
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(output_dir)
     ds = load_radiographs(data)  # layout errors surface before anything is written
-    split_file = out / "split.json"
+    split_file = RunFolder(out).split
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not split_file.is_file():
@@ -203,46 +203,3 @@ def run_study(
     state.wait_for_everyone()
     state.destroy_process_group()
     return result
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m cxr.study``."""
-    from .cli import EPILOG, program_name, run_cli
-
-    p = argparse.ArgumentParser(
-        prog=program_name("python -m cxr.study"),
-        description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
-                    "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
-        epilog=EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", required=True, help="Image folder in the Kaggle layout (or a dataset id).")
-    p.add_argument("--output-dir", required=True, type=Path, help="Study folder (finished runs in it are skipped).")
-    p.add_argument("--models", default=None,
-                   help="Comma-separated models (default: the preset's: " +
-                        "; ".join(f"{k}: {','.join(v.models)}" for k, v in PRESETS.items()) + ").")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu-quick",
-                   help="paper: the study's protocol; cpu-quick: shrunk (96 px, 6 epochs) to finish on a small CPU; its time is in the README.")
-    p.add_argument("--clahe", action="store_true", help="Also train every model with CLAHE before resizing.")
-    p.add_argument("--num-workers", type=int, default=2, help="Data-loader workers per run.")
-    p.add_argument("--cache-dir", default=None, help="Folder for decoded, resized images.")
-    p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95%% intervals.")
-    p.add_argument("--cam-images", type=int, default=2, help="Test images per class in the Grad-CAM figure.")
-    args = p.parse_args(argv)
-
-    def run():
-        if args.bootstrap < 100:
-            raise CXRError(f"--bootstrap must be at least 100, got {args.bootstrap}")
-        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        run_study(args.data, args.output_dir, models, args.preset, args.clahe, args.num_workers, args.cache_dir,
-                  args.bootstrap, args.cam_images)
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:
-            print(f"wrote {args.output_dir / 'study.md'}")
-
-    return run_cli(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

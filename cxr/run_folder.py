@@ -1,0 +1,185 @@
+"""The run folder: every file a training or evaluation run writes, by name, in one place.
+
+A run folder is what ``train_accelerate.py --output-dir`` (or ``python -m cxr.eval --output-dir``) fills:
+
+- ``model/`` — the kept model in timm's Hub layout (``config.json`` + ``model.safetensors``);
+- ``checkpoint.pt`` — the training state to resume from (written after every epoch);
+- ``run_config.json``, ``split.json``, ``history.json``, ``metrics.json``, ``report.md``;
+- ``predictions.csv`` (test), ``predictions_train.csv``, ``predictions_validation.csv``;
+- ``confusion_matrix.png``, ``training_curves.png``;
+- ``holdout/`` — with ``--final-fit``, the run on the training part alone, itself a run folder.
+
+Every module that reads or writes one of these asks a :class:`RunFolder` for its path; no other module
+spells a run's file names. The prediction files' format (:func:`write_predictions`,
+:func:`read_predictions`) and atomic JSON writes (:func:`write_json`) live here too.
+
+Example:
+    >>> run = RunFolder("runs/lite0")
+    >>> run.metrics.as_posix(), run.model_weights.as_posix(), run.predictions("train").name
+    ('runs/lite0/metrics.json', 'runs/lite0/model/model.safetensors', 'predictions_train.csv')
+    >>> run.holdout.split.as_posix()
+    'runs/lite0/holdout/split.json'
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from cxr.labels import CLASS_NAMES
+
+__all__ = ["RunFolder", "Predictions", "read_predictions", "write_predictions", "write_json", "read_json",
+           "MODEL_CONFIG_NAME", "MODEL_WEIGHTS_NAME", "PREDICTION_PARTS"]
+
+#: The model folder's files (timm's Hub layout).
+MODEL_CONFIG_NAME = "config.json"
+MODEL_WEIGHTS_NAME = "model.safetensors"
+#: The split parts a run writes predictions for, each to its own file.
+PREDICTION_PARTS = ("train", "validation", "test")
+_PREDICTION_FILES = {"train": "predictions_train.csv", "validation": "predictions_validation.csv",
+                     "test": "predictions.csv"}
+
+
+class RunFolder:
+    """The paths of one run folder (nothing is created until written).
+
+    Args:
+        root: the run's ``--output-dir``.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike]):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunFolder) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # the model
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def model_config(self) -> Path:
+        return self.model_dir / MODEL_CONFIG_NAME
+
+    @property
+    def model_weights(self) -> Path:
+        return self.model_dir / MODEL_WEIGHTS_NAME
+
+    # training state and settings
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def run_config(self) -> Path:
+        return self.root / "run_config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def holdout(self) -> "RunFolder":
+        """``--final-fit``'s run on the training part alone."""
+        return RunFolder(self.root / "holdout")
+
+    # results
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def confusion_matrix(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    @property
+    def training_curves(self) -> Path:
+        return self.root / "training_curves.png"
+
+    def predictions(self, part: str = "test") -> Path:
+        """The predictions file of ``part`` (one of :data:`PREDICTION_PARTS`)."""
+        return self.root / _PREDICTION_FILES[part]
+
+    @property
+    def published(self) -> List[Path]:
+        """The files a Hub push uploads beside the model folder (the model card is made from them)."""
+        return [self.metrics, self.confusion_matrix, self.training_curves, self.split]
+
+    # states
+    def holds_run(self) -> bool:
+        """Whether a run was started here (a checkpoint or results exist)."""
+        return self.checkpoint.exists() or self.metrics.exists()
+
+    def is_finished(self) -> bool:
+        """Whether a run here finished: its metrics and its model's weights are written."""
+        return self.metrics.is_file() and self.model_weights.is_file()
+
+    def read_config(self) -> Optional[Dict[str, Any]]:
+        """The settings the run was given (``run_config.json`` ``config``), ``None`` where unreadable."""
+        try:
+            return read_json(self.run_config)["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def read_json(path: Union[str, os.PathLike]) -> Any:
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Union[str, os.PathLike], payload: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Predictions:
+    """One part's saved predictions: ``files``, true labels ``y`` and ``probs`` (N x 4)."""
+
+    def __init__(self, files: List[str], y: np.ndarray, probs: np.ndarray):
+        self.files, self.y, self.probs = files, y, probs
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def write_predictions(path: Union[str, os.PathLike], file_names: Sequence[str], labels: np.ndarray,
+                      probs: np.ndarray) -> None:
+    """A predictions file: file, true label, predicted label, one probability column per class."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
+        for name, lab, p in zip(file_names, labels, probs):
+            w.writerow([name, CLASS_NAMES[int(lab)], CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+
+
+def read_predictions(path: Union[str, os.PathLike]) -> Predictions:
+    """Parse a predictions file written by :func:`write_predictions`."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    files = [r["file_name"] for r in rows]
+    y = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
+    return Predictions(files, y, probs)

@@ -1,0 +1,292 @@
+"""Cross-validation, the instrument for deciding recipe changes:
+``python -m cxr.cv --data DIR --folds 5 --output-dir DIR --model tf_efficientnet_lite0 [any training flag]``.
+
+Every image is scored exactly once by a model that never saw it: the images are cut into ``--folds``
+stratified, seeded folds (``folds.json``); for each fold, one model is trained by the same code as
+``train_accelerate.py`` with that fold as its test part (the validation part, a stratified ninth of the
+rest, fits the temperature and, with ``--keep best``, picks the epoch), in ``fold-K/``. The out-of-fold predictions of all
+folds (``oof_predictions.csv``) then give accuracy, COVID recall, the images called Normal, macro
+AUROC and ECE over all images, each with a stratified bootstrap 95% interval, plus a per-fold table
+(``cv.md``, ``cv.json``). On the 600-image sample that is 600 scored images instead of 60.
+
+A killed run resumes where it stopped: finished folds are kept, an interrupted fold continues from its
+checkpoint. ``accelerate launch -m cxr.cv ...`` trains each fold on every process.
+Research use only — not for diagnosis.
+
+Example:
+    >>> folds = stratified_folds(["COVID/a.png", "COVID/b.png", "Normal/c.png", "Normal/d.png"],
+    ...                          [0, 0, 2, 2], k=2, seed=1)
+    >>> sorted(len(f) for f in folds)
+    [2, 2]
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES, NORMAL
+from cxr.run_folder import RunFolder, read_json, read_predictions
+
+__all__ = ["FOLDS_NAME", "OOF_NAME", "stratified_folds", "fold_split", "check_folds", "run_cv", "summarise_oof", "refuse_per_run_flags"]
+
+_logger = logging.getLogger(__name__)
+
+FOLDS_NAME = "folds.json"
+OOF_NAME = "oof_predictions.csv"
+#: Training flags that make no sense per fold: the CV sets the split, resumes by itself and publishes nothing.
+_NOT_FOR_CV = {"split_file": "--split-file", "resume": "--resume", "push_to_hub": "--push-to-hub"}
+
+
+def stratified_folds(file_names: Sequence[str], labels: Sequence[int], k: int, seed: int = 1) -> List[List[str]]:
+    """Cut the images into ``k`` folds with every class spread evenly (sizes differ by at most one per class).
+
+    Within each class the names are sorted, shuffled with ``default_rng([seed, label, k])`` and dealt
+    round-robin, starting one fold further for each class so that fold sizes stay balanced overall.
+
+    Returns:
+        ``k`` sorted lists of file names.
+    """
+    by_class: Dict[int, List[str]] = {}
+    for name, lab in zip(file_names, labels):
+        by_class.setdefault(int(lab), []).append(name)
+    folds: List[List[str]] = [[] for _ in range(k)]
+    start = 0
+    for lab in sorted(by_class):
+        names = sorted(by_class[lab])
+        order = np.random.default_rng([seed, lab, k]).permutation(len(names))
+        for i, j in enumerate(order):
+            folds[(start + i) % k].append(names[j])
+        start += len(names)
+    return [sorted(f) for f in folds]
+
+
+def fold_split(folds: Sequence[Sequence[str]], k: int, labels: Dict[str, int], seed: int) -> Dict[str, List[str]]:
+    """Train/validation/test parts for fold ``k``: test is the fold, validation a stratified ninth of the rest."""
+    from cxr.data.splits import stratified_split
+
+    rest = sorted(n for i, f in enumerate(folds) if i != k for n in f)
+    inner = stratified_split(rest, [labels[n] for n in rest], seed=seed, fractions=(8 / 9, 1 / 9, 0.0))
+    return {"train": inner["train"], "validation": inner["validation"], "test": sorted(folds[k])}
+
+
+def check_folds(k: int, labels: Sequence[int]) -> None:
+    """``--folds`` must be at least 2, at most the smallest class's image count, and leave every class at
+    least 3 images outside each fold (training and validation both need it).
+
+    Raises:
+        CXRError: naming the limit.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(CLASS_NAMES))
+    if k < 2:
+        raise CXRError(f"--folds must be at least 2, got {k}")
+    smallest, n = CLASS_NAMES[int(counts.argmin())], int(counts.min())
+    if k > n:
+        raise CXRError(f"--folds {k} is more than the smallest class has images ({smallest}: {n}); "
+                       "every fold needs every class")
+    if n - -(-n // k) < 3:
+        raise CXRError(f"with --folds {k}, {smallest} ({n} images) leaves fewer than 3 images outside a fold, too few "
+                       "to train on and keep one for validation; use fewer folds or more images")
+
+
+def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+    from cxr.metrics.stats import expected_calibration_error
+
+    return expected_calibration_error(y, probs)
+
+
+def _headline(y: np.ndarray, probs: np.ndarray) -> Dict[str, Optional[float]]:
+    from cxr.metrics import compute_metrics
+
+    m = compute_metrics(y, probs)
+    return {
+        "accuracy": m["accuracy"],
+        "covid_recall": m["per_class"]["COVID"]["recall"],
+        "covid_to_normal": m["to_normal"].get("COVID", 0),
+        "viral_pneumonia_to_normal": m["to_normal"].get("Viral Pneumonia", 0),
+        "lung_opacity_to_normal": m["to_normal"].get("Lung_Opacity", 0),
+        "macro_auroc": m["auroc"],
+        "ece": _ece(y, probs),
+    }
+
+
+def summarise_oof(y: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> Dict[str, Dict[str, float]]:
+    """Headline figures of out-of-fold predictions, each with a stratified bootstrap 95% interval.
+
+    Returns:
+        ``{name: {"value", "low", "high"}}`` for accuracy, COVID recall, COVID / Viral Pneumonia /
+        Lung_Opacity images called Normal, macro AUROC and ECE.
+    """
+    from cxr.metrics.stats import stratified_bootstrap_intervals
+
+    cis = stratified_bootstrap_intervals(y, probs, _headline, n_resamples=n_resamples)
+    return {name: {"value": v, "low": lo, "high": hi} for name, (v, lo, hi) in cis.items()}
+
+
+def _write_oof(path: Path, rows: List[tuple]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label", "fold", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
+        for name, lab, fold, p in rows:
+            w.writerow([name, CLASS_NAMES[lab], fold, CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+
+
+def _prepare(out: Path, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
+    """The fold files (written once; a rerun must ask for the same folds)."""
+    from cxr.data.dataset import load_data_source
+
+    source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config)
+    names, labels = list(source.dataset["file_name"]), list(source.dataset["label"])
+    check_folds(k, labels)
+    folds_file = out / FOLDS_NAME
+    folds = stratified_folds(names, labels, k, seed)
+    payload = {"folds": k, "seed": seed, "images": len(names), "fold_files": folds}
+    if folds_file.is_file():
+        saved = json.loads(folds_file.read_text())
+        if saved.get("fold_files") != folds:
+            raise CXRError(f"{out} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
+                           f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir")
+    return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels)))}
+
+
+def refuse_per_run_flags(cfg) -> None:
+    for field, flag in _NOT_FOR_CV.items():
+        if getattr(cfg, field):
+            raise CXRError(f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
+                           "publish a model trained with train_accelerate.py)")
+
+
+def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
+    """Train one model per fold and score every image once (see the module docstring).
+
+    Args:
+        cfg: a :class:`cxr.training.loop.TrainConfig`; its ``output_dir`` is the CV folder, its ``seed`` seeds
+            the folds, and every other field is each fold's training recipe.
+        folds: number of folds.
+        n_resamples: bootstrap resamples for the intervals.
+
+    Returns:
+        The ``cv.json`` dict (on the main process; ``{}`` on the others).
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from cxr.data.splits import save_split
+    from cxr.training.loop import has_checkpoint, recipe_differences, saved_recipe, train
+
+    refuse_per_run_flags(cfg)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    out = Path(cfg.output_dir)
+    prepared = _prepare(out, cfg.data, folds, cfg.seed, cfg)
+    if state.is_main_process:
+        (out / "splits").mkdir(parents=True, exist_ok=True)
+        (out / FOLDS_NAME).write_text(json.dumps(prepared["payload"], indent=1) + "\n")
+        for k in range(folds):
+            save_split(out / "splits" / f"fold-{k}.json", fold_split(prepared["folds"], k, prepared["labels"], cfg.seed),
+                       cfg.seed, fractions=(round((folds - 1) / folds * 8 / 9, 4), round((folds - 1) / folds / 9, 4),
+                                            round(1 / folds, 4)))
+    state.wait_for_everyone()
+    log: Dict[str, Any] = {}
+    for k in range(folds):
+        run_dir = out / f"fold-{k}"
+        t0 = time.time()
+        if RunFolder(run_dir).metrics.is_file() and RunFolder(run_dir).predictions("test").is_file():
+            differs = recipe_differences(saved_recipe(run_dir), cfg)
+            if differs:
+                raise CXRError(f"{run_dir} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
+                               "one recipe: choose another --output-dir, or remove the folder to start over")
+            status = "kept (finished before)"
+        else:
+            resume = "auto" if has_checkpoint(run_dir, cfg.final_fit) else None
+            if state.is_main_process:
+                print(f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run_dir}",
+                      flush=True)
+            train(dataclasses.replace(cfg, output_dir=str(run_dir), split_file=str(out / "splits" / f"fold-{k}.json"),
+                                      resume=resume, overwrite_output_dir=True))
+            status = "resumed" if resume else "trained"
+        log[f"fold-{k}"] = {"status": status, "seconds": round(time.time() - t0, 1)}
+        if state.is_main_process:
+            print(f"[cv fold {k + 1}/{folds}] {status} in {log[f'fold-{k}']['seconds']} s", flush=True)
+    result: Dict[str, Any] = {}
+    if state.is_main_process:
+        result = _write_results(out, cfg, folds, prepared["labels"], log, n_resamples)
+    state.wait_for_everyone()
+    return result
+
+
+def _write_results(out: Path, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any],
+                   n_resamples: int) -> Dict[str, Any]:
+    rows, per_fold = [], []
+    for k in range(folds):
+        run = RunFolder(out / f"fold-{k}")
+        pred = read_predictions(run.predictions("test"))
+        metrics = read_json(run.metrics)
+        rows += [(n, int(lab), k, p) for n, lab, p in zip(pred.files, pred.y, pred.probs)]
+        per_fold.append({"fold": k, "images": len(pred.files), **_headline(pred.y, pred.probs),
+                         "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
+                         "temperature": (metrics.get("calibration") or {}).get("temperature")})
+    names = [r[0] for r in rows]
+    if sorted(names) != sorted(labels) or len(set(names)) != len(names):
+        raise CXRError(f"the folds' test predictions do not cover every image exactly once ({len(names)} rows for "
+                       f"{len(labels)} images): remove {out} and run again")
+    rows.sort(key=lambda r: r[0])
+    _write_oof(out / OOF_NAME, rows)
+    y = np.array([r[1] for r in rows])
+    probs = np.array([r[3] for r in rows])
+    result = {
+        "folds": folds, "images": len(rows), "seed": cfg.seed, "bootstrap_resamples": n_resamples,
+        "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "overwrite_output_dir")},
+        "out_of_fold": summarise_oof(y, probs, n_resamples),
+        "per_fold": per_fold, "runs_log": log,
+    }
+    (out / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "cv.md").write_text(_report(result))
+    return result
+
+
+_ROWS = (("accuracy", "accuracy", True), ("covid_recall", "COVID recall", True),
+         ("covid_to_normal", f"COVID → {NORMAL}", False), ("viral_pneumonia_to_normal", f"Viral Pneumonia → {NORMAL}", False),
+         ("lung_opacity_to_normal", f"Lung_Opacity → {NORMAL}", False), ("macro_auroc", "macro AUROC", False),
+         ("ece", "ECE (15 bins)", False))
+
+
+def _fmt(name: str, v: Optional[float], pct: bool) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "n/a"
+    if pct:
+        return f"{100 * v:.1f}%"
+    return f"{int(round(v))}" if name.endswith("to_normal") else f"{v:.3f}"
+
+
+def _report(result: Dict[str, Any]) -> str:
+    from cxr.reporting.run_report import DISCLAIMER, recipe_summary
+
+    r = result["recipe"]
+    lines = [f"# Cross-validation: {r['model']}, {result['folds']} folds, {result['images']} images", "",
+             f"*{DISCLAIMER}*", "",
+             f"Data `{r['data']}`; {r['image_size']} px; {recipe_summary(r)}; kept model: {r.get('keep', 'best')}"
+             f"{' epoch, then a final fit on training + validation' if r.get('final_fit') else ' epoch'}; "
+             f"folds seeded {result['seed']}. Every image is scored once, "
+             "by the fold model that did not train on it; intervals are stratified bootstrap 95% "
+             f"({result['bootstrap_resamples']} resamples) over all {result['images']} out-of-fold predictions.", "",
+             "| out of fold | value | 95% interval |", "|---|---|---|"]
+    for key, label, pct in _ROWS:
+        s = result["out_of_fold"][key]
+        lines.append(f"| {label} | {_fmt(key, s['value'], pct)} | {_fmt(key, s['low'], pct)} – {_fmt(key, s['high'], pct)} |")
+    lines += ["", "Per fold:", "",
+              "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
+              "kept epoch | temperature |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in result["per_fold"]:
+        t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
+        lines.append(f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
+                     f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
+                     f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} |")
+    lines += ["", f"Files: `{FOLDS_NAME}`, `splits/fold-K.json`, `fold-K/` (each a full run folder), `{OOF_NAME}`.", ""]
+    return "\n".join(lines)
