@@ -3,6 +3,7 @@
 Research use only — not for diagnosis. Flags: ``--help``; the page lives in :mod:`cxr.app.page`, its
 computations in :mod:`cxr.app.board`.
 """
+
 import sys
 
 from cxr.cli import app_main

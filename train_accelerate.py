@@ -3,6 +3,7 @@
 
 Research use only — not for diagnosis. Flags: ``--help``; the logic lives in :mod:`cxr.training.loop`.
 """
+
 import sys
 
 from cxr.cli import train_main

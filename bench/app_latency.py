@@ -19,6 +19,7 @@ keeps freed memory, :mod:`cxr.allocator`), and again with ``CXR_KEEP_FREED_MEMOR
 
     python bench/app_latency.py --image-size 224 --requests 500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -145,11 +146,24 @@ def _http_times(url: str, image: str, rounds: int) -> Tuple[float, float]:
             session = uuid.uuid4().hex
             t0 = time.perf_counter()
             with open(image, "rb") as fh:
-                uploaded = http.post(base + "/gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))])
-            file_data = {"path": uploaded.json()[0], "orig_name": Path(image).name, "meta": {"_type": "gradio.FileData"}}
-            http.post(base + "/gradio_api/queue/join", json={
-                "data": [file_data, "GradCAM", "predicted class"], "fn_index": fn_index, "session_hash": session,
-                "event_data": None, "trigger_id": None}).raise_for_status()
+                uploaded = http.post(
+                    base + "/gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))]
+                )
+            file_data = {
+                "path": uploaded.json()[0],
+                "orig_name": Path(image).name,
+                "meta": {"_type": "gradio.FileData"},
+            }
+            http.post(
+                base + "/gradio_api/queue/join",
+                json={
+                    "data": [file_data, "GradCAM", "predicted class"],
+                    "fn_index": fn_index,
+                    "session_hash": session,
+                    "event_data": None,
+                    "trigger_id": None,
+                },
+            ).raise_for_status()
             t_first = None
             with http.stream("GET", base + "/gradio_api/queue/data", params={"session_hash": session}) as events:
                 for line in events.iter_lines():
@@ -168,8 +182,13 @@ def _http_times(url: str, image: str, rounds: int) -> Tuple[float, float]:
 def _start(cmd: List[str], port: int) -> Tuple[subprocess.Popen, float]:
     """Start a server and wait until it answers; returns the process and the seconds it took."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
@@ -199,8 +218,12 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224, help="Checkpoint input side.")
     p.add_argument("--rounds", type=int, default=3, help="Repetitions per timing (median reported).")
     p.add_argument("--requests", type=int, default=500, help="Requests for the memory-growth measurement.")
-    p.add_argument("--worker", default=None, metavar="ARM",
-                   help="Internal: bare, board (with --refs) or floor-app:PORT, run in this process.")
+    p.add_argument(
+        "--worker",
+        default=None,
+        metavar="ARM",
+        help="Internal: bare, board (with --refs) or floor-app:PORT, run in this process.",
+    )
     p.add_argument("--refs", default=None, help="Internal: the checkpoint folders of a --worker arm.")
     args = p.parse_args()
     image = str(sorted(Path(args.data).glob("COVID/*.png"))[0])
@@ -219,32 +242,59 @@ def main() -> None:
         # 1-2: in process, each arm in its own
         worker_args = ["--data", args.data, "--rounds", str(args.rounds), "--refs", ",".join(refs)]
         bare = run_worker("app_latency.py", [*worker_args, "--worker", "bare"])
-        boards = {"ours": run_worker("app_latency.py", [*worker_args, "--worker", "board"]),
-                  "defaults": run_worker("app_latency.py", [*worker_args, "--worker", "board"], keep_defaults_env())}
+        boards = {
+            "ours": run_worker("app_latency.py", [*worker_args, "--worker", "board"]),
+            "defaults": run_worker("app_latency.py", [*worker_args, "--worker", "board"], keep_defaults_env()),
+        }
         rows = []
 
         def row(label, f, fb, times, forwards):
             d = times["defaults"]
             o = times["ours"]
-            return [label, f"{1000 * f:.0f}", f"{1000 * o['first']:.0f}", f"{o['first'] / f:.2f}×",
-                    f"{d['first'] / f:.2f}×", f"{1000 * fb:.0f}", f"{1000 * o['all']:.0f}", f"{o['all'] / fb:.2f}×",
-                    f"{d['all'] / fb:.2f}×", forwards]
+            return [
+                label,
+                f"{1000 * f:.0f}",
+                f"{1000 * o['first']:.0f}",
+                f"{o['first'] / f:.2f}×",
+                f"{d['first'] / f:.2f}×",
+                f"{1000 * fb:.0f}",
+                f"{1000 * o['all']:.0f}",
+                f"{o['all'] / fb:.2f}×",
+                f"{d['all'] / fb:.2f}×",
+                forwards,
+            ]
 
         for name, ref in zip(names, refs):
-            rows.append(row(name, bare[ref]["forward"], bare[ref]["forward_backward"],
-                            {k: b["single"][ref] for k, b in boards.items()}, boards["ours"]["forwards"][ref]))
+            rows.append(
+                row(
+                    name,
+                    bare[ref]["forward"],
+                    bare[ref]["forward_backward"],
+                    {k: b["single"][ref] for k, b in boards.items()},
+                    boards["ours"]["forwards"][ref],
+                )
+            )
         sum_f = sum(b["forward"] for b in bare.values())
         sum_fb = sum(b["forward_backward"] for b in bare.values())
-        rows.append(row("all together", sum_f, sum_fb, {k: b["all"] for k, b in boards.items()},
-                        sum(boards["ours"]["forwards"].values())))
+        rows.append(
+            row(
+                "all together",
+                sum_f,
+                sum_fb,
+                {k: b["all"] for k, b in boards.items()},
+                sum(boards["ours"]["forwards"].values()),
+            )
+        )
 
         # 3: the transport's own cost, against a do-nothing app
         port = free_port()
         floor_proc, _ = _start([sys.executable, "bench/app_latency.py", "--worker", f"floor-app:{port}"], port)
         try:
             floor_url = f"http://127.0.0.1:{port}/"
-            floor = {"gradio_client": _client_times(floor_url, image, args.rounds),
-                     "HTTP API": _http_times(floor_url, image, args.rounds)}
+            floor = {
+                "gradio_client": _client_times(floor_url, image, args.rounds),
+                "HTTP API": _http_times(floor_url, image, args.rounds),
+            }
         finally:
             _stop(floor_proc)
 
@@ -253,7 +303,10 @@ def main() -> None:
         proc, startup = _start([sys.executable, "app.py", "--models", ",".join(refs), "--port", str(port)], port)
         url = f"http://127.0.0.1:{port}/"
         try:
-            app = {"gradio_client": _client_times(url, image, args.rounds), "HTTP API": _http_times(url, image, args.rounds)}
+            app = {
+                "gradio_client": _client_times(url, image, args.rounds),
+                "HTTP API": _http_times(url, image, args.rounds),
+            }
             from gradio_client import Client, handle_file
 
             client = Client(url, verbose=False)
@@ -263,7 +316,9 @@ def main() -> None:
             warm = _rss_kib(proc.pid)
             files = sorted(Path(args.data).glob("*/*.png"))
             for i in range(args.requests):
-                client.predict(handle_file(str(files[i % len(files)])), "GradCAM", "predicted class", api_name="/predict")
+                client.predict(
+                    handle_file(str(files[i % len(files)])), "GradCAM", "predicted class", api_name="/predict"
+                )
             after = _rss_kib(proc.pid)
             peak = _rss_kib(proc.pid, "VmHWM")
         finally:
@@ -272,26 +327,67 @@ def main() -> None:
     transport_rows = []
     for way in ("HTTP API", "gradio_client"):
         (first, total), (floor_first, floor_total) = app[way], floor[way]
-        transport_rows.append([way, f"{1000 * first:.0f}", f"{first / sum_f:.2f}×", f"{1000 * total:.0f}",
-                               f"{total / sum_fb:.2f}×", f"{1000 * floor_first:.0f}", f"{1000 * floor_total:.0f}"])
+        transport_rows.append(
+            [
+                way,
+                f"{1000 * first:.0f}",
+                f"{first / sum_f:.2f}×",
+                f"{1000 * total:.0f}",
+                f"{total / sum_fb:.2f}×",
+                f"{1000 * floor_first:.0f}",
+                f"{1000 * floor_total:.0f}",
+            ]
+        )
     print()
     print(f"App latency, {len(names)} models at {args.image_size}px, median of {args.rounds} — {machine()}")
     print()
-    print(table(["model", "bare forward ms", "first probabilities ms", "ratio (target ≤ 1.2×)", "ratio, glibc defaults",
-                 "bare fwd+bwd ms", "all heat maps ms", "ratio (target ≤ 1.3×)", "ratio, glibc defaults",
-                 "forwards per request"], rows))
+    print(
+        table(
+            [
+                "model",
+                "bare forward ms",
+                "first probabilities ms",
+                "ratio (target ≤ 1.2×)",
+                "ratio, glibc defaults",
+                "bare fwd+bwd ms",
+                "all heat maps ms",
+                "ratio (target ≤ 1.3×)",
+                "ratio, glibc defaults",
+                "forwards per request",
+            ],
+            rows,
+        )
+    )
     print()
-    print(table(["python app.py, /analyse through", "first probabilities ms", "/ bare forwards (target ≤ 1.2×)",
-                 "all heat maps ms", "/ bare fwd+bwd (target ≤ 1.3×)", "do-nothing app: first ms", "do-nothing app: all ms"],
-                transport_rows))
+    print(
+        table(
+            [
+                "python app.py, /analyse through",
+                "first probabilities ms",
+                "/ bare forwards (target ≤ 1.2×)",
+                "all heat maps ms",
+                "/ bare fwd+bwd (target ≤ 1.3×)",
+                "do-nothing app: first ms",
+                "do-nothing app: all ms",
+            ],
+            transport_rows,
+        )
+    )
     print()
-    print(table(["python app.py", "value"], [
-        ["startup until it answers", f"{startup:.1f} s (target ≤ 15 s)"],
-        ["resident memory after the latency requests", f"{after_start / 1024:.0f} MiB"],
-        ["peak resident memory", f"{peak / 1024:.0f} MiB"],
-        [f"growth over {args.requests} requests (after 20 warm-up)", f"{100 * (after - warm) / warm:+.1f}% "
-                                                                     f"({warm / 1024:.0f} → {after / 1024:.0f} MiB; target < 5%)"],
-    ]))
+    print(
+        table(
+            ["python app.py", "value"],
+            [
+                ["startup until it answers", f"{startup:.1f} s (target ≤ 15 s)"],
+                ["resident memory after the latency requests", f"{after_start / 1024:.0f} MiB"],
+                ["peak resident memory", f"{peak / 1024:.0f} MiB"],
+                [
+                    f"growth over {args.requests} requests (after 20 warm-up)",
+                    f"{100 * (after - warm) / warm:+.1f}% ({warm / 1024:.0f} → {after / 1024:.0f} MiB; target < 5%)",
+                ],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

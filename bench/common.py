@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: timing, the machine's description, markdown tables."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = (f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU")
-    return (f"{os.cpu_count()} cores, {cpu}, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); {time.strftime('%Y-%m-%d')}")
+    gpu = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{os.cpu_count()} cores, {cpu}, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); {time.strftime('%Y-%m-%d')}"
+    )
 
 
 def table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
@@ -66,16 +69,23 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def run_worker(script: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
-               launcher: Optional[Sequence[str]] = None) -> Any:
+def run_worker(
+    script: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, launcher: Optional[Sequence[str]] = None
+) -> Any:
     """Run one measurement arm as ``python bench/SCRIPT ARGV`` (or ``LAUNCHER bench/SCRIPT ARGV``, e.g.
     ``accelerate launch``) in fresh processes; return the JSON it prints last.
 
     Each arm gets its own process so that process-wide settings (the allocator settings of
     :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another.
     """
-    out = subprocess.run([*(launcher or [sys.executable]), str(Path(__file__).parent / script), *argv], cwd=REPO,
-                         env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [*(launcher or [sys.executable]), str(Path(__file__).parent / script), *argv],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{script} {' '.join(argv)} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ rerun resumes every unfinished CV and reuses the finished ones. The table goes t
 
 Research use only — not for diagnosis.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,31 +33,302 @@ RECIPES: Dict[str, List[str]] = {
     "default": [],
     "bs16-e10": ["--preset", "paper", "--batch-size", "16", "--epochs", "10"],
     "bs16-e10-last": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--keep", "last"],
-    "bs16-e10-last-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--keep", "last",
-                            "--final-fit"],
-    "plain-loop": ["--preset", "paper", "--batch-size", "16", "--epochs", "6", "--lr", "3e-4", "--augment", "flip",
-                   "--keep", "last"],
-    "plain-loop-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "6", "--lr", "3e-4", "--augment",
-                         "flip", "--keep", "last", "--final-fit"],
-    "adamw-cos": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine",
-                  "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last"],
-    "adamw-cos-flip": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
-                       "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last",
-                       "--augment", "flip"],
-    "adamw-cos-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
-                        "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "10", "--keep", "last",
-                        "--final-fit"],
-    "adamw-cos-e15-lr1e-3": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler",
-                             "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--epochs", "15", "--lr", "1e-3",
-                             "--keep", "last"],
-    "adamw-cos-flip-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--final-fit"],
-    "adamw-cos-flip-refit-seed2": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--final-fit", "--seed", "2"],
-    "adamw-cos-flip-e15-lr1e-3": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "15", "--lr", "1e-3"],
-    "adamw-cos-flip-e15-lr1e-3-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "15", "--lr", "1e-3", "--final-fit"],
-    "adamw-cos-flip-lr1e-3-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--lr", "1e-3", "--final-fit"],
-    "adamw-cos-flip-e20-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "20", "--final-fit"],
-    "adamw-cos-flip-ls-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--label-smoothing", "0.1", "--final-fit"],
-    "adamw-cos-flip-ema-refit": ["--preset", "paper", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--batch-size", "16", "--keep", "last", "--augment", "flip", "--epochs", "10", "--ema-decay", "0.99", "--final-fit"],
+    "bs16-e10-last-refit": [
+        "--preset",
+        "paper",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--keep",
+        "last",
+        "--final-fit",
+    ],
+    "plain-loop": [
+        "--preset",
+        "paper",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "6",
+        "--lr",
+        "3e-4",
+        "--augment",
+        "flip",
+        "--keep",
+        "last",
+    ],
+    "plain-loop-refit": [
+        "--preset",
+        "paper",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "6",
+        "--lr",
+        "3e-4",
+        "--augment",
+        "flip",
+        "--keep",
+        "last",
+        "--final-fit",
+    ],
+    "adamw-cos": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--keep",
+        "last",
+    ],
+    "adamw-cos-flip": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+    ],
+    "adamw-cos-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--keep",
+        "last",
+        "--final-fit",
+    ],
+    "adamw-cos-e15-lr1e-3": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "15",
+        "--lr",
+        "1e-3",
+        "--keep",
+        "last",
+    ],
+    "adamw-cos-flip-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "10",
+        "--final-fit",
+    ],
+    "adamw-cos-flip-refit-seed2": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "10",
+        "--final-fit",
+        "--seed",
+        "2",
+    ],
+    "adamw-cos-flip-e15-lr1e-3": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "15",
+        "--lr",
+        "1e-3",
+    ],
+    "adamw-cos-flip-e15-lr1e-3-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "15",
+        "--lr",
+        "1e-3",
+        "--final-fit",
+    ],
+    "adamw-cos-flip-lr1e-3-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "10",
+        "--lr",
+        "1e-3",
+        "--final-fit",
+    ],
+    "adamw-cos-flip-e20-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "20",
+        "--final-fit",
+    ],
+    "adamw-cos-flip-ls-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "10",
+        "--label-smoothing",
+        "0.1",
+        "--final-fit",
+    ],
+    "adamw-cos-flip-ema-refit": [
+        "--preset",
+        "paper",
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--keep",
+        "last",
+        "--augment",
+        "flip",
+        "--epochs",
+        "10",
+        "--ema-decay",
+        "0.99",
+        "--final-fit",
+    ],
     # round 3: on today's default
     "default-seed2": ["--seed", "2"],
     "lr2e-3": ["--lr", "2e-3"],
@@ -77,8 +349,21 @@ RECIPES: Dict[str, List[str]] = {
     "warmup3": ["--warmup-epochs", "3"],
     "ld0.9": ["--layer-decay", "0.9"],
     "e20-refit": ["--epochs", "20", "--final-fit"],
-    "adam-flip-e10-refit": ["--preset", "paper", "--batch-size", "16", "--epochs", "10", "--lr", "3e-4", "--augment",
-                            "flip", "--keep", "last", "--final-fit"],
+    "adam-flip-e10-refit": [
+        "--preset",
+        "paper",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--lr",
+        "3e-4",
+        "--augment",
+        "flip",
+        "--keep",
+        "last",
+        "--final-fit",
+    ],
 }
 
 
@@ -88,9 +373,16 @@ def _pct(s: Dict[str, float]) -> str:
 
 def _row(name: str, result: Dict) -> List[str]:
     o = result["out_of_fold"]
-    return [name, " ".join(RECIPES[name]) or "(defaults)", _pct(o["accuracy"]), _pct(o["covid_recall"]),
-            f"{o['covid_to_normal']['value']:.0f}", f"{o['viral_pneumonia_to_normal']['value']:.0f}",
-            f"{o['macro_auroc']['value']:.4f}", f"{o['ece']['value']:.3f}"]
+    return [
+        name,
+        " ".join(RECIPES[name]) or "(defaults)",
+        _pct(o["accuracy"]),
+        _pct(o["covid_recall"]),
+        f"{o['covid_to_normal']['value']:.0f}",
+        f"{o['viral_pneumonia_to_normal']['value']:.0f}",
+        f"{o['macro_auroc']['value']:.4f}",
+        f"{o['ece']['value']:.3f}",
+    ]
 
 
 def persistent_misses(folders: List[Path], share: float = 0.5) -> List[List[str]]:
@@ -103,12 +395,17 @@ def persistent_misses(folders: List[Path], share: float = 0.5) -> List[List[str]
             for r in csv.DictReader(fh):
                 if r["label"] in ("COVID", "Viral Pneumonia") and r["prediction"] == "Normal":
                     called[r["file_name"]] = called.get(r["file_name"], 0) + 1
-    return [[name, f"{n} of {len(done)}"] for name, n in sorted(called.items(), key=lambda kv: (-kv[1], kv[0]))
-            if n >= share * len(done)]
+    return [
+        [name, f"{n} of {len(done)}"]
+        for name, n in sorted(called.items(), key=lambda kv: (-kv[1], kv[0]))
+        if n >= share * len(done)
+    ]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=DEFAULT_DATA, help="Class-folder X-rays (default: $CXR_SAMPLE_DIR).")
     p.add_argument("--output-dir", required=True, type=Path, help="One CV folder per recipe goes here.")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"Comma-separated recipe names: {', '.join(RECIPES)}.")
@@ -116,28 +413,55 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=224, help="Input side in pixels.")
     p.add_argument("--folds", type=int, default=5, help="Folds of each CV.")
     p.add_argument("--parallel", type=int, default=1, help="Recipes run at the same time.")
-    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2),
-                   help="Torch threads per recipe (OMP_NUM_THREADS and --cpu-threads).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) // 2),
+        help="Torch threads per recipe (OMP_NUM_THREADS and --cpu-threads).",
+    )
     p.add_argument("--num-workers", type=int, default=1, help="Data-loader workers per recipe.")
     args = p.parse_args()
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
     if unknown or args.parallel < 1 or args.threads < 1:
-        p.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}" if unknown
-                else "--parallel and --threads must be at least 1")
+        p.error(
+            f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}"
+            if unknown
+            else "--parallel and --threads must be at least 1"
+        )
     args.output_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     pending, running, seconds = list(names), {}, {}
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
-            cmd = [sys.executable, "-m", "cxr.cv", "--data", args.data, "--output-dir", str(args.output_dir / name),
-                   "--model", args.model, "--image-size", str(args.image_size), "--folds", str(args.folds),
-                   "--num-workers", str(args.num_workers), "--cache-dir", str(args.output_dir / "cache" / name),
-                   "--cpu-threads", str(args.threads),
-                   *RECIPES[name]]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cxr.cv",
+                "--data",
+                args.data,
+                "--output-dir",
+                str(args.output_dir / name),
+                "--model",
+                args.model,
+                "--image-size",
+                str(args.image_size),
+                "--folds",
+                str(args.folds),
+                "--num-workers",
+                str(args.num_workers),
+                "--cache-dir",
+                str(args.output_dir / "cache" / name),
+                "--cpu-threads",
+                str(args.threads),
+                *RECIPES[name],
+            ]
             log = open(args.output_dir / f"{name}.log", "w")
-            running[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+            running[name] = (
+                subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
+                time.time(),
+            )
         time.sleep(2)
         for name, (proc, t0) in list(running.items()):
             if proc.poll() is not None:
@@ -149,13 +473,31 @@ def main() -> int:
         path = args.output_dir / name / "cv.json"
         if path.is_file():
             rows.append(_row(name, json.loads(path.read_text())))
-    text = "\n".join([
-        f"{args.model}, {args.image_size} px, {args.folds}-fold CV on `{args.data}` (out-of-fold figures over every "
-        f"image; bootstrap 95% intervals). {machine()}", "",
-        table(["recipe", "flags", "accuracy", "COVID recall", "COVID→Normal", "Viral Pn.→Normal", "macro AUROC", "ECE"],
-              rows), "",
-        "COVID and Viral Pneumonia images that at least half of these recipes call Normal out of fold:", "",
-        table(["image", "called Normal by"], persistent_misses([args.output_dir / n for n in names])), ""])
+    text = "\n".join(
+        [
+            f"{args.model}, {args.image_size} px, {args.folds}-fold CV on `{args.data}` (out-of-fold figures over every "
+            f"image; bootstrap 95% intervals). {machine()}",
+            "",
+            table(
+                [
+                    "recipe",
+                    "flags",
+                    "accuracy",
+                    "COVID recall",
+                    "COVID→Normal",
+                    "Viral Pn.→Normal",
+                    "macro AUROC",
+                    "ECE",
+                ],
+                rows,
+            ),
+            "",
+            "COVID and Viral Pneumonia images that at least half of these recipes call Normal out of fold:",
+            "",
+            table(["image", "called Normal by"], persistent_misses([args.output_dir / n for n in names])),
+            "",
+        ]
+    )
     (args.output_dir / "recipes.md").write_text(text)
     print(text)
     return 0 if len(rows) == len(names) else 1

@@ -10,6 +10,7 @@ order; the table gives the median.
 
     python bench/eval_throughput.py --models resnet18,tf_efficientnet_lite0 --image-size 224
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
         def run():
             with torch.inference_mode():
                 for i in range(0, len(tensors), batch_size):
-                    clf.model(tensors[i:i + batch_size].to(device))
+                    clf.model(tensors[i : i + batch_size].to(device))
             if device.type == "cuda":
                 torch.cuda.synchronize()
     else:
@@ -61,6 +62,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
 
         def run():
             evaluate_folder(ckpt, data, Path(out), batch_size=batch_size)
+
     run()
     with Timer() as t:
         run()
@@ -76,8 +78,12 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224, help="Input side.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (order rotates).")
-    p.add_argument("--worker", default=None, metavar="ARM:CHECKPOINT:OUT",
-                   help="Internal: time one arm (bare, ours-defaults or ours) in this process and print JSON.")
+    p.add_argument(
+        "--worker",
+        default=None,
+        metavar="ARM:CHECKPOINT:OUT",
+        help="Internal: time one arm (bare, ours-defaults or ours) in this process and print JSON.",
+    )
     args = p.parse_args()
     if args.worker:
         arm, ckpt, out = args.worker.split(":", 2)
@@ -93,20 +99,42 @@ def main() -> None:
             times: Dict[str, List[float]] = {a: [] for a in arms}
             for r in range(args.rounds):
                 for arm in rotated(arms, r):
-                    res = run_worker("eval_throughput.py",
-                                     ["--data", args.data, "--batch-size", str(args.batch_size),
-                                      "--worker", f"{arm}:{ckpt}:{tmp / f'eval-{name}-{arm}'}"],
-                                     keep_defaults_env() if arm == "ours-defaults" else None)
+                    res = run_worker(
+                        "eval_throughput.py",
+                        [
+                            "--data",
+                            args.data,
+                            "--batch-size",
+                            str(args.batch_size),
+                            "--worker",
+                            f"{arm}:{ckpt}:{tmp / f'eval-{name}-{arm}'}",
+                        ],
+                        keep_defaults_env() if arm == "ours-defaults" else None,
+                    )
                     times[arm].append(res["seconds"])
                     print(f"round {r + 1} {name} {arm}: {n / res['seconds']:.1f} img/s", flush=True)
             b, d, o = (statistics.median(times[a]) for a in arms)
             rows.append([name, n, f"{n / b:.1f}", f"{n / o:.1f}", f"{b / o:.2f}×", f"{n / d:.1f}", f"{b / d:.2f}×"])
     print()
-    print(f"Evaluation throughput, {args.image_size}px, batch {args.batch_size}, median of {args.rounds} interleaved "
-          f"rounds — {machine()}")
+    print(
+        f"Evaluation throughput, {args.image_size}px, batch {args.batch_size}, median of {args.rounds} interleaved "
+        f"rounds — {machine()}"
+    )
     print()
-    print(table(["model", "images", "bare forward img/s", "cxr.eval img/s", "cxr.eval / bare",
-                 "cxr.eval with glibc defaults img/s", "with glibc defaults / bare"], rows))
+    print(
+        table(
+            [
+                "model",
+                "images",
+                "bare forward img/s",
+                "cxr.eval img/s",
+                "cxr.eval / bare",
+                "cxr.eval with glibc defaults img/s",
+                "with glibc defaults / bare",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

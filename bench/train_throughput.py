@@ -18,6 +18,7 @@ scaling efficiency ``throughput(N) / (N x throughput(1))``.
     python bench/train_throughput.py --models resnet18,tf_efficientnet_lite0 --image-size 224
     python bench/train_throughput.py --mixed-precision bf16 --processes 1,8     # on an 8-GPU machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,17 @@ def _summary(images: float, seconds: float, wait_share: float, processes: int = 
     return {"images_per_s": images / seconds, "wait_share": wait_share, "processes": processes}
 
 
-def ours(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int,
-         mixed_precision: str = "no") -> Optional[Dict[str, float]]:
+def ours(
+    name: str,
+    data: str,
+    size: int,
+    batch: int,
+    workers: int,
+    channels_last: bool,
+    warmup: int,
+    steps: int,
+    mixed_precision: str = "no",
+) -> Optional[Dict[str, float]]:
     """Ours in this process (or in each process of an ``accelerate launch``); the main process gets
     the summary of all processes (total images over the slowest process's time), the others ``None``."""
     from accelerate import Accelerator
@@ -97,17 +107,28 @@ def ours(name: str, data: str, size: int, batch: int, workers: int, channels_las
         return len(b["labels"])
 
     res = _timed_steps(loader, step, warmup, steps)
-    every = accelerator.gather(torch.tensor([[res["images"], res["seconds"], res["wait"]]], dtype=torch.float64,
-                                            device=accelerator.device)).cpu()
+    every = accelerator.gather(
+        torch.tensor([[res["images"], res["seconds"], res["wait"]]], dtype=torch.float64, device=accelerator.device)
+    ).cpu()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    return _summary(float(every[:, 0].sum()), float(every[:, 1].max()), float((every[:, 2] / every[:, 1]).mean()),
-                    len(every))
+    return _summary(
+        float(every[:, 0].sum()), float(every[:, 1].max()), float((every[:, 2] / every[:, 1]).mean()), len(every)
+    )
 
 
-def plain(name: str, data: str, size: int, batch: int, workers: int, channels_last: bool, warmup: int, steps: int,
-          mixed_precision: str = "no") -> Dict[str, float]:
+def plain(
+    name: str,
+    data: str,
+    size: int,
+    batch: int,
+    workers: int,
+    channels_last: bool,
+    warmup: int,
+    steps: int,
+    mixed_precision: str = "no",
+) -> Dict[str, float]:
     import timm
     from torchvision import datasets, transforms
 
@@ -115,18 +136,25 @@ def plain(name: str, data: str, size: int, batch: int, workers: int, channels_la
 
     model = timm.create_model(name, num_classes=4)
     cfg = model.pretrained_cfg
-    tf = transforms.Compose([
-        transforms.Grayscale(num_output_channels=cfg["input_size"][0]),
-        transforms.Resize((size, size)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomRotation(10),
-        transforms.ToTensor(),
-        transforms.Normalize(cfg["mean"], cfg["std"]),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.Grayscale(num_output_channels=cfg["input_size"][0]),
+            transforms.Resize((size, size)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation(10),
+            transforms.ToTensor(),
+            transforms.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(data, transform=tf), batch_size=batch, shuffle=True,
-                                         num_workers=workers, persistent_workers=workers > 0,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(data, transform=tf),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -154,8 +182,22 @@ def _launch(processes: int) -> Optional[List[str]]:
     """The command prefix that runs the worker in ``processes`` processes (``None``: plain python)."""
     if processes == 1:
         return None
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--multi_gpu",
-            "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no", "--main_process_port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
 
 
 def _scaling_env(processes: int) -> Dict[str, str]:
@@ -177,13 +219,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="Timed steps per measurement.")
     p.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (order rotates).")
     p.add_argument("--memory-formats", default="contiguous,channels_last", help="Which memory formats to compare.")
-    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
-                   help="bf16 autocast in both pipelines (for GPUs; on CPU it is usually slower).")
-    p.add_argument("--processes", default="1",
-                   help="Comma-separated process counts for the scaling table of ours, e.g. 1,8 for all of 8 GPUs "
-                        "(1 alone: no scaling table).")
-    p.add_argument("--worker", default=None, metavar="ARM:MODEL:FORMAT",
-                   help="Internal: measure one arm (plain, ours-defaults or ours) in this process and print JSON.")
+    p.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default="no",
+        help="bf16 autocast in both pipelines (for GPUs; on CPU it is usually slower).",
+    )
+    p.add_argument(
+        "--processes",
+        default="1",
+        help="Comma-separated process counts for the scaling table of ours, e.g. 1,8 for all of 8 GPUs "
+        "(1 alone: no scaling table).",
+    )
+    p.add_argument(
+        "--worker",
+        default=None,
+        metavar="ARM:MODEL:FORMAT",
+        help="Internal: measure one arm (plain, ours-defaults or ours) in this process and print JSON.",
+    )
     args = p.parse_args()
     try:
         processes = [int(n) for n in args.processes.split(",")]
@@ -200,15 +253,37 @@ def main() -> None:
 
             keep_freed_memory()  # as cxr.cli.run_cli does; off for ours-defaults through the environment
         fn = plain if arm == "plain" else ours
-        res = fn(name, args.data, args.image_size, args.batch_size, args.workers, fmt == "channels_last",
-                 args.warmup, args.steps, args.mixed_precision)
+        res = fn(
+            name,
+            args.data,
+            args.image_size,
+            args.batch_size,
+            args.workers,
+            fmt == "channels_last",
+            args.warmup,
+            args.steps,
+            args.mixed_precision,
+        )
         if res is not None:
             print(json.dumps(res))
         return
     formats = [f.strip() for f in args.memory_formats.split(",")]
-    shared = ["--data", args.data, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-              "--workers", str(args.workers), "--warmup", str(args.warmup), "--steps", str(args.steps),
-              "--mixed-precision", args.mixed_precision]
+    shared = [
+        "--data",
+        args.data,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--mixed-precision",
+        args.mixed_precision,
+    ]
     if args.threads:
         shared += ["--threads", str(args.threads)]
     results: Dict[tuple, List[Dict[str, float]]] = {}
@@ -216,20 +291,32 @@ def main() -> None:
         for name in args.models.split(","):
             for fmt in formats:
                 for label in rotated(ARMS, r):
-                    res = run_worker("train_throughput.py", [*shared, "--worker", f"{label}:{name}:{fmt}"],
-                                     keep_defaults_env() if label == "ours-defaults" else None)
+                    res = run_worker(
+                        "train_throughput.py",
+                        [*shared, "--worker", f"{label}:{name}:{fmt}"],
+                        keep_defaults_env() if label == "ours-defaults" else None,
+                    )
                     results.setdefault((name, fmt, label, 1), []).append(res)
-                    print(f"round {r + 1} {name} {fmt} {label}: {res['images_per_s']:.2f} img/s, "
-                          f"data wait {100 * res['wait_share']:.1f}%", flush=True)
+                    print(
+                        f"round {r + 1} {name} {fmt} {label}: {res['images_per_s']:.2f} img/s, "
+                        f"data wait {100 * res['wait_share']:.1f}%",
+                        flush=True,
+                    )
                 for n in processes:
                     if n == 1:
                         continue
-                    res = run_worker("train_throughput.py", [*shared, "--worker", f"ours:{name}:{fmt}"],
-                                     _scaling_env(n), launcher=_launch(n))
+                    res = run_worker(
+                        "train_throughput.py",
+                        [*shared, "--worker", f"ours:{name}:{fmt}"],
+                        _scaling_env(n),
+                        launcher=_launch(n),
+                    )
                     if res["processes"] != n:  # e.g. a launcher that silently ran one process
                         raise SystemExit(f"asked for {n} processes, {res['processes']} ran")
                     results.setdefault((name, fmt, "ours", n), []).append(res)
-                    print(f"round {r + 1} {name} {fmt} ours, {n} processes: {res['images_per_s']:.2f} img/s", flush=True)
+                    print(
+                        f"round {r + 1} {name} {fmt} ours, {n} processes: {res['images_per_s']:.2f} img/s", flush=True
+                    )
 
     def med(name, fmt, lab, n=1, key="images_per_s"):
         return statistics.median(x[key] for x in results[(name, fmt, lab, n)])
@@ -239,17 +326,42 @@ def main() -> None:
         base = med(name, formats[0], "plain")
         for fmt in formats:
             plain_, ours_, dflt = med(name, fmt, "plain"), med(name, fmt, "ours"), med(name, fmt, "ours-defaults")
-            rows.append([name, fmt, f"{plain_:.2f}", f"{ours_:.2f}", f"{ours_ / plain_:.2f}×", f"{dflt / plain_:.2f}×",
-                         f"{100 * med(name, fmt, 'plain', key='wait_share'):.1f}%",
-                         f"{100 * med(name, fmt, 'ours', key='wait_share'):.1f}%", f"{ours_ / base:.2f}×"])
+            rows.append(
+                [
+                    name,
+                    fmt,
+                    f"{plain_:.2f}",
+                    f"{ours_:.2f}",
+                    f"{ours_ / plain_:.2f}×",
+                    f"{dflt / plain_:.2f}×",
+                    f"{100 * med(name, fmt, 'plain', key='wait_share'):.1f}%",
+                    f"{100 * med(name, fmt, 'ours', key='wait_share'):.1f}%",
+                    f"{ours_ / base:.2f}×",
+                ]
+            )
     print()
-    print(f"Training throughput, {args.image_size}px, batch {args.batch_size}, {args.workers} workers, "
-          f"mixed precision {args.mixed_precision}, median of {args.rounds} interleaved rounds of {args.steps} steps "
-          f"— {machine()}")
+    print(
+        f"Training throughput, {args.image_size}px, batch {args.batch_size}, {args.workers} workers, "
+        f"mixed precision {args.mixed_precision}, median of {args.rounds} interleaved rounds of {args.steps} steps "
+        f"— {machine()}"
+    )
     print()
-    print(table(["model", "memory format", "plain img/s", "ours img/s", "ours / plain",
-                 "ours with glibc defaults / plain", "plain data wait", "ours data wait", "ours / plain contiguous"],
-                rows))
+    print(
+        table(
+            [
+                "model",
+                "memory format",
+                "plain img/s",
+                "ours img/s",
+                "ours / plain",
+                "ours with glibc defaults / plain",
+                "plain data wait",
+                "ours data wait",
+                "ours / plain contiguous",
+            ],
+            rows,
+        )
+    )
     if len(processes) > 1:
         scaling = []
         for name in args.models.split(","):
@@ -257,14 +369,37 @@ def main() -> None:
                 one = med(name, fmt, "ours")
                 for n in processes:
                     tput = med(name, fmt, "ours", n)
-                    scaling.append([name, fmt, n, f"{tput:.2f}", f"{tput / one:.2f}×", f"{100 * tput / (n * one):.0f}%",
-                                    f"{100 * med(name, fmt, 'ours', n, 'wait_share'):.1f}%"])
+                    scaling.append(
+                        [
+                            name,
+                            fmt,
+                            n,
+                            f"{tput:.2f}",
+                            f"{tput / one:.2f}×",
+                            f"{100 * tput / (n * one):.0f}%",
+                            f"{100 * med(name, fmt, 'ours', n, 'wait_share'):.1f}%",
+                        ]
+                    )
         device = "GPU" if torch.cuda.is_available() else "CPU (ACCELERATE_USE_CPU=1, cores shared out)"
         print()
-        print(f"Scaling of ours through accelerate launch, one process per {device}, batch {args.batch_size} per process:")
+        print(
+            f"Scaling of ours through accelerate launch, one process per {device}, batch {args.batch_size} per process:"
+        )
         print()
-        print(table(["model", "memory format", "processes", "img/s (all processes)", "speed-up", "scaling efficiency",
-                     "data wait"], scaling))
+        print(
+            table(
+                [
+                    "model",
+                    "memory format",
+                    "processes",
+                    "img/s (all processes)",
+                    "speed-up",
+                    "scaling efficiency",
+                    "data wait",
+                ],
+                scaling,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ The layers, top to bottom; each imports only those below it (checked by ``lint-i
    ``cxr.run_folder`` (every file of a run, by name);
 10. ``cxr.errors``, ``cxr.labels``, ``cxr.allocator`` — the foundations.
 """
+
 from cxr import models  # noqa: F401  (timm registrations)
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
 from cxr.models.classifier import CXRClassifier

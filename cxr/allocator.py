@@ -20,6 +20,7 @@ Example:
     >>> keep_freed_memory()          # doctest: +SKIP
     True
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -40,7 +41,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 # mallopt takes a C int: the largest trim threshold it accepts
-_TRIM_THRESHOLD = 2 ** 31 - 1
+_TRIM_THRESHOLD = 2**31 - 1
 
 _applied: Optional[bool] = None
 
@@ -72,7 +73,9 @@ def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
         return _applied
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # arenas made before this call stay in use: entry points call it first thing
-    _applied = all(mallopt(param, value) for param, value in (
-        (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+    _applied = all(
+        mallopt(param, value)
+        for param, value in ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    )
     _logger.debug("glibc keeps freed memory for reuse: %s", _applied)
     return _applied

@@ -2,6 +2,7 @@
 
 Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.cv`.
 """
+
 import sys
 
 from cxr.cli import cv_main

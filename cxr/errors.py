@@ -1,4 +1,5 @@
 """The one exception type a user sees: a clear message, no traceback."""
+
 from __future__ import annotations
 
 __all__ = ["CXRError"]

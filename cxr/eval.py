@@ -2,6 +2,7 @@
 
 Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.evaluation`.
 """
+
 import sys
 
 from cxr.cli import eval_main

@@ -1,4 +1,5 @@
 """The four classes of the COVID-19 Radiography Database and the study's normalisations."""
+
 from __future__ import annotations
 
 from typing import Dict, Tuple

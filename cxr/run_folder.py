@@ -20,6 +20,7 @@ Example:
     >>> run.holdout.split.as_posix()
     'runs/lite0/holdout/split.json'
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,16 +33,28 @@ import numpy as np
 
 from cxr.labels import CLASS_NAMES
 
-__all__ = ["RunFolder", "Predictions", "read_predictions", "write_predictions", "write_json", "read_json",
-           "MODEL_CONFIG_NAME", "MODEL_WEIGHTS_NAME", "PREDICTION_PARTS"]
+__all__ = [
+    "RunFolder",
+    "Predictions",
+    "read_predictions",
+    "write_predictions",
+    "write_json",
+    "read_json",
+    "MODEL_CONFIG_NAME",
+    "MODEL_WEIGHTS_NAME",
+    "PREDICTION_PARTS",
+]
 
 #: The model folder's files (timm's Hub layout).
 MODEL_CONFIG_NAME = "config.json"
 MODEL_WEIGHTS_NAME = "model.safetensors"
 #: The split parts a run writes predictions for, each to its own file.
 PREDICTION_PARTS = ("train", "validation", "test")
-_PREDICTION_FILES = {"train": "predictions_train.csv", "validation": "predictions_validation.csv",
-                     "test": "predictions.csv"}
+_PREDICTION_FILES = {
+    "train": "predictions_train.csv",
+    "validation": "predictions_validation.csv",
+    "test": "predictions.csv",
+}
 
 
 class RunFolder:
@@ -165,8 +178,9 @@ class Predictions:
         return self.probs.argmax(axis=1)
 
 
-def write_predictions(path: Union[str, os.PathLike], file_names: Sequence[str], labels: np.ndarray,
-                      probs: np.ndarray) -> None:
+def write_predictions(
+    path: Union[str, os.PathLike], file_names: Sequence[str], labels: np.ndarray, probs: np.ndarray
+) -> None:
     """A predictions file: file, true label, predicted label, one probability column per class."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

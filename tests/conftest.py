@@ -1,5 +1,6 @@
 """Shared fixtures: the real chest X-ray sample (never copied into the repository), an offline Hub,
 a per-session pixel cache, and small symlinked subsets of the sample in both Kaggle layouts."""
+
 from __future__ import annotations
 
 import os

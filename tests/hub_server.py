@@ -9,6 +9,7 @@ paths run against it. Repositories live in memory; every commit is a full snapsh
 are keyed by their id (``hub.repos["org/name"]``), the others by ``"datasets/org/name"`` and
 ``"spaces/org/name"`` (:func:`repo_key`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,6 +32,8 @@ def repo_key(repo_id: str, repo_type: str = "model") -> str:
     """The key of a repository in :attr:`LocalHub.repos`: the id for models, ``"<type>s/<id>"`` otherwise."""
     kind = KINDS[repo_type]
     return repo_id if kind == "models" else f"{kind}/{repo_id}"
+
+
 USER = "tester"
 ORGS = ("cxr-test",)
 
@@ -145,7 +148,9 @@ class LocalHub:
             if m == method and match:
                 args = match.groupdict()
                 if args.get("repo"):  # one key per repository, whatever its type
-                    args["repo"] = args["repo"] if args.get("kind") in (None, "models") else f"{args['kind']}/{args['repo']}"
+                    args["repo"] = (
+                        args["repo"] if args.get("kind") in (None, "models") else f"{args['kind']}/{args['repo']}"
+                    )
                 args.pop("kind", None)
                 with self.lock:
                     status, headers, payload = handler(authed=authed, body=body, method=method, **args)
@@ -179,10 +184,16 @@ class LocalHub:
     def _whoami(self, authed, **_):
         if not authed:
             return self._error(401, None, "Invalid credentials in Authorization header")
-        return 200, {}, {
-            "type": "user", "name": USER, "orgs": [{"name": o} for o in ORGS],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
-        }
+        return (
+            200,
+            {},
+            {
+                "type": "user",
+                "name": USER,
+                "orgs": [{"name": o} for o in ORGS],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
+            },
+        )
 
     def _create(self, authed, body, **_):
         if not authed:
@@ -190,7 +201,9 @@ class LocalHub:
         payload = json.loads(body or b"{}")
         namespace = payload.get("organization") or USER
         if namespace not in (USER, *ORGS):
-            return self._error(403, None, f"You don't have the rights to create a model under the namespace {namespace}")
+            return self._error(
+                403, None, f"You don't have the rights to create a model under the namespace {namespace}"
+            )
         repo_type = payload.get("type") or "model"
         if repo_type not in KINDS:
             return self._error(400, None, f"unknown repository type {repo_type!r}")
@@ -261,13 +274,27 @@ class LocalHub:
             snap = ("0" * 40, {})
         sha, files = snap
         repo_id = repo.split("/", 1)[1] if repo.startswith(("datasets/", "spaces/")) else repo
-        return 200, {}, {
-            "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": r.private, "disabled": False,
-            "sdk": r.sdk,
-            "gated": False, "tags": [], "downloads": 0, "likes": 0, "library_name": "timm",
-            "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(files.items())],
-            "lastModified": "2026-11-25T00:00:00.000Z", "createdAt": "2026-11-25T00:00:00.000Z",
-        }
+        return (
+            200,
+            {},
+            {
+                "_id": repo_id,
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "private": r.private,
+                "disabled": False,
+                "sdk": r.sdk,
+                "gated": False,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "library_name": "timm",
+                "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(files.items())],
+                "lastModified": "2026-11-25T00:00:00.000Z",
+                "createdAt": "2026-11-25T00:00:00.000Z",
+            },
+        )
 
     def _lookup(self, repo, rev, authed):
         """``(snapshot, None)`` or ``(None, error response)`` for a readable repository at a revision."""
@@ -286,10 +313,15 @@ class LocalHub:
         if err:
             return err
         prefix = (sub.rstrip("/") + "/") if sub else ""
-        return 200, {}, [
-            {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-            for p, b in sorted(snap[1].items()) if p.startswith(prefix)
-        ]
+        return (
+            200,
+            {},
+            [
+                {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                for p, b in sorted(snap[1].items())
+                if p.startswith(prefix)
+            ],
+        )
 
     def _resolve(self, repo, rev, file, authed, method, **_):
         snap, err = self._lookup(repo, rev, authed)

@@ -1,4 +1,5 @@
 """cxr.allocator: every cxr command keeps freed CPU memory for reuse (glibc), unless told not to."""
+
 import json
 import os
 import platform
@@ -10,8 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the settings are glibc's")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the settings are glibc's"
+    ),
+]
 
 # Runs through run_cli, as every cxr command does: training steps of a small convolutional net whose
 # activations (64 MiB each) are above glibc's largest dynamic mmap threshold (32 MiB), in the main
@@ -58,7 +63,9 @@ def _run(env_value):
     env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
     if env_value is not None:
         env["CXR_KEEP_FREED_MEMORY"] = env_value
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

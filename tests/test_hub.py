@@ -4,6 +4,7 @@
 create_repo, upload_folder, hf_hub_download and snapshot_download use; HF_ENDPOINT points at it.
 It is not huggingface.co: no test reaches the internet. The library code paths are the real ones.
 """
+
 import json
 import os
 import subprocess
@@ -21,8 +22,15 @@ from cxr.metrics.stats import softmax_with_temperature
 pytestmark = pytest.mark.slow
 
 SAMPLES = ("COVID/COVID-1004.png", "Lung_Opacity/1002.png", "Viral Pneumonia/Viral Pneumonia-1020.png")
-REPO_FILES = ["README.md", "config.json", "confusion_matrix.png", "metrics.json", "model.safetensors", "split.json",
-              "training_curves.png"]
+REPO_FILES = [
+    "README.md",
+    "config.json",
+    "confusion_matrix.png",
+    "metrics.json",
+    "model.safetensors",
+    "split.json",
+    "training_curves.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,13 @@ def hub():
 
 
 def hub_env(hub, tmp_path, token=TOKEN):
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token or ""}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_TOKEN": token or "",
+    }
     if not token:
         env.pop("HF_TOKEN")
     return env
@@ -47,8 +60,9 @@ def _clean_env(env):
 
 
 def run_in_fresh_process(code: str, env):
-    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=_clean_env(env))
+    proc = subprocess.run(
+        [PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=_clean_env(env)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -59,9 +73,28 @@ def pushed_run(hub, tmp_path_factory, sample_dir):
     tmp = tmp_path_factory.mktemp("hub-run")
     out = tmp / "run"
     proc = run_script(
-        [ACCELERATE, "launch", "--num_processes", "1", "train_accelerate.py", "--model", "tf_efficientnet_lite0",
-         "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1", "--image-size", "64",
-         "--num-workers", "0", "--push-to-hub", "--hub-model-id", "cxr-test/lite0"],
+        [
+            ACCELERATE,
+            "launch",
+            "--num_processes",
+            "1",
+            "train_accelerate.py",
+            "--model",
+            "tf_efficientnet_lite0",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--num-workers",
+            "0",
+            "--push-to-hub",
+            "--hub-model-id",
+            "cxr-test/lite0",
+        ],
         env=hub_env(hub, tmp),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,7 +109,11 @@ def test_push_publishes_model_card_and_report_and_nothing_pickled(hub, pushed_ru
     assert files["model.safetensors"] == (pushed_run / "model" / "model.safetensors").read_bytes()
     # the token and repository were checked before training: whoami and create come before the commit
     calls = [p for _, p in hub.requests]
-    assert calls.index("/api/whoami-v2") < calls.index("/api/repos/create") < calls.index("/api/models/cxr-test/lite0/commit/main")
+    assert (
+        calls.index("/api/whoami-v2")
+        < calls.index("/api/repos/create")
+        < calls.index("/api/models/cxr-test/lite0/commit/main")
+    )
 
 
 def test_fresh_process_loads_the_same_model_three_ways(hub, pushed_run, tmp_path, sample_dir):
@@ -87,8 +124,9 @@ def test_fresh_process_loads_the_same_model_three_ways(hub, pushed_run, tmp_path
     calibrated = local.predict_proba(paths)
     with torch.no_grad():  # what timm and transformers return: the softmax without cxr's saved temperature
         expected = local.model(local.inputs(paths)).softmax(-1).numpy()
-    assert local.temperature != 1.0 and np.allclose(calibrated, softmax_with_temperature(np.log(expected), local.temperature),
-                                                    atol=1e-5)
+    assert local.temperature != 1.0 and np.allclose(
+        calibrated, softmax_with_temperature(np.log(expected), local.temperature), atol=1e-5
+    )
     code = f"""
 import json, torch, timm
 from cxr import CXRClassifier
@@ -132,7 +170,8 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
     # what it was really scored on: the sample's random split, not "the database's test split"
     n_test = metrics["num_images"]
     assert {r.dataset_name for r in card.data.eval_results} == {
-        f"cxr-sample (local folder of COVID-19 Radiography Database images, 600 used): {n_test} test images"}
+        f"cxr-sample (local folder of COVID-19 Radiography Database images, 600 used): {n_test} test images"
+    }
     assert {r.dataset_split for r in card.data.eval_results} == {f"test (cxr random split, seed 1: {n_test} images)"}
     assert {r.dataset_type for r in card.data.eval_results} == {"imagefolder"}
     # metadata a registry accepts: huggingface_hub's own parsers and validators
@@ -156,37 +195,89 @@ def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
     from cxr.reporting.model_card import render_model_card
 
     out = tmp_path / "logreg"
-    assert train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",
-                       "--image-size", "24", "--num-workers", "0"]) == 0
+    assert (
+        train_main(
+            [
+                "--model",
+                "logreg",
+                "--data",
+                str(sample_dir),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--image-size",
+                "24",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     text = render_model_card(out, "org/logreg").text
     assert "| Logistic regression (study) | 2,116 test images | 60.84% | 62.24% | 214 | 25 | 197 |" in text
 
 
 def test_cxr_hub_push_publishes_a_finished_run(hub, pushed_run, tmp_path):
-    proc = run_script([PYTHON, "-m", "cxr.hub", "push", str(pushed_run), "cxr-test/lite0-copy", "--private"],
-                      env=hub_env(hub, tmp_path))
+    proc = run_script(
+        [PYTHON, "-m", "cxr.hub", "push", str(pushed_run), "cxr-test/lite0-copy", "--private"],
+        env=hub_env(hub, tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     repo = hub.repos["cxr-test/lite0-copy"]
     assert repo.private and sorted(repo.snapshot("main")[1]) == REPO_FILES
     # a private repository needs the token to be read
     code = 'import json; from cxr import CXRClassifier; print(json.dumps(CXRClassifier.from_pretrained("cxr-test/lite0-copy").label_names))'
-    assert run_in_fresh_process(code, hub_env(hub, tmp_path / "a")) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env=_clean_env(hub_env(hub, tmp_path / "b", token=None)))
+    assert run_in_fresh_process(code, hub_env(hub, tmp_path / "a")) == [
+        "COVID",
+        "Lung_Opacity",
+        "Normal",
+        "Viral Pneumonia",
+    ]
+    proc = subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_clean_env(hub_env(hub, tmp_path / "b", token=None)),
+    )
     assert proc.returncode != 0 and "no model repository 'cxr-test/lite0-copy'" in proc.stderr
 
 
 def test_missing_token_fails_before_training(hub, tmp_path, sample_dir):
-    proc = run_script([PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir",
-                       str(tmp_path / "out"), "--push-to-hub", "--hub-model-id", "cxr-test/x"],
-                      env={**hub_env(hub, tmp_path, token=None), "HF_TOKEN": ""})
+    proc = run_script(
+        [
+            PYTHON,
+            "train_accelerate.py",
+            "--model",
+            "logreg",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--push-to-hub",
+            "--hub-model-id",
+            "cxr-test/x",
+        ],
+        env={**hub_env(hub, tmp_path, token=None), "HF_TOKEN": ""},
+    )
     assert proc.returncode == 2 and "needs a token" in proc.stderr and "HF_TOKEN" in proc.stderr
     assert "epoch 1" not in proc.stdout and not (tmp_path / "out").exists()
 
 
 def test_rejected_token_and_foreign_namespace_fail_before_training(hub, tmp_path, sample_dir):
-    base = [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir",
-            str(tmp_path / "out"), "--push-to-hub", "--hub-model-id"]
+    base = [
+        PYTHON,
+        "train_accelerate.py",
+        "--model",
+        "logreg",
+        "--data",
+        str(sample_dir),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--push-to-hub",
+        "--hub-model-id",
+    ]
     proc = run_script(base + ["cxr-test/x"], env=hub_env(hub, tmp_path, token="hf_wrong"))
     assert proc.returncode == 2 and "token was rejected" in proc.stderr
     proc = run_script(base + ["someone-else/x"], env=hub_env(hub, tmp_path))
@@ -198,8 +289,19 @@ def test_rejected_token_and_foreign_namespace_fail_before_training(hub, tmp_path
 def test_malformed_repository_id(tmp_path, sample_dir, capsys, bad_id):
     from cxr.cli import train_main
 
-    code = train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(tmp_path / "out"),
-                       "--push-to-hub", "--hub-model-id", bad_id])
+    code = train_main(
+        [
+            "--model",
+            "logreg",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--push-to-hub",
+            "--hub-model-id",
+            bad_id,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and ("malformed --hub-model-id" in err or "needs --hub-model-id" in err)
     assert not (tmp_path / "out").exists()
@@ -210,10 +312,31 @@ def test_hub_unreachable_at_push_keeps_the_run_and_prints_the_retry(tmp_path, sa
     try:
         out = tmp_path / "run"
         proc = subprocess.Popen(
-            [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out),
-             "--epochs", "3", "--image-size", "24", "--num-workers", "0", "--push-to-hub", "--hub-model-id", "cxr-test/late"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=_clean_env(hub_env(server, tmp_path)))
+            [
+                PYTHON,
+                "train_accelerate.py",
+                "--model",
+                "logreg",
+                "--data",
+                str(sample_dir),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "3",
+                "--image-size",
+                "24",
+                "--num-workers",
+                "0",
+                "--push-to-hub",
+                "--hub-model-id",
+                "cxr-test/late",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_env(hub_env(server, tmp_path)),
+        )
         deadline = time.monotonic() + 60
         while ("POST", "/api/repos/create") not in server.requests and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -234,8 +357,10 @@ def test_non_cxr_repositories_get_clear_errors(hub, tmp_path):
     plain_cfg = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {"input_size": [3, 224, 224]}}
     weights = save({"w": torch.zeros(1)})
     hub.put_files("cxr-test/plain-timm", {"config.json": json.dumps(plain_cfg).encode(), "model.safetensors": weights})
-    hub.put_files("cxr-test/pickled", {"config.json": json.dumps({"cxr": {"preprocessing": {}}}).encode(),
-                                       "pytorch_model.bin": b"\x80\x02pickle"})
+    hub.put_files(
+        "cxr-test/pickled",
+        {"config.json": json.dumps({"cxr": {"preprocessing": {}}}).encode(), "pytorch_model.bin": b"\x80\x02pickle"},
+    )
     code = """
 import json
 from cxr import CXRClassifier

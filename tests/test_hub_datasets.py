@@ -5,6 +5,7 @@ revision resolves to is recorded in run_config.json; a repository holding the Ka
 like the local folder; ``--dataset-revision`` and ``--dataset-config`` pick what is loaded. The datasets
 are built in tmp_path from a few real X-rays of the sample; nothing is fetched from huggingface.co.
 """
+
 import json
 import os
 import re
@@ -36,8 +37,13 @@ def hub():
 
 def hub_env(hub, tmp_path: Path, offline: bool = False) -> Dict[str, str]:
     """Point huggingface_hub (and datasets' cache) of a fresh process at the stand-in and a private HF_HOME."""
-    return {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HOME": str(tmp_path / "hf-home"),
-            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+    return {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_TOKEN": "",
+    }
 
 
 def parquet(tmp_path: Path, files: Dict[str, Sequence[Path]], name: str) -> bytes:
@@ -62,9 +68,26 @@ def names(files: Dict[str, Sequence[Path]]) -> List[str]:
 
 def train_cli(hub, tmp_path: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
     """The real training command, tiny: logreg, one epoch at 32 px, no loader workers (``extra`` may override)."""
-    return run_script([PYTHON, "train_accelerate.py", "--model", "logreg", "--data", data,
-                       "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
-                       "--num-workers", "0", *extra], env=hub_env(hub, tmp_path))
+    return run_script(
+        [
+            PYTHON,
+            "train_accelerate.py",
+            "--model",
+            "logreg",
+            "--data",
+            data,
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--num-workers",
+            "0",
+            *extra,
+        ],
+        env=hub_env(hub, tmp_path),
+    )
 
 
 def load_in_fresh_process(hub, tmp_path: Path, data: str, revision=None, config=None, offline=False) -> dict:
@@ -78,8 +101,14 @@ pngs = sorted(str(p.relative_to(cache)) for p in cache.rglob("*.png"))
 print(json.dumps({{"file_name": list(s.dataset["file_name"]), "label": list(s.dataset["label"]), "info": s.info,
                   "given": s.given_splits, "snapshot": pngs}}))
 """
-    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **hub_env(hub, tmp_path, offline)})
+    proc = subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **hub_env(hub, tmp_path, offline)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -122,11 +151,15 @@ def test_complete_split_keeps_given_parts_and_makes_only_the_missing_ones():
     assert kept == {"train": sorted(train[:30]), "validation": sorted(train[30:]), "test": sorted(test)}
     # an image the data lists but that was skipped as unreadable is left out
     readable = [n for n in files if n != "COVID/x0.png"]
-    assert "COVID/x0.png" not in complete_split(readable, [labels[n] for n in readable],
-                                                {"train": train, "test": test})[0]["test"]
-    for given, message in (({"train": train, "holdout": test}, "'holdout' are not train, validation or test"),
-                           ({"val": train, "test": test}, "no train split"),
-                           ({"train": train, "val": test, "valid": test}, "two validation splits")):
+    assert (
+        "COVID/x0.png"
+        not in complete_split(readable, [labels[n] for n in readable], {"train": train, "test": test})[0]["test"]
+    )
+    for given, message in (
+        ({"train": train, "holdout": test}, "'holdout' are not train, validation or test"),
+        ({"val": train, "test": test}, "no train split"),
+        ({"train": train, "val": test, "valid": test}, "two validation splits"),
+    ):
         with pytest.raises(CXRError, match=message):
             complete_split(files, lab, given)
 
@@ -140,11 +173,16 @@ def test_local_parquet_dataset_with_configurations(tmp_path, sample_dir):
     (root / "two" / "train-00000-of-00001.parquet").write_bytes(parquet(tmp_path, pick(sample_dir, 0, 2), "b"))
     (root / "README.md").write_text(
         "---\nconfigs:\n- config_name: all\n  default: true\n  data_files:\n  - split: train\n    path: all/*.parquet\n"
-        "- config_name: two\n  data_files:\n  - split: train\n    path: two/*.parquet\n---\n")
+        "- config_name: two\n  data_files:\n  - split: train\n    path: two/*.parquet\n---\n"
+    )
     assert len(load_radiographs(str(root))) == 12
     two = load_data_source(str(root), config="two")
-    assert len(two.dataset) == 8 and two.info == {"kind": "folder", "path": str(root), "layout": "datasets",
-                                                  "config": "two"}
+    assert len(two.dataset) == 8 and two.info == {
+        "kind": "folder",
+        "path": str(root),
+        "layout": "datasets",
+        "config": "two",
+    }
     assert sorted(two.given_splits) == ["train"]
     with pytest.raises(CXRError, match=r"--dataset-config 'three': .* has no such configuration; it has: all, two"):
         load_data_source(str(root), config="three")
@@ -154,9 +192,11 @@ def test_local_parquet_dataset_with_configurations(tmp_path, sample_dir):
 @pytest.mark.slow
 def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, tmp_path, sample_dir):
     parts = {"train": pick(sample_dir, 0, 6), "validation": pick(sample_dir, 6, 8), "test": pick(sample_dir, 8, 10)}
-    sha = hub.put_files("cxr-test/xray-3splits", {
-        f"data/{part}-00000-of-00001.parquet": parquet(tmp_path, files, part) for part, files in parts.items()
-    }, repo_type="dataset")
+    sha = hub.put_files(
+        "cxr-test/xray-3splits",
+        {f"data/{part}-00000-of-00001.parquet": parquet(tmp_path, files, part) for part, files in parts.items()},
+        repo_type="dataset",
+    )
     proc = train_cli(hub, tmp_path, "cxr-test/xray-3splits")
     assert proc.returncode == 0, proc.stderr[-3000:]
     split, run = run_outputs(tmp_path)
@@ -165,8 +205,14 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
     source = run["data_source"]
     assert SHA.fullmatch(source["revision"]) and source["revision"] == sha
     assert source == {
-        "kind": "hub", "id": "cxr-test/xray-3splits", "revision": sha, "requested_revision": "main",
-        "from_cache": False, "layout": "datasets", "config": None, "images": 40,
+        "kind": "hub",
+        "id": "cxr-test/xray-3splits",
+        "revision": sha,
+        "requested_revision": "main",
+        "from_cache": False,
+        "layout": "datasets",
+        "config": None,
+        "images": 40,
         "splits": {p: f"the dataset's own {p!r} split" for p in parts},
     }
     assert run["images"] == {"train": 24, "validation": 8, "test": 8}
@@ -175,9 +221,22 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
     predictions = (tmp_path / "run" / "predictions.csv").read_text()
     assert all(n in predictions for n in names(parts["test"]))
     # cxr.eval on the same dataset: every image of every split is a test image
-    proc = run_script([PYTHON, "-m", "cxr.eval", "--model", str(tmp_path / "run" / "model"), "--data",
-                       "cxr-test/xray-3splits", "--dataset-revision", sha, "--output-dir", str(tmp_path / "eval")],
-                      env=hub_env(hub, tmp_path))
+    proc = run_script(
+        [
+            PYTHON,
+            "-m",
+            "cxr.eval",
+            "--model",
+            str(tmp_path / "run" / "model"),
+            "--data",
+            "cxr-test/xray-3splits",
+            "--dataset-revision",
+            sha,
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ],
+        env=hub_env(hub, tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["num_images"] == 40
     report = (tmp_path / "eval" / "report.md").read_text()
@@ -190,7 +249,8 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
     card = render_model_card(tmp_path / "run", "cxr-test/xray-model")
     assert card.data.datasets == ["cxr-test/xray-3splits"]
     assert {(r.dataset_type, r.dataset_split, r.dataset_revision) for r in card.data.eval_results} == {
-        ("cxr-test/xray-3splits", "test", sha)}
+        ("cxr-test/xray-3splits", "test", sha)
+    }
     assert {r.dataset_name for r in card.data.eval_results} == {"cxr-test/xray-3splits, 8 test images"}
     ModelCardData(**card.data.to_dict())
     assert f"at commit `{sha}`" in card.text and "test: the dataset's own 'test' split" in card.text
@@ -199,10 +259,14 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
 @pytest.mark.slow
 def test_train_and_test_only_keeps_test_and_carves_validation_from_train(hub, tmp_path, sample_dir):
     train, test = pick(sample_dir, 0, 8), pick(sample_dir, 8, 10)
-    hub.put_files("cxr-test/xray-2splits", {
-        "data/train-00000-of-00001.parquet": parquet(tmp_path, train, "train"),
-        "data/test-00000-of-00001.parquet": parquet(tmp_path, test, "test"),
-    }, repo_type="dataset")
+    hub.put_files(
+        "cxr-test/xray-2splits",
+        {
+            "data/train-00000-of-00001.parquet": parquet(tmp_path, train, "train"),
+            "data/test-00000-of-00001.parquet": parquet(tmp_path, test, "test"),
+        },
+        repo_type="dataset",
+    )
     proc = train_cli(hub, tmp_path, "cxr-test/xray-2splits")
     assert proc.returncode == 0, proc.stderr[-3000:]
     split, run = run_outputs(tmp_path)
@@ -221,15 +285,27 @@ def test_kaggle_tree_in_a_dataset_repository_loads_like_the_local_folder(hub, tm
     labels as the local folder, masks and spreadsheets never downloaded; then again offline, from the cache."""
     local = make_subset(tmp_path / "archive" / "COVID-19_Radiography_Dataset", sample_dir, 5, kaggle_layout=True)
     files = {str(p.relative_to(tmp_path / "archive")): p.read_bytes() for p in local.rglob("*.png")}
-    files.update({"COVID-19_Radiography_Dataset/COVID.metadata.xlsx": b"not an image",
-                  "COVID-19_Radiography_Dataset/README.md.txt": b"Kaggle's notes", ".gitattributes": b""})
+    files.update(
+        {
+            "COVID-19_Radiography_Dataset/COVID.metadata.xlsx": b"not an image",
+            "COVID-19_Radiography_Dataset/README.md.txt": b"Kaggle's notes",
+            ".gitattributes": b"",
+        }
+    )
     assert sum("/masks/" in p for p in files) == 8
     sha = hub.put_files("cxr-test/kaggle-tree", files, repo_type="dataset")
     expected = load_radiographs(str(tmp_path / "archive"))
     got = load_in_fresh_process(hub, tmp_path, "cxr-test/kaggle-tree")
     assert got["file_name"] == list(expected["file_name"]) and got["label"] == list(expected["label"])
-    assert got["info"] == {"kind": "hub", "id": "cxr-test/kaggle-tree", "revision": sha, "requested_revision": "main",
-                           "from_cache": False, "layout": "class folders", "config": None}
+    assert got["info"] == {
+        "kind": "hub",
+        "id": "cxr-test/kaggle-tree",
+        "revision": sha,
+        "requested_revision": "main",
+        "from_cache": False,
+        "layout": "class folders",
+        "config": None,
+    }
     assert got["given"] == {}
     assert not any("masks" in p for p in got["snapshot"]) and len(got["snapshot"]) == 20
     fetched = [p for m, p in hub.requests if m == "GET" and "/datasets/cxr-test/kaggle-tree/resolve/" in p]
@@ -242,10 +318,12 @@ def test_kaggle_tree_in_a_dataset_repository_loads_like_the_local_folder(hub, tm
 @pytest.mark.slow
 def test_dataset_revision_trains_on_an_older_commit(hub, tmp_path, sample_dir):
     old, new = pick(sample_dir, 0, 5), pick(sample_dir, 5, 10)
-    old_sha = hub.put_files("cxr-test/xray-history", {"data/train-00000-of-00001.parquet": parquet(tmp_path, old, "o")},
-                            repo_type="dataset")
-    new_sha = hub.put_files("cxr-test/xray-history", {"data/train-00000-of-00001.parquet": parquet(tmp_path, new, "n")},
-                            repo_type="dataset")
+    old_sha = hub.put_files(
+        "cxr-test/xray-history", {"data/train-00000-of-00001.parquet": parquet(tmp_path, old, "o")}, repo_type="dataset"
+    )
+    new_sha = hub.put_files(
+        "cxr-test/xray-history", {"data/train-00000-of-00001.parquet": parquet(tmp_path, new, "n")}, repo_type="dataset"
+    )
     assert old_sha != new_sha
     proc = train_cli(hub, tmp_path, "cxr-test/xray-history", "--dataset-revision", old_sha)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -262,13 +340,21 @@ def test_dataset_revision_trains_on_an_older_commit(hub, tmp_path, sample_dir):
 
 @pytest.mark.slow
 def test_resume_reads_the_commit_the_run_started_from(hub, tmp_path, sample_dir):
-    first = hub.put_files("cxr-test/xray-moving", {
-        "data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 0, 5), "a")}, repo_type="dataset")
+    first = hub.put_files(
+        "cxr-test/xray-moving",
+        {"data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 0, 5), "a")},
+        repo_type="dataset",
+    )
     proc = train_cli(hub, tmp_path, "cxr-test/xray-moving")
     assert proc.returncode == 0, proc.stderr[-3000:]
     split_before, _ = run_outputs(tmp_path)
-    hub.put_files("cxr-test/xray-moving", {  # main moves on: other images under the same file name
-        "data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 5, 10), "b")}, repo_type="dataset")
+    hub.put_files(
+        "cxr-test/xray-moving",
+        {  # main moves on: other images under the same file name
+            "data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 5, 10), "b")
+        },
+        repo_type="dataset",
+    )
     proc = train_cli(hub, tmp_path, "cxr-test/xray-moving", "--epochs", "2", "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming logreg" in proc.stdout
@@ -278,25 +364,41 @@ def test_resume_reads_the_commit_the_run_started_from(hub, tmp_path, sample_dir)
 
 
 def test_missing_repository_and_revision_are_one_line_errors(hub, tmp_path, sample_dir):
-    hub.put_files("cxr-test/xray-small", {"data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 0, 3),
-                                                                                         "s")}, repo_type="dataset")
+    hub.put_files(
+        "cxr-test/xray-small",
+        {"data/train-00000-of-00001.parquet": parquet(tmp_path, pick(sample_dir, 0, 3), "s")},
+        repo_type="dataset",
+    )
     missing = one_error_line(train_cli(hub, tmp_path, "cxr-test/no-such-dataset"))
     assert "no dataset repository 'cxr-test/no-such-dataset' on the Hub" in missing
     revision = one_error_line(train_cli(hub, tmp_path, "cxr-test/xray-small", "--dataset-revision", "v9"))
-    assert revision == ("error: --dataset-revision 'v9': no such branch, tag or commit in the Hub dataset "
-                        "'cxr-test/xray-small'")
+    assert revision == (
+        "error: --dataset-revision 'v9': no such branch, tag or commit in the Hub dataset 'cxr-test/xray-small'"
+    )
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
 def test_dataset_flags_with_a_local_image_folder_fail_up_front(tmp_path, subset, capsys):
     from cxr.cli import train_main
 
-    base = ["--model", "logreg", "--data", str(subset), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
-            "--image-size", "32", "--num-workers", "0"]
+    base = [
+        "--model",
+        "logreg",
+        "--data",
+        str(subset),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--num-workers",
+        "0",
+    ]
     for extra, message in (
-            (["--dataset-revision", "main"], "--dataset-revision is for Hub datasets (--data ORG/NAME)"),
-            (["--dataset-config", "default"], "--dataset-config is for datasets with configurations"),
-            (["--dataset-revision", " "], "--dataset-revision must not be empty"),
+        (["--dataset-revision", "main"], "--dataset-revision is for Hub datasets (--data ORG/NAME)"),
+        (["--dataset-config", "default"], "--dataset-config is for datasets with configurations"),
+        (["--dataset-revision", " "], "--dataset-revision must not be empty"),
     ):
         assert train_main(base + extra) == 2
         err = capsys.readouterr().err.strip()

@@ -23,7 +23,11 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, rescale=No
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ComputedRadiographyImageStorage, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        ComputedRadiographyImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+        "CR",
+    )
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -45,7 +49,9 @@ def test_real_png_reads_without_warnings(sample_dir):
 @pytest.mark.parametrize("mode", ["RGBA", "P", "LA", "I;16"])
 def test_other_png_modes_are_accepted(tmp_path, sample_dir, mode):
     grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L")
-    img = Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257, mode="I;16") if mode == "I;16" else grey.convert(mode)
+    img = (
+        Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257, mode="I;16") if mode == "I;16" else grey.convert(mode)
+    )
     image, warnings = read_radiograph(_save(tmp_path, "x.png", img))
     assert image.size == (256, 256) and warnings == []
 
@@ -56,15 +62,18 @@ def test_cmyk_jpeg_is_accepted(tmp_path, sample_dir):
     assert image.mode == "CMYK"
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty-submit", "Upload a chest X-ray first"),
-    ("non-image", "not an image we can read"),
-    ("truncated", "truncated or corrupt"),
-    ("tiny", "too small"),
-    ("bomb", "refused before decoding"),
-    ("zero-bytes", "empty"),
-    ("dicom-no-pixels", "no pixel data"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty-submit", "Upload a chest X-ray first"),
+        ("non-image", "not an image we can read"),
+        ("truncated", "truncated or corrupt"),
+        ("tiny", "too small"),
+        ("bomb", "refused before decoding"),
+        ("zero-bytes", "empty"),
+        ("dicom-no-pixels", "no pixel data"),
+    ],
+)
 def test_bad_uploads_are_refused_with_a_message(tmp_path, sample_dir, case, message):
     real = next((sample_dir / "COVID").glob("*.png")).read_bytes()
     if case == "empty-submit":
@@ -145,8 +154,12 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
     dcm = _dicom_of(tmp_path, png)
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=4)
-    clf = CXRClassifier(model, PreprocessConfig.create(64, 3, "imagenet"), {"architecture": "resnet18",
-                                                                              "cxr": {"model": "resnet18"}}, "resnet18")
+    clf = CXRClassifier(
+        model,
+        PreprocessConfig.create(64, 3, "imagenet"),
+        {"architecture": "resnet18", "cxr": {"model": "resnet18"}},
+        "resnet18",
+    )
     from_dicom, from_png = clf.predict(str(dcm)), clf.predict(str(png))
     assert from_dicom.keys() == from_png.keys()
     assert max(abs(from_dicom[k] - from_png[k]) for k in from_png) < 0.05  # the same picture, its range stretched
@@ -174,7 +187,11 @@ def test_only_png_jpeg_and_dicom_are_decoded(tmp_path, sample_dir, fmt, suffix):
     grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L").resize((64, 64))
     path = tmp_path / f"x{suffix}"
     grey.save(path, format=fmt)
-    for decode in (lambda: read_radiograph(path), lambda: load_grayscale(path), lambda: load_grayscale(path.read_bytes())):
+    for decode in (
+        lambda: read_radiograph(path),
+        lambda: load_grayscale(path),
+        lambda: load_grayscale(path.read_bytes()),
+    ):
         with pytest.raises(ImageInputError, match="Upload a PNG, JPEG or DICOM"):
             decode()
 

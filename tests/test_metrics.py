@@ -1,4 +1,5 @@
 """Metrics from the shipped `evaluate` module, checked against scikit-learn and a hand-worked case."""
+
 import evaluate
 import numpy as np
 import pytest
@@ -42,22 +43,24 @@ def _probs_for(pred):
 
 def test_hand_worked_confusion_matrix_where_precision_and_recall_differ():
     # rows = true class, columns = predicted (COVID, Lung_Opacity, Normal, Viral Pneumonia)
-    cm = np.array([
-        [8, 0, 2, 0],   # 10 COVID: 8 right, 2 called Normal
-        [1, 5, 4, 0],   # 10 Lung_Opacity
-        [1, 0, 9, 0],   # 10 Normal
-        [0, 0, 1, 4],   # 5 Viral Pneumonia
-    ])
+    cm = np.array(
+        [
+            [8, 0, 2, 0],  # 10 COVID: 8 right, 2 called Normal
+            [1, 5, 4, 0],  # 10 Lung_Opacity
+            [1, 0, 9, 0],  # 10 Normal
+            [0, 0, 1, 4],  # 5 Viral Pneumonia
+        ]
+    )
     y = np.repeat(np.arange(4), cm.sum(axis=1))
     pred = np.concatenate([np.repeat(np.arange(4), row) for row in cm])
     m = compute_metrics(y, _probs_for(pred))
     assert m["confusion_matrix"] == cm.tolist()
     covid = m["per_class"]["COVID"]
-    assert covid["recall"] == pytest.approx(8 / 10)       # of the 10 true COVID, 8 found
-    assert covid["precision"] == pytest.approx(8 / 10)    # of the 10 predicted COVID, 8 right
+    assert covid["recall"] == pytest.approx(8 / 10)  # of the 10 true COVID, 8 found
+    assert covid["precision"] == pytest.approx(8 / 10)  # of the 10 predicted COVID, 8 right
     normal = m["per_class"]["Normal"]
     assert normal["recall"] == pytest.approx(9 / 10)
-    assert normal["precision"] == pytest.approx(9 / 16)   # the study's swap would have said 0.9
+    assert normal["precision"] == pytest.approx(9 / 16)  # the study's swap would have said 0.9
     viral = m["per_class"]["Viral Pneumonia"]
     assert (viral["precision"], viral["recall"]) == pytest.approx((1.0, 4 / 5))
     assert viral["f1"] == pytest.approx(2 * 1.0 * 0.8 / 1.8)
@@ -74,7 +77,7 @@ def test_class_never_predicted_has_zero_precision_not_nan():
 
 def test_auroc_undefined_classes_left_out_of_the_mean():
     y = np.array([0, 0, 2, 2])
-    probs = np.array([[.9, 0, .1, 0], [.6, 0, .4, 0], [.3, 0, .7, 0], [.2, 0, .8, 0]])
+    probs = np.array([[0.9, 0, 0.1, 0], [0.6, 0, 0.4, 0], [0.3, 0, 0.7, 0], [0.2, 0, 0.8, 0]])
     m = compute_metrics(y, probs)
     assert m["auroc_per_class"]["Lung_Opacity"] is None
     assert m["auroc"] == pytest.approx(1.0)

@@ -1,4 +1,5 @@
 """Model registry: AlexNet and logreg in timm, the study's fine-tuning policies, offline weights."""
+
 import time
 
 import numpy as np
@@ -123,4 +124,7 @@ def test_offline_efficientnet_lite0_weights_classify_a_real_photo():
     four, _ = create_model("tf_efficientnet_lite0", 4, pretrained=True)
     assert torch.equal(four.conv_stem.weight, model.conv_stem.weight)
     assert four.get_classifier().out_features == 4
-    assert not np.allclose(four.conv_stem.weight.detach().numpy(), timm.create_model("tf_efficientnet_lite0").conv_stem.weight.detach().numpy())
+    assert not np.allclose(
+        four.conv_stem.weight.detach().numpy(),
+        timm.create_model("tf_efficientnet_lite0").conv_stem.weight.detach().numpy(),
+    )

@@ -8,6 +8,7 @@ and ``cxr.egg-info/`` into a tree other people work in. Every installed-package 
 fresh process whose working folder is outside the checkout and whose ``PYTHONPATH`` is only the
 install folder; each asserts ``cxr.__file__`` lies in it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,14 @@ import pytest
 from conftest import PYTHON, REPO, make_subset, run_script
 from hub_server import TOKEN, LocalHub
 
-SCRIPTS = {"cxr-train": "cxr.cli:train_main", "cxr-eval": "cxr.cli:eval_main", "cxr-app": "cxr.cli:app_main",
-           "cxr-study": "cxr.cli:study_main", "cxr-hub": "cxr.cli:hub_main", "cxr-cv": "cxr.cli:cv_main"}
+SCRIPTS = {
+    "cxr-train": "cxr.cli:train_main",
+    "cxr-eval": "cxr.cli:eval_main",
+    "cxr-app": "cxr.cli:app_main",
+    "cxr-study": "cxr.cli:study_main",
+    "cxr-hub": "cxr.cli:hub_main",
+    "cxr-cv": "cxr.cli:cv_main",
+}
 TEMPLATE = "model_cards/cxr_model_card.md"
 METRIC = "cxr/metrics/cxr_classification/cxr_classification.py"
 PIP = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -35,14 +42,22 @@ XRAY = "COVID/COVID-1004.png"
 
 def _version() -> str:
     tree = ast.parse((REPO / "cxr" / "__init__.py").read_text())
-    return next(n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                and any(getattr(t, "id", None) == "__version__" for t in n.targets))
+    return next(
+        n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in n.targets)
+    )
 
 
 def copy_checkout(dest: Path) -> Path:
     """The checkout's files (what ``git ls-files --cached --others --exclude-standard`` lists) copied to ``dest``."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for rel in filter(None, listed):
         src = REPO / rel
         if src.is_file():  # a tracked file deleted in the working tree is not part of it
@@ -66,8 +81,9 @@ def installed_env(target: Path, **extra) -> dict:
 
 def run_installed(args, target: Path, cwd: Path, timeout: int = 600, **extra) -> subprocess.CompletedProcess:
     assert REPO not in cwd.resolve().parents and cwd.resolve() != REPO
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=installed_env(target, **extra))
+    return subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=installed_env(target, **extra)
+    )
 
 
 def run_json(code: str, target: Path, cwd: Path, **extra):
@@ -110,12 +126,36 @@ def runs(tmp_path_factory, sample_dir, wheel) -> SimpleNamespace:
     data = make_subset(tmp / "data", sample_dir, 10)
     common = ["--data", str(data), "--epochs", "1", "--num-workers", "0"]
     logreg = tmp / "logreg"
-    proc = run_installed([str(wheel.target / "bin" / "cxr-train"), "--model", "logreg", "--output-dir", str(logreg),
-                          "--image-size", "32", *common], wheel.target, wheel.outside)
+    proc = run_installed(
+        [
+            str(wheel.target / "bin" / "cxr-train"),
+            "--model",
+            "logreg",
+            "--output-dir",
+            str(logreg),
+            "--image-size",
+            "32",
+            *common,
+        ],
+        wheel.target,
+        wheel.outside,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     alexnet = tmp / "alexnet"  # AlexNet's pooling needs 64 px
-    proc = run_script([PYTHON, "train_accelerate.py", "--model", "alexnet", "--no-pretrained", "--output-dir",
-                       str(alexnet), "--image-size", "64", *common])
+    proc = run_script(
+        [
+            PYTHON,
+            "train_accelerate.py",
+            "--model",
+            "alexnet",
+            "--no-pretrained",
+            "--output-dir",
+            str(alexnet),
+            "--image-size",
+            "64",
+            *common,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(logreg=logreg, alexnet=alexnet)
 
@@ -134,8 +174,17 @@ def test_pyproject_bounds_are_the_pinned_versions():
         name, bound = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", dep).groups()
         deps[re.sub(r"[-_.]+", "-", name.lower())] = bound
     assert {n: pins.get(n) for n in deps} == deps  # every bound is requirements.txt's pin
-    assert not {"pytest", "playwright", "tensorboard", "setuptools", "ruff", "import-linter", "grimp",
-                 "pytest-xdist", "execnet"} & set(deps)
+    assert not {
+        "pytest",
+        "playwright",
+        "tensorboard",
+        "setuptools",
+        "ruff",
+        "import-linter",
+        "grimp",
+        "pytest-xdist",
+        "execnet",
+    } & set(deps)
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"] == SCRIPTS
     assert "version" in project["dynamic"] and "version" not in project
@@ -170,12 +219,20 @@ def test_editable_install_finds_the_template_in_the_checkout(tmp_path):
     src = copy_checkout(tmp_path / "src")
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
     py = tmp_path / "venv" / "bin" / "python"
-    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     here = sysconfig.get_paths()
     (purelib / "zz_requirements.pth").write_text(f"{here['purelib']}\n{here['platlib']}\n")
-    _pip(["--python", str(py), "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(src)],
-         cwd=tmp_path)
+    _pip(
+        ["--python", str(py), "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(src)],
+        cwd=tmp_path,
+    )
     assert not (src / "build").exists()
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -202,7 +259,9 @@ def test_checkout_without_install_uses_the_top_level_template():
 @pytest.mark.slow
 def test_installed_package_predicts_and_timm_loads_its_folders(wheel, runs, sample_dir):
     image = str(sample_dir / XRAY)
-    code = GUARD.format(repo=str(REPO)) + f"""
+    code = (
+        GUARD.format(repo=str(REPO))
+        + f"""
 import timm, torch
 from cxr import CXRClassifier
 out = {{}}
@@ -218,6 +277,7 @@ for name, folder in {{"logreg": {str(runs.logreg / "model")!r}, "alexnet": {str(
                  "max_logit_diff": float((logits - ours).abs().max()), "temperature": clf.temperature}}
 print(json.dumps(out))
 """
+    )
     got = run_json(code, wheel.target, wheel.outside)
     for name in ("logreg", "alexnet"):
         r = got[name]
@@ -232,10 +292,17 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_installed_console_scripts_answer_help(wheel):
-    procs = {s: subprocess.Popen([str(wheel.target / "bin" / s), "--help"], cwd=wheel.outside,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=installed_env(wheel.target))
-             for s in SCRIPTS}
+    procs = {
+        s: subprocess.Popen(
+            [str(wheel.target / "bin" / s), "--help"],
+            cwd=wheel.outside,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=installed_env(wheel.target),
+        )
+        for s in SCRIPTS
+    }
     for script, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{script}: {err[-2000:]}"
@@ -245,11 +312,14 @@ def test_installed_console_scripts_answer_help(wheel):
 
 @pytest.mark.slow
 def test_installed_package_renders_the_model_card_from_its_template(wheel, runs):
-    code = GUARD.format(repo=str(REPO)) + f"""
+    code = (
+        GUARD.format(repo=str(REPO))
+        + f"""
 from cxr.reporting.model_card import TEMPLATE_PATH, render_model_card
 card = render_model_card({str(runs.logreg)!r}, "cxr-test/logreg")
 print(json.dumps({{"template": str(TEMPLATE_PATH), "text": card.text, "model": card.data.model_name}}))
 """
+    )
     got = run_json(code, wheel.target, wheel.outside)
     assert Path(got["template"]) == wheel.target / "cxr" / "model_cards" / "cxr_model_card.md"
     metrics = json.loads((runs.logreg / "metrics.json").read_text())["test"]
@@ -280,8 +350,14 @@ def test_model_card_code_runs_as_written(wheel, runs, hub, sample_dir, tmp_path)
 
     repo_id = "cxr-test/packaged-logreg"
     hub_vars = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
-    proc = run_installed([str(wheel.target / "bin" / "cxr-hub"), "push", str(runs.logreg), repo_id], wheel.target,
-                         wheel.outside, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf-push"), **hub_vars)
+    proc = run_installed(
+        [str(wheel.target / "bin" / "cxr-hub"), "push", str(runs.logreg), repo_id],
+        wheel.target,
+        wheel.outside,
+        HF_TOKEN=TOKEN,
+        HF_HOME=str(tmp_path / "hf-push"),
+        **hub_vars,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     published = hub.repos[repo_id].snapshot("main")[1]["README.md"].decode()
     blocks = python_blocks(published)

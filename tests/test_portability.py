@@ -2,6 +2,7 @@
 transformers' ``pipeline`` gets cxr's input, so all three give cxr's probabilities — on a non-square
 image, an RGB image and a 16-bit PNG made from real X-rays. Where they cannot (CLAHE), the config
 says so and transformers refuses to load the model with the reason."""
+
 import json
 
 import numpy as np
@@ -28,8 +29,9 @@ def save_model(tmp_path, name, image_size=64, clahe=False, pretrained=False):
             p.normal_(0, 0.2)
     cfg = model.pretrained_cfg
     prep = PreprocessConfig.create(image_size, cfg["input_size"][0], "model", cfg["mean"], cfg["std"], clahe=clahe)
-    return save_model_dir(model, tmp_path / f"{name}{'-clahe' if clahe else ''}", prep,
-                          {"model": name, "pretrained": source})
+    return save_model_dir(
+        model, tmp_path / f"{name}{'-clahe' if clahe else ''}", prep, {"model": name, "pretrained": source}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +80,9 @@ def test_timm_and_transformers_preprocess_like_cxr(tmp_path, images, name):
         np.testing.assert_allclose(_timm_probs(folder, as_rgb), ours, atol=TOLERANCE, err_msg=f"timm, {kind}")
         np.testing.assert_allclose(_pipeline_probs(pipe, as_rgb), ours, atol=TOLERANCE, err_msg=f"pipeline, {kind}")
         if kind != "sixteen_bit":  # the pipeline reads the file itself
-            np.testing.assert_allclose(_pipeline_probs(pipe, str(path)), ours, atol=TOLERANCE,
-                                       err_msg=f"pipeline from the path, {kind}")
+            np.testing.assert_allclose(
+                _pipeline_probs(pipe, str(path)), ours, atol=TOLERANCE, err_msg=f"pipeline from the path, {kind}"
+            )
 
 
 def test_sixteen_bit_path_through_the_pipeline_differs_as_the_card_says(tmp_path, images):
@@ -103,8 +106,10 @@ def test_clahe_model_says_it_is_cxr_only_and_transformers_refuses_it_clearly(tmp
     assert cfg["cxr"]["portability"]["transformers"] is False and cfg["cxr"]["portability"]["timm"] is False
     assert "CLAHE" in cfg["cxr"]["portability"]["notes"][0]
     assert cfg["model_type"] == NON_PORTABLE_MODEL_TYPE
-    for load in (lambda: AutoModelForImageClassification.from_pretrained(str(folder)),
-                 lambda: pipeline("image-classification", model=str(folder))):
+    for load in (
+        lambda: AutoModelForImageClassification.from_pretrained(str(folder)),
+        lambda: pipeline("image-classification", model=str(folder)),
+    ):
         with pytest.raises(ValueError, match=r"CLAHE preprocessing that transformers cannot apply; load with cxr"):
             load()
     # cxr and timm still load it (timm's user applies CLAHE; the card shows how)

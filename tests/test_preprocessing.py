@@ -1,4 +1,5 @@
 """Preprocessing: grey conversion for every file mode, normalisation, augmentation, config round trip."""
+
 import io
 
 import numpy as np

@@ -1,6 +1,7 @@
 """The fine-tuning recipe's parts, each a flag recorded in run_config.json: AdamW, warm-up then cosine,
 label smoothing, an EMA of the weights (the model validated and kept), gradient clipping, radiograph
 augmentation; bad values and a diverging run stop with one clear line."""
+
 import json
 import os
 
@@ -19,8 +20,25 @@ from cxr.training.loop import PRESETS, TrainConfig, _set_cpu_threads, has_checkp
 
 
 def _run(data, out, *extra):
-    return train_main(["--model", "logreg", "--data", str(data), "--output-dir", str(out), "--epochs", "2",
-                       "--image-size", "24", "--num-workers", "0", "--batch-size", "16", *extra])
+    return train_main(
+        [
+            "--model",
+            "logreg",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--image-size",
+            "24",
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "16",
+            *extra,
+        ]
+    )
 
 
 def test_warmup_then_cosine_and_constant_schedules():
@@ -32,17 +50,20 @@ def test_warmup_then_cosine_and_constant_schedules():
     assert [lr_factor(s, total, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
-    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
-    (["--ema-decay", "1.0"], "--ema-decay must be in (0, 1)"),
-    (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
-    (["--warmup-epochs", "2"], "--warmup-epochs must be >= 0 and shorter than training (2 epochs)"),
-    (["--clip-grad-norm", "0"], "--clip-grad-norm must be positive"),
-    (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
-    (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
-    (["--drop-path", "-0.1"], "--drop-path must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
+        (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+        (["--ema-decay", "1.0"], "--ema-decay must be in (0, 1)"),
+        (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
+        (["--warmup-epochs", "2"], "--warmup-epochs must be >= 0 and shorter than training (2 epochs)"),
+        (["--clip-grad-norm", "0"], "--clip-grad-norm must be positive"),
+        (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
+        (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
+        (["--drop-path", "-0.1"], "--drop-path must be in [0, 1)"),
+    ],
+)
 def test_bad_recipe_values_fail_before_any_work(subset, tmp_path, capsys, extra, message):
     assert _run(subset, tmp_path / "out", *extra) == 2
     err = capsys.readouterr().err
@@ -52,14 +73,50 @@ def test_bad_recipe_values_fail_before_any_work(subset, tmp_path, capsys, extra,
 
 def test_full_recipe_runs_records_its_settings_and_keeps_the_ema_weights(subset, tmp_path):
     out = tmp_path / "run"
-    assert _run(subset, out, "--optimizer", "adamw", "--weight-decay", "0.05", "--lr-scheduler", "cosine",
-                "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--ema-decay", "0.5", "--clip-grad-norm", "1.0",
-                "--augment", "radiograph") == 0
+    assert (
+        _run(
+            subset,
+            out,
+            "--optimizer",
+            "adamw",
+            "--weight-decay",
+            "0.05",
+            "--lr-scheduler",
+            "cosine",
+            "--warmup-epochs",
+            "0.5",
+            "--label-smoothing",
+            "0.1",
+            "--ema-decay",
+            "0.5",
+            "--clip-grad-norm",
+            "1.0",
+            "--augment",
+            "radiograph",
+        )
+        == 0
+    )
     cfg = json.loads((out / "run_config.json").read_text())["config"]
-    assert {k: cfg[k] for k in ("optimizer", "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay",
-                                "clip_grad_norm", "augment")} == {
-        "optimizer": "adamw", "lr_scheduler": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1,
-        "ema_decay": 0.5, "clip_grad_norm": 1.0, "augment": "radiograph"}
+    assert {
+        k: cfg[k]
+        for k in (
+            "optimizer",
+            "lr_scheduler",
+            "warmup_epochs",
+            "label_smoothing",
+            "ema_decay",
+            "clip_grad_norm",
+            "augment",
+        )
+    } == {
+        "optimizer": "adamw",
+        "lr_scheduler": "cosine",
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+        "ema_decay": 0.5,
+        "clip_grad_norm": 1.0,
+        "augment": "radiograph",
+    }
     history = json.loads((out / "history.json").read_text())["epochs"]
     assert history[-1]["lr"] < history[0]["lr"]  # the cosine decays
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -74,9 +131,31 @@ def test_full_recipe_runs_records_its_settings_and_keeps_the_ema_weights(subset,
 
 def test_layer_decay_frozen_bn_statistics_and_drop_path_on_a_real_backbone(subset, tmp_path):
     out = tmp_path / "run"
-    assert train_main(["--model", "tf_efficientnet_lite0", "--no-pretrained", "--data", str(subset), "--output-dir",
-                       str(out), "--epochs", "1", "--image-size", "32", "--num-workers", "0", "--layer-decay", "0.5",
-                       "--freeze-bn-stats", "--drop-path", "0.2"]) == 0
+    assert (
+        train_main(
+            [
+                "--model",
+                "tf_efficientnet_lite0",
+                "--no-pretrained",
+                "--data",
+                str(subset),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--num-workers",
+                "0",
+                "--layer-decay",
+                "0.5",
+                "--freeze-bn-stats",
+                "--drop-path",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "run_config.json").read_text())["config"]
     assert (cfg["layer_decay"], cfg["freeze_bn_stats"], cfg["drop_path"]) == (0.5, True, 0.2)
     groups = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["optimizer"]["param_groups"]
@@ -162,8 +241,28 @@ def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperatur
     for f in (out / "metrics.json", out / "checkpoint.pt", out / "holdout" / "metrics.json"):
         f.unlink()
     assert has_checkpoint(out, final_fit=True) and not has_checkpoint(out)
-    assert train_main(["--model", "logreg", "--data", str(subset), "--output-dir", str(out), "--image-size", "24",
-                       "--num-workers", "0", "--batch-size", "16", "--epochs", "2", "--resume"]) == 0
+    assert (
+        train_main(
+            [
+                "--model",
+                "logreg",
+                "--data",
+                str(subset),
+                "--output-dir",
+                str(out),
+                "--image-size",
+                "24",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "16",
+                "--epochs",
+                "2",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
     assert (out / "holdout" / "metrics.json").is_file()
 
@@ -196,7 +295,13 @@ def test_presets_fill_only_the_recipe_flags_not_given(sample_dir, tmp_path):
     paper = TrainConfig(**base, preset="paper").resolve()
     spec = model_spec("tf_efficientnet_lite0")
     assert (paper.optimizer, paper.lr, paper.lr_scheduler, paper.augment, paper.keep, paper.final_fit) == (
-        "adam", 5e-4, "constant", "study", "best", False)
+        "adam",
+        5e-4,
+        "constant",
+        "study",
+        "best",
+        False,
+    )
     assert (paper.epochs, paper.batch_size) == (spec.epochs, spec.batch_size)  # the study's for the model
     mixed = TrainConfig(**base, preset="paper", batch_size=16, keep="last").resolve()
     assert (mixed.batch_size, mixed.keep, mixed.lr, mixed.epochs) == (16, "last", 5e-4, spec.epochs)
@@ -221,7 +326,13 @@ def test_a_resumed_run_keeps_the_recipe_it_started_with_unless_told(subset, tmp_
     # no --preset now: the run goes on with the study's recipe it began with; the epochs given are new
     assert _run(subset, out, "--epochs", "2", "--resume") == 0
     cfg = json.loads((out / "run_config.json").read_text())["config"]
-    assert (cfg["optimizer"], cfg["lr"], cfg["augment"], cfg["keep"], cfg["epochs"]) == ("adam", 5e-4, "study", "best", 2)
+    assert (cfg["optimizer"], cfg["lr"], cfg["augment"], cfg["keep"], cfg["epochs"]) == (
+        "adam",
+        5e-4,
+        "study",
+        "best",
+        2,
+    )
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
     # a recipe value given that differs from the checkpoint's is refused, as before
     assert _run(subset, out, "--epochs", "3", "--resume", "--optimizer", "adamw") == 2

@@ -1,4 +1,5 @@
 """A run killed mid-training resumes from its last checkpoint and ends where an uninterrupted run ends."""
+
 import json
 import os
 import signal
@@ -13,8 +14,24 @@ EPOCHS = 30
 
 
 def _args(sample_dir, out):
-    return [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out),
-            "--epochs", str(EPOCHS), "--image-size", "24", "--batch-size", "32", "--num-workers", "0"]
+    return [
+        PYTHON,
+        "train_accelerate.py",
+        "--model",
+        "logreg",
+        "--data",
+        str(sample_dir),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        "--image-size",
+        "24",
+        "--batch-size",
+        "32",
+        "--num-workers",
+        "0",
+    ]
 
 
 @pytest.mark.slow
@@ -24,8 +41,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sample_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    p = subprocess.Popen(_args(sample_dir, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    p = subprocess.Popen(
+        _args(sample_dir, killed),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint.pt").exists() and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.02)
@@ -49,7 +72,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sample_dir):
     for a, b in zip(h_full["epochs"], h_resumed["epochs"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_accuracy"] == b["val_accuracy"]
-    w_full, w_resumed = load_file(str(full / "model" / "model.safetensors")), load_file(str(killed / "model" / "model.safetensors"))
+    w_full, w_resumed = (
+        load_file(str(full / "model" / "model.safetensors")),
+        load_file(str(killed / "model" / "model.safetensors")),
+    )
     assert all((w_full[k] - w_resumed[k]).abs().max() < 1e-5 for k in w_full)
     m_full = json.loads((full / "metrics.json").read_text())
     m_resumed = json.loads((killed / "metrics.json").read_text())
@@ -58,8 +84,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sample_dir):
 
 def test_resume_refuses_other_settings(tmp_path, sample_dir):
     out = tmp_path / "run"
-    args = [PYTHON, "train_accelerate.py", "--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out),
-            "--epochs", "1", "--image-size", "24", "--num-workers", "0"]
+    args = [
+        PYTHON,
+        "train_accelerate.py",
+        "--model",
+        "logreg",
+        "--data",
+        str(sample_dir),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "24",
+        "--num-workers",
+        "0",
+    ]
     assert run_script(args).returncode == 0
     proc = run_script([*args[:-4], "--image-size", "32", "--num-workers", "0", "--resume"])
     assert proc.returncode == 2 and "--image-size 24" in proc.stderr

@@ -1,4 +1,5 @@
 """The run folder has one owner: RunFolder names every file, and no other module spells one."""
+
 import re
 from pathlib import Path
 
@@ -8,9 +9,19 @@ from cxr.labels import CLASS_NAMES
 from cxr.run_folder import RunFolder, read_predictions, write_json, write_predictions
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_FILES = ("metrics.json", "run_config.json", "split.json", "history.json", "checkpoint.pt", "report.md",
-             "predictions.csv", "predictions_train.csv", "predictions_validation.csv", "confusion_matrix.png",
-             "training_curves.png")
+RUN_FILES = (
+    "metrics.json",
+    "run_config.json",
+    "split.json",
+    "history.json",
+    "checkpoint.pt",
+    "report.md",
+    "predictions.csv",
+    "predictions_train.csv",
+    "predictions_validation.csv",
+    "confusion_matrix.png",
+    "training_curves.png",
+)
 
 
 def test_no_module_but_run_folder_spells_a_run_file_name():
@@ -40,8 +51,12 @@ def test_states_follow_the_files_written(tmp_path):
     run.model_weights.write_bytes(b"")
     assert run.is_finished()
     assert run.holdout.root == run.root / "holdout" and run.holdout != run
-    assert [p.name for p in run.published] == ["metrics.json", "confusion_matrix.png", "training_curves.png",
-                                               "split.json"]
+    assert [p.name for p in run.published] == [
+        "metrics.json",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "split.json",
+    ]
 
 
 def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):

@@ -2,6 +2,7 @@
 Hub stand-in (tests/hub_server.py): publish two models, deploy a Space listing them, download the
 Space repository into an empty folder with snapshot_download, start its app.py there with the Hub
 endpoint pointed at the stand-in, and get predictions from every listed model through gradio_client."""
+
 import os
 import subprocess
 
@@ -15,8 +16,10 @@ from test_hub import hub_env
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
 
-MODELS = {"cxr-test/space-lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
-          "cxr-test/space-logreg": ["--model", "logreg", "--image-size", "24"]}
+MODELS = {
+    "cxr-test/space-lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
+    "cxr-test/space-logreg": ["--model", "logreg", "--image-size", "24"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,21 @@ def published(hub, tmp_path_factory, sample_dir):
     data = make_subset(tmp / "data", sample_dir, 10)
     for repo_id, args in MODELS.items():
         run = tmp / repo_id.split("/")[1]
-        proc = run_script([PYTHON, "train_accelerate.py", *args, "--data", str(data), "--output-dir", str(run),
-                           "--epochs", "1", "--num-workers", "0"])
+        proc = run_script(
+            [
+                PYTHON,
+                "train_accelerate.py",
+                *args,
+                "--data",
+                str(data),
+                "--output-dir",
+                str(run),
+                "--epochs",
+                "1",
+                "--num-workers",
+                "0",
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         proc = run_script([PYTHON, "-m", "cxr.hub", "push", str(run), repo_id], env=hub_env(hub, tmp))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,8 +59,10 @@ def published(hub, tmp_path_factory, sample_dir):
 
 def deploy(hub, tmp_path, space_id, models, token=TOKEN, *extra):
     # no implicit token: every request must carry the token the command checked
-    return run_script([PYTHON, "-m", "cxr.hub", "space", space_id, "--models", ",".join(models), *extra],
-                      env={**hub_env(hub, tmp_path, token=token), "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"})
+    return run_script(
+        [PYTHON, "-m", "cxr.hub", "space", space_id, "--models", ",".join(models), *extra],
+        env={**hub_env(hub, tmp_path, token=token), "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"},
+    )
 
 
 def _front_matter(readme: bytes) -> dict:
@@ -65,7 +83,9 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, t
     top = {p for p in files if "/" not in p}
     assert top == {"app.py", "README.md", "requirements.txt", "app_models.txt"}
     assert {p.split("/")[0] for p in files} == top | {"cxr"}
-    assert "cxr/model_cards/cxr_model_card.md" in files and "cxr/metrics/cxr_classification/cxr_classification.py" in files
+    assert (
+        "cxr/model_cards/cxr_model_card.md" in files and "cxr/metrics/cxr_classification/cxr_classification.py" in files
+    )
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in files)
     meta = _front_matter(files["README.md"])
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ and meta["app_file"] == "app.py"
@@ -80,21 +100,33 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, t
 
     # the Space repository, downloaded into an empty folder, is all the app needs
     space = tmp_path / "space"
-    code = ("from huggingface_hub import snapshot_download; "
-            f"snapshot_download('cxr-test/demo', repo_type='space', local_dir={str(space)!r})")
+    code = (
+        "from huggingface_hub import snapshot_download; "
+        f"snapshot_download('cxr-test/demo', repo_type='space', local_dir={str(space)!r})"
+    )
     env = hub_env(hub, tmp_path / "user")
     got = run_script([PYTHON, "-c", code], env=env)
     assert got.returncode == 0, got.stderr[-3000:]
-    which = subprocess.run([PYTHON, "-c", "import cxr; print(cxr.__file__)"], cwd=space, capture_output=True,
-                           text=True, env={**os.environ, **env})
+    which = subprocess.run(
+        [PYTHON, "-c", "import cxr; print(cxr.__file__)"],
+        cwd=space,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     assert which.stdout.strip() == str(space / "cxr" / "__init__.py")  # the Space's copy, not this checkout
 
     port = _free_port()
     log = tmp_path / "space.log"
     app_env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("CXR_APP_MODELS", "PYTHONPATH")}
     with open(log, "w") as f:
-        app = subprocess.Popen([PYTHON, "app.py"], cwd=space, stdout=f, stderr=subprocess.STDOUT,
-                               env={**app_env, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
+        app = subprocess.Popen(
+            [PYTHON, "app.py"],
+            cwd=space,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**app_env, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_serving(url, app, log, timeout=180)
@@ -121,8 +153,12 @@ def test_bad_deployments_fail_before_anything_is_uploaded(hub, published, tmp_pa
         ("cxr-test/a/b", published, TOKEN, "malformed Space id"),
         ("cxr-test/demo-bad", published, None, "needs a token"),
         ("cxr-test/demo-bad", published, "hf_wrong", "token was rejected"),
-        ("cxr-test/demo-bad", [*published, "cxr-test/never-published"], TOKEN,
-         "cxr-test/never-published: no such model on the Hub"),
+        (
+            "cxr-test/demo-bad",
+            [*published, "cxr-test/never-published"],
+            TOKEN,
+            "cxr-test/never-published: no such model on the Hub",
+        ),
         ("cxr-test/demo-bad", ["not-an-id"], TOKEN, "not-an-id: malformed model id"),
     ]
     for space_id, models, token, message in cases:
@@ -153,8 +189,11 @@ def test_redeploy_updates_a_cxr_space_and_never_touches_a_foreign_one(hub, publi
     assert files["app_models.txt"].decode().split("\n")[1:] == [published[0], ""]
 
     # a Space cxr did not deploy is refused unless --force
-    hub.put_files("cxr-test/someone-elses", {"app.py": b"print('hello')\n", "README.md": b"---\nsdk: gradio\n---\n"},
-                  repo_type="space")
+    hub.put_files(
+        "cxr-test/someone-elses",
+        {"app.py": b"print('hello')\n", "README.md": b"---\nsdk: gradio\n---\n"},
+        repo_type="space",
+    )
     proc = deploy(hub, tmp_path, "cxr-test/someone-elses", published)
     assert proc.returncode == 2 and "was not deployed by cxr" in proc.stderr and "--force" in proc.stderr
     _, files = hub.repos["spaces/cxr-test/someone-elses"].snapshot("main")

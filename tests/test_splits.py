@@ -1,4 +1,5 @@
 """Stratified 80/10/10 split: proportions, determinism across processes, split files."""
+
 import json
 import subprocess
 import sys
@@ -38,8 +39,14 @@ def test_split_depends_on_seed_only_and_is_identical_in_another_process(sample_i
         "import json,sys; from cxr.data.dataset import load_radiographs; from cxr.data.splits import stratified_split;"
         f"ds=load_radiographs({str(sample_dir)!r}); print(json.dumps(stratified_split(ds['file_name'], ds['label'], 1)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                         env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == a
 
 

@@ -1,4 +1,5 @@
 """Bootstrap intervals, McNemar's test, ECE and temperature scaling against hand-computed cases."""
+
 import math
 
 import numpy as np
@@ -45,11 +46,11 @@ def test_mcnemar_exact_small_case():
     y = np.zeros(20, dtype=int)
     a = np.zeros(20, dtype=int)
     b = np.zeros(20, dtype=int)
-    b[:10] = 1      # 10 images: A right, B wrong
-    a[10:12] = 1    # 2 images: A wrong, B right
+    b[:10] = 1  # 10 images: A right, B wrong
+    a[10:12] = 1  # 2 images: A wrong, B right
     r = mcnemar_test(y, a, b)
     assert (r["b"], r["c"], r["method"]) == (10, 2, "exact")
-    assert r["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert r["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
 
 
 def test_mcnemar_chi_squared_with_continuity_correction():
@@ -66,12 +67,12 @@ def test_mcnemar_chi_squared_with_continuity_correction():
 
 def test_ece_hand_case():
     y = np.array([0, 0, 1, 1])
-    probs = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8]])
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     # two bins: every confidence (.9, .6, .7, .8) falls in (0.5, 1]; mean .75, all right -> gap .25
     assert expected_calibration_error(y, probs, n_bins=2) == pytest.approx(0.25)
     # ten bins: bins of .6, .7, .8, .9 hold one right image each: gaps .4, .3, .2, .1 -> mean .25
     assert expected_calibration_error(y, probs, n_bins=10) == pytest.approx(0.25)
-    wrong = np.array([[.1, .9], [.6, .4], [.3, .7], [.2, .8]])  # first image wrong at confidence .9
+    wrong = np.array([[0.1, 0.9], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])  # first image wrong at confidence .9
     assert expected_calibration_error(y, wrong, n_bins=10) == pytest.approx((0.9 + 0.4 + 0.3 + 0.2) / 4)
 
 
@@ -90,4 +91,6 @@ def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
     assert after < before * 0.7
     assert after == pytest.approx(negative_log_likelihood(y[1000:], honest[1000:]), rel=0.05)
     assert np.array_equal(apply_temperature(overconfident, t).argmax(1), overconfident.argmax(1))
-    assert expected_calibration_error(y, apply_temperature(overconfident, t)) < expected_calibration_error(y, overconfident)
+    assert expected_calibration_error(y, apply_temperature(overconfident, t)) < expected_calibration_error(
+        y, overconfident
+    )

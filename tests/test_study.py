@@ -1,4 +1,5 @@
 """`python -m cxr.study` on a small subset of the real sample: every section, resumable, recomputable."""
+
 import csv
 import json
 import shutil
@@ -12,9 +13,16 @@ from cxr.errors import CXRError
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
 
-SECTIONS = ["## Table 1", "## Tables 2–", "## Uncertainty", "## Calibration",
-            "## ImageNet weights versus training from scratch", "## CLAHE", "## Grad-CAM (the paper's Table 6)",
-            "## Source audit"]
+SECTIONS = [
+    "## Table 1",
+    "## Tables 2–",
+    "## Uncertainty",
+    "## Calibration",
+    "## ImageNet weights versus training from scratch",
+    "## CLAHE",
+    "## Grad-CAM (the paper's Table 6)",
+    "## Source audit",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +50,29 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
     cxr.training.loop.train = train_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_study(str(small_data), out, ["logreg", "tf_efficientnet_lite0"], "cpu-quick", clahe=True,
-                      num_workers=0, bootstrap=200, cam_images_per_class=1)
+            run_study(
+                str(small_data),
+                out,
+                ["logreg", "tf_efficientnet_lite0"],
+                "cpu-quick",
+                clahe=True,
+                num_workers=0,
+                bootstrap=200,
+                cam_images_per_class=1,
+            )
     finally:
         cxr.training.loop.train = real_train
     assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
-    result = run_study(str(small_data), out, ["logreg", "tf_efficientnet_lite0"], "cpu-quick", clahe=True,
-                       num_workers=0, bootstrap=200, cam_images_per_class=1)
+    result = run_study(
+        str(small_data),
+        out,
+        ["logreg", "tf_efficientnet_lite0"],
+        "cpu-quick",
+        clahe=True,
+        num_workers=0,
+        bootstrap=200,
+        cam_images_per_class=1,
+    )
     return out, result
 
 
@@ -56,8 +80,15 @@ def test_study_resumes_and_skips_finished_runs(interrupted_then_resumed):
     _, result = interrupted_then_resumed
     log = result["runs_log"]
     assert log["logreg"]["status"] == "skipped (finished)"
-    assert all(log[name]["status"] == "trained" for name in
-               ("logreg-clahe", "tf_efficientnet_lite0", "tf_efficientnet_lite0-scratch", "tf_efficientnet_lite0-clahe"))
+    assert all(
+        log[name]["status"] == "trained"
+        for name in (
+            "logreg-clahe",
+            "tf_efficientnet_lite0",
+            "tf_efficientnet_lite0-scratch",
+            "tf_efficientnet_lite0-clahe",
+        )
+    )
 
 
 def test_study_writes_every_section_and_figure(interrupted_then_resumed):
@@ -107,10 +138,37 @@ def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
     from conftest import ACCELERATE, run_script
 
     out = tmp_path / "ddp"
-    proc = run_script([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxr.study", "--data", str(small_data),
-                       "--output-dir", str(out), "--models", "logreg", "--clahe", "--num-workers", "0",
-                       "--bootstrap", "200", "--cam-images", "1"], env={"ACCELERATE_USE_CPU": "1"})
+    proc = run_script(
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "cxr.study",
+            "--data",
+            str(small_data),
+            "--output-dir",
+            str(out),
+            "--models",
+            "logreg",
+            "--clahe",
+            "--num-workers",
+            "0",
+            "--bootstrap",
+            "200",
+            "--cam-images",
+            "1",
+        ],
+        env={"ACCELERATE_USE_CPU": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1
     for run in ("logreg", "logreg-clahe"):

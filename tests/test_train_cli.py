@@ -1,4 +1,5 @@
 """`accelerate launch train_accelerate.py` on the real sample, then `python -m cxr.eval` on its test images."""
+
 import csv
 import json
 import os
@@ -16,8 +17,17 @@ from cxr.training.loop import PRESETS
 pytestmark = pytest.mark.slow
 
 EXPECTED_FILES = [
-    "checkpoint.pt", "confusion_matrix.png", "history.json", "metrics.json", "model", "predictions.csv",
-    "predictions_train.csv", "predictions_validation.csv", "report.md", "run_config.json", "split.json",
+    "checkpoint.pt",
+    "confusion_matrix.png",
+    "history.json",
+    "metrics.json",
+    "model",
+    "predictions.csv",
+    "predictions_train.csv",
+    "predictions_validation.csv",
+    "report.md",
+    "run_config.json",
+    "split.json",
     "training_curves.png",
 ]
 
@@ -26,11 +36,27 @@ EXPECTED_FILES = [
 def lite0_run(tmp_path_factory, sample_dir):
     """EfficientNet-Lite0 with its offline ImageNet weights, 2 epochs at 64 px on all 600 images."""
     out = tmp_path_factory.mktemp("runs") / "lite0"
-    proc = run_script([
-        ACCELERATE, "launch", "--num_processes", "1", "train_accelerate.py", "--model", "tf_efficientnet_lite0",
-        "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "2", "--image-size", "64",
-        "--num-workers", "1",
-    ])
+    proc = run_script(
+        [
+            ACCELERATE,
+            "launch",
+            "--num_processes",
+            "1",
+            "train_accelerate.py",
+            "--model",
+            "tf_efficientnet_lite0",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--image-size",
+            "64",
+            "--num-workers",
+            "1",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -99,7 +125,8 @@ def test_default_run_keeps_the_last_epoch_and_uses_every_core(lite0_run):
     # accelerate launch sets OMP_NUM_THREADS=1; training gives torch the cores anyway
     assert run["torch_threads"] == len(os.sched_getaffinity(0))
     assert {k: run["config"][k] for k in PRESETS["default"] if k != "epochs"} == {
-        k: v for k, v in PRESETS["default"].items() if k != "epochs"}
+        k: v for k, v in PRESETS["default"].items() if k != "epochs"
+    }
 
 
 def test_report_shows_the_study_layout_and_disclaimer(lite0_run):
@@ -161,11 +188,26 @@ def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, 
         cls, base = name.split("/")
         (data / cls / "images").mkdir(parents=True, exist_ok=True)
         (data / cls / "images" / base).symlink_to(sample_dir / cls / base)
-    proc = run_script([PYTHON, "-m", "cxr.eval", "--model", str(out / "model"), "--data", str(data),
-                       "--output-dir", str(tmp_path / "eval")])
+    proc = run_script(
+        [
+            PYTHON,
+            "-m",
+            "cxr.eval",
+            "--model",
+            str(out / "model"),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
-        "confusion_matrix.png", "metrics.json", "predictions.csv", "report.md"]
+        "confusion_matrix.png",
+        "metrics.json",
+        "predictions.csv",
+        "report.md",
+    ]
     ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
     theirs = json.loads((out / "metrics.json").read_text())["test"]
     assert ours["confusion_matrix"] == theirs["confusion_matrix"]
@@ -178,10 +220,31 @@ def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, 
 
 def test_every_flag_has_help_text():
     train_flags = {
-        "--model", "--data", "--output-dir", "--epochs", "--batch-size", "--lr", "--optimizer", "--weight-decay",
-        "--image-size", "--norm", "--seed", "--train-layers", "--pretrained", "--no-pretrained", "--num-workers",
-        "--gradient-accumulation-steps", "--mixed-precision", "--resume", "--split-file", "--report-to",
-        "--preset", "--keep", "--final-fit", "--augment", "--cpu-threads",
+        "--model",
+        "--data",
+        "--output-dir",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--weight-decay",
+        "--image-size",
+        "--norm",
+        "--seed",
+        "--train-layers",
+        "--pretrained",
+        "--no-pretrained",
+        "--num-workers",
+        "--gradient-accumulation-steps",
+        "--mixed-precision",
+        "--resume",
+        "--split-file",
+        "--report-to",
+        "--preset",
+        "--keep",
+        "--final-fit",
+        "--augment",
+        "--cpu-threads",
     }
     for parser, required in ((build_train_parser(), train_flags), (build_eval_parser(), {"--model", "--data"})):
         seen = set()
@@ -191,4 +254,6 @@ def test_every_flag_has_help_text():
                 assert action.help and len(action.help) > 15, action.option_strings
         assert required <= seen, required - seen
     proc = run_script([PYTHON, "train_accelerate.py", "--help"])
-    assert proc.returncode == 0 and "--gradient-accumulation-steps" in proc.stdout and "not for diagnosis" in proc.stdout
+    assert (
+        proc.returncode == 0 and "--gradient-accumulation-steps" in proc.stdout and "not for diagnosis" in proc.stdout
+    )

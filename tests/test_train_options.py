@@ -1,12 +1,28 @@
 """Options that change where a run's images and logs come from: --split-file and --report-to."""
+
 import json
 
 from cxr.cli import train_main
 
 
 def _run(sample_dir, out, *extra):
-    return train_main(["--model", "logreg", "--data", str(sample_dir), "--output-dir", str(out), "--epochs", "1",
-                       "--image-size", "24", "--num-workers", "0", *extra])
+    return train_main(
+        [
+            "--model",
+            "logreg",
+            "--data",
+            str(sample_dir),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "24",
+            "--num-workers",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def test_split_file_makes_runs_share_their_test_images(tmp_path, sample_dir):

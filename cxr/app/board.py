@@ -10,6 +10,7 @@ Example:
     >>> [m.available for m in board.models]                              # doctest: +SKIP
     [True, False]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -183,7 +184,9 @@ class ModelBoard:
                 result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
         return result
 
-    def analyse(self, path: Optional[str], method: str = "GradCAM", cam_class: Optional[str] = None) -> Iterator[Analysis]:
+    def analyse(
+        self, path: Optional[str], method: str = "GradCAM", cam_class: Optional[str] = None
+    ) -> Iterator[Analysis]:
         """Stream a request: yields after decoding, after all probabilities, then after each heat map.
 
         Args:

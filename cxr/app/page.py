@@ -5,6 +5,7 @@ probabilities first, heat maps as they are ready); the ``/predict`` API endpoint
 model's probabilities (JSON) and heat maps (a gallery) in one answer for ``gradio_client``.
 Research use only — not for diagnosis.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,10 @@ This app shows chest X-ray classifiers trained with `cxr`, side by side. It was 
 """
 
 
-NO_MODELS_LINE = ("this app was started without models: list Hub ids in app_models.txt or $CXR_APP_MODELS, "
-                  "or pass --models (the page says how)")
+NO_MODELS_LINE = (
+    "this app was started without models: list Hub ids in app_models.txt or $CXR_APP_MODELS, "
+    "or pass --models (the page says how)"
+)
 
 
 def _model_header(m) -> str:
@@ -103,8 +106,15 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
                 with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
                     gr.Markdown(_model_header(m))
                     labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
-                    heatmaps.append(gr.Image(label=f"Grad-CAM · {m.ref}", type="numpy", interactive=False,
-                                             elem_id=f"heatmap-{i}", height=260))
+                    heatmaps.append(
+                        gr.Image(
+                            label=f"Grad-CAM · {m.ref}",
+                            type="numpy",
+                            interactive=False,
+                            elem_id=f"heatmap-{i}",
+                            height=260,
+                        )
+                    )
         agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
         if examples:
             gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples (click one)")
@@ -135,10 +145,15 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
             return out
 
         outputs = [status, image, *labels, *heatmaps, agreement]
-        run.click(stream, [upload, method, cam_class], outputs, api_name="analyse",
-                  api_description="What the page shows, streamed: the status line, the image as analysed, then every "
-                                  "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
-                                  "ready, and whether the models agree. Programs want /classify or /predict.")
+        run.click(
+            stream,
+            [upload, method, cam_class],
+            outputs,
+            api_name="analyse",
+            api_description="What the page shows, streamed: the status line, the image as analysed, then every "
+            "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
+            "ready, and whether the models agree. Programs want /classify or /predict.",
+        )
         upload.upload(stream, [upload, method, cam_class], outputs, api_name=False)
 
         api_json = gr.JSON(visible=False, label="result")
@@ -174,16 +189,25 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
             if final.error:
                 return {"error": final.error, "disclaimer": DISCLAIMER}
             models, _ = model_entries(final, with_heatmaps=False)
-            return {"error": None, "warnings": final.warnings, "agreement": agreement_line(final.probabilities),
-                    "models": models, "disclaimer": DISCLAIMER}
+            return {
+                "error": None,
+                "warnings": final.warnings,
+                "agreement": agreement_line(final.probabilities),
+                "models": models,
+                "disclaimer": DISCLAIMER,
+            }
 
         classify_button.click(
-            classify, [upload], [probabilities_json], api_name="classify",
+            classify,
+            [upload],
+            [probabilities_json],
+            api_name="classify",
             api_description="Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
-                            "temperature, when it has one), no Grad-CAM. "
-                            "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
-                            "models (per model: available, probabilities by class, predicted, temperature, error), "
-                            "disclaimer. Research use only, not for diagnosis.")
+            "temperature, when it has one), no Grad-CAM. "
+            "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
+            "models (per model: available, probabilities by class, predicted, temperature, error), "
+            "disclaimer. Research use only, not for diagnosis.",
+        )
 
         def predict(image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
             """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
@@ -195,15 +219,24 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
             if final.error:
                 return {"error": final.error, "disclaimer": DISCLAIMER}, []
             models, gallery = model_entries(final, with_heatmaps=True)
-            return {"error": None, "warnings": final.warnings, "shown_size": list(final.shown.size),
-                    "agreement": agreement_line(final.probabilities), "models": models,
-                    "disclaimer": DISCLAIMER}, gallery
+            return {
+                "error": None,
+                "warnings": final.warnings,
+                "shown_size": list(final.shown.size),
+                "agreement": agreement_line(final.probabilities),
+                "models": models,
+                "disclaimer": DISCLAIMER,
+            }, gallery
 
         api_button.click(
-            predict, [upload, method, cam_class], [api_json, api_gallery], api_name="predict",
+            predict,
+            [upload, method, cam_class],
+            [api_json, api_gallery],
+            api_name="predict",
             api_description="Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
-                            "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
-                            "gallery of heat maps (PNG, the size of the image as analysed, captioned by model).")
+            "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
+            "gallery of heat maps (PNG, the size of the image as analysed, captioned by model).",
+        )
     return demo
 
 

@@ -5,6 +5,7 @@
 with the default recipe, shortened to 8 epochs at 128 px, into ``runs/quickstart-lite0`` unless that run
 already finished, and returns its model folder (the README gives the time it took on the sample, with the command).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,17 @@ def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path]
         return str(run.model_dir)
     _logger.info("training the quick-start model (EfficientNet-Lite0, 8 epochs at 128 px) into %s", out)
     resume = "auto" if has_checkpoint(out) else None
-    train(TrainConfig(model="tf_efficientnet_lite0", data=str(data), output_dir=str(out), epochs=8,
-                      image_size=128, resume=resume, overwrite_output_dir=True))
+    train(
+        TrainConfig(
+            model="tf_efficientnet_lite0",
+            data=str(data),
+            output_dir=str(out),
+            epochs=8,
+            image_size=128,
+            resume=resume,
+            overwrite_output_dir=True,
+        )
+    )
     return str(run.model_dir)
 
 

@@ -22,6 +22,7 @@ Example:
     >>> ds.features["label"].names  # doctest: +SKIP
     ['COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia']
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,10 +57,12 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+
 def default_cache_dir() -> Path:
     """Where resized pixels are cached unless ``--cache-dir`` says otherwise: ``$CXR_CACHE_DIR`` as it is
     now (read at each use, not at import), else ``~/.cache/cxr``."""
     return Path(os.environ.get("CXR_CACHE_DIR") or Path.home() / ".cache" / "cxr")
+
 
 _IGNORED_SUBDIRS = ("masks",)
 _MAX_LISTED = 20
@@ -137,12 +140,14 @@ def scan_image_folder(root: os.PathLike) -> List[Tuple[Path, str, int]]:
 
 def _folder_dataset(root: Path) -> datasets.Dataset:
     records = scan_image_folder(root)
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "file_name": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
-        "file_stat": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "file_name": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+            "file_stat": datasets.Value("string"),
+        }
+    )
     stats = []
     for path, _, _ in records:
         st = path.stat()
@@ -207,12 +212,14 @@ def _from_datasets(loaded: datasets.DatasetDict, what: str) -> Tuple[datasets.Da
             batched=True,
             with_indices=True,
             remove_columns=ds.column_names,
-            features=datasets.Features({
-                "image": datasets.Image(decode=False),
-                "file_name": datasets.Value("string"),
-                "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
-                "file_stat": datasets.Value("string"),
-            }),
+            features=datasets.Features(
+                {
+                    "image": datasets.Image(decode=False),
+                    "file_name": datasets.Value("string"),
+                    "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+                    "file_stat": datasets.Value("string"),
+                }
+            ),
         )
         parts.append(part)
         given[str(split_name)] = list(part["file_name"])
@@ -258,8 +265,9 @@ def _class_folder_prefix(paths: Sequence[str]) -> Optional[str]:
 
     Mirrors :func:`find_dataset_root`: the class folders themselves, or one wrapper folder around them.
     """
+
     def subdirs(prefix: str) -> set:
-        rests = [p[len(prefix):] for p in paths if p.startswith(prefix)]
+        rests = [p[len(prefix) :] for p in paths if p.startswith(prefix)]
         return {r.split("/")[0] for r in rests if "/" in r and not r.startswith((".", "_"))}
 
     top = subdirs("")
@@ -304,33 +312,53 @@ def _hub_snapshot(repo_id: str, revision: Optional[str]) -> Tuple[Path, str, boo
     try:
         info = HfApi().dataset_info(repo_id, revision=rev)
     except RevisionNotFoundError as e:
-        raise CXRError(f"--dataset-revision {rev!r}: no such branch, tag or commit in the Hub dataset "
-                       f"{repo_id!r}") from e
+        raise CXRError(
+            f"--dataset-revision {rev!r}: no such branch, tag or commit in the Hub dataset {repo_id!r}"
+        ) from e
     except GatedRepoError as e:
-        raise CXRError(f"the Hub dataset {repo_id!r} is gated: accept its terms on the Hub and log in "
-                       "(`hf auth login` or HF_TOKEN)") from e
+        raise CXRError(
+            f"the Hub dataset {repo_id!r} is gated: accept its terms on the Hub and log in "
+            "(`hf auth login` or HF_TOKEN)"
+        ) from e
     except RepositoryNotFoundError as e:
-        raise CXRError(f"{prefix}: no dataset repository {repo_id!r} on the Hub ({constants.ENDPOINT}); "
-                       "if it is private, log in (`hf auth login` or HF_TOKEN)") from e
+        raise CXRError(
+            f"{prefix}: no dataset repository {repo_id!r} on the Hub ({constants.ENDPOINT}); "
+            "if it is private, log in (`hf auth login` or HF_TOKEN)"
+        ) from e
     except (ConnectionError, httpx.TransportError) as e:  # OfflineModeIsEnabled is a ConnectionError
-        why = ("the Hub is offline (HF_HUB_OFFLINE=1)" if isinstance(e, OfflineModeIsEnabled)
-               else f"the Hub cannot be reached ({_first_line(e)})")
+        why = (
+            "the Hub is offline (HF_HUB_OFFLINE=1)"
+            if isinstance(e, OfflineModeIsEnabled)
+            else f"the Hub cannot be reached ({_first_line(e)})"
+        )
         try:  # the commit a previous download of this revision fetched, with the same files
-            allow, ignore = _download_patterns([f.path for f in get_cached_repo_tree(
-                repo_id, repo_type="dataset", revision=rev)])
-            folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=rev, local_files_only=True,
-                                            allow_patterns=allow, ignore_patterns=ignore))
+            allow, ignore = _download_patterns(
+                [f.path for f in get_cached_repo_tree(repo_id, repo_type="dataset", revision=rev)]
+            )
+            folder = Path(
+                snapshot_download(
+                    repo_id,
+                    repo_type="dataset",
+                    revision=rev,
+                    local_files_only=True,
+                    allow_patterns=allow,
+                    ignore_patterns=ignore,
+                )
+            )
         except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, OSError) as e2:
-            raise CXRError(f"{prefix}: {why} and no complete copy of the Hub dataset {repo_id!r} at revision {rev!r} "
-                           "is cached. Go online once, or pass a local folder.") from e2
+            raise CXRError(
+                f"{prefix}: {why} and no complete copy of the Hub dataset {repo_id!r} at revision {rev!r} "
+                "is cached. Go online once, or pass a local folder."
+            ) from e2
         _logger.warning("%s: using the cached copy of %s at %s", why, repo_id, folder.name)
         return folder, folder.name, True
     except HfHubHTTPError as e:
         raise CXRError(f"{prefix}: the Hub answered {_first_line(e)}") from e
     allow, ignore = _download_patterns([s.rfilename for s in info.siblings or []])
     try:
-        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=rev,
-                                        allow_patterns=allow, ignore_patterns=ignore))
+        folder = Path(
+            snapshot_download(repo_id, repo_type="dataset", revision=rev, allow_patterns=allow, ignore_patterns=ignore)
+        )
     except (HfHubHTTPError, ConnectionError, httpx.TransportError) as e:
         raise CXRError(f"downloading the Hub dataset {repo_id!r} at {info.sha} failed: {_first_line(e)}") from e
     sha = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else info.sha
@@ -369,11 +397,15 @@ def check_data_options(data: str, revision: Optional[str] = None, config: Option
     path = Path(data)
     if path.is_dir():
         if revision is not None:
-            raise CXRError(f"--dataset-revision is for Hub datasets (--data ORG/NAME); --data {data} is a local "
-                           "folder, which has no revisions")
+            raise CXRError(
+                f"--dataset-revision is for Hub datasets (--data ORG/NAME); --data {data} is a local "
+                "folder, which has no revisions"
+            )
         if config is not None and _read_as_image_folder(path):
-            raise CXRError(f"--dataset-config is for datasets with configurations (a Hub dataset or a local parquet "
-                           f"dataset); --data {data} is an image folder")
+            raise CXRError(
+                f"--dataset-config is for datasets with configurations (a Hub dataset or a local parquet "
+                f"dataset); --data {data} is an image folder"
+            )
     elif (revision is not None or config is not None) and not _looks_like_repo_id(data):
         raise CXRError(f"--data folder not found: {data}")
 
@@ -402,13 +434,19 @@ def load_data_source(data: str, revision: Optional[str] = None, config: Optional
         raise CXRError(f"--data folder not found: {data}")
     else:
         folder, sha, cached = _hub_snapshot(data, revision)
-        info = {"kind": "hub", "id": data, "revision": sha, "requested_revision": revision or "main",
-                "from_cache": cached}
+        info = {
+            "kind": "hub",
+            "id": data,
+            "revision": sha,
+            "requested_revision": revision or "main",
+            "from_cache": cached,
+        }
         what = f"the Hub dataset {data!r} at {sha[:12]}"
         if _has_class_folders(folder):
             if config is not None:
-                raise CXRError(f"--dataset-config {config!r}: {what} is a tree of class folders, which has no "
-                               "configurations")
+                raise CXRError(
+                    f"--dataset-config {config!r}: {what} is a tree of class folders, which has no configurations"
+                )
             return DataSource(_folder_dataset(folder), {}, {**info, "layout": "class folders", "config": None})
     ds, given = _from_datasets(_load_with_datasets(folder, config, what), what)
     return DataSource(ds, given, {**info, "layout": "datasets", "config": config})
@@ -470,12 +508,12 @@ def _decode_fn(image_size: int, clahe: bool):
 
 
 def cache_pixels(
-        ds: datasets.Dataset,
-        image_size: int,
-        cache_dir: Optional[os.PathLike] = None,
-        num_proc: Optional[int] = None,
-        skip_bad_images: bool = False,
-        clahe: bool = False,
+    ds: datasets.Dataset,
+    image_size: int,
+    cache_dir: Optional[os.PathLike] = None,
+    num_proc: Optional[int] = None,
+    skip_bad_images: bool = False,
+    clahe: bool = False,
 ) -> PixelCacheResult:
     """Decode, grey and resize every image once, caching the pixels on disk.
 
@@ -551,11 +589,11 @@ class RadiographDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-            self,
-            ds: datasets.Dataset,
-            preprocess: PreprocessConfig,
-            indices: Optional[Sequence[int]] = None,
-            augment: Optional[TrainAugmentation] = None,
+        self,
+        ds: datasets.Dataset,
+        preprocess: PreprocessConfig,
+        indices: Optional[Sequence[int]] = None,
+        augment: Optional[TrainAugmentation] = None,
     ):
         self.ds = ds
         self.indices = list(range(len(ds))) if indices is None else list(indices)

@@ -14,6 +14,7 @@ Example:
     >>> image.mode  # doctest: +SKIP
     'L'
 """
+
 from __future__ import annotations
 
 import io
@@ -122,8 +123,10 @@ def read_dicom(source: Source) -> Image.Image:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         what = f"its compression ({syntax.name})" if syntax is not None and syntax.is_compressed else "its pixel data"
         _logger.info("DICOM decode failed: %s: %s", type(e).__name__, e)
-        raise ImageInputError(f"This DICOM file cannot be decoded here: {what} is not supported or the data is "
-                              "damaged. Export it as PNG or as uncompressed DICOM.") from None
+        raise ImageInputError(
+            f"This DICOM file cannot be decoded here: {what} is not supported or the data is "
+            "damaged. Export it as PNG or as uncompressed DICOM."
+        ) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim != 2:
         raise ImageInputError(f"This DICOM image is not greyscale ({photometric}); chest radiographs are.")

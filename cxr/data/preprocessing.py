@@ -17,6 +17,7 @@ Example:
     >>> tuple(x.shape)
     (3, 64, 64)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,9 +65,9 @@ def resize_grayscale(image: Image.Image, size: int) -> np.ndarray:
 
 
 def grayscale_to_tensor(
-        pixels: Union[np.ndarray, torch.Tensor],
-        mean: Sequence[float],
-        std: Sequence[float],
+    pixels: Union[np.ndarray, torch.Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> torch.Tensor:
     """Turn ``HxW`` (or ``1xHxW``) uint8 pixels into a normalised ``CxHxW`` float tensor.
 
@@ -111,14 +112,14 @@ class PreprocessConfig:
 
     @classmethod
     def create(
-            cls,
-            image_size: int,
-            in_chans: int,
-            norm: str,
-            model_mean: Optional[Sequence[float]] = None,
-            model_std: Optional[Sequence[float]] = None,
-            label_names: Sequence[str] = CLASS_NAMES,
-            clahe: bool = False,
+        cls,
+        image_size: int,
+        in_chans: int,
+        norm: str,
+        model_mean: Optional[Sequence[float]] = None,
+        model_std: Optional[Sequence[float]] = None,
+        label_names: Sequence[str] = CLASS_NAMES,
+        clahe: bool = False,
     ) -> "PreprocessConfig":
         """Resolve ``--norm`` into per-channel statistics for a model with ``in_chans`` inputs.
 
@@ -206,8 +207,11 @@ class PreprocessConfig:
             ".convert('RGB') to timm or transformers.",
         ]
         if self.clahe:
-            notes.insert(0, "This model applies CLAHE (OpenCV) to the full-resolution grey image before resizing; "
-                            "neither timm nor transformers can apply it, so only cxr gives this model its input.")
+            notes.insert(
+                0,
+                "This model applies CLAHE (OpenCV) to the full-resolution grey image before resizing; "
+                "neither timm nor transformers can apply it, so only cxr gives this model its input.",
+            )
         return {"timm": self.portable, "transformers": self.portable, "notes": notes}
 
     def pixels(self, image: ImageLike) -> np.ndarray:
@@ -258,17 +262,31 @@ class TrainAugmentation:
         contrast: maximum relative contrast change (0: none).
     """
 
-    def __init__(self, degrees: float = 10.0, flip_p: float = 0.5, translate: float = 0.0, scale: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0):
+    def __init__(
+        self,
+        degrees: float = 10.0,
+        flip_p: float = 0.5,
+        translate: float = 0.0,
+        scale: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+    ):
         from torchvision.transforms import v2
 
-        self.params = dict(degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness,
-                           contrast=contrast)
+        self.params = dict(
+            degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness, contrast=contrast
+        )
         steps = [v2.RandomHorizontalFlip(p=flip_p)]
         if translate or scale:
-            steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate) if translate else None,
-                                         scale=(1 - scale, 1 + scale) if scale else None,
-                                         interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+            steps.append(
+                v2.RandomAffine(
+                    degrees=degrees,
+                    translate=(translate, translate) if translate else None,
+                    scale=(1 - scale, 1 + scale) if scale else None,
+                    interpolation=v2.InterpolationMode.BILINEAR,
+                    fill=0,
+                )
+            )
         elif degrees:
             steps.append(v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if brightness or contrast:

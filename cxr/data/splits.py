@@ -14,6 +14,7 @@ Example:
     >>> [len(split[s]) for s in SPLITS]
     [16, 2, 2]
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,13 @@ import numpy as np
 from cxr.errors import CXRError
 
 __all__ = [
-    "SPLITS", "SPLIT_ALIASES", "DEFAULT_FRACTIONS", "stratified_split", "complete_split", "save_split", "load_split",
+    "SPLITS",
+    "SPLIT_ALIASES",
+    "DEFAULT_FRACTIONS",
+    "stratified_split",
+    "complete_split",
+    "save_split",
+    "load_split",
     "indices_for_split",
 ]
 
@@ -50,10 +57,10 @@ def _round_half_up(x: float) -> int:
 
 
 def stratified_split(
-        file_names: Sequence[str],
-        labels: Sequence[int],
-        seed: int = 1,
-        fractions: Tuple[float, float, float] = DEFAULT_FRACTIONS,
+    file_names: Sequence[str],
+    labels: Sequence[int],
+    seed: int = 1,
+    fractions: Tuple[float, float, float] = DEFAULT_FRACTIONS,
 ) -> Dict[str, List[str]]:
     """Split file names per class into train/validation/test.
 
@@ -87,8 +94,8 @@ def stratified_split(
         if n >= 3:
             n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
         out["validation"] += names[:n_val]
-        out["test"] += names[n_val:n_val + n_test]
-        out["train"] += names[n_val + n_test:]
+        out["test"] += names[n_val : n_val + n_test]
+        out["train"] += names[n_val + n_test :]
     return {s: sorted(v) for s, v in out.items()}
 
 
@@ -97,10 +104,10 @@ def _share(fraction: float) -> str:
 
 
 def complete_split(
-        file_names: Sequence[str],
-        labels: Sequence[int],
-        given: Dict[str, List[str]],
-        seed: int = 1,
+    file_names: Sequence[str],
+    labels: Sequence[int],
+    given: Dict[str, List[str]],
+    seed: int = 1,
 ) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
     """Keep the data's own train/validation/test splits and make only the parts it lacks.
 
@@ -145,12 +152,16 @@ def complete_split(
     for name in sorted(given):
         part = part_of[name.lower()]
         if part in source:
-            raise CXRError(f"the dataset has two {part} splits, {source[part]!r} and {name!r}; pass --split-file "
-                           "to say which images go where")
+            raise CXRError(
+                f"the dataset has two {part} splits, {source[part]!r} and {name!r}; pass --split-file "
+                "to say which images go where"
+            )
         source[part] = name
     if "train" not in source:
-        raise CXRError(f"the dataset has no train split (it has {', '.join(repr(n) for n in sorted(given))}); "
-                       "pass --split-file to say which images train")
+        raise CXRError(
+            f"the dataset has no train split (it has {', '.join(repr(n) for n in sorted(given))}); "
+            "pass --split-file to say which images train"
+        )
     kept = {part: sorted(n for n in given[name] if n in label_of) for part, name in source.items()}
     how = {part: f"the dataset's own {name!r} split" for part, name in source.items()}
     missing = [part for part in SPLITS if part not in kept]

@@ -1,4 +1,5 @@
 """``python -m cxr.hub push|space ...`` (:func:`cxr.cli.hub_main`)."""
+
 import sys
 
 from cxr.cli import hub_main

@@ -12,6 +12,7 @@ and ``split.json``. Nothing pickled (``checkpoint.pt`` stays local).
 Example:
     >>> url = push_run("runs/lite0", "my-org/cxr-lite0")             # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ def validate_hub_model_id(repo_id: Optional[str]) -> str:
     if not repo_id:
         raise CXRError("--push-to-hub needs --hub-model-id ORG/NAME")
     if repo_id.count("/") != 1:
-        raise CXRError(f"malformed --hub-model-id {repo_id!r}: expected ORG/NAME (your user or organisation, a slash, a name)")
+        raise CXRError(
+            f"malformed --hub-model-id {repo_id!r}: expected ORG/NAME (your user or organisation, a slash, a name)"
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
@@ -119,10 +122,10 @@ def check_push_target(repo_id: str, private: bool = False) -> str:
 
 
 def push_run(
-        run_dir: Union[str, Path],
-        repo_id: str,
-        private: bool = False,
-        commit_message: Optional[str] = None,
+    run_dir: Union[str, Path],
+    repo_id: str,
+    private: bool = False,
+    commit_message: Optional[str] = None,
 ) -> str:
     """Publish a finished run: the model, its rendered model card and its report files.
 
@@ -152,8 +155,10 @@ def push_run(
     try:
         check_push_target(repo_id, private)
     except CXRError as e:
-        raise CXRError(f"{e}\nThe run folder {run_dir} is complete on disk; once fixed, publish it with:\n"
-                       f"  {retry_command(run_dir, repo_id, private)}") from None
+        raise CXRError(
+            f"{e}\nThe run folder {run_dir} is complete on disk; once fixed, publish it with:\n"
+            f"  {retry_command(run_dir, repo_id, private)}"
+        ) from None
     card = render_model_card(run_dir, repo_id)
     model_name = read_json(run.run_config)["model"]
     with tempfile.TemporaryDirectory(prefix="cxr-push-") as tmp:

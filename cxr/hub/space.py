@@ -17,6 +17,7 @@ Nothing is uploaded when a check fails. Research use only — not for diagnosis.
 Example:
     >>> url = deploy_space("my-org/cxr-demo", ["my-org/cxr-lite0", "my-org/cxr-resnet50"])   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,15 @@ from typing import Dict, List, Optional, Sequence, Union
 from cxr.errors import CXRError
 from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
-__all__ = ["APP_PY", "SPACE_FILES", "validate_space_id", "check_models_published", "space_requirements",
-           "build_space", "deploy_space"]
+__all__ = [
+    "APP_PY",
+    "SPACE_FILES",
+    "validate_space_id",
+    "check_models_published",
+    "space_requirements",
+    "build_space",
+    "deploy_space",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,8 +71,10 @@ def validate_space_id(space_id: Optional[str]) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not space_id or space_id.count("/") != 1 or not all(space_id.split("/")):
-        raise CXRError(f"malformed Space id {space_id!r}: expected OWNER/NAME (your user or organisation, a slash, "
-                       "a name); nothing was uploaded")
+        raise CXRError(
+            f"malformed Space id {space_id!r}: expected OWNER/NAME (your user or organisation, a slash, "
+            "a name); nothing was uploaded"
+        )
     try:
         validate_repo_id(space_id)
     except HFValidationError as e:
@@ -112,8 +122,11 @@ def check_models_published(model_ids: Sequence[str], token: Optional[str] = None
                 continue
             found[model_id] = str(cfg.get("architecture"))
             if info.private or info.gated:
-                _logger.warning("%s is %s: the Space can load it only with a secret HF_TOKEN that may read it "
-                                "(Space settings)", model_id, "private" if info.private else "gated")
+                _logger.warning(
+                    "%s is %s: the Space can load it only with a secret HF_TOKEN that may read it (Space settings)",
+                    model_id,
+                    "private" if info.private else "gated",
+                )
         except HFValidationError as e:
             problems.append(f"{model_id}: malformed model id ({e})")
         except RepositoryNotFoundError:
@@ -146,8 +159,10 @@ def _runtime_requirements() -> List[str]:
 def space_requirements() -> str:
     """The Space's ``requirements.txt``: every runtime dependency pinned at the version running here
     (local version labels such as ``+cu130`` dropped), except what the Gradio SDK provides."""
-    lines = ["# cxr's runtime dependencies, pinned at the versions that deployed this Space (python -m cxr.hub space).",
-             "# Gradio comes from the README's sdk_version."]
+    lines = [
+        "# cxr's runtime dependencies, pinned at the versions that deployed this Space (python -m cxr.hub space).",
+        "# Gradio comes from the README's sdk_version.",
+    ]
     for requirement in _runtime_requirements():
         name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
         if name.lower() in _SDK_PROVIDED:
@@ -202,14 +217,15 @@ source of an image rather than from disease; each model card says how it was tra
 |---|---|
 {rows}
 
-Deployed with `python -m cxr.hub space {space_id} --models {','.join(model_ids)}`; the models shown are
+Deployed with `python -m cxr.hub space {space_id} --models {",".join(model_ids)}`; the models shown are
 listed in `app_models.txt`. Programs can call the `/classify` endpoint (probabilities only) or `/predict`
 (probabilities and heat maps) with `gradio_client`.
 """
 
 
-def build_space(folder: Union[str, Path], space_id: str, model_ids: Sequence[str],
-                architectures: Optional[Dict[str, str]] = None) -> Path:
+def build_space(
+    folder: Union[str, Path], space_id: str, model_ids: Sequence[str], architectures: Optional[Dict[str, str]] = None
+) -> Path:
     """Write a Space's files into ``folder`` (which must be empty or missing).
 
     Args:
@@ -233,7 +249,8 @@ def build_space(folder: Union[str, Path], space_id: str, model_ids: Sequence[str
     (folder / "app.py").write_text(APP_PY)
     (folder / "requirements.txt").write_text(space_requirements())
     (folder / "app_models.txt").write_text(
-        "# The models this Space shows (python -m cxr.hub space), one Hub id per line.\n" + "\n".join(model_ids) + "\n")
+        "# The models this Space shows (python -m cxr.hub space), one Hub id per line.\n" + "\n".join(model_ids) + "\n"
+    )
     (folder / "README.md").write_text(_space_readme(space_id, model_ids, architectures or {}))
     return folder
 
@@ -250,13 +267,20 @@ def _check_ours_to_replace(api, space_id: str, force: bool) -> None:
         raise CXRError(f"cannot read the Space {space_id}: {type(e).__name__}: {e}; nothing was uploaded") from None
     ours = "app_models.txt" in files and "cxr/__init__.py" in files
     if files - {".gitattributes"} and not ours and not force:
-        raise CXRError(f"the Space {space_id} exists and was not deployed by cxr (no app_models.txt and cxr/ package); "
-                       "its app.py, README.md and requirements.txt would be replaced. Pass --force to do so; "
-                       "nothing was uploaded")
+        raise CXRError(
+            f"the Space {space_id} exists and was not deployed by cxr (no app_models.txt and cxr/ package); "
+            "its app.py, README.md and requirements.txt would be replaced. Pass --force to do so; "
+            "nothing was uploaded"
+        )
 
 
-def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
-                 commit_message: Optional[str] = None, force: bool = False) -> str:
+def deploy_space(
+    space_id: str,
+    model_ids: Sequence[str],
+    private: bool = False,
+    commit_message: Optional[str] = None,
+    force: bool = False,
+) -> str:
     """Create (or update) a Gradio Space showing ``model_ids`` and upload what it needs.
 
     Every check runs before anything is created or uploaded: the Space id, the Hub connection and
@@ -297,12 +321,17 @@ def deploy_space(space_id: str, model_ids: Sequence[str], private: bool = False,
         try:
             SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
         except Exception as e:  # ValueError for refused metadata, HTTP errors for the validator itself
-            raise CXRError(f"the Space README's front matter was refused or could not be checked "
-                           f"({type(e).__name__}: {e}); nothing was uploaded") from None
+            raise CXRError(
+                f"the Space README's front matter was refused or could not be checked "
+                f"({type(e).__name__}: {e}); nothing was uploaded"
+            ) from None
         try:
             api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
             info = api.upload_folder(
-                repo_id=space_id, repo_type="space", folder_path=str(folder), delete_patterns=["cxr/**"],
+                repo_id=space_id,
+                repo_type="space",
+                folder_path=str(folder),
+                delete_patterns=["cxr/**"],
                 commit_message=commit_message or f"Deploy cxr app with {len(model_ids)} model(s)",
             )
         except HfHubHTTPError as e:

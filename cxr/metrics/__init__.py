@@ -9,6 +9,7 @@ Example:
     >>> m["accuracy"], m["to_normal"]["COVID"]
     (0.5, 0)
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,9 +35,9 @@ def load_metric():
 
 
 def compute_metrics(
-        references: Sequence[int],
-        probabilities: np.ndarray,
-        label_names: Sequence[str] = CLASS_NAMES,
+    references: Sequence[int],
+    probabilities: np.ndarray,
+    label_names: Sequence[str] = CLASS_NAMES,
 ) -> Dict[str, Any]:
     """Every figure the reports need, from true labels and predicted probabilities.
 

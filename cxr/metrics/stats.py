@@ -8,6 +8,7 @@ Example:
     >>> round(expected_calibration_error(y, p, n_bins=2), 3)
     0.25
 """
+
 from __future__ import annotations
 
 import math
@@ -47,12 +48,12 @@ def recall_of(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def stratified_bootstrap_ci(
-        y: np.ndarray,
-        pred: np.ndarray,
-        statistic: Callable[[np.ndarray, np.ndarray], float],
-        n_resamples: int = 1000,
-        confidence: float = 0.95,
-        seed: int = 0,
+    y: np.ndarray,
+    pred: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Tuple[float, float, float]:
     """Percentile bootstrap interval, resampling within each true class (class sizes kept fixed).
 
@@ -67,17 +68,18 @@ def stratified_bootstrap_ci(
     Returns:
         ``(estimate, low, high)``.
     """
-    return stratified_bootstrap_intervals(y, pred, lambda a, b: {"value": statistic(a, b)}, n_resamples,
-                                          confidence, seed)["value"]
+    return stratified_bootstrap_intervals(
+        y, pred, lambda a, b: {"value": statistic(a, b)}, n_resamples, confidence, seed
+    )["value"]
 
 
 def stratified_bootstrap_intervals(
-        y: np.ndarray,
-        rows: np.ndarray,
-        statistics: Callable[[np.ndarray, np.ndarray], Dict[str, float]],
-        n_resamples: int = 1000,
-        confidence: float = 0.95,
-        seed: int = 0,
+    y: np.ndarray,
+    rows: np.ndarray,
+    statistics: Callable[[np.ndarray, np.ndarray], Dict[str, float]],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Dict[str, Tuple[float, float, float]]:
     """:func:`stratified_bootstrap_ci` for several statistics computed together on each resample.
 
@@ -187,9 +189,12 @@ def fit_temperature_to_logits(y: np.ndarray, logits: np.ndarray, bounds: Sequenc
     """The temperature minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017), by bounded search on ``log T``."""
     from scipy.optimize import minimize_scalar
 
-    res = minimize_scalar(lambda log_t: _nll_of_logits(y, logits, math.exp(log_t)),
-                          bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
-                          options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda log_t: _nll_of_logits(y, logits, math.exp(log_t)),
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(math.exp(res.x))
 
 

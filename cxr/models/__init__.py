@@ -8,6 +8,7 @@
 
 Imports data, metrics and the foundations.
 """
+
 from cxr.models.registry import (
     STUDY_MODELS,
     TRAIN_LAYER_POLICIES,

@@ -12,6 +12,7 @@ Example:
     >>> m.get_classifier()
     Linear(in_features=4096, out_features=4, bias=True)
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -83,22 +84,24 @@ class AlexNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-default_cfgs = generate_default_cfgs({
-    "alexnet.tv_in1k": {
-        "url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (6, 6),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "features.0",
-        "classifier": "classifier.6",
-        "license": "bsd-3-clause",
-        "origin_url": "https://pytorch.org/vision/stable/models/alexnet.html",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "alexnet.tv_in1k": {
+            "url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            "num_classes": 1000,
+            "input_size": (3, 224, 224),
+            "pool_size": (6, 6),
+            "crop_pct": 0.875,
+            "interpolation": "bilinear",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "first_conv": "features.0",
+            "classifier": "classifier.6",
+            "license": "bsd-3-clause",
+            "origin_url": "https://pytorch.org/vision/stable/models/alexnet.html",
+        },
+    }
+)
 
 
 @register_model

@@ -11,6 +11,7 @@ Example:
     >>> cam.shape, float(cam.min()) >= 0, float(cam.max()) <= 1                         # doctest: +SKIP
     ((224, 224), True, True)
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,14 @@ from cxr.data.preprocessing import ImageLike
 from cxr.models import STUDY_MODELS
 from cxr.models.classifier import CXRClassifier
 
-__all__ = ["CAM_METHODS", "CamSession", "target_layers", "reshape_transform_for", "class_activation_map", "overlay_heatmap"]
+__all__ = [
+    "CAM_METHODS",
+    "CamSession",
+    "target_layers",
+    "reshape_transform_for",
+    "class_activation_map",
+    "overlay_heatmap",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -34,8 +42,14 @@ _logger = logging.getLogger(__name__)
 def _methods() -> Dict[str, type]:
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
-    return {"GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "XGradCAM": XGradCAM,
-            "LayerCAM": LayerCAM, "EigenCAM": EigenCAM}
+    return {
+        "GradCAM": GradCAM,
+        "GradCAM++": GradCAMPlusPlus,
+        "HiResCAM": HiResCAM,
+        "XGradCAM": XGradCAM,
+        "LayerCAM": LayerCAM,
+        "EigenCAM": EigenCAM,
+    }
 
 
 #: Method names offered in the app, in menu order.
@@ -106,8 +120,13 @@ class CamSession:
             raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         self.clf = clf
         layers = target_layers(clf.model, clf.config.get("architecture", clf.name))
-        self.cam = None if layers is None else methods[method](
-            model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model))
+        self.cam = (
+            None
+            if layers is None
+            else methods[method](
+                model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model)
+            )
+        )
         self.x: Optional[torch.Tensor] = None
         self.outputs: Optional[torch.Tensor] = None
 
@@ -158,10 +177,10 @@ def _linear_contribution(clf: CXRClassifier, x: torch.Tensor, k: int) -> np.ndar
 
 
 def class_activation_map(
-        clf: CXRClassifier,
-        image: ImageLike,
-        class_index: Optional[int] = None,
-        method: str = "GradCAM",
+    clf: CXRClassifier,
+    image: ImageLike,
+    class_index: Optional[int] = None,
+    method: str = "GradCAM",
 ) -> np.ndarray:
     """A class activation map at the model's input size, scaled to [0, 1] (one :class:`CamSession`).
 
@@ -187,7 +206,9 @@ def overlay_heatmap(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) ->
     import matplotlib
 
     w, h = image.size
-    heat = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+    heat = np.asarray(
+        Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+    )
     colours = matplotlib.colormaps["jet"](heat / 255.0)[..., :3]
     grey = np.asarray(image.convert("L"), dtype=np.float32)[..., None] / 255.0
     blended = (1 - alpha) * grey + alpha * colours

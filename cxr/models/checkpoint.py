@@ -15,6 +15,7 @@ Example:
     >>> prep.image_size, prep.label_names[0]  # doctest: +SKIP
     (224, 'COVID')
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,10 +85,10 @@ def recover_model_dir(directory: Union[str, os.PathLike]) -> bool:
 
 
 def save_model_dir(
-        model: nn.Module,
-        directory: Union[str, os.PathLike],
-        preprocess: PreprocessConfig,
-        info: Dict[str, Any],
+    model: nn.Module,
+    directory: Union[str, os.PathLike],
+    preprocess: PreprocessConfig,
+    info: Dict[str, Any],
 ) -> Path:
     """Write ``model`` in timm's Hub layout, atomically replacing ``directory``.
 
@@ -201,11 +202,15 @@ def _hub_file(repo_id: str, filename: str, revision: Optional[str]) -> str:
     try:
         return hf_hub_download(repo_id, filename, revision=revision)
     except RepositoryNotFoundError:
-        raise CXRError(f"no model repository {repo_id!r} on the Hub (or it is private and no token allows it)") from None
+        raise CXRError(
+            f"no model repository {repo_id!r} on the Hub (or it is private and no token allows it)"
+        ) from None
     except RevisionNotFoundError:
         raise CXRError(f"{repo_id!r} has no revision {revision!r}") from None
     except LocalEntryNotFoundError as e:
-        raise CXRError(f"cannot fetch {filename} of {repo_id!r}: offline or unreachable Hub, and not cached ({e})") from None
+        raise CXRError(
+            f"cannot fetch {filename} of {repo_id!r}: offline or unreachable Hub, and not cached ({e})"
+        ) from None
     except RemoteEntryNotFoundError:
         hint = " (cxr only loads safetensors weights)" if filename == WEIGHTS_NAME else ""
         raise CXRError(f"{repo_id!r} is not a cxr checkpoint: it has no {filename}{hint}") from None
@@ -214,8 +219,8 @@ def _hub_file(repo_id: str, filename: str, revision: Optional[str]) -> str:
 
 
 def load_model(
-        ref: Union[str, os.PathLike],
-        revision: Optional[str] = None,
+    ref: Union[str, os.PathLike],
+    revision: Optional[str] = None,
 ) -> Tuple[nn.Module, PreprocessConfig, Dict[str, Any]]:
     """Load a cxr model folder or Hub repository for inference.
 

@@ -10,6 +10,7 @@ Example:
     >>> clf.predict("chest_xray.png")                                     # doctest: +SKIP
     {'COVID': 0.91, 'Lung_Opacity': 0.02, 'Normal': 0.05, 'Viral Pneumonia': 0.02}
 """
+
 from __future__ import annotations
 
 import os
@@ -49,10 +50,10 @@ class CXRClassifier:
 
     @classmethod
     def from_pretrained(
-            cls,
-            ref: Union[str, os.PathLike],
-            revision: Optional[str] = None,
-            device: Union[str, torch.device] = "cpu",
+        cls,
+        ref: Union[str, os.PathLike],
+        revision: Optional[str] = None,
+        device: Union[str, torch.device] = "cpu",
     ) -> "CXRClassifier":
         """Load a cxr checkpoint from a local model folder or a Hub repository (``ORG/NAME``).
 

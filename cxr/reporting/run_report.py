@@ -3,6 +3,7 @@
 Every number comes from the ``metrics.json`` dict passed in; the study's published numbers come
 from :mod:`cxr.reporting.study_reference` and are labelled as such.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,16 @@ from cxr.labels import CLASS_NAMES, NORMAL
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 from cxr.run_folder import RunFolder
 
-__all__ = ["write_report", "table1_lines", "per_class_lines", "plot_confusion_matrix", "plot_training_curves", "recipe_summary",
-           "kept_description", "DISCLAIMER"]
+__all__ = [
+    "write_report",
+    "table1_lines",
+    "per_class_lines",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "recipe_summary",
+    "kept_description",
+    "DISCLAIMER",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -35,13 +44,15 @@ def table1_lines(model_name: str, metrics: Dict[str, Any]) -> List[str]:
         "| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
         "|---|---|---|---|---|---|---|",
         f"| {model_name} (this run) | {test['num_images']} test images | {_pct(train_acc)} | {_pct(test['accuracy'])} | "
-        + " | ".join(str(test["to_normal"].get(c, "–")) for c in _TO_NORMAL_ORDER) + " |",
+        + " | ".join(str(test["to_normal"].get(c, "–")) for c in _TO_NORMAL_ORDER)
+        + " |",
     ]
     row = study_row(model_name)
     if row:
         lines.append(
             f"| {row['label']} (study) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
-            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL_ORDER) + " |"
+            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL_ORDER)
+            + " |"
         )
     return lines
 
@@ -66,11 +77,11 @@ def per_class_lines(model_name: str, split: Dict[str, Any]) -> List[str]:
 
 
 def write_report(
-        path: Path,
-        model_name: str,
-        metrics: Dict[str, Any],
-        run_info: Dict[str, Any],
-        images: Optional[Sequence[str]] = None,
+    path: Path,
+    model_name: str,
+    metrics: Dict[str, Any],
+    run_info: Dict[str, Any],
+    images: Optional[Sequence[str]] = None,
 ) -> None:
     """Write ``report.md``: the study's Table 1 row and per-class table for this model, beside the study's.
 
@@ -104,7 +115,10 @@ def write_report(
         "",
     ]
     if study_row(model_name):
-        lines += [f"Study row: {STUDY_SOURCE}. Figures measured on different test sets are not directly comparable.", ""]
+        lines += [
+            f"Study row: {STUDY_SOURCE}. Figures measured on different test sets are not directly comparable.",
+            "",
+        ]
     lines += [
         "## Per-class results (test)",
         "",
@@ -115,13 +129,21 @@ def write_report(
     ]
     if model_name in STUDY_PER_CLASS:
         lines += ["The study printed these with precision and recall swapped; its values are shown corrected.", ""]
-    lines += [f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined", ""]
+    lines += [
+        f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined",
+        "",
+    ]
     val = metrics.get("validation")
     if val:
         lines += [
-            "## Validation" + (" (trained on: --final-fit refits on training + validation)" if metrics.get("final_fit")
-                               else " (picked the kept epoch)" if metrics.get("keep", "best") == "best"
-                               else " (held out; the last epoch is kept)"),
+            "## Validation"
+            + (
+                " (trained on: --final-fit refits on training + validation)"
+                if metrics.get("final_fit")
+                else " (picked the kept epoch)"
+                if metrics.get("keep", "best") == "best"
+                else " (held out; the last epoch is kept)"
+            ),
             "",
             f"Accuracy {_pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
             f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
@@ -153,9 +175,15 @@ def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title:
     normal = CLASS_NAMES.index(NORMAL)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black",
-                    fontweight="bold" if j == normal and i != normal and cm[i, j] else "normal")
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.5 else "black",
+                fontweight="bold" if j == normal and i != normal and cm[i, j] else "normal",
+            )
     fig.colorbar(im, ax=ax, label="share of the true class")
     ax.set_title(title or "Confusion matrix")
     fig.tight_layout()
@@ -163,8 +191,9 @@ def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title:
     plt.close(fig)
 
 
-def plot_training_curves(path: Path, history: Sequence[Dict[str, Any]], kept_epoch: Optional[int] = None,
-                         kept_rule: str = "best") -> None:
+def plot_training_curves(
+    path: Path, history: Sequence[Dict[str, Any]], kept_epoch: Optional[int] = None, kept_rule: str = "best"
+) -> None:
     """Save loss and accuracy per epoch, training (augmented) and validation, marking the kept epoch
     (``kept_rule``: which one was kept, e.g. ``best`` or ``last``)."""
     import matplotlib
@@ -204,11 +233,15 @@ def recipe_summary(config: Dict[str, Any]) -> str:
         'adam lr 0.0005, constant schedule, batch 64, 20 epochs, seed 1, augmentation study'
     """
     c = config
-    parts = [f"{c['optimizer']} lr {c['lr']}" + (f" weight decay {c['weight_decay']}" if c.get("weight_decay") else ""),
-             f"{c['lr_scheduler']} schedule" + (f" after {c['warmup_epochs']} warm-up epoch(s)"
-                                                if c.get("warmup_epochs") else ""),
-             f"batch {c['batch_size']}", f"{c['epochs']} epochs", f"seed {c['seed']}",
-             f"augmentation {c.get('augment', 'study')}"]
+    parts = [
+        f"{c['optimizer']} lr {c['lr']}" + (f" weight decay {c['weight_decay']}" if c.get("weight_decay") else ""),
+        f"{c['lr_scheduler']} schedule"
+        + (f" after {c['warmup_epochs']} warm-up epoch(s)" if c.get("warmup_epochs") else ""),
+        f"batch {c['batch_size']}",
+        f"{c['epochs']} epochs",
+        f"seed {c['seed']}",
+        f"augmentation {c.get('augment', 'study')}",
+    ]
     if c.get("label_smoothing"):
         parts.append(f"label smoothing {c['label_smoothing']}")
     if c.get("ema_decay"):
@@ -229,9 +262,13 @@ def kept_description(metrics: Dict[str, Any]) -> str:
     epoch = metrics.get("kept_epoch", metrics.get("best_epoch"))
     if metrics.get("final_fit"):
         calibrated = ", whose validation images also gave the temperature" if metrics.get("calibration") else ""
-        return (f"the last epoch ({epoch}) of a refit on training + validation; the epoch count is the one kept by a "
-                f"first run on training alone (in {metrics['final_fit']['holdout']}/){calibrated}")
+        return (
+            f"the last epoch ({epoch}) of a refit on training + validation; the epoch count is the one kept by a "
+            f"first run on training alone (in {metrics['final_fit']['holdout']}/){calibrated}"
+        )
     if metrics.get("keep") == "last":
         return f"the last epoch ({epoch})"
-    return (f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "
-            "predicted as Normal)")
+    return (
+        f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "
+        "predicted as Normal)"
+    )

@@ -6,6 +6,7 @@ classification" (UW–Madison, 2021), test set of 2,116 images of the full datab
 the true counts for "precision": the first printed value is the recall and the second the
 precision. :data:`STUDY_PER_CLASS` stores them corrected.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -16,14 +17,30 @@ STUDY_SOURCE = "Yang, Wang & Park (2021), full database test set (2,116 images)"
 
 #: Table 1: accuracies in percent; "to_normal" counts of test images predicted as Normal.
 STUDY_TABLE1: Dict[str, Dict[str, object]] = {
-    "alexnet": {"label": "AlexNet", "train_accuracy": 97.87, "test_accuracy": 93.86,
-                "to_normal": {"COVID": 5, "Viral Pneumonia": 3, "Lung_Opacity": 63}},
-    "vgg19_bn": {"label": "VGG19_bn", "train_accuracy": 98.12, "test_accuracy": 94.33,
-                 "to_normal": {"COVID": 6, "Viral Pneumonia": 5, "Lung_Opacity": 51}},
-    "resnet50": {"label": "ResNet50", "train_accuracy": 98.59, "test_accuracy": 95.46,
-                 "to_normal": {"COVID": 3, "Viral Pneumonia": 6, "Lung_Opacity": 54}},
-    "logreg": {"label": "Logistic regression", "train_accuracy": 60.84, "test_accuracy": 62.24,
-               "to_normal": {"COVID": 214, "Viral Pneumonia": 25, "Lung_Opacity": 197}},
+    "alexnet": {
+        "label": "AlexNet",
+        "train_accuracy": 97.87,
+        "test_accuracy": 93.86,
+        "to_normal": {"COVID": 5, "Viral Pneumonia": 3, "Lung_Opacity": 63},
+    },
+    "vgg19_bn": {
+        "label": "VGG19_bn",
+        "train_accuracy": 98.12,
+        "test_accuracy": 94.33,
+        "to_normal": {"COVID": 6, "Viral Pneumonia": 5, "Lung_Opacity": 51},
+    },
+    "resnet50": {
+        "label": "ResNet50",
+        "train_accuracy": 98.59,
+        "test_accuracy": 95.46,
+        "to_normal": {"COVID": 3, "Viral Pneumonia": 6, "Lung_Opacity": 54},
+    },
+    "logreg": {
+        "label": "Logistic regression",
+        "train_accuracy": 60.84,
+        "test_accuracy": 62.24,
+        "to_normal": {"COVID": 214, "Viral Pneumonia": 25, "Lung_Opacity": 197},
+    },
 }
 
 #: Per-class precision / recall / F1 in percent, corrected (the printed first two values swapped).

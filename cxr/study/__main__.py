@@ -1,4 +1,5 @@
 """``python -m cxr.study ...`` (:func:`cxr.cli.study_main`)."""
+
 import sys
 
 from cxr.cli import study_main

@@ -5,6 +5,7 @@ and ``predictions.csv`` (test) and returns a JSON-ready dict: Table 1, per-class
 intervals, McNemar's tests, calibration before and after temperature scaling, and a source audit
 when the data carries source metadata.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,6 @@ __all__ = ["analyse_study", "read_sources", "source_audit"]
 _logger = logging.getLogger(__name__)
 
 
-
 def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
     """``{"<Class>/<file>": source}`` from a ``metadata.csv`` with a source column, else ``None``.
 
@@ -49,8 +49,9 @@ def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         file_col = next((c for c in cols if "file" in c.lower()), None)
-        source_col = next((c for c in cols if "source" in c.lower() and "commit" not in c.lower()
-                           and "path" not in c.lower()), None) or next((c for c in cols if "url" in c.lower()), None)
+        source_col = next(
+            (c for c in cols if "source" in c.lower() and "commit" not in c.lower() and "path" not in c.lower()), None
+        ) or next((c for c in cols if "url" in c.lower()), None)
         label_col = next((c for c in cols if c.lower() in ("label", "class")), None)
         if not file_col or not source_col:
             return None
@@ -64,6 +65,7 @@ def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
 
 def source_audit(sources: Dict[str, str], all_files: Sequence[str], runs: Dict[str, Predictions]) -> Dict[str, Any]:
     """Per-class sources of the whole data, warnings for single-source classes, test accuracy per source."""
+
     def source_of(name: str) -> str:
         return sources.get(name) or sources.get(name.split("/", 1)[-1], "unknown")
 
@@ -83,8 +85,11 @@ def source_audit(sources: Dict[str, str], all_files: Sequence[str], runs: Dict[s
             only = classes_of_source[src] == {cls}
             warnings.append(
                 f"{cls} is drawn from one source only ({src})"
-                + ("; that source supplies no other class, so recognising the source alone identifies the class."
-                   if only else ".")
+                + (
+                    "; that source supplies no other class, so recognising the source alone identifies the class."
+                    if only
+                    else "."
+                )
             )
     accuracy = {}
     for run, p in runs.items():
@@ -106,7 +111,9 @@ def _run_numbers(parts: Dict[str, Predictions], n_resamples: int) -> Dict[str, A
     return {
         "train_accuracy": compute_metrics(parts["train"].y, parts["train"].probs)["accuracy"],
         "validation": {"accuracy": m_val["accuracy"], "critical_to_normal": m_val["critical_to_normal"]},
-        "test": {k: m_test[k] for k in ("accuracy", "per_class", "to_normal", "confusion_matrix", "auroc", "num_images")},
+        "test": {
+            k: m_test[k] for k in ("accuracy", "per_class", "to_normal", "confusion_matrix", "auroc", "num_images")
+        },
         "ci95": {
             "accuracy": stratified_bootstrap_ci(test.y, test.pred, accuracy_of, n_resamples),
             "covid_recall": stratified_bootstrap_ci(test.y, test.pred, recall_of(covid), n_resamples),
@@ -126,10 +133,10 @@ def _run_numbers(parts: Dict[str, Predictions], n_resamples: int) -> Dict[str, A
 
 
 def analyse_study(
-        run_dirs: Dict[str, Path],
-        data_dir: Optional[Path] = None,
-        all_files: Sequence[str] = (),
-        n_resamples: int = 1000,
+    run_dirs: Dict[str, Path],
+    data_dir: Optional[Path] = None,
+    all_files: Sequence[str] = (),
+    n_resamples: int = 1000,
 ) -> Dict[str, Any]:
     """Recompute every figure of the study report from the runs' prediction files.
 
@@ -142,8 +149,10 @@ def analyse_study(
     Returns:
         ``{"runs": {name: numbers}, "best": name, "mcnemar": {...}, "source_audit": {...} | None}``.
     """
-    parts = {name: {part: read_predictions(RunFolder(d).predictions(part)) for part in PREDICTION_PARTS}
-             for name, d in run_dirs.items()}
+    parts = {
+        name: {part: read_predictions(RunFolder(d).predictions(part)) for part in PREDICTION_PARTS}
+        for name, d in run_dirs.items()
+    }
     test_files = {name: p["test"].files for name, p in parts.items()}
     first = next(iter(test_files.values()))
     for name, files in test_files.items():
@@ -153,9 +162,15 @@ def analyse_study(
     # the best model is chosen on validation (as each run chose its epoch), never on test
     best = max(runs, key=lambda n: (runs[n]["validation"]["accuracy"], -runs[n]["validation"]["critical_to_normal"]))
     y = parts[best]["test"].y
-    mcnemar = {name: mcnemar_test(y, parts[best]["test"].pred, parts[name]["test"].pred)
-               for name in runs if name != best}
+    mcnemar = {
+        name: mcnemar_test(y, parts[best]["test"].pred, parts[name]["test"].pred) for name in runs if name != best
+    }
     sources = read_sources(data_dir) if data_dir else None
     audit = source_audit(sources, all_files, {n: p["test"] for n, p in parts.items()}) if sources else None
-    return {"runs": runs, "best": best, "mcnemar": mcnemar, "source_audit": audit,
-            "critical_classes": list(CRITICAL_CLASSES)}
+    return {
+        "runs": runs,
+        "best": best,
+        "mcnemar": mcnemar,
+        "source_audit": audit,
+        "critical_classes": list(CRITICAL_CLASSES),
+    }

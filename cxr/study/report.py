@@ -4,6 +4,7 @@ Figures: ``reliability.png`` (reliability diagrams before/after temperature scal
 run) and ``gradcam_grid.png`` (the paper's Table 6 as one figure: test images of each class, the
 original beside every run's Grad-CAM, computed with the app's code).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,24 @@ def _ci(t) -> str:
 
 
 def _table1(result: Dict[str, Any]) -> List[str]:
-    lines = ["| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
+        "|---|---|---|---|---|---|---|",
+    ]
     n = next(iter(result["runs"].values()))["test"]["num_images"]
     for name, r in result["runs"].items():
         to_n = r["test"]["to_normal"]
-        lines.append(f"| {name} (ours) | {n} test images | {_pct(r['train_accuracy'])} | {_pct(r['test']['accuracy'])} | "
-                     + " | ".join(str(to_n[c]) for c in _TO_NORMAL) + " |")
+        lines.append(
+            f"| {name} (ours) | {n} test images | {_pct(r['train_accuracy'])} | {_pct(r['test']['accuracy'])} | "
+            + " | ".join(str(to_n[c]) for c in _TO_NORMAL)
+            + " |"
+        )
     for row in STUDY_TABLE1.values():
-        lines.append(f"| {row['label']} (paper) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
-                     + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL) + " |")
+        lines.append(
+            f"| {row['label']} (paper) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
+            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL)
+            + " |"
+        )
     return lines
 
 
@@ -55,8 +64,11 @@ def _per_class_tables(result: Dict[str, Any]) -> List[str]:
         # the paper's columns only beside the run that reproduces its setting (not -clahe / -scratch variants)
         lines += [f"**Table {i}: {name}**", "", *per_class_lines(arch if name == arch else name, r["test"]), ""]
         if name == arch and arch in STUDY_PER_CLASS:
-            lines += ["The paper printed its precision and recall swapped (it divided by the true counts); its "
-                      "columns here are corrected.", ""]
+            lines += [
+                "The paper printed its precision and recall swapped (it divided by the true counts); its "
+                "columns here are corrected.",
+                "",
+            ]
     return lines
 
 
@@ -73,21 +85,32 @@ def plot_reliability(path: Path, result: Dict[str, Any]) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), dpi=110, squeeze=False)
     for ax, (name, r) in zip(axes.flat, runs.items()):
         cal = r["calibration"]
-        for key, colour, label in (("reliability_before", "tab:red", "before"), ("reliability_after", "tab:blue", "after T")):
+        for key, colour, label in (
+            ("reliability_before", "tab:red", "before"),
+            ("reliability_after", "tab:blue", "after T"),
+        ):
             b = cal[key]
             centres = (np.array(b["edges"][:-1]) + np.array(b["edges"][1:])) / 2
             used = np.array(b["count"]) > 0
-            ax.plot(centres[used], np.array(b["accuracy"])[used], "o-", color=colour, ms=3,
-                    label=f"{label} (ECE {cal['ece_test_before' if key.endswith('before') else 'ece_test_after']:.3f})")
+            ax.plot(
+                centres[used],
+                np.array(b["accuracy"])[used],
+                "o-",
+                color=colour,
+                ms=3,
+                label=f"{label} (ECE {cal['ece_test_before' if key.endswith('before') else 'ece_test_after']:.3f})",
+            )
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
         ax.set_title(f"{name} (T = {cal['temperature']:.2f})", fontsize=9)
         ax.set_xlabel("confidence", fontsize=8)
         ax.set_ylabel("accuracy", fontsize=8)
         ax.set_xlim(0, 1), ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="upper left")
-    for ax in list(axes.flat)[len(runs):]:
+    for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
-    fig.suptitle("Reliability on the test set, before and after temperature scaling (fitted on validation)", fontsize=10)
+    fig.suptitle(
+        "Reliability on the test set, before and after temperature scaling (fitted on validation)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -106,8 +129,13 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
     from cxr.models.classifier import CXRClassifier
 
     classifiers = {name: CXRClassifier.from_pretrained(RunFolder(d).model_dir) for name, d in run_dirs.items()}
-    fig, axes = plt.subplots(len(images), 1 + len(classifiers), figsize=(2.1 * (1 + len(classifiers)), 2.3 * len(images)),
-                             dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        len(images),
+        1 + len(classifiers),
+        figsize=(2.1 * (1 + len(classifiers)), 2.3 * len(images)),
+        dpi=100,
+        squeeze=False,
+    )
     for row, img_path in enumerate(images):
         image, _ = read_radiograph(img_path)
         shown = ModelBoard.shown_image(image)
@@ -119,8 +147,11 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
                 cam = session.heatmap()
             pred = max(probs, key=probs.get)
             axes[row, col].imshow(overlay_heatmap(shown, cam))
-            axes[row, col].set_title(f"{name}\n→ {pred} ({probs[pred]:.2f})", fontsize=7,
-                                     color="black" if pred == img_path.parent.name else "red")
+            axes[row, col].set_title(
+                f"{name}\n→ {pred} ({probs[pred]:.2f})",
+                fontsize=7,
+                color="black" if pred == img_path.parent.name else "red",
+            )
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(f"{method} for each run's predicted class (red: wrong) — {DISCLAIMER}", fontsize=9)
@@ -159,7 +190,9 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         f"- Command preset: `{result['preset']}` — {result['preset_note']}",
         f"- Data: {result['data']}; split (seed 1, stratified): {result['split']['train']} / {result['split']['validation']} / "
         f"{result['split']['test']} (train / validation / test), `split.json`.",
-        "- Runs: " + "; ".join(f"`{a['name']}`" + (f" ({a['note']})" if a["note"] else "") for a in result["arms"]) + ".",
+        "- Runs: "
+        + "; ".join(f"`{a['name']}`" + (f" ({a['note']})" if a["note"] else "") for a in result["arms"])
+        + ".",
         f"- Paper rows: {STUDY_SOURCE}. Different test sets: compare directions, not decimals.",
         "",
         "## Table 1",
@@ -187,53 +220,102 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         mc = result["mcnemar"].get(name)
         mc_cells = f"{mc['b']} / {mc['c']} | {mc['p_value']:.3g}" if mc else "(best) | –"
         lines.append(f"| {name} | {_ci(r['ci95']['accuracy'])} | {_ci(r['ci95']['covid_recall'])} | {mc_cells} |")
-    lines += ["", "b: images the best run gets right and this run wrong; c: the reverse.", "",
-              "## Calibration", "",
-              "Expected calibration error (15 equal-width confidence bins) on the test set, and validation NLL, before "
-              "and after temperature scaling fitted on the validation set.", "",
-              "| run | T | ECE before | ECE after | val NLL before | val NLL after |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "b: images the best run gets right and this run wrong; c: the reverse.",
+        "",
+        "## Calibration",
+        "",
+        "Expected calibration error (15 equal-width confidence bins) on the test set, and validation NLL, before "
+        "and after temperature scaling fitted on the validation set.",
+        "",
+        "| run | T | ECE before | ECE after | val NLL before | val NLL after |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         c = r["calibration"]
-        lines.append(f"| {name} | {c['temperature']:.3f} | {c['ece_test_before']:.4f} | {c['ece_test_after']:.4f} | "
-                     f"{c['nll_validation_before']:.4f} | {c['nll_validation_after']:.4f} |")
+        lines.append(
+            f"| {name} | {c['temperature']:.3f} | {c['ece_test_before']:.4f} | {c['ece_test_after']:.4f} | "
+            f"{c['nll_validation_before']:.4f} | {c['nll_validation_after']:.4f} |"
+        )
     lines += ["", "![Reliability diagrams](reliability.png)", ""]
     pairs = [(a["name"], a["name"] + "-scratch") for a in result["arms"] if a["name"] + "-scratch" in runs]
     if pairs:
-        lines += ["## ImageNet weights versus training from scratch", "", "| model | pretrained test acc | scratch test acc |",
-                  "|---|---|---|"]
-        lines += [f"| {p} | {_pct(runs[p]['test']['accuracy'])} | {_pct(runs[s]['test']['accuracy'])} |" for p, s in pairs]
+        lines += [
+            "## ImageNet weights versus training from scratch",
+            "",
+            "| model | pretrained test acc | scratch test acc |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {p} | {_pct(runs[p]['test']['accuracy'])} | {_pct(runs[s]['test']['accuracy'])} |" for p, s in pairs
+        ]
         lines.append("")
     clahe = [(a["name"][: -len("-clahe")], a["name"]) for a in result["arms"] if a["clahe"]]
     if clahe:
-        lines += ["## CLAHE", "", "The paper dropped CLAHE after AlexNet fell to 73.37%. Same runs, with CLAHE (OpenCV, clip 2.0, "
-                  "8×8 tiles) applied before resizing:", "", "| model | test acc | with CLAHE | difference |", "|---|---|---|---|"]
+        lines += [
+            "## CLAHE",
+            "",
+            "The paper dropped CLAHE after AlexNet fell to 73.37%. Same runs, with CLAHE (OpenCV, clip 2.0, "
+            "8×8 tiles) applied before resizing:",
+            "",
+            "| model | test acc | with CLAHE | difference |",
+            "|---|---|---|---|",
+        ]
         for base, arm in clahe:
             a, b = runs[base]["test"]["accuracy"], runs[arm]["test"]["accuracy"]
             lines.append(f"| {base} | {_pct(a)} | {_pct(b)} | {100 * (b - a):+.2f} points |")
         lines.append("")
     if images:
-        lines += ["## Grad-CAM (the paper's Table 6)", "",
-                  "Test images of each class; the original beside each run's GradCAM for its predicted class, computed "
-                  "with each checkpoint's own preprocessing (the app's code).", "", "![Grad-CAM grid](gradcam_grid.png)", ""]
+        lines += [
+            "## Grad-CAM (the paper's Table 6)",
+            "",
+            "Test images of each class; the original beside each run's GradCAM for its predicted class, computed "
+            "with each checkpoint's own preprocessing (the app's code).",
+            "",
+            "![Grad-CAM grid](gradcam_grid.png)",
+            "",
+        ]
     audit = result.get("source_audit")
     if audit:
-        lines += ["## Source audit", "", "Sources per class (from the data's `metadata.csv`):", "",
-                  "| class | sources |", "|---|---|"]
-        lines += [f"| {c} | " + ", ".join(f"{s} ({n})" for s, n in srcs.items()) + " |" for c, srcs in audit["per_class"].items()]
+        lines += [
+            "## Source audit",
+            "",
+            "Sources per class (from the data's `metadata.csv`):",
+            "",
+            "| class | sources |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {c} | " + ", ".join(f"{s} ({n})" for s, n in srcs.items()) + " |"
+            for c, srcs in audit["per_class"].items()
+        ]
         lines.append("")
         lines += [f"> **Warning:** {w}" for w in audit["warnings"]]
-        lines += ["", "Test accuracy per source:", "", "| run | " + " | ".join(
-            sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})) + " |"]
+        lines += [
+            "",
+            "Test accuracy per source:",
+            "",
+            "| run | "
+            + " | ".join(sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc}))
+            + " |",
+        ]
         sources = sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})
         lines.append("|---|" + "---|" * len(sources))
         for name, acc in audit["test_accuracy_by_source"].items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{_pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources)
+                + " |"
+            )
         lines.append("")
-    lines += ["## Notes", "",
-              f"- The best run is chosen on validation (accuracy, then fewer {' + '.join(CRITICAL_CLASSES)} called Normal), "
-              "never on test.",
-              "- Splits are random and image-level, not patient-level; each class of this database comes largely from its "
-              "own source (DeGrave et al., Nature Machine Intelligence 2021), so accuracy can reflect the source.",
-              ""]
+    lines += [
+        "## Notes",
+        "",
+        f"- The best run is chosen on validation (accuracy, then fewer {' + '.join(CRITICAL_CLASSES)} called Normal), "
+        "never on test.",
+        "- Splits are random and image-level, not patient-level; each class of this database comes largely from its "
+        "own source (DeGrave et al., Nature Machine Intelligence 2021), so accuracy can reflect the source.",
+        "",
+    ]
     (out / "study.md").write_text("\n".join(lines))

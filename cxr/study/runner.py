@@ -7,6 +7,7 @@ that already finished and resumes interrupted ones, then writes ``study.md``, ``
 ``reliability.png`` and ``gradcam_grid.png`` — every number recomputed from the runs' saved
 predictions. Research use only — not for diagnosis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,18 +53,24 @@ class Preset:
 PRESETS: Dict[str, Preset] = {
     "paper": Preset(
         models=("alexnet", "vgg19_bn", "resnet50", "logreg", "tf_efficientnet_lite0"),
-        image_size=224, norm="radiography", scratch_twins=("tf_efficientnet_lite0",),
+        image_size=224,
+        norm="radiography",
+        scratch_twins=("tf_efficientnet_lite0",),
         note="The study's protocol: 224 px, the radiography normalisation, each model's study epochs, batch size "
-             "and trained layers, Adam 5e-4, ImageNet weights (AlexNet, VGG19_bn and ResNet50 need the Hub).",
+        "and trained layers, Adam 5e-4, ImageNet weights (AlexNet, VGG19_bn and ResNet50 need the Hub).",
     ),
     "cpu-quick": Preset(
         models=("logreg", "alexnet", "resnet50", "tf_efficientnet_lite0"),
-        image_size=96, norm="model", epochs=6, batch_size=32, offline_only=True,
+        image_size=96,
+        norm="model",
+        epochs=6,
+        batch_size=32,
+        offline_only=True,
         scratch_twins=("tf_efficientnet_lite0",),
         note="Shrunk to finish on a 2-core CPU: 96 px, 6 epochs, batch 32 for every model; VGG19_bn is left out "
-             "(under 1 image/s here); AlexNet and ResNet50 have no offline ImageNet weights and train from "
-             "scratch, all layers; EfficientNet-Lite0 keeps its offline ImageNet weights and is also trained "
-             "from scratch for comparison.",
+        "(under 1 image/s here); AlexNet and ResNet50 have no offline ImageNet weights and train from "
+        "scratch, all layers; EfficientNet-Lite0 keeps its offline ImageNet weights and is also trained "
+        "from scratch for comparison.",
     ),
 }
 
@@ -94,24 +101,43 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
         has_weights = bool(cfg and cfg.has_weights) or offline_weights_file(spec.name) is not None
         offline = offline_weights_file(spec.name) is not None
         if preset.offline_only and not offline:
-            arm = StudyArm(spec.name, spec.name, False, "all",
-                           note="from scratch, all layers (no offline ImageNet weights)" if has_weights else "")
+            arm = StudyArm(
+                spec.name,
+                spec.name,
+                False,
+                "all",
+                note="from scratch, all layers (no offline ImageNet weights)" if has_weights else "",
+            )
         else:
             if has_weights and not offline:
                 check_pretrained_available(spec.name, cfg)  # offline: fail now, not after hours of other runs
             arm = StudyArm(spec.name, spec.name, True, None)
         arms.append(arm)
         if spec.name in preset.scratch_twins and arm.pretrained:
-            arms.append(StudyArm(f"{spec.name}-scratch", spec.name, False, "all",
-                                 note="from scratch, all layers (to compare with ImageNet weights)"))
+            arms.append(
+                StudyArm(
+                    f"{spec.name}-scratch",
+                    spec.name,
+                    False,
+                    "all",
+                    note="from scratch, all layers (to compare with ImageNet weights)",
+                )
+            )
         if clahe:
-            arms.append(dataclasses.replace(arm, name=f"{arm.name}-clahe", clahe=True,
-                                            note=(arm.note + "; " if arm.note else "") + "CLAHE before resizing"))
+            arms.append(
+                dataclasses.replace(
+                    arm,
+                    name=f"{arm.name}-clahe",
+                    clahe=True,
+                    note=(arm.note + "; " if arm.note else "") + "CLAHE before resizing",
+                )
+            )
     return arms
 
 
-def _train_arm(arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int,
-               cache_dir: Optional[str]) -> str:
+def _train_arm(
+    arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int, cache_dir: Optional[str]
+) -> str:
     from cxr.training.loop import TrainConfig, has_checkpoint, train
 
     run_dir = out / arm.name
@@ -119,26 +145,40 @@ def _train_arm(arm: StudyArm, preset: Preset, data: str, out: Path, split_file: 
     if run.metrics.is_file() and run.predictions("train").is_file():
         return "skipped (finished)"
     resume = "auto" if has_checkpoint(run_dir) else None
-    train(TrainConfig(
-        model=arm.model, data=data, output_dir=str(run_dir), preset="paper", epochs=preset.epochs,
-        batch_size=preset.batch_size,
-        image_size=preset.image_size, norm=preset.norm, pretrained=arm.pretrained, train_layers=arm.train_layers,
-        clahe=arm.clahe, split_file=str(split_file), num_workers=num_workers, cache_dir=cache_dir, resume=resume,
-        overwrite_output_dir=True, calibrate=False,  # the study reports raw probabilities and calibrates them itself
-    ))
+    train(
+        TrainConfig(
+            model=arm.model,
+            data=data,
+            output_dir=str(run_dir),
+            preset="paper",
+            epochs=preset.epochs,
+            batch_size=preset.batch_size,
+            image_size=preset.image_size,
+            norm=preset.norm,
+            pretrained=arm.pretrained,
+            train_layers=arm.train_layers,
+            clahe=arm.clahe,
+            split_file=str(split_file),
+            num_workers=num_workers,
+            cache_dir=cache_dir,
+            resume=resume,
+            overwrite_output_dir=True,
+            calibrate=False,  # the study reports raw probabilities and calibrates them itself
+        )
+    )
     return "resumed" if resume else "trained"
 
 
 def run_study(
-        data: str,
-        output_dir: Path,
-        models: Optional[Sequence[str]] = None,
-        preset_name: str = "cpu-quick",
-        clahe: bool = False,
-        num_workers: int = 2,
-        cache_dir: Optional[str] = None,
-        bootstrap: int = 1000,
-        cam_images_per_class: int = 2,
+    data: str,
+    output_dir: Path,
+    models: Optional[Sequence[str]] = None,
+    preset_name: str = "cpu-quick",
+    clahe: bool = False,
+    num_workers: int = 2,
+    cache_dir: Optional[str] = None,
+    bootstrap: int = 1000,
+    cam_images_per_class: int = 2,
 ) -> Dict[str, object]:
     """Train every arm on one split and write the comparison report.
 
@@ -194,9 +234,13 @@ def run_study(
         data_dir = Path(data) if Path(data).is_dir() else None
         analysis = analyse_study({a.name: out / a.name for a in arms}, data_dir, all_files, n_resamples=bootstrap)
         result = {
-            "preset": preset_name, "preset_note": preset.note, "data": data,
+            "preset": preset_name,
+            "preset_note": preset.note,
+            "data": data,
             "split": {p: len(split[p]) for p in ("train", "validation", "test")},
-            "arms": [dataclasses.asdict(a) for a in arms], "runs_log": log, "bootstrap_resamples": bootstrap,
+            "arms": [dataclasses.asdict(a) for a in arms],
+            "runs_log": log,
+            "bootstrap_resamples": bootstrap,
             **analysis,
         }
         write_study_report(out, result, cam_images_per_class=cam_images_per_class, data=data)

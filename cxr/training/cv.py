@@ -19,6 +19,7 @@ Example:
     >>> sorted(len(f) for f in folds)
     [2, 2]
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,16 @@ from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES, NORMAL
 from cxr.run_folder import RunFolder, read_json, read_predictions
 
-__all__ = ["FOLDS_NAME", "OOF_NAME", "stratified_folds", "fold_split", "check_folds", "run_cv", "summarise_oof", "refuse_per_run_flags"]
+__all__ = [
+    "FOLDS_NAME",
+    "OOF_NAME",
+    "stratified_folds",
+    "fold_split",
+    "check_folds",
+    "run_cv",
+    "summarise_oof",
+    "refuse_per_run_flags",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -89,11 +99,14 @@ def check_folds(k: int, labels: Sequence[int]) -> None:
         raise CXRError(f"--folds must be at least 2, got {k}")
     smallest, n = CLASS_NAMES[int(counts.argmin())], int(counts.min())
     if k > n:
-        raise CXRError(f"--folds {k} is more than the smallest class has images ({smallest}: {n}); "
-                       "every fold needs every class")
+        raise CXRError(
+            f"--folds {k} is more than the smallest class has images ({smallest}: {n}); every fold needs every class"
+        )
     if n - -(-n // k) < 3:
-        raise CXRError(f"with --folds {k}, {smallest} ({n} images) leaves fewer than 3 images outside a fold, too few "
-                       "to train on and keep one for validation; use fewer folds or more images")
+        raise CXRError(
+            f"with --folds {k}, {smallest} ({n} images) leaves fewer than 3 images outside a fold, too few "
+            "to train on and keep one for validation; use fewer folds or more images"
+        )
 
 
 def _ece(y: np.ndarray, probs: np.ndarray) -> float:
@@ -151,16 +164,20 @@ def _prepare(out: Path, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     if folds_file.is_file():
         saved = json.loads(folds_file.read_text())
         if saved.get("fold_files") != folds:
-            raise CXRError(f"{out} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
-                           f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir")
+            raise CXRError(
+                f"{out} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
+                f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir"
+            )
     return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels)))}
 
 
 def refuse_per_run_flags(cfg) -> None:
     for field, flag in _NOT_FOR_CV.items():
         if getattr(cfg, field):
-            raise CXRError(f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
-                           "publish a model trained with train_accelerate.py)")
+            raise CXRError(
+                f"{flag} does not apply to cross-validation (the folds set the split; a rerun resumes; "
+                "publish a model trained with train_accelerate.py)"
+            )
 
 
 def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
@@ -189,9 +206,16 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
         (out / "splits").mkdir(parents=True, exist_ok=True)
         (out / FOLDS_NAME).write_text(json.dumps(prepared["payload"], indent=1) + "\n")
         for k in range(folds):
-            save_split(out / "splits" / f"fold-{k}.json", fold_split(prepared["folds"], k, prepared["labels"], cfg.seed),
-                       cfg.seed, fractions=(round((folds - 1) / folds * 8 / 9, 4), round((folds - 1) / folds / 9, 4),
-                                            round(1 / folds, 4)))
+            save_split(
+                out / "splits" / f"fold-{k}.json",
+                fold_split(prepared["folds"], k, prepared["labels"], cfg.seed),
+                cfg.seed,
+                fractions=(
+                    round((folds - 1) / folds * 8 / 9, 4),
+                    round((folds - 1) / folds / 9, 4),
+                    round(1 / folds, 4),
+                ),
+            )
     state.wait_for_everyone()
     log: Dict[str, Any] = {}
     for k in range(folds):
@@ -200,16 +224,27 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
         if RunFolder(run_dir).metrics.is_file() and RunFolder(run_dir).predictions("test").is_file():
             differs = recipe_differences(saved_recipe(run_dir), cfg)
             if differs:
-                raise CXRError(f"{run_dir} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
-                               "one recipe: choose another --output-dir, or remove the folder to start over")
+                raise CXRError(
+                    f"{run_dir} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
+                    "one recipe: choose another --output-dir, or remove the folder to start over"
+                )
             status = "kept (finished before)"
         else:
             resume = "auto" if has_checkpoint(run_dir, cfg.final_fit) else None
             if state.is_main_process:
-                print(f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run_dir}",
-                      flush=True)
-            train(dataclasses.replace(cfg, output_dir=str(run_dir), split_file=str(out / "splits" / f"fold-{k}.json"),
-                                      resume=resume, overwrite_output_dir=True))
+                print(
+                    f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run_dir}",
+                    flush=True,
+                )
+            train(
+                dataclasses.replace(
+                    cfg,
+                    output_dir=str(run_dir),
+                    split_file=str(out / "splits" / f"fold-{k}.json"),
+                    resume=resume,
+                    overwrite_output_dir=True,
+                )
+            )
             status = "resumed" if resume else "trained"
         log[f"fold-{k}"] = {"status": status, "seconds": round(time.time() - t0, 1)}
         if state.is_main_process:
@@ -221,40 +256,58 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     return result
 
 
-def _write_results(out: Path, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any],
-                   n_resamples: int) -> Dict[str, Any]:
+def _write_results(
+    out: Path, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any], n_resamples: int
+) -> Dict[str, Any]:
     rows, per_fold = [], []
     for k in range(folds):
         run = RunFolder(out / f"fold-{k}")
         pred = read_predictions(run.predictions("test"))
         metrics = read_json(run.metrics)
         rows += [(n, int(lab), k, p) for n, lab, p in zip(pred.files, pred.y, pred.probs)]
-        per_fold.append({"fold": k, "images": len(pred.files), **_headline(pred.y, pred.probs),
-                         "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
-                         "temperature": (metrics.get("calibration") or {}).get("temperature")})
+        per_fold.append(
+            {
+                "fold": k,
+                "images": len(pred.files),
+                **_headline(pred.y, pred.probs),
+                "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
+                "temperature": (metrics.get("calibration") or {}).get("temperature"),
+            }
+        )
     names = [r[0] for r in rows]
     if sorted(names) != sorted(labels) or len(set(names)) != len(names):
-        raise CXRError(f"the folds' test predictions do not cover every image exactly once ({len(names)} rows for "
-                       f"{len(labels)} images): remove {out} and run again")
+        raise CXRError(
+            f"the folds' test predictions do not cover every image exactly once ({len(names)} rows for "
+            f"{len(labels)} images): remove {out} and run again"
+        )
     rows.sort(key=lambda r: r[0])
     _write_oof(out / OOF_NAME, rows)
     y = np.array([r[1] for r in rows])
     probs = np.array([r[3] for r in rows])
     result = {
-        "folds": folds, "images": len(rows), "seed": cfg.seed, "bootstrap_resamples": n_resamples,
+        "folds": folds,
+        "images": len(rows),
+        "seed": cfg.seed,
+        "bootstrap_resamples": n_resamples,
         "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "overwrite_output_dir")},
         "out_of_fold": summarise_oof(y, probs, n_resamples),
-        "per_fold": per_fold, "runs_log": log,
+        "per_fold": per_fold,
+        "runs_log": log,
     }
     (out / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "cv.md").write_text(_report(result))
     return result
 
 
-_ROWS = (("accuracy", "accuracy", True), ("covid_recall", "COVID recall", True),
-         ("covid_to_normal", f"COVID → {NORMAL}", False), ("viral_pneumonia_to_normal", f"Viral Pneumonia → {NORMAL}", False),
-         ("lung_opacity_to_normal", f"Lung_Opacity → {NORMAL}", False), ("macro_auroc", "macro AUROC", False),
-         ("ece", "ECE (15 bins)", False))
+_ROWS = (
+    ("accuracy", "accuracy", True),
+    ("covid_recall", "COVID recall", True),
+    ("covid_to_normal", f"COVID → {NORMAL}", False),
+    ("viral_pneumonia_to_normal", f"Viral Pneumonia → {NORMAL}", False),
+    ("lung_opacity_to_normal", f"Lung_Opacity → {NORMAL}", False),
+    ("macro_auroc", "macro AUROC", False),
+    ("ece", "ECE (15 bins)", False),
+)
 
 
 def _fmt(name: str, v: Optional[float], pct: bool) -> str:
@@ -269,24 +322,39 @@ def _report(result: Dict[str, Any]) -> str:
     from cxr.reporting.run_report import DISCLAIMER, recipe_summary
 
     r = result["recipe"]
-    lines = [f"# Cross-validation: {r['model']}, {result['folds']} folds, {result['images']} images", "",
-             f"*{DISCLAIMER}*", "",
-             f"Data `{r['data']}`; {r['image_size']} px; {recipe_summary(r)}; kept model: {r.get('keep', 'best')}"
-             f"{' epoch, then a final fit on training + validation' if r.get('final_fit') else ' epoch'}; "
-             f"folds seeded {result['seed']}. Every image is scored once, "
-             "by the fold model that did not train on it; intervals are stratified bootstrap 95% "
-             f"({result['bootstrap_resamples']} resamples) over all {result['images']} out-of-fold predictions.", "",
-             "| out of fold | value | 95% interval |", "|---|---|---|"]
+    lines = [
+        f"# Cross-validation: {r['model']}, {result['folds']} folds, {result['images']} images",
+        "",
+        f"*{DISCLAIMER}*",
+        "",
+        f"Data `{r['data']}`; {r['image_size']} px; {recipe_summary(r)}; kept model: {r.get('keep', 'best')}"
+        f"{' epoch, then a final fit on training + validation' if r.get('final_fit') else ' epoch'}; "
+        f"folds seeded {result['seed']}. Every image is scored once, "
+        "by the fold model that did not train on it; intervals are stratified bootstrap 95% "
+        f"({result['bootstrap_resamples']} resamples) over all {result['images']} out-of-fold predictions.",
+        "",
+        "| out of fold | value | 95% interval |",
+        "|---|---|---|",
+    ]
     for key, label, pct in _ROWS:
         s = result["out_of_fold"][key]
-        lines.append(f"| {label} | {_fmt(key, s['value'], pct)} | {_fmt(key, s['low'], pct)} – {_fmt(key, s['high'], pct)} |")
-    lines += ["", "Per fold:", "",
-              "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
-              "kept epoch | temperature |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {_fmt(key, s['value'], pct)} | {_fmt(key, s['low'], pct)} – {_fmt(key, s['high'], pct)} |"
+        )
+    lines += [
+        "",
+        "Per fold:",
+        "",
+        "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
+        "kept epoch | temperature |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for f in result["per_fold"]:
         t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
-        lines.append(f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
-                     f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
-                     f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} |")
+        lines.append(
+            f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
+            f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
+            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} |"
+        )
     lines += ["", f"Files: `{FOLDS_NAME}`, `splits/fold-K.json`, `fold-K/` (each a full run folder), `{OOF_NAME}`.", ""]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ under N processes every image is counted exactly once. :func:`write_evaluation` 
 :func:`evaluate_folder` is ``python -m cxr.eval``: any model folder or Hub id on any folder in
 the Kaggle layout, every image a test image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ _logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, loader, accelerator,
-                   desc: str = "evaluating") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_logits(
+    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating"
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``model`` over ``loader`` on every process and gather its logits on all of them.
 
     Args:
@@ -61,8 +63,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return temperature_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), temperature).numpy()
 
 
-def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating",
-            temperature: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating", temperature: float = 1.0
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`predict_logits`, as probabilities ``softmax(logits / temperature)`` (a saved model's calibration,
     :attr:`CXRClassifier.temperature`)."""
     index, labels, logits = predict_logits(model, loader, accelerator, desc)
@@ -70,13 +73,13 @@ def predict(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating
 
 
 def write_evaluation(
-        output_dir: Path,
-        model_name: str,
-        metrics: Dict[str, Any],
-        run_info: Dict[str, Any],
-        test_files: Sequence[str],
-        test_labels: np.ndarray,
-        test_probs: np.ndarray,
+    output_dir: Path,
+    model_name: str,
+    metrics: Dict[str, Any],
+    run_info: Dict[str, Any],
+    test_files: Sequence[str],
+    test_labels: np.ndarray,
+    test_probs: np.ndarray,
 ) -> None:
     """Write the run folder's metrics, test predictions, confusion matrix and report (:class:`RunFolder`)."""
     run = RunFolder(output_dir)
@@ -91,15 +94,15 @@ def write_evaluation(
 
 
 def evaluate_folder(
-        model_ref: str,
-        data: str,
-        output_dir: Path,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        cache_dir: Optional[str] = None,
-        skip_bad_images: bool = False,
-        dataset_revision: Optional[str] = None,
-        dataset_config: Optional[str] = None,
+    model_ref: str,
+    data: str,
+    output_dir: Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_dir: Optional[str] = None,
+    skip_bad_images: bool = False,
+    dataset_revision: Optional[str] = None,
+    dataset_config: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on every image of a dataset, every split of it (``python -m cxr.eval``).
 
@@ -128,8 +131,9 @@ def evaluate_folder(
     model, prep = clf.model, clf.preprocess
     with accelerator.main_process_first():
         source = load_data_source(data, dataset_revision, dataset_config)
-        cached = cache_pixels(source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-                              clahe=prep.clahe)
+        cached = cache_pixels(
+            source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, clahe=prep.clahe
+        )
     view = RadiographDataset(cached.dataset, prep)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model, loader = accelerator.prepare(model, loader)
@@ -142,14 +146,13 @@ def evaluate_folder(
         run_info = {
             "model": str(model_ref),
             "data": f"{data}{' @ ' + source.info['revision'] if source.info['kind'] == 'hub' else ''}"
-                    f"{', config ' + source.info['config'] if source.info.get('config') else ''} "
-                    f"({len(view)} images, every one a test image)",
+            f"{', config ' + source.info['config'] if source.info.get('config') else ''} "
+            f"({len(view)} images, every one a test image)",
             "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
-                             f"mean {list(prep.mean)} std {list(prep.std)}",
+            f"mean {list(prep.mean)} std {list(prep.std)}",
             "skipped unreadable images": len(cached.bad),
             "note": DISCLAIMER,
         }
-        write_evaluation(output_dir, model_name, metrics, run_info,
-                         [names[i] for i in index], labels, probs)
+        write_evaluation(output_dir, model_name, metrics, run_info, [names[i] for i in index], labels, probs)
     accelerator.wait_for_everyone()
     return metrics

@@ -18,6 +18,7 @@ Example:
     >>> sorted(result["test"])[:3]                                       # doctest: +SKIP
     ['accuracy', 'auroc', 'auroc_per_class']
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,8 +67,18 @@ from cxr.reporting.run_report import DISCLAIMER, kept_description, plot_training
 from cxr.run_folder import RunFolder, read_json, write_json, write_predictions
 from cxr.training.evaluation import predict, predict_logits, softmax, write_evaluation
 
-__all__ = ["TrainConfig", "PRESETS", "train", "make_loader", "train_step", "fit_calibration", "has_checkpoint", "saved_recipe",
-           "recipe_differences", "KEEP_RULES"]
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "train",
+    "make_loader",
+    "train_step",
+    "fit_calibration",
+    "has_checkpoint",
+    "saved_recipe",
+    "recipe_differences",
+    "KEEP_RULES",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -79,13 +90,39 @@ KEEP_RULES = ("best", "last")
 #: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
 #: the one cross-validation chose (README, "Choosing the recipe").
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": dict(optimizer="adam", lr=5e-4, weight_decay=0.0, lr_scheduler="constant", warmup_epochs=0.0,
-                  label_smoothing=0.0, augment="study", keep="best", final_fit=False, epochs=None, batch_size=None,
-                  layer_decay=1.0, drop_path=0.0, freeze_bn_stats=False),
+    "paper": dict(
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        lr_scheduler="constant",
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        augment="study",
+        keep="best",
+        final_fit=False,
+        epochs=None,
+        batch_size=None,
+        layer_decay=1.0,
+        drop_path=0.0,
+        freeze_bn_stats=False,
+    ),
 }
-PRESETS["default"] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, lr_scheduler="cosine", warmup_epochs=1.0,
-                          label_smoothing=0.0, augment="flip", keep="last", final_fit=False, epochs=15, batch_size=16,
-                          layer_decay=1.0, drop_path=0.0, freeze_bn_stats=False)
+PRESETS["default"] = dict(
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=0.05,
+    lr_scheduler="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.0,
+    augment="flip",
+    keep="last",
+    final_fit=False,
+    epochs=15,
+    batch_size=16,
+    layer_decay=1.0,
+    drop_path=0.0,
+    freeze_bn_stats=False,
+)
 #: What a checkpoint written before a recipe setting existed was trained with.
 _LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -93,9 +130,28 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 DIVERGED_LOSS = 1e3
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.
-_RESUME_LOCKED = ("model", "image_size", "norm", "clahe", "seed", "train_layers", "pretrained", "batch_size", "optimizer",
-                  "lr_scheduler", "warmup_epochs", "label_smoothing", "ema_decay", "clip_grad_norm", "augment", "keep",
-                  "final_fit", "layer_decay", "drop_path", "freeze_bn_stats")
+_RESUME_LOCKED = (
+    "model",
+    "image_size",
+    "norm",
+    "clahe",
+    "seed",
+    "train_layers",
+    "pretrained",
+    "batch_size",
+    "optimizer",
+    "lr_scheduler",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema_decay",
+    "clip_grad_norm",
+    "augment",
+    "keep",
+    "final_fit",
+    "layer_decay",
+    "drop_path",
+    "freeze_bn_stats",
+)
 
 
 @dataclasses.dataclass
@@ -176,20 +232,30 @@ class TrainConfig:
             (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
             (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
             (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
-            (0 <= cfg.warmup_epochs < cfg.epochs,
-             f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}"),
+            (
+                0 <= cfg.warmup_epochs < cfg.epochs,
+                f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}",
+            ),
             (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
             (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
-            (cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
-             f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}"),
+            (
+                cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+                f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}",
+            ),
             (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
             (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
             (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
             (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
-            (cfg.norm in ("model", *NORMALIZATIONS), f"--norm must be model, radiography or imagenet, got {cfg.norm!r}"),
+            (
+                cfg.norm in ("model", *NORMALIZATIONS),
+                f"--norm must be model, radiography or imagenet, got {cfg.norm!r}",
+            ),
             (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
             (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
-            (cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"--cpu-threads must be at least 1, got {cfg.cpu_threads}"),
+            (
+                cfg.cpu_threads is None or cfg.cpu_threads >= 1,
+                f"--cpu-threads must be at least 1, got {cfg.cpu_threads}",
+            ),
             (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
             (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
             (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
@@ -252,8 +318,11 @@ RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
 def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
     """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
     differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
-    return [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
-            for k in keys if saved.get(k) != getattr(cfg, k)]
+    return [
+        f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
+        for k in keys
+        if saved.get(k) != getattr(cfg, k)
+    ]
 
 
 def _resume_dir(resume: str, output_dir: Path) -> Path:
@@ -331,25 +400,46 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler))
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler)
+    )
 
 
 def _collate(batch):
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
 
 
-def make_loader(pix, prep: PreprocessConfig, rows: List[int], micro_batch: int, augment: bool,
-                num_workers: int, augmentation: str = "study") -> torch.utils.data.DataLoader:
+def make_loader(
+    pix,
+    prep: PreprocessConfig,
+    rows: List[int],
+    micro_batch: int,
+    augment: bool,
+    num_workers: int,
+    augmentation: str = "study",
+) -> torch.utils.data.DataLoader:
     """The loader a run uses for one part: cached pixels, [augmentation,] the checkpoint's normalisation."""
     view = RadiographDataset(pix, prep, rows, TrainAugmentation.named(augmentation) if augment else None)
     return torch.utils.data.DataLoader(
-        view, batch_size=micro_batch, shuffle=augment, num_workers=num_workers, collate_fn=_collate,
-        persistent_workers=num_workers > 0 and augment, pin_memory=torch.cuda.is_available(),
+        view,
+        batch_size=micro_batch,
+        shuffle=augment,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=num_workers > 0 and augment,
+        pin_memory=torch.cuda.is_available(),
     )
 
 
-def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channels_last: bool = False,
-               clip_grad_norm: Optional[float] = None):
+def train_step(
+    model,
+    batch,
+    loss_fn,
+    optimizer,
+    scheduler,
+    accelerator,
+    channels_last: bool = False,
+    clip_grad_norm: Optional[float] = None,
+):
     """One optimisation (micro-)step under Accelerate: forward, backward, [clip,] step, zero the gradients.
 
     Returns:
@@ -366,8 +456,10 @@ def train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, channel
             logits = model(x)
             loss = loss_fn(logits.float(), batch["labels"])
         if not torch.isfinite(loss) or loss.item() > DIVERGED_LOSS:
-            raise CXRError(f"the training loss became {loss.item():.4g} (diverged): lower --lr, add --clip-grad-norm or "
-                           "--warmup-epochs; no model is kept from this epoch on")
+            raise CXRError(
+                f"the training loss became {loss.item():.4g} (diverged): lower --lr, add --clip-grad-norm or "
+                "--warmup-epochs; no model is kept from this epoch on"
+            )
         accelerator.backward(loss)
         if clip_grad_norm is not None and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -447,21 +539,36 @@ def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     if reused:
         hold_metrics = read_json(hold.metrics)
         if int(saved_recipe(hold.root)["epochs"]) != cfg.epochs:
-            raise CXRError(f"--resume: the hold-out run in {hold.root} finished with another --epochs; start over "
-                           "with --overwrite-output-dir to change it")
+            raise CXRError(
+                f"--resume: the hold-out run in {hold.root} finished with another --epochs; start over "
+                "with --overwrite-output-dir to change it"
+            )
     else:
-        hold_metrics = _fit(dataclasses.replace(
-            cfg, output_dir=str(hold.root), final_fit=False, push_to_hub=False, hub_model_id=None,
-            resume="auto" if resume else None).resolve())
+        hold_metrics = _fit(
+            dataclasses.replace(
+                cfg,
+                output_dir=str(hold.root),
+                final_fit=False,
+                push_to_hub=False,
+                hub_model_id=None,
+                resume="auto" if resume else None,
+            ).resolve()
+        )
     calibration = hold_metrics.get("calibration") if cfg.calibrate else None
     epochs = int(hold_metrics["kept_epoch"])
     refit_cfg = dataclasses.replace(
-        cfg, epochs=epochs, keep="last", warmup_epochs=min(cfg.warmup_epochs, epochs / 2),
+        cfg,
+        epochs=epochs,
+        keep="last",
+        warmup_epochs=min(cfg.warmup_epochs, epochs / 2),
         # a refit checkpoint counts only beside the very hold-out run it followed
-        resume=str(run.checkpoint) if reused and run.checkpoint.is_file() else None)
+        resume=str(run.checkpoint) if reused and run.checkpoint.is_file() else None,
+    )
     hold_run = read_json(hold.run_config)
-    return _fit(refit_cfg, _Refit(load_split(hold.split), calibration, hold.root,
-                                  hold_run.get("data_source", {}).get("splits") or {}))
+    return _fit(
+        refit_cfg,
+        _Refit(load_split(hold.split), calibration, hold.root, hold_run.get("data_source", {}).get("splits") or {}),
+    )
 
 
 def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
@@ -507,8 +614,13 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         revision = prior_source.get("revision")
     with accelerator.main_process_first():
         source = load_data_source(cfg.data, revision, cfg.dataset_config)
-        cached = cache_pixels(source.dataset, cfg.image_size, cache_dir=cfg.cache_dir,
-                              skip_bad_images=cfg.skip_bad_images, clahe=cfg.clahe)
+        cached = cache_pixels(
+            source.dataset,
+            cfg.image_size,
+            cache_dir=cfg.cache_dir,
+            skip_bad_images=cfg.skip_bad_images,
+            clahe=cfg.clahe,
+        )
     pix = cached.dataset
     file_names = pix["file_name"]
     if state is not None:
@@ -535,15 +647,20 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
 
     # Model and its preprocessing (the one source of truth saved with the checkpoint).
     set_seed(cfg.seed)
-    model, pretrained_source = create_model(cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size,
-                                            drop_path=cfg.drop_path)
+    model, pretrained_source = create_model(
+        cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size, drop_path=cfg.drop_path
+    )
     trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pcfg = model.pretrained_cfg
     prep = PreprocessConfig.create(
-        cfg.image_size, in_chans=pcfg["input_size"][0], norm=cfg.norm,
-        model_mean=pcfg.get("mean"), model_std=pcfg.get("std"), clahe=cfg.clahe,
+        cfg.image_size,
+        in_chans=pcfg["input_size"][0],
+        norm=cfg.norm,
+        model_mean=pcfg.get("mean"),
+        model_std=pcfg.get("std"),
+        clahe=cfg.clahe,
     )
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -586,23 +703,29 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         if recover_model_dir(run.model_dir):
             _logger.warning("restored %s/model from a save interrupted by the last run's end", out)
         # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
-        fractions = (tuple(round(len(rows[p]) / sum(map(len, rows.values())), 4) for p in SPLITS)
-                     if source.given_splits else DEFAULT_FRACTIONS)
+        fractions = (
+            tuple(round(len(rows[p]) / sum(map(len, rows.values())), 4) for p in SPLITS)
+            if source.given_splits
+            else DEFAULT_FRACTIONS
+        )
         save_split(run.split, split, cfg.seed, fractions)
-        write_json(run.run_config, {
-            "config": cfg.to_dict(),
-            **run_info,
-            "first_trainable_parameter": trainable[0],
-            "micro_batch_per_process": micro_batch,
-            "num_processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "torch_threads": torch.get_num_threads(),
-            "mixed_precision": accelerator.mixed_precision,
-            "images": {part: len(rows[part]) for part in SPLITS},
-            "data_source": data_source,
-            "skipped_unreadable_images": [n for n, _ in cached.bad],
-            "versions": _versions(),
-        })
+        write_json(
+            run.run_config,
+            {
+                "config": cfg.to_dict(),
+                **run_info,
+                "first_trainable_parameter": trainable[0],
+                "micro_batch_per_process": micro_batch,
+                "num_processes": accelerator.num_processes,
+                "device": str(accelerator.device),
+                "torch_threads": torch.get_num_threads(),
+                "mixed_precision": accelerator.mixed_precision,
+                "images": {part: len(rows[part]) for part in SPLITS},
+                "data_source": data_source,
+                "skipped_unreadable_images": [n for n, _ in cached.bad],
+                "versions": _versions(),
+            },
+        )
     if cfg.report_to != "none":
         flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("cxr", config=flat)
@@ -613,8 +736,9 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         from timm.utils import ModelEmaV3
 
         # the decay ramps up from 0 (timm's warm-up), so the average does not drag the randomly initialised head along
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True,
-                         device=accelerator.device)
+        ema = ModelEmaV3(
+            accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
+        )
         if state is not None and "ema" in state:
             ema.module.load_state_dict(state["ema"])
     for epoch in range(start_epoch, cfg.epochs):
@@ -629,17 +753,20 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
         ema_step = epoch * steps_per_epoch  # optimiser steps so far (resumes count on)
         for batch in bar:
-            loss, logits = train_step(model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last,
-                                      cfg.clip_grad_norm)
+            loss, logits = train_step(
+                model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last, cfg.clip_grad_norm
+            )
             if ema is not None and accelerator.sync_gradients:
                 ema_step += 1
                 ema.update(accelerator.unwrap_model(model), step=ema_step)
             n = batch["labels"].numel()
-            totals += torch.stack([
-                loss.detach().float() * n,
-                (logits.argmax(-1) == batch["labels"]).sum().float(),
-                torch.tensor(float(n), device=accelerator.device),
-            ])
+            totals += torch.stack(
+                [
+                    loss.detach().float() * n,
+                    (logits.argmax(-1) == batch["labels"]).sum().float(),
+                    torch.tensor(float(n), device=accelerator.device),
+                ]
+            )
             bar.set_postfix(loss=f"{loss.item():.4f}")
         totals = accelerator.reduce(totals, reduction="sum")
         kept_model = model if ema is None else ema.module
@@ -671,30 +798,41 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             if keep_now:
-                save_model_dir(unwrapped if ema is None else ema.module, run.model_dir, prep,
-                               {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None})
-            save_training_state(run.checkpoint, {
-                "model": unwrapped.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(),
-                "epoch": epoch + 1,
-                "history": history,
-                "best": best,
-                "kept": kept_at,
-                "split": split,
-                "data_source": data_source,
-                "config": cfg.to_dict(),
-                **({"ema": ema.module.state_dict()} if ema is not None else {}),
-            })
+                save_model_dir(
+                    unwrapped if ema is None else ema.module,
+                    run.model_dir,
+                    prep,
+                    {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None},
+                )
+            save_training_state(
+                run.checkpoint,
+                {
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": capture_rng_state(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "best": best,
+                    "kept": kept_at,
+                    "split": split,
+                    "data_source": data_source,
+                    "config": cfg.to_dict(),
+                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                },
+            )
         accelerator.wait_for_everyone()
 
     if cfg.keep == "last" and (kept_at is None or kept_at["epoch"] != len(history)):
         # resumed with no epoch left to train (--epochs no more than were done): keep the weights in hand
         kept_at = {"epoch": len(history)}
         if accelerator.is_main_process:
-            save_model_dir(accelerator.unwrap_model(model) if ema is None else ema.module, run.model_dir, prep,
-                           {**_model_info(run_info, cfg), "epoch": len(history), "ema": ema is not None})
+            save_model_dir(
+                accelerator.unwrap_model(model) if ema is None else ema.module,
+                run.model_dir,
+                prep,
+                {**_model_info(run_info, cfg), "epoch": len(history), "ema": ema is not None},
+            )
         accelerator.wait_for_everyone()
 
     # Final evaluation of the kept model.
@@ -711,15 +849,22 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     # one temperature, fitted on validation, saved with the model and applied everywhere (a refit takes its
     # hold-out run's: its own validation images were trained on)
     if cfg.calibrate and (refit is None or refit.calibration is not None):
-        calibration = fit_calibration(va_labels, va_logits, te_labels, te_logits,
-                                      fitted=None if refit is None else refit.calibration,
-                                      source=None if refit is None else f"{refit.holdout.name}/")
+        calibration = fit_calibration(
+            va_labels,
+            va_logits,
+            te_labels,
+            te_logits,
+            fitted=None if refit is None else refit.calibration,
+            source=None if refit is None else f"{refit.holdout.name}/",
+        )
         t = calibration["temperature"]
         if accelerator.is_main_process:
             set_model_temperature(run.model_dir, t)
-        accelerator.print(f"temperature {t:.3f} ({calibration['note']}); ECE validation "
-                          f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
-                          f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}")
+        accelerator.print(
+            f"temperature {t:.3f} ({calibration['note']}); ECE validation "
+            f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
+            f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
+        )
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
     tr_probs, va_probs, te_probs = (softmax(z, t) for z in (tr_logits, va_logits, te_logits))
     metrics = {
@@ -735,37 +880,48 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     if calibration is not None:
         metrics["calibration"] = calibration
     if accelerator.is_main_process:
-        write_json(run.history, {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep,
-                                          "epochs": history})
-        plot_training_curves(run.training_curves, history, kept_epoch=kept_at["epoch"],
-                             kept_rule="last, final fit" if refit else cfg.keep)
+        write_json(
+            run.history,
+            {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep, "epochs": history},
+        )
+        plot_training_curves(
+            run.training_curves,
+            history,
+            kept_epoch=kept_at["epoch"],
+            kept_rule="last, final fit" if refit else cfg.keep,
+        )
         test_files = [file_names[rows["test"][i]] for i in te_index]
-        write_predictions(run.predictions("validation"), [file_names[rows["validation"][i]] for i in va_index],
-                          va_labels, va_probs)
-        write_predictions(run.predictions("train"), [file_names[rows["train"][i]] for i in tr_index],
-                          tr_labels, tr_probs)
+        write_predictions(
+            run.predictions("validation"), [file_names[rows["validation"][i]] for i in va_index], va_labels, va_probs
+        )
+        write_predictions(
+            run.predictions("train"), [file_names[rows["train"][i]] for i in tr_index], tr_labels, tr_probs
+        )
         info = {
             "data": f"{_describe_data(data_source)} ({len(pix)} images; split {len(rows['train'])}/"
-                    f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {run.split.name})",
+            f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {run.split.name})",
             "pretrained": pretrained_source,
             "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
             "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
-                             f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
+            f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
             "optimisation": f"{recipe_summary(cfg.to_dict())}, {accelerator.num_processes} process(es)",
             "kept model": kept_description(metrics),
             "train accuracy": "the kept model on the un-augmented training images",
-            "calibration": ("off (--no-calibrate): probabilities are the softmax of the logits" if calibration is None else
-                            f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
-                            f"({calibration['note']}), saved in model/config.json and applied to every probability "
-                            f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
-                            f" -> {calibration['validation']['ece_after']:.3f}, test "
-                            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"),
+            "calibration": (
+                "off (--no-calibrate): probabilities are the softmax of the logits"
+                if calibration is None
+                else f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
+                f"({calibration['note']}), saved in model/config.json and applied to every probability "
+                f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
+                f" -> {calibration['validation']['ece_after']:.3f}, test "
+                f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
+            ),
             "note": DISCLAIMER,
         }
         write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
-        tracker.finish()                  # training several models in one launch (cxr.study.runner) still needs
+        tracker.finish()  # training several models in one launch (cxr.study.runner) still needs
     if cfg.push_to_hub and accelerator.is_main_process:
         from cxr.hub.publish import push_run
 
@@ -773,9 +929,14 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     return metrics
 
 
-def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray,
-                    test_logits: np.ndarray, fitted: Optional[Dict[str, Any]] = None,
-                    source: Optional[str] = None) -> Dict[str, Any]:
+def fit_calibration(
+    val_labels: np.ndarray,
+    val_logits: np.ndarray,
+    test_labels: np.ndarray,
+    test_logits: np.ndarray,
+    fitted: Optional[Dict[str, Any]] = None,
+    source: Optional[str] = None,
+) -> Dict[str, Any]:
     """Fit the softmax temperature on validation (NLL, Guo et al. 2017) and measure ECE before and after.
 
     A validation set the model classifies without error cannot identify a temperature (the NLL keeps
@@ -798,8 +959,10 @@ def fit_calibration(val_labels: np.ndarray, val_logits: np.ndarray, test_labels:
         t, note = fit_temperature_to_logits(val_labels, val_logits), f"fitted on {len(val_labels)} validation images"
     out: Dict[str, Any] = {"temperature": float(t), "note": note}
     for part, y, z in (("validation", val_labels, val_logits), ("test", test_labels, test_logits)):
-        out[part] = {"ece_before": expected_calibration_error(y, softmax_with_temperature(z)),
-                     "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t))}
+        out[part] = {
+            "ece_before": expected_calibration_error(y, softmax_with_temperature(z)),
+            "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t)),
+        }
     return out
 
 

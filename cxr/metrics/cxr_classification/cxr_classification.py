@@ -8,6 +8,7 @@ swapped the two.) A precision or recall whose denominator is zero is reported as
 scikit-learn does with ``zero_division=0``; an AUROC for a class with no positive or no negative
 example is undefined and left out of the macro mean.
 """
+
 import datasets
 import evaluate
 import numpy as np
@@ -51,11 +52,13 @@ class CxrClassification(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("int64"),
-                "references": datasets.Value("int64"),
-                "prediction_scores": datasets.Sequence(datasets.Value("float64")),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Value("int64"),
+                    "references": datasets.Value("int64"),
+                    "prediction_scores": datasets.Sequence(datasets.Value("float64")),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, prediction_scores, label_names, normal_label="Normal"):
@@ -90,9 +93,9 @@ class CxrClassification(evaluate.Metric):
                 for i, name in enumerate(label_names)
             },
             "confusion_matrix": cm.tolist(),
-            "to_normal": {} if normal is None else {
-                name: int(cm[i, normal]) for i, name in enumerate(label_names) if i != normal
-            },
+            "to_normal": {}
+            if normal is None
+            else {name: int(cm[i, normal]) for i, name in enumerate(label_names) if i != normal},
             "auroc": float(np.mean(defined)) if defined else None,
             "auroc_per_class": auroc_per_class,
             "num_images": int(len(ref)),
