@@ -28,7 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -571,18 +571,81 @@ def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     )
 
 
-def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
-    """One training run of a resolved ``cfg`` into ``cfg.output_dir`` (see :func:`train`)."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.utils import set_seed
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one training run share (:func:`_fit`): set by :func:`_start`, :func:`_load_data`,
+    :func:`_build_model` and updated by every epoch."""
 
-    out = Path(cfg.output_dir)
-    run = RunFolder(out)
+    cfg: TrainConfig
+    folder: RunFolder
+    accelerator: Any
+    micro_batch: int
+    resumed: Optional[Dict[str, Any]]  # the training state resumed from
+    refit: Optional[_Refit]
+    # the data (_load_data)
+    pix: Any = None
+    file_names: Sequence[str] = ()
+    split: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    rows: Dict[str, List[int]] = dataclasses.field(default_factory=dict)
+    data_source: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    given_splits: bool = False
+    skipped: List[str] = dataclasses.field(default_factory=list)
+    # the model and its optimisation (_build_model)
+    model: Any = None
+    prep: Optional[PreprocessConfig] = None
+    run_info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    loaders: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: Any = None
+    scheduler: Any = None
+    steps_per_epoch: int = 0
+    ema: Any = None
+    # progress
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: Optional[Dict[str, Any]] = None  # the best epoch on validation
+    kept_at: Optional[Dict[str, Any]] = None  # the epoch whose model is in model/ (cfg.keep)
+    start_epoch: int = 0
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The model validated and kept: the weight average with ``--ema-decay``, else the trained weights."""
+        return self.accelerator.unwrap_model(self.model) if self.ema is None else self.ema.module
+
+
+def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
+    """One training run of a resolved ``cfg`` into ``cfg.output_dir`` (see :func:`train`): set up, load the
+    data, build the model, train epoch by epoch (validating, keeping and checkpointing each), then evaluate
+    the kept model, calibrate it and write the run folder."""
+    r = _start(cfg, refit)
+    _load_data(r)
+    _build_model(r)
+    _write_run_config(r)
+    for epoch in range(r.start_epoch, r.cfg.epochs):
+        totals, seconds = _train_epoch(r, epoch)
+        _validate_and_keep(r, epoch, totals, seconds)
+    _keep_weights_in_hand(r)
+    metrics, predictions = _evaluate_kept(r)
+    if r.accelerator.is_main_process:
+        _write_results(r, metrics, predictions)
+    r.accelerator.wait_for_everyone()
+    for tracker in r.accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
+        tracker.finish()  # training several models in one launch (cxr.study.runner) still needs
+    if r.cfg.push_to_hub and r.accelerator.is_main_process:
+        from cxr.hub.publish import push_run
+
+        r.accelerator.print(f"pushed to {push_run(r.folder.root, r.cfg.hub_model_id, private=r.cfg.hub_private)}")
+    return metrics
+
+
+def _start(cfg: TrainConfig, refit: Optional[_Refit]) -> _Run:
+    """The accelerator and the process's threads; the batch split over processes; the push target and a
+    resumed checkpoint's settings checked before any work."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=str(out),
+        project_dir=str(cfg.output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     if accelerator.device.type == "cpu":
@@ -595,24 +658,27 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
             f"--batch-size {cfg.batch_size} must be divisible by processes x accumulation steps "
             f"({accelerator.num_processes} x {cfg.gradient_accumulation_steps})"
         )
-    micro_batch = cfg.batch_size // world
     if cfg.push_to_hub:
         _check_push_target_on_main(accelerator, cfg)
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
-        saved = state["config"]
         defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **_LEGACY_RECIPE}
-        changed = recipe_differences({**defaults, **saved}, cfg, _RESUME_LOCKED)
+        changed = recipe_differences({**defaults, **state["config"]}, cfg, _RESUME_LOCKED)
         if changed:
             raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
+    return _Run(cfg, RunFolder(cfg.output_dir), accelerator, cfg.batch_size // world, state, refit)
 
-    # Data: decode and resize once (main process first, the others then read its cache). A resumed run
-    # reads the Hub dataset at the commit it started from unless --dataset-revision says otherwise.
+
+def _load_data(r: _Run) -> None:
+    """Decode and resize once (main process first, the others then read its cache), and settle the split:
+    a resumed run's, the hold-out run's for a refit, a ``--split-file``, or a new stratified one. A resumed run
+    reads a Hub dataset at the commit it started from unless ``--dataset-revision`` says otherwise."""
+    cfg, state, refit = r.cfg, r.resumed, r.refit
     prior_source = (state or {}).get("data_source") or {}
     revision = cfg.dataset_revision
     if revision is None and prior_source.get("kind") == "hub" and prior_source.get("id") == cfg.data:
         revision = prior_source.get("revision")
-    with accelerator.main_process_first():
+    with r.accelerator.main_process_first():
         source = load_data_source(cfg.data, revision, cfg.dataset_config)
         cached = cache_pixels(
             source.dataset,
@@ -621,31 +687,37 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
             skip_bad_images=cfg.skip_bad_images,
             clahe=cfg.clahe,
         )
-    pix = cached.dataset
-    file_names = pix["file_name"]
+    r.pix, r.given_splits, r.skipped = cached.dataset, bool(source.given_splits), [n for n, _ in cached.bad]
+    r.file_names = r.pix["file_name"]
     if state is not None:
         split = state["split"]
         how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
     elif refit is not None:
         split, how = refit.split, dict(refit.how)
     if refit is not None and state is None:  # the hold-out split, saved as it is; training also takes validation
-        how = {part: how.get(part, f"as in {refit.holdout.name}/{run.split.name}") for part in SPLITS}
+        how = {part: how.get(part, f"as in {refit.holdout.name}/{r.folder.split.name}") for part in SPLITS}
         how["train"] += "; with the validation images added (--final-fit)"
         how["validation"] += "; trained on here (--final-fit), so not held out"
     elif cfg.split_file:
         split = load_split(cfg.split_file)
         how = {part: f"from --split-file {cfg.split_file}" for part in SPLITS}
     else:
-        split, how = complete_split(file_names, pix["label"], source.given_splits, seed=cfg.seed)
-    rows = indices_for_split(file_names, split)
+        split, how = complete_split(r.file_names, r.pix["label"], source.given_splits, seed=cfg.seed)
+    r.split, r.rows = split, indices_for_split(r.file_names, split)
     if refit is not None:
-        rows["train"] = sorted(rows["train"] + rows["validation"])
-    data_source = {**source.info, "images": len(pix), "splits": how}
-    accelerator.print(f"data: {_describe_data(data_source)}")
+        r.rows["train"] = sorted(r.rows["train"] + r.rows["validation"])
+    r.data_source = {**source.info, "images": len(r.pix), "splits": how}
+    r.accelerator.print(f"data: {_describe_data(r.data_source)}")
     for part in SPLITS:
-        accelerator.print(f"  {part}: {len(rows[part])} images, {how[part]}")
+        r.accelerator.print(f"  {part}: {len(r.rows[part])} images, {how[part]}")
 
-    # Model and its preprocessing (the one source of truth saved with the checkpoint).
+
+def _build_model(r: _Run) -> None:
+    """The model with its preprocessing (the one source of truth saved with the checkpoint), the loaders,
+    optimiser and schedule, all prepared by Accelerate; a resumed run's state restored; the EMA if asked."""
+    from accelerate.utils import set_seed
+
+    cfg, accelerator = r.cfg, r.accelerator
     set_seed(cfg.seed)
     model, pretrained_source = create_model(
         cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size, drop_path=cfg.drop_path
@@ -654,7 +726,7 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pcfg = model.pretrained_cfg
-    prep = PreprocessConfig.create(
+    r.prep = PreprocessConfig.create(
         cfg.image_size,
         in_chans=pcfg["input_size"][0],
         norm=cfg.norm,
@@ -662,67 +734,69 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         model_std=pcfg.get("std"),
         clahe=cfg.clahe,
     )
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    def loader(part: str, augment: bool):
-        return make_loader(pix, prep, rows[part], micro_batch, augment, cfg.num_workers, cfg.augment)
-
-    train_loader, train_eval_loader = loader("train", True), loader("train", False)
-    val_loader, test_loader = loader("validation", False), loader("test", False)
-    optimizer = _make_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
-    model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, train_eval_loader, val_loader, test_loader, scheduler
-    )
-
-    history: List[Dict[str, Any]] = []
-    best: Optional[Dict[str, Any]] = None  # the best epoch on validation
-    kept_at: Optional[Dict[str, Any]] = None  # the epoch whose model is in model/ (cfg.keep)
-    start_epoch = 0
-    if state is not None:
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        start_epoch, history, best = state["epoch"], list(state["history"]), state["best"]
-        kept_at = state.get("kept", best)
-        accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {start_epoch}/{cfg.epochs}")
-
-    run_info = {
+    r.run_info = {
         "model": cfg.model,
         "pretrained": pretrained_source,
         "train_layers": cfg.train_layers,
-        "trainable_parameters": n_train,
-        "parameters": n_params,
-        "preprocessing": prep.to_dict(),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "preprocessing": r.prep.to_dict(),
+        "first_trainable_parameter": trainable[0],
     }
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if recover_model_dir(run.model_dir):
-            _logger.warning("restored %s/model from a save interrupted by the last run's end", out)
-        # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
-        fractions = (
-            tuple(round(len(rows[p]) / sum(map(len, rows.values())), 4) for p in SPLITS)
-            if source.given_splits
-            else DEFAULT_FRACTIONS
+    names = ("train", "train_eval", "validation", "test")
+    loaders = [
+        make_loader(r.pix, r.prep, r.rows[n.split("_")[0]], r.micro_batch, n == "train", cfg.num_workers, cfg.augment)
+        for n in names
+    ]
+    optimizer = _make_optimizer(cfg, model)
+    r.steps_per_epoch = math.ceil(len(loaders[0]) / cfg.gradient_accumulation_steps)
+    scheduler = _make_scheduler(cfg, optimizer, r.steps_per_epoch * cfg.epochs, r.steps_per_epoch)
+    r.model, r.optimizer, *loaders, r.scheduler = accelerator.prepare(model, optimizer, *loaders, scheduler)
+    r.loaders = dict(zip(names, loaders))
+    state = r.resumed
+    if state is not None:
+        accelerator.unwrap_model(r.model).load_state_dict(state["model"])
+        r.optimizer.load_state_dict(state["optimizer"])
+        r.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        r.start_epoch, r.history, r.best = state["epoch"], list(state["history"]), state["best"]
+        r.kept_at = state.get("kept", r.best)
+        accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {r.start_epoch}/{cfg.epochs}")
+    if cfg.ema_decay is not None:  # evaluated and kept instead of the raw weights
+        from timm.utils import ModelEmaV3
+
+        # the decay ramps up from 0 (timm's warm-up), so the average does not drag the randomly initialised head along
+        r.ema = ModelEmaV3(
+            accelerator.unwrap_model(r.model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
         )
-        save_split(run.split, split, cfg.seed, fractions)
+        if state is not None and "ema" in state:
+            r.ema.module.load_state_dict(state["ema"])
+
+
+def _write_run_config(r: _Run) -> None:
+    """The run folder's ``split.json`` and ``run_config.json`` (main process), and the trackers' start."""
+    cfg, accelerator = r.cfg, r.accelerator
+    if accelerator.is_main_process:
+        r.folder.root.mkdir(parents=True, exist_ok=True)
+        if recover_model_dir(r.folder.model_dir):
+            _logger.warning("restored %s from a save interrupted by the last run's end", r.folder.model_dir)
+        # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
+        total = sum(map(len, r.rows.values()))
+        fractions = tuple(round(len(r.rows[p]) / total, 4) for p in SPLITS) if r.given_splits else DEFAULT_FRACTIONS
+        save_split(r.folder.split, r.split, cfg.seed, fractions)
         write_json(
-            run.run_config,
+            r.folder.run_config,
             {
                 "config": cfg.to_dict(),
-                **run_info,
-                "first_trainable_parameter": trainable[0],
-                "micro_batch_per_process": micro_batch,
+                **r.run_info,
+                "micro_batch_per_process": r.micro_batch,
                 "num_processes": accelerator.num_processes,
                 "device": str(accelerator.device),
                 "torch_threads": torch.get_num_threads(),
                 "mixed_precision": accelerator.mixed_precision,
-                "images": {part: len(rows[part]) for part in SPLITS},
-                "data_source": data_source,
-                "skipped_unreadable_images": [n for n, _ in cached.bad],
+                "images": {part: len(r.rows[part]) for part in SPLITS},
+                "data_source": r.data_source,
+                "skipped_unreadable_images": r.skipped,
                 "versions": _versions(),
             },
         )
@@ -730,203 +804,182 @@ def _fit(cfg: TrainConfig, refit: Optional[_Refit] = None) -> Dict[str, Any]:
         flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("cxr", config=flat)
 
+
+def _train_epoch(r: _Run, epoch: int) -> Tuple[torch.Tensor, float]:
+    """One pass over the training images; returns the summed (loss, correct, count) over every process and
+    the seconds it took. Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them."""
+    from accelerate.utils import set_seed
+
+    cfg, accelerator, model = r.cfg, r.accelerator, r.model
+    set_seed(cfg.seed + epoch, device_specific=True)
+    loader = r.loaders["train"]
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    model.train()
+    freeze_frozen_batchnorm(model, all_layers=cfg.freeze_bn_stats)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    ema = None
-    if cfg.ema_decay is not None:  # evaluated and kept instead of the raw weights
-        from timm.utils import ModelEmaV3
-
-        # the decay ramps up from 0 (timm's warm-up), so the average does not drag the randomly initialised head along
-        ema = ModelEmaV3(
-            accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
+    t0 = time.time()
+    totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
+    ema_step = epoch * r.steps_per_epoch  # optimiser steps so far (resumes count on)
+    for batch in bar:
+        loss, logits = train_step(
+            model, batch, loss_fn, r.optimizer, r.scheduler, accelerator, cfg.channels_last, cfg.clip_grad_norm
         )
-        if state is not None and "ema" in state:
-            ema.module.load_state_dict(state["ema"])
-    for epoch in range(start_epoch, cfg.epochs):
-        # Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats them.
-        set_seed(cfg.seed + epoch, device_specific=True)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        freeze_frozen_batchnorm(model, all_layers=cfg.freeze_bn_stats)
-        t0 = time.time()
-        totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
-        ema_step = epoch * steps_per_epoch  # optimiser steps so far (resumes count on)
-        for batch in bar:
-            loss, logits = train_step(
-                model, batch, loss_fn, optimizer, scheduler, accelerator, cfg.channels_last, cfg.clip_grad_norm
-            )
-            if ema is not None and accelerator.sync_gradients:
-                ema_step += 1
-                ema.update(accelerator.unwrap_model(model), step=ema_step)
-            n = batch["labels"].numel()
-            totals += torch.stack(
-                [
-                    loss.detach().float() * n,
-                    (logits.argmax(-1) == batch["labels"]).sum().float(),
-                    torch.tensor(float(n), device=accelerator.device),
-                ]
-            )
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        totals = accelerator.reduce(totals, reduction="sum")
-        kept_model = model if ema is None else ema.module
-        _, val_labels, val_probs = predict(kept_model, val_loader, accelerator, desc="validation")
-        val = _split_metrics(val_labels, val_probs)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(totals[0] / totals[2]),
-            "train_accuracy": float(totals[1] / totals[2]),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_critical_to_normal": critical_to_normal(val),
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": round(time.time() - t0, 2),
-        }
-        history.append(record)
-        improved = best is None or selection_key(val) > tuple(best["key"])
-        if improved:
-            best = {"epoch": epoch + 1, "key": list(selection_key(val)), "validation": val}
-        keep_now = improved if cfg.keep == "best" else epoch + 1 == cfg.epochs
+        if r.ema is not None and accelerator.sync_gradients:
+            ema_step += 1
+            r.ema.update(accelerator.unwrap_model(model), step=ema_step)
+        n = batch["labels"].numel()
+        correct = (logits.argmax(-1) == batch["labels"]).sum().float()
+        totals += torch.stack([loss.detach().float() * n, correct, torch.tensor(float(n), device=accelerator.device)])
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return accelerator.reduce(totals, reduction="sum"), time.time() - t0
+
+
+def _validate_and_keep(r: _Run, epoch: int, totals: torch.Tensor, seconds: float) -> None:
+    """Validate the epoch's model, record it, save it to ``model/`` when ``--keep`` says so, and write the
+    checkpoint to resume from."""
+    cfg, accelerator = r.cfg, r.accelerator
+    model = r.model if r.ema is None else r.ema.module
+    _, val_labels, val_probs = predict(model, r.loaders["validation"], accelerator, desc="validation")
+    val = _split_metrics(val_labels, val_probs)
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": float(totals[0] / totals[2]),
+        "train_accuracy": float(totals[1] / totals[2]),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_critical_to_normal": critical_to_normal(val),
+        "lr": float(r.scheduler.get_last_lr()[0]),
+        "seconds": round(seconds, 2),
+    }
+    r.history.append(record)
+    improved = r.best is None or selection_key(val) > tuple(r.best["key"])
+    if improved:
+        r.best = {"epoch": epoch + 1, "key": list(selection_key(val)), "validation": val}
+    keep_now = improved if cfg.keep == "best" else epoch + 1 == cfg.epochs
+    if keep_now:
+        r.kept_at = {"epoch": epoch + 1, "validation": val}
+    accelerator.print(
+        f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+        f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}, COVID+Viral Pn. called Normal "
+        f"{record['val_critical_to_normal']}{' (best so far)' if improved else ''}"
+    )
+    accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+    if accelerator.is_main_process:
         if keep_now:
-            kept_at = {"epoch": epoch + 1, "validation": val}
-        accelerator.print(
-            f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-            f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}, COVID+Viral Pn. called Normal "
-            f"{record['val_critical_to_normal']}{' (best so far)' if improved else ''}"
-        )
-        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            if keep_now:
-                save_model_dir(
-                    unwrapped if ema is None else ema.module,
-                    run.model_dir,
-                    prep,
-                    {**_model_info(run_info, cfg), "epoch": epoch + 1, "ema": ema is not None},
-                )
-            save_training_state(
-                run.checkpoint,
-                {
-                    "model": unwrapped.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": capture_rng_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best": best,
-                    "kept": kept_at,
-                    "split": split,
-                    "data_source": data_source,
-                    "config": cfg.to_dict(),
-                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
-                },
-            )
-        accelerator.wait_for_everyone()
+            _save_kept(r, epoch + 1)
+        state = {
+            "model": accelerator.unwrap_model(r.model).state_dict(),
+            "optimizer": r.optimizer.state_dict(),
+            "scheduler": r.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": epoch + 1,
+            "history": r.history,
+            "best": r.best,
+            "kept": r.kept_at,
+            "split": r.split,
+            "data_source": r.data_source,
+            "config": cfg.to_dict(),
+        }
+        save_training_state(r.folder.checkpoint, {**state, **({"ema": r.ema.module.state_dict()} if r.ema else {})})
+    accelerator.wait_for_everyone()
 
-    if cfg.keep == "last" and (kept_at is None or kept_at["epoch"] != len(history)):
-        # resumed with no epoch left to train (--epochs no more than were done): keep the weights in hand
-        kept_at = {"epoch": len(history)}
-        if accelerator.is_main_process:
-            save_model_dir(
-                accelerator.unwrap_model(model) if ema is None else ema.module,
-                run.model_dir,
-                prep,
-                {**_model_info(run_info, cfg), "epoch": len(history), "ema": ema is not None},
-            )
-        accelerator.wait_for_everyone()
 
-    # Final evaluation of the kept model.
+def _save_kept(r: _Run, epoch: int) -> None:
+    """Save the kept model of ``epoch`` to ``model/`` with its preprocessing (main process)."""
+    info = {**_model_info(r.run_info, r.cfg), "epoch": epoch, "ema": r.ema is not None}
+    save_model_dir(r.kept_model, r.folder.model_dir, r.prep, info)
+
+
+def _keep_weights_in_hand(r: _Run) -> None:
+    """``--keep last`` resumed with no epoch left to train (``--epochs`` no more than were done): keep the
+    weights in hand."""
+    if r.cfg.keep == "last" and (r.kept_at is None or r.kept_at["epoch"] != len(r.history)):
+        r.kept_at = {"epoch": len(r.history)}
+        if r.accelerator.is_main_process:
+            _save_kept(r, len(r.history))
+        r.accelerator.wait_for_everyone()
+
+
+def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The kept model on training (un-augmented), validation and test; one temperature fitted on validation
+    (a refit takes its hold-out run's: its own validation images were trained on), saved with the model and
+    applied to every probability from here on. Returns the metrics and each part's (index, labels, probs)."""
     from safetensors.torch import load_file
 
-    kept = accelerator.unwrap_model(model)
-    kept.load_state_dict(load_file(str(run.model_weights)))
+    cfg, accelerator, refit = r.cfg, r.accelerator, r.refit
+    kept = accelerator.unwrap_model(r.model)
+    kept.load_state_dict(load_file(str(r.folder.model_weights)))
     # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
     kept.to(memory_format=torch.contiguous_format)
-    tr_index, tr_labels, tr_logits = predict_logits(model, train_eval_loader, accelerator, desc="train (un-augmented)")
-    va_index, va_labels, va_logits = predict_logits(model, val_loader, accelerator, desc="validation")
-    te_index, te_labels, te_logits = predict_logits(model, test_loader, accelerator, desc="test")
+    parts = {"train": "train (un-augmented)", "validation": "validation", "test": "test"}
+    logits = {
+        part: predict_logits(r.model, r.loaders["train_eval" if part == "train" else part], accelerator, desc=desc)
+        for part, desc in parts.items()
+    }
     calibration, t = None, 1.0
-    # one temperature, fitted on validation, saved with the model and applied everywhere (a refit takes its
-    # hold-out run's: its own validation images were trained on)
     if cfg.calibrate and (refit is None or refit.calibration is not None):
         calibration = fit_calibration(
-            va_labels,
-            va_logits,
-            te_labels,
-            te_logits,
+            *logits["validation"][1:],
+            *logits["test"][1:],
             fitted=None if refit is None else refit.calibration,
             source=None if refit is None else f"{refit.holdout.name}/",
         )
         t = calibration["temperature"]
         if accelerator.is_main_process:
-            set_model_temperature(run.model_dir, t)
+            set_model_temperature(r.folder.model_dir, t)
         accelerator.print(
             f"temperature {t:.3f} ({calibration['note']}); ECE validation "
             f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
             f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         )
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
-    tr_probs, va_probs, te_probs = (softmax(z, t) for z in (tr_logits, va_logits, te_logits))
-    metrics = {
-        "train": _split_metrics(tr_labels, tr_probs),
-        "validation": _split_metrics(va_labels, va_probs),
-        "test": _split_metrics(te_labels, te_probs),
-        "kept_epoch": kept_at["epoch"],
-        "best_epoch": best["epoch"],
-        "keep": cfg.keep,
-    }
+    predictions = {part: (index, labels, softmax(z, t)) for part, (index, labels, z) in logits.items()}
+    metrics = {part: _split_metrics(labels, probs) for part, (_, labels, probs) in predictions.items()}
+    metrics.update(kept_epoch=r.kept_at["epoch"], best_epoch=r.best["epoch"], keep=cfg.keep)
     if refit is not None:
         metrics["final_fit"] = {"holdout": refit.holdout.name, "validation_held_out": False}
     if calibration is not None:
         metrics["calibration"] = calibration
-    if accelerator.is_main_process:
-        write_json(
-            run.history,
-            {"kept_epoch": kept_at["epoch"], "best_epoch": best["epoch"], "keep": cfg.keep, "epochs": history},
-        )
-        plot_training_curves(
-            run.training_curves,
-            history,
-            kept_epoch=kept_at["epoch"],
-            kept_rule="last, final fit" if refit else cfg.keep,
-        )
-        test_files = [file_names[rows["test"][i]] for i in te_index]
-        write_predictions(
-            run.predictions("validation"), [file_names[rows["validation"][i]] for i in va_index], va_labels, va_probs
-        )
-        write_predictions(
-            run.predictions("train"), [file_names[rows["train"][i]] for i in tr_index], tr_labels, tr_probs
-        )
-        info = {
-            "data": f"{_describe_data(data_source)} ({len(pix)} images; split {len(rows['train'])}/"
-            f"{len(rows['validation'])}/{len(rows['test'])}, seed {cfg.seed}, {run.split.name})",
-            "pretrained": pretrained_source,
-            "trained layers": f"{cfg.train_layers} ({n_train:,} of {n_params:,} parameters)",
-            "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
-            f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
-            "optimisation": f"{recipe_summary(cfg.to_dict())}, {accelerator.num_processes} process(es)",
-            "kept model": kept_description(metrics),
-            "train accuracy": "the kept model on the un-augmented training images",
-            "calibration": (
-                "off (--no-calibrate): probabilities are the softmax of the logits"
-                if calibration is None
-                else f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
-                f"({calibration['note']}), saved in model/config.json and applied to every probability "
-                f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
-                f" -> {calibration['validation']['ece_after']:.3f}, test "
-                f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
-            ),
-            "note": DISCLAIMER,
-        }
-        write_evaluation(out, cfg.model, metrics, info, test_files, te_labels, te_probs)
-    accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
-        tracker.finish()  # training several models in one launch (cxr.study.runner) still needs
-    if cfg.push_to_hub and accelerator.is_main_process:
-        from cxr.hub.publish import push_run
+    return metrics, predictions
 
-        accelerator.print(f"pushed to {push_run(out, cfg.hub_model_id, private=cfg.hub_private)}")
-    return metrics
+
+def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tuple[np.ndarray, ...]]) -> None:
+    """History, training curves, every part's predictions, metrics and the run report (main process)."""
+    cfg, folder, kept_epoch = r.cfg, r.folder, r.kept_at["epoch"]
+    write_json(
+        folder.history, {"kept_epoch": kept_epoch, "best_epoch": r.best["epoch"], "keep": cfg.keep, "epochs": r.history}
+    )
+    rule = "last, final fit" if r.refit else cfg.keep
+    plot_training_curves(folder.training_curves, r.history, kept_epoch=kept_epoch, kept_rule=rule)
+    files = {part: [r.file_names[r.rows[part][i]] for i in index] for part, (index, _, _) in predictions.items()}
+    for part in ("validation", "train"):
+        write_predictions(folder.predictions(part), files[part], *predictions[part][1:])
+    calibration, prep, info = metrics.get("calibration"), r.prep, r.run_info
+    n = {part: len(r.rows[part]) for part in SPLITS}
+    report = {
+        "data": f"{_describe_data(r.data_source)} ({len(r.pix)} images; split {n['train']}/{n['validation']}/"
+        f"{n['test']}, seed {cfg.seed}, {folder.split.name})",
+        "pretrained": info["pretrained"],
+        "trained layers": f"{cfg.train_layers} ({info['trainable_parameters']:,} of {info['parameters']:,} parameters)",
+        "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), "
+        f"norm {prep.norm} mean {list(prep.mean)} std {list(prep.std)}",
+        "optimisation": f"{recipe_summary(cfg.to_dict())}, {r.accelerator.num_processes} process(es)",
+        "kept model": kept_description(metrics),
+        "train accuracy": "the kept model on the un-augmented training images",
+        "calibration": (
+            "off (--no-calibrate): probabilities are the softmax of the logits"
+            if calibration is None
+            else f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
+            f"({calibration['note']}), saved in model/config.json and applied to every probability "
+            f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
+            f" -> {calibration['validation']['ece_after']:.3f}, test "
+            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
+        ),
+        "note": DISCLAIMER,
+    }
+    write_evaluation(folder.root, cfg.model, metrics, report, files["test"], *predictions["test"][1:])
 
 
 def fit_calibration(
@@ -998,6 +1051,6 @@ def _describe_data(source: Dict[str, Any]) -> str:
 
 
 def _model_info(run_info: Dict[str, Any], cfg: TrainConfig) -> Dict[str, Any]:
-    info = {k: v for k, v in run_info.items() if k != "preprocessing"}
+    info = {k: v for k, v in run_info.items() if k not in ("preprocessing", "first_trainable_parameter")}
     info.update({"data": cfg.data, "seed": cfg.seed, "epochs": cfg.epochs, "disclaimer": DISCLAIMER})
     return info
