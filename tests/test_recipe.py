@@ -16,7 +16,8 @@ from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
-from cxr.training.loop import PRESETS, TrainConfig, _set_cpu_threads, has_checkpoint, lr_factor
+from cxr.training.config import PRESETS, TrainConfig, has_checkpoint
+from cxr.training.loop import _set_cpu_threads, lr_factor
 
 
 def _run(data, out, *extra):

@@ -24,7 +24,8 @@ QUICKSTART_DIR = Path("runs/quickstart-lite0")
 
 def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path] = QUICKSTART_DIR) -> str:
     """Train the quick-start model unless a finished run is already there; return its model folder."""
-    from cxr.training.loop import TrainConfig, has_checkpoint, train
+    from cxr.training.config import TrainConfig, has_checkpoint
+    from cxr.training.loop import train
 
     out = Path(output_dir)
     run = RunFolder(out)

@@ -138,7 +138,8 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
 def _train_arm(
     arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int, cache_dir: Optional[str]
 ) -> str:
-    from cxr.training.loop import TrainConfig, has_checkpoint, train
+    from cxr.training.config import TrainConfig, has_checkpoint
+    from cxr.training.loop import train
 
     run_dir = out / arm.name
     run = RunFolder(run_dir)

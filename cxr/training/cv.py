@@ -196,7 +196,8 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     from accelerate.utils import parse_flag_from_env
 
     from cxr.data.splits import save_split
-    from cxr.training.loop import has_checkpoint, recipe_differences, saved_recipe, train
+    from cxr.training.config import has_checkpoint, recipe_differences, saved_recipe
+    from cxr.training.loop import train
 
     refuse_per_run_flags(cfg)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))

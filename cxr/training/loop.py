@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxr.data.dataset import RadiographDataset, cache_pixels, check_data_options, load_data_source
-from cxr.data.preprocessing import AUGMENTATIONS, PreprocessConfig, TrainAugmentation
+from cxr.data.dataset import RadiographDataset, cache_pixels, load_data_source
+from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 from cxr.data.splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES, NORMALIZATIONS
+from cxr.labels import CLASS_NAMES
 from cxr.metrics import compute_metrics, critical_to_normal, selection_key
 from cxr.metrics.stats import (
     expected_calibration_error,
@@ -48,11 +48,9 @@ from cxr.metrics.stats import (
     softmax_with_temperature,
 )
 from cxr.models import (
-    TRAIN_LAYER_POLICIES,
     apply_train_layers,
     create_model,
     freeze_frozen_batchnorm,
-    model_spec,
 )
 from cxr.models.checkpoint import (
     capture_rng_state,
@@ -65,292 +63,21 @@ from cxr.models.checkpoint import (
 )
 from cxr.reporting.run_report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
 from cxr.run_folder import RunFolder, read_json, write_json, write_predictions
+from cxr.training.config import (
+    _LEGACY_RECIPE,
+    _RESUME_LOCKED,
+    TrainConfig,
+    recipe_differences,
+    saved_recipe,
+)
 from cxr.training.evaluation import predict, predict_logits, softmax, write_evaluation
 
-__all__ = [
-    "TrainConfig",
-    "PRESETS",
-    "train",
-    "make_loader",
-    "train_step",
-    "fit_calibration",
-    "has_checkpoint",
-    "saved_recipe",
-    "recipe_differences",
-    "KEEP_RULES",
-]
+__all__ = ["train", "make_loader", "train_step", "fit_calibration", "lr_factor"]
 
 _logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("constant", "cosine")
-#: Which epoch's model a run keeps: the best on validation, or the last one.
-KEEP_RULES = ("best", "last")
-#: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
-#: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
-#: the one cross-validation chose (README, "Choosing the recipe").
-PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": dict(
-        optimizer="adam",
-        lr=5e-4,
-        weight_decay=0.0,
-        lr_scheduler="constant",
-        warmup_epochs=0.0,
-        label_smoothing=0.0,
-        augment="study",
-        keep="best",
-        final_fit=False,
-        epochs=None,
-        batch_size=None,
-        layer_decay=1.0,
-        drop_path=0.0,
-        freeze_bn_stats=False,
-    ),
-}
-PRESETS["default"] = dict(
-    optimizer="adamw",
-    lr=1e-3,
-    weight_decay=0.05,
-    lr_scheduler="cosine",
-    warmup_epochs=1.0,
-    label_smoothing=0.0,
-    augment="flip",
-    keep="last",
-    final_fit=False,
-    epochs=15,
-    batch_size=16,
-    layer_decay=1.0,
-    drop_path=0.0,
-    freeze_bn_stats=False,
-)
-#: What a checkpoint written before a recipe setting existed was trained with.
-_LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
-MIXED_PRECISION = ("no", "fp16", "bf16")
 #: A cross-entropy above this (logits a thousand apart on the wrong class) means the run has diverged.
 DIVERGED_LOSS = 1e3
-REPORT_TO = ("none", "tensorboard", "all")
-#: Settings that must not change when a run is resumed.
-_RESUME_LOCKED = (
-    "model",
-    "image_size",
-    "norm",
-    "clahe",
-    "seed",
-    "train_layers",
-    "pretrained",
-    "batch_size",
-    "optimizer",
-    "lr_scheduler",
-    "warmup_epochs",
-    "label_smoothing",
-    "ema_decay",
-    "clip_grad_norm",
-    "augment",
-    "keep",
-    "final_fit",
-    "layer_decay",
-    "drop_path",
-    "freeze_bn_stats",
-)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs; a recipe setting left ``None`` takes the value of ``preset``
-    (:data:`PRESETS`), where ``epochs``/``batch_size`` ``None`` means the model's study values.
-
-    Attributes mirror the flags of ``train_accelerate.py`` (see its ``--help``).
-    """
-
-    model: str
-    data: str
-    output_dir: str
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    optimizer: Optional[str] = None
-    weight_decay: Optional[float] = None
-    lr_scheduler: Optional[str] = None
-    image_size: int = 224
-    norm: str = "model"
-    seed: int = 1
-    train_layers: Optional[str] = None
-    pretrained: bool = True
-    num_workers: int = 2
-    cpu_threads: Optional[int] = None  # None: the usable cores shared among this machine's processes
-    gradient_accumulation_steps: int = 1
-    mixed_precision: Optional[str] = None
-    resume: Optional[str] = None
-    split_file: Optional[str] = None
-    report_to: str = "none"
-    cache_dir: Optional[str] = None
-    skip_bad_images: bool = False
-    overwrite_output_dir: bool = False
-    clahe: bool = False
-    channels_last: Optional[bool] = None  # None: on for CPU training, off on accelerators (bench/RESULTS.md)
-    calibrate: bool = True
-    warmup_epochs: Optional[float] = None
-    label_smoothing: Optional[float] = None
-    ema_decay: Optional[float] = None
-    clip_grad_norm: Optional[float] = None
-    augment: Optional[str] = None
-    keep: Optional[str] = None
-    final_fit: Optional[bool] = None
-    layer_decay: Optional[float] = None
-    drop_path: Optional[float] = None
-    freeze_bn_stats: Optional[bool] = None
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_private: bool = False
-    dataset_revision: Optional[str] = None
-    dataset_config: Optional[str] = None
-    preset: str = "default"
-
-    def resolve(self) -> "TrainConfig":
-        """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
-        spec = model_spec(self.model)  # unknown model -> error with suggestions
-        if self.preset not in PRESETS:
-            raise CXRError(f"--preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
-        unset = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, model=spec.name, **unset)
-        cfg = dataclasses.replace(
-            cfg,
-            epochs=cfg.epochs if cfg.epochs is not None else spec.epochs,
-            batch_size=cfg.batch_size if cfg.batch_size is not None else spec.batch_size,
-            train_layers=cfg.train_layers or spec.default_train_layers,
-        )
-        if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
-            cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 2)
-        if cfg.resume is not None:  # a resumed run keeps the recipe it started with, except what is given now
-            saved = saved_recipe(_resume_dir(cfg.resume, Path(cfg.output_dir)))
-            cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
-        checks = [
-            (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-            (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-            (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
-            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
-            (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
-            (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
-            (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
-            (
-                0 <= cfg.warmup_epochs < cfg.epochs,
-                f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}",
-            ),
-            (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
-            (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
-            (
-                cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
-                f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}",
-            ),
-            (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
-            (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
-            (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
-            (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
-            (
-                cfg.norm in ("model", *NORMALIZATIONS),
-                f"--norm must be model, radiography or imagenet, got {cfg.norm!r}",
-            ),
-            (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
-            (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
-            (
-                cfg.cpu_threads is None or cfg.cpu_threads >= 1,
-                f"--cpu-threads must be at least 1, got {cfg.cpu_threads}",
-            ),
-            (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
-            (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
-            (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CXRError(message)
-        if cfg.hub_model_id and not cfg.push_to_hub:
-            raise CXRError("--hub-model-id is only used with --push-to-hub")
-        if cfg.push_to_hub:
-            from cxr.hub.publish import validate_hub_model_id
-
-            validate_hub_model_id(cfg.hub_model_id)
-        check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
-        if cfg.split_file is not None and not Path(cfg.split_file).is_file():
-            raise CXRError(f"--split-file not found: {cfg.split_file}")
-        out = Path(cfg.output_dir)
-        if cfg.resume is not None and cfg.final_fit:
-            # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
-            if _resume_dir(cfg.resume, out).resolve() != out.resolve():
-                raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
-            _checkpoint_path("auto", RunFolder(out).holdout.root)
-            cfg.resume = "auto"
-        elif cfg.resume is not None:
-            cfg.resume = str(_checkpoint_path(cfg.resume, out))
-        elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-            if RunFolder(out).holds_run():
-                raise CXRError(
-                    f"--output-dir {out} already holds a run. Pass --resume to continue it, "
-                    "--overwrite-output-dir to start over in it, or choose another folder."
-                )
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
-    """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
-    ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
-    config holds the shortened epoch count) — with what older runs lack filled by the recipe they were
-    trained with. ``{}`` where there is no run.
-    """
-    run_dir = Path(run_dir)
-    run = RunFolder(run_dir)
-    own, hold = run.read_config(), run.holdout.read_config()
-    if own is not None and not own.get("final_fit"):
-        found = own
-    elif hold is not None:
-        found = {**hold, "final_fit": True, "output_dir": str(run_dir)}
-    else:
-        found = own
-    return {} if found is None else {**_LEGACY_RECIPE, **found}
-
-
-#: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
-RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
-
-
-def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
-    """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
-    differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
-    return [
-        f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
-        for k in keys
-        if saved.get(k) != getattr(cfg, k)
-    ]
-
-
-def _resume_dir(resume: str, output_dir: Path) -> Path:
-    """The run folder a ``--resume`` value points at (the output folder, or a checkpoint's folder)."""
-    if resume in ("", "auto"):
-        return output_dir
-    path = Path(resume)
-    folder = path if path.is_dir() else path.parent
-    return folder.parent if RunFolder(folder.parent).holdout.root == folder else folder
-
-
-def _checkpoint_path(resume: str, output_dir: Path) -> Path:
-    path = Path(resume) if resume not in ("", "auto") else output_dir
-    if path.is_dir():
-        path = RunFolder(path).checkpoint
-    if not path.is_file():
-        raise CXRError(
-            f"--resume: no checkpoint at {path}. A run writes {RunFolder(output_dir).checkpoint.name} into its --output-dir "
-            "after each epoch; start without --resume if none finished."
-        )
-    return path
-
-
-def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
-    """Whether a run in ``output_dir`` left a checkpoint that ``resume="auto"`` continues from (with
-    ``final_fit``, the hold-out run's counts too)."""
-    run = RunFolder(output_dir)
-    return run.checkpoint.is_file() or (final_fit and run.holdout.checkpoint.is_file())
 
 
 def _set_cpu_threads(requested: Optional[int], num_processes: int) -> int:

