@@ -171,6 +171,24 @@ def test_layer_decay_frozen_bn_statistics_and_drop_path_on_a_real_backbone(subse
     assert "layer-wise LR decay 0.5" in (out / "report.md").read_text()
 
 
+def test_a_resumed_run_keeps_its_split_even_without_the_split_file(subset, tmp_path):
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    assert _run(subset, first, "--epochs", "1") == 0
+    default = load_split(first / "split.json")
+    custom = {
+        "train": default["test"] + default["validation"],
+        "validation": default["train"][:4],
+        "test": default["train"][4:],
+    }  # another split of the same images
+    split_file = tmp_path / "custom.json"
+    split_file.write_text(json.dumps({**json.loads((first / "split.json").read_text()), **custom}))
+    assert _run(subset, resumed, "--epochs", "1", "--split-file", str(split_file)) == 0
+    assert _run(subset, resumed, "--epochs", "2", "--resume") == 0  # no --split-file this time
+    assert load_split(resumed / "split.json") == load_split(split_file)
+    history = json.loads((resumed / "history.json").read_text())["epochs"]
+    assert len(history) == 2
+
+
 def test_a_diverging_run_stops_clearly_and_keeps_nothing_from_it(subset, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(subset, out, "--lr", "1e30", "--optimizer", "sgd") == 2

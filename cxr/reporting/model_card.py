@@ -19,8 +19,9 @@ from typing import Any, Dict, Optional, Union
 
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
-from cxr.reporting.run_report import kept_description, per_class_lines, recipe_summary, table1_lines
+from cxr.reporting.run_report import kept_description, recipe_summary, table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.reporting.tables import per_class_lines
 from cxr.run_folder import RunFolder
 
 __all__ = [

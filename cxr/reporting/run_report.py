@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from cxr.labels import CLASS_NAMES, NORMAL
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
+from cxr.reporting.tables import TABLE1_HEADER, pct, per_class_lines, study_table1_row, table1_row
 from cxr.run_folder import RunFolder
 
 __all__ = [
     "write_report",
     "table1_lines",
-    "per_class_lines",
     "plot_confusion_matrix",
     "plot_training_curves",
     "recipe_summary",
@@ -29,51 +29,18 @@ _logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research use only — not for diagnosis."
 
-_TO_NORMAL_ORDER = ("COVID", "Viral Pneumonia", "Lung_Opacity")
-
-
-def _pct(x: Optional[float]) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
 
 def table1_lines(model_name: str, metrics: Dict[str, Any]) -> List[str]:
     """The study's Table 1 as markdown rows: this run's row, then the study's for the same model."""
     test = metrics["test"]
     train_acc = metrics.get("train", {}).get("accuracy")
+    measured = f"{test['num_images']} test images"
     lines = [
-        "| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
-        "|---|---|---|---|---|---|---|",
-        f"| {model_name} (this run) | {test['num_images']} test images | {_pct(train_acc)} | {_pct(test['accuracy'])} | "
-        + " | ".join(str(test["to_normal"].get(c, "–")) for c in _TO_NORMAL_ORDER)
-        + " |",
+        *TABLE1_HEADER,
+        table1_row(f"{model_name} (this run)", measured, train_acc, test["accuracy"], test["to_normal"]),
     ]
     row = study_row(model_name)
-    if row:
-        lines.append(
-            f"| {row['label']} (study) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
-            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL_ORDER)
-            + " |"
-        )
-    return lines
-
-
-def per_class_lines(model_name: str, split: Dict[str, Any]) -> List[str]:
-    """Per-class precision/recall/F1/support as markdown rows, with the study's (corrected) beside."""
-    study = STUDY_PER_CLASS.get(model_name)
-    head = "| class | precision | recall | F1 | support |"
-    sep = "|---|---|---|---|---|"
-    if study:
-        head += " study precision | study recall | study F1 |"
-        sep += "---|---|---|"
-    lines = [head, sep]
-    for name in CLASS_NAMES:
-        pc = split["per_class"][name]
-        line = f"| {name} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |"
-        if study:
-            s = study[name]
-            line += f" {s['precision']:.2f}% | {s['recall']:.2f}% | {s['f1']:.2f}% |"
-        lines.append(line)
-    return lines
+    return lines + [study_table1_row(row, "study")] if row else lines
 
 
 def write_report(
@@ -145,7 +112,7 @@ def write_report(
                 else " (held out; the last epoch is kept)"
             ),
             "",
-            f"Accuracy {_pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
+            f"Accuracy {pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
             f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
             "",
         ]

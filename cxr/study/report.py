@@ -15,46 +15,25 @@ from typing import Any, Dict, List
 import numpy as np
 
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
-from cxr.reporting.run_report import DISCLAIMER, per_class_lines
+from cxr.reporting.run_report import DISCLAIMER
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
+from cxr.reporting.tables import TABLE1_HEADER, interval, pct, per_class_lines, study_table1_row, table1_row
 from cxr.run_folder import RunFolder, read_json
 
 __all__ = ["write_study_report", "plot_reliability", "plot_gradcam_grid"]
 
 _logger = logging.getLogger(__name__)
 
-_TO_NORMAL = ("COVID", "Viral Pneumonia", "Lung_Opacity")
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
-
-def _ci(t) -> str:
-    est, lo, hi = t
-    return f"{100 * est:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-
 
 def _table1(result: Dict[str, Any]) -> List[str]:
-    lines = [
-        "| model | measured on | train acc | test acc | COVID→Normal | Viral Pn.→Normal | Lung Op.→Normal |",
-        "|---|---|---|---|---|---|---|",
-    ]
     n = next(iter(result["runs"].values()))["test"]["num_images"]
-    for name, r in result["runs"].items():
-        to_n = r["test"]["to_normal"]
-        lines.append(
-            f"| {name} (ours) | {n} test images | {_pct(r['train_accuracy'])} | {_pct(r['test']['accuracy'])} | "
-            + " | ".join(str(to_n[c]) for c in _TO_NORMAL)
-            + " |"
+    ours = [
+        table1_row(
+            f"{name} (ours)", f"{n} test images", r["train_accuracy"], r["test"]["accuracy"], r["test"]["to_normal"]
         )
-    for row in STUDY_TABLE1.values():
-        lines.append(
-            f"| {row['label']} (paper) | 2,116 test images | {row['train_accuracy']:.2f}% | {row['test_accuracy']:.2f}% | "
-            + " | ".join(str(row["to_normal"][c]) for c in _TO_NORMAL)
-            + " |"
-        )
-    return lines
+        for name, r in result["runs"].items()
+    ]
+    return [*TABLE1_HEADER, *ours, *(study_table1_row(row, "paper") for row in STUDY_TABLE1.values())]
 
 
 def _per_class_tables(result: Dict[str, Any]) -> List[str]:
@@ -219,7 +198,9 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
     for name, r in runs.items():
         mc = result["mcnemar"].get(name)
         mc_cells = f"{mc['b']} / {mc['c']} | {mc['p_value']:.3g}" if mc else "(best) | –"
-        lines.append(f"| {name} | {_ci(r['ci95']['accuracy'])} | {_ci(r['ci95']['covid_recall'])} | {mc_cells} |")
+        lines.append(
+            f"| {name} | {interval(r['ci95']['accuracy'])} | {interval(r['ci95']['covid_recall'])} | {mc_cells} |"
+        )
     lines += [
         "",
         "b: images the best run gets right and this run wrong; c: the reverse.",
@@ -248,7 +229,7 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
             "|---|---|---|",
         ]
         lines += [
-            f"| {p} | {_pct(runs[p]['test']['accuracy'])} | {_pct(runs[s]['test']['accuracy'])} |" for p, s in pairs
+            f"| {p} | {pct(runs[p]['test']['accuracy'])} | {pct(runs[s]['test']['accuracy'])} |" for p, s in pairs
         ]
         lines.append("")
     clahe = [(a["name"][: -len("-clahe")], a["name"]) for a in result["arms"] if a["clahe"]]
@@ -264,7 +245,7 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         ]
         for base, arm in clahe:
             a, b = runs[base]["test"]["accuracy"], runs[arm]["test"]["accuracy"]
-            lines.append(f"| {base} | {_pct(a)} | {_pct(b)} | {100 * (b - a):+.2f} points |")
+            lines.append(f"| {base} | {pct(a)} | {pct(b)} | {100 * (b - a):+.2f} points |")
         lines.append("")
     if images:
         lines += [
@@ -305,7 +286,7 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         for name, acc in audit["test_accuracy_by_source"].items():
             lines.append(
                 f"| {name} | "
-                + " | ".join(f"{_pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources)
+                + " | ".join(f"{pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources)
                 + " |"
             )
         lines.append("")

@@ -416,12 +416,11 @@ def _load_data(r: _Run) -> None:
         )
     r.pix, r.given_splits, r.skipped = cached.dataset, bool(source.given_splits), [n for n, _ in cached.bad]
     r.file_names = r.pix["file_name"]
-    if state is not None:
+    if state is not None:  # a resumed run keeps the split it started with, whatever the data or flags say now
         split = state["split"]
         how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
-    elif refit is not None:
+    elif refit is not None:  # the hold-out split, saved as it is; training also takes validation
         split, how = refit.split, dict(refit.how)
-    if refit is not None and state is None:  # the hold-out split, saved as it is; training also takes validation
         how = {part: how.get(part, f"as in {refit.holdout.name}/{r.folder.split.name}") for part in SPLITS}
         how["train"] += "; with the validation images added (--final-fit)"
         how["validation"] += "; trained on here (--final-fit), so not held out"
