@@ -16,7 +16,7 @@ The layers, top to bottom; each imports only those below it (checked by ``lint-i
 8. ``cxr.models`` — architectures, weights, checkpoints, ``CXRClassifier``, Grad-CAM;
 9. ``cxr.data`` (decoding, preprocessing, datasets, splits), ``cxr.metrics`` (metrics, statistics),
    ``cxr.run_folder`` (every file of a run, by name);
-10. ``cxr.errors``, ``cxr.labels``, ``cxr.allocator`` — the foundations.
+10. ``cxr.errors``, ``cxr.labels``, ``cxr.allocator``, ``cxr.locations`` — the foundations.
 """
 
 from cxr import models  # noqa: F401  (timm registrations)

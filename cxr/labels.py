@@ -16,6 +16,8 @@ CLASS_NAMES: Tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumo
 
 #: The class whose false assignments the study counts ("predicted as Normal").
 NORMAL: str = "Normal"
+#: Shown wherever a prediction is: the models are research tools, not diagnostic devices.
+DISCLAIMER = "Research use only — not for diagnosis."
 
 #: Classes whose images must not be called Normal: the study's primary aim.
 CRITICAL_CLASSES: Tuple[str, ...] = ("COVID", "Viral Pneumonia")

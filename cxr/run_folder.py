@@ -143,8 +143,8 @@ class RunFolder:
         return self.checkpoint.exists() or self.metrics.exists()
 
     def is_finished(self) -> bool:
-        """Whether a run here finished: its metrics and its model's weights are written."""
-        return self.metrics.is_file() and self.model_weights.is_file()
+        """Whether a run here finished: every run (training or ``cxr.eval``) writes ``metrics.json`` last."""
+        return self.metrics.is_file()
 
     def read_config(self) -> Optional[Dict[str, Any]]:
         """The settings the run was given (``run_config.json`` ``config``), ``None`` where unreadable."""

@@ -45,10 +45,10 @@ def test_states_follow_the_files_written(tmp_path):
     assert run.read_config() == {"model": "logreg", "epochs": 2}
     run.checkpoint.write_bytes(b"")
     assert run.holds_run() and not run.is_finished()
-    write_json(run.metrics, {"test": {}})
     run.model_dir.mkdir()
-    assert not run.is_finished()  # metrics without the model's weights: not finished
     run.model_weights.write_bytes(b"")
+    assert not run.is_finished()  # the model is saved before the end; metrics.json is written last
+    write_json(run.metrics, {"test": {}})
     assert run.is_finished()
     assert run.holdout.root == run.root / "holdout" and run.holdout != run
     assert [p.name for p in run.published] == [

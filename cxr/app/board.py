@@ -29,6 +29,7 @@ from cxr.data.decode import read_radiograph
 from cxr.data.preprocessing import to_grayscale
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.locations import is_hub_id
 from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import CXRClassifier
 from cxr.run_folder import RunFolder
@@ -82,7 +83,7 @@ class ShownModel:
     @property
     def card_url(self) -> Optional[str]:
         """The model card: the Hub page for Hub ids, ``None`` for local folders."""
-        if Path(self.ref).exists() or self.ref.count("/") != 1:
+        if not is_hub_id(self.ref):
             return None
         from huggingface_hub import constants
 

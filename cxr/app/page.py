@@ -13,9 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cxr.app.board import Analysis, ModelBoard, agreement_line
 from cxr.data.decode import UPLOAD_SUFFIXES
-from cxr.labels import CLASS_NAMES
+from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.models.cam import CAM_METHODS
-from cxr.reporting.run_report import DISCLAIMER
 
 __all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS"]
 

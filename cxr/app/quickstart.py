@@ -29,7 +29,7 @@ def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path]
 
     out = Path(output_dir)
     run = RunFolder(out)
-    if run.is_finished():
+    if run.is_finished() and run.model_weights.is_file():
         _logger.info("quick-start model already trained: %s", run.model_dir)
         return str(run.model_dir)
     _logger.info("training the quick-start model (EfficientNet-Lite0, 8 epochs at 128 px) into %s", out)

@@ -41,6 +41,7 @@ import torch
 from cxr.data.preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentation
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.locations import is_hub_id
 
 __all__ = [
     "default_cache_dir",
@@ -406,7 +407,7 @@ def check_data_options(data: str, revision: Optional[str] = None, config: Option
                 f"--dataset-config is for datasets with configurations (a Hub dataset or a local parquet "
                 f"dataset); --data {data} is an image folder"
             )
-    elif (revision is not None or config is not None) and not _looks_like_repo_id(data):
+    elif (revision is not None or config is not None) and not is_hub_id(data):
         raise CXRError(f"--data folder not found: {data}")
 
 
@@ -430,7 +431,7 @@ def load_data_source(data: str, revision: Optional[str] = None, config: Optional
         folder, what = path, f"--data {data}"
         if _read_as_image_folder(path):
             return DataSource(_folder_dataset(path), {}, {**info, "layout": "class folders", "config": None})
-    elif not _looks_like_repo_id(data):
+    elif not is_hub_id(data):
         raise CXRError(f"--data folder not found: {data}")
     else:
         folder, sha, cached = _hub_snapshot(data, revision)
@@ -470,11 +471,6 @@ def load_radiographs(data: str, revision: Optional[str] = None, config: Optional
         CXRError: for every layout problem, naming it.
     """
     return load_data_source(data, revision, config).dataset
-
-
-def _looks_like_repo_id(data: str) -> bool:
-    parts = data.split("/")
-    return len(parts) in (1, 2) and all(parts) and not data.startswith((".", "~")) and "\\" not in data
 
 
 @dataclasses.dataclass

@@ -179,8 +179,8 @@ def _space_readme(space_id: str, model_ids: Sequence[str], architectures: Dict[s
     import gradio
     import yaml
 
+    from cxr.labels import DISCLAIMER
     from cxr.reporting.model_card import LICENSE_LINK, LICENSE_NAME
-    from cxr.reporting.run_report import DISCLAIMER
 
     front = {
         "title": "cxr — chest X-ray classifiers",

@@ -34,6 +34,7 @@ from torch import nn
 from cxr.data.preprocessing import PreprocessConfig
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.locations import is_hub_id
 from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
 __all__ = [
@@ -175,7 +176,7 @@ def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = No
         timm_name = f"local-dir:{path}"
     else:
         ref_s = str(ref)
-        if path.exists() or ref_s.startswith((".", "/", "~")) or ref_s.count("/") > 1:
+        if not is_hub_id(ref_s):
             raise CXRError(f"model folder not found: {ref}")
         cfg_file = Path(_hub_file(ref_s, CONFIG_NAME, revision))
         _hub_file(ref_s, WEIGHTS_NAME, revision)

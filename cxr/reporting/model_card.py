@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Union
 
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.locations import is_hub_id
 from cxr.reporting.run_report import kept_description, recipe_summary, table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 from cxr.reporting.tables import per_class_lines
@@ -118,8 +119,7 @@ def data_source(run: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(run.get("data_source"), dict):
         return run["data_source"]
     data = str(run["config"]["data"])
-    local = Path(data).exists() or data.startswith((".", "/", "~"))
-    return {"kind": "folder", "path": data} if local else {"kind": "hub", "id": data}
+    return {"kind": "hub", "id": data} if is_hub_id(data) else {"kind": "folder", "path": data}
 
 
 def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> Dict[str, Optional[str]]:

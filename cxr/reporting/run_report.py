@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from cxr.labels import CLASS_NAMES, NORMAL
+from cxr.labels import CLASS_NAMES, DISCLAIMER, NORMAL
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 from cxr.reporting.tables import TABLE1_HEADER, pct, per_class_lines, study_table1_row, table1_row
 from cxr.run_folder import RunFolder
@@ -26,8 +26,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-DISCLAIMER = "Research use only — not for diagnosis."
 
 
 def table1_lines(model_name: str, metrics: Dict[str, Any]) -> List[str]:

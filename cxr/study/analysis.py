@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
-from cxr.metrics import compute_metrics
+from cxr.metrics import compute_metrics, selection_key
 from cxr.metrics.stats import (
     accuracy_of,
     apply_temperature,
@@ -110,7 +110,7 @@ def _run_numbers(parts: Dict[str, Predictions], n_resamples: int) -> Dict[str, A
     val_scaled = apply_temperature(val.probs, t)
     return {
         "train_accuracy": compute_metrics(parts["train"].y, parts["train"].probs)["accuracy"],
-        "validation": {"accuracy": m_val["accuracy"], "critical_to_normal": m_val["critical_to_normal"]},
+        "validation": {k: m_val[k] for k in ("accuracy", "critical_to_normal", "to_normal")},
         "test": {
             k: m_test[k] for k in ("accuracy", "per_class", "to_normal", "confusion_matrix", "auroc", "num_images")
         },
@@ -160,7 +160,7 @@ def analyse_study(
             raise ValueError(f"run {name} was tested on other images than the others: a study needs one split")
     runs = {name: _run_numbers(p, n_resamples) for name, p in parts.items()}
     # the best model is chosen on validation (as each run chose its epoch), never on test
-    best = max(runs, key=lambda n: (runs[n]["validation"]["accuracy"], -runs[n]["validation"]["critical_to_normal"]))
+    best = max(runs, key=lambda n: selection_key(runs[n]["validation"]))
     y = parts[best]["test"].y
     mcnemar = {
         name: mcnemar_test(y, parts[best]["test"].pred, parts[name]["test"].pred) for name in runs if name != best

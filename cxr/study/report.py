@@ -14,8 +14,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
-from cxr.reporting.run_report import DISCLAIMER
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, DISCLAIMER
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
 from cxr.reporting.tables import TABLE1_HEADER, interval, pct, per_class_lines, study_table1_row, table1_row
 from cxr.run_folder import RunFolder, read_json

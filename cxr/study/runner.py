@@ -143,7 +143,7 @@ def _train_arm(
 
     run_dir = out / arm.name
     run = RunFolder(run_dir)
-    if run.metrics.is_file() and run.predictions("train").is_file():
+    if run.is_finished():
         return "skipped (finished)"
     resume = "auto" if has_checkpoint(run_dir) else None
     train(

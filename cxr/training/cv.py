@@ -184,7 +184,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     """Train one model per fold and score every image once (see the module docstring).
 
     Args:
-        cfg: a :class:`cxr.training.loop.TrainConfig`; its ``output_dir`` is the CV folder, its ``seed`` seeds
+        cfg: a :class:`cxr.training.config.TrainConfig`; its ``output_dir`` is the CV folder, its ``seed`` seeds
             the folds, and every other field is each fold's training recipe.
         folds: number of folds.
         n_resamples: bootstrap resamples for the intervals.
@@ -222,7 +222,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     for k in range(folds):
         run_dir = out / f"fold-{k}"
         t0 = time.time()
-        if RunFolder(run_dir).metrics.is_file() and RunFolder(run_dir).predictions("test").is_file():
+        if RunFolder(run_dir).is_finished():
             differs = recipe_differences(saved_recipe(run_dir), cfg)
             if differs:
                 raise CXRError(
@@ -320,7 +320,8 @@ def _fmt(name: str, v: Optional[float], pct: bool) -> str:
 
 
 def _report(result: Dict[str, Any]) -> str:
-    from cxr.reporting.run_report import DISCLAIMER, recipe_summary
+    from cxr.labels import DISCLAIMER
+    from cxr.reporting.run_report import recipe_summary
 
     r = result["recipe"]
     lines = [

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxr.labels import DISCLAIMER
 from cxr.metrics import compute_metrics
-from cxr.reporting.run_report import DISCLAIMER, plot_confusion_matrix, write_report
+from cxr.reporting.run_report import plot_confusion_matrix, write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
 __all__ = ["predict", "write_evaluation", "evaluate_folder"]
@@ -83,7 +84,6 @@ def write_evaluation(
 ) -> None:
     """Write the run folder's metrics, test predictions, confusion matrix and report (:class:`RunFolder`)."""
     run = RunFolder(output_dir)
-    write_json(run.metrics, metrics)
     write_predictions(run.predictions("test"), test_files, test_labels, test_probs)
     plot_confusion_matrix(
         run.confusion_matrix,
@@ -91,6 +91,7 @@ def write_evaluation(
         title=f"{model_name}: test confusion matrix (n={metrics['test']['num_images']})",
     )
     write_report(run.report, model_name, metrics, run_info)
+    write_json(run.metrics, metrics)  # last: a run folder with metrics.json is finished (RunFolder.is_finished)
 
 
 def evaluate_folder(

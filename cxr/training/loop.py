@@ -39,7 +39,7 @@ from cxr.data.dataset import RadiographDataset, cache_pixels, load_data_source
 from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 from cxr.data.splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_for_split, load_split, save_split
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
+from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.metrics import compute_metrics, critical_to_normal, selection_key
 from cxr.metrics.stats import (
     expected_calibration_error,
@@ -61,7 +61,7 @@ from cxr.models.checkpoint import (
     save_training_state,
     set_model_temperature,
 )
-from cxr.reporting.run_report import DISCLAIMER, kept_description, plot_training_curves, recipe_summary
+from cxr.reporting.run_report import kept_description, plot_training_curves, recipe_summary
 from cxr.run_folder import RunFolder, read_json, write_json, write_predictions
 from cxr.training.config import (
     _LEGACY_RECIPE,
