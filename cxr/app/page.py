@@ -8,6 +8,7 @@ Research use only — not for diagnosis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -73,8 +74,137 @@ def _status(a: Analysis, done: bool) -> str:
     return "\n\n".join(lines)
 
 
+@dataclasses.dataclass
+class _Components:
+    """The page's Gradio components that events read and write."""
+
+    upload: Any
+    method: Any
+    cam_class: Any
+    run: Any
+    image: Any
+    status: Any
+    labels: List[Any]
+    heatmaps: List[Any]
+    agreement: Any
+
+    @property
+    def outputs(self) -> List[Any]:
+        return [self.status, self.image, *self.labels, *self.heatmaps, self.agreement]
+
+
+class _Handlers:
+    """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
+
+    def __init__(self, board: ModelBoard):
+        self.board, self.shown = board, board.models
+
+    def stream(self, image, cam_method, explain):
+        """Yield the page's outputs as they are ready, skipping those that did not change
+        (Gradio would otherwise re-encode and re-send every heat map at each step)."""
+        sent: Optional[List[Any]] = None
+        last, shown_array = None, None
+        for a in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
+            last = a
+            if shown_array is None and a.shown is not None:
+                shown_array = _as_array(a.shown)
+            out = self._outputs(a, shown_array, done=False)
+            yield _changed(out, sent)
+            sent = out
+        if last is not None:
+            yield _changed(self._outputs(last, shown_array, done=True), sent)
+
+    def _outputs(self, a: Analysis, shown_array, done: bool) -> List[Any]:
+        probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
+        heatmaps = [a.heatmaps.get(m.ref) for m in self.shown]
+        return [_status(a, done), shown_array, *probabilities, *heatmaps, agreement_line(a.probabilities)]
+
+    def model_entries(self, final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
+        models, gallery = {}, []
+        for m in self.shown:
+            entry: Dict[str, Any] = {"available": m.available}
+            if not m.available:
+                entry["error"] = m.error
+            elif m.ref in final.model_errors:
+                entry["error"] = final.model_errors[m.ref]
+            else:
+                entry["temperature"] = m.classifier.temperature
+            probs = final.probabilities.get(m.ref)
+            if probs:
+                entry.update(probabilities=probs, predicted=max(probs, key=probs.get))
+            if with_heatmaps and m.ref in final.heatmaps:
+                entry["heatmap_index"] = len(gallery)
+                gallery.append((final.heatmaps[m.ref], m.ref))
+            models[m.ref] = entry
+        return models, gallery
+
+    def _answer(self, final: Analysis, models: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+        return {
+            "error": None,
+            "warnings": final.warnings,
+            **extra,
+            "agreement": agreement_line(final.probabilities),
+            "models": models,
+            "disclaimer": DISCLAIMER,
+        }
+
+    def classify(self, image) -> Dict[str, Any]:
+        """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
+        if not self.shown:
+            return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
+        final = self.board.classify(image)
+        if final.error:
+            return {"error": final.error, "disclaimer": DISCLAIMER}
+        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0])
+
+    def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
+        """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
+        final = None
+        for final in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
+            pass
+        if not self.shown:
+            final.error = NO_MODELS_LINE
+        if final.error:
+            return {"error": final.error, "disclaimer": DISCLAIMER}, []
+        models, gallery = self.model_entries(final, with_heatmaps=True)
+        return self._answer(final, models, shown_size=list(final.shown.size)), gallery
+
+
+def _layout(board: ModelBoard) -> _Components:
+    """The visible page: the upload and its options, the image as analysed, one column per model."""
+    import gradio as gr
+
+    shown = board.models
+    gr.Markdown(_INTRO)
+    if not shown:
+        gr.Markdown(NO_MODELS, elem_id="no-models")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath")
+            method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
+            cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
+            run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
+        with gr.Column(scale=1):
+            image = gr.Image(label="Image as analysed (grey)", type="numpy", interactive=False, height=320)
+    status = gr.Markdown(f"*{DISCLAIMER}*", elem_id="status", label="Status")
+    labels, heatmaps = [], []
+    with gr.Row(equal_height=False):
+        for i, m in enumerate(shown):
+            with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
+                gr.Markdown(_model_header(m))
+                labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
+                heatmaps.append(
+                    gr.Image(
+                        label=f"Grad-CAM · {m.ref}", type="numpy", interactive=False, elem_id=f"heatmap-{i}", height=260
+                    )
+                )
+    agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
+    return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement)
+
+
 def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
-    """Build the ``gr.Blocks`` page for ``board``.
+    """Build the ``gr.Blocks`` page for ``board``: the layout, the streamed page event, and the ``/analyse``,
+    ``/classify`` and ``/predict`` API endpoints.
 
     Args:
         board: the loaded models (unavailable ones are shown with their reason).
@@ -85,158 +215,47 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
     """
     import gradio as gr
 
-    shown = board.models
+    handlers = _Handlers(board)
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)") as demo:
-        gr.Markdown(_INTRO)
-        if not shown:
-            gr.Markdown(NO_MODELS, elem_id="no-models")
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath")
-                method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
-                cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
-                run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
-            with gr.Column(scale=1):
-                image = gr.Image(label="Image as analysed (grey)", type="numpy", interactive=False, height=320)
-        status = gr.Markdown(f"*{DISCLAIMER}*", elem_id="status", label="Status")
-        labels, heatmaps = [], []
-        with gr.Row(equal_height=False):
-            for i, m in enumerate(shown):
-                with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
-                    gr.Markdown(_model_header(m))
-                    labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
-                    heatmaps.append(
-                        gr.Image(
-                            label=f"Grad-CAM · {m.ref}",
-                            type="numpy",
-                            interactive=False,
-                            elem_id=f"heatmap-{i}",
-                            height=260,
-                        )
-                    )
-        agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
+        c = _layout(board)
         if examples:
-            gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples (click one)")
-
-        def stream(image, cam_method, explain):
-            """Yield the page's outputs as they are ready, skipping those that did not change
-            (Gradio would otherwise re-encode and re-send every heat map at each step)."""
-            sent: Optional[List[Any]] = None
-            last, shown_array = None, None
-            for a in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
-                last = a
-                if shown_array is None and a.shown is not None:
-                    shown_array = _as_array(a.shown)
-                out = _outputs(a, shown_array, done=False)
-                yield _changed(out, sent)
-                sent = out
-            if last is not None:
-                yield _changed(_outputs(last, shown_array, done=True), sent)
-
-        def _outputs(a: Analysis, shown_array, done: bool) -> List[Any]:
-            out: List[Any] = [_status(a, done), shown_array]
-            for m in shown:
-                probs = a.probabilities.get(m.ref)
-                out.append(probs if probs else None)
-            for m in shown:
-                out.append(a.heatmaps.get(m.ref))
-            out.append(agreement_line(a.probabilities))
-            return out
-
-        outputs = [status, image, *labels, *heatmaps, agreement]
-        run.click(
-            stream,
-            [upload, method, cam_class],
-            outputs,
-            api_name="analyse",
-            api_description="What the page shows, streamed: the status line, the image as analysed, then every "
-            "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
-            "ready, and whether the models agree. Programs want /classify or /predict.",
+            gr.Examples(examples=[[e] for e in examples], inputs=[c.upload], label="Examples (click one)")
+        inputs = [c.upload, c.method, c.cam_class]
+        c.run.click(handlers.stream, inputs, c.outputs, api_name="analyse", api_description=_ANALYSE_API)
+        c.upload.upload(handlers.stream, inputs, c.outputs, api_name=False)
+        # hidden components that carry the programs' endpoints
+        api_json, probabilities_json = (
+            gr.JSON(visible=False, label="result"),
+            gr.JSON(visible=False, label="probabilities"),
         )
-        upload.upload(stream, [upload, method, cam_class], outputs, api_name=False)
-
-        api_json = gr.JSON(visible=False, label="result")
         api_gallery = gr.Gallery(visible=False, format="png", label="heat maps")
-        api_button = gr.Button(visible=False)
-        probabilities_json = gr.JSON(visible=False, label="probabilities")
-        classify_button = gr.Button(visible=False)
-
-        def model_entries(final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
-            models, gallery = {}, []
-            for m in shown:
-                entry: Dict[str, Any] = {"available": m.available}
-                if not m.available:
-                    entry["error"] = m.error
-                elif m.ref in final.model_errors:
-                    entry["error"] = final.model_errors[m.ref]
-                else:
-                    entry["temperature"] = m.classifier.temperature
-                probs = final.probabilities.get(m.ref)
-                if probs:
-                    entry.update(probabilities=probs, predicted=max(probs, key=probs.get))
-                if with_heatmaps and m.ref in final.heatmaps:
-                    entry["heatmap_index"] = len(gallery)
-                    gallery.append((final.heatmaps[m.ref], m.ref))
-                models[m.ref] = entry
-            return models, gallery
-
-        def classify(image) -> Dict[str, Any]:
-            """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
-            if not shown:
-                return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
-            final = board.classify(image)
-            if final.error:
-                return {"error": final.error, "disclaimer": DISCLAIMER}
-            models, _ = model_entries(final, with_heatmaps=False)
-            return {
-                "error": None,
-                "warnings": final.warnings,
-                "agreement": agreement_line(final.probabilities),
-                "models": models,
-                "disclaimer": DISCLAIMER,
-            }
-
+        classify_button, api_button = gr.Button(visible=False), gr.Button(visible=False)
         classify_button.click(
-            classify,
-            [upload],
-            [probabilities_json],
-            api_name="classify",
-            api_description="Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
-            "temperature, when it has one), no Grad-CAM. "
-            "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
-            "models (per model: available, probabilities by class, predicted, temperature, error), "
-            "disclaimer. Research use only, not for diagnosis.",
+            handlers.classify, [c.upload], [probabilities_json], api_name="classify", api_description=_CLASSIFY_API
         )
-
-        def predict(image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
-            """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
-            final = None
-            for final in board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
-                pass
-            if not shown:
-                final.error = NO_MODELS_LINE
-            if final.error:
-                return {"error": final.error, "disclaimer": DISCLAIMER}, []
-            models, gallery = model_entries(final, with_heatmaps=True)
-            return {
-                "error": None,
-                "warnings": final.warnings,
-                "shown_size": list(final.shown.size),
-                "agreement": agreement_line(final.probabilities),
-                "models": models,
-                "disclaimer": DISCLAIMER,
-            }, gallery
-
         api_button.click(
-            predict,
-            [upload, method, cam_class],
-            [api_json, api_gallery],
-            api_name="predict",
-            api_description="Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
-            "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
-            "gallery of heat maps (PNG, the size of the image as analysed, captioned by model).",
+            handlers.predict, inputs, [api_json, api_gallery], api_name="predict", api_description=_PREDICT_API
         )
     return demo
+
+
+_ANALYSE_API = (
+    "What the page shows, streamed: the status line, the image as analysed, then every "
+    "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
+    "ready, and whether the models agree. Programs want /classify or /predict."
+)
+_CLASSIFY_API = (
+    "Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
+    "temperature, when it has one), no Grad-CAM. "
+    "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
+    "models (per model: available, probabilities by class, predicted, temperature, error), "
+    "disclaimer. Research use only, not for diagnosis."
+)
+_PREDICT_API = (
+    "Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
+    "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
+    "gallery of heat maps (PNG, the size of the image as analysed, captioned by model)."
+)
 
 
 def _changed(new: List[Any], old: Optional[List[Any]]) -> List[Any]:
