@@ -292,7 +292,7 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
     import dataclasses
 
     from cxr.training.config import TrainConfig
-    from cxr.training.cv import refuse_per_run_flags, run_cv
+    from cxr.training.cv import CV_MD, refuse_per_run_flags, run_cv
 
     p = build_train_parser()
     p.prog = program_name("python -m cxr.cv")
@@ -329,7 +329,7 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
             print(
                 f"out of fold ({result['images']} images): accuracy {100 * oof['accuracy']['value']:.1f}% "
                 f"[{100 * oof['accuracy']['low']:.1f}, {100 * oof['accuracy']['high']:.1f}]; wrote "
-                f"{Path(cfg.output_dir) / 'cv.md'}"
+                f"{Path(cfg.output_dir) / CV_MD}"
             )
         state.destroy_process_group()
 
@@ -448,6 +448,8 @@ def study_main(argv: Optional[List[str]] = None) -> int:
         from accelerate import PartialState
 
         if PartialState().is_main_process:
-            print(f"wrote {args.output_dir / 'study.md'}")
+            from cxr.study.report import STUDY_MD
+
+            print(f"wrote {args.output_dir / STUDY_MD}")
 
     return run_cli(run)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import cxr  # noqa: F401  (registers alexnet and logreg)
 from cxr.errors import CXRError
-from cxr.models import apply_train_layers, create_model, freeze_frozen_batchnorm, model_spec
+from cxr.models import apply_train_layers, create_model, freeze_batchnorm_statistics, model_spec
 
 
 def test_alexnet_is_a_timm_model_with_torchvision_layout():
@@ -61,7 +61,7 @@ def test_study_policy_vgg19_bn_trains_last_three_convs_and_classifier():
     assert all(p.requires_grad for p in m.pre_logits.parameters())
     assert all(p.requires_grad for p in m.get_classifier().parameters())
     m.train()
-    assert freeze_frozen_batchnorm(m) == 13  # the 13 frozen conv blocks' batch norms keep ImageNet statistics
+    assert freeze_batchnorm_statistics(m) == 13  # the 13 frozen conv blocks' batch norms keep ImageNet statistics
     assert not m.features[1].training and m.features[44].training
 
 

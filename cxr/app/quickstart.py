@@ -49,10 +49,10 @@ def ensure_quickstart_model(data: Union[str, Path], output_dir: Union[str, Path]
 
 
 def example_images(data: Union[str, Path], per_class: int = 1) -> List[str]:
-    """The first image(s) of each class of a Kaggle-layout folder, as clickable examples."""
-    root = Path(data)
-    out: List[str] = []
-    for name in CLASS_NAMES:
-        folder = root / name / "images" if (root / name / "images").is_dir() else root / name
-        out += [str(p) for p in sorted(folder.glob("*.png"))[:per_class]]
-    return out
+    """The first image(s) of each class of a Kaggle-layout folder, as clickable examples (none for other data)."""
+    from cxr.data.dataset import scan_image_folder
+
+    if not Path(data).is_dir():
+        return []
+    records = scan_image_folder(data)
+    return [str(p) for label in range(len(CLASS_NAMES)) for p in [p for p, _, y in records if y == label][:per_class]]

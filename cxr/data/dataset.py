@@ -531,12 +531,7 @@ def cache_pixels(
         CXRError: some images could not be decoded and ``skip_bad_images`` is false, or
             skipping them left a class empty.
     """
-    cache_dir = Path(cache_dir or default_cache_dir())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}".encode())
-    for name, stat in zip(ds["file_name"], ds["file_stat"]):
-        h.update(f"{name}\0{stat}\n".encode())
-    cache_file = cache_dir / f"pixels-{image_size}{'-clahe' if clahe else ''}-{h.hexdigest()[:20]}.arrow"
+    cache_file = _pixel_cache_file(ds, image_size, clahe, Path(cache_dir or default_cache_dir()))
     if num_proc is None:
         num_proc = max(1, min(os.cpu_count() or 1, len(ds) // 200))
     features = ds.features.copy()
@@ -551,10 +546,28 @@ def cache_pixels(
         num_proc=num_proc if num_proc > 1 else None,
         desc=f"Decoding and resizing to {image_size}px (cached)",
     )
+    mapped, bad = _drop_unreadable(mapped, skip_bad_images)
+    return PixelCacheResult(
+        dataset=mapped.with_format("numpy", columns=["pixels", "label"], output_all_columns=True), bad=bad
+    )
+
+
+def _pixel_cache_file(ds: datasets.Dataset, image_size: int, clahe: bool, cache_dir: Path) -> Path:
+    """The cache file of these files (names, sizes, modification times) at this size and preprocessing version."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}".encode())
+    for name, stat in zip(ds["file_name"], ds["file_stat"]):
+        h.update(f"{name}\0{stat}\n".encode())
+    return cache_dir / f"pixels-{image_size}{'-clahe' if clahe else ''}-{h.hexdigest()[:20]}.arrow"
+
+
+def _drop_unreadable(mapped: datasets.Dataset, skip: bool) -> Tuple[datasets.Dataset, List[Tuple[str, str]]]:
+    """The decoded images without the unreadable ones, and those as ``(file, error)``; an error naming them
+    unless ``skip``, or when skipping leaves a class empty."""
     errors = mapped["decode_error"]
     bad_idx = [i for i, e in enumerate(errors) if e]
     bad = [(mapped[i]["file_name"], errors[i]) for i in bad_idx]
-    if bad and not skip_bad_images:
+    if bad and not skip:
         listed = "\n".join(f"  {n}: {e}" for n, e in bad[:_MAX_LISTED])
         more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise CXRError(
@@ -569,9 +582,7 @@ def cache_pixels(
         empty = [CLASS_NAMES[i] for i, c in enumerate(counts) if c == 0]
         if empty:
             raise CXRError(f"after skipping unreadable images, class(es) with no images: {', '.join(empty)}")
-    return PixelCacheResult(
-        dataset=mapped.with_format("numpy", columns=["pixels", "label"], output_all_columns=True), bad=bad
-    )
+    return mapped, bad
 
 
 class RadiographDataset(torch.utils.data.Dataset):

@@ -10,23 +10,23 @@ Imports data, metrics and the foundations.
 """
 
 from cxr.models.registry import (
-    STUDY_MODELS,
+    MODEL_SPECS,
     TRAIN_LAYER_POLICIES,
     ModelSpec,
     apply_train_layers,
     create_model,
-    freeze_frozen_batchnorm,
+    freeze_batchnorm_statistics,
     model_spec,
     resolve_model_name,
 )
 
 __all__ = [
-    "STUDY_MODELS",
+    "MODEL_SPECS",
     "TRAIN_LAYER_POLICIES",
     "ModelSpec",
     "apply_train_layers",
     "create_model",
-    "freeze_frozen_batchnorm",
+    "freeze_batchnorm_statistics",
     "model_spec",
     "resolve_model_name",
 ]

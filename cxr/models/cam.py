@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from cxr.data.preprocessing import ImageLike
-from cxr.models import STUDY_MODELS
+from cxr.models import MODEL_SPECS
 from cxr.models.classifier import CXRClassifier
 
 __all__ = [
@@ -62,7 +62,7 @@ def target_layers(model: nn.Module, architecture: str) -> Optional[List[nn.Modul
     Returns:
         A list of modules, or ``None`` for models without spatial features (``logreg``).
     """
-    spec = STUDY_MODELS.get(architecture)
+    spec = MODEL_SPECS.get(architecture)
     if spec is not None and spec.cam_layer:
         return [model.get_submodule(spec.cam_layer)]
     blocks = getattr(model, "blocks", None)

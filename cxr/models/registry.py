@@ -34,12 +34,12 @@ from cxr.models.pretrained import (
 __all__ = [
     "TRAIN_LAYER_POLICIES",
     "ModelSpec",
-    "STUDY_MODELS",
+    "MODEL_SPECS",
     "model_spec",
     "resolve_model_name",
     "create_model",
     "apply_train_layers",
-    "freeze_frozen_batchnorm",
+    "freeze_batchnorm_statistics",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ def _prefixes(module: str, start: int, stop: int) -> Tuple[str, ...]:
     return tuple(f"{module}.{i}." for i in range(start, stop))
 
 
-STUDY_MODELS: Dict[str, ModelSpec] = {
+#: The architectures cxr has settings for: the study's four (their batch size, epochs, fine-tuned layers and
+#: Grad-CAM layer) and ``tf_efficientnet_lite0``, whose ImageNet weights come offline (the study did not use it).
+#: Any other timm model trains with generic settings (:func:`model_spec`).
+MODEL_SPECS: Dict[str, ModelSpec] = {
     "resnet50": ModelSpec(
         "resnet50",
         batch_size=128,
@@ -112,19 +115,19 @@ def resolve_model_name(name: str) -> str:
     """
     if timm.is_model(name):
         return name
-    candidates = sorted(set(timm.list_models()) | set(STUDY_MODELS))
+    candidates = sorted(set(timm.list_models()) | set(MODEL_SPECS))
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise CXRError(
         f"unknown --model {name!r}.{hint} Any timm model name works (timm.list_models()), "
-        f"plus the study's {', '.join(STUDY_MODELS)}."
+        f"plus {', '.join(MODEL_SPECS)}."
     )
 
 
 def model_spec(name: str) -> ModelSpec:
     """Study defaults for ``name`` (generic defaults for any other timm model)."""
     arch = resolve_model_name(name)
-    return STUDY_MODELS.get(arch, ModelSpec(arch))
+    return MODEL_SPECS.get(arch, ModelSpec(arch))
 
 
 def create_model(
@@ -211,7 +214,7 @@ def apply_train_layers(model: nn.Module, name: str, policy: str) -> List[str]:
     return trainable
 
 
-def freeze_frozen_batchnorm(model: nn.Module, all_layers: bool = False) -> int:
+def freeze_batchnorm_statistics(model: nn.Module, all_layers: bool = False) -> int:
     """Put batch-norm layers whose parameters are all frozen (``all_layers``: every one) into eval mode.
 
     A frozen layer stays frozen: its running statistics keep their ImageNet values instead of

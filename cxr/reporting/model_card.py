@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
@@ -194,24 +195,13 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
-    metrics = _read_json(folder.metrics)
-    run = _read_json(folder.run_config)
-    split = _read_json(folder.split)
+    metrics, run, split = _read_json(folder.metrics), _read_json(folder.run_config), _read_json(folder.split)
     model_cfg = _read_json(folder.model_config)
-    cfg = run["config"]
-    prep = model_cfg["cxr"]["preprocessing"]
-    portability = model_cfg["cxr"].get("portability") or {"timm": True, "transformers": True, "notes": []}
-    temperature = model_cfg["cxr"].get("temperature")
-    model_name = cfg["model"]
-    source = data_source(run)
+    model_name, source = run["config"]["model"], data_source(run)
     if data_id is None and source.get("kind") == "hub":
         data_id = source["id"]
-    n_test = metrics["test"]["num_images"]
-    dataset = evaluated_on(source, split, n_test)
-    row = study_row(model_name)
-    counts = " / ".join(str(len(split[p])) for p in ("train", "validation", "test"))
+    dataset = evaluated_on(source, split, metrics["test"]["num_images"])
     card_data = ModelCardData(
         license="other",
         license_name=LICENSE_NAME,
@@ -225,36 +215,34 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         model_name=repo_id,
         eval_results=card_eval_results(metrics, repo_id, dataset),
     )
-    versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
-    caveat = ""
-    if "sample" in str(cfg["data"]).lower():
-        caveat = (
-            "\nThis model was trained on a 600-image developer sample whose classes also differ in file size, "
-            "mode and processing history (Lung_Opacity reconstructed from false-colour JPEGs): its figures "
-            "say little about the full database and less about patients."
-        )
-    if source.get("kind") == "hub":
-        rev = f" at commit `{source['revision']}`" if source.get("revision") else ""
-        conf = f", config `{source['config']}`" if source.get("config") else ""
-        data_description = f"[`{source['id']}`]({_hub_url()}/datasets/{source['id']}) (Hugging Face dataset{rev}{conf})"
-    else:
-        data_description = (
-            f"{DATASET_NAME} images from a local folder "
-            f"({sum(len(split[p]) for p in ('train', 'validation', 'test'))} images)"
-        )
-    split_notes = source.get("splits") or {}
-    split_origin = "; ".join(f"{part}: {how}" for part, how in split_notes.items())
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATE_PATH),
-        repo_id=repo_id,
+    fields = _template_fields(metrics, run, split, model_cfg, source, dataset)
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE_PATH), repo_id=repo_id, base_model=card_data.base_model, **fields
+    )
+
+
+def _template_fields(
+    metrics: Dict[str, Any],
+    run: Dict[str, Any],
+    split: Dict[str, Any],
+    model_cfg: Dict[str, Any],
+    source: Dict[str, Any],
+    dataset: Dict[str, Any],
+) -> Dict[str, Any]:
+    """The values the card template fills in, from a finished run's files."""
+    cfg, prep, model_name = run["config"], model_cfg["cxr"]["preprocessing"], run["config"]["model"]
+    portability = model_cfg["cxr"].get("portability") or {"timm": True, "transformers": True, "notes": []}
+    row = study_row(model_name)
+    seed = split.get("seed", cfg["seed"])
+    split_origin = "; ".join(f"{part}: {how}" for part, how in (source.get("splits") or {}).items())
+    auroc = metrics["test"].get("auroc")
+    return dict(
         model_label=row["label"] if row else model_name,
         architecture=model_cfg["architecture"],
         parameters=f"{run['parameters']:,}",
         trainable=f"{run['trainable_parameters']:,}",
         train_layers=run["train_layers"],
         pretrained=run["pretrained"],
-        base_model=card_data.base_model,
         image_size=prep["image_size"],
         in_chans=prep["in_chans"],
         mean=[round(v, 6) for v in prep["mean"]],
@@ -263,16 +251,16 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         clahe=bool(prep.get("clahe")),
         portable=bool(portability.get("timm")) and bool(portability.get("transformers")),
         portability_notes=portability.get("notes") or [],
-        temperature=temperature,
+        temperature=model_cfg["cxr"].get("temperature"),
         optimisation=recipe_summary(cfg),
         kept=kept_description(metrics),
-        versions=versions or "unknown",
-        data_caveat=caveat,
-        data_description=data_description,
-        split_counts=counts,
-        split_origin=split_origin or f"stratified random split, seed {split.get('seed', cfg['seed'])}",
-        seed=split.get("seed", cfg["seed"]),
-        n_test=n_test,
+        versions=", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()) or "unknown",
+        data_caveat=_data_caveat(cfg["data"]),
+        data_description=_data_description(source, split),
+        split_counts=" / ".join(str(len(split[p])) for p in SPLITS),
+        split_origin=split_origin or f"stratified random split, seed {seed}",
+        seed=seed,
+        n_test=metrics["test"]["num_images"],
         evaluated_on=dataset["dataset_name"],
         table1="\n".join(table1_lines(model_name, metrics)),
         study_note=(
@@ -286,14 +274,31 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
             if model_name in STUDY_PER_CLASS
             else ""
         ),
-        auroc="undefined" if metrics["test"].get("auroc") is None else f"{metrics['test']['auroc']:.4f}",
+        auroc="undefined" if auroc is None else f"{auroc:.4f}",
         dataset_page=DATASET_PAGE,
         license_name=LICENSE_NAME,
     )
-    return card
 
 
 def _hub_url() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+def _data_caveat(data: str) -> str:
+    if "sample" not in str(data).lower():
+        return ""
+    return (
+        "\nThis model was trained on a 600-image developer sample whose classes also differ in file size, "
+        "mode and processing history (Lung_Opacity reconstructed from false-colour JPEGs): its figures "
+        "say little about the full database and less about patients."
+    )
+
+
+def _data_description(source: Dict[str, Any], split: Dict[str, Any]) -> str:
+    if source.get("kind") == "hub":
+        rev = f" at commit `{source['revision']}`" if source.get("revision") else ""
+        conf = f", config `{source['config']}`" if source.get("config") else ""
+        return f"[`{source['id']}`]({_hub_url()}/datasets/{source['id']}) (Hugging Face dataset{rev}{conf})"
+    return f"{DATASET_NAME} images from a local folder ({sum(len(split[p]) for p in SPLITS)} images)"

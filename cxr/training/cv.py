@@ -34,11 +34,13 @@ import numpy as np
 
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES, NORMAL
-from cxr.run_folder import RunFolder, read_json, read_predictions
+from cxr.run_folder import RunFolder, read_json, read_predictions, write_json
 
 __all__ = [
     "FOLDS_NAME",
     "OOF_NAME",
+    "CV_JSON",
+    "CV_MD",
     "stratified_folds",
     "fold_split",
     "check_folds",
@@ -51,6 +53,7 @@ _logger = logging.getLogger(__name__)
 
 FOLDS_NAME = "folds.json"
 OOF_NAME = "oof_predictions.csv"
+CV_JSON, CV_MD = "cv.json", "cv.md"
 #: Training flags that make no sense per fold: the CV sets the split, resumes by itself and publishes nothing.
 _NOT_FOR_CV = {"split_file": "--split-file", "resume": "--resume", "push_to_hub": "--push-to-hub"}
 
@@ -295,8 +298,8 @@ def _write_results(
         "per_fold": per_fold,
         "runs_log": log,
     }
-    (out / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "cv.md").write_text(_report(result))
+    write_json(out / CV_JSON, result)
+    (out / CV_MD).write_text(_report(result))
     return result
 
 

@@ -50,7 +50,7 @@ from cxr.metrics.stats import (
 from cxr.models import (
     apply_train_layers,
     create_model,
-    freeze_frozen_batchnorm,
+    freeze_batchnorm_statistics,
 )
 from cxr.models.checkpoint import (
     capture_rng_state,
@@ -542,7 +542,7 @@ def _train_epoch(r: _Run, epoch: int) -> Tuple[torch.Tensor, float]:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     model.train()
-    freeze_frozen_batchnorm(model, all_layers=cfg.freeze_bn_stats)
+    freeze_batchnorm_statistics(model, all_layers=cfg.freeze_bn_stats)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     t0 = time.time()
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
