@@ -157,3 +157,23 @@ def test_classifier_predicts_by_name_from_path_pil_or_array(tmp_path, sample_dir
         assert by_pil[name] == pytest.approx(by_path[name], abs=1e-6)
         assert by_array[name] == pytest.approx(by_path[name], abs=1e-6)
     assert clf.name == "tf_efficientnet_lite0" and "64px" in repr(clf)
+
+
+def test_a_model_folder_saved_before_the_package_layout_change_loads_and_predicts_the_same(sample_dir):
+    """tests/fixtures/logreg-model-d3bd023: a model folder written by commit d3bd023 (before cxr's modules moved
+    into subpackages), with the probabilities that code gave for four sample X-rays."""
+    import json
+    from pathlib import Path
+
+    import timm
+
+    from cxr import CXRClassifier
+
+    folder = Path(__file__).parent / "fixtures" / "logreg-model-d3bd023"
+    expected = json.loads((folder / "expected_probabilities.json").read_text())
+    clf = CXRClassifier.from_pretrained(folder)
+    for name, probs in expected.items():
+        got = clf.predict(str(sample_dir / name))
+        assert set(got) == set(probs)
+        assert all(abs(got[c] - probs[c]) < 1e-5 for c in probs), (name, got, probs)
+    assert timm.create_model(f"local-dir:{folder}").num_classes == 4  # still timm's layout
