@@ -342,6 +342,7 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
         prog=program_name("python -m cxr.hub"),
         description="Publish cxr runs on the Hugging Face Hub, and deploy a Space that shows them. "
         "Research use only — not for diagnosis.",
+        epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="Publish a finished run folder (model, model card, metrics, plots, split).")
@@ -406,7 +407,7 @@ def study_main(argv: Optional[List[str]] = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="Image folder in the Kaggle layout (or a dataset id).")
+    _data_arg(p, "Image folder in the Kaggle layout (or a dataset id).")
     p.add_argument("--output-dir", required=True, type=Path, help="Study folder (finished runs in it are skipped).")
     p.add_argument(
         "--models",
