@@ -201,6 +201,9 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
             raise CXRError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.num_workers < 0:
             raise CXRError(f"--num-workers must be >= 0, got {args.num_workers}")
+        from cxr.run_folder import check_writable
+
+        check_writable(args.output_dir)
         evaluate_folder(
             args.model,
             args.data,

@@ -35,6 +35,7 @@ from cxr.labels import CLASS_NAMES
 
 __all__ = [
     "RunFolder",
+    "check_writable",
     "Predictions",
     "read_predictions",
     "write_predictions",
@@ -152,6 +153,30 @@ class RunFolder:
             return read_json(self.run_config)["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") -> None:
+    """Refuse, before any work, an output folder that cannot be written: the folder, or the nearest existing
+    folder above it, must accept a new file.
+
+    Raises:
+        CXRError: naming the folder and why.
+    """
+    import tempfile
+
+    from cxr.errors import CXRError
+
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise CXRError(f"{flag} {folder}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise CXRError(
+            f"{flag} {folder}: cannot write in {existing} ({e.strerror}); choose a folder you can write to"
+        ) from None
 
 
 def read_json(path: Union[str, os.PathLike]) -> Any:

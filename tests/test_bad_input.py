@@ -178,3 +178,34 @@ def test_existing_run_is_not_overwritten_by_accident(trained_logreg, sample_dir,
     code, err = _train(capsys, sample_dir, trained_logreg)
     assert code == 2 and "already holds a run" in err
     assert (trained_logreg / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle"])
+def test_a_damaged_or_untrusted_checkpoint_is_refused_in_one_sentence(subset, tmp_path, capsys, content):
+    import pickle
+
+    out = tmp_path / "run"
+    assert _train(capsys, subset, out)[0] == 0
+    if content == "garbage":
+        (out / "checkpoint.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    else:  # a pickle that would run code if it were unpickled without weights_only
+
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this code ran",))
+
+        (out / "checkpoint.pt").write_bytes(pickle.dumps(Payload()))
+    code, err = _train(capsys, subset, out, "--epochs", "2", "--resume")
+    assert code == 2 and "this code ran" not in capsys.readouterr().out
+    assert err.startswith("error: --resume:") and "not loaded" in err and err.count("\n") == 1
+    assert "weights_only=False" not in err and "Traceback" not in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(subset, capsys):
+    start = time.monotonic()
+    code, err = _train(capsys, subset, "/proc/cxr-run")  # a read-only file system, even for root
+    assert code == 2 and err.startswith("error: --output-dir /proc/cxr-run: cannot write in /proc")
+    assert err.count("\n") == 1 and time.monotonic() - start < 10
+    code = eval_main(["--model", "nowhere", "--data", str(subset), "--output-dir", "/proc/cxr-eval"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --output-dir /proc/cxr-eval: cannot write in /proc")

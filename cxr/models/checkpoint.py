@@ -273,8 +273,20 @@ def save_training_state(path: Union[str, os.PathLike], state: Dict[str, Any]) ->
 
 
 def load_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_training_state` (``weights_only=True``)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read a checkpoint written by :func:`save_training_state`, with ``weights_only=True``: tensors and plain
+    values only, never code.
+
+    Raises:
+        CXRError: the file is damaged, truncated, or holds anything else (it is not loaded).
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own message would suggest loading it unsafely
+        raise CXRError(
+            f"--resume: {path} is not a training checkpoint cxr can read safely (damaged, truncated, or holding "
+            f"more than tensors and plain values; {type(e).__name__}); it was not loaded. Start the run again "
+            "with --overwrite-output-dir, or resume from another checkpoint."
+        ) from None
 
 
 def capture_rng_state() -> Dict[str, Any]:

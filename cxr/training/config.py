@@ -19,7 +19,7 @@ from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
 from cxr.labels import NORMALIZATIONS
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
-from cxr.run_folder import RunFolder
+from cxr.run_folder import RunFolder, check_writable
 
 __all__ = [
     "TrainConfig",
@@ -434,6 +434,7 @@ class TrainConfig:
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
         out = Path(cfg.output_dir)
+        check_writable(out)
         if cfg.resume is not None and cfg.final_fit:
             # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
             if _resume_dir(cfg.resume, out).resolve() != out.resolve():
