@@ -36,6 +36,7 @@ from cxr.labels import CLASS_NAMES
 __all__ = [
     "RunFolder",
     "check_writable",
+    "run_id",
     "Predictions",
     "read_predictions",
     "write_predictions",
@@ -147,12 +148,91 @@ class RunFolder:
         """Whether a run here finished: every run (training or ``cxr.eval``) writes ``metrics.json`` last."""
         return self.metrics.is_file()
 
+    def files(self) -> List[Path]:
+        """Every file and folder a run writes here (those that exist), ``holdout/`` included."""
+        named = [
+            self.model_dir,
+            self.checkpoint,
+            self.run_config,
+            self.split,
+            self.history,
+            self.metrics,
+            self.report,
+            self.confusion_matrix,
+            self.training_curves,
+            self.holdout.root,
+        ]
+        named += [self.predictions(part) for part in PREDICTION_PARTS]
+        return [p for p in named if p.exists() or p.is_symlink()]
+
+    def clear(self) -> List[Path]:
+        """Remove the files of an earlier run (``--overwrite-output-dir``) before a new run writes any, so no
+        folder ever holds parts of two runs; files cxr did not write stay. Returns what was removed."""
+        import shutil
+
+        removed = self.files()
+        for path in removed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return removed
+
+    def run_ids(self) -> Dict[str, Optional[str]]:
+        """The run identity (:func:`run_id`) each of the run's records carries: ``run_config.json``,
+        ``metrics.json`` and the model's ``config.json`` (``None`` where a record has none or is missing)."""
+        found: Dict[str, Optional[str]] = {}
+        for path, key in (
+            (self.run_config, ("run_id",)),
+            (self.metrics, ("run_id",)),
+            (self.model_config, ("cxr", "run_id")),
+        ):
+            value: Any = None
+            try:
+                value = read_json(path)
+                for k in key:
+                    value = value.get(k) if isinstance(value, dict) else None
+            except (OSError, ValueError):
+                value = None
+            found[path.relative_to(self.root).as_posix()] = value
+        return found
+
+    def check_one_run(self) -> None:
+        """Refuse a folder whose records come from different runs (an interrupted restart in the same folder).
+
+        Raises:
+            CXRError: naming each file and the run it belongs to.
+        """
+        from cxr.errors import CXRError
+
+        ids = self.run_ids()
+        if len(set(ids.values())) > 1:
+            parts = ", ".join(f"{name}: {value or 'no run id'}" for name, value in ids.items())
+            raise CXRError(
+                f"{self.root} holds parts of different runs ({parts}); retrain into it with "
+                "--overwrite-output-dir, or use another folder"
+            )
+
     def read_config(self) -> Optional[Dict[str, Any]]:
         """The settings the run was given (``run_config.json`` ``config``), ``None`` where unreadable."""
         try:
             return read_json(self.run_config)["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def run_id(config: Dict[str, Any], split: Dict[str, Any]) -> str:
+    """A run's identity: a digest of the settings that make it (``config``, the keys given) and its split,
+    written into every record it leaves (:meth:`RunFolder.run_ids`).
+
+    Example:
+        >>> run_id({"model": "logreg", "seed": 1}, {"train": ["a"], "validation": [], "test": ["b"]})
+        '1ee2888673b287ab'
+    """
+    import hashlib
+
+    payload = json.dumps({"config": config, "split": split}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") -> None:

@@ -209,3 +209,34 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(subs
     code = eval_main(["--model", "nowhere", "--data", str(subset), "--output-dir", "/proc/cxr-eval"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --output-dir /proc/cxr-eval: cannot write in /proc")
+
+
+def test_overwrite_removes_the_earlier_run_before_writing_and_a_mixed_folder_is_refused(subset, tmp_path, capsys):
+    from cxr.hub.publish import push_run
+    from cxr.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    assert _train(capsys, subset, run.root)[0] == 0
+    ids = run.run_ids()
+    assert len(set(ids.values())) == 1 and None not in ids.values()  # one run id in every record
+    assert f"run: {ids['metrics.json']}" in run.report.read_text()
+    # a restart with another seed that dies in its first step: nothing of the earlier run may stay beside it
+    code, err = _train(
+        capsys, subset, run.root, "--overwrite-output-dir", "--seed", "7", "--lr", "1e30", "--optimizer", "sgd"
+    )
+    assert code == 2 and "diverged" in err
+    assert json.loads(run.run_config.read_text())["config"]["seed"] == 7
+    assert not run.metrics.exists() and not run.model_dir.exists() and not run.predictions("test").exists()
+
+    other = RunFolder(tmp_path / "other")
+    assert _train(capsys, subset, other.root, "--seed", "3")[0] == 0
+    shutil.copy(other.run_config, run.root / "run_config.json")  # now finish the first folder by hand, mixed
+    assert _train(capsys, subset, tmp_path / "first")[0] == 0
+    for name in ("metrics.json", "split.json", "model"):
+        src = tmp_path / "first" / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, run.root / name)
+    with pytest.raises(Exception, match=r"holds parts of different runs \(run_config.json: [0-9a-f]{16}, metrics.json"):
+        push_run(run.root, "someone/model")
+    code = eval_main(["--model", str(run.model_dir), "--data", str(subset), "--output-dir", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds parts of different runs" in err and not (tmp_path / "ev").exists()

@@ -152,6 +152,7 @@ def push_run(
     missing = [p.relative_to(run_dir).as_posix() for p in needed if not p.is_file()]
     if missing:
         raise CXRError(f"{run_dir} is not a finished cxr run: missing {', '.join(missing)}")
+    run.check_one_run()
     try:
         check_push_target(repo_id, private)
     except CXRError as e:

@@ -127,6 +127,9 @@ def evaluate_folder(
     from cxr.models.classifier import CXRClassifier
 
     check_data_options(data, dataset_revision, dataset_config)
+    run = RunFolder(Path(model_ref).parent)
+    if Path(model_ref).is_dir() and run.model_dir == Path(model_ref) and run.run_config.is_file():
+        run.check_one_run()  # a run's model/ folder: its records must all be of that one run
     accelerator = Accelerator()
     clf = CXRClassifier.from_pretrained(model_ref)
     model, prep = clf.model, clf.preprocess

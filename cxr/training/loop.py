@@ -62,10 +62,11 @@ from cxr.models.checkpoint import (
     set_model_temperature,
 )
 from cxr.reporting.run_report import kept_description, plot_training_curves, recipe_summary
-from cxr.run_folder import RunFolder, read_json, write_json, write_predictions
+from cxr.run_folder import RunFolder, read_json, run_id, write_json, write_predictions
 from cxr.training.config import (
     _LEGACY_RECIPE,
     _RESUME_LOCKED,
+    RECIPE_KEYS,
     TrainConfig,
     recipe_differences,
     saved_recipe,
@@ -254,13 +255,16 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 def _final_fit(cfg: TrainConfig) -> Dict[str, Any]:
     """``--final-fit``: the hold-out run (resumed or reused when ``--resume``), then the refit in ``output_dir``."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
     run = RunFolder(cfg.output_dir)
     hold = run.holdout
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if cfg.push_to_hub:  # before the hold-out run, not after it
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
-
-        _check_push_target_on_main(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), cfg)
+        _check_push_target_on_main(state, cfg)
+    if cfg.overwrite_output_dir and cfg.resume is None:  # the refit and its hold-out run, both replaced
+        _clear_earlier_run(state, run)
     resume = cfg.resume is not None
     reused = resume and hold.metrics.is_file()
     if reused:
@@ -393,7 +397,18 @@ def _start(cfg: TrainConfig, refit: Optional[_Refit]) -> _Run:
         changed = recipe_differences({**defaults, **state["config"]}, cfg, _RESUME_LOCKED)
         if changed:
             raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
-    return _Run(cfg, RunFolder(cfg.output_dir), accelerator, cfg.batch_size // world, state, refit)
+    folder = RunFolder(cfg.output_dir)
+    if cfg.overwrite_output_dir and cfg.resume is None and refit is None:
+        _clear_earlier_run(accelerator, folder)
+    return _Run(cfg, folder, accelerator, cfg.batch_size // world, state, refit)
+
+
+def _clear_earlier_run(state, folder: RunFolder) -> None:
+    """``--overwrite-output-dir``: the earlier run's files go before this run writes any (main process)."""
+    if state.is_main_process and folder.files():
+        removed = folder.clear()
+        _logger.warning("--overwrite-output-dir: removed the earlier run's %s", ", ".join(p.name for p in removed))
+    state.wait_for_everyone()
 
 
 def _load_data(r: _Run) -> None:
@@ -502,6 +517,8 @@ def _build_model(r: _Run) -> None:
 def _write_run_config(r: _Run) -> None:
     """The run folder's ``split.json`` and ``run_config.json`` (main process), and the trackers' start."""
     cfg, accelerator = r.cfg, r.accelerator
+    settings = cfg.to_dict()
+    r.run_info["run_id"] = run_id({k: settings[k] for k in (*RECIPE_KEYS, "data")}, r.split)
     if accelerator.is_main_process:
         r.folder.root.mkdir(parents=True, exist_ok=True)
         if recover_model_dir(r.folder.model_dir):
@@ -663,7 +680,9 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
     predictions = {part: (index, labels, softmax(z, t)) for part, (index, labels, z) in logits.items()}
     metrics = {part: _split_metrics(labels, probs) for part, (_, labels, probs) in predictions.items()}
-    metrics.update(kept_epoch=r.kept_at["epoch"], best_epoch=r.best["epoch"], keep=cfg.keep)
+    metrics.update(
+        kept_epoch=r.kept_at["epoch"], best_epoch=r.best["epoch"], keep=cfg.keep, run_id=r.run_info["run_id"]
+    )
     if refit is not None:
         metrics["final_fit"] = {"holdout": refit.holdout.name, "validation_held_out": False}
     if calibration is not None:
@@ -703,6 +722,7 @@ def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tupl
             f" -> {calibration['validation']['ece_after']:.3f}, test "
             f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         ),
+        "run": f"{info['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
         "note": DISCLAIMER,
     }
     write_evaluation(folder.root, cfg.model, metrics, report, files["test"], *predictions["test"][1:])
