@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 EPOCHS = 30
 
 
-def _args(sample_dir, out):
+def _args(sample_dir, out, workers="0"):
     return [
         PYTHON,
         "train_accelerate.py",
@@ -30,19 +30,28 @@ def _args(sample_dir, out):
         "--batch-size",
         "32",
         "--num-workers",
-        "0",
+        workers,
     ]
 
 
+_UNINTERRUPTED = {}  # loader workers -> the run folder of an uninterrupted run (one per module)
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path, sample_dir):
-    full = tmp_path / "uninterrupted"
-    proc = run_script(_args(sample_dir, full))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+@pytest.mark.parametrize("workers, delay", [("0", 0.3), ("2", 0.3), ("2", 2.0)])
+def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, workers, delay):
+    """kill -9 at two points (a few epochs in, and well into training), with and without loader workers; the
+    augmentation (flips, the default recipe) must repeat exactly after the resume."""
+    if workers not in _UNINTERRUPTED:
+        _UNINTERRUPTED[workers] = tmp_path_factory.mktemp(f"uninterrupted-{workers}")
+        proc = run_script(_args(sample_dir, _UNINTERRUPTED[workers], workers) + ["--overwrite-output-dir"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    full = _UNINTERRUPTED[workers]
+    tmp_path = tmp_path_factory.mktemp("killed")
 
     killed = tmp_path / "killed"
     p = subprocess.Popen(
-        _args(sample_dir, killed),
+        _args(sample_dir, killed, workers),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -52,15 +61,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sample_dir):
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint.pt").exists() and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.02)
-    time.sleep(0.3)  # a few more epochs, likely mid-save of one of them
+    time.sleep(delay)  # some more epochs, likely mid-save of one of them
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
 
-    proc = run_script(_args(sample_dir, killed))  # the same command again, without --resume
+    proc = run_script(_args(sample_dir, killed, workers))  # the same command again, without --resume
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
-    proc = run_script(_args(sample_dir, killed) + ["--resume"])
+    proc = run_script(_args(sample_dir, killed, workers) + ["--resume"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming logreg" in proc.stdout
     resumed_from = int(proc.stdout.split("after epoch ")[1].split("/")[0])

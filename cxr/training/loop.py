@@ -153,7 +153,9 @@ def make_loader(
         shuffle=augment,
         num_workers=num_workers,
         collate_fn=_collate,
-        persistent_workers=num_workers > 0 and augment,
+        # workers start afresh each epoch, seeded from the (seed, epoch) state set before it, so a resumed run
+        # augments exactly as an uninterrupted one (persistent workers would carry their RNG across epochs)
+        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
 
