@@ -285,7 +285,16 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         example_dir = args.examples or args.quickstart
         demo = build_demo(board, example_images(example_dir) if example_dir else ())
         demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+        from cxr.data.decode import MAX_FILE_BYTES
+
+        # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later)
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            show_error=True,
+            max_file_size=MAX_FILE_BYTES,
+        )
 
     return run_cli(run)
 

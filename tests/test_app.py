@@ -240,6 +240,22 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(app, client, tmp_
         assert_good_answer(predict(client, good), app[2])
 
 
+def test_an_upload_over_the_limit_is_refused_before_it_is_stored(app, client, tmp_path, sample_dir):
+    import httpx
+    from gradio.utils import get_upload_folder
+
+    from cxr.data.decode import MAX_FILE_BYTES
+
+    big = tmp_path / "oversized-upload.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with open(big, "rb") as fh:
+        r = httpx.post(app[0] + "gradio_api/upload", files={"files": (big.name, fh, "image/png")}, timeout=300)
+    assert r.status_code == 413, r.text[:300]
+    assert not list(Path(get_upload_folder()).rglob(big.name))  # nothing of it kept on the server
+    assert_good_answer(predict(client, next((sample_dir / "Normal").glob("*.png"))), app[2])
+
+
 def test_other_image_kinds_are_analysed(app, client, tmp_path, sample_dir):
     from sklearn.datasets import load_sample_image
 
