@@ -189,6 +189,17 @@ def test_a_resumed_run_keeps_its_split_even_without_the_split_file(subset, tmp_p
     assert len(history) == 2
 
 
+def test_a_run_resumed_for_more_epochs_keeps_its_run_id_in_every_record(subset, tmp_path):
+    from cxr.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    assert _run(subset, run.root, "--keep", "best") == 0
+    first = run.run_ids()["metrics.json"]
+    assert _run(subset, run.root, "--keep", "best", "--epochs", "3", "--resume") == 0  # a longer run than it started
+    assert set(run.run_ids().values()) == {first}
+    run.check_one_run()
+
+
 def test_a_diverging_run_stops_clearly_and_keeps_nothing_from_it(subset, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(subset, out, "--lr", "1e30", "--optimizer", "sgd") == 2

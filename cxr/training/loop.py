@@ -399,10 +399,7 @@ def _start(cfg: TrainConfig, refit: Optional[_Refit]) -> _Run:
         changed = recipe_differences({**defaults, **state["config"]}, cfg, _RESUME_LOCKED)
         if changed:
             raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
-    folder = RunFolder(cfg.output_dir)
-    if cfg.overwrite_output_dir and cfg.resume is None and refit is None:
-        _clear_earlier_run(accelerator, folder)
-    return _Run(cfg, folder, accelerator, cfg.batch_size // world, state, refit)
+    return _Run(cfg, RunFolder(cfg.output_dir), accelerator, cfg.batch_size // world, state, refit)
 
 
 def _clear_earlier_run(state, folder: RunFolder) -> None:
@@ -519,8 +516,12 @@ def _build_model(r: _Run) -> None:
 def _write_run_config(r: _Run) -> None:
     """The run folder's ``split.json`` and ``run_config.json`` (main process), and the trackers' start."""
     cfg, accelerator = r.cfg, r.accelerator
+    if cfg.overwrite_output_dir and cfg.resume is None and r.refit is None:  # data and model loaded: nothing failed
+        _clear_earlier_run(accelerator, r.folder)
+    # a run keeps the id it started with (resuming may extend --epochs, and keep a model/ saved before)
     settings = cfg.to_dict()
-    r.run_info["run_id"] = run_id({k: settings[k] for k in (*RECIPE_KEYS, "data")}, r.split)
+    new_id = run_id({k: settings[k] for k in (*RECIPE_KEYS, "data")}, r.split)
+    r.run_info["run_id"] = (r.resumed or {}).get("run_id") or new_id
     if accelerator.is_main_process:
         r.folder.root.mkdir(parents=True, exist_ok=True)
         if recover_model_dir(r.folder.model_dir):
@@ -626,6 +627,7 @@ def _validate_and_keep(r: _Run, epoch: int, totals: torch.Tensor, seconds: float
             "split": r.split,
             "data_source": r.data_source,
             "config": cfg.to_dict(),
+            "run_id": r.run_info["run_id"],
         }
         save_training_state(r.folder.checkpoint, {**state, **({"ema": r.ema.module.state_dict()} if r.ema else {})})
     accelerator.wait_for_everyone()
