@@ -81,6 +81,13 @@ def run_script(args: List[str], timeout: int = 600, env: Dict[str, str] | None =
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def launch_errors(proc: subprocess.CompletedProcess, tail: int = 1500) -> str:
+    """What a failed ``accelerate launch`` printed that says why: each process's own lines (``[rankN]: ...``,
+    where a crash on one rank shows as "connection closed" on the others) and the tail of its stderr."""
+    ranks = [line for line in proc.stderr.splitlines() if line.startswith("[rank") and "]: " in line]
+    return "\n".join(ranks[-80:]) + "\n...\n" + proc.stderr[-tail:]
+
+
 def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> bytes:
     """Poll ``url`` until the server started as ``proc`` answers; fail with its log if it exits or never does.
 

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import ACCELERATE, CLASSES, PYTHON, make_subset, run_script
+from conftest import ACCELERATE, CLASSES, PYTHON, launch_errors, make_subset, run_script
 
 from cxr.errors import CXRError
 from cxr.training.cv import check_folds, fold_split, stratified_folds
@@ -158,7 +158,7 @@ def test_cv_under_a_two_process_launch(tmp_path, sample_dir):
         ],
         env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_errors(proc)
     rows = _oof(cv)
     assert len(rows) == 24 and len({r["file_name"] for r in rows}) == 24
     assert "2 process(es)" in (cv / "fold-0" / "report.md").read_text()

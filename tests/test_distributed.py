@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import ACCELERATE, PYTHON, run_script
+from conftest import ACCELERATE, PYTHON, launch_errors, run_script
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_two_process_run_counts_every_test_image_exactly_once(tmp_path, sample_d
         ],
         env={"ACCELERATE_USE_CPU": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_errors(proc)
     run_cfg = json.loads((out / "run_config.json").read_text())
     assert run_cfg["num_processes"] == 2 and run_cfg["micro_batch_per_process"] == 16
     split = json.loads((out / "split.json").read_text())

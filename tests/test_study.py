@@ -135,7 +135,7 @@ def test_paper_preset_offline_fails_before_training_anything(small_data, tmp_pat
 @pytest.mark.slow
 def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
     """`accelerate launch -m cxr.study`: every run uses both processes, one report is written."""
-    from conftest import ACCELERATE, run_script
+    from conftest import ACCELERATE, launch_errors, run_script
 
     out = tmp_path / "ddp"
     proc = run_script(
@@ -169,7 +169,7 @@ def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
         ],
         env={"ACCELERATE_USE_CPU": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_errors(proc)
     assert proc.stdout.count("wrote ") == 1
     for run in ("logreg", "logreg-clahe"):
         assert json.loads((out / run / "run_config.json").read_text())["num_processes"] == 2

@@ -206,9 +206,10 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(cfg.output_dir)
     prepared = _prepare(out, cfg.data, folds, cfg.seed, cfg)
+    state.wait_for_everyone()  # every process has compared the saved folds before the main process rewrites them
     if state.is_main_process:
         (out / "splits").mkdir(parents=True, exist_ok=True)
-        (out / FOLDS_NAME).write_text(json.dumps(prepared["payload"], indent=1) + "\n")
+        write_json(out / FOLDS_NAME, prepared["payload"])
         for k in range(folds):
             save_split(
                 out / "splits" / f"fold-{k}.json",
