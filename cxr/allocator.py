@@ -11,7 +11,8 @@ What it gains for training, batched evaluation and the app's requests is measure
 scripts and recorded in ``bench/RESULTS.md``.
 
 The cost: a process's resident memory stays at its peak instead of shrinking between steps or
-requests. Every cxr command applies it at start (:func:`cxr.cli.run_cli`); set
+requests. Where one request needed far more than usual (a very large upload), the decoder calls
+:func:`release_freed_memory` once it is done, so the peak is not kept. Every cxr command applies it at start (:func:`cxr.cli.run_cli`); set
 ``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
 not glibc (macOS, Windows, musl), and GPU memory is not affected.
 
@@ -24,12 +25,13 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
 from typing import Optional
 
-__all__ = ["ENV_VAR", "keep_freed_memory"]
+__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory"]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,13 +66,11 @@ def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
     if not enabled:
         _logger.debug("%s=0: keeping the C library's allocator settings", ENV_VAR)
         return _applied
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         _logger.debug("not glibc: allocator settings left alone")
         return _applied
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return _applied
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # arenas made before this call stay in use: entry points call it first thing
     _applied = all(
@@ -79,3 +79,32 @@ def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
     )
     _logger.debug("glibc keeps freed memory for reuse: %s", _applied)
     return _applied
+
+
+def release_freed_memory() -> bool:
+    """Hand the freed memory of the C library's heap back to the system (glibc ``malloc_trim(0)``), so that
+    one unusually large request does not stay resident; every free page is released, wherever it lies.
+
+    Returns:
+        ``True`` when memory was released, ``False`` where there is nothing to call (not glibc) or nothing
+        was freed.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    trim = libc.malloc_trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The GNU C library with ``mallopt`` and ``malloc_trim``, or ``None`` elsewhere."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (both must exist)
+    except (OSError, AttributeError):
+        return None
+    return libc

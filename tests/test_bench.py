@@ -183,3 +183,21 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
         text=True,
     )
     assert bad.returncode == 2 and "unknown recipe(s) ['nope']" in bad.stderr
+
+
+def test_upload_memory_sends_every_worst_input_and_tabulates_peaks(subset):
+    out = _run("upload_memory.py", "--data", str(subset), "--side", "3000", "--frames", "2", "--image-size", "64")
+    (rows,) = _tables(out)
+    assert [r["upload"].split(",")[0] for r in rows] == [
+        "ordinary X-ray (sample PNG)",
+        "16-bit PNG",
+        "JPEG",
+        "DICOM",
+        "DICOM",
+        "the four at once",
+    ]
+    assert "2 frames of 2048²" in rows[4]["upload"]
+    for r in rows[1:5]:  # each judged against its target
+        assert r["over the ordinary request MB"].endswith("(≤ 300)")
+        assert float(r["peak growth MB"]) >= 0
+    assert rows[5]["peak growth MB"].endswith("(≤ 1500)") and rows[5]["retained MB"].endswith("(≤ 100)")

@@ -57,9 +57,10 @@ def test_other_png_modes_are_accepted(tmp_path, sample_dir, mode):
 
 
 def test_cmyk_jpeg_is_accepted(tmp_path, sample_dir):
-    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("RGB").convert("CMYK")
-    image, _ = read_radiograph(_save(tmp_path, "x.jpg", grey, quality=95))
-    assert image.mode == "CMYK"
+    grey = Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L")
+    image, _ = read_radiograph(_save(tmp_path, "x.jpg", grey.convert("RGB").convert("CMYK"), quality=95))
+    assert image.mode == "L"  # the grey working image
+    assert np.abs(np.asarray(image, dtype=int) - np.asarray(grey, dtype=int)).mean() < 3
 
 
 @pytest.mark.parametrize(
@@ -231,3 +232,88 @@ def test_a_compressed_dicom_that_cannot_be_decoded_says_so_without_plugin_names(
     message = str(e.value)
     assert "JPEG-LS" in message and "Export it as PNG or as uncompressed DICOM" in message
     assert "plugin" not in message.lower() and "pylibjpeg" not in message.lower()
+
+
+@pytest.fixture
+def small_working_size(monkeypatch):
+    """The decoder's working size set to 64 px, so that "larger than the working size" is cheap to test."""
+    from cxr.data import decode
+
+    monkeypatch.setattr(decode, "WORKING_SIDE", 64)
+    monkeypatch.setattr(decode, "HEAVY_PIXELS", 64 * 64)
+    return 64
+
+
+def _xray(sample_dir, size):
+    grey = Image.open(sorted((sample_dir / "Normal").glob("*.png"))[0]).convert("L")
+    return grey.resize(size, Image.Resampling.BILINEAR)
+
+
+@pytest.mark.parametrize("kind", ["png16", "jpeg", "dicom", "array"])
+def test_large_images_become_the_working_image_as_they_decode(tmp_path, sample_dir, small_working_size, kind):
+    """Every path reduces an image larger than the working size to it (longest side 64 here), keeping the
+    picture: the same film as a plain downscale of the original."""
+    from cxr.data.decode import load_grayscale
+
+    grey = _xray(sample_dir, (256, 192))  # 4:3, four times the working size
+    if kind == "png16":
+        source = _save(tmp_path, "x.png", Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257))
+    elif kind == "jpeg":
+        source = _save(tmp_path, "x.jpg", grey, quality=95)
+    elif kind == "dicom":
+        source = write_dicom(tmp_path / "x.dcm", np.asarray(grey, dtype=np.float64) * 16)
+    else:
+        source = np.asarray(grey)
+    got = load_grayscale(source)
+    assert got.mode == "L" and max(got.size) == 64 and got.size[0] > got.size[1]
+    expected = np.asarray(grey.resize(got.size, Image.Resampling.BOX), dtype=float)
+    assert np.corrcoef(np.asarray(got, dtype=float).ravel(), expected.ravel())[0, 1] > 0.98
+    if kind != "array":
+        image, _ = read_radiograph(source)
+        assert np.array_equal(np.asarray(image), np.asarray(got))  # the app's image is the training pipeline's
+
+
+def test_a_dicom_with_too_many_frames_is_refused_before_decoding(tmp_path, monkeypatch):
+    import pydicom.pixels
+    from pydicom import dcmread
+
+    from cxr.data import decode
+
+    path = write_dicom(tmp_path / "m.dcm", np.zeros((64, 64)))
+    ds = dcmread(path)
+    ds.NumberOfFrames = decode.MAX_DICOM_PIXELS // (64 * 64) + 1  # claimed, far more than the file holds
+    ds.save_as(path)
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(ImageInputError, match="frames of 64×64 pixels; a chest radiograph is one image"):
+        read_radiograph(path)
+
+
+def test_at_most_the_heavy_decode_slots_run_at_once(tmp_path, sample_dir, small_working_size, monkeypatch):
+    """Heavy images (above HEAVY_PIXELS) decode at most HEAVY_DECODE_SLOTS at a time; each hands its memory
+    back when done."""
+    import threading
+    import time
+
+    from cxr.data import decode
+
+    path = _save(tmp_path, "x.png", _xray(sample_dir, (128, 128)))
+    running, most, released, lock = [0], [0], [], threading.Lock()
+    real = decode.reduce_to_working_size
+
+    def slow_reduce(image):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return real(image)
+
+    monkeypatch.setattr(decode, "reduce_to_working_size", slow_reduce)
+    monkeypatch.setattr(decode, "release_freed_memory", lambda: released.append(1))
+    threads = [threading.Thread(target=decode.open_radiograph, args=(path,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == decode.HEAVY_DECODE_SLOTS and len(released) == 6

@@ -9,6 +9,13 @@ before any pixel is decoded, so a decompression bomb is refused without allocati
 DICOM decodes only its first frame. Every refusal is an :class:`ImageInputError` whose message fits a
 web page.
 
+Memory is bounded per image: a decoded image is reduced at once to a working image whose longest side is
+at most :data:`WORKING_SIDE` (JPEG is decoded reduced, by libjpeg's DCT scaling; a large DICOM frame is
+block-averaged before any floating-point copy), so no full-resolution float array is ever made. At most
+:data:`HEAVY_DECODE_SLOTS` images above :data:`HEAVY_PIXELS` are decoded at once in a process, and the memory
+of each is handed back to the system when it is done (:func:`cxr.allocator.release_freed_memory`).
+``bench/upload_memory.py`` measures what an upload costs the app.
+
 Example:
     >>> image, warnings = read_radiograph("chest.dcm")                    # doctest: +SKIP
     >>> image.mode  # doctest: +SKIP
@@ -17,15 +24,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import math
 import os
+import threading
 from pathlib import Path
-from typing import BinaryIO, List, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxr.allocator import release_freed_memory
 from cxr.errors import CXRError
 
 __all__ = [
@@ -33,9 +44,14 @@ __all__ = [
     "MIN_SIDE",
     "MAX_PIXELS",
     "MAX_FILE_BYTES",
+    "MAX_DICOM_PIXELS",
+    "WORKING_SIDE",
+    "HEAVY_PIXELS",
+    "HEAVY_DECODE_SLOTS",
     "IMAGE_FORMATS",
     "UPLOAD_SUFFIXES",
     "open_radiograph",
+    "reduce_to_working_size",
     "load_grayscale",
     "to_grayscale",
     "read_radiograph",
@@ -51,6 +67,17 @@ MIN_SIDE = 32
 #: Largest image accepted, in pixels (about 8,000 x 8,000; full-field detectors are ~4,300 x 4,300).
 MAX_PIXELS = 64_000_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
+#: Largest DICOM pixel data, all frames together (only the first frame is decoded, but a file claiming
+#: more than this is not a chest radiograph).
+MAX_DICOM_PIXELS = 4 * MAX_PIXELS
+#: Longest side of the working image: larger images are reduced (box filter) as they are decoded. Every
+#: model's input and the app's display are far smaller.
+WORKING_SIDE = 2048
+#: Images above this many pixels (about 1,400 x 1,400) are "heavy": decoded at most :data:`HEAVY_DECODE_SLOTS`
+#: at a time, their memory handed back to the system afterwards.
+HEAVY_PIXELS = 2_000_000
+HEAVY_DECODE_SLOTS = 2
+_heavy_slots = threading.BoundedSemaphore(HEAVY_DECODE_SLOTS)
 #: The only Pillow formats decoded; DICOM has its own reader.
 IMAGE_FORMATS = ("PNG", "JPEG")
 #: File name endings the app accepts.
@@ -86,12 +113,81 @@ def _check_size(width: int, height: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _decode_slot(pixels: int) -> Iterator[None]:
+    """Hold one of the heavy-decode slots while an image of ``pixels`` is decoded and reduced; small images
+    pass straight through."""
+    if pixels <= HEAVY_PIXELS:
+        yield
+        return
+    with _heavy_slots:
+        yield
+
+
+def _released(decoded: Tuple[Image.Image, bool]) -> Image.Image:
+    """The working image of a decode that returned ``(image, heavy)``; after a heavy one (whose full-resolution
+    buffers are gone with the decoder's frame), the freed memory goes back to the system."""
+    image, heavy = decoded
+    if heavy:
+        release_freed_memory()
+    return image
+
+
+def _working_size(width: int, height: int) -> Tuple[int, int]:
+    scale = WORKING_SIDE / max(width, height)
+    if scale >= 1:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def reduce_to_working_size(image: Image.Image) -> Image.Image:
+    """``image`` with its longest side at most :data:`WORKING_SIDE` (box filter, mode kept); smaller images
+    are returned as they are."""
+    size = _working_size(*image.size)
+    if size == image.size:
+        return image
+    if image.mode not in (
+        "1",
+        "L",
+        "LA",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I;16",
+        "I",
+        "F",
+    ):
+        image = image.convert("I")  # other 16-bit layouts
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of a 2-D array, a strip of rows at a time (no full-size float
+    copy); the result keeps ``arr``'s dtype (rounded), so lookup tables still apply to it."""
+    rows, cols = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    out = np.empty((rows // factor, cols // factor), dtype=np.float32)
+    strip = max(1, (8 << 20) // (cols * 4 * factor))  # output rows per strip: about 8 MB of float32 input
+    for r in range(0, rows // factor, strip):
+        block = arr[r * factor : min(rows, (r + strip) * factor), :cols].astype(np.float32)
+        out[r : r + block.shape[0] // factor] = block.reshape(-1, factor, cols // factor, factor).mean(axis=(1, 3))
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.rint(out).astype(arr.dtype)
+    return out.astype(arr.dtype)
+
+
 def read_dicom(source: Source) -> Image.Image:
     """Decode a DICOM radiograph to 8-bit grey, as a radiologist's viewer would show it.
 
     The modality LUT (rescale slope/intercept) and the VOI LUT or window are applied;
     ``MONOCHROME1`` (white = low values) is inverted; the result is stretched to 0..255. Multi-frame
-    files give their first frame, and only that frame is decoded.
+    files give their first frame, and only that frame is read and decoded; a frame larger than the working
+    image is block-averaged to it before the lookup tables are applied.
 
     Args:
         source: a path, the file's bytes or a binary file object.
@@ -99,14 +195,26 @@ def read_dicom(source: Source) -> Image.Image:
     Raises:
         ImageInputError: not DICOM, no pixel data, colour or undecodable pixels.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    if not isinstance(source, (str, os.PathLike)):
+        return _released(_read_dicom(source))
     try:
-        ds = pydicom.dcmread(source if not isinstance(source, os.PathLike) else str(source))
+        fp = open(source, "rb")
+    except OSError as e:
+        raise ImageInputError(f"The file could not be read ({e.strerror or e}).") from None
+    with fp:
+        return _released(_read_dicom(fp))
+
+
+def _read_dicom(fp: BinaryIO) -> Tuple[Image.Image, bool]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
+
+    try:
+        # large values (the pixel data) are left in the file: only the frame used is read, below
+        ds = pydicom.dcmread(fp, defer_size=1024)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError) as e:
         raise ImageInputError(f"This file is not a readable DICOM file ({e}).") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -117,27 +225,50 @@ def read_dicom(source: Source) -> Image.Image:
         photometric = str(ds.get("PhotometricInterpretation", "")).upper()
         raise ImageInputError(f"This DICOM image is not greyscale ({photometric}); chest radiographs are.")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
-    except Exception as e:  # missing decoder plugin, truncated data, ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        what = f"its compression ({syntax.name})" if syntax is not None and syntax.is_compressed else "its pixel data"
-        _logger.info("DICOM decode failed: %s: %s", type(e).__name__, e)
+    if frames * rows * cols > MAX_DICOM_PIXELS:
         raise ImageInputError(
-            f"This DICOM file cannot be decoded here: {what} is not supported or the data is "
-            "damaged. Export it as PNG or as uncompressed DICOM."
-        ) from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim != 2:
-        raise ImageInputError(f"This DICOM image is not greyscale ({photometric}); chest radiographs are.")
+            f"This DICOM file holds {frames} frames of {cols}×{rows} pixels; a chest radiograph is one image. "
+            "It was refused before decoding."
+        )
+    with _decode_slot(rows * cols):
+        try:
+            fp.seek(0)
+            arr = pixel_array(fp, index=0)
+        except Exception as e:  # missing decoder plugin, truncated data, ...
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            compressed = syntax is not None and syntax.is_compressed
+            what = f"its compression ({syntax.name})" if compressed else "its pixel data"
+            _logger.info("DICOM decode failed: %s: %s", type(e).__name__, e)
+            raise ImageInputError(
+                f"This DICOM file cannot be decoded here: {what} is not supported or the data is "
+                "damaged. Export it as PNG or as uncompressed DICOM."
+            ) from None
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if arr.ndim != 2:
+            raise ImageInputError(f"This DICOM image is not greyscale ({photometric}); chest radiographs are.")
+        factor = math.ceil(max(rows, cols) / WORKING_SIDE)
+        if factor > 1:
+            arr = _block_mean(arr, factor)
+        return _displayed(arr, ds, photometric), rows * cols > HEAVY_PIXELS
+
+
+def _displayed(arr: np.ndarray, ds, photometric: str) -> Image.Image:
+    """A DICOM frame as a viewer shows it, in 8-bit grey: its lookup tables applied, stretched to 0..255."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     values = apply_modality_lut(arr, ds)
     values = apply_voi_lut(values, ds) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else values
-    values = np.asarray(values, dtype=np.float64)
+    values = np.array(values, dtype=np.float64)  # one float copy, worked on in place
     lo, hi = float(values.min()), float(values.max())
-    scaled = np.zeros_like(values) if hi <= lo else (values - lo) / (hi - lo)
+    if hi <= lo:
+        values[:] = 0.0
+    else:
+        values -= lo
+        values /= hi - lo
     if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return Image.fromarray(np.rint(scaled * 255).astype(np.uint8), mode="L")
+        np.subtract(1.0, values, out=values)
+    values *= 255
+    return Image.fromarray(np.rint(values, out=values).astype(np.uint8), mode="L")
 
 
 def open_radiograph(source: Source) -> Image.Image:
@@ -147,7 +278,8 @@ def open_radiograph(source: Source) -> Image.Image:
         source: a path, the file's bytes or a binary file object.
 
     Returns:
-        The decoded image in its own mode (PNG/JPEG) or mode ``L`` (DICOM).
+        The decoded image in its own mode (PNG/JPEG) or mode ``L`` (DICOM), reduced to the working size
+        (longest side at most :data:`WORKING_SIDE`).
 
     Raises:
         ImageInputError: another format, a file too large in pixels (checked before decoding), truncated
@@ -167,10 +299,7 @@ def open_radiograph(source: Source) -> Image.Image:
         if _is_dicom(fp, str(name)):
             return read_dicom(fp)
         try:
-            with Image.open(fp, formats=IMAGE_FORMATS) as im:
-                _check_size(*im.size)  # from the header, before decoding
-                im.load()
-                return im.copy()
+            return _released(_decode_png_or_jpeg(fp))
         except UnidentifiedImageError:
             raise ImageInputError(_NOT_AN_IMAGE) from None
         except Image.DecompressionBombError as e:
@@ -182,12 +311,28 @@ def open_radiograph(source: Source) -> Image.Image:
             fp.close()
 
 
+def _decode_png_or_jpeg(fp: BinaryIO) -> Tuple[Image.Image, bool]:
+    """The working image of a PNG or JPEG, and whether it was heavy to decode."""
+    with Image.open(fp, formats=IMAGE_FORMATS) as im:
+        _check_size(*im.size)  # from the header, before decoding
+        pixels = im.size[0] * im.size[1]
+        with _decode_slot(pixels):
+            if im.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 scale where that still covers the working size
+                im.draft(im.mode, (WORKING_SIDE, WORKING_SIDE))
+            im.load()
+            small = reduce_to_working_size(im)
+            small = im.copy() if small is im else small
+            im.close()  # the full-resolution pixels go now, not whenever the garbage collector reaches them
+            return small, pixels > HEAVY_PIXELS
+
+
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Return one 8-bit luminance channel (PIL mode ``L``) for any PIL image mode.
 
     Colour modes use ITU-R 601 luma (PIL's ``L`` conversion); alpha is dropped; palette and
     CMYK images go through RGB; 16-bit and float images are stretched linearly from their own
-    minimum and maximum to 0..255 (X-ray detectors rarely use the full 16-bit range).
+    minimum and maximum to 0..255 (X-ray detectors rarely use the full 16-bit range). An image larger
+    than the working size is reduced to it first (:func:`reduce_to_working_size`).
 
     Args:
         image: a decoded PIL image.
@@ -195,14 +340,20 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     Returns:
         A PIL image in mode ``L``.
     """
+    image = reduce_to_working_size(image)
     mode = image.mode
     if mode == "L":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
+        arr = np.array(image, dtype=np.float64)  # one float copy, worked on in place
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        if hi <= lo:
+            arr[:] = 0.0
+        else:
+            arr -= lo
+            arr *= 255.0 / (hi - lo)
+        np.clip(np.rint(arr, out=arr), 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
     if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     return image.convert("L")
@@ -236,8 +387,8 @@ def read_radiograph(path: Optional[Union[str, os.PathLike]]) -> Tuple[Image.Imag
         path: the uploaded file (PNG, JPEG or DICOM); ``None`` for an empty submit.
 
     Returns:
-        ``(image, warnings)``: the decoded image (its own mode; DICOM as ``L``) and warnings to show
-        beside the predictions (for example, a colour photograph).
+        ``(image, warnings)``: the grey working image (mode ``L``, as :func:`load_grayscale` gives it) and
+        warnings to show beside the predictions (for example, a colour photograph).
 
     Raises:
         ImageInputError: with a message for the page.
@@ -253,7 +404,7 @@ def read_radiograph(path: Optional[Union[str, os.PathLike]]) -> Tuple[Image.Imag
     if size > MAX_FILE_BYTES:
         raise ImageInputError(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.")
     image = open_radiograph(path)
-    return image, chest_xray_warnings(image)
+    return to_grayscale(image), chest_xray_warnings(image)
 
 
 def colourfulness(image: Image.Image) -> float:

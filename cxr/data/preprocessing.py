@@ -45,8 +45,9 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 #: Bumped whenever the pixels this module produces change, so cached resized images are rebuilt
-#: (2: one decoder, :mod:`cxr.data.decode`: DICOM files in a dataset decode; formats other than PNG/JPEG/DICOM are refused).
-PREPROCESS_VERSION = 2
+#: (2: one decoder, :mod:`cxr.data.decode`: DICOM files in a dataset decode; formats other than PNG/JPEG/DICOM are refused;
+#: 3: images larger than the decoder's working size are reduced to it as they are decoded).
+PREPROCESS_VERSION = 3
 
 
 def apply_clahe(image: Image.Image, clip_limit: float = 2.0, tiles: int = 8) -> Image.Image:
