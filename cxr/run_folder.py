@@ -44,12 +44,15 @@ __all__ = [
     "read_json",
     "MODEL_CONFIG_NAME",
     "MODEL_WEIGHTS_NAME",
+    "MODEL_OOD_NAME",
     "PREDICTION_PARTS",
 ]
 
 #: The model folder's files (timm's Hub layout).
 MODEL_CONFIG_NAME = "config.json"
 MODEL_WEIGHTS_NAME = "model.safetensors"
+#: The model's out-of-distribution guard (:mod:`cxr.models.ood`): its training images in feature space.
+MODEL_OOD_NAME = "ood_reference.safetensors"
 #: The split parts a run writes predictions for, each to its own file.
 PREDICTION_PARTS = ("train", "validation", "test")
 _PREDICTION_FILES = {
@@ -90,6 +93,10 @@ class RunFolder:
     @property
     def model_weights(self) -> Path:
         return self.model_dir / MODEL_WEIGHTS_NAME
+
+    @property
+    def model_ood(self) -> Path:
+        return self.model_dir / MODEL_OOD_NAME
 
     # training state and settings
     @property

@@ -323,8 +323,10 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
             ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.goto(app[0], wait_until="networkidle")
-        assert "not for diagnosis" in page.inner_text("body")
+        # not "networkidle": a page with per-visitor state keeps a heartbeat connection open (Gradio uses it to
+        # drop the state when the tab closes)
+        page.goto(app[0], wait_until="load")
+        page.wait_for_selector("text=not for diagnosis", timeout=60_000)
         page.set_input_files("input[type=file]", str(next((sample_dir / "COVID").glob("*.png"))))
         for i in range(len(app[2])):
             page.wait_for_selector(f"#heatmap-{i} img", timeout=60_000)
@@ -336,3 +338,97 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
         browser.close()
     with Image.open(shot) as im:
         assert im.size[0] >= 1400
+
+
+def _upload(url: str, path: Path) -> dict:
+    """Upload a file as the page does; returns the FileData that events take."""
+    import httpx
+
+    with open(path, "rb") as fh:
+        r = httpx.post(url + "gradio_api/upload", files=[("files", (path.name, fh, "application/octet-stream"))])
+    r.raise_for_status()
+    return {"path": r.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def _call(url: str, api_name: str, data: list, session: str) -> list:
+    """Run an event through Gradio's queue as the page's JavaScript does; returns its outputs as the page
+    shows them at the end (streamed steps after the first are diffs of the step before; outputs sent as
+    unchanged, ``{"__type__": "update"}``, keep what was shown)."""
+    import json
+
+    import httpx
+    from gradio_client.utils import apply_diff
+
+    deps = httpx.get(url + "config").json()["dependencies"]
+    fn_index = next(i for i, d in enumerate(deps) if d.get("api_name") == api_name)
+    join = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    httpx.post(url + "gradio_api/queue/join", json=join).raise_for_status()
+    raw, shown = None, None
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
+        for line in events.iter_lines():
+            msg = json.loads(line[5:]) if line.startswith("data:") else {}
+            if msg.get("msg") not in ("process_generating", "process_completed"):
+                continue
+            assert msg.get("success", True), msg
+            update = msg["output"]["data"]
+            if msg["msg"] == "process_generating":
+                raw = update if raw is None else [apply_diff(old, diff) for old, diff in zip(raw, update)]
+                update = raw
+            unchanged = {"__type__": "update"}
+            shown = update if shown is None else [o if n == unchanged else n for o, n in zip(shown, update)]
+            if msg["msg"] == "process_completed":
+                return shown
+    raise AssertionError("no answer")
+
+
+def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_never_shown(app, tmp_path, sample_dir):
+    import json
+    import uuid
+
+    import httpx
+    from pydicom import dcmread
+
+    url = app[0]
+    grey = Image.open(next((sample_dir / "COVID").glob("*.png"))).convert("L")
+    dcm = write_dicom(tmp_path / "patient.dcm", np.asarray(grey, dtype=np.float64) * 16)
+    ds = dcmread(dcm)
+    ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "PID-73519", "St Example Hospital"
+    ds.save_as(dcm)
+    for api_name, data in (
+        ("predict", ["GradCAM", "predicted class"]),
+        ("classify", []),
+        ("analyse", ["GradCAM", "predicted class", None]),
+    ):
+        upload = _upload(url, dcm)
+        stored = Path(upload["path"])
+        assert stored.is_file() and httpx.get(f"{url}gradio_api/file={stored}").status_code == 200
+        out = _call(url, api_name, [upload, *data], uuid.uuid4().hex)
+        analysed = out[0] if api_name == "analyse" else out[0]["error"] is None
+        assert analysed and "⚠" not in str(out[0]), out[0]
+        text = json.dumps(out)
+        assert not any(tag in text for tag in ("Jane", "PID-73519", "Example Hospital")), api_name
+        assert not stored.exists(), api_name  # deleted once analysed
+        assert httpx.get(f"{url}gradio_api/file={stored}").status_code in (403, 404), api_name
+
+
+def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_stay(app, client, sample_dir):
+    import uuid
+
+    url, session = app[0], uuid.uuid4().hex
+    upload = _upload(url, next((sample_dir / "Normal").glob("*.png")))
+    first = _call(url, "analyse", [upload, "GradCAM", "predicted class", None], session)
+    assert not Path(upload["path"]).exists() and "⚠" not in first[0]
+    # the same page, other settings: analysed from the image it kept (the file is gone)
+    again = _call(url, "analyse", [upload, "EigenCAM", "Normal", None], session)
+    assert "⚠" not in again[0] and "not for diagnosis" in again[0]
+    assert all(isinstance(label, dict) for label in again[2:4]), again[2:4]  # both models' probabilities
+    # another visitor cannot reach it by its name
+    other = _call(url, "analyse", [upload, "GradCAM", "predicted class", None], uuid.uuid4().hex)
+    assert "upload it again" in other[0]
+    # an example image, clicked and analysed, stays for the next visitor who clicked it
+    (update,) = _call(url, "load_example", [0], uuid.uuid4().hex)  # the upload component, its value set
+    example = update["value"]
+    for _ in range(2):
+        out = _call(url, "predict", [example, "GradCAM", "predicted class"], uuid.uuid4().hex)
+        assert out[0]["error"] is None, out[0]
+    assert Path(example["path"]).is_file()

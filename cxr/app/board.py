@@ -20,7 +20,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,16 @@ from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import CXRClassifier
 from cxr.run_folder import RunFolder
 
-__all__ = ["DISPLAY_SIDE", "ShownModel", "ModelBoard", "Analysis", "resolve_model_refs", "agreement_line"]
+__all__ = [
+    "DISPLAY_SIDE",
+    "ShownModel",
+    "ModelBoard",
+    "Analysis",
+    "DecodedUpload",
+    "Upload",
+    "resolve_model_refs",
+    "agreement_line",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,14 +99,30 @@ class ShownModel:
         return f"{constants.ENDPOINT}/{self.ref}"
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedUpload:
+    """An upload once decoded: the grey working image and its warnings (what a page keeps, not the file)."""
+
+    image: Image.Image
+    warnings: List[str]
+
+
+#: What :meth:`ModelBoard.analyse` and :meth:`ModelBoard.classify` take: the uploaded file (``None`` for an
+#: empty submit) or an upload decoded before.
+Upload = Union[str, os.PathLike, None, DecodedUpload]
+
+
 @dataclasses.dataclass
 class Analysis:
     """A request's state as it streams: filled in by :meth:`ModelBoard.analyse`."""
 
+    decoded: Optional[DecodedUpload] = None
     shown: Optional[Image.Image] = None
     warnings: List[str] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
     probabilities: Dict[str, Optional[Dict[str, float]]] = dataclasses.field(default_factory=dict)
+    #: per model: its out-of-distribution guard flagged the image (``None``: a model saved without a guard)
+    out_of_distribution: Dict[str, Optional[bool]] = dataclasses.field(default_factory=dict)
     heatmaps: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
     model_errors: Dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -151,20 +176,23 @@ class ModelBoard:
         return grey
 
     @staticmethod
-    def _read(path: Optional[str], result: Analysis) -> Optional[Image.Image]:
-        """Decode an upload, recording its warnings in ``result``; a bad one sets ``result.error`` and gives ``None``."""
-        try:
-            image, result.warnings = read_radiograph(path)
-        except CXRError as e:
-            result.error = str(e)
-            return None
-        return image
+    def _read(upload: Upload, result: Analysis) -> Optional[Image.Image]:
+        """Decode an upload (unless it was decoded before), recording it and its warnings in ``result``; a bad
+        one sets ``result.error`` and gives ``None``."""
+        if not isinstance(upload, DecodedUpload):
+            try:
+                upload = DecodedUpload(*read_radiograph(upload))
+            except CXRError as e:
+                result.error = str(e)
+                return None
+        result.decoded, result.warnings = upload, list(upload.warnings)
+        return upload.image
 
-    def classify(self, path: Optional[str]) -> Analysis:
+    def classify(self, path: Upload) -> Analysis:
         """Every model's calibrated probabilities for one upload, without Grad-CAM (the fast path).
 
         Args:
-            path: the uploaded file.
+            path: the uploaded file, or an upload decoded before.
 
         Returns:
             An :class:`Analysis` with ``probabilities`` (and ``model_errors``) filled in, or with
@@ -178,20 +206,19 @@ class ModelBoard:
             try:
                 # the lock keeps this forward out of a concurrent request's Grad-CAM hooks on the same model
                 with m.lock:
-                    probs = m.classifier.predict_proba([image])[0]
-                result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs)))
+                    probs, flags = m.classifier.predict_and_check([image])
+                result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs[0])))
+                result.out_of_distribution[m.ref] = None if flags is None else bool(flags[0])
             except Exception as e:
                 _logger.exception("prediction failed for %s", m.ref)
                 result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"
         return result
 
-    def analyse(
-        self, path: Optional[str], method: str = "GradCAM", cam_class: Optional[str] = None
-    ) -> Iterator[Analysis]:
+    def analyse(self, path: Upload, method: str = "GradCAM", cam_class: Optional[str] = None) -> Iterator[Analysis]:
         """Stream a request: yields after decoding, after all probabilities, then after each heat map.
 
         Args:
-            path: the uploaded file.
+            path: the uploaded file, or an upload decoded before.
             method: Grad-CAM method.
             cam_class: class to explain, or ``None`` for each model's predicted class.
 
@@ -217,6 +244,7 @@ class ModelBoard:
                     sessions[m.ref] = stack.enter_context(CamSession(m.classifier, method))
                     probs = sessions[m.ref].probabilities(image)
                     result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs)))
+                    result.out_of_distribution[m.ref] = sessions[m.ref].out_of_distribution
                 except Exception as e:
                     _logger.exception("prediction failed for %s", m.ref)
                     result.model_errors[m.ref] = f"prediction failed: {type(e).__name__}: {e}"

@@ -8,21 +8,30 @@ Research use only — not for diagnosis.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cxr.app.board import Analysis, ModelBoard, agreement_line
+from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
 from cxr.data.decode import UPLOAD_SUFFIXES
 from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.models.cam import CAM_METHODS
+from cxr.models.ood import OOD_MESSAGE
 
-__all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS"]
+__all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS", "KEPT_IMAGE_SECONDS", "CACHE_SWEEP"]
 
 _logger = logging.getLogger(__name__)
 
 PREDICTED = "predicted class"
 UPLOAD_TYPES = list(UPLOAD_SUFFIXES)
+#: An upload is deleted from the server once analysed; the page keeps the decoded grey image (never the file)
+#: this long after its last use, so "Analyse" can run again with other settings.
+KEPT_IMAGE_SECONDS = 900
+#: Gradio's cache sweep, (every, older than) in seconds: what was not deleted at once — an upload never
+#: analysed, the heat map images sent — goes on this schedule (example images stay).
+CACHE_SWEEP = (300, 900)
 
 _INTRO = f"""# Chest X-ray classifiers, side by side
 
@@ -69,6 +78,7 @@ def _status(a: Analysis, done: bool) -> str:
     if a.error:
         return f"**⚠ {a.error}**"
     lines = [f"**⚠ {w}**" for w in a.warnings]
+    lines += [f"**⚠ {ref}: {OOD_MESSAGE}**" for ref, flagged in a.out_of_distribution.items() if flagged]
     lines += [f"{ref}: {err}" for ref, err in a.model_errors.items()]
     lines.append(f"*{DISCLAIMER}*" if done else f"*Computing heat maps… — {DISCLAIMER}*")
     return "\n\n".join(lines)
@@ -96,23 +106,55 @@ class _Components:
 class _Handlers:
     """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
 
-    def __init__(self, board: ModelBoard):
+    def __init__(self, board: ModelBoard, examples: Sequence[str] = ()):
         self.board, self.shown = board, board.models
+        self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
+        # an example's copy in Gradio's cache is shared by every visitor who clicks it: never deleted
+        self.examples = {(Path(e).name, Path(e).stat().st_size) for e in examples if Path(e).is_file()}
 
-    def stream(self, image, cam_method, explain):
+    def forget(self, path: Optional[str]) -> None:
+        """Delete an analysed upload from the server, so it is never served back and nothing a visitor sent
+        (a DICOM carries the patient's name) stays on disk. Only files in Gradio's upload folder are deleted,
+        never the copies of the example images there."""
+        if not path or self.demo is None:
+            return
+        file, root = Path(path).resolve(), Path(self.demo.GRADIO_CACHE).resolve()
+        kept = {str(Path(k).resolve()) for k in self.demo.keep_in_cache}
+        if root not in file.parents or str(file) in kept or not file.is_file():
+            return
+        if (file.name, file.stat().st_size) in self.examples:
+            return
+        with contextlib.suppress(OSError):
+            file.unlink()
+            file.parent.rmdir()  # the upload's own folder, now empty
+
+    @staticmethod
+    def _upload(path: Optional[str], kept: Optional[Tuple[str, DecodedUpload]]) -> Upload:
+        """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the
+        image this page decoded from it then."""
+        if path and kept is not None and kept[0] == str(path) and not Path(path).is_file():
+            return kept[1]
+        return path
+
+    def stream(self, image, cam_method, explain, kept=None):
         """Yield the page's outputs as they are ready, skipping those that did not change
-        (Gradio would otherwise re-encode and re-send every heat map at each step)."""
+        (Gradio would otherwise re-encode and re-send every heat map at each step); the last output is
+        the decoded image the page keeps for another analysis of the same upload."""
         sent: Optional[List[Any]] = None
         last, shown_array = None, None
-        for a in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):
-            last = a
-            if shown_array is None and a.shown is not None:
-                shown_array = _as_array(a.shown)
-            out = self._outputs(a, shown_array, done=False)
-            yield _changed(out, sent)
-            sent = out
+        try:
+            for a in self.board.analyse(self._upload(image, kept), cam_method or "GradCAM", _cam_class(explain)):
+                last = a
+                if shown_array is None and a.shown is not None:
+                    shown_array = _as_array(a.shown)
+                    kept = (str(image), a.decoded) if image else None
+                out = [*self._outputs(a, shown_array, done=False), kept]
+                yield _changed(out, sent)
+                sent = out
+        finally:
+            self.forget(image)
         if last is not None:
-            yield _changed(self._outputs(last, shown_array, done=True), sent)
+            yield _changed([*self._outputs(last, shown_array, done=True), kept], sent)
 
     def _outputs(self, a: Analysis, shown_array, done: bool) -> List[Any]:
         probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
@@ -129,6 +171,7 @@ class _Handlers:
                 entry["error"] = final.model_errors[m.ref]
             else:
                 entry["temperature"] = m.classifier.temperature
+                entry["out_of_distribution"] = final.out_of_distribution.get(m.ref)
             probs = final.probabilities.get(m.ref)
             if probs:
                 entry.update(probabilities=probs, predicted=max(probs, key=probs.get))
@@ -151,8 +194,12 @@ class _Handlers:
     def classify(self, image) -> Dict[str, Any]:
         """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
         if not self.shown:
+            self.forget(image)
             return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
-        final = self.board.classify(image)
+        try:
+            final = self.board.classify(image)
+        finally:
+            self.forget(image)
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}
         return self._answer(final, self.model_entries(final, with_heatmaps=False)[0])
@@ -160,8 +207,11 @@ class _Handlers:
     def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
         """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
         final = None
-        for final in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
-            pass
+        try:
+            for final in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
+                pass
+        finally:
+            self.forget(image)
         if not self.shown:
             final.error = NO_MODELS_LINE
         if final.error:
@@ -215,14 +265,18 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
     """
     import gradio as gr
 
-    handlers = _Handlers(board)
-    with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)") as demo:
+    handlers = _Handlers(board, examples)
+    with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=CACHE_SWEEP) as demo:
+        handlers.demo = demo
         c = _layout(board)
         if examples:
             gr.Examples(examples=[[e] for e in examples], inputs=[c.upload], label="Examples (click one)")
         inputs = [c.upload, c.method, c.cam_class]
-        c.run.click(handlers.stream, inputs, c.outputs, api_name="analyse", api_description=_ANALYSE_API)
-        c.upload.upload(handlers.stream, inputs, c.outputs, api_name=False)
+        # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
+        kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
+        page_in, page_out = [*inputs, kept], [*c.outputs, kept]
+        c.run.click(handlers.stream, page_in, page_out, api_name="analyse", api_description=_ANALYSE_API)
+        c.upload.upload(handlers.stream, page_in, page_out, api_name=False)
         # hidden components that carry the programs' endpoints
         api_json, probabilities_json = (
             gr.JSON(visible=False, label="result"),
@@ -248,7 +302,8 @@ _CLASSIFY_API = (
     "Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
     "temperature, when it has one), no Grad-CAM. "
     "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
-    "models (per model: available, probabilities by class, predicted, temperature, error), "
+    "models (per model: available, probabilities by class, predicted, temperature, out_of_distribution "
+    "(true when the image does not look like the chest X-rays the model was trained on), error), "
     "disclaimer. Research use only, not for diagnosis."
 )
 _PREDICT_API = (

@@ -397,7 +397,10 @@ def read_radiograph(path: Optional[Union[str, os.PathLike]]) -> Tuple[Image.Imag
         raise ImageInputError("Upload a chest X-ray first (PNG, JPEG or DICOM).")
     path = Path(path)
     if not path.is_file():
-        raise ImageInputError("The upload did not arrive; please try again.")
+        raise ImageInputError(
+            "The image is not on the server (uploads are deleted once analysed, or it did not arrive): "
+            "please upload it again."
+        )
     size = path.stat().st_size
     if size == 0:
         raise ImageInputError("The uploaded file is empty.")

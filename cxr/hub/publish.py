@@ -164,7 +164,7 @@ def push_run(
     model_name = read_json(run.run_config)["model"]
     with tempfile.TemporaryDirectory(prefix="cxr-push-") as tmp:
         stage = Path(tmp)
-        for path in (run.model_config, run.model_weights, *run.published):
+        for path in (run.model_config, run.model_weights, run.model_ood, *run.published):
             if path.is_file():
                 _link_or_copy(path, stage / path.name)
         card.save(str(stage / "README.md"))

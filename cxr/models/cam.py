@@ -26,6 +26,7 @@ from torch import nn
 from cxr.data.preprocessing import ImageLike
 from cxr.models import MODEL_SPECS
 from cxr.models.classifier import CXRClassifier
+from cxr.models.ood import capture_features
 
 __all__ = [
     "CAM_METHODS",
@@ -129,6 +130,8 @@ class CamSession:
         )
         self.x: Optional[torch.Tensor] = None
         self.outputs: Optional[torch.Tensor] = None
+        #: whether the model's out-of-distribution guard flagged the image (``None``: the model has no guard)
+        self.out_of_distribution: Optional[bool] = None
 
     def __enter__(self) -> "CamSession":
         return self
@@ -139,13 +142,19 @@ class CamSession:
         self.x = self.outputs = None
 
     def probabilities(self, image: ImageLike) -> np.ndarray:
-        """Forward ``image`` once (hooks recording) and return its class probabilities."""
+        """Forward ``image`` once (hooks recording) and return its class probabilities; the same forward tells
+        :attr:`out_of_distribution`."""
         self.x = self.clf.inputs([image])
-        if self.cam is None:
-            with torch.no_grad():
-                self.outputs = self.clf.model(self.x)
-        else:
-            self.outputs = self.cam.activations_and_grads(self.x)
+        with capture_features(self.clf.model) as captured:
+            if self.cam is None:
+                with torch.no_grad():
+                    self.outputs = self.clf.model(self.x)
+            else:
+                self.outputs = self.cam.activations_and_grads(self.x)
+        guard = self.clf.ood
+        self.out_of_distribution = (
+            None if guard is None or captured is None else bool(guard.flags(captured.tensor().cpu())[0])
+        )
         return self.clf.probabilities(self.outputs.detach())[0].cpu().numpy()
 
     def heatmap(self, class_index: Optional[int] = None) -> np.ndarray:

@@ -14,7 +14,8 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from cxr.data.preprocessing import ImageLike, PreprocessConfig
 from cxr.models.checkpoint import load_model
+from cxr.models.ood import OOD_MESSAGE, OODGuard, OutOfDistributionWarning, capture_features
 
 __all__ = ["CXRClassifier", "temperature_softmax"]
 
@@ -42,11 +44,19 @@ class CXRClassifier:
         source: where it was loaded from (folder or Hub id).
     """
 
-    def __init__(self, model: nn.Module, preprocess: PreprocessConfig, config: Dict[str, Any], source: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: PreprocessConfig,
+        config: Dict[str, Any],
+        source: str,
+        ood: Optional[OODGuard] = None,
+    ):
         self.model = model.eval()
         self.preprocess = preprocess
         self.config = config
         self.source = source
+        self.ood = ood
 
     @classmethod
     def from_pretrained(
@@ -70,7 +80,7 @@ class CXRClassifier:
                 repository cannot be fetched — each named in the message.
         """
         model, prep, cfg = load_model(ref, revision=revision)
-        return cls(model.to(device), prep, cfg, str(ref))
+        return cls(model.to(device), prep, cfg, str(ref), OODGuard.load(ref, revision))
 
     @property
     def label_names(self) -> List[str]:
@@ -104,13 +114,27 @@ class CXRClassifier:
         return torch.stack([self.preprocess.transform(im) for im in images]).to(self.device)
 
     @torch.inference_mode()
+    def predict_and_check(self, images: Sequence[ImageLike]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Calibrated class probabilities (``len(images) x 4``, in :attr:`label_names` order) and, from the same
+        forward, which images the out-of-distribution guard flags as unlike the training X-rays (``None`` for a
+        model saved without a guard)."""
+        with capture_features(self.model) as captured:
+            probs = self.probabilities(self.model(self.inputs(images))).cpu().numpy()
+        if self.ood is None or captured is None:
+            return probs, None
+        return probs, self.ood.flags(captured.tensor().cpu())
+
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Calibrated class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""
-        return self.probabilities(self.model(self.inputs(images))).cpu().numpy()
+        return self.predict_and_check(images)[0]
 
     def predict(self, image: ImageLike) -> Dict[str, float]:
-        """Class probabilities of one image by class name."""
-        return dict(zip(self.label_names, map(float, self.predict_proba([image])[0])))
+        """Class probabilities of one image by class name; an :class:`~cxr.models.ood.OutOfDistributionWarning`
+        when the image does not look like the chest X-rays the model was trained on."""
+        probs, flagged = self.predict_and_check([image])
+        if flagged is not None and flagged[0]:
+            warnings.warn(OOD_MESSAGE, OutOfDistributionWarning, stacklevel=2)
+        return dict(zip(self.label_names, map(float, probs[0])))
 
     def __repr__(self) -> str:
         return f"CXRClassifier({self.name!r} from {self.source!r}, {self.preprocess.image_size}px, norm {self.preprocess.norm})"

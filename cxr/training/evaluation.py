@@ -9,9 +9,10 @@ the Kaggle layout, every image a test image.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,16 +23,26 @@ from cxr.metrics import compute_metrics
 from cxr.reporting.run_report import plot_confusion_matrix, write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
-__all__ = ["predict", "write_evaluation", "evaluate_folder"]
+__all__ = ["Outputs", "predict_outputs", "predict_logits", "predict", "write_evaluation", "evaluate_folder"]
 
 _logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class Outputs:
+    """A model's outputs over a loader, one row per image, sorted by index: ``index``, ``labels``, ``logits``
+    (float32) and the penultimate ``features`` (float32; ``None`` for a model without a classifier layer)."""
+
+    index: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+    features: Optional[np.ndarray]
+
+
 @torch.inference_mode()
-def predict_logits(
-    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating"
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run ``model`` over ``loader`` on every process and gather its logits on all of them.
+def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating") -> Outputs:
+    """Run ``model`` over ``loader`` on every process and gather its logits and penultimate features (from
+    the same forward, :func:`cxr.models.ood.capture_features`) on all of them.
 
     Args:
         model: a (prepared) model.
@@ -40,21 +51,32 @@ def predict_logits(
         desc: progress-bar label (main process only).
 
     Returns:
-        ``(index, labels, logits)`` (float32), one row per image of the loader's dataset, exactly once,
-        sorted by index.
+        :class:`Outputs`: each image of the loader's dataset exactly once.
     """
+    from cxr.models.ood import capture_features
+
     model.eval()
-    idx_parts, lab_parts, logit_parts = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-        with accelerator.autocast():
-            logits = model(batch["pixel_values"])
-        idx, labels, logits = accelerator.gather_for_metrics((batch["index"], batch["labels"], logits.float()))
-        idx_parts.append(idx.cpu())
-        lab_parts.append(labels.cpu())
-        logit_parts.append(logits.cpu())
-    index = torch.cat(idx_parts).numpy()
+    parts: List[Tuple[torch.Tensor, ...]] = []
+    with capture_features(accelerator.unwrap_model(model)) as captured:
+        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+            with accelerator.autocast():
+                logits = model(batch["pixel_values"])
+            row = (batch["index"], batch["labels"], logits.float())
+            if captured is not None:
+                row += (captured.parts.pop(),)
+            parts.append(tuple(t.cpu() for t in accelerator.gather_for_metrics(row)))
+    index = torch.cat([p[0] for p in parts]).numpy()
     order = np.argsort(index, kind="stable")
-    return index[order], torch.cat(lab_parts).numpy()[order], torch.cat(logit_parts).numpy()[order]
+    column = lambda i: torch.cat([p[i] for p in parts]).numpy()[order]  # noqa: E731
+    return Outputs(index[order], column(1), column(2), column(3) if captured is not None else None)
+
+
+def predict_logits(
+    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating"
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`predict_outputs` as ``(index, labels, logits)``."""
+    out = predict_outputs(model, loader, accelerator, desc)
+    return out.index, out.labels, out.logits
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -141,11 +163,19 @@ def evaluate_folder(
     view = RadiographDataset(cached.dataset, prep)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model, loader = accelerator.prepare(model, loader)
-    index, labels, probs = predict(model, loader, accelerator, desc="cxr.eval", temperature=clf.temperature)
+    out = predict_outputs(model, loader, accelerator, desc="cxr.eval")
+    index, labels, probs = out.index, out.labels, softmax(out.logits, clf.temperature)
     metrics = {"test": compute_metrics(labels, probs)}
+    names = list(cached.dataset["file_name"])  # one read of the column, not one per row
+    if clf.ood is not None and out.features is not None:
+        flags = clf.ood.flags(out.features)
+        metrics["ood"] = {
+            "flagged": int(flags.sum()),
+            "images": len(flags),
+            "flagged_files": [names[i] for i in index[flags]],
+        }
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        names = list(cached.dataset["file_name"])  # one read of the column, not one per row
         model_name = clf.name
         run_info = {
             "model": str(model_ref),
@@ -155,6 +185,12 @@ def evaluate_folder(
             "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
             f"mean {list(prep.mean)} std {list(prep.std)}",
             "skipped unreadable images": len(cached.bad),
+            "out-of-distribution guard": (
+                "none (the model was saved without one)"
+                if "ood" not in metrics
+                else f"{metrics['ood']['flagged']} of {metrics['ood']['images']} images flagged as unlike the "
+                "chest X-rays the model was trained on (listed in metrics.json)"
+            ),
             "note": DISCLAIMER,
         }
         write_evaluation(output_dir, model_name, metrics, run_info, [names[i] for i in index], labels, probs)

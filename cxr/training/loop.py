@@ -62,7 +62,7 @@ from cxr.models.checkpoint import (
     set_model_temperature,
 )
 from cxr.reporting.run_report import kept_description, plot_training_curves, recipe_summary
-from cxr.run_folder import RunFolder, read_json, run_id, write_json, write_predictions
+from cxr.run_folder import MODEL_OOD_NAME, RunFolder, read_json, run_id, write_json, write_predictions
 from cxr.training.config import (
     _LEGACY_RECIPE,
     _RESUME_LOCKED,
@@ -71,7 +71,7 @@ from cxr.training.config import (
     recipe_differences,
     saved_recipe,
 )
-from cxr.training.evaluation import predict, predict_logits, softmax, write_evaluation
+from cxr.training.evaluation import Outputs, predict, predict_outputs, softmax, write_evaluation
 
 __all__ = ["train", "make_loader", "train_step", "fit_calibration", "lr_factor"]
 
@@ -661,10 +661,12 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
     # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
     kept.to(memory_format=torch.contiguous_format)
     parts = {"train": "train (un-augmented)", "validation": "validation", "test": "test"}
-    logits = {
-        part: predict_logits(r.model, r.loaders["train_eval" if part == "train" else part], accelerator, desc=desc)
+    outputs = {
+        part: predict_outputs(r.model, r.loaders["train_eval" if part == "train" else part], accelerator, desc=desc)
         for part, desc in parts.items()
     }
+    logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
+    ood = _fit_ood_guard(r, outputs)
     calibration, t = None, 1.0
     if cfg.calibrate and (refit is None or refit.calibration is not None):
         calibration = fit_calibration(
@@ -691,7 +693,61 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
         metrics["final_fit"] = {"holdout": refit.holdout.name, "validation_held_out": False}
     if calibration is not None:
         metrics["calibration"] = calibration
+    if ood is not None:
+        metrics["ood"] = ood
     return metrics, predictions
+
+
+def _ood_line(ood: Optional[Dict[str, Any]]) -> str:
+    """The run report's line on the out-of-distribution guard: both measured rates."""
+    if ood is None:
+        return "none (the model has no classifier layer to read features from)"
+    missed = f"; missed: {', '.join(ood['probes_missed'])}" if ood["probes_missed"] else ""
+    return (
+        f"distance to the {ood['k']}th nearest training image in feature space, threshold {ood['threshold']:.4f} "
+        f"set on validation (model/{MODEL_OOD_NAME}); flagged: real X-rays of the test split "
+        f"{ood['test_flagged']}/{ood['test_images']} ({100 * ood['test_flagged'] / ood['test_images']:.1f}%, "
+        f"target ≤ 5%), grey images that are not chest X-rays {ood['probes_flagged']}/{ood['probes']} "
+        f"({100 * ood['probes_flagged'] / ood['probes']:.1f}%, target ≥ 95%){missed}"
+    )
+
+
+def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, Any]]:
+    """The kept model's out-of-distribution guard (:mod:`cxr.models.ood`), saved in ``model/``: its training
+    images' features as the reference, the threshold set on validation (a refit's validation images are also
+    training images: they are scored against the others). Measured on the test split and on grey images that are
+    not chest X-rays; returns what ``metrics.json`` records (``None`` for a model without a classifier layer)."""
+    from cxr.models.ood import OODGuard, capture_features, probe_images
+
+    train, val, test = outputs["train"], outputs["validation"], outputs["test"]
+    if train.features is None:
+        return None
+    others = ~np.isin(train.index, val.index)  # all of them, unless this is a refit
+    guard = OODGuard.fit(train.features[others], val.features, reference=train.features)
+    kept = r.accelerator.unwrap_model(r.model)
+    probes = probe_images()
+    x = torch.stack([r.prep.transform(im) for im in probes.values()]).to(r.accelerator.device)
+    with torch.inference_mode(), capture_features(kept) as captured:
+        kept(x)
+    probe_flags = guard.flags(captured.tensor().cpu())
+    test_flags = guard.flags(test.features)
+    if r.accelerator.is_main_process:
+        guard.save(r.folder.model_dir)
+    record = {
+        "k": guard.k,
+        "threshold": round(guard.threshold, 6),
+        "test_flagged": int(test_flags.sum()),
+        "test_images": len(test_flags),
+        "test_flagged_files": [r.file_names[i] for i in test.index[test_flags]],
+        "probes_flagged": int(probe_flags.sum()),
+        "probes": len(probe_flags),
+        "probes_missed": [name for name, flag in zip(probes, probe_flags) if not flag],
+    }
+    r.accelerator.print(
+        f"out-of-distribution guard: test {record['test_flagged']}/{record['test_images']} flagged, "
+        f"non-radiographs {record['probes_flagged']}/{record['probes']} flagged"
+    )
+    return record
 
 
 def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tuple[np.ndarray, ...]]) -> None:
@@ -726,6 +782,7 @@ def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tupl
             f" -> {calibration['validation']['ece_after']:.3f}, test "
             f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         ),
+        "out-of-distribution guard": _ood_line(metrics.get("ood")),
         "run": f"{info['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
         "note": DISCLAIMER,
     }

@@ -1,0 +1,245 @@
+"""The out-of-distribution guard: does an image look like the chest X-rays a model was trained on?
+
+A model folder carries a compact summary of its training images in the model's own feature space
+(:data:`OOD_FILE`): the L2-normalised penultimate features (the input of the classifier layer) of every
+training image, in float16 (a few hundred kB to a few MB). An image's score is the cosine distance to its
+k-th nearest training image (deep nearest neighbours, Sun et al., ICML 2022); it is flagged when the score
+is above a threshold set on the validation split, which the reference never saw. Training measures the
+guard on the test split (real X-rays: few should be flagged) and on :func:`probe_images` (grey photographs,
+blank and noise images, other grey non-radiographs: all should be), and reports both rates.
+
+The features come from the same forward as the prediction (:func:`capture_features`), so the guard costs
+no extra pass through the model.
+
+Example:
+    >>> guard = OODGuard.load("runs/lite0/model")                      # doctest: +SKIP
+    >>> with capture_features(model) as feats:                         # doctest: +SKIP
+    ...     logits = model(x)
+    >>> guard.flags(feats.tensor())                                    # doctest: +SKIP
+    array([False])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cxr.run_folder import MODEL_OOD_NAME
+
+__all__ = [
+    "OOD_FILE",
+    "OOD_MESSAGE",
+    "OODGuard",
+    "OutOfDistributionWarning",
+    "FeatureCapture",
+    "capture_features",
+    "probe_images",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: The guard's file in a model folder (safetensors: the reference features; its metadata: k and threshold).
+OOD_FILE = MODEL_OOD_NAME
+#: What a flagged image's answer is shown with.
+OOD_MESSAGE = "This image does not look like the chest X-rays this model was trained on: its answer means nothing here."
+#: The share of validation images allowed above the threshold (it sets the threshold).
+VALIDATION_FLAG_RATE = 0.02
+#: Neighbours: the score is the distance to the k-th nearest training image.
+DEFAULT_K = 5
+
+
+class OutOfDistributionWarning(UserWarning):
+    """:meth:`cxr.CXRClassifier.predict` was given an image unlike the model's training images."""
+
+
+class FeatureCapture:
+    """The penultimate features recorded by :func:`capture_features` (one entry per forward)."""
+
+    def __init__(self) -> None:
+        self.parts: List[torch.Tensor] = []
+
+    def tensor(self) -> torch.Tensor:
+        """Every recorded batch, concatenated (``N x D``, float32)."""
+        return torch.cat(self.parts) if self.parts else torch.empty(0)
+
+
+@contextlib.contextmanager
+def capture_features(model: nn.Module) -> Iterator[Optional[FeatureCapture]]:
+    """Record the input of ``model``'s classifier layer (its penultimate features) on every forward.
+
+    Yields ``None`` for a model without a classifier layer (``get_classifier``): no guard applies to it.
+    """
+    getter = getattr(model, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module):
+        yield None
+        return
+    capture = FeatureCapture()
+
+    def hook(_module, args):
+        capture.parts.append(args[0].detach().flatten(1).float())
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+def _normalised(features: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    f = torch.as_tensor(features).float()
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclasses.dataclass
+class OODGuard:
+    """Nearest-neighbour distance to the training images, in the model's feature space.
+
+    Args:
+        reference: the training images' normalised features, ``N x D``.
+        threshold: scores above it are flagged.
+        k: the neighbour whose distance is the score.
+    """
+
+    reference: torch.Tensor
+    threshold: float
+    k: int = DEFAULT_K
+
+    @classmethod
+    def fit(
+        cls,
+        train_features: Union[torch.Tensor, np.ndarray],
+        validation_features: Union[torch.Tensor, np.ndarray],
+        k: int = DEFAULT_K,
+        flag_rate: float = VALIDATION_FLAG_RATE,
+        reference: Optional[Union[torch.Tensor, np.ndarray]] = None,
+    ) -> "OODGuard":
+        """The guard of a model: its training images as the reference, the threshold the validation
+        score quantile ``1 - flag_rate`` (so about ``flag_rate`` of real X-rays like the validation ones are
+        flagged).
+
+        Args:
+            train_features: the training images' penultimate features, the validation images not among them.
+            validation_features: the validation images' features (they set the threshold).
+            k: the neighbour whose distance is the score.
+            flag_rate: the share of validation images above the threshold.
+            reference: the features to keep instead of ``train_features`` (a refit, trained on the validation
+                images too, keeps them all; the threshold still comes from scoring them against the others).
+        """
+        guard = cls(_normalised(train_features), threshold=float("inf"), k=min(k, len(train_features)))
+        val_scores = guard.scores(validation_features)
+        guard.threshold = float(np.quantile(val_scores, 1.0 - flag_rate, method="higher"))
+        if reference is not None:
+            guard.reference = _normalised(reference)
+        return guard
+
+    def scores(self, features: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+        """Cosine distance of each row of ``features`` to its k-th nearest reference image."""
+        queries = _normalised(features)
+        similarity = queries @ self.reference.float().T
+        kth = similarity.topk(self.k, dim=1).values[:, -1]
+        return (1.0 - kth).numpy()
+
+    def flags(self, features: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+        """``True`` for each row far from every training image."""
+        return self.scores(features) > self.threshold
+
+    def save(self, model_dir: Union[str, os.PathLike]) -> Path:
+        """Write :data:`OOD_FILE` into ``model_dir``."""
+        from safetensors.torch import save_file
+
+        path = Path(model_dir) / OOD_FILE
+        save_file(
+            {"reference": self.reference.to(torch.float16).contiguous()},
+            str(path),
+            metadata={"k": str(self.k), "threshold": repr(self.threshold), "score": "cosine distance to k-th NN"},
+        )
+        return path
+
+    @classmethod
+    def load_file(cls, path: Union[str, os.PathLike]) -> "OODGuard":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            reference = f.get_tensor("reference").float()
+        return cls(reference, threshold=float(meta["threshold"]), k=int(meta["k"]))
+
+    @classmethod
+    def load(cls, ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional["OODGuard"]:
+        """The guard of a local model folder or Hub model, or ``None`` when it has none (models trained before
+        it). A Hub model's file comes through ``hf_hub_download``, as its weights do."""
+        from cxr.locations import is_hub_id
+
+        if Path(ref).is_dir() or not is_hub_id(str(ref)):
+            path = Path(ref) / OOD_FILE
+            return cls.load_file(path) if path.is_file() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+        try:
+            return cls.load_file(hf_hub_download(str(ref), OOD_FILE, revision=revision))
+        except RemoteEntryNotFoundError:  # published before the guard existed
+            return None
+        except LocalEntryNotFoundError:
+            _logger.warning("%s: the out-of-distribution guard could not be fetched (offline?); no guard", ref)
+            return None
+
+
+def probe_images(size: int = 512, seed: int = 0) -> Dict[str, Image.Image]:
+    """Grey images that are not chest X-rays, all available offline: photographs (matplotlib's
+    ``grace_hopper.jpg``, scikit-learn's sample photos, whole and cropped), graphics, an MRI slice and terrain
+    maps (matplotlib's sample data), blank images, uniform and Gaussian noise, a gradient and a checkerboard.
+
+    Returns:
+        ``{name: mode-L image}``.
+    """
+    import matplotlib.cbook as cbook
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(seed)
+    out: Dict[str, Image.Image] = {}
+
+    def add(name: str, image: Image.Image) -> None:
+        out[name] = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        hopper = im.convert("L")
+    photos = {"grace_hopper": hopper}
+    for name in ("china.jpg", "flower.jpg"):
+        photos[name.split(".")[0]] = Image.fromarray(load_sample_image(name)).convert("L")
+    for name, image in photos.items():
+        add(f"photo: {name}", image)
+        w, h = image.size
+        add(f"photo: {name}, centre crop", image.crop((w // 4, h // 4, 3 * w // 4, 3 * h // 4)))
+    for name in ("logo2.png", "Minduka_Present_Blue_Pack.png"):
+        with Image.open(cbook.get_sample_data(name)) as im:
+            add(f"graphic: {name.split('.')[0]}", im.convert("RGBA").convert("L"))
+    with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False), "rb") as f:
+        mri = np.frombuffer(f.read(), np.uint16).reshape(256, 256).astype(np.float32)
+    add("MRI slice (brain)", Image.fromarray(np.uint8(255 * mri / mri.max())))
+    for name, key in (("jacksboro_fault_dem.npz", "elevation"), ("topobathy.npz", "topo")):
+        with np.load(cbook.get_sample_data(name, asfileobj=False)) as z:
+            arr = np.asarray(z[key], dtype=np.float32)
+        arr = (arr - arr.min()) / max(float(np.ptp(arr)), 1e-6)
+        add(f"terrain map: {name.split('.')[0]}", Image.fromarray(np.uint8(255 * arr)))
+    for level in (0, 128, 255):
+        add(f"blank ({level})", Image.new("L", (size, size), level))
+    for i in range(2):
+        add(f"uniform noise {i + 1}", Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)))
+        gauss = np.clip(rng.normal(128, 40, (size, size)), 0, 255).astype(np.uint8)
+        add(f"Gaussian noise {i + 1}", Image.fromarray(gauss))
+    add("gradient", Image.fromarray(np.tile(np.linspace(0, 255, size, dtype=np.float32), (size, 1)).astype(np.uint8)))
+    squares = (np.indices((size, size)) // max(1, size // 8)).sum(0) % 2
+    add("checkerboard", Image.fromarray(np.uint8(255 * squares)))
+    return out

@@ -1,0 +1,106 @@
+"""The out-of-distribution guard: real chest X-rays pass, grey images that are not chest X-rays are flagged,
+and every place that predicts (CXRClassifier, the app, cxr.eval, training's report) says so."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxr.models.ood import OOD_FILE, OODGuard, OutOfDistributionWarning, capture_features, probe_images
+
+
+def test_capture_features_records_the_classifier_input_of_the_same_forward():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=4).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad(), capture_features(model) as captured:
+        logits = model(x)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert torch.allclose(captured.tensor(), expected, atol=1e-5)
+    assert torch.allclose(model.get_classifier()(captured.tensor()), logits, atol=1e-5)
+    with capture_features(model):
+        pass
+    assert not model.get_classifier()._forward_pre_hooks  # the hook is gone
+
+
+def test_guard_threshold_comes_from_validation_and_survives_a_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=64)
+    near = lambda n: centre + 0.3 * rng.normal(size=(n, 64))  # noqa: E731
+    guard = OODGuard.fit(near(400), near(100), flag_rate=0.02)
+    assert guard.flags(near(100)).mean() < 0.1  # new images like the training ones pass
+    assert guard.flags(rng.normal(size=(50, 64))).all()  # unrelated directions are flagged
+    guard.save(tmp_path)
+    again = OODGuard.load(tmp_path)
+    probe = near(20)
+    assert again.k == guard.k and again.threshold == guard.threshold
+    assert np.allclose(again.scores(probe), guard.scores(probe), atol=2e-3)  # float16 reference
+    assert OODGuard.load(tmp_path / "nothing-here") is None  # a model saved before the guard
+
+
+def test_probe_images_are_grey_and_offline():
+    probes = probe_images(64)
+    assert len(probes) >= 20
+    assert all(im.mode == "L" and im.size == (64, 64) for im in probes.values())
+    assert any("grace_hopper" in name for name in probes) and any("noise" in name for name in probes)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, sample_dir):
+    """EfficientNet-Lite0 with its ImageNet weights at 64 px, its guard fitted on real sample X-rays."""
+    from cxr.data.preprocessing import PreprocessConfig
+    from cxr.models import create_model
+    from cxr.models.checkpoint import save_model_dir
+    from cxr.models.classifier import CXRClassifier
+
+    model, _ = create_model("tf_efficientnet_lite0", 4, pretrained=True, image_size=64)
+    cfg = model.pretrained_cfg
+    prep = PreprocessConfig.create(64, 3, "model", cfg["mean"], cfg["std"])
+    files = {c: sorted((sample_dir / c).glob("*.png")) for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")}
+    train = [f for fs in files.values() for f in fs[:40]]
+    val = [f for fs in files.values() for f in fs[40:50]]
+    held_out = [f for fs in files.values() for f in fs[100:110]]
+    folder = save_model_dir(
+        model, tmp_path_factory.mktemp("guarded") / "model", prep, {"model": "tf_efficientnet_lite0"}
+    )
+
+    def features(paths):
+        with torch.no_grad(), capture_features(model.eval()) as captured:
+            model(torch.stack([prep.transform(p) for p in paths]))
+        return captured.tensor()
+
+    OODGuard.fit(features(train), features(val)).save(folder)
+    return CXRClassifier.from_pretrained(folder), held_out
+
+
+def test_classifier_flags_grey_non_radiographs_and_passes_real_xrays(guarded):
+    clf, held_out = guarded
+    assert (Path(clf.source) / OOD_FILE).is_file()
+    _, flags = clf.predict_and_check(held_out)
+    assert flags.mean() <= 0.05, flags  # real X-rays the guard never saw
+    probes = probe_images(256)
+    _, probe_flags = clf.predict_and_check(list(probes.values()))
+    assert probe_flags.mean() >= 0.95, [n for n, f in zip(probes, probe_flags) if not f]
+    with pytest.warns(OutOfDistributionWarning, match="does not look like the chest X-rays"):
+        clf.predict(probes["photo: grace_hopper"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        clf.predict(held_out[0])  # no warning for a real X-ray
+
+
+def test_a_model_without_a_guard_predicts_as_before(sample_dir, tmp_path):
+    from cxr.models.classifier import CXRClassifier
+
+    clf = CXRClassifier.from_pretrained("tests/fixtures/logreg-model-d3bd023")
+    assert clf.ood is None
+    probs, flags = clf.predict_and_check([next((sample_dir / "COVID").glob("*.png"))])
+    assert flags is None and probs.shape == (1, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        clf.predict(Image.new("L", (64, 64)))
