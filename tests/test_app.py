@@ -129,9 +129,10 @@ def test_classify_endpoint_gives_cxr_probabilities_without_heat_maps(app, client
         full, _ = predict(client, path)
         for ref in app[2]:
             assert full["models"][ref]["probabilities"] == pytest.approx(info["models"][ref]["probabilities"], abs=1e-6)
-    for bad, message in _bad_inputs(tmp_path, sample_dir)[:3]:
+    for case in ("empty submit", "text named .png", "truncated PNG"):
+        bad = _make_bad_input(case, tmp_path, sample_dir)
         info = client.predict(handle_file(str(bad)) if bad else None, api_name="/classify")
-        assert message in info["error"], (bad, info)
+        assert BAD_INPUTS[case] in info["error"], (case, info)
 
 
 def test_api_endpoints_name_their_outputs_and_say_what_they_do(client):
@@ -214,30 +215,93 @@ def test_page_streams_probabilities_before_heat_maps(app, client, sample_dir):
     assert sends == [1] * len(app[2])
 
 
-def _bad_inputs(tmp_path, sample_dir):
+def _dicom_variant(tmp_path, name, **changes):
+    """A small CR DICOM with some of its elements changed (pydicom)."""
+    from pydicom import dcmread
+
+    path = write_dicom(tmp_path / name, np.zeros((64, 64)))
+    ds = dcmread(path)
+    for key, value in changes.items():
+        setattr(ds.file_meta if key == "TransferSyntaxUID" else ds, key, value)
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _make_bad_input(case, tmp_path, sample_dir):
+    """The file of one hostile or broken upload (``None``: an empty submit)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    from cxr.data.decode import MAX_DICOM_PIXELS
+
     real = next((sample_dir / "COVID").glob("*.png"))
-    (tmp_path / "notes.png").write_text("not pixels")
-    (tmp_path / "cut.png").write_bytes(real.read_bytes()[:3000])
-    Image.new("L", (1, 1)).save(tmp_path / "one.png")
-    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png", optimize=True)
-    write_dicom(tmp_path / "nopixels.dcm", np.zeros((64, 64)), with_pixels=False)
-    return [
-        (None, "Upload a chest X-ray first"),
-        (tmp_path / "notes.png", "not an image we can read"),
-        (tmp_path / "cut.png", "truncated or corrupt"),
-        (tmp_path / "one.png", "too small"),
-        (tmp_path / "huge.png", "refused before decoding"),
-        (tmp_path / "nopixels.dcm", "no pixel data"),
-    ]
+    grey = Image.open(real).convert("L").resize((64, 64))
+    path = tmp_path / f"upload-{case.replace(' ', '-')}.png"
+    if case == "empty submit":
+        return None
+    if case == "text named .png":
+        path.write_text("not pixels")
+    elif case == "truncated PNG":
+        path.write_bytes(real.read_bytes()[:3000])
+    elif case == "1x1 image":
+        Image.new("L", (1, 1)).save(path)
+    elif case == "decompression bomb":
+        Image.new("1", (20000, 20000)).save(path, optimize=True)
+    elif case in ("GIF named .png", "ICO named .png", "PCX named .png", "TIFF named .png", "BMP"):
+        fmt = case.split()[0]
+        path = path.with_suffix(".bmp") if fmt == "BMP" else path
+        grey.save(path, format=fmt)
+    elif case == "PostScript named .png":  # Pillow would hand it to Ghostscript
+        path.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\n")
+    elif case == "DICOM without pixels":
+        path = write_dicom(tmp_path / "nopixels.dcm", np.zeros((64, 64)), with_pixels=False)
+    elif case == "JPEG-LS DICOM":
+        path = _dicom_variant(tmp_path, "ls.dcm", TransferSyntaxUID=JPEGLSLossless)
+        from pydicom import dcmread
+
+        ds = dcmread(path)
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 60])
+        ds.save_as(path, enforce_file_format=False)
+    elif case == "DICOM claiming too many frames":
+        path = _dicom_variant(tmp_path, "frames.dcm", NumberOfFrames=MAX_DICOM_PIXELS // (64 * 64) + 1)
+    return path
 
 
-def test_bad_inputs_get_a_message_and_the_server_keeps_serving(app, client, tmp_path, sample_dir):
-    good = next((sample_dir / "Lung_Opacity").glob("*.png"))
-    for path, message in _bad_inputs(tmp_path, sample_dir):
-        info, gallery = predict(client, path)
-        assert message in info["error"], (path, info)
-        assert gallery == []
-        assert_good_answer(predict(client, good), app[2])
+#: Each hostile or broken upload and the message the visitor gets (the server keeps serving after each).
+BAD_INPUTS = {
+    "empty submit": "Upload a chest X-ray first",
+    "text named .png": "not an image we can read",
+    "truncated PNG": "truncated or corrupt",
+    "1x1 image": "too small",
+    "decompression bomb": "refused before decoding",
+    "GIF named .png": "Upload a PNG, JPEG or DICOM",
+    "ICO named .png": "Upload a PNG, JPEG or DICOM",
+    "PCX named .png": "Upload a PNG, JPEG or DICOM",
+    "TIFF named .png": "Upload a PNG, JPEG or DICOM",
+    "BMP": "Upload a PNG, JPEG or DICOM",
+    "PostScript named .png": "Upload a PNG, JPEG or DICOM",
+    "DICOM without pixels": "no pixel data",
+    "JPEG-LS DICOM": "JPEG-LS",
+    "DICOM claiming too many frames": "a chest radiograph is one image",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_get_a_message_and_the_server_keeps_serving(case, app, client, tmp_path, sample_dir):
+    path = _make_bad_input(case, tmp_path, sample_dir)
+    info, gallery = predict(client, path)
+    assert BAD_INPUTS[case] in info["error"], (case, info)
+    assert "Traceback" not in info["error"] and "plugin" not in info["error"].lower()
+    assert "not for diagnosis" in info["disclaimer"] and gallery == []
+    assert_good_answer(predict(client, next((sample_dir / "Lung_Opacity").glob("*.png"))), app[2])
+
+
+def test_a_path_like_file_name_is_only_a_name(app, client, tmp_path, sample_dir):
+    """An upload named like a path is stored and analysed as a plain name (no file outside the cache)."""
+    weird = tmp_path / "..%2f..%2fetc%2fpasswd.png"
+    weird.write_bytes(next((sample_dir / "Normal").glob("*.png")).read_bytes())
+    assert_good_answer(predict(client, weird), app[2])
+    assert not Path("/etc/passwd.png").exists()
 
 
 def test_an_upload_over_the_limit_is_refused_before_it_is_stored(app, client, tmp_path, sample_dir):

@@ -28,6 +28,7 @@ REPO_FILES = [
     "confusion_matrix.png",
     "metrics.json",
     "model.safetensors",
+    "ood_reference.safetensors",
     "split.json",
     "training_curves.png",
 ]
@@ -141,11 +142,12 @@ with torch.no_grad():
     out = {{"cxr": clf.predict_proba(paths).tolist(), "timm": t(x).softmax(-1).tolist(),
            "transformers": hf(pixel_values=x).logits.softmax(-1).tolist(),
            "pipeline": [{{r["label"]: r["score"] for r in pipe(p)}} for p in paths],
-           "labels": clf.label_names}}
+           "labels": clf.label_names, "guard": clf.ood is not None}}
 print(json.dumps(out))
 """
     got = run_in_fresh_process(code, hub_env(hub, tmp_path))
     assert np.allclose(got["cxr"], calibrated, atol=1e-5)
+    assert got["guard"] and local.ood is not None  # the out-of-distribution guard comes down with the weights
     for way in ("timm", "transformers"):
         assert np.allclose(got[way], expected, atol=1e-5), way
     for row, probs in zip(got["pipeline"], expected):  # the pipeline reads the files itself, to cxr's input
@@ -188,6 +190,10 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
     assert "| Viral Pneumonia | 1,345 | paediatric Kermany (all) |" in text  # the source confounding table
     assert 'CXRClassifier.from_pretrained("cxr-test/lite0")' in text and '"hf-hub:cxr-test/lite0"' in text
     assert "mean `[0.5, 0.5, 0.5]`" in text
+    ood = json.loads((pushed_run / "metrics.json").read_text())["ood"]
+    flat = " ".join(text.split())
+    assert f"test split flagged {ood['test_flagged']}/{ood['test_images']}" in flat
+    assert f"noise images) flagged {ood['probes_flagged']}/{ood['probes']}" in flat
 
 
 def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):

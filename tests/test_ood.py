@@ -12,21 +12,43 @@ from PIL import Image
 from cxr.models.ood import OOD_FILE, OODGuard, OutOfDistributionWarning, capture_features, probe_images
 
 
-def test_capture_features_records_the_classifier_input_of_the_same_forward():
+def test_capture_features_summarises_every_feature_stage_of_the_same_forward():
     import timm
 
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=4).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad(), capture_features(model) as captured:
-        logits = model(x)
+        model(x)
+        together = captured.take()
+        model(x[:1])
+        alone = captured.take()
+    stages = [f["num_chs"] for f in model.feature_info]
+    assert together.shape == (3, 2 * sum(stages))  # a mean and a spread per channel of each stage
+    blocks = torch.split(together, [2 * c for c in stages], dim=1)
+    assert all(torch.allclose(b.norm(dim=1), torch.ones(3)) for b in blocks)  # each stage weighs the same
+    assert torch.allclose(alone[0], together[0], atol=1e-5)  # an image's features do not depend on its batch
+    # the last stage's means are the classifier's input, up to its scale
     with torch.no_grad():
-        expected = model.forward_head(model.forward_features(x), pre_logits=True)
-    assert torch.allclose(captured.tensor(), expected, atol=1e-5)
-    assert torch.allclose(model.get_classifier()(captured.tensor()), logits, atol=1e-5)
-    with capture_features(model):
-        pass
-    assert not model.get_classifier()._forward_pre_hooks  # the hook is gone
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    last_means = blocks[-1][:, : stages[-1]]
+    assert torch.allclose(
+        last_means / last_means.norm(dim=1, keepdim=True), pooled / pooled.norm(dim=1, keepdim=True), atol=1e-4
+    )
+    assert not any(m._forward_hooks for m in model.modules())  # every hook is gone
+
+
+def test_a_model_without_stages_is_summarised_by_its_classifier_input():
+    import timm
+
+    import cxr.models  # noqa: F401 (registers logreg)
+
+    model = timm.create_model("logreg", num_classes=4, img_size=24).eval()
+    x = torch.rand(2, 1, 24, 24)
+    with torch.no_grad(), capture_features(model) as captured:
+        model(x)
+    got = captured.take()
+    assert torch.allclose(got, x.flatten(1) / x.flatten(1).norm(dim=1, keepdim=True), atol=1e-6)
 
 
 def test_guard_threshold_comes_from_validation_and_survives_a_round_trip(tmp_path):

@@ -64,7 +64,11 @@ def lite0_run(tmp_path_factory, sample_dir):
 def test_run_writes_every_output(lite0_run):
     out, proc = lite0_run
     assert sorted(p.name for p in out.iterdir()) == EXPECTED_FILES
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "ood_reference.safetensors",
+    ]
     for png in ("confusion_matrix.png", "training_curves.png"):
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.size[0] > 400
@@ -208,8 +212,11 @@ def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, 
         "predictions.csv",
         "report.md",
     ]
-    ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
-    theirs = json.loads((out / "metrics.json").read_text())["test"]
+    ours_all, theirs_all = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "eval", out))
+    # the same guard on the same images: the same ones flagged
+    assert ours_all["ood"]["flagged"] == theirs_all["ood"]["test_flagged"]
+    assert sorted(ours_all["ood"]["flagged_files"]) == sorted(theirs_all["ood"]["test_flagged_files"])
+    ours, theirs = ours_all["test"], theirs_all["test"]
     assert ours["confusion_matrix"] == theirs["confusion_matrix"]
     assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=1e-6)
     a = {r["file_name"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
@@ -257,3 +264,14 @@ def test_every_flag_has_help_text():
     assert (
         proc.returncode == 0 and "--gradient-accumulation-steps" in proc.stdout and "not for diagnosis" in proc.stdout
     )
+
+
+def test_the_out_of_distribution_guard_is_measured_and_reported(lite0_run):
+    out, proc = lite0_run
+    ood = json.loads((out / "metrics.json").read_text())["ood"]
+    assert ood["test_images"] == 60 and ood["probes"] >= 20 and 0 < ood["threshold"] < 2
+    assert len(ood["test_flagged_files"]) == ood["test_flagged"]
+    assert ood["probes"] - ood["probes_flagged"] == len(ood["probes_missed"])
+    line = next(x for x in (out / "report.md").read_text().splitlines() if "out-of-distribution guard" in x)
+    assert f"{ood['test_flagged']}/60" in line and f"{ood['probes_flagged']}/{ood['probes']}" in line
+    assert "out-of-distribution guard: test" in proc.stdout

@@ -1,12 +1,15 @@
 """The out-of-distribution guard: does an image look like the chest X-rays a model was trained on?
 
 A model folder carries a compact summary of its training images in the model's own feature space
-(:data:`OOD_FILE`): the L2-normalised penultimate features (the input of the classifier layer) of every
-training image, in float16 (a few hundred kB to a few MB). An image's score is the cosine distance to its
-k-th nearest training image (deep nearest neighbours, Sun et al., ICML 2022); it is flagged when the score
-is above a threshold set on the validation split, which the reference never saw. Training measures the
-guard on the test split (real X-rays: few should be flagged) and on :func:`probe_images` (grey photographs,
-blank and noise images, other grey non-radiographs: all should be), and reports both rates.
+(:data:`OOD_FILE`): for each training image, the per-channel mean and standard deviation of every feature
+stage timm lists for the model (``feature_info``; the classifier's input for a model without stages), each
+stage scaled to unit length, in float16 (a few MB). An image's score is the cosine distance to its k-th
+nearest training image (deep nearest neighbours, Sun et al., ICML 2022); it is flagged when the score is
+above a threshold set on the validation split, which the reference never saw. Training measures the guard on
+the test split (real X-rays: few should be flagged) and on :func:`probe_images` (grey photographs, blank and
+noise images, other grey non-radiographs: all should be), and reports both rates. The stages matter: a
+fine-tuned model's last features keep what tells the four classes apart, and a blank or a photograph can
+land among the X-rays there; earlier stages still see that its texture is nothing like a radiograph's.
 
 The features come from the same forward as the prediction (:func:`capture_features`), so the guard costs
 no extra pass through the model.
@@ -27,7 +30,7 @@ import gzip
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,37 +66,81 @@ class OutOfDistributionWarning(UserWarning):
 
 
 class FeatureCapture:
-    """The penultimate features recorded by :func:`capture_features` (one entry per forward)."""
+    """The features recorded by :func:`capture_features`: per stage, each forward's batch."""
 
-    def __init__(self) -> None:
-        self.parts: List[torch.Tensor] = []
+    def __init__(self, stages: int) -> None:
+        self.parts: List[List[torch.Tensor]] = [[] for _ in range(stages)]
 
-    def tensor(self) -> torch.Tensor:
-        """Every recorded batch, concatenated (``N x D``, float32)."""
-        return torch.cat(self.parts) if self.parts else torch.empty(0)
+    def take(self) -> torch.Tensor:
+        """The features recorded since the last call (``N x D``, float32), and forget them: each stage's
+        vector scaled to unit length, the stages side by side."""
+        if not self.parts[0]:
+            return torch.empty(0)
+        stages = [torch.cat(p) for p in self.parts]
+        for p in self.parts:
+            p.clear()
+        return torch.cat([s / s.norm(dim=1, keepdim=True).clamp_min(1e-12) for s in stages], dim=1)
+
+    tensor = take
+
+
+def _stages(model: nn.Module) -> List[Tuple[nn.Module, Optional[int]]]:
+    """The modules whose outputs describe an image, with their channel count: timm's feature stages
+    (``feature_info``) where the model lists them; else the classifier layer (its input is read)."""
+    modules = dict(model.named_modules())
+    info = getattr(model, "feature_info", None)
+    stages = []
+    if isinstance(info, (list, tuple)):
+        stages = [(modules[f["module"]], f.get("num_chs")) for f in info if f.get("module") in modules]
+    return stages
+
+
+def _summary(output: torch.Tensor, channels: Optional[int]) -> torch.Tensor:
+    """Per-channel mean and standard deviation of a stage's output over its positions (``N x 2C``)."""
+    x = output.detach().float()
+    if x.ndim == 2:
+        return x
+    channel_dim = next((d for d in range(1, x.ndim) if x.shape[d] == channels), 1)
+    x = x.movedim(channel_dim, -1).flatten(1, -2)  # N x positions x C
+    return torch.cat([x.mean(1), x.std(1, unbiased=False)], dim=1)
 
 
 @contextlib.contextmanager
 def capture_features(model: nn.Module) -> Iterator[Optional[FeatureCapture]]:
-    """Record the input of ``model``'s classifier layer (its penultimate features) on every forward.
+    """Record what the guard compares on every forward of ``model``: the per-channel mean and standard
+    deviation of each of timm's feature stages (``feature_info``: low-level texture to high-level content, so
+    neither a blank nor a photograph resembles a radiograph at every stage); for a model without stages, the
+    input of its classifier layer.
 
-    Yields ``None`` for a model without a classifier layer (``get_classifier``): no guard applies to it.
+    Yields ``None`` for a model with neither: no guard applies to it.
     """
-    getter = getattr(model, "get_classifier", None)
-    head = getter() if callable(getter) else None
-    if not isinstance(head, nn.Module):
-        yield None
-        return
-    capture = FeatureCapture()
-
-    def hook(_module, args):
-        capture.parts.append(args[0].detach().flatten(1).float())
-
-    handle = head.register_forward_pre_hook(hook)
+    stages = _stages(model)
+    hooks = []
+    if stages:
+        capture = FeatureCapture(len(stages))
+        for i, (module, channels) in enumerate(stages):
+            hooks.append(
+                module.register_forward_hook(
+                    lambda _m, _args, out, i=i, c=channels: capture.parts[i].append(_summary(out, c))
+                )
+            )
+    else:
+        getter = getattr(model, "get_classifier", None)
+        head = getter() if callable(getter) else None
+        if not isinstance(head, nn.Module):
+            yield None
+            return
+        capture = FeatureCapture(1)
+        hooks.append(
+            head.register_forward_pre_hook(
+                lambda _m, args: capture.parts[0].append(args[0].detach().flatten(1).float())
+            )
+        )
     try:
         yield capture
     finally:
-        handle.remove()
+        for h in hooks:
+            h.remove()
 
 
 def _normalised(features: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:

@@ -252,6 +252,7 @@ def _template_fields(
         portable=bool(portability.get("timm")) and bool(portability.get("transformers")),
         portability_notes=portability.get("notes") or [],
         temperature=model_cfg["cxr"].get("temperature"),
+        ood=metrics.get("ood"),
         optimisation=recipe_summary(cfg),
         kept=kept_description(metrics),
         versions=", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()) or "unknown",

@@ -63,7 +63,7 @@ def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "ev
                 logits = model(batch["pixel_values"])
             row = (batch["index"], batch["labels"], logits.float())
             if captured is not None:
-                row += (captured.parts.pop(),)
+                row += (captured.take().to(logits.device),)
             parts.append(tuple(t.cpu() for t in accelerator.gather_for_metrics(row)))
     index = torch.cat([p[0] for p in parts]).numpy()
     order = np.argsort(index, kind="stable")
