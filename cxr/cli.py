@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ EPILOG = (
 
 def run_cli(fn: Callable[[], None]) -> int:
     """Set up the process (logging; glibc keeps freed memory, :mod:`cxr.allocator`) and run ``fn``,
-    turning a :class:`CXRError` into a one-line message and exit status 2."""
+    turning a :class:`CXRError`, or a full disk, into a one-line message and exit status 2."""
     keep_freed_memory()
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "httpx2", "huggingface_hub", "timm"):
@@ -55,7 +56,21 @@ def run_cli(fn: Callable[[], None]) -> int:
     except CXRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(
+            f"error: {os.strerror(e.errno)}{where}: free space on that disk, or write to another folder "
+            "(--output-dir); a training run resumes from its last checkpoint with --resume auto",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+#: Errors of a disk that cannot take more: a sentence, not a traceback.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def program_name(default: str) -> str:

@@ -1,6 +1,7 @@
 """Every bad input gets a clear error (exit status 2) and leaves nothing half-written."""
 
 import json
+import os
 import shutil
 import time
 
@@ -240,3 +241,18 @@ def test_overwrite_removes_the_earlier_run_before_writing_and_a_mixed_folder_is_
     code = eval_main(["--model", str(run.model_dir), "--data", str(subset), "--output-dir", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert code == 2 and "holds parts of different runs" in err and not (tmp_path / "ev").exists()
+
+
+def test_a_disk_that_fills_up_mid_run_is_a_sentence(subset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import cxr.training.loop as loop
+
+    def full(path, payload):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(loop, "write_json", full)
+    code, err = _train(capsys, subset, tmp_path / "run")
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: No space left on device writing ")
+    assert "--output-dir" in errors[0] and "Traceback" not in err
