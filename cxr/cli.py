@@ -56,13 +56,13 @@ def run_cli(fn: Callable[[], None]) -> int:
     except CXRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno not in _DISK_FULL:
+    except Exception as e:
+        full = _disk_full(e)
+        if full is None:
             raise
-        where = f" writing {e.filename}" if e.filename else ""
         print(
-            f"error: {os.strerror(e.errno)}{where}: free space on that disk, or write to another folder "
-            "(--output-dir); a training run resumes from its last checkpoint with --resume auto",
+            f"error: {full}: free space on that disk, or write to another folder (--output-dir); a training "
+            "run resumes from its last checkpoint with --resume auto",
             file=sys.stderr,
         )
         return 2
@@ -71,6 +71,20 @@ def run_cli(fn: Callable[[], None]) -> int:
 
 #: Errors of a disk that cannot take more: a sentence, not a traceback.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _disk_full(error: BaseException) -> Optional[str]:
+    """What to say when ``error`` (or an error it was raised from) is a full disk, else ``None``. Libraries
+    that write files (safetensors, torch.save, Arrow) wrap the C library's error in their own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return os.strerror(error.errno) + (f" writing {error.filename}" if error.filename else "")
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return f"no space left on the device ({type(error).__name__}: {error})"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def program_name(default: str) -> str:

@@ -317,3 +317,10 @@ def test_at_most_the_heavy_decode_slots_run_at_once(tmp_path, sample_dir, small_
     for t in threads:
         t.join()
     assert most[0] == decode.HEAVY_DECODE_SLOTS and len(released) == 6
+
+
+def test_a_very_elongated_dicom_is_reduced_without_losing_a_side(tmp_path, small_working_size):
+    strip = np.tile(np.linspace(0, 4000, 3000), (32, 1))  # 32 x 3000: 47 times the working side long
+    image, warnings = read_radiograph(write_dicom(tmp_path / "strip.dcm", strip))
+    assert image.mode == "L" and min(image.size) >= 1 and image.size[0] > image.size[1]
+    assert any("far from the roughly square shape" in w for w in warnings)

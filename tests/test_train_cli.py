@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,11 @@ def test_the_out_of_distribution_guard_is_measured_and_reported(lite0_run):
     line = next(x for x in (out / "report.md").read_text().splitlines() if "out-of-distribution guard" in x)
     assert f"{ood['test_flagged']}/60" in line and f"{ood['probes_flagged']}/{ood['probes']}" in line
     assert "out-of-distribution guard: test" in proc.stdout
+    # the same files flagged when the saved model checks the test images from their files, one by one
+    from cxr.models.classifier import CXRClassifier
+
+    clf = CXRClassifier.from_pretrained(out / "model")
+    test_files = json.loads((out / "split.json").read_text())["test"]
+    data = Path(json.loads((out / "run_config.json").read_text())["config"]["data"])
+    _, flags = clf.predict_and_check([data / f for f in test_files])
+    assert sorted(f for f, flag in zip(test_files, flags) if flag) == sorted(ood["test_flagged_files"])

@@ -8,11 +8,13 @@ Research use only — not for diagnosis.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
+import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
 from cxr.data.decode import UPLOAD_SUFFIXES
@@ -111,16 +113,36 @@ class _Handlers:
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         # an example's copy in Gradio's cache is shared by every visitor who clicks it: never deleted
         self.examples = {(Path(e).name, Path(e).stat().st_size) for e in examples if Path(e).is_file()}
+        self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def using(self, path: Optional[str]) -> Iterator[None]:
+        """Hold an upload while a request analyses it; when the last request holding it ends, delete it
+        (:meth:`forget`)."""
+        key = str(path) if path else None
+        with self._lock:
+            self._in_use[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use[key] -= 1
+                last = self._in_use[key] == 0
+                if last:
+                    del self._in_use[key]
+                    self.forget(path)
 
     def forget(self, path: Optional[str]) -> None:
         """Delete an analysed upload from the server, so it is never served back and nothing a visitor sent
-        (a DICOM carries the patient's name) stays on disk. Only files in Gradio's upload folder are deleted,
-        never the copies of the example images there."""
+        (a DICOM carries the patient's name) stays on disk. Only files that arrived through Gradio's upload
+        route are deleted — never an example's copy or an image the app sent out, whatever path a request
+        names."""
         if not path or self.demo is None:
             return
         file, root = Path(path).resolve(), Path(self.demo.GRADIO_CACHE).resolve()
-        kept = {str(Path(k).resolve()) for k in self.demo.keep_in_cache}
-        if root not in file.parents or str(file) in kept or not file.is_file():
+        uploads = {str(Path(p).resolve()) for p in self.demo.upload_file_set}
+        if root not in file.parents or str(file) not in uploads or not file.is_file():
             return
         if (file.name, file.stat().st_size) in self.examples:
             return
@@ -142,7 +164,7 @@ class _Handlers:
         the decoded image the page keeps for another analysis of the same upload."""
         sent: Optional[List[Any]] = None
         last, shown_array = None, None
-        try:
+        with self.using(image):
             for a in self.board.analyse(self._upload(image, kept), cam_method or "GradCAM", _cam_class(explain)):
                 last = a
                 if shown_array is None and a.shown is not None:
@@ -151,10 +173,13 @@ class _Handlers:
                 out = [*self._outputs(a, shown_array, done=False), kept]
                 yield _changed(out, sent)
                 sent = out
-        finally:
-            self.forget(image)
         if last is not None:
             yield _changed([*self._outputs(last, shown_array, done=True), kept], sent)
+
+    def analyse(self, image, cam_method, explain):
+        """``/analyse`` for programs: what the page shows, streamed, without the image the page keeps."""
+        for out in self.stream(image, cam_method, explain):
+            yield out[:-1]
 
     def _outputs(self, a: Analysis, shown_array, done: bool) -> List[Any]:
         probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
@@ -193,13 +218,10 @@ class _Handlers:
 
     def classify(self, image) -> Dict[str, Any]:
         """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
-        if not self.shown:
-            self.forget(image)
-            return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
-        try:
+        with self.using(image):
+            if not self.shown:
+                return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
             final = self.board.classify(image)
-        finally:
-            self.forget(image)
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}
         return self._answer(final, self.model_entries(final, with_heatmaps=False)[0])
@@ -207,11 +229,9 @@ class _Handlers:
     def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
         """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
         final = None
-        try:
+        with self.using(image):
             for final in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
                 pass
-        finally:
-            self.forget(image)
         if not self.shown:
             final.error = NO_MODELS_LINE
         if final.error:
@@ -275,7 +295,7 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
         # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
         kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
         page_in, page_out = [*inputs, kept], [*c.outputs, kept]
-        c.run.click(handlers.stream, page_in, page_out, api_name="analyse", api_description=_ANALYSE_API)
+        c.run.click(handlers.stream, page_in, page_out, api_name="analyse_page", api_visibility="undocumented")
         c.upload.upload(handlers.stream, page_in, page_out, api_name=False)
         # hidden components that carry the programs' endpoints
         api_json, probabilities_json = (
@@ -284,6 +304,8 @@ def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
         )
         api_gallery = gr.Gallery(visible=False, format="png", label="heat maps")
         classify_button, api_button = gr.Button(visible=False), gr.Button(visible=False)
+        analyse_button = gr.Button(visible=False)
+        analyse_button.click(handlers.analyse, inputs, c.outputs, api_name="analyse", api_description=_ANALYSE_API)
         classify_button.click(
             handlers.classify, [c.upload], [probabilities_json], api_name="classify", api_description=_CLASSIFY_API
         )

@@ -246,10 +246,18 @@ def _read_dicom(fp: BinaryIO) -> Tuple[Image.Image, bool]:
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         if arr.ndim != 2:
             raise ImageInputError(f"This DICOM image is not greyscale ({photometric}); chest radiographs are.")
-        factor = math.ceil(max(rows, cols) / WORKING_SIDE)
+        # one factor for both sides keeps the shape; never more than the short side holds
+        factor = min(math.ceil(max(rows, cols) / WORKING_SIDE), rows, cols)
         if factor > 1:
             arr = _block_mean(arr, factor)
-        return _displayed(arr, ds, photometric), rows * cols > HEAVY_PIXELS
+        try:
+            return _displayed(arr, ds, photometric), rows * cols > HEAVY_PIXELS
+        except Exception as e:  # lookup tables that do not fit the pixels, and the like
+            _logger.info("DICOM display failed: %s: %s", type(e).__name__, e)
+            raise ImageInputError(
+                "This DICOM file's lookup tables or pixel values are damaged. Export it as PNG or as "
+                "uncompressed DICOM."
+            ) from None
 
 
 def _displayed(arr: np.ndarray, ds, photometric: str) -> Image.Image:

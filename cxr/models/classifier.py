@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -57,6 +58,8 @@ class CXRClassifier:
         self.config = config
         self.source = source
         self.ood = ood
+        # the guard reads features through hooks on the model: one prediction at a time per classifier
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -118,8 +121,9 @@ class CXRClassifier:
         """Calibrated class probabilities (``len(images) x 4``, in :attr:`label_names` order) and, from the same
         forward, which images the out-of-distribution guard flags as unlike the training X-rays (``None`` for a
         model saved without a guard)."""
-        with capture_features(self.model) as captured:
-            probs = self.probabilities(self.model(self.inputs(images))).cpu().numpy()
+        x = self.inputs(images)
+        with self._lock, capture_features(self.model) as captured:
+            probs = self.probabilities(self.model(x)).cpu().numpy()
         if self.ood is None or captured is None:
             return probs, None
         return probs, self.ood.flags(captured.tensor().cpu())

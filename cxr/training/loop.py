@@ -722,7 +722,9 @@ def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, A
     train, val, test = outputs["train"], outputs["validation"], outputs["test"]
     if train.features is None:
         return None
-    others = ~np.isin(train.index, val.index)  # all of them, unless this is a refit
+    # an output's index is a position in its own part: the dataset rows say which image it is
+    rows = {part: np.asarray(r.rows[part])[o.index] for part, o in outputs.items()}
+    others = ~np.isin(rows["train"], rows["validation"])  # all of them, unless this is a refit
     guard = OODGuard.fit(train.features[others], val.features, reference=train.features)
     kept = r.accelerator.unwrap_model(r.model)
     probes = probe_images()
@@ -738,7 +740,7 @@ def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, A
         "threshold": round(guard.threshold, 6),
         "test_flagged": int(test_flags.sum()),
         "test_images": len(test_flags),
-        "test_flagged_files": [r.file_names[i] for i in test.index[test_flags]],
+        "test_flagged_files": [r.file_names[i] for i in rows["test"][test_flags]],
         "probes_flagged": int(probe_flags.sum()),
         "probes": len(probe_flags),
         "probes_missed": [name for name, flag in zip(probes, probe_flags) if not flag],
