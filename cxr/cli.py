@@ -81,7 +81,10 @@ def _disk_full(error: BaseException) -> Optional[str]:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _DISK_FULL:
             return os.strerror(error.errno) + (f" writing {error.filename}" if error.filename else "")
-        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+        text = str(error)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            if "shm" in text or "shared memory" in text.lower():
+                return None  # shared memory of loader workers, not the output disk: the traceback says more
             return f"no space left on the device ({type(error).__name__}: {error})"
         error = error.__cause__ or error.__context__
     return None

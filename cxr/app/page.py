@@ -120,7 +120,7 @@ class _Handlers:
     def using(self, path: Optional[str]) -> Iterator[None]:
         """Hold an upload while a request analyses it; when the last request holding it ends, delete it
         (:meth:`forget`)."""
-        key = str(path) if path else None
+        key = str(Path(path).resolve()) if path else None  # one count per file, however a request spells it
         with self._lock:
             self._in_use[key] += 1
         try:
@@ -141,13 +141,15 @@ class _Handlers:
         if not path or self.demo is None:
             return
         file, root = Path(path).resolve(), Path(self.demo.GRADIO_CACHE).resolve()
-        uploads = {str(Path(p).resolve()) for p in self.demo.upload_file_set}
-        if root not in file.parents or str(file) not in uploads or not file.is_file():
+        uploads = self.demo.upload_file_set.copy()  # Gradio's threads add to it (and sweep it) meanwhile
+        spelled = next((p for p in (str(path), str(file)) if p in uploads), None)
+        if root not in file.parents or spelled is None or not file.is_file():
             return
         if (file.name, file.stat().st_size) in self.examples:
             return
         with contextlib.suppress(OSError):
             file.unlink()
+            self.demo.upload_file_set.discard(spelled)
             file.parent.rmdir()  # the upload's own folder, now empty
 
     @staticmethod
