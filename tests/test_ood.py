@@ -95,7 +95,7 @@ def guarded(tmp_path_factory, sample_dir):
     def features(paths):
         with torch.no_grad(), capture_features(model.eval()) as captured:
             model(torch.stack([prep.transform(p) for p in paths]))
-        return captured.tensor()
+        return captured.take()
 
     OODGuard.fit(features(train), features(val)).save(folder)
     return CXRClassifier.from_pretrained(folder), held_out

@@ -153,7 +153,7 @@ class CamSession:
                 self.outputs = self.cam.activations_and_grads(self.x)
         guard = self.clf.ood
         self.out_of_distribution = (
-            None if guard is None or captured is None else bool(guard.flags(captured.tensor().cpu())[0])
+            None if guard is None or captured is None else bool(guard.flags(captured.take().cpu())[0])
         )
         return self.clf.probabilities(self.outputs.detach())[0].cpu().numpy()
 

@@ -126,7 +126,7 @@ class CXRClassifier:
             probs = self.probabilities(self.model(x)).cpu().numpy()
         if self.ood is None or captured is None:
             return probs, None
-        return probs, self.ood.flags(captured.tensor().cpu())
+        return probs, self.ood.flags(captured.take().cpu())
 
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Calibrated class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""

@@ -18,7 +18,7 @@ Example:
     >>> guard = OODGuard.load("runs/lite0/model")                      # doctest: +SKIP
     >>> with capture_features(model) as feats:                         # doctest: +SKIP
     ...     logits = model(x)
-    >>> guard.flags(feats.tensor())                                    # doctest: +SKIP
+    >>> guard.flags(feats.take())                                    # doctest: +SKIP
     array([False])
 """
 
@@ -81,12 +81,11 @@ class FeatureCapture:
             p.clear()
         return torch.cat([s / s.norm(dim=1, keepdim=True).clamp_min(1e-12) for s in stages], dim=1)
 
-    tensor = take
-
 
 def _stages(model: nn.Module) -> List[Tuple[nn.Module, Optional[int]]]:
     """The modules whose outputs describe an image, with their channel count: timm's feature stages
-    (``feature_info``) where the model lists them; else the classifier layer (its input is read)."""
+    (``feature_info``); empty for a model that lists none (:func:`capture_features` then reads the classifier's
+    input)."""
     modules = dict(model.named_modules())
     info = getattr(model, "feature_info", None)
     stages = []

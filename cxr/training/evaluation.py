@@ -9,6 +9,7 @@ the Kaggle layout, every image a test image.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -40,7 +41,9 @@ class Outputs:
 
 
 @torch.inference_mode()
-def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "evaluating") -> Outputs:
+def predict_outputs(
+    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating", features: bool = True
+) -> Outputs:
     """Run ``model`` over ``loader`` on every process and gather its logits and penultimate features (from
     the same forward, :func:`cxr.models.ood.capture_features`) on all of them.
 
@@ -49,6 +52,7 @@ def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "ev
         loader: a loader prepared by ``accelerator`` yielding ``pixel_values``, ``labels``, ``index``.
         accelerator: the run's ``Accelerator``.
         desc: progress-bar label (main process only).
+        features: record the features (``False``: ``Outputs.features`` is ``None``, no hooks run).
 
     Returns:
         :class:`Outputs`: each image of the loader's dataset exactly once.
@@ -57,7 +61,8 @@ def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "ev
 
     model.eval()
     parts: List[Tuple[torch.Tensor, ...]] = []
-    with capture_features(accelerator.unwrap_model(model)) as captured:
+    capturing = capture_features(accelerator.unwrap_model(model)) if features else contextlib.nullcontext()
+    with capturing as captured:
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
             with accelerator.autocast():
                 logits = model(batch["pixel_values"])
@@ -74,8 +79,8 @@ def predict_outputs(model: torch.nn.Module, loader, accelerator, desc: str = "ev
 def predict_logits(
     model: torch.nn.Module, loader, accelerator, desc: str = "evaluating"
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`predict_outputs` as ``(index, labels, logits)``."""
-    out = predict_outputs(model, loader, accelerator, desc)
+    """:func:`predict_outputs` as ``(index, labels, logits)``, without recording features."""
+    out = predict_outputs(model, loader, accelerator, desc, features=False)
     return out.index, out.labels, out.logits
 
 

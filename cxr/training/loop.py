@@ -731,7 +731,7 @@ def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, A
     x = torch.stack([r.prep.transform(im) for im in probes.values()]).to(r.accelerator.device)
     with torch.inference_mode(), capture_features(kept) as captured:
         kept(x)
-    probe_flags = guard.flags(captured.tensor().cpu())
+    probe_flags = guard.flags(captured.take().cpu())
     test_flags = guard.flags(test.features)
     if r.accelerator.is_main_process:
         guard.save(r.folder.model_dir)
