@@ -244,7 +244,7 @@ def run_id(config: Dict[str, Any], split: Dict[str, Any]) -> str:
 
 def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") -> None:
     """Refuse, before any work, an output folder that cannot be written: the folder, or the nearest existing
-    folder above it, must accept a new file.
+    folder above it, must accept a new file and its first block of data (a read-only folder, or a full disk).
 
     Raises:
         CXRError: naming the folder and why.
@@ -258,8 +258,10 @@ def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") 
     if existing is None or not existing.is_dir():
         raise CXRError(f"{flag} {folder}: {existing} is not a folder")
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        with tempfile.TemporaryFile(dir=existing) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())  # a full disk refuses the data, even where it still has an inode to give
     except OSError as e:
         raise CXRError(
             f"{flag} {folder}: cannot write in {existing} ({e.strerror}); choose a folder you can write to"

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import RunFolder, read_predictions, write_json, write_predictions
@@ -70,3 +71,22 @@ def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):
     assert back.files == ["COVID/a.png", "Normal/b.png", "Lung_Opacity/c.png"]
     assert back.y.tolist() == [0, 2, 1] and back.pred.tolist() == [0, 3, 1]
     np.testing.assert_allclose(back.probs, probs, atol=1e-6)
+
+
+def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cxr.errors import CXRError
+    from cxr.run_folder import check_writable
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CXRError, match="cannot write in .*No space left on device"):
+        check_writable(tmp_path / "run")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    check_writable(tmp_path / "run")  # a disk with room passes
