@@ -71,6 +71,7 @@ RECIPES: Dict[str, List[str]] = {
     "warmup3": "--warmup-epochs 3".split(),
     "ld0.9": "--layer-decay 0.9".split(),
     "e20-refit": "--epochs 20 --final-fit".split(),
+    "e12": "--epochs 12".split(),
     "adam-flip-e10-refit": "--preset paper --batch-size 16 --epochs 10 --lr 3e-4 --augment flip --keep last --final-fit".split(),
 }
 
