@@ -107,3 +107,30 @@ def test_one_forward_per_model_per_request(tmp_path, sample_dir):
     for m in board.models:  # the shared forward gives the plain prediction's probabilities
         expected = m.classifier.predict(path)
         assert updates[-1][0][m.ref] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_session_holds_its_model_until_it_ends(sample_dir, monkeypatch):
+    """A prediction on the same classifier from another thread waits for an open Grad-CAM session (its hooks
+    would record that forward too) and runs once the session ends; a session whose hooks cannot be set up
+    leaves the model free."""
+    import threading
+
+    from cxr.models import cam as cam_module
+    from cxr.models.cam import CamSession
+
+    clf = _classifier("resnet18")
+    path = next((sample_dir / "Normal").glob("*.png"))
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (clf.predict(path), done.set()))
+    with CamSession(clf, "GradCAM") as session:
+        session.probabilities(path)
+        worker.start()
+        assert not done.wait(0.5)  # still waiting while the session's hooks are on the model
+        session.heatmap()
+    assert done.wait(60)
+    worker.join()
+
+    monkeypatch.setattr(cam_module, "target_layers", lambda *a: (_ for _ in ()).throw(RuntimeError("no layers")))
+    with pytest.raises(RuntimeError, match="no layers"):
+        CamSession(clf, "GradCAM")
+    assert not clf.lock.locked()

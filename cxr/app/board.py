@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
@@ -78,7 +77,6 @@ class ShownModel:
     ref: str
     classifier: Optional[CXRClassifier] = None
     error: Optional[str] = None
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @property
     def available(self) -> bool:
@@ -204,9 +202,8 @@ class ModelBoard:
             return result
         for m in self.available:
             try:
-                # the lock keeps this forward out of a concurrent request's Grad-CAM hooks on the same model
-                with m.lock:
-                    probs, flags = m.classifier.predict_and_check([image])
+                # waits for a concurrent request's Grad-CAM session on the same model (the classifier's lock)
+                probs, flags = m.classifier.predict_and_check([image])
                 result.probabilities[m.ref] = dict(zip(m.classifier.label_names, map(float, probs[0])))
                 result.out_of_distribution[m.ref] = None if flags is None else bool(flags[0])
             except Exception as e:
@@ -235,11 +232,10 @@ class ModelBoard:
         class_index = CLASS_NAMES.index(cam_class) if cam_class in CLASS_NAMES else None
         models = self.available
         with contextlib.ExitStack() as stack:
-            # Grad-CAM hooks live on shared models: hold every model's lock for this request, in a fixed order
-            for m in models:
-                stack.enter_context(m.lock)
             sessions = {}
-            for m in models:  # one forward per model: its probabilities now, its heat map below
+            # one forward per model: its probabilities now, its heat map below; each session holds its model
+            # (the classifier's lock) until the request ends, and they are opened in the board's fixed order
+            for m in models:
                 try:
                     sessions[m.ref] = stack.enter_context(CamSession(m.classifier, method))
                     probs = sessions[m.ref].probabilities(image)

@@ -103,7 +103,10 @@ class CamSession:
 
     The forward runs through the CAM method's hooks (activations kept, graph kept);
     :meth:`probabilities` returns its softmax, :meth:`heatmap` then back-propagates that same
-    forward for the chosen class. Use as a context manager: leaving it removes the hooks.
+    forward for the chosen class. Use as a context manager: leaving it removes the hooks. A session holds
+    the classifier's :attr:`~cxr.models.classifier.CXRClassifier.lock` from its start to its end, so other
+    threads' predictions and sessions on the same model wait for it (sessions on several models: open them in
+    one fixed order).
 
     Args:
         clf: the classifier (its preprocessing builds the input, as in training).
@@ -120,14 +123,20 @@ class CamSession:
         if method not in methods:
             raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         self.clf = clf
-        layers = target_layers(clf.model, clf.config.get("architecture", clf.name))
-        self.cam = (
-            None
-            if layers is None
-            else methods[method](
-                model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model)
+        clf.lock.acquire()  # released by __exit__, or here if the hooks cannot be set up
+        self._holding = True
+        try:
+            layers = target_layers(clf.model, clf.config.get("architecture", clf.name))
+            self.cam = (
+                None
+                if layers is None
+                else methods[method](
+                    model=clf.model, target_layers=layers, reshape_transform=reshape_transform_for(clf.model)
+                )
             )
-        )
+        except BaseException:
+            self._release()
+            raise
         self.x: Optional[torch.Tensor] = None
         self.outputs: Optional[torch.Tensor] = None
         #: whether the model's out-of-distribution guard flagged the image (``None``: the model has no guard)
@@ -137,9 +146,17 @@ class CamSession:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.cam is not None:
-            self.cam.__exit__(*exc)
-        self.x = self.outputs = None
+        try:
+            if self.cam is not None:
+                self.cam.__exit__(*exc)
+            self.x = self.outputs = None
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.clf.lock.release()
 
     def probabilities(self, image: ImageLike) -> np.ndarray:
         """Forward ``image`` once (hooks recording) and return its class probabilities; the same forward tells

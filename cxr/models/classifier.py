@@ -58,8 +58,10 @@ class CXRClassifier:
         self.config = config
         self.source = source
         self.ood = ood
-        # the guard reads features through hooks on the model: one prediction at a time per classifier
-        self._lock = threading.Lock()
+        #: Held by whatever puts hooks on :attr:`model` for a forward: a prediction (the guard's feature hooks)
+        #: and a :class:`cxr.models.cam.CamSession` for its whole life (Grad-CAM's), so that no forward's records
+        #: reach another's. A plain lock: a streamed request may release it from another thread.
+        self.lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -122,7 +124,7 @@ class CXRClassifier:
         forward, which images the out-of-distribution guard flags as unlike the training X-rays (``None`` for a
         model saved without a guard)."""
         x = self.inputs(images)
-        with self._lock, capture_features(self.model) as captured:
+        with self.lock, capture_features(self.model) as captured:
             probs = self.probabilities(self.model(x)).cpu().numpy()
         if self.ood is None or captured is None:
             return probs, None

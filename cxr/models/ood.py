@@ -18,7 +18,7 @@ Example:
     >>> guard = OODGuard.load("runs/lite0/model")                      # doctest: +SKIP
     >>> with capture_features(model) as feats:                         # doctest: +SKIP
     ...     logits = model(x)
-    >>> guard.flags(feats.take())                                    # doctest: +SKIP
+    >>> guard.flags(feats.take())                                      # doctest: +SKIP
     array([False])
 """
 
@@ -175,7 +175,7 @@ class OODGuard:
         flagged).
 
         Args:
-            train_features: the training images' penultimate features, the validation images not among them.
+            train_features: the training images' features (:func:`capture_features`), the validation images not among them.
             validation_features: the validation images' features (they set the threshold).
             k: the neighbour whose distance is the score.
             flag_rate: the share of validation images above the threshold.

@@ -32,7 +32,8 @@ _logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Outputs:
     """A model's outputs over a loader, one row per image, sorted by index: ``index``, ``labels``, ``logits``
-    (float32) and the penultimate ``features`` (float32; ``None`` for a model without a classifier layer)."""
+    (float32) and the guard's ``features`` (float32, :func:`cxr.models.ood.capture_features`; ``None`` when not
+    recorded or for a model that has neither feature stages nor a classifier layer)."""
 
     index: np.ndarray
     labels: np.ndarray
@@ -44,8 +45,8 @@ class Outputs:
 def predict_outputs(
     model: torch.nn.Module, loader, accelerator, desc: str = "evaluating", features: bool = True
 ) -> Outputs:
-    """Run ``model`` over ``loader`` on every process and gather its logits and penultimate features (from
-    the same forward, :func:`cxr.models.ood.capture_features`) on all of them.
+    """Run ``model`` over ``loader`` on every process and gather its logits and the out-of-distribution
+    guard's features (from the same forward, :func:`cxr.models.ood.capture_features`) on all of them.
 
     Args:
         model: a (prepared) model.
