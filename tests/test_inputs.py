@@ -324,3 +324,21 @@ def test_a_very_elongated_dicom_is_reduced_without_losing_a_side(tmp_path, small
     image, warnings = read_radiograph(write_dicom(tmp_path / "strip.dcm", strip))
     assert image.mode == "L" and min(image.size) >= 1 and image.size[0] > image.size[1]
     assert any("far from the roughly square shape" in w for w in warnings)
+
+
+@pytest.mark.parametrize("damage", ["zero window width", "short modality LUT"])
+def test_a_dicom_whose_lookup_tables_do_not_fit_is_one_sentence(tmp_path, damage):
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+
+    pixels = np.arange(64 * 64).reshape(64, 64) % 4096
+    path = write_dicom(tmp_path / "d.dcm", pixels, window=(2048, 0) if damage == "zero window width" else None)
+    if damage == "short modality LUT":  # the descriptor claims 4096 entries, the data holds 3
+        ds = dcmread(path)
+        lut = Dataset()
+        lut.LUTDescriptor, lut.ModalityLUTType = [4096, 0, 16], "OD"
+        lut.LUTData = np.array([1, 2, 3], dtype=np.uint16).tobytes()
+        ds.ModalityLUTSequence = [lut]
+        ds.save_as(path)
+    with pytest.raises(ImageInputError, match="lookup tables or pixel values are damaged"):
+        read_radiograph(path)

@@ -29,6 +29,7 @@ import io
 import logging
 import math
 import os
+import struct
 import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
@@ -252,12 +253,17 @@ def _read_dicom(fp: BinaryIO) -> Tuple[Image.Image, bool]:
             arr = _block_mean(arr, factor)
         try:
             return _displayed(arr, ds, photometric), rows * cols > HEAVY_PIXELS
-        except Exception as e:  # lookup tables that do not fit the pixels, and the like
+        except _DAMAGED_DISPLAY as e:  # lookup tables that do not fit the pixels, a zero window width
             _logger.info("DICOM display failed: %s: %s", type(e).__name__, e)
             raise ImageInputError(
                 "This DICOM file's lookup tables or pixel values are damaged. Export it as PNG or as "
                 "uncompressed DICOM."
             ) from None
+
+
+#: What pydicom raises for lookup tables or windows that do not fit the pixels (a short LUT, a zero width):
+#: damaged data, said as such; anything else (out of memory) is not the file's fault.
+_DAMAGED_DISPLAY = (ValueError, TypeError, IndexError, KeyError, AttributeError, struct.error)
 
 
 def _displayed(arr: np.ndarray, ds, photometric: str) -> Image.Image:
