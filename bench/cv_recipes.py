@@ -72,6 +72,9 @@ RECIPES: Dict[str, List[str]] = {
     "ld0.9": "--layer-decay 0.9".split(),
     "e20-refit": "--epochs 20 --final-fit".split(),
     "e12": "--epochs 12".split(),
+    # the quick start's recipe (8 epochs, run at --image-size 128) and shorter ones that leave time for a second model
+    "e8": "--epochs 8".split(),
+    "e6": "--epochs 6".split(),
     "adam-flip-e10-refit": "--preset paper --batch-size 16 --epochs 10 --lr 3e-4 --augment flip --keep last --final-fit".split(),
 }
 

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cxr.allocator import keep_freed_memory
 from cxr.errors import CXRError
@@ -26,6 +26,7 @@ __all__ = [
     "build_train_parser",
     "build_eval_parser",
     "build_app_parser",
+    "parse_cache_sweep",
     "train_main",
     "eval_main",
     "app_main",
@@ -267,15 +268,30 @@ def build_app_parser() -> argparse.ArgumentParser:
         "--quickstart",
         default=None,
         metavar="DATA",
-        help="First train EfficientNet-Lite0 (offline ImageNet weights, 8 epochs at 128 px) on this "
-        "Kaggle-layout folder into runs/quickstart-lite0 unless done, and show it.",
+        help="First train two models on this Kaggle-layout folder, unless done: EfficientNet-Lite0 (offline "
+        "ImageNet weights) and the pixel baseline logreg, into QUICKSTART_DIR/quickstart-lite0 and "
+        "QUICKSTART_DIR/quickstart-logreg; show both, before any other model.",
+    )
+    p.add_argument(
+        "--quickstart-dir",
+        default="runs",
+        metavar="QUICKSTART_DIR",
+        help="Folder the quick-start runs are written to (default: runs).",
     )
     p.add_argument(
         "--examples",
         default=None,
         metavar="DIR",
-        help="Kaggle-layout folder whose first image per class is offered as an example "
-        "(default: the --quickstart folder).",
+        help="Kaggle-layout folder from which one film per class is offered as an example: one held out from "
+        "training by every model shown (their split.json), that decodes and that no model's out-of-distribution "
+        "guard flags (default: the --quickstart folder, else ./examples if there is one, as on a Space).",
+    )
+    p.add_argument(
+        "--cache-sweep",
+        default=None,
+        metavar="EVERY,AGE",
+        help="Gradio's cache sweep: every EVERY seconds, delete what the app stored (uploads never analysed, "
+        "heat maps sent, copies of examples clicked) more than AGE seconds ago (default: 300,900).",
     )
     p.add_argument(
         "--host",
@@ -291,21 +307,39 @@ def build_app_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_cache_sweep(text: str) -> Tuple[int, int]:
+    """``--cache-sweep EVERY,AGE`` as two whole numbers of seconds, each at least 1."""
+    parts = text.split(",")
+    try:
+        every, age = (int(p) for p in parts)
+    except ValueError:
+        every = age = 0
+    if len(parts) != 2 or every < 1 or age < 1:
+        raise CXRError(f"--cache-sweep takes EVERY,AGE in whole seconds, each at least 1 (e.g. 300,900), got {text!r}")
+    return every, age
+
+
 def app_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python app.py``."""
     args = build_app_parser().parse_args(argv)
 
     def run():
         from cxr.app.board import ModelBoard, resolve_model_refs
-        from cxr.app.page import build_demo
-        from cxr.app.quickstart import ensure_quickstart_model, example_images
+        from cxr.app.examples import choose_examples, screen_with, training_split
+        from cxr.app.page import CACHE_SWEEP, build_demo
+        from cxr.app.quickstart import ensure_quickstart_models
+        from cxr.locations import EXAMPLES_DIR
 
         if args.concurrency < 1:
             raise CXRError(f"--concurrency must be at least 1, got {args.concurrency}")
+        sweep = parse_cache_sweep(args.cache_sweep) if args.cache_sweep else CACHE_SWEEP
+        if args.examples and not Path(args.examples).is_dir():
+            raise CXRError(f"--examples folder not found: {args.examples}")
         refs = resolve_model_refs(args.models)
         if args.quickstart:
-            quick = ensure_quickstart_model(args.quickstart)
-            refs = [quick] + [r for r in refs if Path(r).resolve() != Path(quick).resolve()]
+            quick = ensure_quickstart_models(args.quickstart, args.quickstart_dir)
+            known = {Path(q).resolve() for q in quick}
+            refs = quick + [r for r in refs if Path(r).resolve() not in known]
         if not refs:  # a fresh Space or checkout: serve a page that says what the app needs, never exit
             _logger.warning(
                 "no models to show: pass --models, list them in app_models.txt, train one into "
@@ -314,18 +348,28 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         board = ModelBoard.load(refs)
         for m in board.models:
             _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")
-        example_dir = args.examples or args.quickstart
-        demo = build_demo(board, example_images(example_dir) if example_dir else ())
+        example_dir = args.examples or args.quickstart or (EXAMPLES_DIR if Path(EXAMPLES_DIR).is_dir() else None)
+        examples = []
+        if example_dir and board.available:
+            splits = {m.ref: training_split(m.ref) for m in board.available}
+            choice = choose_examples(example_dir, splits, screen_with(board))
+            for line in choice.problems:
+                _logger.warning("%s", line)
+            examples = choice.examples
+            _logger.info("examples: %s", ", ".join(e.file_name for e in examples) or "none")
+        demo = build_demo(board, examples, cache_sweep=sweep)
         demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
         from cxr.data.decode import MAX_FILE_BYTES
 
-        # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later)
+        # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later);
+        # the example films are the only files outside its cache that it may hand out
         demo.launch(
             server_name=args.host,
             server_port=args.port,
             share=args.share,
             show_error=True,
             max_file_size=MAX_FILE_BYTES,
+            allowed_paths=[str(e.path.resolve()) for e in examples],
         )
 
     return run_cli(run)
@@ -418,18 +462,28 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
     space.add_argument(
         "--commit-message", default=None, help="Commit message (default: 'Deploy cxr app with N model(s)')."
     )
+    space.add_argument(
+        "--examples",
+        default=None,
+        metavar="DIR",
+        help="Kaggle-layout folder from which one film per class that every model held out from training (their "
+        "published split.json) is uploaded to the Space's examples/ and offered there. The films keep the terms "
+        "of the database they come from: check that you may publish them.",
+    )
     args = parser.parse_args(argv)
 
     def run():
         if args.command == "space":
             from cxr.hub.space import deploy_space
 
+            models = [m.strip() for m in args.models.split(",") if m.strip()]
             url = deploy_space(
                 args.space_id,
-                args.models.split(","),
+                models,
                 private=args.private,
                 commit_message=args.commit_message,
                 force=args.force,
+                examples=_space_examples(args.examples, models) if args.examples else (),
             )
         else:
             from cxr.hub.publish import push_run
@@ -438,6 +492,22 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
         print(url)
 
     return run_cli(run)
+
+
+def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Path]]:
+    """The films of ``folder`` a Space offers: one per class that every model held out (their published splits)."""
+    from cxr.app.examples import choose_examples, training_split
+
+    if not Path(folder).is_dir():
+        raise CXRError(f"--examples folder not found: {folder}; nothing was uploaded")
+    choice = choose_examples(folder, {m: training_split(m) for m in model_ids})
+    for line in choice.problems:
+        _logger.warning("%s", line)
+    chosen = [(e.file_name, e.path) for e in choice.examples if e.held_out]
+    if not chosen:
+        raise CXRError(f"{folder} has no film that every model held out from training; nothing was uploaded")
+    _logger.info("examples for the Space: %s", ", ".join(name for name, _ in chosen))
+    return chosen
 
 
 def study_main(argv: Optional[List[str]] = None) -> int:

@@ -15,7 +15,11 @@ import os
 from pathlib import Path
 from typing import Union
 
-__all__ = ["is_hub_id"]
+__all__ = ["is_hub_id", "EXAMPLES_DIR"]
+
+#: The folder of example films beside a Space's ``app.py`` (written by ``cxr.hub space --examples``), which the app
+#: offers when no ``--examples`` folder is named.
+EXAMPLES_DIR = "examples"
 
 
 def is_hub_id(ref: Union[str, os.PathLike]) -> bool:

@@ -1,9 +1,14 @@
 """The Gradio app, launched on 127.0.0.1 with models trained on the sample in this session, driven
 through gradio_client and a real headless Chromium."""
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
+import time
+import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,34 +49,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app(app_models, sample_dir, tmp_path_factory):
+def launch_app(args, log: Path, cwd: Path = REPO, env=None, timeout: float = 120):
+    """Start ``app.py ARGS`` on a free port as a user would; returns its URL and process once it answers."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("app-log") / "app.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [
-                PYTHON,
-                "app.py",
-                "--models",
-                ",".join([*app_models, MISSING]),
-                "--port",
-                str(port),
-                "--examples",
-                str(sample_dir),
-                "--concurrency",
-                "4",
-            ],
-            cwd=REPO,
+            [PYTHON, str(REPO / "app.py"), *args, "--port", str(port)],
+            cwd=cwd,
             stdout=f,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+            env=env or {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
         )
     url = f"http://127.0.0.1:{port}/"
-    wait_until_serving(url, proc, log)
-    yield url, proc, app_models
+    wait_until_serving(url, proc, log, timeout=timeout)
+    return url, proc
+
+
+def stop(proc) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app(app_models, sample_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    args = ["--models", ",".join([*app_models, MISSING]), "--examples", str(sample_dir), "--concurrency", "4"]
+    url, proc = launch_app(args, log)
+    yield url, proc, app_models
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -154,27 +159,17 @@ def test_app_without_models_serves_a_page_that_says_what_it_needs(tmp_path, samp
     """A fresh Space: no --models, no app_models.txt, no runs/ — the app serves and explains, never exits."""
     from gradio_client import Client, handle_file
 
-    port = _free_port()
-    log = tmp_path / "app.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [PYTHON, str(REPO / "app.py"), "--port", str(port)],
-            cwd=tmp_path,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items() if k != "CXR_APP_MODELS"},
-        )
+    env = {k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items() if k != "CXR_APP_MODELS"}
+    url, proc = launch_app([], tmp_path / "app.log", cwd=tmp_path, env=env)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        config = wait_until_serving(url + "config", proc, log).decode()
+        config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
         assert "No models to show yet" in config and "app_models.txt" in config and "cxr.hub space" in config
         client = Client(url, verbose=False)
         info = client.predict(handle_file(str(next((sample_dir / "COVID").glob("*.png")))), api_name="/classify")
         assert "started without models" in info["error"]
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_each_cam_method_and_explained_class(app, client, sample_dir):
@@ -375,13 +370,13 @@ def test_memory_does_not_keep_growing_over_200_requests(app, client, sample_dir)
     assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
 
 
-@pytest.mark.slow
-def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A page of the app in Debian's headless Chromium, loaded and showing the disclaimer."""
     from playwright.sync_api import sync_playwright
 
     chromium = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
     assert Path(chromium).exists(), "install Debian's chromium (.ci/run does)"
-    shot = Path(os.environ.get("CXR_SCREENSHOT_DIR", tmp_path)) / "app.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
@@ -395,20 +390,33 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
                 "--disable-sync",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        # not "networkidle": a page with per-visitor state keeps a heartbeat connection open (Gradio uses it to
-        # drop the state when the tab closes)
-        page.goto(app[0], wait_until="load")
-        page.wait_for_selector("text=not for diagnosis", timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            # not "networkidle": a page with per-visitor state keeps a heartbeat connection open (Gradio uses it
+            # to drop the state when the tab closes)
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("text=not for diagnosis", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_for_every_model(page, n_models: int) -> None:
+    for i in range(n_models):
+        page.wait_for_selector(f"#heatmap-{i} img", timeout=60_000)
+        label = page.inner_text(f"#label-{i}")
+        assert all(c in label for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")), label
+
+
+@pytest.mark.slow
+def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
+    shot = Path(os.environ.get("CXR_SCREENSHOT_DIR", tmp_path)) / "app.png"
+    with browser_page(app[0]) as page:
         page.set_input_files("input[type=file]", str(next((sample_dir / "COVID").glob("*.png"))))
-        for i in range(len(app[2])):
-            page.wait_for_selector(f"#heatmap-{i} img", timeout=60_000)
-            label = page.inner_text(f"#label-{i}")
-            assert all(c in label for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"))
+        wait_for_every_model(page, len(app[2]))
         assert "Unavailable" in page.inner_text(f"#model-{len(app[2])}")
         assert page.inner_text("#agreement").strip()
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()
     with Image.open(shot) as im:
         assert im.size[0] >= 1400
 
@@ -427,8 +435,6 @@ def _call(url: str, api_name: str, data: list, session: str) -> list:
     """Run an event through Gradio's queue as the page's JavaScript does; returns its outputs as the page
     shows them at the end (streamed steps after the first are diffs of the step before; outputs sent as
     unchanged, ``{"__type__": "update"}``, keep what was shown)."""
-    import json
-
     import httpx
     from gradio_client.utils import apply_diff
 
@@ -455,9 +461,6 @@ def _call(url: str, api_name: str, data: list, session: str) -> list:
 
 
 def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_never_shown(app, tmp_path, sample_dir):
-    import json
-    import uuid
-
     import httpx
     from pydicom import dcmread
 
@@ -485,8 +488,6 @@ def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_neve
 
 
 def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_stay(app, client, sample_dir):
-    import uuid
-
     url, session = app[0], uuid.uuid4().hex
     upload = _upload(url, next((sample_dir / "Normal").glob("*.png")))
     first = _call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], session)
@@ -506,9 +507,160 @@ def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_
     assert _call(url, "classify", [heat], uuid.uuid4().hex)[0]["error"] is None
     assert Path(heat["path"]).is_file()
     # an example image, clicked and analysed, stays for the next visitor who clicked it
-    (update,) = _call(url, "load_example", [0], uuid.uuid4().hex)  # the upload component, its value set
-    example = update["value"]
+    (example,) = _call(url, "load_example", [0], uuid.uuid4().hex)  # the upload component's new value
     for _ in range(2):
         out = _call(url, "predict", [example, "GradCAM", "predicted class"], uuid.uuid4().hex)
         assert out[0]["error"] is None, out[0]
     assert Path(example["path"]).is_file()
+
+
+def _example_table(url: str) -> dict:
+    import httpx
+
+    components = httpx.get(url + "config").json()["components"]
+    return next(c for c in components if c.get("props", {}).get("elem_id") == "examples")
+
+
+def _test_films(models) -> list:
+    """Each served model's test split (from its run folder's split.json)."""
+    return [set(json.loads((Path(m).parent / "split.json").read_text())["test"]) for m in models]
+
+
+def test_examples_are_films_every_model_held_out_and_say_their_class(app):
+    url, _, models = app
+    captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+    assert captions == [f"{c} · held out from training" for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")]
+    tests = _test_films(models)
+    for i, caption in enumerate(captions):
+        (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
+        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        assert info["error"] is None and set(models) <= set(info["models"])
+        example = info["example"]
+        assert all(example["file_name"] in test for test in tests), example
+        assert example["true_class"] == caption.split(" · ")[0] == example["file_name"].split("/")[0]
+        assert example["held_out"] and example["tested_by"] == models and example["trained_on_by"] == []
+
+
+@pytest.fixture(scope="module")
+def swept_app(app_models, sample_dir, tmp_path_factory):
+    """The app with Gradio's cache sweep every second for files older than two seconds."""
+    log = tmp_path_factory.mktemp("swept-app-log") / "app.log"
+    url, proc = launch_app(
+        ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"], log
+    )
+    yield url, proc, app_models
+    stop(proc)
+
+
+def _wait_until_gone(*paths: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.exists() for p in paths):
+        assert time.monotonic() < deadline, f"the cache sweep left {[str(p) for p in paths if p.exists()]}"
+        time.sleep(0.2)
+
+
+def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_heat_maps(swept_app, sample_dir):
+    url, _, models = swept_app
+    session = uuid.uuid4().hex
+    never_analysed = Path(_upload(url, next((sample_dir / "Normal").glob("*.png")))["path"])
+    full = _call(
+        url, "predict", [_upload(url, next((sample_dir / "COVID").glob("*.png"))), "GradCAM", PREDICTED], session
+    )
+    heat_map = Path(full[1][0]["image"]["path"])
+    (clicked,) = _call(url, "load_example", [0], session)
+    assert never_analysed.is_file() and heat_map.is_file() and Path(clicked["path"]).is_file()
+    # the sweep removes what the app stored, the copy of the example clicked included
+    _wait_until_gone(never_analysed, heat_map, Path(clicked["path"]))
+    # the page that clicked it before the sweep still gets an answer for it, and so does every later click
+    page = _call(url, "analyse_page", [clicked, "GradCAM", PREDICTED, None], session)
+    assert "⚠" not in page[0] and "held out from training" in page[0], page[0]
+    for i in range(4):
+        (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
+        info, _ = _call(url, "predict", [film, "GradCAM", PREDICTED], uuid.uuid4().hex)
+        assert info["error"] is None and info["example"]["held_out"], info
+        assert all(info["models"][m]["heatmap_index"] is not None for m in models)
+
+
+@pytest.mark.slow
+def test_a_visitor_clicks_an_example_after_sweeps_in_a_real_browser(swept_app, tmp_path):
+    url, _, models = swept_app
+    time.sleep(5)  # several sweeps since start: every copy made at start-up is older than their age
+    with browser_page(url) as page:
+        for caption, wait in (("Viral Pneumonia · held out from training", 0), ("COVID · held out from training", 4)):
+            time.sleep(wait)  # another sweep between the two visits
+            page.get_by_text(caption).click()
+            page.wait_for_selector("#status", timeout=10_000)
+            page.get_by_role("button", name="Analyse").click()
+            page.wait_for_function(
+                "document.querySelector('#status').innerText.includes(arguments[0])",
+                arg=caption.split(" · ")[0],
+                timeout=60_000,
+            )
+            wait_for_every_model(page, len(models))
+            status = page.inner_text("#status")
+            assert "held out from training" in status and "⚠" not in status, status
+        page.screenshot(path=str(tmp_path / "after-sweeps.png"), full_page=True)
+
+
+def test_an_examples_folder_of_training_films_photos_and_broken_files_is_lines_and_a_page_note(
+    app_models, sample_dir, tmp_path
+):
+    import httpx
+
+    from cxr.models.ood import probe_images
+
+    lite0 = app_models[0]
+    train = json.loads((Path(lite0).parent / "split.json").read_text())["train"]
+    metrics = json.loads((Path(lite0).parent / "metrics.json").read_text())
+    folder = tmp_path / "examples"
+    for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        (folder / c).mkdir(parents=True)
+        for name in [n for n in train if n.startswith(c + "/")][:2]:
+            (folder / name).symlink_to(sample_dir / name)
+    # not in any split, so tried first: a grey non-radiograph that lite0's guard flags, and a broken file
+    probe = next(name for name in probe_images() if name not in metrics["ood"]["probes_missed"])
+    probe_images()[probe].save(folder / "COVID" / "AAA-probe.png")
+    (folder / "COVID" / "AAB-broken.png").write_bytes(b"\x89PNG broken")
+    url, proc = launch_app(["--models", ",".join(app_models), "--examples", str(folder)], tmp_path / "app.log")
+    try:
+        log = (tmp_path / "app.log").read_text()
+        assert f"AAA-probe.png skipped: it does not look like a chest X-ray to {lite0}" in log, log[-3000:]
+        assert "AAB-broken.png skipped: it cannot be read" in log
+        assert log.count("so its answer there is not a test") == 4
+        notes = next(
+            c["props"]["value"]
+            for c in httpx.get(url + "config").json()["components"]
+            if c.get("props", {}).get("elem_id") == "example-notes"
+        )
+        assert notes.count("that answer is not a test") == 4
+        assert all(caption[0].startswith("⚠") for caption in _example_table(url)["props"]["samples"])
+        (film,) = _call(url, "load_example", [0], uuid.uuid4().hex)
+        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        assert info["error"] is None and info["example"]["trained_on_by"] == app_models
+    finally:
+        stop(proc)
+
+
+def test_quickstart_serves_two_models_whose_test_films_are_the_examples(tmp_path, sample_dir):
+    """``python app.py --quickstart DATA`` from a folder with no runs: two models trained, both served first."""
+    from conftest import make_subset
+
+    data = make_subset(tmp_path / "data", sample_dir, 10)
+    home = tmp_path / "checkout"
+    home.mkdir()
+    env = {k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}.items() if k != "CXR_APP_MODELS"}
+    url, proc = launch_app(["--quickstart", str(data)], tmp_path / "app.log", cwd=home, env=env, timeout=600)
+    try:
+        models = [str(Path("runs") / name / "model") for name in ("quickstart-lite0", "quickstart-logreg")]
+        tests = [set(json.loads((home / m).parent.joinpath("split.json").read_text())["test"]) for m in models]
+        captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+        assert len(captions) == 4 and all(c.endswith("held out from training") for c in captions)
+        for i in range(4):
+            (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
+            info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+            assert list(info["models"]) == models, info  # both, and nothing else
+            assert all(info["models"][m]["probabilities"] for m in models)
+            assert all(info["example"]["file_name"] in test for test in tests)
+            assert info["agreement"].startswith(("All 2 models agree", "The models disagree"))
+    finally:
+        stop(proc)

@@ -201,3 +201,33 @@ def test_upload_memory_sends_every_worst_input_and_tabulates_peaks(subset):
         assert r["over the ordinary request MB"].endswith("(≤ 300)")
         assert float(r["peak growth MB"]) >= 0
     assert rows[5]["peak growth MB"].endswith("(≤ 1500)") and rows[5]["retained MB"].endswith("(≤ 100)")
+
+
+def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_latency(subset, tmp_path):
+    from cxr.cli import train_main
+
+    models = []
+    for name, args in {"lite0": ["--image-size", "64"], "logreg": ["--image-size", "24"]}.items():
+        model = "tf_efficientnet_lite0" if name == "lite0" else name
+        out = tmp_path / name
+        assert (
+            train_main([*args, "--model", model, "--data", str(subset), "--output-dir", str(out), "--epochs", "1"]) == 0
+        )
+        models.append(str(out / "model"))
+    # a short soak whose cache sweep runs several times: every 2 s, files older than 4 s
+    flags = ["--minutes", "0.75", "--request-every", "1", "--page-every", "20", "--sample-every", "3"]
+    out = _run(
+        "app_soak.py",
+        *flags,
+        *["--warm-up", "10", "--window", "10", "--cache-sweep", "2,4"],
+        *["--models", ",".join(models), "--examples", str(subset)],
+    )
+    samples, latency, summary = _tables(out)
+    assert len(samples) >= 10 and all(float(s["resident MiB"]) > 100 for s in samples)
+    assert {r["request"] for r in latency} == {"/predict", "/classify", "page, again", "example", "Chromium visit"}
+    assert all(int(r["count"]) >= 1 for r in latency), latency
+    figures = {r["soak"]: r["value"] for r in summary}
+    assert figures["failed"] == "0 (target: none)", out
+    oldest = figures["oldest file in the cache once a sweep could have run"]
+    assert float(oldest.split(" s ")[0]) <= float(oldest.split("≤ ")[1].split(" s")[0]), oldest
+    assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")

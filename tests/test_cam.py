@@ -74,16 +74,16 @@ def test_overlay_has_the_shown_image_size():
     assert out.shape == (200, 300, 3) and out.dtype == np.uint8
 
 
-def test_quickstart_reuses_a_finished_run_and_lists_examples(tmp_path, sample_dir):
-    from cxr.app.quickstart import ensure_quickstart_model, example_images
+def test_quickstart_reuses_finished_runs(tmp_path, sample_dir):
+    from cxr.app.quickstart import QUICKSTART_RUNS, ensure_quickstart_models
 
-    run = tmp_path / "quick"
-    (run / "model").mkdir(parents=True)
-    (run / "metrics.json").write_text("{}")
-    (run / "model" / "model.safetensors").write_bytes(b"")
-    assert ensure_quickstart_model(sample_dir, run) == str(run / "model")  # no training
-    examples = example_images(sample_dir)
-    assert [p.split("/")[-2] for p in examples] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    for spec in QUICKSTART_RUNS:
+        run = tmp_path / spec.name
+        (run / "model").mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+        (run / "model" / "model.safetensors").write_bytes(b"")
+    folders = ensure_quickstart_models(sample_dir, tmp_path)  # no training: both finished
+    assert folders == [str(tmp_path / name / "model") for name in ("quickstart-lite0", "quickstart-logreg")]
 
 
 def test_one_forward_per_model_per_request(tmp_path, sample_dir):

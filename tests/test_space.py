@@ -3,14 +3,16 @@ Hub stand-in (tests/hub_server.py): publish two models, deploy a Space listing t
 Space repository into an empty folder with snapshot_download, start its app.py there with the Hub
 endpoint pointed at the stand-in, and get predictions from every listed model through gradio_client."""
 
+import json
 import os
 import subprocess
+import uuid
 
 import pytest
 import yaml
 from conftest import PYTHON, make_subset, run_script, wait_until_serving
 from hub_server import TOKEN, LocalHub
-from test_app import _free_port
+from test_app import _call, _example_table, _free_port
 from test_hub import hub_env
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
@@ -30,10 +32,15 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def published(hub, tmp_path_factory, sample_dir):
+def published_data(tmp_path_factory, sample_dir):
+    """The real X-rays the published models are trained on: 10 per class."""
+    return make_subset(tmp_path_factory.mktemp("space-data") / "data", sample_dir, 10)
+
+
+@pytest.fixture(scope="module")
+def published(hub, published_data, tmp_path_factory):
     """Two small models trained on real X-rays and published with `python -m cxr.hub push`."""
-    tmp = tmp_path_factory.mktemp("space-models")
-    data = make_subset(tmp / "data", sample_dir, 10)
+    tmp, data = tmp_path_factory.mktemp("space-models"), published_data
     for repo_id, args in MODELS.items():
         run = tmp / repo_id.split("/")[1]
         proc = run_script(
@@ -57,7 +64,7 @@ def published(hub, tmp_path_factory, sample_dir):
     return list(MODELS)
 
 
-def deploy(hub, tmp_path, space_id, models, token=TOKEN, *extra):
+def deploy(hub, tmp_path, space_id, models, *extra, token=TOKEN):
     # no implicit token: every request must carry the token the command checked
     return run_script(
         [PYTHON, "-m", "cxr.hub", "space", space_id, "--models", ",".join(models), *extra],
@@ -72,17 +79,23 @@ def _front_matter(readme: bytes) -> dict:
 
 
 @pytest.mark.slow
-def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, tmp_path, sample_dir):
+def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, published_data, tmp_path, sample_dir):
     import gradio
     from gradio_client import Client, handle_file
 
-    proc = deploy(hub, tmp_path, "cxr-test/demo", published)
+    proc = deploy(hub, tmp_path, "cxr-test/demo", published, "--examples", str(published_data))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "/spaces/cxr-test/demo/commit/" in proc.stdout
     _, files = hub.repos["spaces/cxr-test/demo"].snapshot("main")
     top = {p for p in files if "/" not in p}
     assert top == {"app.py", "README.md", "requirements.txt", "app_models.txt"}
-    assert {p.split("/")[0] for p in files} == top | {"cxr"}
+    assert {p.split("/")[0] for p in files} == top | {"cxr", "examples"}
+    # one film per class, each in the test split both models published
+    tests = [set(json.loads(hub.repos[m].snapshot("main")[1]["split.json"])["test"]) for m in published]
+    films = sorted(p.split("/", 1)[1] for p in files if p.startswith("examples/"))
+    assert [f.split("/")[0] for f in films] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    assert all(f in test for f in films for test in tests), films
+    assert all(files["examples/" + f] == (published_data / f).read_bytes() for f in films)
     assert (
         "cxr/model_cards/cxr_model_card.md" in files and "cxr/metrics/cxr_classification/cxr_classification.py" in files
     )
@@ -141,6 +154,12 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, t
                 assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
             full, gallery = client.predict(image, "GradCAM", "predicted class", api_name="/predict")
             assert [g["caption"] for g in gallery] == published
+        # the Space offers its examples/ films, held out by both models
+        captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+        assert captions == [f"{f.split('/')[0]} · held out from training" for f in films]
+        (film,) = _call(url, "load_example", [0], uuid.uuid4().hex)
+        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        assert info["example"]["file_name"] == films[0] and info["example"]["tested_by"] == published
     finally:
         app.terminate()
         app.wait(timeout=30)
@@ -198,6 +217,6 @@ def test_redeploy_updates_a_cxr_space_and_never_touches_a_foreign_one(hub, publi
     assert proc.returncode == 2 and "was not deployed by cxr" in proc.stderr and "--force" in proc.stderr
     _, files = hub.repos["spaces/cxr-test/someone-elses"].snapshot("main")
     assert files["app.py"] == b"print('hello')\n"
-    assert deploy(hub, tmp_path, "cxr-test/someone-elses", published, TOKEN, "--force").returncode == 0
+    assert deploy(hub, tmp_path, "cxr-test/someone-elses", published, "--force").returncode == 0
     _, files = hub.repos["spaces/cxr-test/someone-elses"].snapshot("main")
     assert b"app_main" in files["app.py"]

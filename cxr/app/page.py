@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
+from cxr.app.examples import Example, ExampleFilms
 from cxr.data.decode import UPLOAD_SUFFIXES
 from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.models.cam import CAM_METHODS
@@ -32,7 +33,8 @@ UPLOAD_TYPES = list(UPLOAD_SUFFIXES)
 #: this long after its last use, so "Analyse" can run again with other settings.
 KEPT_IMAGE_SECONDS = 900
 #: Gradio's cache sweep, (every, older than) in seconds: what was not deleted at once — an upload never
-#: analysed, the heat map images sent — goes on this schedule (example images stay).
+#: analysed, the heat map images sent, the copies of examples clicked — goes on this schedule (a click on an
+#: example copies its film again); ``app.py --cache-sweep`` sets other ages.
 CACHE_SWEEP = (300, 900)
 
 _INTRO = f"""# Chest X-ray classifiers, side by side
@@ -76,10 +78,11 @@ def _cam_class(choice: Optional[str]) -> Optional[str]:
     return choice if choice in CLASS_NAMES else None
 
 
-def _status(a: Analysis, done: bool) -> str:
+def _status(a: Analysis, done: bool, example: Optional[Example] = None) -> str:
     if a.error:
         return f"**⚠ {a.error}**"
-    lines = [f"**⚠ {w}**" for w in a.warnings]
+    lines = [example.description] if example else []
+    lines += [f"**⚠ {w}**" for w in a.warnings]
     lines += [f"**⚠ {ref}: {OOD_MESSAGE}**" for ref, flagged in a.out_of_distribution.items() if flagged]
     lines += [f"{ref}: {err}" for ref, err in a.model_errors.items()]
     lines.append(f"*{DISCLAIMER}*" if done else f"*Computing heat maps… — {DISCLAIMER}*")
@@ -108,13 +111,26 @@ class _Components:
 class _Handlers:
     """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
 
-    def __init__(self, board: ModelBoard, examples: Sequence[str] = ()):
+    def __init__(self, board: ModelBoard):
         self.board, self.shown = board, board.models
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
-        # an example's copy in Gradio's cache is shared by every visitor who clicks it: never deleted
-        self.examples = {(Path(e).name, Path(e).stat().st_size) for e in examples if Path(e).is_file()}
+        self.examples = ExampleFilms(())  # set by build_demo
         self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
         self._lock = threading.Lock()
+
+    def example(self, path: Optional[str]) -> Optional[Example]:
+        """The example film ``path`` holds (by content) or, when it is a copy in Gradio's cache that is gone,
+        the example of that name."""
+        if path and not Path(path).is_file():
+            return self.examples.named(path) if self._in_cache(path) else None
+        return self.examples.holding(path)
+
+    def _in_cache(self, path: str) -> bool:
+        return self.demo is not None and Path(self.demo.GRADIO_CACHE).resolve() in Path(path).resolve().parents
+
+    def load_example(self, index: int) -> str:
+        """The film of the example clicked, for the upload component (Gradio copies it into its cache)."""
+        return str(self.examples.films[index].path)
 
     @contextlib.contextmanager
     def using(self, path: Optional[str]) -> Iterator[None]:
@@ -145,48 +161,49 @@ class _Handlers:
         spelled = next((p for p in (str(path), str(file)) if p in uploads), None)
         if root not in file.parents or spelled is None or not file.is_file():
             return
-        if (file.name, file.stat().st_size) in self.examples:
+        if self.examples.holding(file) is not None:  # the same bytes as an example: perhaps its cached copy
             return
         with contextlib.suppress(OSError):
             file.unlink()
             self.demo.upload_file_set.discard(spelled)
             file.parent.rmdir()  # the upload's own folder, now empty
 
-    @staticmethod
-    def _upload(path: Optional[str], kept: Optional[Tuple[str, DecodedUpload]]) -> Upload:
+    def _upload(self, path: Optional[str], kept: Optional[Tuple[str, DecodedUpload]] = None) -> Upload:
         """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the
-        image this page decoded from it then."""
+        image this page decoded from it then; an example whose cached copy is gone (a cache emptied by hand)
+        is read from its own film."""
         if path and kept is not None and kept[0] == str(path) and not Path(path).is_file():
             return kept[1]
-        return path
+        example = self.example(path) if path and not Path(path).is_file() else None
+        return str(example.path) if example is not None else path
 
     def stream(self, image, cam_method, explain, kept=None):
         """Yield the page's outputs as they are ready, skipping those that did not change
         (Gradio would otherwise re-encode and re-send every heat map at each step); the last output is
         the decoded image the page keeps for another analysis of the same upload."""
         sent: Optional[List[Any]] = None
-        last, shown_array = None, None
+        last, shown_array, example = None, None, self.example(image)
         with self.using(image):
             for a in self.board.analyse(self._upload(image, kept), cam_method or "GradCAM", _cam_class(explain)):
                 last = a
                 if shown_array is None and a.shown is not None:
                     shown_array = _as_array(a.shown)
                     kept = (str(image), a.decoded) if image else None
-                out = [*self._outputs(a, shown_array, done=False), kept]
+                out = [*self._outputs(a, shown_array, done=False, example=example), kept]
                 yield _changed(out, sent)
                 sent = out
         if last is not None:
-            yield _changed([*self._outputs(last, shown_array, done=True), kept], sent)
+            yield _changed([*self._outputs(last, shown_array, done=True, example=example), kept], sent)
 
     def analyse(self, image, cam_method, explain):
         """``/analyse`` for programs: what the page shows, streamed, without the image the page keeps."""
         for out in self.stream(image, cam_method, explain):
             yield out[:-1]
 
-    def _outputs(self, a: Analysis, shown_array, done: bool) -> List[Any]:
+    def _outputs(self, a: Analysis, shown_array, done: bool, example: Optional[Example] = None) -> List[Any]:
         probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
         heatmaps = [a.heatmaps.get(m.ref) for m in self.shown]
-        return [_status(a, done), shown_array, *probabilities, *heatmaps, agreement_line(a.probabilities)]
+        return [_status(a, done, example), shown_array, *probabilities, *heatmaps, agreement_line(a.probabilities)]
 
     def model_entries(self, final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
         models, gallery = {}, []
@@ -208,11 +225,13 @@ class _Handlers:
             models[m.ref] = entry
         return models, gallery
 
-    def _answer(self, final: Analysis, models: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    def _answer(self, final: Analysis, models: Dict[str, Any], image: Optional[str], **extra: Any) -> Dict[str, Any]:
+        example = self.example(image)
         return {
             "error": None,
             "warnings": final.warnings,
             **extra,
+            "example": None if example is None else _example_entry(example),
             "agreement": agreement_line(final.probabilities),
             "models": models,
             "disclaimer": DISCLAIMER,
@@ -223,23 +242,23 @@ class _Handlers:
         with self.using(image):
             if not self.shown:
                 return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
-            final = self.board.classify(image)
+            final = self.board.classify(self._upload(image))
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}
-        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0])
+        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0], image)
 
     def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
         """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
         final = None
         with self.using(image):
-            for final in self.board.analyse(image, cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007 (the last)
+            for final in self.board.analyse(self._upload(image), cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007
                 pass
         if not self.shown:
             final.error = NO_MODELS_LINE
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}, []
         models, gallery = self.model_entries(final, with_heatmaps=True)
-        return self._answer(final, models, shown_size=list(final.shown.size)), gallery
+        return self._answer(final, models, image, shown_size=list(final.shown.size)), gallery
 
 
 def _layout(board: ModelBoard) -> _Components:
@@ -274,25 +293,41 @@ def _layout(board: ModelBoard) -> _Components:
     return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement)
 
 
-def build_demo(board: ModelBoard, examples: Sequence[str] = ()):
+def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep: Tuple[int, int] = CACHE_SWEEP):
     """Build the ``gr.Blocks`` page for ``board``: the layout, the streamed page event, and the ``/analyse``,
     ``/classify`` and ``/predict`` API endpoints.
 
     Args:
         board: the loaded models (unavailable ones are shown with their reason).
-        examples: image paths offered as clickable examples.
+        examples: films offered as clickable examples (:func:`cxr.app.examples.choose_examples`), each captioned
+            with its true class and whether the models held it out; one a model trained on gets a note on the page.
+        cache_sweep: Gradio's cache sweep, (every, older than) in seconds (:data:`CACHE_SWEEP`).
 
     Returns:
         The unlaunched ``gr.Blocks``.
     """
     import gradio as gr
 
-    handlers = _Handlers(board, examples)
-    with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=CACHE_SWEEP) as demo:
+    handlers = _Handlers(board)
+    with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
         c = _layout(board)
         if examples:
-            gr.Examples(examples=[[e] for e in examples], inputs=[c.upload], label="Examples (click one)")
+            handlers.examples = ExampleFilms(examples)
+            # not gr.Examples: it copies the films into Gradio's cache once, at start, and the cache sweep deletes
+            # those copies a quarter of an hour later; here each click hands Gradio the film itself (launch with
+            # allowed_paths naming the films), which it copies again or refreshes
+            table = gr.Dataset(
+                components=[gr.Textbox(visible=False)],
+                samples=[[e.caption] for e in examples],
+                type="index",
+                label="Examples: films with their true class (click one, then Analyse)",
+                elem_id="examples",
+            )
+            table.click(handlers.load_example, [table], [c.upload], api_name="load_example", queue=False)
+            seen = [f"⚠ {e.description}" for e in examples if e.seen]
+            if seen:
+                gr.Markdown("\n\n".join(seen), elem_id="example-notes")
         inputs = [c.upload, c.method, c.cam_class]
         # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
         kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
@@ -328,13 +363,26 @@ _CLASSIFY_API = (
     "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
     "models (per model: available, probabilities by class, predicted, temperature, out_of_distribution "
     "(true when the image does not look like the chest X-rays the model was trained on), error), "
-    "disclaimer. Research use only, not for diagnosis."
+    "example (null, or for one of the app's example films: file_name, true_class, held_out and which models "
+    "tested, never saw or trained on it), disclaimer. Research use only, not for diagnosis."
 )
 _PREDICT_API = (
     "Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
     "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
     "gallery of heat maps (PNG, the size of the image as analysed, captioned by model)."
 )
+
+
+def _example_entry(e: Example) -> Dict[str, Any]:
+    return {
+        "file_name": e.file_name,
+        "true_class": e.true_class,
+        "held_out": e.held_out,
+        "tested_by": list(e.tested),
+        "never_seen_by": list(e.unseen),
+        "trained_on_by": list(e.seen),
+        "split_unknown_for": list(e.unknown),
+    }
 
 
 def _changed(new: List[Any], old: Optional[List[Any]]) -> List[Any]:

@@ -10,7 +10,9 @@ repository (``repo_type="space"``, Gradio SDK) and uploads exactly what it needs
   (Gradio itself comes from the Space's ``sdk_version``);
 - ``README.md``: front matter a Space accepts (``sdk``, ``sdk_version``, ``app_file``,
   ``python_version``, ``models`` and ``preload_from_hub`` so start-up downloads nothing);
-- ``app_models.txt``: the models the app shows, one per line.
+- ``app_models.txt``: the models the app shows, one per line;
+- ``examples/<Class>/<file>``, with ``--examples``: the films the app offers as examples (chosen by the command
+  line from a folder so that every model held them out; the app checks again at start).
 
 Nothing is uploaded when a check fails. Research use only — not for diagnosis.
 
@@ -27,9 +29,10 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from cxr.errors import CXRError
+from cxr.locations import EXAMPLES_DIR
 from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
 __all__ = [
@@ -175,7 +178,9 @@ def space_requirements() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _space_readme(space_id: str, model_ids: Sequence[str], architectures: Dict[str, str]) -> str:
+def _space_readme(
+    space_id: str, model_ids: Sequence[str], architectures: Dict[str, str], examples: Sequence[str] = ()
+) -> str:
     import gradio
     import yaml
 
@@ -202,6 +207,13 @@ def _space_readme(space_id: str, model_ids: Sequence[str], architectures: Dict[s
         "tags": ["medical-imaging", "chest-x-ray", "grad-cam", "cxr"],
     }
     rows = "\n".join(f"| [`{m}`](https://huggingface.co/{m}) | `{architectures.get(m, '?')}` |" for m in model_ids)
+    films = (
+        f"\n\nThe examples ({', '.join(f'`{e}`' for e in examples)}, in `{EXAMPLES_DIR}/`) are films every model "
+        "held out from training (each model's `split.json`); they stay under the terms of the database they come "
+        "from."
+        if examples
+        else ""
+    )
     return f"""---
 {yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
 ---
@@ -219,12 +231,16 @@ source of an image rather than from disease; each model card says how it was tra
 
 Deployed with `python -m cxr.hub space {space_id} --models {",".join(model_ids)}`; the models shown are
 listed in `app_models.txt`. Programs can call the `/classify` endpoint (probabilities only) or `/predict`
-(probabilities and heat maps) with `gradio_client`.
+(probabilities and heat maps) with `gradio_client`.{films}
 """
 
 
 def build_space(
-    folder: Union[str, Path], space_id: str, model_ids: Sequence[str], architectures: Optional[Dict[str, str]] = None
+    folder: Union[str, Path],
+    space_id: str,
+    model_ids: Sequence[str],
+    architectures: Optional[Dict[str, str]] = None,
+    examples: Sequence[Tuple[str, Path]] = (),
 ) -> Path:
     """Write a Space's files into ``folder`` (which must be empty or missing).
 
@@ -233,9 +249,10 @@ def build_space(
         space_id: ``OWNER/NAME`` (named in the README).
         model_ids: the models the Space shows.
         architectures: ``{model id: architecture}`` for the README's table.
+        examples: ``(file name as <Class>/<file>, film)`` for each example film.
 
     Returns:
-        The folder, holding :data:`SPACE_FILES` and ``cxr/``.
+        The folder, holding :data:`SPACE_FILES`, ``cxr/`` and, with examples, :data:`EXAMPLES_DIR`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +268,11 @@ def build_space(
     (folder / "app_models.txt").write_text(
         "# The models this Space shows (python -m cxr.hub space), one Hub id per line.\n" + "\n".join(model_ids) + "\n"
     )
-    (folder / "README.md").write_text(_space_readme(space_id, model_ids, architectures or {}))
+    for name, film in examples:
+        target = folder / EXAMPLES_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(film, target)  # the bytes, also of a symlink
+    (folder / "README.md").write_text(_space_readme(space_id, model_ids, architectures or {}, [n for n, _ in examples]))
     return folder
 
 
@@ -280,6 +301,7 @@ def deploy_space(
     private: bool = False,
     commit_message: Optional[str] = None,
     force: bool = False,
+    examples: Sequence[Tuple[str, Path]] = (),
 ) -> str:
     """Create (or update) a Gradio Space showing ``model_ids`` and upload what it needs.
 
@@ -295,6 +317,8 @@ def deploy_space(
         commit_message: defaults to "Deploy cxr app with N model(s)".
         force: deploy over an existing Space that cxr did not deploy (its app.py, README.md and
             requirements.txt are replaced).
+        examples: ``(<Class>/<file>, film)`` of each film to offer as an example (an update replaces the
+            Space's examples whole).
 
     Returns:
         The URL of the commit.
@@ -317,7 +341,7 @@ def deploy_space(
     api = HfApi(token=token)
     _check_ours_to_replace(api, space_id, force)
     with tempfile.TemporaryDirectory(prefix="cxr-space-") as tmp:
-        folder = build_space(Path(tmp) / "space", space_id, model_ids, architectures)
+        folder = build_space(Path(tmp) / "space", space_id, model_ids, architectures, examples)
         try:
             SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
         except Exception as e:  # ValueError for refused metadata, HTTP errors for the validator itself
@@ -331,7 +355,7 @@ def deploy_space(
                 repo_id=space_id,
                 repo_type="space",
                 folder_path=str(folder),
-                delete_patterns=["cxr/**"],
+                delete_patterns=["cxr/**", f"{EXAMPLES_DIR}/**"],
                 commit_message=commit_message or f"Deploy cxr app with {len(model_ids)} model(s)",
             )
         except HfHubHTTPError as e:

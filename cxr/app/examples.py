@@ -1,0 +1,310 @@
+"""The app's example films: chosen from a Kaggle-layout folder so that no served model trained on them.
+
+Each served model's ``split.json`` (a run folder's, beside a Hub model's ``config.json``, or in the model folder)
+says which films it trained on (its ``train`` part), tuned on (``validation``: the kept epoch, the temperature and
+the guard's threshold come from it) and was tested on (``test``). :func:`choose_examples` picks, per class, the
+first film of the folder held out by every model — in the test part of each model that has a split, or in no part
+of it (a model trained on other data) — that decodes and that no model's out-of-distribution guard flags. Only
+when a class has no such film is one offered that a model saw, and then a start-up line and the page (from
+:attr:`Example.seen`) say so. Nothing here imports Gradio. Research use only — not for diagnosis.
+
+Example:
+    >>> splits = {"runs/a/model": {"train": ["COVID/1.png"], "validation": [], "test": ["COVID/2.png"]}}
+    >>> held_out_by(splits, "COVID/2.png"), held_out_by(splits, "COVID/1.png")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.locations import is_hub_id
+from cxr.run_folder import RunFolder
+
+__all__ = [
+    "Split",
+    "Example",
+    "ExampleChoice",
+    "ExampleFilms",
+    "SPLIT_FILE",
+    "training_split",
+    "held_out_by",
+    "choose_examples",
+    "screen_with",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: ``{"train": [...], "validation": [...], "test": [...]}``: file names as ``<Class>/<basename>``.
+Split = Dict[str, List[str]]
+SPLIT_FILE = "split.json"
+#: Films tried per class before the folder is said to have no usable example of it (each is decoded and
+#: screened by every model at start-up).
+MAX_TRIES_PER_CLASS = 12
+
+
+def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
+    """The split a served model was trained with, or ``None`` when it is not known.
+
+    A model folder ``runs/x/model`` reads ``runs/x/split.json`` (or a ``split.json`` of its own); a Hub model
+    reads the ``split.json`` published beside its ``config.json``.
+    """
+    from cxr.data.splits import load_split
+
+    path: Optional[Path] = None
+    if Path(ref).is_dir() or not is_hub_id(str(ref)):
+        folder = Path(ref)
+        run = RunFolder(folder.parent)
+        candidates = [folder / SPLIT_FILE]
+        if run.model_dir.resolve() == folder.resolve():
+            candidates.append(run.split)
+        path = next((p for p in candidates if p.is_file()), None)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(str(ref), SPLIT_FILE))
+        except Exception as e:  # not published with one, offline and not cached, unreachable
+            _logger.warning(
+                "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_FILE, e
+            )
+            return None
+    if path is None:
+        return None
+    try:
+        return load_split(path)
+    except CXRError as e:
+        _logger.warning("%s: %s; its training films are not known", ref, e)
+        return None
+
+
+def held_out_by(splits: Mapping[str, Optional[Split]], file_name: str) -> bool:
+    """Whether every model with a known split held ``file_name`` out of training and tuning."""
+    return all(not _seen(s, file_name) for s in splits.values() if s is not None)
+
+
+def _seen(split: Split, file_name: str) -> bool:
+    return file_name in split["train"] or file_name in split["validation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One offered film and what each served model knew of it.
+
+    Attributes:
+        path: the film.
+        file_name: ``<Class>/<basename>``, as split files name it.
+        true_class: its class folder.
+        tested: models whose test part holds it.
+        unseen: models whose split does not name it (trained on other data).
+        seen: models that trained or tuned on it (their training or validation part).
+        unknown: models without a known split.
+    """
+
+    path: Path
+    file_name: str
+    true_class: str
+    tested: Tuple[str, ...] = ()
+    unseen: Tuple[str, ...] = ()
+    seen: Tuple[str, ...] = ()
+    unknown: Tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]]) -> "Example":
+        def refs(test: Callable[[Optional[Split]], bool]) -> Tuple[str, ...]:
+            return tuple(ref for ref, s in splits.items() if test(s))
+
+        return cls(
+            Path(path),
+            file_name,
+            file_name.split("/")[0],
+            tested=refs(lambda s: s is not None and file_name in s["test"]),
+            unseen=refs(lambda s: s is not None and file_name not in {*s["test"], *s["train"], *s["validation"]}),
+            seen=refs(lambda s: s is not None and _seen(s, file_name)),
+            unknown=refs(lambda s: s is None),
+        )
+
+    @property
+    def held_out(self) -> bool:
+        """No served model with a known split trained or tuned on it."""
+        return not self.seen
+
+    @property
+    def caption(self) -> str:
+        """The example's label on the page: its true class and whether it was held out from training."""
+        if self.seen:
+            return f"⚠ {self.true_class} · trained on by {len(self.seen)} model(s)"
+        if self.unknown:
+            return f"{self.true_class} · held out by {len(self.tested) + len(self.unseen)} of {self._count} models"
+        return f"{self.true_class} · held out from training"
+
+    @property
+    def _count(self) -> int:
+        return len(self.tested) + len(self.unseen) + len(self.seen) + len(self.unknown)
+
+    @property
+    def description(self) -> str:
+        """One sentence for the page when this example is analysed."""
+        name = Path(self.file_name).name
+        parts = [f"Example {name}: a film labelled **{self.true_class}** in its database."]
+        if self.tested:
+            parts.append(f"It is in the test split of {_models(self.tested)}: held out from training.")
+        if self.unseen:
+            parts.append(f"{_models(self.unseen, capital=True)} never saw it (trained on other films).")
+        if self.seen:
+            parts.append(
+                f"⚠ {_models(self.seen, capital=True)} trained on it (training or validation split): "
+                "that answer is not a test."
+            )
+        if self.unknown:
+            parts.append(f"Which films {_models(self.unknown)} trained on is not known (no {SPLIT_FILE}).")
+        return " ".join(parts)
+
+
+def _models(refs: Sequence[str], capital: bool = False) -> str:
+    if len(refs) == 1:
+        return f"{'M' if capital else 'm'}odel {refs[0]}"
+    return f"{'E' if capital else 'e'}very one of {len(refs)} models ({', '.join(refs)})"
+
+
+@dataclasses.dataclass
+class ExampleChoice:
+    """What :func:`choose_examples` offers and what it has to say about it.
+
+    Attributes:
+        examples: the films offered, in class order.
+        problems: start-up lines: an unusable folder, films skipped, classes without a usable film, examples
+            that a served model trained on.
+    """
+
+    examples: List[Example] = dataclasses.field(default_factory=list)
+    problems: List[str] = dataclasses.field(default_factory=list)
+
+
+class ExampleFilms:
+    """The examples on offer, recognised by their bytes: the copy of an example that Gradio makes in its cache
+    (for each click) is the same film.
+
+    Args:
+        films: the examples, in the order the page lists them.
+    """
+
+    def __init__(self, films: Sequence[Example]):
+        self.films = list(films)
+        self._by_size: Dict[int, List[Tuple[str, Example]]] = {}
+        for e in self.films:
+            self._by_size.setdefault(e.path.stat().st_size, []).append((_digest(e.path), e))
+
+    def holding(self, path: Union[str, os.PathLike, None]) -> Optional[Example]:
+        """The example whose film ``path`` holds byte for byte, if any."""
+        if not path or not Path(path).is_file():
+            return None
+        same_size = self._by_size.get(Path(path).stat().st_size)
+        if not same_size:
+            return None
+        digest = _digest(Path(path))
+        return next((e for d, e in same_size if d == digest), None)
+
+    def named(self, path: Union[str, os.PathLike]) -> Optional[Example]:
+        """The one example whose film has ``path``'s file name, if exactly one has."""
+        matches = [e for e in self.films if e.path.name == Path(path).name]
+        return matches[0] if len(matches) == 1 else None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: Says why a film cannot be offered (it does not decode, a model's guard flags it), or ``None`` when it can.
+Screen = Callable[[Path], Optional[str]]
+
+
+def choose_examples(
+    folder: Union[str, os.PathLike],
+    splits: Mapping[str, Optional[Split]],
+    screen: Optional[Screen] = None,
+    per_class: int = 1,
+) -> ExampleChoice:
+    """Choose ``per_class`` films of each class of a Kaggle-layout ``folder`` to offer as examples.
+
+    Films held out by every served model come first (those in every model's test split before those some model
+    never saw), then films some model saw, each group in file-name order; ``screen`` rejects films that cannot be
+    shown (tried up to :data:`MAX_TRIES_PER_CLASS` per class).
+
+    Args:
+        folder: a Kaggle-layout folder (``<Class>/images/*`` or ``<Class>/*``).
+        splits: per served model (its ref), its training split (:func:`training_split`) or ``None``.
+        screen: see :data:`Screen`; ``None`` accepts every file.
+        per_class: films per class.
+
+    Returns:
+        The examples and the start-up problems; never raises for a bad folder.
+    """
+    from cxr.data.dataset import scan_image_folder
+
+    choice = ExampleChoice()
+    if not Path(folder).is_dir():
+        choice.problems.append(f"no examples from {folder}: no such folder")
+        return choice
+    try:
+        records = scan_image_folder(folder)
+    except CXRError as e:
+        choice.problems.append(f"no examples from {folder}: {e}")
+        return choice
+    for label, name in enumerate(CLASS_NAMES):
+        candidates = [Example.of(p, f, splits) for p, f, y in records if y == label]
+        candidates.sort(key=lambda e: (len(e.seen), len(e.unseen), e.file_name))
+        chosen, rejected = _screened(candidates, screen, per_class)
+        choice.problems += [f"example {e.file_name} skipped: {why}" for e, why in rejected]
+        if not chosen:
+            choice.problems.append(f"no usable {name} example in {folder} (tried {len(rejected)} file(s))")
+        choice.examples += chosen
+    choice.problems += [
+        f"example {e.file_name}: {_models(e.seen)} trained on this film (its training or validation split), so "
+        f"its answer there is not a test; {folder} has no usable {e.true_class} film that every model held out"
+        for e in choice.examples
+        if e.seen
+    ]
+    return choice
+
+
+def _screened(candidates: List[Example], screen: Optional[Screen], wanted: int) -> Tuple[List[Example], List]:
+    chosen, rejected = [], []
+    for e in candidates[: max(wanted, MAX_TRIES_PER_CLASS)]:
+        if len(chosen) == wanted:
+            break
+        why = screen(e.path) if screen else None
+        if why is None:
+            chosen.append(e)
+        else:
+            rejected.append((e, why))
+    return chosen, rejected
+
+
+def screen_with(board) -> Screen:
+    """A :data:`Screen` that decodes a film as an upload would be and asks every model of ``board`` (a
+    :class:`cxr.app.board.ModelBoard`) whether it looks like the chest X-rays it was trained on."""
+
+    def screen(path: Path) -> Optional[str]:
+        result = board.classify(path)
+        if result.error:
+            return f"it cannot be read ({result.error})"
+        if result.warnings:
+            return "; ".join(result.warnings)
+        flagged = [ref for ref, flag in result.out_of_distribution.items() if flag]
+        if flagged:
+            return f"it does not look like a chest X-ray to {', '.join(flagged)}"
+        return None
+
+    return screen

@@ -1,0 +1,162 @@
+"""The app's example films (cxr/app/examples.py), chosen from the real sample against real splits: never one a
+served model trained on while a held-out one exists, and every bad folder a line, never a crash."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.app.board import ModelBoard
+from cxr.app.examples import ExampleFilms, choose_examples, screen_with, training_split
+from cxr.data.dataset import scan_image_folder
+from cxr.data.splits import save_split, stratified_split
+from cxr.labels import CLASS_NAMES
+
+
+@pytest.fixture(scope="module")
+def names(sample_dir):
+    """The sample's file names (``<Class>/<basename>``) by class, sorted as the chooser sorts them."""
+    records = scan_image_folder(sample_dir)
+    return {c: [f for _, f, y in records if y == i] for i, c in enumerate(CLASS_NAMES)}
+
+
+def _split(train=(), validation=(), test=()):
+    return {"train": list(train), "validation": list(validation), "test": list(test)}
+
+
+def test_the_real_split_of_the_sample_gives_test_films_of_every_class(sample_dir):
+    records = scan_image_folder(sample_dir)
+    split = stratified_split([f for _, f, _ in records], [y for _, _, y in records], seed=1)
+    choice = choose_examples(sample_dir, {"a/model": split, "b/model": split})
+    assert [e.true_class for e in choice.examples] == list(CLASS_NAMES)
+    for e in choice.examples:
+        assert e.file_name in split["test"] and e.path.is_file() and e.path.parent.name == e.true_class
+        assert e.tested == ("a/model", "b/model") and e.held_out
+        assert e.caption == f"{e.true_class} · held out from training"
+    assert choice.problems == []
+
+
+def test_films_a_model_trained_or_tuned_on_are_passed_over(sample_dir, names):
+    first, second, third = names["COVID"][:3]
+    splits = {"m1": _split(train=[first], validation=[second], test=[third]), "m2": None}
+    (covid,) = [e for e in choose_examples(sample_dir, splits).examples if e.true_class == "COVID"]
+    # first and second were seen by m1; the third is m1's test film; m2's training films are unknown
+    assert covid.file_name == third and covid.tested == ("m1",) and covid.unknown == ("m2",)
+    assert covid.caption == "COVID · held out by 1 of 2 models"
+    assert "not known" in covid.description and "test split of model m1" in covid.description
+
+
+def test_a_film_in_every_test_split_comes_before_one_a_model_never_saw(sample_dir, names):
+    unseen_by_m2, in_both = names["Normal"][0], names["Normal"][5]
+    splits = {"m1": _split(test=[unseen_by_m2, in_both]), "m2": _split(test=[in_both])}
+    (normal,) = [e for e in choose_examples(sample_dir, splits).examples if e.true_class == "Normal"]
+    assert normal.file_name == in_both
+
+
+def test_when_every_film_was_trained_on_the_example_says_so(tmp_path, sample_dir, names):
+    folder = tmp_path / "examples"
+    for c in CLASS_NAMES:
+        (folder / c).mkdir(parents=True)
+        for f in names[c][:2]:
+            (folder / f).symlink_to(sample_dir / f)
+    trained = [f for c in CLASS_NAMES for f in names[c][:2]]
+    choice = choose_examples(folder, {"runs/x/model": _split(train=trained)})
+    assert len(choice.examples) == 4 and all(e.seen == ("runs/x/model",) for e in choice.examples)
+    assert all(e.caption.startswith("⚠") and "not a test" in e.description for e in choice.examples)
+    assert sum("not a test" in line for line in choice.problems) == 4
+
+
+def test_a_screen_skips_films_and_says_why(sample_dir, names):
+    bad = names["Viral Pneumonia"][0]
+
+    def screen(path):
+        return "it does not look like a chest X-ray to m" if path.name == bad.split("/")[1] else None
+
+    choice = choose_examples(sample_dir, {}, screen)
+    (vp,) = [e for e in choice.examples if e.true_class == "Viral Pneumonia"]
+    assert vp.file_name == names["Viral Pneumonia"][1]
+    assert choice.problems == [f"example {bad} skipped: it does not look like a chest X-ray to m"]
+
+
+def test_a_folder_with_no_readable_image_is_a_line_not_a_crash(tmp_path):
+    folder = tmp_path / "broken"
+    for c in CLASS_NAMES:
+        (folder / c).mkdir(parents=True)
+        (folder / c / "scan.png").write_bytes(b"not a png at all")
+        (folder / c / "empty.png").write_bytes(b"")
+    choice = choose_examples(folder, {}, screen_with(ModelBoard([])))
+    assert choice.examples == []
+    assert sum(line.startswith("no usable") for line in choice.problems) == 4
+    assert any("cannot be read" in line and "empty" in line for line in choice.problems), choice.problems
+
+
+def test_a_colour_photograph_is_not_offered(tmp_path, sample_dir, names):
+    folder = tmp_path / "mixed"
+    for c in CLASS_NAMES:
+        (folder / c).mkdir(parents=True)
+        (folder / names[c][0]).symlink_to(sample_dir / names[c][0])
+    rng = np.random.default_rng(0)
+    photo = np.zeros((256, 256, 3), np.uint8)
+    photo[..., 0], photo[..., 1] = rng.integers(0, 255, (256, 256)), 200
+    Image.fromarray(photo).save(folder / "COVID" / "AAA-holiday.png")  # sorts first
+    choice = choose_examples(folder, {}, screen_with(ModelBoard([])))
+    assert [e.file_name for e in choice.examples] == [names[c][0] for c in CLASS_NAMES]
+    assert any("AAA-holiday.png skipped" in line and "colour photograph" in line for line in choice.problems)
+
+
+@pytest.mark.parametrize("folder", ["missing", "not-kaggle"])
+def test_a_folder_that_is_not_a_class_folder_layout_is_a_line(tmp_path, folder):
+    if folder == "not-kaggle":
+        (tmp_path / folder / "pictures").mkdir(parents=True)
+    choice = choose_examples(tmp_path / folder, {})
+    assert choice.examples == [] and len(choice.problems) == 1 and choice.problems[0].startswith("no examples from")
+
+
+def test_training_split_of_a_run_folder_and_of_a_model_folder(tmp_path, names):
+    split = _split(train=names["COVID"][:3], validation=names["COVID"][3:4], test=names["COVID"][4:5])
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    save_split(run / "split.json", split, seed=1)
+    assert training_split(run / "model") == split
+    alone = tmp_path / "copied-model"
+    shutil.copytree(run / "model", alone)
+    assert training_split(alone) is None  # a model folder copied out of its run: not known
+    save_split(alone / "split.json", split, seed=1)
+    assert training_split(alone) == split
+    (alone / "split.json").write_text(json.dumps({"train": []}))
+    assert training_split(alone) is None  # unreadable: not known (and logged)
+
+
+def test_example_films_are_recognised_by_their_bytes(tmp_path, sample_dir, names):
+    records = scan_image_folder(sample_dir)
+    split = stratified_split([f for _, f, _ in records], [y for _, _, y in records], seed=1)
+    films = ExampleFilms(choose_examples(sample_dir, {"m": split}).examples)
+    covid = films.films[0]
+    copy = tmp_path / "gradio-cache" / "abc123" / covid.path.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(covid.path, copy)
+    assert films.holding(copy) is covid and films.holding(str(copy)) is covid
+    assert films.holding(sample_dir / names["COVID"][-1]) is None  # another film
+    assert films.holding(None) is None and films.holding(tmp_path / "gone.png") is None
+    assert films.named(tmp_path / "gone" / covid.path.name) is covid
+    assert films.named(tmp_path / "other.png") is None
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--examples", "MISSING"], "--examples folder not found"),
+        (["--cache-sweep", "0,900"], "--cache-sweep takes EVERY,AGE"),
+        (["--cache-sweep", "300"], "--cache-sweep takes EVERY,AGE"),
+        (["--cache-sweep", "5,a"], "--cache-sweep takes EVERY,AGE"),
+    ],
+)
+def test_bad_app_flags_are_one_line_before_any_model_loads(tmp_path, capsys, flags, message):
+    from cxr.cli import app_main
+
+    flags = [str(tmp_path / f) if f == "MISSING" else f for f in flags]
+    assert app_main([*flags, "--models", "cxr-test/never-loaded"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "never-loaded" not in err
