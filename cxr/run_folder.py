@@ -45,6 +45,7 @@ __all__ = [
     "MODEL_CONFIG_NAME",
     "MODEL_WEIGHTS_NAME",
     "MODEL_OOD_NAME",
+    "SPLIT_NAME",
     "PREDICTION_PARTS",
 ]
 
@@ -53,6 +54,8 @@ MODEL_CONFIG_NAME = "config.json"
 MODEL_WEIGHTS_NAME = "model.safetensors"
 #: The model's out-of-distribution guard (:mod:`cxr.models.ood`): its training images in feature space.
 MODEL_OOD_NAME = "ood_reference.safetensors"
+#: The run's split (file names per part); published beside the model's ``config.json`` on the Hub.
+SPLIT_NAME = "split.json"
 #: The split parts a run writes predictions for, each to its own file.
 PREDICTION_PARTS = ("train", "validation", "test")
 _PREDICTION_FILES = {
@@ -109,7 +112,7 @@ class RunFolder:
 
     @property
     def split(self) -> Path:
-        return self.root / "split.json"
+        return self.root / SPLIT_NAME
 
     @property
     def history(self) -> Path:

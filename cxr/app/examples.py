@@ -26,14 +26,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
-from cxr.run_folder import RunFolder
+from cxr.run_folder import SPLIT_NAME, RunFolder
 
 __all__ = [
     "Split",
     "Example",
     "ExampleChoice",
     "ExampleFilms",
-    "SPLIT_FILE",
     "training_split",
     "held_out_by",
     "choose_examples",
@@ -44,7 +43,6 @@ _logger = logging.getLogger(__name__)
 
 #: ``{"train": [...], "validation": [...], "test": [...]}``: file names as ``<Class>/<basename>``.
 Split = Dict[str, List[str]]
-SPLIT_FILE = "split.json"
 #: Films tried per class before the folder is said to have no usable example of it (each is decoded and
 #: screened by every model at start-up).
 MAX_TRIES_PER_CLASS = 12
@@ -62,7 +60,7 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
     if Path(ref).is_dir() or not is_hub_id(str(ref)):
         folder = Path(ref)
         run = RunFolder(folder.parent)
-        candidates = [folder / SPLIT_FILE]
+        candidates = [folder / SPLIT_NAME]
         if run.model_dir.resolve() == folder.resolve():
             candidates.append(run.split)
         path = next((p for p in candidates if p.is_file()), None)
@@ -70,10 +68,10 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
         from huggingface_hub import hf_hub_download
 
         try:
-            path = Path(hf_hub_download(str(ref), SPLIT_FILE))
+            path = Path(hf_hub_download(str(ref), SPLIT_NAME))
         except Exception as e:  # not published with one, offline and not cached, unreachable
             _logger.warning(
-                "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_FILE, e
+                "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_NAME, e
             )
             return None
     if path is None:
@@ -164,7 +162,7 @@ class Example:
                 "that answer is not a test."
             )
         if self.unknown:
-            parts.append(f"Which films {_models(self.unknown)} trained on is not known (no {SPLIT_FILE}).")
+            parts.append(f"Which films {_models(self.unknown)} trained on is not known (no {SPLIT_NAME}).")
         return " ".join(parts)
 
 
