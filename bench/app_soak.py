@@ -139,6 +139,8 @@ def browser_visit(url: str, film: Path, n_models: int) -> None:
             page.goto(url, wait_until="load")
             page.wait_for_selector("text=not for diagnosis", timeout=60_000)
             page.locator("#examples button").first.click()
+            # the film arrives in the upload box before it is analysed
+            page.wait_for_function("document.querySelector('#upload').innerText.includes('.png')", timeout=30_000)
             _analysed(page, n_models, lambda: page.get_by_role("button", name="Analyse").click())
             if "held out" not in page.inner_text("#status"):
                 raise RuntimeError("the example's status does not say it was held out: " + page.inner_text("#status"))

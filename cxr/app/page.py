@@ -271,7 +271,9 @@ def _layout(board: ModelBoard) -> _Components:
         gr.Markdown(NO_MODELS, elem_id="no-models")
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath")
+            upload = gr.File(
+                label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath", elem_id="upload"
+            )
             method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
             cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
             run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
