@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -53,11 +54,13 @@ class PageClient:
         deps = self.http.get(self.url + "/config").json()["dependencies"]
         self.fn_index = {d["api_name"]: i for i, d in enumerate(deps) if d.get("api_name")}
 
-    def examples(self) -> int:
-        """How many examples the page offers."""
+    def held_out_examples(self) -> List[int]:
+        """The indices of the examples the page offers as held out from training by every model (the others are
+        captioned with a ⚠: their answers carry a warning, which the soak's checks would count as a failure)."""
         components = self.http.get(self.url + "/config").json()["components"]
         table = [c for c in components if c.get("props", {}).get("elem_id") == "examples"]
-        return len(table[0]["props"]["samples"]) if table else 0
+        samples = table[0]["props"]["samples"] if table else []
+        return [i for i, (caption,) in enumerate(samples) if caption.endswith("held out from training")]
 
     def upload(self, path: Path) -> Dict[str, Any]:
         with open(path, "rb") as fh:
@@ -104,7 +107,9 @@ def _check_page(status: str) -> None:
         raise RuntimeError(status[:300])
 
 
-def request_kinds(client: PageClient, films: List[Path], examples: int) -> List[Tuple[str, Callable[[int], None]]]:
+def request_kinds(
+    client: PageClient, films: List[Path], examples: List[int]
+) -> List[Tuple[str, Callable[[int], None]]]:
     """The requests sent in turn, each a function of the request's number."""
 
     def predict(i):
@@ -115,7 +120,7 @@ def request_kinds(client: PageClient, films: List[Path], examples: int) -> List[
 
     def example(i):
         session = uuid.uuid4().hex
-        (film,) = client.call("load_example", [i % examples], session)
+        (film,) = client.call("load_example", [examples[i % len(examples)]], session)
         _check_page(client.call("analyse_page", [film, "GradCAM", "predicted class", None], session)[0])
 
     def page_twice(i):
@@ -128,8 +133,9 @@ def request_kinds(client: PageClient, films: List[Path], examples: int) -> List[
     return kinds + ([("example", example)] if examples else [])
 
 
-def browser_visit(url: str, film: Path, n_models: int) -> None:
-    """One visitor in headless Chromium: an example clicked and analysed, then an upload."""
+def browser_visit(url: str, film: Path, n_models: int, example: Optional[int]) -> None:
+    """One visitor in headless Chromium: example number ``example`` clicked and analysed (if there is one), then
+    an upload."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -138,13 +144,17 @@ def browser_visit(url: str, film: Path, n_models: int) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
             page.goto(url, wait_until="load")
             page.wait_for_selector("text=not for diagnosis", timeout=60_000)
-            page.locator("#examples button").first.click()
-            # the film arrives in the upload box before it is analysed
-            page.wait_for_function("document.querySelector('#upload').innerText.includes('.png')", timeout=30_000)
-            _analysed(page, n_models, lambda: page.get_by_role("button", name="Analyse").click())
-            if "held out" not in page.inner_text("#status"):
-                raise RuntimeError("the example's status does not say it was held out: " + page.inner_text("#status"))
-            _analysed(page, n_models, lambda: page.set_input_files("input[type=file]", str(film)))
+            if example is not None:
+                page.locator("#examples button").nth(example).click()
+                # the film arrives in the upload box before it is analysed
+                has_film = "document.querySelector('#upload').innerText.includes('.png')"
+                page.wait_for_function(has_film, timeout=30_000)
+                _analysed(page, n_models, lambda: page.get_by_role("button", name="Analyse").click())
+                if "held out" not in page.inner_text("#status"):
+                    status = page.inner_text("#status")
+                    raise RuntimeError("the example's status does not say it was held out: " + status)
+                page.locator("#upload button[aria-label='Clear']").click()  # the example's film out of the box
+            _analysed(page, n_models, lambda: page.set_input_files("#upload input[type=file]", str(film)))
         finally:
             browser.close()
 
@@ -175,14 +185,13 @@ def cache_state(root: Path) -> Dict[str, float]:
     """Files, bytes, folders and the oldest file's age (seconds, by ctime as Gradio's sweep ages them)."""
     files, folders, size, oldest = 0, 0, 0, 0.0
     now = time.time()
-    for path in root.rglob("*"):
-        try:
-            st = path.lstat()
-        except FileNotFoundError:  # swept meanwhile
-            continue
-        if path.is_dir():
-            folders += 1
-        else:
+    for top, dirs, names in os.walk(root):  # os.walk skips a folder the sweep removes while it is walked
+        folders += len(dirs)
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except FileNotFoundError:  # swept meanwhile
+                continue
             files, size, oldest = files + 1, size + st.st_size, max(oldest, now - st.st_ctime)
     return {"files": files, "bytes": size, "folders": folders, "oldest_s": oldest}
 
@@ -243,20 +252,31 @@ def main() -> int:
             time.sleep(0.5)
     startup = time.monotonic() - t_start
     client = PageClient(url)
-    kinds = request_kinds(client, films, client.examples())
+    examples = client.held_out_examples()
+    kinds = request_kinds(client, films, examples)
+    first_example = examples[0] if examples else None
     record = Log([name for name, _ in kinds] + ["Chromium visit"])
     duration = 60 * args.minutes
-    next_request = next_page = next_sample = record.t0
+    next_request = next_page = record.t0
     i = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        record.samples.append({"t": record.elapsed(), "rss": rss_mib(proc.pid), **cache_state(cache)})
+
+    def sampler() -> None:  # on its own thread: on time however long a request or a visit takes
+        while not stop.wait(args.sample_every):
+            sample()
+
+    sample()
+    sampling = threading.Thread(target=sampler, daemon=True)
+    sampling.start()
     try:
         while record.elapsed() < duration:
             now = time.monotonic()
-            if now >= next_sample:
-                record.samples.append({"t": record.elapsed(), "rss": rss_mib(proc.pid), **cache_state(cache)})
-                next_sample += args.sample_every
             if now >= next_page:
                 next_page += args.page_every
-                record.timed("Chromium visit", browser_visit, url, films[i % len(films)], n_models)
+                record.timed("Chromium visit", browser_visit, url, films[i % len(films)], n_models, first_example)
             if now >= next_request:
                 name, fn = kinds[i % len(kinds)]
                 record.timed(name, fn, i)
@@ -265,13 +285,16 @@ def main() -> int:
             if proc.poll() is not None:
                 record.failures.append(f"{record.elapsed():.0f} s: the app exited with {proc.returncode}")
                 break
-            time.sleep(max(0.0, min(next_request, next_page, next_sample) - time.monotonic()))
-        record.timed("Chromium visit", browser_visit, url, films[0], n_models)
-        record.samples.append({"t": record.elapsed(), "rss": rss_mib(proc.pid), **cache_state(cache)})
+            time.sleep(max(0.0, min(next_request, next_page) - time.monotonic()))
+        record.timed("Chromium visit", browser_visit, url, films[0], n_models, first_example)
+        stop.set()
+        sampling.join()
+        sample()
     finally:
+        stop.set()
         proc.terminate()
         proc.wait(timeout=60)
-    text = report(args, record.samples, record.latencies, record.failures, startup, (every, age), i)
+    text = report(args, record.samples, record.latencies, record.failures, startup, (every, age), i, len(examples))
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
@@ -300,7 +323,7 @@ class Log:
             self.failures.append(f"{self.elapsed():.0f} s, {name}: {type(e).__name__}: {str(e)[:200]}")
 
 
-def report(args, samples, latencies, failures, startup, sweep, requests) -> str:
+def report(args, samples, latencies, failures, startup, sweep, requests, examples) -> str:
     every, age = sweep
     end = samples[-1]["t"]
     warm = next((s for s in samples if s["t"] >= args.warm_up), samples[0])
@@ -326,6 +349,7 @@ def report(args, samples, latencies, failures, startup, sweep, requests) -> str:
     bound = age + every + args.sample_every
     summary = [
         ["requests and Chromium visits", f"{requests} requests, {len(latencies['Chromium visit'])} visits"],
+        ["examples clicked", f"{examples} (those every model held out)"],
         ["failed", f"{len(failures)} (target: none)"],
         ["startup until it answers", f"{startup:.1f} s"],
         [

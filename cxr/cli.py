@@ -495,12 +495,19 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
 
 
 def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Path]]:
-    """The films of ``folder`` a Space offers: one per class that every model held out (their published splits)."""
-    from cxr.app.examples import choose_examples, training_split
+    """The films of ``folder`` a Space offers: one per class that every model held out (their published splits)
+    and that the Space will show: it decodes and no model's out-of-distribution guard flags it (the published
+    models are downloaded and asked, as the Space's app will ask them)."""
+    from cxr.app.board import ModelBoard
+    from cxr.app.examples import choose_examples, screen_with, training_split
 
     if not Path(folder).is_dir():
         raise CXRError(f"--examples folder not found: {folder}; nothing was uploaded")
-    choice = choose_examples(folder, {m: training_split(m) for m in model_ids})
+    board = ModelBoard.load(model_ids)
+    broken = [f"{m.ref} ({m.error})" for m in board.models if not m.available]
+    if broken:
+        raise CXRError(f"could not load {', '.join(broken)} to screen the examples; nothing was uploaded")
+    choice = choose_examples(folder, {m: training_split(m) for m in model_ids}, screen_with(board))
     for line in choice.problems:
         _logger.warning("%s", line)
     chosen = [(e.file_name, e.path) for e in choice.examples if e.held_out]

@@ -54,7 +54,8 @@ This app shows chest X-ray classifiers trained with `cxr`, side by side. It was 
   set the Space variable `CXR_APP_MODELS` to `ORG/model1,ORG/model2`), then restart the Space.
   `python -m cxr.hub space ORG/NAME --models ORG/model1,ORG/model2` deploys a Space with its models listed.
 - **Your machine:** `python app.py --models ORG/NAME,runs/NAME/model` (Hub ids or model folders), or
-  `python app.py --quickstart DATA` to fine-tune EfficientNet-Lite0 on a Kaggle-layout folder first (offline).
+  `python app.py --quickstart DATA` to fine-tune two models (EfficientNet-Lite0 and the pixel baseline) on a
+  Kaggle-layout folder first (offline).
 - **A model of your own:** `accelerate launch train_accelerate.py --model resnet50 --data DATA --output-dir
   runs/resnet50` writes `runs/resnet50/model`, which the app shows when started from that folder.
 """
@@ -178,10 +179,14 @@ class _Handlers:
         return str(example.path) if example is not None else path
 
     def stream(self, image, cam_method, explain, kept=None):
-        """Yield the page's outputs as they are ready, skipping those that did not change
-        (Gradio would otherwise re-encode and re-send every heat map at each step); the last output is
-        the decoded image the page keeps for another analysis of the same upload."""
-        sent: Optional[List[Any]] = None
+        """Yield the page's outputs as they are ready; the last output is the decoded image the page keeps for
+        another analysis of the same upload.
+
+        Every step yields every output, unchanged ones included (Gradio re-encodes those images; its stream sends
+        only what changed). ``gr.skip()`` would be cheaper but is a property update: Gradio then gives the
+        session its own copy of that component, whose files — a heat map sent later — the cache sweep never
+        sees (Gradio 6.31), so each visit would leave one behind for good.
+        """
         last, shown_array, example = None, None, self.example(image)
         with self.using(image):
             for a in self.board.analyse(self._upload(image, kept), cam_method or "GradCAM", _cam_class(explain)):
@@ -189,11 +194,9 @@ class _Handlers:
                 if shown_array is None and a.shown is not None:
                     shown_array = _as_array(a.shown)
                     kept = (str(image), a.decoded) if image else None
-                out = [*self._outputs(a, shown_array, done=False, example=example), kept]
-                yield _changed(out, sent)
-                sent = out
+                yield [*self._outputs(a, shown_array, done=False, example=example), kept]
         if last is not None:
-            yield _changed([*self._outputs(last, shown_array, done=True, example=example), kept], sent)
+            yield [*self._outputs(last, shown_array, done=True, example=example), kept]
 
     def analyse(self, image, cam_method, explain):
         """``/analyse`` for programs: what the page shows, streamed, without the image the page keeps."""
@@ -261,6 +264,32 @@ class _Handlers:
         return self._answer(final, models, image, shown_size=list(final.shown.size)), gallery
 
 
+def _upload_box(**kwargs: Any) -> Any:
+    """A ``gr.File`` (one file, as a path) whose events hand the handler the stored upload's path, creating
+    nothing.
+
+    ``gr.File(type="filepath")`` also creates an empty file in Gradio's cache on every event it is an input of
+    and never removes it (Gradio 6.31, ``File._process_single_file``); the cache sweep does not see those files,
+    so a server that runs for days would gather one per request. The component keeps its class (the page and the
+    API see a ``File``; a subclass would make Gradio write a ``.pyi`` stub beside this module) and gets its own
+    ``preprocess``.
+    """
+    import gradio as gr
+    from gradio_client.utils import is_valid_file
+
+    box = gr.File(file_count="single", type="filepath", **kwargs)
+
+    def preprocess(payload: Any) -> Optional[str]:
+        if payload is None:
+            return None
+        if box.file_types and not is_valid_file(payload.path, box.file_types):
+            raise gr.Error(f"Invalid file type: upload one of {', '.join(box.file_types)}")
+        return str(payload.path)
+
+    box.preprocess = preprocess
+    return box
+
+
 def _layout(board: ModelBoard) -> _Components:
     """The visible page: the upload and its options, the image as analysed, one column per model."""
     import gradio as gr
@@ -271,9 +300,7 @@ def _layout(board: ModelBoard) -> _Components:
         gr.Markdown(NO_MODELS, elem_id="no-models")
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.File(
-                label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, type="filepath", elem_id="upload"
-            )
+            upload = _upload_box(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, elem_id="upload")
             method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
             cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
             run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
@@ -385,15 +412,6 @@ def _example_entry(e: Example) -> Dict[str, Any]:
         "trained_on_by": list(e.seen),
         "split_unknown_for": list(e.unknown),
     }
-
-
-def _changed(new: List[Any], old: Optional[List[Any]]) -> List[Any]:
-    """``gr.skip()`` in place of every output identical to what was already sent."""
-    import gradio as gr
-
-    if old is None:
-        return new
-    return [gr.skip() if (n is o or (isinstance(n, str) and n == o)) else n for n, o in zip(new, old)]
 
 
 def _as_array(image):
