@@ -11,8 +11,9 @@ Printed: the samples, then the figures the targets are about, each with its targ
 
 - failed requests and page visits (target: none);
 - resident memory growth from the end of the warm-up to the end (target < 5%);
-- the cache after its first full sweep: no file older than the sweep allows (AGE + EVERY), and as many files
-  at the end as one sweep window holds (no growth beyond it);
+- the cache after its first full sweep: the oldest file seen (target: no older than the sweep allows, AGE +
+  EVERY, plus one sampling interval) and the range of file counts (bounded: the end within that range, not
+  climbing);
 - latency of each kind of request in the first and the last ``--window`` seconds (medians).
 
     python bench/app_soak.py                                   # 30 minutes, the quick-start models

@@ -500,6 +500,8 @@ def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Pa
     models are downloaded and asked, as the Space's app will ask them)."""
     from cxr.app.board import ModelBoard
     from cxr.app.examples import choose_examples, screen_with, training_split
+    from cxr.labels import CLASS_NAMES
+    from cxr.run_folder import SPLIT_NAME
 
     if not Path(folder).is_dir():
         raise CXRError(f"--examples folder not found: {folder}; nothing was uploaded")
@@ -507,12 +509,23 @@ def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Pa
     broken = [f"{m.ref} ({m.error})" for m in board.models if not m.available]
     if broken:
         raise CXRError(f"could not load {', '.join(broken)} to screen the examples; nothing was uploaded")
-    choice = choose_examples(folder, {m: training_split(m) for m in model_ids}, screen_with(board))
+    splits = {m: training_split(m) for m in model_ids}
+    unknown = [m for m, split in splits.items() if split is None]
+    if unknown:
+        raise CXRError(
+            f"the training films of {', '.join(unknown)} are not known (no {SPLIT_NAME} published beside its "
+            "config.json), so no example can be called held out; nothing was uploaded"
+        )
+    choice = choose_examples(folder, splits, screen_with(board))
     for line in choice.problems:
         _logger.warning("%s", line)
     chosen = [(e.file_name, e.path) for e in choice.examples if e.held_out]
-    if not chosen:
-        raise CXRError(f"{folder} has no film that every model held out from training; nothing was uploaded")
+    lacking = [c for c in CLASS_NAMES if not any(e.true_class == c and e.held_out for e in choice.examples)]
+    if lacking:  # the Space's app reads examples/ as a Kaggle-layout folder: every class, or no examples at all
+        raise CXRError(
+            f"{folder} has no {', '.join(lacking)} film that every model held out from training and shows; "
+            "nothing was uploaded"
+        )
     _logger.info("examples for the Space: %s", ", ".join(name for name, _ in chosen))
     return chosen
 

@@ -591,7 +591,10 @@ def test_a_visitor_clicks_an_example_after_sweeps_in_a_real_browser(swept_app, t
             has = "(c) => document.querySelector('#%s').innerText.includes(c)"
             page.wait_for_function(has % "upload", arg=true_class, timeout=10_000)
             page.get_by_role("button", name="Analyse").click()
-            page.wait_for_function(has % "status", arg=true_class, timeout=60_000)
+            # this film's finished analysis: its class in the status, no longer computing heat maps
+            done = "(c) => { const s = document.querySelector('#status').innerText; return s.includes(c)"
+            done += " && !s.includes('Computing') && s.includes('not for diagnosis'); }"
+            page.wait_for_function(done, arg=true_class, timeout=60_000)
             wait_for_every_model(page, len(models))
             status = page.inner_text("#status")
             assert "held out from training" in status and "⚠" not in status, status

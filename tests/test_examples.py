@@ -46,6 +46,9 @@ def test_films_a_model_trained_or_tuned_on_are_passed_over(sample_dir, names):
     assert covid.file_name == third and covid.tested == ("m1",) and covid.unknown == ("m2",)
     assert covid.caption == "COVID · held out by 1 of 2 models"
     assert "not known" in covid.description and "test split of model m1" in covid.description
+    # with no split known at all, nothing can be said held out
+    (unknown,) = [e for e in choose_examples(sample_dir, {"m2": None}).examples if e.true_class == "COVID"]
+    assert unknown.caption == "COVID · training films not known" and not unknown.tested
 
 
 def test_a_film_in_every_test_split_comes_before_one_a_model_never_saw(sample_dir, names):
@@ -132,16 +135,20 @@ def test_training_split_of_a_run_folder_and_of_a_model_folder(tmp_path, names):
 def test_example_films_are_recognised_by_their_bytes(tmp_path, sample_dir, names):
     records = scan_image_folder(sample_dir)
     split = stratified_split([f for _, f, _ in records], [y for _, _, y in records], seed=1)
-    films = ExampleFilms(choose_examples(sample_dir, {"m": split}).examples)
+    films = ExampleFilms(choose_examples(sample_dir, {"m": split}).examples, copy_folder=lambda p: "copy-of-" + p.stem)
     covid = films.films[0]
-    copy = tmp_path / "gradio-cache" / "abc123" / covid.path.name
+    copy = tmp_path / "gradio-cache" / f"copy-of-{covid.path.stem}" / covid.path.name
     copy.parent.mkdir(parents=True)
     shutil.copy(covid.path, copy)
     assert films.holding(copy) is covid and films.holding(str(copy)) is covid
     assert films.holding(sample_dir / names["COVID"][-1]) is None  # another film
     assert films.holding(None) is None and films.holding(tmp_path / "gone.png") is None
-    assert films.named(tmp_path / "gone" / covid.path.name) is covid
-    assert films.named(tmp_path / "other.png") is None
+    # a copy the sweep removed is known by its folder and name; another film of the same name is not
+    copy.unlink()
+    assert films.copied_as(copy) is covid
+    assert films.copied_as(tmp_path / "gradio-cache" / "def456" / covid.path.name) is None
+    assert films.copied_as(copy.parent / "other.png") is None
+    assert ExampleFilms(films.films).copied_as(copy) is None
 
 
 @pytest.mark.parametrize(

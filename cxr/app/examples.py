@@ -75,6 +75,7 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
             )
             return None
     if path is None:
+        _logger.warning("%s: no %s beside it; its training films are not known", ref, SPLIT_NAME)
         return None
     try:
         return load_split(path)
@@ -139,6 +140,8 @@ class Example:
         """The example's label on the page: its true class and whether it was held out from training."""
         if self.seen:
             return f"⚠ {self.true_class} · trained on by {len(self.seen)} model(s)"
+        if self.unknown and not (self.tested or self.unseen):
+            return f"{self.true_class} · training films not known"
         if self.unknown:
             return f"{self.true_class} · held out by {len(self.tested) + len(self.unseen)} of {self._count} models"
         return f"{self.true_class} · held out from training"
@@ -192,13 +195,17 @@ class ExampleFilms:
 
     Args:
         films: the examples, in the order the page lists them.
+        copy_folder: the name of the folder a copy of a film gets in the app's cache (Gradio names it by the
+            film's content), so that a copy the cache sweep removed is still known for the film it was;
+            ``None``: gone copies are not recognised.
     """
 
-    def __init__(self, films: Sequence[Example]):
+    def __init__(self, films: Sequence[Example], copy_folder: Optional[Callable[[Path], str]] = None):
         self.films = list(films)
         self._by_size: Dict[int, List[Tuple[str, Example]]] = {}
         for e in self.films:
             self._by_size.setdefault(e.path.stat().st_size, []).append((_digest(e.path), e))
+        self._by_copy_folder = {copy_folder(e.path): e for e in self.films} if copy_folder else {}
 
     def holding(self, path: Union[str, os.PathLike, None]) -> Optional[Example]:
         """The example whose film ``path`` holds byte for byte, if any."""
@@ -210,10 +217,12 @@ class ExampleFilms:
         digest = _digest(Path(path))
         return next((e for d, e in same_size if d == digest), None)
 
-    def named(self, path: Union[str, os.PathLike]) -> Optional[Example]:
-        """The one example whose film has ``path``'s file name, if exactly one has."""
-        matches = [e for e in self.films if e.path.name == Path(path).name]
-        return matches[0] if len(matches) == 1 else None
+    def copied_as(self, path: Union[str, os.PathLike]) -> Optional[Example]:
+        """The example ``path`` was a copy of — a file of the example's name in the folder its copies get —
+        whether or not the copy is still there; ``None`` for any other path (a visitor's upload of another
+        film of the same name included)."""
+        e = self._by_copy_folder.get(Path(path).parent.name)
+        return e if e is not None and e.path.name == Path(path).name else None
 
 
 def _digest(path: Path) -> str:

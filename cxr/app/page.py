@@ -120,10 +120,10 @@ class _Handlers:
         self._lock = threading.Lock()
 
     def example(self, path: Optional[str]) -> Optional[Example]:
-        """The example film ``path`` holds (by content) or, when it is a copy in Gradio's cache that is gone,
-        the example of that name."""
+        """The example film ``path`` holds (by content) or, when it is gone, was a copy of in Gradio's cache
+        (by the folder Gradio names after the film's content; an upload of another film never matches)."""
         if path and not Path(path).is_file():
-            return self.examples.named(path) if self._in_cache(path) else None
+            return self.examples.copied_as(path) if self._in_cache(path) else None
         return self.examples.holding(path)
 
     def _in_cache(self, path: str) -> bool:
@@ -342,7 +342,10 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
         handlers.demo = demo
         c = _layout(board)
         if examples:
-            handlers.examples = ExampleFilms(examples)
+            from gradio.processing_utils import hash_file
+
+            # Gradio copies a film handed out into <cache>/<hash_file(film)>/<name> (Gradio 6.31)
+            handlers.examples = ExampleFilms(examples, copy_folder=hash_file)
             # not gr.Examples: it copies the films into Gradio's cache once, at start, and the cache sweep deletes
             # those copies a quarter of an hour later; here each click hands Gradio the film itself (launch with
             # allowed_paths naming the films), which it copies again or refreshes

@@ -9,7 +9,9 @@ repository (``repo_type="space"``, Gradio SDK) and uploads exactly what it needs
 - ``requirements.txt``: the app's runtime dependencies pinned at the versions running here
   (Gradio itself comes from the Space's ``sdk_version``);
 - ``README.md``: front matter a Space accepts (``sdk``, ``sdk_version``, ``app_file``,
-  ``python_version``, ``models`` and ``preload_from_hub`` so start-up downloads nothing);
+  ``python_version``, ``models`` and ``preload_from_hub`` so start-up downloads no weights: each model's
+  ``config.json`` and ``model.safetensors`` come with the build; the small files beside them that the app also
+  reads, its ``split.json`` and guard reference, are fetched at start);
 - ``app_models.txt``: the models the app shows, one per line;
 - ``examples/<Class>/<file>``, with ``--examples``: the films the app offers as examples (chosen by the command
   line from a folder so that every model held them out; the app checks again at start).
@@ -202,7 +204,7 @@ def _space_readme(
         "license_link": LICENSE_LINK,
         "short_description": "Research-only chest X-ray classifiers with Grad-CAM",
         "models": list(model_ids),
-        # downloaded when the Space is built, so starting the app fetches nothing
+        # downloaded when the Space is built, so starting the app fetches no weights
         "preload_from_hub": [f"{m} {','.join(_MODEL_FILES)}" for m in model_ids],
         "tags": ["medical-imaging", "chest-x-ray", "grad-cam", "cxr"],
     }
