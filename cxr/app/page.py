@@ -103,6 +103,7 @@ class _Components:
     labels: List[Any]
     heatmaps: List[Any]
     agreement: Any
+    examples: Any = None  # the examples' table (a gr.Dataset), when there are examples
 
     @property
     def outputs(self) -> List[Any]:
@@ -290,8 +291,9 @@ def _upload_box(**kwargs: Any) -> Any:
     return box
 
 
-def _layout(board: ModelBoard) -> _Components:
-    """The visible page: the upload and its options, the image as analysed, one column per model."""
+def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
+    """The visible page: the upload, the examples under it, the options, the image as analysed, one column per
+    model."""
     import gradio as gr
 
     shown = board.models
@@ -301,6 +303,18 @@ def _layout(board: ModelBoard) -> _Components:
     with gr.Row():
         with gr.Column(scale=1):
             upload = _upload_box(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, elem_id="upload")
+            table = None
+            if examples:
+                table = gr.Dataset(
+                    components=[gr.Textbox(visible=False)],
+                    samples=[[e.caption] for e in examples],
+                    type="index",
+                    label="Examples: films with their true class (click one, then Analyse)",
+                    elem_id="examples",
+                )
+                seen = [f"⚠ {e.description}" for e in examples if e.seen]
+                if seen:
+                    gr.Markdown("\n\n".join(seen), elem_id="example-notes")
             method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
             cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
             run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
@@ -319,7 +333,7 @@ def _layout(board: ModelBoard) -> _Components:
                     )
                 )
     agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
-    return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement)
+    return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement, table)
 
 
 def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep: Tuple[int, int] = CACHE_SWEEP):
@@ -340,7 +354,7 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
     handlers = _Handlers(board)
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
-        c = _layout(board)
+        c = _layout(board, examples)
         if examples:
             from gradio.processing_utils import hash_file
 
@@ -349,17 +363,7 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
             # not gr.Examples: it copies the films into Gradio's cache once, at start, and the cache sweep deletes
             # those copies a quarter of an hour later; here each click hands Gradio the film itself (launch with
             # allowed_paths naming the films), which it copies again or refreshes
-            table = gr.Dataset(
-                components=[gr.Textbox(visible=False)],
-                samples=[[e.caption] for e in examples],
-                type="index",
-                label="Examples: films with their true class (click one, then Analyse)",
-                elem_id="examples",
-            )
-            table.click(handlers.load_example, [table], [c.upload], api_name="load_example", queue=False)
-            seen = [f"⚠ {e.description}" for e in examples if e.seen]
-            if seen:
-                gr.Markdown("\n\n".join(seen), elem_id="example-notes")
+            c.examples.click(handlers.load_example, [c.examples], [c.upload], api_name="load_example", queue=False)
         inputs = [c.upload, c.method, c.cam_class]
         # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
         kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
