@@ -221,12 +221,19 @@ def main() -> int:
     p.add_argument(
         "--cache-sweep", default=None, metavar="EVERY,AGE", help="app.py --cache-sweep (default: the app's own)."
     )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="app.py --max-sessions: sessions whose state the app keeps (default: the app's own).",
+    )
     p.add_argument("--output", type=Path, default=None, help="Also write the tables to this markdown file.")
     args = p.parse_args()
     if min(args.minutes, args.request_every, args.page_every, args.sample_every) <= 0:
         p.error("--minutes, --request-every, --page-every and --sample-every must be positive")
     from cxr.app.page import CACHE_SWEEP
-    from cxr.cli import parse_cache_sweep
+    from cxr.cli import MAX_SESSIONS, parse_cache_sweep
     from cxr.locations import is_hub_id
 
     missing = [m for m in args.models.split(",") if not is_hub_id(m) and not (REPO / m).is_dir()]
@@ -243,6 +250,8 @@ def main() -> int:
     port = free_port()
     cmd = [sys.executable, "app.py", "--models", args.models, "--examples", args.examples, "--port", str(port)]
     cmd += ["--cache-sweep", args.cache_sweep] if args.cache_sweep else []
+    cmd += ["--max-sessions", str(args.max_sessions)] if args.max_sessions else []
+    args.max_sessions = args.max_sessions or MAX_SESSIONS
     log = open(cache.parent / f"{cache.name}.log", "w")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -355,6 +364,11 @@ def report(args, samples, latencies, failures, startup, sweep, requests, example
     bound = age + every + args.sample_every
     summary = [
         ["requests and Chromium visits", f"{requests} requests, {len(latencies['Chromium visit'])} visits"],
+        [
+            "visitor sessions",
+            f"{requests + len(latencies['Chromium visit'])} (one per request or visit; the app keeps the state of "
+            f"the {args.max_sessions} most recent)",
+        ],
         ["examples clicked", f"{examples} (those every model held out)"],
         ["failed", f"{len(failures)} (target: none)"],
         ["startup until it answers", f"{startup:.1f} s"],
@@ -378,8 +392,8 @@ def report(args, samples, latencies, failures, startup, sweep, requests, example
     ]
     parts = [
         f"`python bench/app_soak.py --minutes {args.minutes:g} --request-every {args.request_every:g} --page-every "
-        f"{args.page_every:g}` on `{args.models}`, examples from `{args.examples}`, cache sweep every {every} s for "
-        f"files older than {age} s. {machine()}",
+        f"{args.page_every:g} --warm-up {args.warm_up:g} --max-sessions {args.max_sessions}` on `{args.models}`, "
+        f"examples from `{args.examples}`, cache sweep every {every} s for files older than {age} s. {machine()}",
         "",
         table(["minute", "resident MiB", "cache files", "cache MiB", "cache folders", "oldest file s"], rows),
         "",

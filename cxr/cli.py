@@ -70,6 +70,11 @@ def run_cli(fn: Callable[[], None]) -> int:
     return 0
 
 
+#: ``app.py --max-sessions``: the visitor sessions whose state the server keeps. Gradio keeps one per session
+#: hash (every program's request is a session of its own) until its 10,000th, so an app's memory grows for days;
+#: a visitor who needs an evicted state (the image kept to analyse again) is asked to upload the film again.
+MAX_SESSIONS = 100
+
 #: Errors of a disk that cannot take more: a sentence, not a traceback.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -98,12 +103,23 @@ def program_name(default: str) -> str:
     return name if name.startswith("cxr-") else default
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to a flag's help unless the help already says its default, or it has none (``None``,
+    a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=program_name(prog),
         description=description,
         epilog=EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -304,6 +320,15 @@ def build_app_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="Ask Gradio for a public share link (needs internet).")
     p.add_argument("--concurrency", type=int, default=2, help="Requests processed at once; the rest wait in the queue.")
     p.add_argument("--max-queue", type=int, default=64, help="Requests that may wait in the queue.")
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=MAX_SESSIONS,
+        metavar="N",
+        help="Visitor sessions whose state the server keeps (Gradio's per-session copy of the page and the image "
+        "a page keeps to analyse again): the N most recently active; an older page is asked to upload its film "
+        f"again. Each costs a few hundred KB, so N bounds the server's memory (default: {MAX_SESSIONS}).",
+    )
     return p
 
 
@@ -330,8 +355,9 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         from cxr.app.quickstart import ensure_quickstart_models
         from cxr.locations import EXAMPLES_DIR
 
-        if args.concurrency < 1:
-            raise CXRError(f"--concurrency must be at least 1, got {args.concurrency}")
+        for flag, value in (("--concurrency", args.concurrency), ("--max-sessions", args.max_sessions)):
+            if value < 1:
+                raise CXRError(f"{flag} must be at least 1, got {value}")
         sweep = parse_cache_sweep(args.cache_sweep) if args.cache_sweep else CACHE_SWEEP
         if args.examples and not Path(args.examples).is_dir():
             raise CXRError(f"--examples folder not found: {args.examples}")
@@ -369,6 +395,7 @@ def app_main(argv: Optional[List[str]] = None) -> int:
             share=args.share,
             show_error=True,
             max_file_size=MAX_FILE_BYTES,
+            state_session_capacity=args.max_sessions,
             allowed_paths=[str(e.path.resolve()) for e in examples],
         )
 
@@ -539,7 +566,7 @@ def study_main(argv: Optional[List[str]] = None) -> int:
         description="Rerun the study: train every model on one split (seed 1) and write study.md/study.json with "
         "Table 1, per-class tables, bootstrap intervals, McNemar's tests, calibration and Grad-CAM figures.",
         epilog=EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _data_arg(p, "Image folder in the Kaggle layout (or a dataset id).")
     p.add_argument("--output-dir", required=True, type=Path, help="Study folder (finished runs in it are skipped).")

@@ -531,15 +531,21 @@ def test_examples_are_films_every_model_held_out_and_say_their_class(app):
         assert example["held_out"] and example["tested_by"] == models and example["trained_on_by"] == []
 
 
+SWEPT_APP_SESSIONS = 4
+
+
 @pytest.fixture(scope="module")
 def swept_app(app_models, sample_dir, tmp_path_factory):
-    """The app with Gradio's cache sweep every second for files older than two seconds, and a Gradio cache of
-    its own; yields its URL, process, models and that cache."""
+    """The app with Gradio's cache sweep every second for files older than two seconds, a Gradio cache of its
+    own, and the state of its 4 most recent sessions kept; yields its URL, process, models and that cache."""
     log = tmp_path_factory.mktemp("swept-app-log") / "app.log"
     cache = tmp_path_factory.mktemp("swept-app-gradio-cache")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
     url, proc = launch_app(
-        ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"], log, env=env
+        ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"]
+        + ["--max-sessions", str(SWEPT_APP_SESSIONS)],
+        log,
+        env=env,
     )
     yield url, proc, app_models, cache
     stop(proc)
@@ -576,6 +582,28 @@ def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_he
     # an empty file at the cache's top for every request above, which the sweep never removes)
     time.sleep(4)
     assert [str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, sample_dir):
+    """--max-sessions N: a page among the N most recently active analyses again from the image it kept; once
+    N other sessions came after it, it is asked to upload the film again (and the server's memory is bounded)."""
+    url = swept_app[0]
+    film = next((sample_dir / "Normal").glob("*.png"))
+    page, upload = uuid.uuid4().hex, _upload(url, film)
+    assert "⚠" not in _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
+    assert not Path(upload["path"]).exists()  # from now on only the page's kept image can be analysed again
+
+    def others(n: int) -> None:
+        for _ in range(n):
+            info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+            assert info["error"] is None, info
+
+    others(SWEPT_APP_SESSIONS - 1)
+    again = _call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
+    assert "⚠" not in again[0] and "not for diagnosis" in again[0], again[0]
+    others(SWEPT_APP_SESSIONS)
+    evicted = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
+    assert "upload it again" in evicted[0] and "kept only for a while" in evicted[0], evicted[0]
 
 
 @pytest.mark.slow

@@ -412,8 +412,8 @@ def read_radiograph(path: Optional[Union[str, os.PathLike]]) -> Tuple[Image.Imag
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(
-            "The image is not on the server (uploads are deleted once analysed, or it did not arrive): "
-            "please upload it again."
+            "The image is not on the server (uploads are deleted once analysed, a page's copy is kept only for a "
+            "while, or it did not arrive): please upload it again."
         )
     size = path.stat().st_size
     if size == 0:
