@@ -259,7 +259,7 @@ def _make_bad_input(case, tmp_path, sample_dir):
 BAD_INPUTS = {
     "empty submit": "Upload a chest X-ray first",
     "text named .png": "not an image we can read",
-    "truncated PNG": "truncated or corrupt",
+    "truncated PNG": "truncated, damaged or not standard",
     "1x1 image": "too small",
     "decompression bomb": "refused before decoding",
     "GIF named .png": "Upload a PNG, JPEG or DICOM",

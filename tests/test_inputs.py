@@ -68,7 +68,7 @@ def test_cmyk_jpeg_is_accepted(tmp_path, sample_dir):
     [
         ("empty-submit", "Upload a chest X-ray first"),
         ("non-image", "not an image we can read"),
-        ("truncated", "truncated or corrupt"),
+        ("truncated", "truncated, damaged or not standard"),
         ("tiny", "too small"),
         ("bomb", "refused before decoding"),
         ("zero-bytes", "empty"),
