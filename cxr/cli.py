@@ -318,7 +318,19 @@ def build_app_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="Port to listen on."
     )
     p.add_argument("--share", action="store_true", help="Ask Gradio for a public share link (needs internet).")
-    p.add_argument("--concurrency", type=int, default=2, help="Requests processed at once; the rest wait in the queue.")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="Requests processed at once by the whole server, every endpoint together (the page, /analyse, "
+        "/classify, /predict); the rest wait in one queue.",
+    )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="Serve Gradio's /monitoring dashboard (request counts per endpoint, readable by anyone who can reach "
+        "the app); off by default.",
+    )
     p.add_argument("--max-queue", type=int, default=64, help="Requests that may wait in the queue.")
     p.add_argument(
         "--max-sessions",
@@ -396,6 +408,7 @@ def app_main(argv: Optional[List[str]] = None) -> int:
             show_error=True,
             max_file_size=MAX_FILE_BYTES,
             state_session_capacity=args.max_sessions,
+            enable_monitoring=args.monitoring,
             allowed_paths=[str(e.path.resolve()) for e in examples],
         )
 

@@ -537,13 +537,13 @@ SWEPT_APP_SESSIONS = 4
 @pytest.fixture(scope="module")
 def swept_app(app_models, sample_dir, tmp_path_factory):
     """The app with Gradio's cache sweep every second for files older than two seconds, a Gradio cache of its
-    own, and the state of its 4 most recent sessions kept; yields its URL, process, models and that cache."""
+    own, the state of its 4 most recent sessions kept and one request processed at a time; yields its URL, process, models and that cache."""
     log = tmp_path_factory.mktemp("swept-app-log") / "app.log"
     cache = tmp_path_factory.mktemp("swept-app-gradio-cache")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
     url, proc = launch_app(
         ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"]
-        + ["--max-sessions", str(SWEPT_APP_SESSIONS)],
+        + ["--max-sessions", str(SWEPT_APP_SESSIONS), "--concurrency", "1"],
         log,
         env=env,
     )
@@ -604,6 +604,49 @@ def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, 
     others(SWEPT_APP_SESSIONS)
     evicted = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
     assert "upload it again" in evicted[0] and "kept only for a while" in evicted[0], evicted[0]
+
+
+def _event_times(url: str, api_name: str, data: list, times: dict) -> None:
+    """Run an event through the queue; record when (monotonic) its processing started and when it completed."""
+    import httpx
+
+    deps = httpx.get(url + "config").json()["dependencies"]
+    fn_index = next(i for i, d in enumerate(deps) if d.get("api_name") == api_name)
+    session = uuid.uuid4().hex
+    join = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    httpx.post(url + "gradio_api/queue/join", json=join).raise_for_status()
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
+        for line in events.iter_lines():
+            msg = json.loads(line[5:]) if line.startswith("data:") else {}
+            if msg.get("msg") in ("process_starts", "process_completed"):
+                times[msg["msg"]] = time.monotonic()
+                if msg["msg"] == "process_completed":
+                    assert msg.get("success", True), msg
+                    return
+
+
+def test_one_concurrency_limit_bounds_every_endpoint_together(swept_app, sample_dir, tmp_path):
+    """--concurrency 1: a /classify sent while a /predict is being processed waits for it (with a limit per
+    endpoint it would run beside it); and Gradio's monitoring dashboard is not served."""
+    import httpx
+
+    url = swept_app[0]
+    film = next((sample_dir / "COVID").glob("*.png"))
+    big = tmp_path / "big.png"
+    Image.open(film).convert("L").resize((2048, 2048)).save(big)  # a few seconds of Grad-CAM on 2 cores
+    slow, fast = {}, {}
+    heavy = ThreadPoolExecutor(1).submit(
+        _event_times, url, "predict", [_upload(url, big), "GradCAM++", PREDICTED], slow
+    )
+    deadline = time.monotonic() + 30
+    while "process_starts" not in slow:
+        assert time.monotonic() < deadline and not heavy.done(), "the /predict request never started"
+        time.sleep(0.01)
+    _event_times(url, "classify", [_upload(url, film)], fast)
+    heavy.result()
+    assert fast["process_starts"] >= slow["process_completed"] - 0.05, (slow, fast)
+    for path in ("monitoring", "monitoring/summary"):
+        assert httpx.get(url + path).status_code in (403, 404), path
 
 
 @pytest.mark.slow

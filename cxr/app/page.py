@@ -23,7 +23,15 @@ from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.models.cam import CAM_METHODS
 from cxr.models.ood import OOD_MESSAGE
 
-__all__ = ["build_demo", "PREDICTED", "UPLOAD_TYPES", "NO_MODELS", "KEPT_IMAGE_SECONDS", "CACHE_SWEEP"]
+__all__ = [
+    "build_demo",
+    "PREDICTED",
+    "UPLOAD_TYPES",
+    "NO_MODELS",
+    "KEPT_IMAGE_SECONDS",
+    "CACHE_SWEEP",
+    "SERVER_QUEUE",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ KEPT_IMAGE_SECONDS = 900
 #: analysed, the heat map images sent, the copies of examples clicked — goes on this schedule (a click on an
 #: example copies its film again); ``app.py --cache-sweep`` sets other ages.
 CACHE_SWEEP = (300, 900)
+#: The one queue every analysing event joins — the page's, ``/analyse``, ``/classify``, ``/predict`` — so the
+#: queue's concurrency limit (``app.py --concurrency``) bounds the server's work, not each endpoint's.
+SERVER_QUEUE = "cxr-server"
 
 _INTRO = f"""# Chest X-ray classifiers, side by side
 
@@ -368,8 +379,11 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
         # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
         kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
         page_in, page_out = [*inputs, kept], [*c.outputs, kept]
-        c.run.click(handlers.stream, page_in, page_out, api_name="analyse_page", api_visibility="undocumented")
-        c.upload.upload(handlers.stream, page_in, page_out, api_name=False)
+        shared = {"concurrency_id": SERVER_QUEUE}  # one limit for the whole server
+        c.run.click(
+            handlers.stream, page_in, page_out, api_name="analyse_page", api_visibility="undocumented", **shared
+        )
+        c.upload.upload(handlers.stream, page_in, page_out, api_name=False, **shared)
         # hidden components that carry the programs' endpoints
         api_json, probabilities_json = (
             gr.JSON(visible=False, label="result"),
@@ -378,12 +392,24 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
         api_gallery = gr.Gallery(visible=False, format="png", label="heat maps")
         classify_button, api_button = gr.Button(visible=False), gr.Button(visible=False)
         analyse_button = gr.Button(visible=False)
-        analyse_button.click(handlers.analyse, inputs, c.outputs, api_name="analyse", api_description=_ANALYSE_API)
+        analyse_button.click(
+            handlers.analyse, inputs, c.outputs, api_name="analyse", api_description=_ANALYSE_API, **shared
+        )
         classify_button.click(
-            handlers.classify, [c.upload], [probabilities_json], api_name="classify", api_description=_CLASSIFY_API
+            handlers.classify,
+            [c.upload],
+            [probabilities_json],
+            api_name="classify",
+            api_description=_CLASSIFY_API,
+            **shared,
         )
         api_button.click(
-            handlers.predict, inputs, [api_json, api_gallery], api_name="predict", api_description=_PREDICT_API
+            handlers.predict,
+            inputs,
+            [api_json, api_gallery],
+            api_name="predict",
+            api_description=_PREDICT_API,
+            **shared,
         )
     return demo
 
