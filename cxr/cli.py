@@ -74,6 +74,8 @@ def run_cli(fn: Callable[[], None]) -> int:
 #: hash (every program's request is a session of its own) until its 10,000th, so an app's memory grows for days;
 #: a visitor who needs an evicted state (the image kept to analyse again) is asked to upload the film again.
 MAX_SESSIONS = 100
+#: ``app.py --upload-space``: megabytes Gradio's cache may hold.
+UPLOAD_SPACE_MB = 1024
 
 #: Errors of a disk that cannot take more: a sentence, not a traceback.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -326,6 +328,15 @@ def build_app_parser() -> argparse.ArgumentParser:
         "/classify, /predict); the rest wait in one queue.",
     )
     p.add_argument(
+        "--upload-space",
+        type=int,
+        default=UPLOAD_SPACE_MB,
+        metavar="MB",
+        help="Most megabytes Gradio's cache may hold (uploads waiting to be analysed, heat maps sent, examples "
+        "handed out); an upload that would pass it is refused with a message until the sweep frees room "
+        f"(default: {UPLOAD_SPACE_MB}).",
+    )
+    p.add_argument(
         "--monitoring",
         action="store_true",
         help="Serve Gradio's /monitoring dashboard (request counts per endpoint, readable by anyone who can reach "
@@ -367,7 +378,11 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         from cxr.app.quickstart import ensure_quickstart_models
         from cxr.locations import EXAMPLES_DIR
 
-        for flag, value in (("--concurrency", args.concurrency), ("--max-sessions", args.max_sessions)):
+        for flag, value in (
+            ("--concurrency", args.concurrency),
+            ("--max-sessions", args.max_sessions),
+            ("--upload-space", args.upload_space),
+        ):
             if value < 1:
                 raise CXRError(f"{flag} must be at least 1, got {value}")
         sweep = parse_cache_sweep(args.cache_sweep) if args.cache_sweep else CACHE_SWEEP
@@ -397,8 +412,19 @@ def app_main(argv: Optional[List[str]] = None) -> int:
             _logger.info("examples: %s", ", ".join(e.file_name for e in examples) or "none")
         demo = build_demo(board, examples, cache_sweep=sweep)
         demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-        from cxr.data.decode import MAX_FILE_BYTES
+        from gradio.utils import get_upload_folder
+        from starlette.middleware import Middleware
 
+        from cxr.app.upload_guard import UploadGuard
+        from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
+
+        guard = Middleware(
+            UploadGuard,
+            cache_dir=Path(get_upload_folder()),
+            cache_bytes=args.upload_space << 20,
+            max_request_bytes=MAX_FILE_BYTES + (1 << 20),  # one file and its multipart envelope
+            suffixes=UPLOAD_SUFFIXES,
+        )
         # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later);
         # the example films are the only files outside its cache that it may hand out
         demo.launch(
@@ -409,6 +435,7 @@ def app_main(argv: Optional[List[str]] = None) -> int:
             max_file_size=MAX_FILE_BYTES,
             state_session_capacity=args.max_sessions,
             enable_monitoring=args.monitoring,
+            app_kwargs={"middleware": [guard]},
             allowed_paths=[str(e.path.resolve()) for e in examples],
         )
 

@@ -266,7 +266,7 @@ BAD_INPUTS = {
     "ICO named .png": "Upload a PNG, JPEG or DICOM",
     "PCX named .png": "Upload a PNG, JPEG or DICOM",
     "TIFF named .png": "Upload a PNG, JPEG or DICOM",
-    "BMP": "Invalid file type",
+    "BMP": "refused by the upload route (415)",
     "PostScript named .png": "Upload a PNG, JPEG or DICOM",
     "DICOM without pixels": "no pixel data",
     "JPEG-LS DICOM": "JPEG-LS",
@@ -276,11 +276,10 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_inputs_get_a_message_and_the_server_keeps_serving(case, app, client, tmp_path, sample_dir):
-    from gradio_client.exceptions import AppError
 
     path = _make_bad_input(case, tmp_path, sample_dir)
-    if path is not None and path.suffix not in UPLOAD_TYPES:  # Gradio refuses the name before cxr sees it
-        with pytest.raises(AppError, match="Invalid file type"):
+    if path is not None and path.suffix not in UPLOAD_TYPES:  # the upload route refuses it, and keeps nothing
+        with pytest.raises(Exception, match="415"):
             predict(client, path)
         assert_good_answer(predict(client, next((sample_dir / "Lung_Opacity").glob("*.png"))), app[2])
         return
@@ -532,18 +531,19 @@ def test_examples_are_films_every_model_held_out_and_say_their_class(app):
 
 
 SWEPT_APP_SESSIONS = 4
+SWEPT_APP_SPACE_MB = 64
 
 
 @pytest.fixture(scope="module")
 def swept_app(app_models, sample_dir, tmp_path_factory):
     """The app with Gradio's cache sweep every second for files older than two seconds, a Gradio cache of its
-    own, the state of its 4 most recent sessions kept and one request processed at a time; yields its URL, process, models and that cache."""
+    own (at most 64 MB), the state of its 4 most recent sessions kept and one request processed at a time; yields its URL, process, models and that cache."""
     log = tmp_path_factory.mktemp("swept-app-log") / "app.log"
     cache = tmp_path_factory.mktemp("swept-app-gradio-cache")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
     url, proc = launch_app(
         ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"]
-        + ["--max-sessions", str(SWEPT_APP_SESSIONS), "--concurrency", "1"],
+        + ["--max-sessions", str(SWEPT_APP_SESSIONS), "--concurrency", "1", "--upload-space", str(SWEPT_APP_SPACE_MB)],
         log,
         env=env,
     )
@@ -604,6 +604,38 @@ def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, 
     others(SWEPT_APP_SESSIONS)
     evicted = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
     assert "upload it again" in evicted[0] and "kept only for a while" in evicted[0], evicted[0]
+
+
+def test_the_upload_route_keeps_only_films_within_its_space(swept_app, sample_dir, tmp_path):
+    """What anyone may store through Gradio's upload route: a type the app does not analyse is deleted at once,
+    a request must say its length, and the cache's bytes have a cap; each refusal is one sentence."""
+    import httpx
+
+    url, cache = swept_app[0], swept_app[3]
+    upload_url = url + "gradio_api/upload"
+
+    def stored() -> set:
+        return {p.name for p in cache.rglob("*") if p.is_file()}
+
+    page = tmp_path / "page.html"
+    page.write_text("<script>alert(1)</script>")
+    before = stored()
+    r = httpx.post(upload_url, files=[("files", (page.name, page.read_bytes(), "text/html"))])
+    assert r.status_code == 415 and "nothing was kept" in r.json()["detail"], r.text
+    assert "page.html" not in stored() - before
+    r = httpx.post(upload_url, content=iter([b"--x\r\n"]), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["detail"]
+    big = tmp_path / "big.png"
+    big.write_bytes(
+        next((sample_dir / "Normal").glob("*.png")).read_bytes() + os.urandom((SWEPT_APP_SPACE_MB + 1) << 20)
+    )
+    r = httpx.post(upload_url, files=[("files", (big.name, big.open("rb"), "image/png"))], timeout=60)
+    assert r.status_code == 507 and "upload space is full" in r.json()["detail"], r.text
+    assert "big.png" not in stored()
+    # a film is still taken and analysed
+    film = next((sample_dir / "Normal").glob("*.png"))
+    info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+    assert info["error"] is None, info
 
 
 def _event_times(url: str, api_name: str, data: list, times: dict) -> None:

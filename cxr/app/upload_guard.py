@@ -1,0 +1,126 @@
+"""The upload route's guard: what anyone may store on the server through Gradio's ``/upload``.
+
+Gradio stores whatever is posted to its upload route — any file type, up to ``max_file_size`` each, any number
+per request — and serves it back until its cache sweep. :class:`UploadGuard` is an ASGI middleware in front of
+that route:
+
+- a request must say its length (``Content-Length``) and be at most one upload's worth (``max_request_bytes``:
+  one file of the decoder's limit, the app's upload box takes one);
+- it is refused while the files already held in Gradio's cache, plus this request, would pass ``cache_bytes``;
+- a stored file whose name does not end in one of ``suffixes`` (the types the app analyses) is deleted at once
+  and the request answered with an error.
+
+Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Sequence
+
+__all__ = ["UploadGuard", "cache_bytes"]
+
+_logger = logging.getLogger(__name__)
+
+Scope = Dict[str, Any]
+Message = Dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def cache_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # swept meanwhile
+                pass
+    return total
+
+
+class UploadGuard:
+    """ASGI middleware bounding what Gradio's upload route stores (see the module's docstring).
+
+    Args:
+        app: the ASGI app (Gradio's).
+        cache_dir: Gradio's cache folder (``GRADIO_TEMP_DIR``).
+        cache_bytes: most bytes the cache may hold, this request included.
+        max_request_bytes: most bytes one upload request may carry.
+        suffixes: file name endings kept (lower case, with the dot).
+    """
+
+    def __init__(self, app, cache_dir: Path, cache_bytes: int, max_request_bytes: int, suffixes: Sequence[str]) -> None:
+        self.app = app
+        self.cache_dir = Path(cache_dir)
+        self.cache_cap = cache_bytes
+        self.max_request_bytes = max_request_bytes
+        self.suffixes = tuple(s.lower() for s in suffixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            length = int(headers["content-length"])
+        except (KeyError, ValueError):
+            await _refuse(send, 411, "An upload must say its length (Content-Length).")
+            return
+        if length > self.max_request_bytes:
+            limit = self.max_request_bytes / 2**20
+            await _refuse(send, 413, f"An upload may carry at most {limit:.0f} MB: one chest X-ray.")
+            return
+        if cache_bytes(self.cache_dir) + length > self.cache_cap:
+            _logger.warning("upload refused: the upload space (%d MB) is full", self.cache_cap >> 20)
+            await _refuse(send, 507, "The server's upload space is full; please try again in a few minutes.")
+            return
+        await self._stored(scope, receive, send)
+
+    async def _stored(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let Gradio store the upload; delete at once what the app does not analyse, and say so."""
+        start: List[Message] = []
+        body: List[bytes] = []
+
+        async def held(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.append(message)
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._answer(send, start[0], b"".join(body))
+
+        await self.app(scope, receive, held)
+
+    async def _answer(self, send: Send, start: Message, body: bytes) -> None:
+        paths: List[str] = []
+        if start["status"] == 200:
+            try:
+                paths = [p for p in json.loads(body) if isinstance(p, str)]
+            except (ValueError, TypeError):
+                paths = []
+        refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
+        if refused:
+            for p in paths:  # the whole request: the page sends one file
+                Path(p).unlink(missing_ok=True)
+            kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
+            await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
+            return
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
