@@ -355,6 +355,18 @@ def build_app_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (a Space or a container stopping the app) stop it as Ctrl-C does, so clean-up runs."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def parse_cache_sweep(text: str) -> Tuple[int, int]:
     """``--cache-sweep EVERY,AGE`` as two whole numbers of seconds, each at least 1."""
     parts = text.split(",")
@@ -415,29 +427,35 @@ def app_main(argv: Optional[List[str]] = None) -> int:
         from gradio.utils import get_upload_folder
         from starlette.middleware import Middleware
 
-        from cxr.app.upload_guard import UploadGuard
+        from cxr.app.upload_guard import StoredUploads, UploadGuard
         from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
 
+        stored = StoredUploads()
         guard = Middleware(
             UploadGuard,
             cache_dir=Path(get_upload_folder()),
             cache_bytes=args.upload_space << 20,
             max_request_bytes=MAX_FILE_BYTES + (1 << 20),  # one file and its multipart envelope
             suffixes=UPLOAD_SUFFIXES,
+            stored=stored,
         )
+        _stop_on_sigterm()  # as on Ctrl-C: Gradio closes its server, which deletes the files it made
         # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later);
         # the example films are the only files outside its cache that it may hand out
-        demo.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            show_error=True,
-            max_file_size=MAX_FILE_BYTES,
-            state_session_capacity=args.max_sessions,
-            enable_monitoring=args.monitoring,
-            app_kwargs={"middleware": [guard]},
-            allowed_paths=[str(e.path.resolve()) for e in examples],
-        )
+        try:
+            demo.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                show_error=True,
+                max_file_size=MAX_FILE_BYTES,
+                state_session_capacity=args.max_sessions,
+                enable_monitoring=args.monitoring,
+                app_kwargs={"middleware": [guard]},
+                allowed_paths=[str(e.path.resolve()) for e in examples],
+            )
+        finally:
+            _logger.info("stopped: %d stored uploads removed", stored.remove_all())
 
     return run_cli(run)
 

@@ -638,6 +638,20 @@ def test_the_upload_route_keeps_only_films_within_its_space(swept_app, sample_di
     assert info["error"] is None, info
 
 
+def test_sigterm_stops_the_app_and_removes_the_uploads_it_stored(app_models, sample_dir, tmp_path):
+    """A Space or container stopping the app (SIGTERM) stops it as Ctrl-C does: an upload never analysed is
+    removed, not left in Gradio's cache."""
+    cache = tmp_path / "gradio-cache"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
+    url, proc = launch_app(["--models", app_models[1]], tmp_path / "app.log", env=env)
+    never_analysed = Path(_upload(url, next((sample_dir / "Normal").glob("*.png")))["path"])
+    assert never_analysed.is_file()
+    proc.send_signal(15)
+    proc.wait(timeout=30)
+    assert not never_analysed.exists()
+    assert "stored uploads removed" in (tmp_path / "app.log").read_text()
+
+
 def _event_times(url: str, api_name: str, data: list, times: dict) -> None:
     """Run an event through the queue; record when (monotonic) its processing started and when it completed."""
     import httpx

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["UploadGuard", "cache_bytes"]
+__all__ = ["UploadGuard", "StoredUploads", "cache_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +44,32 @@ def cache_bytes(folder: Path) -> int:
     return total
 
 
+class StoredUploads:
+    """The files the upload route stored, for removal when the app stops (Gradio's own clean-up at shutdown
+    covers the files it made, not raw uploads never analysed). One lock owner."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set = set()
+
+    def add(self, paths: Sequence[str]) -> None:
+        with self._lock:
+            self._paths = {p for p in self._paths if os.path.exists(p)} | set(paths)
+
+    def remove_all(self) -> int:
+        """Delete every stored file still there; returns how many were deleted."""
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        removed = 0
+        for p in paths:
+            try:
+                os.remove(p)
+                removed += 1
+            except OSError:  # analysed and deleted, or swept
+                pass
+        return removed
+
+
 class UploadGuard:
     """ASGI middleware bounding what Gradio's upload route stores (see the module's docstring).
 
@@ -52,10 +79,20 @@ class UploadGuard:
         cache_bytes: most bytes the cache may hold, this request included.
         max_request_bytes: most bytes one upload request may carry.
         suffixes: file name endings kept (lower case, with the dot).
+        stored: where the files let through are recorded (for :meth:`StoredUploads.remove_all` at shutdown).
     """
 
-    def __init__(self, app, cache_dir: Path, cache_bytes: int, max_request_bytes: int, suffixes: Sequence[str]) -> None:
+    def __init__(
+        self,
+        app,
+        cache_dir: Path,
+        cache_bytes: int,
+        max_request_bytes: int,
+        suffixes: Sequence[str],
+        stored: Optional[StoredUploads] = None,
+    ) -> None:
         self.app = app
+        self.stored = stored
         self.cache_dir = Path(cache_dir)
         self.cache_cap = cache_bytes
         self.max_request_bytes = max_request_bytes
@@ -110,6 +147,8 @@ class UploadGuard:
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return
+        if self.stored is not None:
+            self.stored.add(paths)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
