@@ -272,6 +272,9 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
 
 def build_app_parser() -> argparse.ArgumentParser:
     """The parser of ``python app.py``."""
+    from cxr.app.page import KEPT_IMAGES_MB
+    from cxr.app.server import UPLOAD_WAIT_SECONDS
+
     p = _parser(
         "python app.py",
         "Serve the Gradio app: every model's prediction, probabilities and Grad-CAM for an uploaded chest X-ray.",
@@ -308,8 +311,8 @@ def build_app_parser() -> argparse.ArgumentParser:
         "--cache-sweep",
         default=None,
         metavar="EVERY,AGE",
-        help="Gradio's cache sweep: every EVERY seconds, delete what the app stored (uploads never analysed, "
-        "heat maps sent, copies of examples clicked) more than AGE seconds ago (default: 300,900).",
+        help="Gradio's cache sweep: every EVERY seconds, delete what the app stored (heat maps sent, copies of "
+        "examples clicked) more than AGE seconds ago; uploads go sooner (--upload-wait) (default: 300,900).",
     )
     p.add_argument(
         "--host",
@@ -337,6 +340,23 @@ def build_app_parser() -> argparse.ArgumentParser:
         f"(default: {UPLOAD_SPACE_MB}).",
     )
     p.add_argument(
+        "--upload-wait",
+        type=int,
+        default=UPLOAD_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="An upload no request analyses within this many seconds is deleted from the server (the page "
+        f"analyses its upload at once; a program sends its request after uploading) (default: {UPLOAD_WAIT_SECONDS}).",
+    )
+    p.add_argument(
+        "--kept-images",
+        type=int,
+        default=KEPT_IMAGES_MB,
+        metavar="MB",
+        help="Most megabytes of decoded images every page together keeps to analyse its upload again (at most 4 "
+        "each); the least recently used go first, and that page is asked to upload its film again "
+        f"(default: {KEPT_IMAGES_MB}).",
+    )
+    p.add_argument(
         "--monitoring",
         action="store_true",
         help="Serve Gradio's /monitoring dashboard (request counts per endpoint, readable by anyone who can reach "
@@ -348,23 +368,11 @@ def build_app_parser() -> argparse.ArgumentParser:
         type=int,
         default=MAX_SESSIONS,
         metavar="N",
-        help="Visitor sessions whose state the server keeps (Gradio's per-session copy of the page and the image "
-        "a page keeps to analyse again): the N most recently active; an older page is asked to upload its film "
+        help="Visitor sessions whose state the server keeps (Gradio's per-session copy of the page, and which "
+        "image it keeps to analyse again): the N most recently active; an older page is asked to upload its film "
         f"again. Each costs a few hundred KB, so N bounds the server's memory (default: {MAX_SESSIONS}).",
     )
     return p
-
-
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM (a Space or a container stopping the app) stop it as Ctrl-C does, so clean-up runs."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def parse_cache_sweep(text: str) -> Tuple[int, int]:
@@ -386,14 +394,18 @@ def app_main(argv: Optional[List[str]] = None) -> int:
     def run():
         from cxr.app.board import ModelBoard, resolve_model_refs
         from cxr.app.examples import choose_examples, screen_with, training_split
-        from cxr.app.page import CACHE_SWEEP, build_demo
+        from cxr.app.kept import KeptImages
+        from cxr.app.page import CACHE_SWEEP, KEPT_IMAGE_SECONDS, build_demo
         from cxr.app.quickstart import ensure_quickstart_models
+        from cxr.app.server import AppFiles, ServerLimits, launch
         from cxr.locations import EXAMPLES_DIR
 
         for flag, value in (
             ("--concurrency", args.concurrency),
             ("--max-sessions", args.max_sessions),
             ("--upload-space", args.upload_space),
+            ("--upload-wait", args.upload_wait),
+            ("--kept-images", args.kept_images),
         ):
             if value < 1:
                 raise CXRError(f"{flag} must be at least 1, got {value}")
@@ -422,40 +434,20 @@ def app_main(argv: Optional[List[str]] = None) -> int:
                 _logger.warning("%s", line)
             examples = choice.examples
             _logger.info("examples: %s", ", ".join(e.file_name for e in examples) or "none")
-        demo = build_demo(board, examples, cache_sweep=sweep)
-        demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-        from gradio.utils import get_upload_folder
-        from starlette.middleware import Middleware
-
-        from cxr.app.upload_guard import StoredUploads, UploadGuard
-        from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
-
-        stored = StoredUploads()
-        guard = Middleware(
-            UploadGuard,
-            cache_dir=Path(get_upload_folder()),
-            cache_bytes=args.upload_space << 20,
-            max_request_bytes=MAX_FILE_BYTES + (1 << 20),  # one file and its multipart envelope
-            suffixes=UPLOAD_SUFFIXES,
-            stored=stored,
-        )
-        _stop_on_sigterm()  # as on Ctrl-C: Gradio closes its server, which deletes the files it made
-        # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later);
-        # the example films are the only files outside its cache that it may hand out
-        try:
-            demo.launch(
-                server_name=args.host,
-                server_port=args.port,
+        with AppFiles(args.upload_wait) as files:
+            kept = KeptImages(args.kept_images << 20, KEPT_IMAGE_SECONDS)
+            demo = build_demo(board, examples, cache_sweep=sweep, kept_images=kept, uploads=files.uploads)
+            demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+            limits = ServerLimits(args.max_sessions, args.upload_space, args.monitoring)
+            launch(
+                demo,
+                files,
+                limits,
+                host=args.host,
+                port=args.port,
                 share=args.share,
-                show_error=True,
-                max_file_size=MAX_FILE_BYTES,
-                state_session_capacity=args.max_sessions,
-                enable_monitoring=args.monitoring,
-                app_kwargs={"middleware": [guard]},
                 allowed_paths=[str(e.path.resolve()) for e in examples],
             )
-        finally:
-            _logger.info("stopped: %d stored uploads removed", stored.remove_all())
 
     return run_cli(run)
 

@@ -638,18 +638,71 @@ def test_the_upload_route_keeps_only_films_within_its_space(swept_app, sample_di
     assert info["error"] is None, info
 
 
-def test_sigterm_stops_the_app_and_removes_the_uploads_it_stored(app_models, sample_dir, tmp_path):
-    """A Space or container stopping the app (SIGTERM) stops it as Ctrl-C does: an upload never analysed is
-    removed, not left in Gradio's cache."""
-    cache = tmp_path / "gradio-cache"
+BOUNDED_APP_WAIT_S = 3
+
+
+@pytest.fixture(scope="module")
+def bounded_app(app_models, tmp_path_factory):
+    """The app deleting uploads not analysed within 3 s and keeping 1 MB of decoded images for every page
+    together, in a Gradio cache of its own; yields its URL, process, log and that cache."""
+    log = tmp_path_factory.mktemp("bounded-app-log") / "app.log"
+    cache = tmp_path_factory.mktemp("bounded-app-gradio-cache")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
-    url, proc = launch_app(["--models", app_models[1]], tmp_path / "app.log", env=env)
-    never_analysed = Path(_upload(url, next((sample_dir / "Normal").glob("*.png")))["path"])
-    assert never_analysed.is_file()
+    args = ["--models", ",".join(app_models), "--upload-wait", str(BOUNDED_APP_WAIT_S), "--kept-images", "1"]
+    url, proc = launch_app(args, log, env=env)
+    yield url, proc, log, cache
+    if proc.poll() is None:
+        stop(proc)
+
+
+def test_an_upload_never_analysed_is_removed_after_the_upload_wait(bounded_app, sample_dir):
+    """--upload-wait: a file sent to the upload route and never analysed is deleted within the wait (plus the
+    expiry's period), long before Gradio's 15-minute sweep; one analysed at once is answered as usual."""
+    url = bounded_app[0]
+    film = next((sample_dir / "Normal").glob("*.png"))
+    never = Path(_upload(url, film)["path"])
+    assert never.is_file()
+    info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+    assert info["error"] is None, info
+    _wait_until_gone(never, timeout=BOUNDED_APP_WAIT_S + 5)
+    assert not never.parent.exists()  # its folder too
+    late = _call(url, "classify", [{"path": str(never), "meta": {"_type": "gradio.FileData"}}], uuid.uuid4().hex)
+    assert "upload it again" in late[0]["error"], late
+
+
+def test_the_images_pages_keep_share_one_memory_budget(bounded_app, sample_dir, tmp_path):
+    """--kept-images 1: the decoded images every page keeps to analyse again fit in 1 MB together; the least
+    recently used go first, and that page is asked to upload its film again."""
+    url = bounded_app[0]
+    page, upload = uuid.uuid4().hex, _upload(url, next((sample_dir / "Normal").glob("*.png")))
+    assert "⚠" not in _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
+    again = _call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
+    assert "⚠" not in again[0], again[0]
+    large = tmp_path / "large.png"  # 800² grey, 0.64 MB decoded: two of them pass the budget
+    Image.open(next((sample_dir / "COVID").glob("*.png"))).convert("L").resize((800, 800)).save(large)
+    for _ in range(2):
+        assert (
+            "⚠"
+            not in _call(url, "analyse_page", [_upload(url, large), "GradCAM", PREDICTED, None], uuid.uuid4().hex)[0]
+        )
+    dropped = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
+    assert "upload it again" in dropped[0], dropped[0]
+
+
+def test_sigterm_stops_the_app_and_removes_everything_it_stored(bounded_app, sample_dir):
+    """A Space or container stopping the app (SIGTERM) stops it as Ctrl-C does: an upload never analysed, the
+    heat maps sent, every file the app and Gradio wrote in the app's cache folder are removed."""
+    url, proc, log, cache = bounded_app
+    film, other = sorted((sample_dir / "Normal").glob("*.png"))[:2]  # two films: one content, one stored path
+    never_analysed = Path(_upload(url, other)["path"])
+    answer, gallery = _call(url, "predict", [_upload(url, film), "GradCAM", PREDICTED], uuid.uuid4().hex)
+    assert answer["error"] is None and gallery, answer
+    assert never_analysed.is_file() and any(p.is_file() for p in cache.rglob("*.png") if p != never_analysed)
     proc.send_signal(15)
     proc.wait(timeout=30)
-    assert not never_analysed.exists()
-    assert "stored uploads removed" in (tmp_path / "app.log").read_text()
+    assert [str(p) for p in cache.rglob("*") if p.is_file()] == []
+    assert list(cache.iterdir()) == []  # the app's own folder inside it too
+    assert "stored uploads removed" in log.read_text()
 
 
 def _event_times(url: str, api_name: str, data: list, times: dict) -> None:

@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
 from cxr.app.examples import Example, ExampleFilms
+from cxr.app.kept import KeptImages
+from cxr.app.upload_guard import StoredUploads
 from cxr.data.decode import UPLOAD_SUFFIXES
 from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.models.cam import CAM_METHODS
@@ -29,6 +31,7 @@ __all__ = [
     "UPLOAD_TYPES",
     "NO_MODELS",
     "KEPT_IMAGE_SECONDS",
+    "KEPT_IMAGES_MB",
     "CACHE_SWEEP",
     "SERVER_QUEUE",
 ]
@@ -40,9 +43,12 @@ UPLOAD_TYPES = list(UPLOAD_SUFFIXES)
 #: An upload is deleted from the server once analysed; the page keeps the decoded grey image (never the file)
 #: this long after its last use, so "Analyse" can run again with other settings.
 KEPT_IMAGE_SECONDS = 900
-#: Gradio's cache sweep, (every, older than) in seconds: what was not deleted at once — an upload never
-#: analysed, the heat map images sent, the copies of examples clicked — goes on this schedule (a click on an
-#: example copies its film again); ``app.py --cache-sweep`` sets other ages.
+#: Megabytes of those decoded images kept for every page together (``app.py --kept-images``); a working image is
+#: at most 2048² grey, 4 MB.
+KEPT_IMAGES_MB = 200
+#: Gradio's cache sweep, (every, older than) in seconds: what was not deleted at once — the heat map images
+#: sent, the copies of examples clicked — goes on this schedule (a click on an example copies its film again);
+#: ``app.py --cache-sweep`` sets other ages. An upload never analysed goes sooner (``app.py --upload-wait``).
 CACHE_SWEEP = (300, 900)
 #: The one queue every analysing event joins — the page's, ``/analyse``, ``/classify``, ``/predict`` — so the
 #: queue's concurrency limit (``app.py --concurrency``) bounds the server's work, not each endpoint's.
@@ -124,8 +130,8 @@ class _Components:
 class _Handlers:
     """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
 
-    def __init__(self, board: ModelBoard):
-        self.board, self.shown = board, board.models
+    def __init__(self, board: ModelBoard, kept: KeptImages, uploads: Optional[StoredUploads] = None):
+        self.board, self.shown, self.kept, self.uploads = board, board.models, kept, uploads
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         self.examples = ExampleFilms(())  # set by build_demo
         self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
@@ -150,6 +156,8 @@ class _Handlers:
         """Hold an upload while a request analyses it; when the last request holding it ends, delete it
         (:meth:`forget`)."""
         key = str(Path(path).resolve()) if path else None  # one count per file, however a request spells it
+        if key and self.uploads is not None:
+            self.uploads.claim(key)  # analysed now: deleted when the last request holding it ends, not expired
         with self._lock:
             self._in_use[key] += 1
         try:
@@ -181,12 +189,15 @@ class _Handlers:
             self.demo.upload_file_set.discard(spelled)
             file.parent.rmdir()  # the upload's own folder, now empty
 
-    def _upload(self, path: Optional[str], kept: Optional[Tuple[str, DecodedUpload]] = None) -> Upload:
+    def _upload(self, path: Optional[str], kept: Optional[Tuple[str, str]] = None) -> Upload:
         """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the
-        image this page decoded from it then; an example whose cached copy is gone (a cache emptied by hand)
-        is read from its own film."""
+        image this page decoded from it then (``kept``: the upload's path and its token in :class:`KeptImages`;
+        when that image was dropped, the decoder asks for the film again); an example whose cached copy is gone
+        (a cache emptied by hand) is read from its own film."""
         if path and kept is not None and kept[0] == str(path) and not Path(path).is_file():
-            return kept[1]
+            decoded = self.kept.get(kept[1])
+            if decoded is not None:
+                return decoded
         example = self.example(path) if path and not Path(path).is_file() else None
         return str(example.path) if example is not None else path
 
@@ -201,11 +212,16 @@ class _Handlers:
         """
         last, shown_array, example = None, None, self.example(image)
         with self.using(image):
-            for a in self.board.analyse(self._upload(image, kept), cam_method or "GradCAM", _cam_class(explain)):
+            upload = self._upload(image, kept)
+            again = isinstance(upload, DecodedUpload)  # the image this page kept: its token stays
+            for a in self.board.analyse(upload, cam_method or "GradCAM", _cam_class(explain)):
                 last = a
                 if shown_array is None and a.shown is not None:
                     shown_array = _as_array(a.shown)
-                    kept = (str(image), a.decoded) if image else None
+                    if image and a.decoded is not None and not again:
+                        if kept is not None:
+                            self.kept.drop(kept[1])  # the page's earlier upload: it shows this one now
+                        kept = (str(image), self.kept.put(a.decoded))
                 yield [*self._outputs(a, shown_array, done=False, example=example), kept]
         if last is not None:
             yield [*self._outputs(last, shown_array, done=True, example=example), kept]
@@ -347,7 +363,13 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
     return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement, table)
 
 
-def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep: Tuple[int, int] = CACHE_SWEEP):
+def build_demo(
+    board: ModelBoard,
+    examples: Sequence[Example] = (),
+    cache_sweep: Tuple[int, int] = CACHE_SWEEP,
+    kept_images: Optional[KeptImages] = None,
+    uploads: Optional[StoredUploads] = None,
+):
     """Build the ``gr.Blocks`` page for ``board``: the layout, the streamed page event, and the ``/analyse``,
     ``/classify`` and ``/predict`` API endpoints.
 
@@ -356,13 +378,18 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
         examples: films offered as clickable examples (:func:`cxr.app.examples.choose_examples`), each captioned
             with its true class and whether the models held it out; one a model trained on gets a note on the page.
         cache_sweep: Gradio's cache sweep, (every, older than) in seconds (:data:`CACHE_SWEEP`).
+        kept_images: where pages keep decoded uploads to analyse again (default: :data:`KEPT_IMAGES_MB` for
+            :data:`KEPT_IMAGE_SECONDS`).
+        uploads: the upload route's record of uploads not yet analysed (:class:`StoredUploads`): a request
+            analysing one claims it, so it is not expired meanwhile.
 
     Returns:
         The unlaunched ``gr.Blocks``.
     """
     import gradio as gr
 
-    handlers = _Handlers(board)
+    kept_images = kept_images or KeptImages(KEPT_IMAGES_MB << 20, KEPT_IMAGE_SECONDS)
+    handlers = _Handlers(board, kept_images, uploads)
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
         c = _layout(board, examples)
@@ -376,7 +403,8 @@ def build_demo(board: ModelBoard, examples: Sequence[Example] = (), cache_sweep:
             # allowed_paths naming the films), which it copies again or refreshes
             c.examples.click(handlers.load_example, [c.examples], [c.upload], api_name="load_example", queue=False)
         inputs = [c.upload, c.method, c.cam_class]
-        # the decoded image of this page's upload (the file itself is deleted once analysed); not part of the API
+        # this page's upload and the token of the image decoded from it (the file itself is deleted once analysed,
+        # the image is in kept_images); not part of the API
         kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
         page_in, page_out = [*inputs, kept], [*c.outputs, kept]
         shared = {"concurrency_id": SERVER_QUEUE}  # one limit for the whole server

@@ -8,21 +8,25 @@ that route:
   one file of the decoder's limit, the app's upload box takes one);
 - it is refused while the files already held in Gradio's cache, plus this request, would pass ``cache_bytes``;
 - a stored file whose name does not end in one of ``suffixes`` (the types the app analyses) is deleted at once
-  and the request answered with an error.
+  and the request answered with an error;
+- the files let through are recorded in :class:`StoredUploads`, which deletes those no request analyses within
+  the app's wait (:func:`expire_every`) and those left when the app stops.
 
 Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["UploadGuard", "StoredUploads", "cache_bytes"]
+__all__ = ["UploadGuard", "StoredUploads", "expire_every", "cache_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,29 +49,74 @@ def cache_bytes(folder: Path) -> int:
 
 
 class StoredUploads:
-    """The files the upload route stored, for removal when the app stops (Gradio's own clean-up at shutdown
-    covers the files it made, not raw uploads never analysed). One lock owner."""
+    """The files the upload route stored and no request has analysed yet, with when each arrived.
+
+    A request that analyses an upload :meth:`claim` s it (the page deletes it once analysed); one never analysed
+    is deleted by :meth:`expire` once older than the app's wait (``app.py --upload-wait``), and every one left
+    by :meth:`remove_all` when the app stops. One lock owner.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._paths: set = set()
+        self._arrived: Dict[str, float] = {}
 
-    def add(self, paths: Sequence[str]) -> None:
+    def add(self, paths: Sequence[str], now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
         with self._lock:
-            self._paths = {p for p in self._paths if os.path.exists(p)} | set(paths)
+            self._arrived.update((os.path.realpath(p), now) for p in paths)
+
+    def claim(self, path: str) -> None:
+        """A request analyses ``path`` now: it is no longer this record's to expire."""
+        with self._lock:
+            self._arrived.pop(os.path.realpath(path), None)
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._arrived)
+
+    def expire(self, older_than: float, now: Optional[float] = None) -> int:
+        """Delete the uploads that arrived more than ``older_than`` seconds ago and were never analysed; returns
+        how many were deleted."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            old = [p for p, t in self._arrived.items() if now - t > older_than]
+            for p in old:
+                del self._arrived[p]
+        return _remove(old)
 
     def remove_all(self) -> int:
-        """Delete every stored file still there; returns how many were deleted."""
+        """Delete every upload still waiting; returns how many were deleted."""
         with self._lock:
-            paths, self._paths = self._paths, set()
-        removed = 0
-        for p in paths:
-            try:
-                os.remove(p)
-                removed += 1
-            except OSError:  # analysed and deleted, or swept
-                pass
-        return removed
+            paths, self._arrived = list(self._arrived), {}
+        return _remove(paths)
+
+
+def _remove(paths: Sequence[str]) -> int:
+    removed = 0
+    for p in paths:
+        try:
+            os.remove(p)
+            removed += 1
+        except OSError:  # analysed and deleted, or swept
+            continue
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(p))  # the upload's own folder, now empty
+    return removed
+
+
+def expire_every(stored: StoredUploads, older_than: float, every: float) -> threading.Event:
+    """Run :meth:`StoredUploads.expire` every ``every`` seconds in a daemon thread; set the returned event to
+    stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            removed = stored.expire(older_than)
+            if removed:
+                _logger.info("%d upload(s) never analysed within %.0f s removed", removed, older_than)
+
+    threading.Thread(target=loop, name="cxr-upload-expiry", daemon=True).start()
+    return stop
 
 
 class UploadGuard:

@@ -1,0 +1,122 @@
+"""Serving the page: the files the app may hold on the server, and the launch with its limits.
+
+:class:`AppFiles` gives the app a Gradio cache folder of its own (a fresh folder under ``GRADIO_TEMP_DIR``, or
+the system's temp folder), records the uploads the upload route lets through, deletes those no request analyses
+within ``upload_wait`` seconds, and removes the whole folder when the app stops — uploads, heat maps sent,
+copies of examples, whatever Gradio wrote there. :func:`launch` starts Gradio with the upload route's guard
+(:class:`~cxr.app.upload_guard.UploadGuard`) and the server-wide limits, SIGTERM stopping it as Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from cxr.app.upload_guard import StoredUploads, UploadGuard, expire_every
+from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
+
+__all__ = ["AppFiles", "ServerLimits", "launch", "UPLOAD_WAIT_SECONDS"]
+
+_logger = logging.getLogger(__name__)
+
+#: ``app.py --upload-wait``: seconds an upload may wait on the server to be analysed before it is deleted.
+UPLOAD_WAIT_SECONDS = 120
+
+
+class AppFiles:
+    """The app's own Gradio cache folder and the uploads waiting in it, for the life of a ``with`` block.
+
+    Entering creates the folder and names it in ``GRADIO_TEMP_DIR`` (Gradio reads it when a page is built and
+    launched, so build the page inside the block); leaving deletes the uploads never analysed and the folder.
+    """
+
+    def __init__(self, upload_wait: float = UPLOAD_WAIT_SECONDS) -> None:
+        self.upload_wait = upload_wait
+        self.uploads = StoredUploads()
+        self.cache: Optional[Path] = None
+        self._stop: Optional[threading.Event] = None
+        self._env: Optional[str] = None
+
+    def __enter__(self) -> "AppFiles":
+        self._env = os.environ.get("GRADIO_TEMP_DIR")
+        base = Path(self._env or Path(tempfile.gettempdir()) / "gradio")
+        base.mkdir(parents=True, exist_ok=True)
+        self.cache = Path(tempfile.mkdtemp(prefix="cxr-app-", dir=base)).resolve()
+        os.environ["GRADIO_TEMP_DIR"] = str(self.cache)
+        self._stop = expire_every(self.uploads, self.upload_wait, every=min(30.0, max(1.0, self.upload_wait / 4)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        removed = self.uploads.remove_all()
+        shutil.rmtree(self.cache, ignore_errors=True)
+        if self._env is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = self._env
+        _logger.info("stopped: %d stored uploads removed, the app's cache folder %s deleted", removed, self.cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    """What one visitor, or all of them, may make the server hold (``app.py``'s flags)."""
+
+    max_sessions: int
+    upload_space_mb: int
+    monitoring: bool = False
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (a Space or a container stopping the app) stop it as Ctrl-C does, so clean-up runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def launch(
+    demo: Any,
+    files: AppFiles,
+    limits: ServerLimits,
+    *,
+    host: str,
+    port: int,
+    share: bool = False,
+    allowed_paths: Sequence[str] = (),
+) -> None:
+    """Serve ``demo`` (a queued ``gr.Blocks`` built inside ``files``) until stopped (Ctrl-C or SIGTERM).
+
+    ``allowed_paths``: the files outside the cache Gradio may hand out (the example films).
+    """
+    from starlette.middleware import Middleware
+
+    guard = Middleware(
+        UploadGuard,
+        cache_dir=files.cache,
+        cache_bytes=limits.upload_space_mb << 20,
+        max_request_bytes=MAX_FILE_BYTES + (1 << 20),  # one file and its multipart envelope
+        suffixes=UPLOAD_SUFFIXES,
+        stored=files.uploads,
+    )
+    _stop_on_sigterm()
+    # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        show_error=True,
+        max_file_size=MAX_FILE_BYTES,
+        state_session_capacity=limits.max_sessions,
+        enable_monitoring=limits.monitoring,
+        app_kwargs={"middleware": [guard]},
+        allowed_paths=list(allowed_paths),
+    )

@@ -1,0 +1,80 @@
+"""What the app holds on the server, without launching it: the images pages keep (one memory budget for all),
+the uploads waiting to be analysed (deleted after a wait), and the app's own cache folder (removed at stop).
+The launched app's behaviour is in test_app.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cxr.app.board import DecodedUpload
+from cxr.app.kept import KeptImages
+from cxr.app.server import AppFiles
+from cxr.app.upload_guard import StoredUploads
+
+
+@pytest.fixture
+def film(sample_dir) -> DecodedUpload:
+    return DecodedUpload(Image.open(next((sample_dir / "Normal").glob("*.png"))).convert("L"), [])
+
+
+def test_kept_images_stay_within_their_budget_dropping_the_least_recently_used(film):
+    size = film.image.width * film.image.height
+    kept = KeptImages(budget_bytes=3 * size, seconds=900)
+    a, b, c = (kept.put(film, now=t) for t in (0, 1, 2))
+    assert kept.get(a, now=3) is film  # a is now the most recently used
+    d = kept.put(film, now=4)  # a fourth passes the budget: b, the least recently used, goes
+    assert kept.get(b, now=5) is None
+    assert all(kept.get(t, now=5) is film for t in (a, c, d))
+    assert kept.nbytes == 3 * size and len(kept) == 3
+
+
+def test_kept_images_expire_after_their_last_use_and_can_be_dropped(film):
+    kept = KeptImages(budget_bytes=1 << 30, seconds=10)
+    old, used = kept.put(film, now=0), kept.put(film, now=0)
+    assert kept.get(used, now=8) is film
+    assert kept.get(old, now=11) is None  # unused for 11 s
+    assert kept.get(used, now=15) is film  # used 7 s ago
+    kept.drop(used)
+    assert kept.get(used, now=15) is None and kept.nbytes == 0 and len(kept) == 0
+
+
+def test_an_image_larger_than_the_whole_budget_is_not_kept(film):
+    kept = KeptImages(budget_bytes=10, seconds=900)
+    assert kept.get(kept.put(film)) is None and kept.nbytes == 0
+
+
+def _stored_file(folder: Path, name: str) -> str:
+    (folder / name).mkdir()
+    path = folder / name / "film.png"
+    path.write_bytes(b"x")
+    return str(path)
+
+
+def test_uploads_never_analysed_expire_claimed_ones_stay_and_the_rest_go_at_stop(tmp_path):
+    stored = StoredUploads()
+    old, claimed, fresh = (_stored_file(tmp_path, n) for n in ("old", "claimed", "fresh"))
+    stored.add([old, claimed], now=0)
+    stored.add([fresh], now=100)
+    stored.claim(claimed)  # a request analyses it: the page deletes it when done
+    assert stored.expire(older_than=60, now=101) == 1
+    assert not os.path.exists(old) and not (tmp_path / "old").exists()  # and its folder
+    assert os.path.exists(claimed) and os.path.exists(fresh) and stored.waiting() == 1
+    assert stored.remove_all() == 1
+    assert os.path.exists(claimed) and not os.path.exists(fresh)
+
+
+def test_the_app_gets_a_cache_folder_of_its_own_removed_whole_when_it_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    other = tmp_path / "another-app" / "file.png"  # another app sharing GRADIO_TEMP_DIR
+    other.parent.mkdir()
+    other.write_bytes(b"x")
+    with AppFiles(upload_wait=60) as files:
+        assert files.cache.parent == tmp_path.resolve() and os.environ["GRADIO_TEMP_DIR"] == str(files.cache)
+        waiting = _stored_file(files.cache, "upload")
+        files.uploads.add([waiting])
+        (files.cache / "hash" / "image.png").parent.mkdir()
+        (files.cache / "hash" / "image.png").write_bytes(b"heat map")
+    assert not files.cache.exists() and other.is_file()
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path)
