@@ -109,3 +109,22 @@ def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: flo
 
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+@pytest.fixture(scope="session")
+def app_models(tmp_path_factory, sample_dir):
+    """Two tiny models trained on the sample for the launched-app tests: EfficientNet-Lite0 at 64 px and the pixel
+    baseline at 24 px, one epoch each; their model folders."""
+    from cxr.cli import train_main
+
+    root = tmp_path_factory.mktemp("app-models")
+    runs = {
+        "lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
+        "logreg": ["--model", "logreg", "--image-size", "24"],
+    }
+    for name, args in runs.items():
+        code = train_main(
+            [*args, "--data", str(sample_dir), "--output-dir", str(root / name), "--epochs", "1", "--num-workers", "0"]
+        )
+        assert code == 0
+    return [str(root / name / "model") for name in runs]

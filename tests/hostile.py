@@ -1,6 +1,6 @@
 """Files a hostile visitor would upload: small files whose decoding would cost the server gigabytes or minutes
 if their headers were believed, and damaged headers. Made from a real X-ray; used by the tests and by
-``bench/upload_memory.py`` (the same builders at full size)."""
+``bench/upload_memory.py`` (the same builders at full size), with the DICOM builder every test uses."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from PIL import Image
 
 __all__ = [
     "dicom_dataset",
+    "write_dicom",
+    "damaged_dicom",
     "save_dicom",
     "deflated_dicom",
     "repeated_scan_jpeg",
@@ -24,8 +26,18 @@ __all__ = [
 ]
 
 
-def dicom_dataset(pixels: np.ndarray, bits: int = 16):
-    """A minimal CR DICOM dataset (explicit VR little endian) holding ``pixels`` uncompressed."""
+def dicom_dataset(
+    pixels: np.ndarray,
+    bits: int = 16,
+    stored_bits: Optional[int] = None,
+    photometric: str = "MONOCHROME2",
+    window: Optional[tuple] = None,
+    rescale: Optional[tuple] = None,
+    with_pixels: bool = True,
+):
+    """A minimal CR DICOM dataset (explicit VR little endian) holding ``pixels`` uncompressed: one frame (rows ×
+    columns) or several (frames × rows × columns), ``bits`` allocated and ``stored_bits`` (default all) stored,
+    optionally windowed (center, width), rescaled (slope, intercept) or without pixel data."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -35,15 +47,47 @@ def dicom_dataset(pixels: np.ndarray, bits: int = 16):
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ComputedRadiographyImageStorage, generate_uid(), "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = pixels.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    stored_bits = stored_bits or bits
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored_bits, stored_bits - 1, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
     return ds
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric="MONOCHROME2", window=None, rescale=None, with_pixels=True):
+    """A 12-bit CR DICOM file of ``pixels`` (see :func:`dicom_dataset`)."""
+    ds = dicom_dataset(pixels, 16, 12, photometric, window, rescale, with_pixels)
+    return save_dicom(ds, path)
 
 
 def save_dicom(ds, path: Path) -> Path:
     ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def damaged_dicom(path: Path, pixels: np.ndarray, field: str) -> Path:
+    """A DICOM file of ``pixels`` whose header is damaged: ``NumberOfFrames`` "ab" (not a number), or ``Rows``
+    given twice, the second time not the pixel data's size."""
+    ds = dicom_dataset(pixels)
+    ds.NumberOfFrames = 1
+    raw = save_dicom(ds, path).read_bytes()
+    if field == "NumberOfFrames":
+        raw = raw.replace(b"\x28\x00\x08\x00IS\x02\x001 ", b"\x28\x00\x08\x00IS\x02\x00ab")
+    elif field == "Rows":
+        rows = b"\x28\x00\x10\x00US\x02\x00" + pixels.shape[0].to_bytes(2, "little")
+        at = raw.index(rows) + len(rows)
+        raw = raw[:at] + b"\x28\x00\x10\x00US\x02\x00" + (9999).to_bytes(2, "little") + raw[at:]
+    else:
+        raise ValueError(f"no damage known for {field!r}")
+    path.write_bytes(raw)
     return path
 
 

@@ -4,8 +4,6 @@ through gradio_client and a real headless Chromium."""
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -14,60 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, wait_until_serving
+from hostile import write_dicom
 from PIL import Image
-from test_inputs import write_dicom
+from served import call, example_table, launch_app, rss_kib, stop, upload_file
 
 from cxr.app.page import UPLOAD_TYPES
-from cxr.cli import train_main
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
 
 MISSING = "cxr-test/not-published"
 PREDICTED = "predicted class"
-
-
-@pytest.fixture(scope="module")
-def app_models(tmp_path_factory, sample_dir):
-    root = tmp_path_factory.mktemp("app-models")
-    runs = {
-        "lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
-        "logreg": ["--model", "logreg", "--image-size", "24"],
-    }
-    for name, args in runs.items():
-        code = train_main(
-            [*args, "--data", str(sample_dir), "--output-dir", str(root / name), "--epochs", "1", "--num-workers", "0"]
-        )
-        assert code == 0
-    return [str(root / name / "model") for name in runs]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_app(args, log: Path, cwd: Path = REPO, env=None, timeout: float = 120):
-    """Start ``app.py ARGS`` on a free port as a user would; returns its URL and process once it answers."""
-    port = _free_port()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [PYTHON, str(REPO / "app.py"), *args, "--port", str(port)],
-            cwd=cwd,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env or {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
-        )
-    url = f"http://127.0.0.1:{port}/"
-    wait_until_serving(url, proc, log, timeout=timeout)
-    return url, proc
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -340,23 +295,16 @@ def test_twenty_concurrent_requests_are_all_answered(app, client, sample_dir):
         assert_good_answer(r, app[2])
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.slow
 def test_memory_does_not_keep_growing_over_200_requests(app, client, sample_dir):
     files = sorted(sample_dir.glob("*/*.png"))
     pid = app[1].pid
     for p in files[:40]:  # warm-up: allocator pools, caches, Gradio's upload folder
         predict(client, p)
-    before = _rss_kib(pid)
+    before = rss_kib(pid)
     for i in range(200):
         predict(client, files[i % len(files)], method=("GradCAM", "GradCAM++", "EigenCAM")[i % 3])
-    after = _rss_kib(pid)
+    after = rss_kib(pid)
     assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
 
 
@@ -411,44 +359,6 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
         assert im.size[0] >= 1400
 
 
-def _upload(url: str, path: Path) -> dict:
-    """Upload a file as the page does; returns the FileData that events take."""
-    import httpx
-
-    with open(path, "rb") as fh:
-        r = httpx.post(url + "gradio_api/upload", files=[("files", (path.name, fh, "application/octet-stream"))])
-    r.raise_for_status()
-    return {"path": r.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
-
-
-def _call(url: str, api_name: str, data: list, session: str) -> list:
-    """Run an event through Gradio's queue as the page's JavaScript does; returns its outputs as the page
-    shows them at the end (streamed steps after the first are diffs of the step before)."""
-    import httpx
-    from gradio_client.utils import apply_diff
-
-    deps = httpx.get(url + "config").json()["dependencies"]
-    fn_index = next(i for i, d in enumerate(deps) if d.get("api_name") == api_name)
-    join = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
-    httpx.post(url + "gradio_api/queue/join", json=join).raise_for_status()
-    raw, shown = None, None
-    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
-        for line in events.iter_lines():
-            msg = json.loads(line[5:]) if line.startswith("data:") else {}
-            if msg.get("msg") not in ("process_generating", "process_completed"):
-                continue
-            assert msg.get("success", True), msg
-            update = msg["output"]["data"]
-            if msg["msg"] == "process_generating":
-                raw = update if raw is None else [apply_diff(old, diff) for old, diff in zip(raw, update)]
-                update = raw
-            assert not any(o == {"__type__": "update"} for o in update), update  # no gr.skip(): see stream
-            shown = update
-            if msg["msg"] == "process_completed":
-                return shown
-    raise AssertionError("no answer")
-
-
 def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_never_shown(app, tmp_path, sample_dir):
     import httpx
     from pydicom import dcmread
@@ -464,10 +374,10 @@ def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_neve
         ("classify", []),
         ("analyse", ["GradCAM", "predicted class"]),
     ):
-        upload = _upload(url, dcm)
+        upload = upload_file(url, dcm)
         stored = Path(upload["path"])
         assert stored.is_file() and httpx.get(f"{url}gradio_api/file={stored}").status_code == 200
-        out = _call(url, api_name, [upload, *data], uuid.uuid4().hex)
+        out = call(url, api_name, [upload, *data], uuid.uuid4().hex)
         analysed = out[0] if api_name == "analyse" else out[0]["error"] is None
         assert analysed and "⚠" not in str(out[0]), out[0]
         text = json.dumps(out)
@@ -478,36 +388,29 @@ def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_neve
 
 def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_stay(app, client, sample_dir):
     url, session = app[0], uuid.uuid4().hex
-    upload = _upload(url, next((sample_dir / "Normal").glob("*.png")))
-    first = _call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], session)
+    upload = upload_file(url, next((sample_dir / "Normal").glob("*.png")))
+    first = call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], session)
     assert not Path(upload["path"]).exists() and "⚠" not in first[0]
     # the same page, other settings: analysed from the image it kept (the file is gone)
-    again = _call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], session)
+    again = call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], session)
     assert "⚠" not in again[0] and "not for diagnosis" in again[0]
     assert all(isinstance(label, dict) for label in again[2:4]), again[2:4]  # both models' probabilities
     # another visitor cannot reach it by its name
-    other = _call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], uuid.uuid4().hex)
+    other = call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], uuid.uuid4().hex)
     assert "upload it again" in other[0]
     # an image the app sent out, named as an upload by a hostile request, is analysed but not deleted
-    full = _call(
-        url, "predict", [_upload(url, next((sample_dir / "COVID").glob("*.png"))), "GradCAM", PREDICTED], session
+    full = call(
+        url, "predict", [upload_file(url, next((sample_dir / "COVID").glob("*.png"))), "GradCAM", PREDICTED], session
     )
     heat = full[1][0]["image"]
-    assert _call(url, "classify", [heat], uuid.uuid4().hex)[0]["error"] is None
+    assert call(url, "classify", [heat], uuid.uuid4().hex)[0]["error"] is None
     assert Path(heat["path"]).is_file()
     # an example image, clicked and analysed, stays for the next visitor who clicked it
-    (example,) = _call(url, "load_example", [0], uuid.uuid4().hex)  # the upload component's new value
+    (example,) = call(url, "load_example", [0], uuid.uuid4().hex)  # the upload component's new value
     for _ in range(2):
-        out = _call(url, "predict", [example, "GradCAM", "predicted class"], uuid.uuid4().hex)
+        out = call(url, "predict", [example, "GradCAM", "predicted class"], uuid.uuid4().hex)
         assert out[0]["error"] is None, out[0]
     assert Path(example["path"]).is_file()
-
-
-def _example_table(url: str) -> dict:
-    import httpx
-
-    components = httpx.get(url + "config").json()["components"]
-    return next(c for c in components if c.get("props", {}).get("elem_id") == "examples")
 
 
 def _test_films(models) -> list:
@@ -517,12 +420,12 @@ def _test_films(models) -> list:
 
 def test_examples_are_films_every_model_held_out_and_say_their_class(app):
     url, _, models = app
-    captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+    captions = [sample[0] for sample in example_table(url)["props"]["samples"]]
     assert captions == [f"{c} · held out from training" for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")]
     tests = _test_films(models)
     for i, caption in enumerate(captions):
-        (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
-        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        (film,) = call(url, "load_example", [i], uuid.uuid4().hex)
+        info = call(url, "classify", [film], uuid.uuid4().hex)[0]
         assert info["error"] is None and set(models) <= set(info["models"])
         example = info["example"]
         assert all(example["file_name"] in test for test in tests), example
@@ -561,21 +464,21 @@ def _wait_until_gone(*paths: Path, timeout: float = 20) -> None:
 def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_heat_maps(swept_app, sample_dir):
     url, _, models, cache = swept_app
     session = uuid.uuid4().hex
-    never_analysed = Path(_upload(url, next((sample_dir / "Normal").glob("*.png")))["path"])
-    full = _call(
-        url, "predict", [_upload(url, next((sample_dir / "COVID").glob("*.png"))), "GradCAM", PREDICTED], session
+    never_analysed = Path(upload_file(url, next((sample_dir / "Normal").glob("*.png")))["path"])
+    full = call(
+        url, "predict", [upload_file(url, next((sample_dir / "COVID").glob("*.png"))), "GradCAM", PREDICTED], session
     )
     heat_map = Path(full[1][0]["image"]["path"])
-    (clicked,) = _call(url, "load_example", [0], session)
+    (clicked,) = call(url, "load_example", [0], session)
     assert never_analysed.is_file() and heat_map.is_file() and Path(clicked["path"]).is_file()
     # the sweep removes what the app stored, the copy of the example clicked included
     _wait_until_gone(never_analysed, heat_map, Path(clicked["path"]))
     # the page that clicked it before the sweep still gets an answer for it, and so does every later click
-    page = _call(url, "analyse_page", [clicked, "GradCAM", PREDICTED, None], session)
+    page = call(url, "analyse_page", [clicked, "GradCAM", PREDICTED, None], session)
     assert "⚠" not in page[0] and "held out from training" in page[0], page[0]
     for i in range(4):
-        (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
-        info, _ = _call(url, "predict", [film, "GradCAM", PREDICTED], uuid.uuid4().hex)
+        (film,) = call(url, "load_example", [i], uuid.uuid4().hex)
+        info, _ = call(url, "predict", [film, "GradCAM", PREDICTED], uuid.uuid4().hex)
         assert info["error"] is None and info["example"]["held_out"], info
         assert all(info["models"][m]["heatmap_index"] is not None for m in models)
     # and nothing else stays: a few sweeps later the cache holds no file (gr.File's own preprocess would leave
@@ -589,20 +492,20 @@ def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, 
     N other sessions came after it, it is asked to upload the film again (and the server's memory is bounded)."""
     url = swept_app[0]
     film = next((sample_dir / "Normal").glob("*.png"))
-    page, upload = uuid.uuid4().hex, _upload(url, film)
-    assert "⚠" not in _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
+    page, upload = uuid.uuid4().hex, upload_file(url, film)
+    assert "⚠" not in call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
     assert not Path(upload["path"]).exists()  # from now on only the page's kept image can be analysed again
 
     def others(n: int) -> None:
         for _ in range(n):
-            info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+            info = call(url, "classify", [upload_file(url, film)], uuid.uuid4().hex)[0]
             assert info["error"] is None, info
 
     others(SWEPT_APP_SESSIONS - 1)
-    again = _call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
+    again = call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
     assert "⚠" not in again[0] and "not for diagnosis" in again[0], again[0]
     others(SWEPT_APP_SESSIONS)
-    evicted = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
+    evicted = call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
     assert "upload it again" in evicted[0] and "kept only for a while" in evicted[0], evicted[0]
 
 
@@ -634,7 +537,7 @@ def test_the_upload_route_keeps_only_films_within_its_space(swept_app, sample_di
     assert "big.png" not in stored()
     # a film is still taken and analysed
     film = next((sample_dir / "Normal").glob("*.png"))
-    info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+    info = call(url, "classify", [upload_file(url, film)], uuid.uuid4().hex)[0]
     assert info["error"] is None, info
 
 
@@ -660,13 +563,13 @@ def test_an_upload_never_analysed_is_removed_after_the_upload_wait(bounded_app, 
     expiry's period), long before Gradio's 15-minute sweep; one analysed at once is answered as usual."""
     url = bounded_app[0]
     film = next((sample_dir / "Normal").glob("*.png"))
-    never = Path(_upload(url, film)["path"])
+    never = Path(upload_file(url, film)["path"])
     assert never.is_file()
-    info = _call(url, "classify", [_upload(url, film)], uuid.uuid4().hex)[0]
+    info = call(url, "classify", [upload_file(url, film)], uuid.uuid4().hex)[0]
     assert info["error"] is None, info
     _wait_until_gone(never, timeout=BOUNDED_APP_WAIT_S + 5)
     assert not never.parent.exists()  # its folder too
-    late = _call(url, "classify", [{"path": str(never), "meta": {"_type": "gradio.FileData"}}], uuid.uuid4().hex)
+    late = call(url, "classify", [{"path": str(never), "meta": {"_type": "gradio.FileData"}}], uuid.uuid4().hex)
     assert "upload it again" in late[0]["error"], late
 
 
@@ -674,18 +577,18 @@ def test_the_images_pages_keep_share_one_memory_budget(bounded_app, sample_dir, 
     """--kept-images 1: the decoded images every page keeps to analyse again fit in 1 MB together; the least
     recently used go first, and that page is asked to upload its film again."""
     url = bounded_app[0]
-    page, upload = uuid.uuid4().hex, _upload(url, next((sample_dir / "Normal").glob("*.png")))
-    assert "⚠" not in _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
-    again = _call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
+    page, upload = uuid.uuid4().hex, upload_file(url, next((sample_dir / "Normal").glob("*.png")))
+    assert "⚠" not in call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
+    again = call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
     assert "⚠" not in again[0], again[0]
     large = tmp_path / "large.png"  # 800² grey, 0.64 MB decoded: two of them pass the budget
     Image.open(next((sample_dir / "COVID").glob("*.png"))).convert("L").resize((800, 800)).save(large)
     for _ in range(2):
         assert (
             "⚠"
-            not in _call(url, "analyse_page", [_upload(url, large), "GradCAM", PREDICTED, None], uuid.uuid4().hex)[0]
+            not in call(url, "analyse_page", [upload_file(url, large), "GradCAM", PREDICTED, None], uuid.uuid4().hex)[0]
         )
-    dropped = _call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
+    dropped = call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)
     assert "upload it again" in dropped[0], dropped[0]
 
 
@@ -694,8 +597,8 @@ def test_sigterm_stops_the_app_and_removes_everything_it_stored(bounded_app, sam
     heat maps sent, every file the app and Gradio wrote in the app's cache folder are removed."""
     url, proc, log, cache = bounded_app
     film, other = sorted((sample_dir / "Normal").glob("*.png"))[:2]  # two films: one content, one stored path
-    never_analysed = Path(_upload(url, other)["path"])
-    answer, gallery = _call(url, "predict", [_upload(url, film), "GradCAM", PREDICTED], uuid.uuid4().hex)
+    never_analysed = Path(upload_file(url, other)["path"])
+    answer, gallery = call(url, "predict", [upload_file(url, film), "GradCAM", PREDICTED], uuid.uuid4().hex)
     assert answer["error"] is None and gallery, answer
     assert never_analysed.is_file() and any(p.is_file() for p in cache.rglob("*.png") if p != never_analysed)
     proc.send_signal(15)
@@ -735,13 +638,13 @@ def test_one_concurrency_limit_bounds_every_endpoint_together(swept_app, sample_
     Image.open(film).convert("L").resize((2048, 2048)).save(big)  # a few seconds of Grad-CAM on 2 cores
     slow, fast = {}, {}
     heavy = ThreadPoolExecutor(1).submit(
-        _event_times, url, "predict", [_upload(url, big), "GradCAM++", PREDICTED], slow
+        _event_times, url, "predict", [upload_file(url, big), "GradCAM++", PREDICTED], slow
     )
     deadline = time.monotonic() + 30
     while "process_starts" not in slow:
         assert time.monotonic() < deadline and not heavy.done(), "the /predict request never started"
         time.sleep(0.01)
-    _event_times(url, "classify", [_upload(url, film)], fast)
+    _event_times(url, "classify", [upload_file(url, film)], fast)
     heavy.result()
     assert fast["process_starts"] >= slow["process_completed"] - 0.05, (slow, fast)
     for path in ("monitoring", "monitoring/summary"):
@@ -802,9 +705,9 @@ def test_an_examples_folder_of_training_films_photos_and_broken_files_is_lines_a
             if c.get("props", {}).get("elem_id") == "example-notes"
         )
         assert notes.count("that answer is not a test") == 4
-        assert all(caption[0].startswith("⚠") for caption in _example_table(url)["props"]["samples"])
-        (film,) = _call(url, "load_example", [0], uuid.uuid4().hex)
-        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        assert all(caption[0].startswith("⚠") for caption in example_table(url)["props"]["samples"])
+        (film,) = call(url, "load_example", [0], uuid.uuid4().hex)
+        info = call(url, "classify", [film], uuid.uuid4().hex)[0]
         assert info["error"] is None and info["example"]["trained_on_by"] == app_models
     finally:
         stop(proc)
@@ -823,11 +726,11 @@ def test_quickstart_serves_two_models_whose_test_films_are_the_examples(tmp_path
     try:
         models = [str(Path("runs") / name / "model") for name in ("quickstart-lite0", "quickstart-logreg")]
         tests = [set(json.loads((home / m).parent.joinpath("split.json").read_text())["test"]) for m in models]
-        captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+        captions = [sample[0] for sample in example_table(url)["props"]["samples"]]
         assert len(captions) == 4 and all(c.endswith("held out from training") for c in captions)
         for i in range(4):
-            (film,) = _call(url, "load_example", [i], uuid.uuid4().hex)
-            info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+            (film,) = call(url, "load_example", [i], uuid.uuid4().hex)
+            info = call(url, "classify", [film], uuid.uuid4().hex)[0]
             assert list(info["models"]) == models, info  # both, and nothing else
             assert all(info["models"][m]["probabilities"] for m in models)
             assert all(info["example"]["file_name"] in test for test in tests)

@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from hostile import (
+    damaged_dicom,
     deflated_dicom,
     dicom_dataset,
     dicom_with_frame,
@@ -85,17 +86,7 @@ def test_a_large_jpeg_2000_frame_is_decoded_reduced(grey, tmp_path):
 
 @pytest.mark.parametrize("field", ["NumberOfFrames", "Rows"])
 def test_a_damaged_dicom_header_is_one_sentence(field, grey, tmp_path):
-    pixels = np.asarray(grey, dtype=np.uint16) * 16
-    ds = dicom_dataset(pixels)
-    ds.NumberOfFrames = 1
-    raw = save_dicom(ds, tmp_path / "x.dcm").read_bytes()
-    if field == "NumberOfFrames":  # IS "ab": not a number
-        raw = raw.replace(b"\x28\x00\x08\x00IS\x02\x001 ", b"\x28\x00\x08\x00IS\x02\x00ab")
-    else:  # Rows given twice, the second time not the pixel data's size
-        rows = b"\x28\x00\x10\x00US\x02\x00" + grey.size[1].to_bytes(2, "little")
-        at = raw.index(rows) + len(rows)
-        raw = raw[:at] + b"\x28\x00\x10\x00US\x02\x00" + (9999).to_bytes(2, "little") + raw[at:]
-    (tmp_path / "x.dcm").write_bytes(raw)
+    damaged_dicom(tmp_path / "x.dcm", np.asarray(grey, dtype=np.uint16) * 16, field)
     with pytest.raises(ImageInputError) as refused:
         read_radiograph(tmp_path / "x.dcm")
     message = str(refused.value)

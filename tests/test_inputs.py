@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hostile import write_dicom
 from PIL import Image
 
 from cxr.data.decode import ImageInputError, chest_xray_warnings, read_dicom, read_radiograph
@@ -10,34 +11,6 @@ from cxr.data.decode import ImageInputError, chest_xray_warnings, read_dicom, re
 def _save(tmp_path, name, image, **kw):
     path = tmp_path / name
     image.save(path, **kw)
-    return path
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, rescale=None, with_pixels=True):
-    """A minimal valid CR DICOM file (pydicom), optionally windowed, rescaled or without pixel data."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
-        ComputedRadiographyImageStorage,
-        meta.MediaStorageSOPInstanceUID,
-        "CR",
-    )
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    if rescale:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    if with_pixels:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
     return path
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import PYTHON, make_subset, run_script, wait_until_serving
 from hub_server import TOKEN, LocalHub
-from test_app import _call, _example_table, _free_port
+from served import call, example_table, free_port
 from test_hub import hub_env
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
@@ -130,7 +130,7 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, p
     )
     assert which.stdout.strip() == str(space / "cxr" / "__init__.py")  # the Space's copy, not this checkout
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "space.log"
     app_env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("CXR_APP_MODELS", "PYTHONPATH")}
     with open(log, "w") as f:
@@ -156,10 +156,10 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, p
             full, gallery = client.predict(image, "GradCAM", "predicted class", api_name="/predict")
             assert [g["caption"] for g in gallery] == published
         # the Space offers its examples/ films, held out by both models
-        captions = [sample[0] for sample in _example_table(url)["props"]["samples"]]
+        captions = [sample[0] for sample in example_table(url)["props"]["samples"]]
         assert captions == [f"{f.split('/')[0]} · held out from training" for f in films]
-        (film,) = _call(url, "load_example", [0], uuid.uuid4().hex)
-        info = _call(url, "classify", [film], uuid.uuid4().hex)[0]
+        (film,) = call(url, "load_example", [0], uuid.uuid4().hex)
+        info = call(url, "classify", [film], uuid.uuid4().hex)[0]
         assert info["example"]["file_name"] == films[0] and info["example"]["tested_by"] == published
     finally:
         app.terminate()
