@@ -185,22 +185,22 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
     assert bad.returncode == 2 and "unknown recipe(s) ['nope']" in bad.stderr
 
 
-def test_upload_memory_sends_every_worst_input_and_tabulates_peaks(subset):
+def test_upload_memory_sends_every_input_and_tabulates_peaks_cpu_and_the_wait_of_an_ordinary_request(subset):
     out = _run("upload_memory.py", "--data", str(subset), "--side", "3000", "--frames", "2", "--image-size", "64")
-    (rows,) = _tables(out)
-    assert [r["upload"].split(",")[0] for r in rows] == [
-        "ordinary X-ray (sample PNG)",
-        "16-bit PNG",
-        "JPEG",
-        "DICOM",
-        "DICOM",
-        "the four at once",
-    ]
-    assert "2 frames of 2048²" in rows[4]["upload"]
-    for r in rows[1:5]:  # each judged against its target
-        assert r["over the ordinary request MB"].endswith("(≤ 300)")
-        assert float(r["peak growth MB"]) >= 0
-    assert rows[5]["peak growth MB"].endswith("(≤ 1500)") and rows[5]["retained MB"].endswith("(≤ 100)")
+    rows, waits = _tables(out)
+    names = [r["upload"] for r in rows]
+    assert names[0] == "ordinary X-ray (sample PNG)" and "DICOM, 2 frames of 2048²" in names
+    assert names[-2:] == ["the four worst accepted at once", "four hostile files at once"]
+    accepted = [r for r in rows[1:-2] if r["answer"].startswith("result")]
+    refused = [r for r in rows[1:-2] if r["answer"].startswith("refused: “")]
+    assert len(accepted) == 7 and len(refused) == 7, names  # the script stops when one is answered otherwise
+    assert any("inflating to 1 GiB" in r["upload"] for r in refused)
+    for r in rows[1:-2]:  # each judged against its targets
+        assert r["CPU s (≤ 10)"][-1] in "✓✗" and float(r["CPU s (≤ 10)"].split()[0]) >= 0
+        assert r["over the ordinary request MB (≤ 300)"][-1] in "✓✗" and float(r["peak growth MB"]) >= 0
+    assert rows[-2]["peak growth MB"].endswith("(≤ 1500)") and rows[-1]["retained MB"].endswith("(≤ 100)")
+    assert [w["when"] for w in waits] == ["idle (median of 5)", "while the 4 worst accepted uploads run"]
+    assert "(≤ 2 × " in waits[1]["target"] and float(waits[1]["seconds"]) > 0
 
 
 def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_latency(subset, tmp_path):
