@@ -30,6 +30,8 @@ __all__ = [
     "train_main",
     "eval_main",
     "app_main",
+    "predict_main",
+    "build_predict_parser",
     "cv_main",
     "hub_main",
     "study_main",
@@ -266,6 +268,79 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
             dataset_revision=args.dataset_revision,
             dataset_config=args.dataset_config,
         )
+
+    return run_cli(run)
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m cxr.predict``."""
+    from cxr.models.cam import CAM_METHODS
+
+    p = _parser(
+        "python -m cxr.predict",
+        "Classify chest X-rays (PNG, JPEG, DICOM) with one or more cxr models: one CSV row per file and model, "
+        "with the probabilities, the argmax prediction, the decision by the model's saved operating point, the "
+        "out-of-distribution flag and, for a file that cannot be read, why. Research use only — not for diagnosis.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="Files, folders (searched recursively) or glob patterns.")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="A model folder or Hub repository id (ORG/NAME); repeat for several models.",
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("predictions.csv"), help="The CSV written (default: predictions.csv)."
+    )
+    p.add_argument(
+        "--cam-dir",
+        type=Path,
+        default=None,
+        help="Also write one Grad-CAM PNG per file and model (the decided class explained) into CAM_DIR/<model>/.",
+    )
+    p.add_argument("--cam-method", default="GradCAM", choices=CAM_METHODS, help="The CAM method for --cam-dir.")
+    p.add_argument("--batch-size", type=int, default=32, help="Films per forward pass.")
+    p.add_argument("--num-workers", type=int, default=0, help="Loader worker processes decoding films.")
+    return p
+
+
+def predict_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m cxr.predict`` (``cxr-predict``): exit 0 when at least one file was classified,
+    2 when none could be."""
+    args = build_predict_parser().parse_args(argv)
+    outcome: Dict[str, int] = {}
+
+    def run():
+        from cxr.data.inputs import find_films
+        from cxr.labels import DISCLAIMER
+        from cxr.run_folder import check_writable
+
+        if args.batch_size < 1:
+            raise CXRError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if args.num_workers < 0:
+            raise CXRError(f"--num-workers must be >= 0, got {args.num_workers}")
+        if args.output.is_dir():
+            raise CXRError(f"--output {args.output} is a folder; name the CSV file to write")
+        check_writable(args.output.absolute().parent, flag="--output")
+        if args.cam_dir is not None:
+            check_writable(args.cam_dir, flag="--cam-dir")
+        found = find_films(args.inputs)  # before any model loads
+        from cxr.models.batch_predict import predict_films, write_rows
+        from cxr.models.classifier import CXRClassifier
+
+        classifiers = [CXRClassifier.from_pretrained(ref) for ref in args.model]
+        for clf in classifiers:
+            _logger.info("%s: decision = %s", clf.source, clf.decision_rule)
+        if found.other_files:
+            _logger.info("%d file(s) of other types in the folders left out", found.other_files)
+        rows = predict_films(classifiers, found.files, args.batch_size, args.num_workers, args.cam_dir, args.cam_method)
+        outcome.update(write_rows(args.output, rows))
+        print(
+            f"{outcome['classified']} of {len(found.files)} file(s) classified by {len(classifiers)} model(s), "
+            f"{outcome['unreadable']} could not be read (their rows say why): {args.output}. {DISCLAIMER}"
+        )
+        if not outcome["classified"]:
+            raise CXRError("no file could be classified (the error column of each row says why)")
 
     return run_cli(run)
 

@@ -23,16 +23,21 @@ import torch
 from torch import nn
 
 from cxr.data.preprocessing import ImageLike, PreprocessConfig
+from cxr.metrics.operating_point import OperatingPoint, decide
 from cxr.models.checkpoint import load_model
 from cxr.models.ood import OOD_MESSAGE, OODGuard, OutOfDistributionWarning, capture_features
 
-__all__ = ["CXRClassifier", "temperature_softmax"]
+__all__ = ["CXRClassifier", "temperature_softmax", "ARGMAX_RULE"]
 
 
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``softmax(logits / temperature)`` in float32: the one way cxr turns logits into the probabilities it
     shows or returns (:meth:`CXRClassifier.probabilities`, ``cxr.eval``, training's reports)."""
     return (logits.float() / temperature).softmax(-1)
+
+
+#: The decision rule of a model saved without an operating point (before cxr saved one).
+ARGMAX_RULE = "the most probable class (the model was saved without an operating point)"
 
 
 class CXRClassifier:
@@ -106,6 +111,29 @@ class CXRClassifier:
         """
         return float(self.config.get("cxr", {}).get("temperature") or 1.0)
 
+    @property
+    def operating_point(self) -> Optional[OperatingPoint]:
+        """The decision rule saved with the model (``config.json``'s ``cxr.operating_point``: Normal only when the
+        calibrated P(Normal) reaches a threshold chosen for the study's aim), or ``None`` for an older model."""
+        return OperatingPoint.from_config(self.config.get("cxr", {}).get("operating_point"))
+
+    @property
+    def decision_rule(self) -> str:
+        """The decision rule in words ("Normal only when P(Normal) ≥ 0.913"), or :data:`ARGMAX_RULE`."""
+        op = self.operating_point
+        return ARGMAX_RULE if op is None else op.rule
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices by the saved decision rule from calibrated probabilities (``n x 4``); argmax for a model
+        saved without an operating point."""
+        op = self.operating_point
+        return decide(probabilities, None if op is None else op.normal_threshold)
+
+    def decision(self, probabilities: Dict[str, float]) -> str:
+        """The class the saved decision rule gives for one image's probabilities by name (:meth:`predict`)."""
+        row = np.array([[probabilities[c] for c in self.label_names]])
+        return self.label_names[int(self.decide(row)[0])]
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities from the model's logits: ``softmax(logits / temperature)``."""
         return temperature_softmax(logits, self.temperature)
@@ -123,7 +151,13 @@ class CXRClassifier:
         """Calibrated class probabilities (``len(images) x 4``, in :attr:`label_names` order) and, from the same
         forward, which images the out-of-distribution guard flags as unlike the training X-rays (``None`` for a
         model saved without a guard)."""
-        x = self.inputs(images)
+        return self.predict_inputs(self.inputs(images))
+
+    @torch.inference_mode()
+    def predict_inputs(self, x: torch.Tensor) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """:meth:`predict_and_check` of a batch already preprocessed (:meth:`inputs`, or a loader applying
+        :attr:`preprocess`'s transform)."""
+        x = x.to(self.device)
         with self.lock, capture_features(self.model) as captured:
             probs = self.probabilities(self.model(x)).cpu().numpy()
         if self.ood is None or captured is None:

@@ -1,0 +1,183 @@
+"""Classify many films with one or more models: ``python -m cxr.predict``'s work.
+
+Each file is decoded once, through the app's decoder (:func:`cxr.data.decode.read_radiograph`: PNG, JPEG and
+DICOM, hostile files refused), in loader workers, and preprocessed for every model as in training; the models
+run on batches. Every file gets one row per model — the calibrated probabilities, the argmax ``prediction``, the
+``decision`` by the model's saved operating point, whether its out-of-distribution guard flagged the film, and
+for a file that cannot be read the reason, the other files going on. Optionally one Grad-CAM image per file and
+model (the decided class explained). Research use only — not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cxr.data.decode import read_radiograph
+from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
+from cxr.models.classifier import CXRClassifier
+
+__all__ = ["PredictionRow", "predict_films", "write_rows", "COLUMNS", "CAM_SIDE"]
+
+_logger = logging.getLogger(__name__)
+
+#: ``predictions.csv``'s columns, in order.
+COLUMNS = [
+    "file",
+    "model",
+    "prediction",
+    "decision",
+    *[f"p_{c}" for c in CLASS_NAMES],
+    "out_of_distribution",
+    "warnings",
+    "error",
+]
+#: Longest side of a written Grad-CAM image.
+CAM_SIDE = 512
+
+
+@dataclasses.dataclass
+class PredictionRow:
+    """One file and one model: probabilities by class (empty when the file could not be read)."""
+
+    file: str
+    model: str
+    probabilities: Dict[str, float]
+    prediction: str = ""
+    decision: str = ""
+    out_of_distribution: Optional[bool] = None
+    warnings: str = ""
+    error: str = ""
+
+    def as_csv(self) -> List[str]:
+        probs = [f"{self.probabilities[c]:.6f}" if self.probabilities else "" for c in CLASS_NAMES]
+        ood = "" if self.out_of_distribution is None else str(self.out_of_distribution).lower()
+        return [self.file, self.model, self.prediction, self.decision, *probs, ood, self.warnings, self.error]
+
+
+class _Films(torch.utils.data.Dataset):
+    """Each file decoded once and preprocessed for every model; a file that cannot be read gives its reason and
+    zero inputs."""
+
+    def __init__(self, files: Sequence[Path], classifiers: Sequence[CXRClassifier]):
+        self.files = list(files)
+        self.preps = [c.preprocess for c in classifiers]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        item: Dict[str, object] = {"index": i, "error": "", "warnings": ""}
+        try:
+            image, warnings = read_radiograph(self.files[i])
+            item["warnings"] = " ".join(warnings)
+            for k, prep in enumerate(self.preps):
+                item[f"x{k}"] = prep.transform(image)
+        except CXRError as e:
+            item["error"] = str(e)
+        except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the rest
+            _logger.warning("%s: %s", self.files[i], e, exc_info=True)
+            item["error"] = f"the file could not be read ({type(e).__name__})"
+        if item["error"]:
+            for k, prep in enumerate(self.preps):
+                item[f"x{k}"] = torch.zeros(prep.in_chans, prep.image_size, prep.image_size)
+        return item
+
+
+def _cam_name(file: Path, root: Optional[Path]) -> str:
+    rel = file.resolve().relative_to(root) if root is not None else Path(file.name)
+    return re.sub(r"[^\w.-]+", "_", "__".join(rel.parts)) + ".png"
+
+
+def _write_cam(clf: CXRClassifier, file: Path, decided: int, folder: Path, name: str, method: str) -> None:
+    from cxr.models.cam import CamSession, overlay_heatmap
+
+    image, _ = read_radiograph(file)
+    shown = image.copy()
+    shown.thumbnail((CAM_SIDE, CAM_SIDE), Image.Resampling.BILINEAR)
+    with CamSession(clf, method) as session:
+        session.probabilities(image)
+        cam = session.heatmap(decided)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay_heatmap(shown, cam)).save(folder / name)
+
+
+def predict_films(
+    classifiers: Sequence[CXRClassifier],
+    files: Sequence[Path],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    cam_dir: Optional[Path] = None,
+    cam_method: str = "GradCAM",
+) -> Iterator[PredictionRow]:
+    """Rows for every file and model, file by file in ``files``' order (models in ``classifiers``' order).
+
+    Args:
+        classifiers: the loaded models.
+        files: the films (:func:`cxr.data.inputs.find_films`).
+        batch_size: films per forward.
+        num_workers: loader worker processes decoding films.
+        cam_dir: when given, one Grad-CAM PNG per file and model in ``cam_dir/<model>/`` (the decided class).
+        cam_method: one of :data:`cxr.models.cam.CAM_METHODS`.
+    """
+    loader = torch.utils.data.DataLoader(
+        _Films(files, classifiers), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files])) if files else None
+    labels = [c.source for c in classifiers]
+    with tqdm(total=len(files), desc="cxr.predict", unit="film") as bar:
+        for batch in loader:
+            ok = np.array([not e for e in batch["error"]])
+            results = []
+            for k, clf in enumerate(classifiers):
+                probs, flags = (None, None)
+                if ok.any():
+                    probs, flags = clf.predict_inputs(batch[f"x{k}"][torch.from_numpy(ok)])
+                    probs = np.round(probs.astype(np.float64), 6)  # as written: the decision follows from the file
+                results.append((probs, flags, clf.decide(probs) if probs is not None else None))
+            for j, i in enumerate(batch["index"].tolist()):
+                file, position = Path(files[i]), int(ok[:j].sum())
+                for k, clf in enumerate(classifiers):
+                    if not ok[j]:
+                        yield PredictionRow(str(file), labels[k], {}, error=batch["error"][j])
+                        continue
+                    probs, flags, decided = results[k]
+                    p = probs[position]
+                    row = PredictionRow(
+                        str(file),
+                        labels[k],
+                        dict(zip(CLASS_NAMES, map(float, p))),
+                        prediction=CLASS_NAMES[int(p.argmax())],
+                        decision=CLASS_NAMES[int(decided[position])],
+                        out_of_distribution=None if flags is None else bool(flags[position]),
+                        warnings=batch["warnings"][j],
+                    )
+                    if cam_dir is not None:
+                        slug = re.sub(r"[^\w.-]+", "_", labels[k]).strip("_")
+                        _write_cam(clf, file, int(decided[position]), cam_dir / slug, _cam_name(file, root), cam_method)
+                    yield row
+                bar.update(1)
+
+
+def write_rows(path: Path, rows: Iterator[PredictionRow]) -> Dict[str, int]:
+    """Write ``rows`` to ``path`` as they come (:data:`COLUMNS`); returns how many files were classified and
+    how many could not be read (counted once per file)."""
+    classified, unreadable = set(), set()
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(COLUMNS)
+        for row in rows:
+            out.writerow(row.as_csv())
+            (unreadable if row.error else classified).add(row.file)
+    return {"classified": len(classified), "unreadable": len(unreadable)}
