@@ -231,3 +231,20 @@ def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_lat
     oldest = figures["oldest file in the cache once a sweep could have run"]
     assert float(oldest.split(" s ")[0]) <= float(oldest.split("≤ ")[1].split(" s")[0]), oldest
     assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")
+
+
+def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_test_part(sample_dir, tmp_path):
+    from cxr.cli import cv_main
+
+    cv = tmp_path / "cv"
+    args = ["--data", str(sample_dir), "--folds", "3", "--output-dir", str(cv), "--model", "logreg"]
+    assert cv_main([*args, "--image-size", "24", "--epochs", "2", "--num-workers", "0"]) == 0
+    temps, ops = _tables(_run("held_out_sources.py", "--cv-dir", str(cv), "--max-missed-rate", "0.05"))
+    assert len(temps) == 4 and all(len(r["temperature per fold"].split(", ")) == 3 for r in temps[:3])
+    assert all(0 <= float(r["ECE [95% CI]"].split()[0]) <= 1 for r in temps)
+    assert len(ops) == 4 and {r["target"] for r in ops} == {"5%"}
+    for r in ops:  # the counts are over all 600 films: 300 COVID + Viral Pneumonia, 150 Normal
+        assert r["COVID + VP called Normal"].split()[0].endswith("/300") and r["Normal kept Normal"].split()[
+            0
+        ].endswith("/150")
+        assert r["COVID + VP called Normal"][-1] in "✓✗"
