@@ -6,7 +6,7 @@ A run folder is what ``train_accelerate.py --output-dir`` (or ``python -m cxr.ev
 - ``checkpoint.pt`` — the training state to resume from (written after every epoch);
 - ``run_config.json``, ``split.json``, ``history.json``, ``metrics.json``, ``report.md``;
 - ``predictions.csv`` (test), ``predictions_train.csv``, ``predictions_validation.csv``;
-- ``confusion_matrix.png``, ``training_curves.png``;
+- ``confusion_matrix.png``, ``training_curves.png``, ``operating_point.png``, ``errors.png`` (never published);
 - ``holdout/`` — with ``--final-fit``, the run on the training part alone, itself a run folder.
 
 Every module that reads or writes one of these asks a :class:`RunFolder` for its path; no other module
@@ -27,7 +27,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -137,6 +137,18 @@ class RunFolder:
         return self.root / "confusion_matrix.png"
 
     @property
+    def operating_point_plot(self) -> Path:
+        """COVID + Viral Pneumonia called Normal and Normal films flagged over the threshold, the chosen one
+        marked."""
+        return self.root / "operating_point.png"
+
+    @property
+    def errors_plot(self) -> Path:
+        """The misclassified test films with their heat maps (local reports only: a Hub push never uploads it,
+        the films are the dataset's)."""
+        return self.root / "errors.png"
+
+    @property
     def training_curves(self) -> Path:
         return self.root / "training_curves.png"
 
@@ -147,7 +159,7 @@ class RunFolder:
     @property
     def published(self) -> List[Path]:
         """The files a Hub push uploads beside the model folder (the model card is made from them)."""
-        return [self.metrics, self.confusion_matrix, self.training_curves, self.split]
+        return [self.metrics, self.confusion_matrix, self.training_curves, self.operating_point_plot, self.split]
 
     # states
     def holds_run(self) -> bool:
@@ -170,6 +182,8 @@ class RunFolder:
             self.report,
             self.confusion_matrix,
             self.training_curves,
+            self.operating_point_plot,
+            self.errors_plot,
             self.holdout.root,
         ]
         named += [self.predictions(part) for part in PREDICTION_PARTS]
@@ -296,14 +310,24 @@ class Predictions:
 
 
 def write_predictions(
-    path: Union[str, os.PathLike], file_names: Sequence[str], labels: np.ndarray, probs: np.ndarray
+    path: Union[str, os.PathLike],
+    file_names: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    decide: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> None:
-    """A predictions file: file, true label, predicted label, one probability column per class."""
+    """A predictions file: file, true label, predicted label (argmax), the ``decision`` — the class index ``decide``
+    gives for the probabilities as written (a model's operating point,
+    :meth:`cxr.metrics.operating_point.OperatingPoint.decide`; argmax without one), so the file reproduces it —
+    and one probability column per class."""
+    written = np.round(np.asarray(probs, dtype=np.float64), 6)
+    decisions = written.argmax(axis=1) if decide is None else decide(written)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file_name", "label", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
-        for name, lab, p in zip(file_names, labels, probs):
-            w.writerow([name, CLASS_NAMES[int(lab)], CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+        w.writerow(["file_name", "label", "prediction", "decision", *[f"p_{c}" for c in CLASS_NAMES]])
+        for name, lab, p, d in zip(file_names, labels, written, decisions):
+            pred = CLASS_NAMES[int(np.argmax(p))]
+            w.writerow([name, CLASS_NAMES[int(lab)], pred, CLASS_NAMES[int(d)], *[f"{v:.6f}" for v in p]])
 
 
 def read_predictions(path: Union[str, os.PathLike]) -> Predictions:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,13 +38,17 @@ def compute_metrics(
     references: Sequence[int],
     probabilities: np.ndarray,
     label_names: Sequence[str] = CLASS_NAMES,
+    predictions: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Every figure the reports need, from true labels and predicted probabilities.
 
     Args:
         references: true class index per image.
-        probabilities: ``N x K`` class probabilities; the prediction is their argmax.
+        probabilities: ``N x K`` class probabilities; the prediction is their argmax unless ``predictions``
+            is given.
         label_names: class names in index order.
+        predictions: the predicted class index per image, when a decision rule other than argmax made them
+            (:mod:`cxr.metrics.operating_point`); the AUROC still comes from ``probabilities``.
 
     Returns:
         ``accuracy``, ``per_class``, ``confusion_matrix``, ``to_normal``, ``auroc``,
@@ -53,7 +57,7 @@ def compute_metrics(
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     result = load_metric().compute(
-        predictions=probs.argmax(axis=1).tolist(),
+        predictions=(probs.argmax(axis=1) if predictions is None else np.asarray(predictions)).tolist(),
         references=[int(r) for r in references],
         prediction_scores=probs.tolist(),
         label_names=list(label_names),

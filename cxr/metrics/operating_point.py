@@ -34,11 +34,16 @@ __all__ = [
     "choose_threshold",
     "threshold_curve",
     "check_missed_rate",
+    "decision_metrics",
+    "ARGMAX_RULE",
 ]
 
 #: ``--max-missed-rate``: at most this share of COVID + Viral Pneumonia films called Normal, on held-out
 #: predictions.
 DEFAULT_MAX_MISSED_RATE = 0.01
+
+#: The decision rule of a model saved without an operating point (before cxr saved one).
+ARGMAX_RULE = "the most probable class (the model was saved without an operating point)"
 
 _NORMAL = CLASS_NAMES.index(NORMAL)
 _CRITICAL = [CLASS_NAMES.index(c) for c in CRITICAL_CLASSES]
@@ -154,3 +159,26 @@ class OperatingPoint:
         if not 0 <= threshold <= 1:
             raise ValueError(f"the saved operating point's threshold {threshold} is not a probability")
         return cls(threshold, entry.get("max_missed_rate"), entry.get("chosen_on", ""), dict(entry.get("rates", {})))
+
+
+def decision_metrics(
+    labels: Sequence[int], probabilities: np.ndarray, operating_point: Optional[OperatingPoint]
+) -> Dict[str, Any]:
+    """``metrics.json``'s ``decision`` block: the rule, what chose it, and every figure of
+    :func:`cxr.metrics.compute_metrics` for the decisions it makes on these probabilities (rounded as
+    predictions files write them, so the files reproduce it); for a model without an operating point, argmax's."""
+    from cxr.metrics import compute_metrics
+
+    written = np.round(np.asarray(probabilities, dtype=np.float64), 6)
+    threshold = None if operating_point is None else operating_point.normal_threshold
+    block: Dict[str, Any] = {"rule": ARGMAX_RULE if operating_point is None else operating_point.rule}
+    if operating_point is not None:
+        block.update(
+            normal_threshold=threshold,
+            max_missed_rate=operating_point.max_missed_rate,
+            chosen_on=operating_point.chosen_on,
+            rates_where_chosen=operating_point.rates,
+            rates=operating_rates(labels, written, threshold),
+        )
+    block.update(compute_metrics(labels, written, predictions=decide(written, threshold)))
+    return block

@@ -161,7 +161,12 @@ class CamSession:
     def probabilities(self, image: ImageLike) -> np.ndarray:
         """Forward ``image`` once (hooks recording) and return its class probabilities; the same forward tells
         :attr:`out_of_distribution`."""
-        self.x = self.clf.inputs([image])
+        return self.probabilities_of_input(self.clf.inputs([image]))
+
+    def probabilities_of_input(self, x: torch.Tensor) -> np.ndarray:
+        """:meth:`probabilities` of one input already preprocessed (``1 x C x H x W``, e.g. a dataset's
+        ``pixel_values``)."""
+        self.x = x.to(self.clf.device)
         with capture_features(self.clf.model) as captured:
             if self.cam is None:
                 with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cxr.data.preprocessing import ImageLike, PreprocessConfig
-from cxr.metrics.operating_point import OperatingPoint, decide
+from cxr.metrics.operating_point import ARGMAX_RULE, OperatingPoint, decide
 from cxr.models.checkpoint import load_model
 from cxr.models.ood import OOD_MESSAGE, OODGuard, OutOfDistributionWarning, capture_features
 
@@ -34,10 +34,6 @@ def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """``softmax(logits / temperature)`` in float32: the one way cxr turns logits into the probabilities it
     shows or returns (:meth:`CXRClassifier.probabilities`, ``cxr.eval``, training's reports)."""
     return (logits.float() / temperature).softmax(-1)
-
-
-#: The decision rule of a model saved without an operating point (before cxr saved one).
-ARGMAX_RULE = "the most probable class (the model was saved without an operating point)"
 
 
 class CXRClassifier:

@@ -20,12 +20,55 @@ __all__ = [
     "table1_lines",
     "plot_confusion_matrix",
     "plot_training_curves",
+    "plot_operating_point",
+    "plot_error_gallery",
     "recipe_summary",
     "kept_description",
     "DISCLAIMER",
 ]
 
 _logger = logging.getLogger(__name__)
+
+
+def decision_lines(metrics: Dict[str, Any]) -> List[str]:
+    """The report's section on the decision rule: the operating point, what chose it, and on test what it calls
+    Normal against argmax."""
+    decision, test = metrics.get("decision"), metrics["test"]
+    if not decision:
+        return []
+    lines = ["## Decision (the study's aim: the fewest COVID and Viral Pneumonia films called Normal)", ""]
+    if "normal_threshold" not in decision:
+        return lines + [f"Decision: {decision['rule']}: the decision is the prediction above.", ""]
+    rates = decision["rates"]
+    normal = CLASS_NAMES.index(NORMAL)
+    normal_kept = int(test["confusion_matrix"][normal][normal])
+    chosen = decision.get("rates_where_chosen") or {}
+    target = decision.get("max_missed_rate")
+    lines += [
+        f"Decision rule: **{decision['rule']}**, else the most probable other class"
+        + (
+            f"; chosen for at most {target:.1%} of COVID + Viral Pneumonia films called Normal"
+            if target is not None
+            else ""
+        )
+        + (f", on {decision['chosen_on']}" if decision.get("chosen_on") else "")
+        + (
+            f" (there: {chosen['critical_called_normal']}/{chosen['critical']} called Normal, "
+            f"{chosen['normal_kept']}/{chosen['normal']} Normal kept)"
+            if chosen.get("critical")
+            else ""
+        )
+        + ".",
+        "",
+        "| on the test films | COVID + Viral Pneumonia called Normal | Normal films kept Normal | accuracy |",
+        "|---|---|---|---|",
+        f"| the decision | {rates['critical_called_normal']}/{rates['critical']} | {rates['normal_kept']}/{rates['normal']} "
+        f"({pct(rates['normal_kept_rate'])}) | {pct(decision['accuracy'])} |",
+        f"| argmax (the prediction) | {test['critical_to_normal']}/{rates['critical']} | "
+        f"{normal_kept}/{rates['normal']} ({pct(normal_kept / max(rates['normal'], 1))}) | {pct(test['accuracy'])} |",
+        "",
+    ]
+    return lines
 
 
 def table1_lines(model_name: str, metrics: Dict[str, Any]) -> List[str]:
@@ -98,6 +141,7 @@ def write_report(
         f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined",
         "",
     ]
+    lines += decision_lines(metrics)
     val = metrics.get("validation")
     if val:
         lines += [
@@ -115,7 +159,8 @@ def write_report(
             "",
         ]
     run = RunFolder(path.parent)
-    for img in images if images is not None else (run.confusion_matrix.name, run.training_curves.name):
+    shown = (run.confusion_matrix, run.training_curves, run.operating_point_plot, run.errors_plot)
+    for img in images if images is not None else [p.name for p in shown]:
         if (path.parent / img).exists():
             lines += [f"![{img}]({img})", ""]
     path.write_text("\n".join(lines))
@@ -151,6 +196,71 @@ def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title:
             )
     fig.colorbar(im, ax=ax, label="share of the true class")
     ax.set_title(title or "Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_operating_point(path: Path, labels, probabilities, operating_point, part: str = "test") -> None:
+    """Save the threshold's trade-off on ``part``: the share of COVID + Viral Pneumonia films called Normal and
+    the share of Normal films flagged (not called Normal), over the threshold on P(Normal), with the model's
+    operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxr.metrics.operating_point import operating_rates, threshold_curve
+
+    t, missed, flagged = threshold_curve(labels, probabilities)
+    at = operating_rates(labels, probabilities, operating_point.normal_threshold)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(t, 100 * missed, color="tab:red", label="COVID + Viral Pneumonia called Normal")
+    ax.plot(t, 100 * flagged, color="tab:blue", label="Normal films flagged (not called Normal)")
+    ax.axvline(operating_point.normal_threshold, color="black", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"{operating_point.rule}\n{part}: {at['critical_called_normal']}/{at['critical']} missed, "
+        f"{at['normal'] - at['normal_kept']}/{at['normal']} Normal flagged",
+        xy=(operating_point.normal_threshold, 50),
+        xytext=(0.03, 0.55),
+        textcoords="axes fraction",
+        fontsize=8,
+        arrowprops={"arrowstyle": "->", "linewidth": 0.8},
+    )
+    ax.set_xlabel("threshold on the calibrated P(Normal)")
+    ax.set_ylabel(f"% of the {part} films")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"The operating point on {part} (n={len(labels)})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_error_gallery(path: Path, entries: Sequence[Any], wrong: int, title: str = "") -> None:
+    """Save the misclassified films as a grid: each (RGB heat map over the film, caption, whether it is a COVID
+    or Viral Pneumonia film called Normal — captioned in red) of ``entries``; ``wrong`` films were misclassified
+    in all (the figure may show fewer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not entries:
+        return
+    cols = min(4, len(entries))
+    rows = -(-len(entries) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows + 0.5), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption, critical_to_normal) in zip(axes.flat, entries):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=7, color="tab:red" if critical_to_normal else "black")
+    shown = f"{len(entries)} of {wrong}" if wrong > len(entries) else f"all {wrong}"
+    fig.suptitle(
+        f"{title or 'Misclassified films'}: {shown}, COVID and Viral Pneumonia called Normal first", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

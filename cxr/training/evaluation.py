@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from cxr.labels import DISCLAIMER
 from cxr.metrics import compute_metrics
-from cxr.reporting.run_report import plot_confusion_matrix, write_report
+from cxr.metrics.operating_point import OperatingPoint, decision_metrics
+from cxr.reporting.run_report import plot_confusion_matrix, plot_error_gallery, plot_operating_point, write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
 __all__ = ["Outputs", "predict_outputs", "predict_logits", "predict", "write_evaluation", "evaluate_folder"]
@@ -109,10 +110,19 @@ def write_evaluation(
     test_files: Sequence[str],
     test_labels: np.ndarray,
     test_probs: np.ndarray,
+    operating_point: Optional[OperatingPoint] = None,
+    errors: Optional[Tuple[List[Any], int]] = None,
 ) -> None:
-    """Write the run folder's metrics, test predictions, confusion matrix and report (:class:`RunFolder`)."""
+    """Write the run folder's metrics, test predictions (with the decision by ``operating_point``; argmax
+    without one), confusion matrix, operating-point plot, the misclassified films (``errors``:
+    :func:`cxr.training.error_gallery.error_entries`) and report (:class:`RunFolder`)."""
     run = RunFolder(output_dir)
-    write_predictions(run.predictions("test"), test_files, test_labels, test_probs)
+    decide = None if operating_point is None else operating_point.decide
+    write_predictions(run.predictions("test"), test_files, test_labels, test_probs, decide=decide)
+    if operating_point is not None:
+        plot_operating_point(run.operating_point_plot, test_labels, test_probs, operating_point, "test")
+    if errors is not None:
+        plot_error_gallery(run.errors_plot, *errors, title=f"{model_name}: misclassified test films")
     plot_confusion_matrix(
         run.confusion_matrix,
         metrics["test"]["confusion_matrix"],
@@ -153,6 +163,7 @@ def evaluate_folder(
 
     from cxr.data.dataset import RadiographDataset, cache_pixels, check_data_options, load_data_source
     from cxr.models.classifier import CXRClassifier
+    from cxr.training.error_gallery import error_entries
 
     check_data_options(data, dataset_revision, dataset_config)
     run = RunFolder(Path(model_ref).parent)
@@ -171,7 +182,7 @@ def evaluate_folder(
     model, loader = accelerator.prepare(model, loader)
     out = predict_outputs(model, loader, accelerator, desc="cxr.eval")
     index, labels, probs = out.index, out.labels, softmax(out.logits, clf.temperature)
-    metrics = {"test": compute_metrics(labels, probs)}
+    metrics = {"test": compute_metrics(labels, probs), "decision": decision_metrics(labels, probs, clf.operating_point)}
     names = list(cached.dataset["file_name"])  # one read of the column, not one per row
     if clf.ood is not None and out.features is not None:
         flags = clf.ood.flags(out.features)
@@ -199,6 +210,9 @@ def evaluate_folder(
             ),
             "note": DISCLAIMER,
         }
-        write_evaluation(output_dir, model_name, metrics, run_info, [names[i] for i in index], labels, probs)
+        files = [names[i] for i in index]
+        decisions = clf.decide(np.round(probs, 6))
+        errors = error_entries(clf, view, files, labels, probs, decisions)  # index is 0..n-1: view's order
+        write_evaluation(output_dir, model_name, metrics, run_info, files, labels, probs, clf.operating_point, errors)
     accelerator.wait_for_everyone()
     return metrics
