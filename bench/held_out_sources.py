@@ -6,8 +6,8 @@ the folder of a ``python -m cxr.cv`` run and, for each fold, compares the source
 fold's test part — films neither source saw:
 
 - temperature: the fold's own (fitted on its validation part; 1 when that part held no error), the same fit with
-  the targets smoothed by the rule of succession (one error's worth of doubt in n+2, so a part without error
-  still gives a finite temperature), and the temperature fitted on the other folds' out-of-fold predictions
+  the targets smoothed by the rule of succession when that part holds no error (one error's worth of doubt in
+  n+2, so a part without error still gives a finite temperature; ``cxr.training.finish``), and the temperature fitted on the other folds' out-of-fold predictions
   (cross-fitted: what carrying the recipe's cross-validation into a model would give);
 - threshold, for each ``--max-missed-rate``: chosen on the fold's validation part, or on the other folds'
   out-of-fold predictions (cross-fitted), each on probabilities calibrated by the same source.
@@ -37,6 +37,8 @@ from cxr.labels import CLASS_NAMES  # noqa: E402
 from cxr.metrics.operating_point import choose_threshold, operating_rates  # noqa: E402
 from cxr.metrics.stats import expected_calibration_error, softmax_with_temperature  # noqa: E402
 from cxr.run_folder import RunFolder, read_json, read_predictions  # noqa: E402
+from cxr.training.finish import fit_held_out_temperature, fit_temperature_smoothed  # noqa: E402
+from cxr.training.held_out import from_logits  # noqa: E402
 
 Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
 
@@ -65,30 +67,16 @@ def _folds(cv_dir: Path) -> List[Dict[str, Part]]:
     return folds
 
 
-def _nll(y: np.ndarray, z: np.ndarray, t: float, smoothing: float = 0.0) -> float:
-    p = softmax_with_temperature(z, t)
-    target = np.full(p.shape, smoothing / (p.shape[1] - 1))
-    target[np.arange(len(y)), y] = 1 - smoothing
-    return float(-np.mean(np.sum(target * np.log(np.clip(p, 1e-12, None)), axis=1)))
-
-
-def _fit(y: np.ndarray, z: np.ndarray, smoothing: float = 0.0) -> float:
-    from scipy.optimize import minimize_scalar
-
-    res = minimize_scalar(
-        lambda log_t: _nll(y, z, math.exp(log_t), smoothing), bounds=(math.log(0.05), math.log(20)), method="bounded"
-    )
-    return float(math.exp(res.x))
-
-
 def _temperatures(folds: List[Dict[str, Part]], k: int) -> Dict[str, float]:
     yv, zv = folds[k]["validation"]
     others = [f["test"] for j, f in enumerate(folds) if j != k]
     yo, zo = np.concatenate([o[0] for o in others]), np.concatenate([o[1] for o in others])
     return {
         "the fold's validation part (today: 1 when it holds no error)": folds[k]["own_t"],
-        "validation, targets smoothed by the rule of succession": _fit(yv, zv, 1 / (len(yv) + 2)),
-        "the other folds' out-of-fold predictions (cross-fitted)": _fit(yo, zo),
+        "validation, smoothed by the rule of succession when it holds no error": fit_held_out_temperature(
+            from_logits(yv, zv, "validation")
+        )[0],
+        "the other folds' out-of-fold predictions (cross-fitted)": fit_temperature_smoothed(yo, zo),
     }
 
 

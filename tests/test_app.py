@@ -87,6 +87,9 @@ def test_classify_endpoint_gives_cxr_probabilities_without_heat_maps(app, client
             expected = dict(zip(clf.label_names, clf.predict_proba([path])[0].tolist()))
             assert entry["probabilities"] == pytest.approx(expected, abs=1e-5)
             assert entry["temperature"] == clf.temperature and "heatmap_index" not in entry
+            # the decision by the model's saved rule, and the rule in words
+            assert entry["decision"] == clf.decision(entry["probabilities"])
+            assert entry["decision_rule"] == clf.decision_rule
             # the same numbers the full /predict answer carries
         full, _ = predict(client, path)
         for ref in app[2]:

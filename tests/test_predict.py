@@ -138,3 +138,30 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(case, message, 
     assert predict_main([inputs, "--model", model, "--output", str(output), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "not-published" not in err, err
+
+
+def test_cxr_eval_writes_the_decision_beside_argmax_and_the_errors_as_pictures(subset, with_operating_point, tmp_path):
+    """cxr.eval of a model with an operating point: the decision column follows from the saved threshold and the
+    probabilities as written, metrics.json's decision block counts those decisions, the report says the rule and
+    embeds the misclassified films, which errors.png shows."""
+    from cxr.cli import eval_main
+    from cxr.metrics import compute_metrics
+    from cxr.run_folder import RunFolder, read_json
+
+    out = tmp_path / "eval"
+    assert eval_main(["--model", str(with_operating_point), "--data", str(subset), "--output-dir", str(out)]) == 0
+    run = RunFolder(out)
+    rows = _rows(run.predictions("test"))
+    probs = np.array([_probs(r) for r in rows])
+    labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows])
+    decided = decide(probs, 0.5)
+    assert [r["decision"] for r in rows] == [CLASS_NAMES[i] for i in decided]
+    assert [r["prediction"] for r in rows] == [CLASS_NAMES[i] for i in probs.argmax(1)]
+    block = read_json(run.metrics)["decision"]
+    assert block["normal_threshold"] == 0.5 and block["rule"] == "Normal only when P(Normal) ≥ 0.500"
+    assert block["confusion_matrix"] == compute_metrics(labels, probs, predictions=decided)["confusion_matrix"]
+    report = run.report.read_text()
+    assert "Decision rule: **Normal only when P(Normal) ≥ 0.500**" in report and "![errors.png](errors.png)" in report
+    wrong = int((decided != labels).sum())
+    assert wrong > 0 and run.errors_plot.is_file() and run.operating_point_plot.is_file()
+    assert run.errors_plot not in run.published and run.operating_point_plot in run.published

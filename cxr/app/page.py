@@ -89,7 +89,14 @@ def _model_header(m) -> str:
         return f"### ⚠ {m.ref}\n\nUnavailable: {m.error}"
     name = f"[{m.title}]({m.card_url})" if m.card_url else m.title
     prep = m.classifier.preprocess
-    return f"### {name}\n\n{prep.image_size}px, norm {prep.norm}"
+    return f"### {name}\n\n{prep.image_size}px, norm {prep.norm}. Decision: {m.classifier.decision_rule}"
+
+
+def _decision_line(m, probabilities: Optional[Dict[str, float]]) -> str:
+    """A model's decision for the page: the class its saved rule gives (research use only)."""
+    if not probabilities or not m.available:
+        return ""
+    return f"**Decision: {m.classifier.decision(probabilities)}** ({m.classifier.decision_rule})"
 
 
 def _cam_class(choice: Optional[str]) -> Optional[str]:
@@ -120,11 +127,12 @@ class _Components:
     labels: List[Any]
     heatmaps: List[Any]
     agreement: Any
+    decisions: List[Any]
     examples: Any = None  # the examples' table (a gr.Dataset), when there are examples
 
     @property
     def outputs(self) -> List[Any]:
-        return [self.status, self.image, *self.labels, *self.heatmaps, self.agreement]
+        return [self.status, self.image, *self.labels, *self.heatmaps, self.agreement, *self.decisions]
 
 
 class _Handlers:
@@ -234,7 +242,9 @@ class _Handlers:
     def _outputs(self, a: Analysis, shown_array, done: bool, example: Optional[Example] = None) -> List[Any]:
         probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
         heatmaps = [a.heatmaps.get(m.ref) for m in self.shown]
-        return [_status(a, done, example), shown_array, *probabilities, *heatmaps, agreement_line(a.probabilities)]
+        decisions = [_decision_line(m, a.probabilities.get(m.ref)) for m in self.shown]
+        agreement = agreement_line(a.probabilities)
+        return [_status(a, done, example), shown_array, *probabilities, *heatmaps, agreement, *decisions]
 
     def model_entries(self, final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
         models, gallery = {}, []
@@ -246,10 +256,13 @@ class _Handlers:
                 entry["error"] = final.model_errors[m.ref]
             else:
                 entry["temperature"] = m.classifier.temperature
+                entry["decision_rule"] = m.classifier.decision_rule
                 entry["out_of_distribution"] = final.out_of_distribution.get(m.ref)
             probs = final.probabilities.get(m.ref)
             if probs:
-                entry.update(probabilities=probs, predicted=max(probs, key=probs.get))
+                entry.update(
+                    probabilities=probs, predicted=max(probs, key=probs.get), decision=m.classifier.decision(probs)
+                )
             if with_heatmaps and m.ref in final.heatmaps:
                 entry["heatmap_index"] = len(gallery)
                 gallery.append((final.heatmaps[m.ref], m.ref))
@@ -348,11 +361,12 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
         with gr.Column(scale=1):
             image = gr.Image(label="Image as analysed (grey)", type="numpy", interactive=False, height=320)
     status = gr.Markdown(f"*{DISCLAIMER}*", elem_id="status", label="Status")
-    labels, heatmaps = [], []
+    labels, heatmaps, decisions = [], [], []
     with gr.Row(equal_height=False):
         for i, m in enumerate(shown):
             with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
                 gr.Markdown(_model_header(m))
+                decisions.append(gr.Markdown("", elem_id=f"decision-{i}"))
                 labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
                 heatmaps.append(
                     gr.Image(
@@ -360,7 +374,7 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
                     )
                 )
     agreement = gr.Markdown("", elem_id="agreement", label="Agreement")
-    return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement, table)
+    return _Components(upload, method, cam_class, run, image, status, labels, heatmaps, agreement, decisions, table)
 
 
 def build_demo(
@@ -445,13 +459,16 @@ def build_demo(
 _ANALYSE_API = (
     "What the page shows, streamed: the status line, the image as analysed, then every "
     "model's probabilities (one output per model) and its Grad-CAM heat map as each is "
-    "ready, and whether the models agree. Programs want /classify or /predict."
+    "ready, whether the models agree, then each model's decision by its saved rule. Programs want /classify or "
+    "/predict."
 )
 _CLASSIFY_API = (
     "Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
     "temperature, when it has one), no Grad-CAM. "
     "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
-    "models (per model: available, probabilities by class, predicted, temperature, out_of_distribution "
+    "models (per model: available, probabilities by class, predicted (the most probable class), decision (the "
+    "class its saved operating point gives, e.g. Normal only when P(Normal) ≥ t) and decision_rule, temperature, "
+    "out_of_distribution "
     "(true when the image does not look like the chest X-rays the model was trained on), error), "
     "example (null, or for one of the app's example films: file_name, true_class, held_out and which models "
     "tested, never saw or trained on it), disclaimer. Research use only, not for diagnosis."

@@ -19,11 +19,11 @@ from typing import Any, Dict, Optional, Union
 
 from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
+from cxr.labels import CLASS_NAMES, NORMAL
 from cxr.locations import is_hub_id
 from cxr.reporting.run_report import kept_description, recipe_summary, table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
-from cxr.reporting.tables import per_class_lines
+from cxr.reporting.tables import pct, per_class_lines
 from cxr.run_folder import RunFolder
 
 __all__ = [
@@ -253,6 +253,7 @@ def _template_fields(
         portability_notes=portability.get("notes") or [],
         temperature=model_cfg["cxr"].get("temperature"),
         ood=metrics.get("ood"),
+        decision=_decision(metrics),
         optimisation=recipe_summary(cfg),
         kept=kept_description(metrics),
         versions=", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()) or "unknown",
@@ -279,6 +280,28 @@ def _template_fields(
         dataset_page=DATASET_PAGE,
         license_name=LICENSE_NAME,
     )
+
+
+def _decision(metrics: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The card's operating-point figures: the rule, its target, and on test the decision against argmax."""
+    decision, test = metrics.get("decision"), metrics["test"]
+    if not decision or "normal_threshold" not in decision:
+        return None
+    rates, normal = decision["rates"], CLASS_NAMES.index(NORMAL)
+    argmax_kept = int(test["confusion_matrix"][normal][normal])
+    target = decision.get("max_missed_rate")
+    return {
+        "rule": decision["rule"],
+        "target": None if target is None else f"{100 * target:g}%",
+        "chosen_on": decision.get("chosen_on") or "held-out predictions",
+        "n_test": test["num_images"],
+        "missed": f"{rates['critical_called_normal']}/{rates['critical']}",
+        "argmax_missed": f"{test['critical_to_normal']}/{rates['critical']}",
+        "kept": f"{rates['normal_kept']}/{rates['normal']}",
+        "argmax_kept": f"{argmax_kept}/{rates['normal']}",
+        "accuracy": pct(decision["accuracy"]),
+        "argmax_accuracy": pct(test["accuracy"]),
+    }
 
 
 def _hub_url() -> str:

@@ -1,0 +1,118 @@
+"""The end-of-training stage: the kept model's temperature and operating point, from held-out predictions.
+
+:func:`finish` takes the held-out predictions to choose on (:class:`~cxr.training.held_out.HeldOut`: the run's
+validation part, or a cross-validation of the recipe carried into the run) and the run's own validation and
+test logits (for the report), and returns a :class:`Finished`: the temperature, what it was fitted on and the
+calibration error before and after it on validation, test and the held-out films, and the operating point —
+"Normal only when P(Normal) ≥ t", the lowest t at which at most ``max_missed_rate`` of the held-out COVID + Viral
+Pneumonia films are called Normal (:mod:`cxr.metrics.operating_point`). Nothing here writes files.
+
+A temperature is the minimiser of the held-out NLL (Guo et al. 2017). Held-out films the model classifies without
+an error cannot identify one (the NLL keeps falling towards certainty): then the targets are smoothed by the rule
+of succession (one error's worth of doubt among n + 2), which gives a finite temperature, and the record says so.
+Research use only — not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from cxr.metrics.operating_point import OperatingPoint, choose_threshold, operating_rates
+from cxr.metrics.stats import expected_calibration_error, softmax_with_temperature
+from cxr.training.held_out import HeldOut
+
+__all__ = ["Finished", "finish", "fit_temperature_smoothed", "fit_held_out_temperature"]
+
+Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What the end-of-training stage decided: ``temperature`` (1 when not calibrating), ``calibration`` (the
+    ``metrics.json`` block, ``None`` without ``--calibrate``) and ``operating_point``."""
+
+    temperature: float
+    calibration: Optional[Dict[str, Any]]
+    operating_point: OperatingPoint
+
+
+def _nll(y: np.ndarray, z: np.ndarray, t: float, smoothing: float) -> float:
+    p = softmax_with_temperature(z, t)
+    target = np.full(p.shape, smoothing / (p.shape[1] - 1))
+    target[np.arange(len(y)), y] = 1 - smoothing
+    return float(-np.mean(np.sum(target * np.log(np.clip(p, 1e-12, None)), axis=1)))
+
+
+def fit_temperature_smoothed(y: np.ndarray, logits: np.ndarray, smoothing: float = 0.0) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` against targets with ``smoothing`` of the
+    mass spread over the other classes (0: the plain NLL), by bounded search on ``log T`` in [0.05, 20]."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(
+        lambda log_t: _nll(y, logits, math.exp(log_t), smoothing),
+        bounds=(math.log(0.05), math.log(20.0)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    return float(math.exp(res.x))
+
+
+def fit_held_out_temperature(held_out: HeldOut) -> Tuple[float, str]:
+    """The temperature for ``held_out`` and how it was fitted (see the module's docstring)."""
+    y, z = held_out.labels, held_out.logits
+    errors = int((z.argmax(1) != y).sum())
+    if errors:
+        return fit_temperature_smoothed(y, z), f"fitted on {held_out.description} ({errors} errors among them)"
+    smoothing = 1 / (len(y) + 2)
+    return (
+        fit_temperature_smoothed(y, z, smoothing),
+        f"fitted on {held_out.description}, which hold no error: targets smoothed by the rule of succession "
+        f"({smoothing:.3f})",
+    )
+
+
+def finish(
+    held_out: HeldOut,
+    validation: Part,
+    test: Part,
+    calibrate: bool,
+    max_missed_rate: float,
+    fitted: Optional[Dict[str, Any]] = None,
+) -> Finished:
+    """Choose the temperature and the operating point on ``held_out`` (see the module's docstring).
+
+    Args:
+        held_out: the predictions to choose on.
+        validation, test: the kept model's own (labels, logits), for the calibration record.
+        calibrate: fit a temperature (else T = 1).
+        max_missed_rate: the operating point's target.
+        fitted: a calibration made elsewhere (``--final-fit``'s hold-out run): its temperature is used.
+    """
+    if not calibrate:
+        t, note = 1.0, None
+    elif fitted is not None:
+        t, note = float(fitted["temperature"]), f"from the hold-out run: {fitted['note']}"
+    else:
+        t, note = fit_held_out_temperature(held_out)
+    calibration = None
+    if calibrate:
+        calibration = {"temperature": t, "note": note, "fitted_on": held_out.description}
+        for part, (y, z) in (
+            ("validation", validation),
+            ("test", test),
+            ("held_out", (held_out.labels, held_out.logits)),
+        ):
+            calibration[part] = {
+                "ece_before": expected_calibration_error(y, softmax_with_temperature(z)),
+                "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t)),
+            }
+    probs = softmax_with_temperature(held_out.logits, t)
+    threshold = choose_threshold(held_out.labels, probs, max_missed_rate)
+    op = OperatingPoint(
+        threshold, max_missed_rate, held_out.description, operating_rates(held_out.labels, probs, threshold)
+    )
+    return Finished(t, calibration, op)
