@@ -42,6 +42,7 @@ __all__ = [
     "save_model_dir",
     "recover_model_dir",
     "set_model_temperature",
+    "set_model_operating_point",
     "load_model",
     "read_model_config",
     "save_training_state",
@@ -145,9 +146,19 @@ def set_model_temperature(directory: Union[str, os.PathLike], temperature: float
 
     :class:`cxr.CXRClassifier`, ``cxr.eval`` and the app divide the logits by it before the softmax.
     """
+    _set_cxr_entry(directory, "temperature", float(temperature))
+
+
+def set_model_operating_point(directory: Union[str, os.PathLike], operating_point: Dict[str, Any]) -> None:
+    """Save the decision rule in a model folder's ``config.json`` (``cxr.operating_point``,
+    :meth:`cxr.metrics.operating_point.OperatingPoint.to_config`), atomically."""
+    _set_cxr_entry(directory, "operating_point", operating_point)
+
+
+def _set_cxr_entry(directory: Union[str, os.PathLike], key: str, value: Any) -> None:
     path = Path(directory) / CONFIG_NAME
     cfg = json.loads(path.read_text())
-    cfg.setdefault("cxr", {})["temperature"] = float(temperature)
+    cfg.setdefault("cxr", {})[key] = value
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     os.replace(tmp, path)

@@ -228,7 +228,7 @@ def plot_operating_point(path: Path, labels, probabilities, operating_point, par
         arrowprops={"arrowstyle": "->", "linewidth": 0.8},
     )
     ax.set_xlabel("threshold on the calibrated P(Normal)")
-    ax.set_ylabel(f"% of the {part} films")
+    ax.set_ylabel(f"% of each group of {part} films")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 100)
     ax.legend(loc="upper right", fontsize=8)

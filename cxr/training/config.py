@@ -18,6 +18,7 @@ from cxr.data.dataset import check_data_options
 from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
 from cxr.labels import NORMALIZATIONS
+from cxr.metrics.operating_point import DEFAULT_MAX_MISSED_RATE
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
 from cxr.run_folder import RunFolder, check_writable
 
@@ -274,6 +275,22 @@ class TrainConfig:
         "the run report gives the expected calibration error before and after.",
         group="recipe",
     )
+    max_missed_rate: float = option(
+        DEFAULT_MAX_MISSED_RATE,
+        help="The operating point saved with the model: call a film Normal only when its calibrated P(Normal) "
+        "reaches the lowest threshold at which at most this share of the held-out COVID + Viral Pneumonia films "
+        "(--choose-on) are called Normal; cxr.eval, cxr.predict, CXRClassifier.decide and the app apply it "
+        "(default: 0.01, i.e. 1%%).",
+        group="recipe",
+    )
+    choose_on: str = option(
+        "validation",
+        help="The held-out predictions the temperature and the operating point are chosen on: validation (the "
+        "run's own validation images) or CV_DIR, the --output-dir of a finished python -m cxr.cv run of this "
+        "recipe, whose out-of-fold predictions are carried into the model (default: validation).",
+        metavar="validation|CV_DIR",
+        group="recipe",
+    )
     warmup_epochs: Optional[float] = option(
         None,
         help="Linear learning-rate warm-up over this many epochs (fractions allowed), before the schedule "
@@ -420,6 +437,11 @@ class TrainConfig:
             (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
             (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
             (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
+            (
+                isinstance(cfg.max_missed_rate, (int, float)) and 0 <= cfg.max_missed_rate < 1,
+                "--max-missed-rate is the largest share of COVID + Viral Pneumonia films called Normal: at least 0 "
+                f"and below 1 (e.g. 0.01 for 1%), got {cfg.max_missed_rate}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -433,6 +455,10 @@ class TrainConfig:
         check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
+        if cfg.choose_on != "validation":
+            from cxr.training.held_out import from_cv
+
+            from_cv(cfg.choose_on)  # a finished cross-validation, or a sentence saying what is missing
         out = Path(cfg.output_dir)
         check_writable(out)
         if cfg.resume is not None and cfg.final_fit:

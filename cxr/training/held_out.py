@@ -17,9 +17,9 @@ import numpy as np
 
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
-from cxr.run_folder import read_json
+from cxr.run_folder import read_json, read_predictions
 
-__all__ = ["HeldOut", "from_cv", "from_logits"]
+__all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions"]
 
 #: Probabilities are written with six decimals: a zero is at most this.
 _SMALLEST_WRITTEN = 5e-7
@@ -40,6 +40,12 @@ class HeldOut:
 
 def from_logits(labels: np.ndarray, logits: np.ndarray, description: str) -> HeldOut:
     return HeldOut(np.asarray(labels, dtype=np.int64), np.asarray(logits, dtype=np.float64), description)
+
+
+def from_predictions(path: Union[str, Path], temperature: float, description: str) -> HeldOut:
+    """A predictions file (:func:`cxr.run_folder.write_predictions`) written with ``temperature``, as logits."""
+    pred = read_predictions(path)
+    return HeldOut(pred.y, temperature * np.log(np.clip(pred.probs, _SMALLEST_WRITTEN, None)), description)
 
 
 def from_cv(cv_dir: Union[str, Path]) -> HeldOut:

@@ -41,11 +41,9 @@ from cxr.data.splits import DEFAULT_FRACTIONS, SPLITS, complete_split, indices_f
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES, DISCLAIMER
 from cxr.metrics import compute_metrics, critical_to_normal, selection_key
+from cxr.metrics.operating_point import decision_metrics
 from cxr.metrics.stats import (
-    expected_calibration_error,
-    fit_temperature_to_logits,
     negative_log_likelihood,
-    softmax_with_temperature,
 )
 from cxr.models import (
     apply_train_layers,
@@ -59,6 +57,7 @@ from cxr.models.checkpoint import (
     restore_rng_state,
     save_model_dir,
     save_training_state,
+    set_model_operating_point,
     set_model_temperature,
 )
 from cxr.reporting.run_report import kept_description, plot_training_curves, recipe_summary
@@ -72,8 +71,10 @@ from cxr.training.config import (
     saved_recipe,
 )
 from cxr.training.evaluation import Outputs, predict, predict_outputs, softmax, write_evaluation
+from cxr.training.finish import finish
+from cxr.training.held_out import HeldOut, from_cv, from_logits, from_predictions
 
-__all__ = ["train", "make_loader", "train_step", "fit_calibration", "lr_factor"]
+__all__ = ["train", "make_loader", "train_step", "lr_factor"]
 
 _logger = logging.getLogger(__name__)
 
@@ -667,25 +668,33 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
     }
     logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
     ood = _fit_ood_guard(r, outputs)
-    calibration, t = None, 1.0
-    if cfg.calibrate and (refit is None or refit.calibration is not None):
-        calibration = fit_calibration(
-            *logits["validation"][1:],
-            *logits["test"][1:],
-            fitted=None if refit is None else refit.calibration,
-            source=None if refit is None else f"{refit.holdout.name}/",
-        )
-        t = calibration["temperature"]
-        if accelerator.is_main_process:
+    finished = finish(
+        _held_out(r, logits["validation"][1:]),
+        logits["validation"][1:],
+        logits["test"][1:],
+        calibrate=cfg.calibrate,
+        max_missed_rate=cfg.max_missed_rate,
+        fitted=None if refit is None else refit.calibration,
+    )
+    calibration, t, op = finished.calibration, finished.temperature, finished.operating_point
+    if accelerator.is_main_process:
+        if calibration is not None:
             set_model_temperature(r.folder.model_dir, t)
+        set_model_operating_point(r.folder.model_dir, op.to_config())
+    if calibration is not None:
         accelerator.print(
             f"temperature {t:.3f} ({calibration['note']}); ECE validation "
             f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
             f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         )
+    accelerator.print(
+        f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
+        f"COVID + Viral Pneumonia called Normal on {op.chosen_on})"
+    )
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
     predictions = {part: (index, labels, softmax(z, t)) for part, (index, labels, z) in logits.items()}
     metrics = {part: _split_metrics(labels, probs) for part, (_, labels, probs) in predictions.items()}
+    metrics["decision"] = decision_metrics(*predictions["test"][1:], op)
     metrics.update(
         kept_epoch=r.kept_at["epoch"], best_epoch=r.best["epoch"], keep=cfg.keep, run_id=r.run_info["run_id"]
     )
@@ -696,6 +705,22 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
     if ood is not None:
         metrics["ood"] = ood
     return metrics, predictions
+
+
+def _held_out(r: _Run, validation: Tuple[np.ndarray, np.ndarray]) -> HeldOut:
+    """What the temperature and the operating point are chosen on (``--choose-on``): a cross-validation's
+    out-of-fold predictions, or the run's own validation images (a refit's were trained on: its hold-out run's
+    validation predictions then)."""
+    cfg, refit = r.cfg, r.refit
+    if cfg.choose_on != "validation":
+        return from_cv(cfg.choose_on)
+    if refit is not None:
+        hold = RunFolder(refit.holdout)
+        t = (refit.calibration or {}).get("temperature") or 1.0
+        return from_predictions(
+            hold.predictions("validation"), t, f"the hold-out run's validation images ({refit.holdout.name}/)"
+        )
+    return from_logits(*validation, f"{len(validation[0])} validation images")
 
 
 def _ood_line(ood: Optional[Dict[str, Any]]) -> str:
@@ -761,8 +786,12 @@ def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tupl
     rule = "last, final fit" if r.refit else cfg.keep
     plot_training_curves(folder.training_curves, r.history, kept_epoch=kept_epoch, kept_rule=rule)
     files = {part: [r.file_names[r.rows[part][i]] for i in index] for part, (index, _, _) in predictions.items()}
+    from cxr.models.classifier import CXRClassifier
+    from cxr.training.error_gallery import error_entries
+
+    kept = CXRClassifier.from_pretrained(folder.model_dir)  # the saved model, as cxr.eval and the app load it
     for part in ("validation", "train"):
-        write_predictions(folder.predictions(part), files[part], *predictions[part][1:])
+        write_predictions(folder.predictions(part), files[part], *predictions[part][1:], decide=kept.decide)
     calibration, prep, info = metrics.get("calibration"), r.prep, r.run_info
     n = {part: len(r.rows[part]) for part in SPLITS}
     report = {
@@ -778,54 +807,22 @@ def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tupl
         "calibration": (
             "off (--no-calibrate): probabilities are the softmax of the logits"
             if calibration is None
-            else f"temperature {calibration['temperature']:.3f} fitted on validation NLL "
-            f"({calibration['note']}), saved in model/config.json and applied to every probability "
-            f"here; expected calibration error, validation {calibration['validation']['ece_before']:.3f}"
-            f" -> {calibration['validation']['ece_after']:.3f}, test "
-            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
+            else f"temperature {calibration['temperature']:.3f} ({calibration['note']}; NLL), saved in "
+            f"model/config.json and applied to every probability here; expected calibration error, validation "
+            f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, test "
+            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}, the films it was "
+            f"fitted on {calibration['held_out']['ece_before']:.3f} -> {calibration['held_out']['ece_after']:.3f}"
         ),
         "out-of-distribution guard": _ood_line(metrics.get("ood")),
         "run": f"{info['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
         "note": DISCLAIMER,
     }
-    write_evaluation(folder.root, cfg.model, metrics, report, files["test"], *predictions["test"][1:])
-
-
-def fit_calibration(
-    val_labels: np.ndarray,
-    val_logits: np.ndarray,
-    test_labels: np.ndarray,
-    test_logits: np.ndarray,
-    fitted: Optional[Dict[str, Any]] = None,
-    source: Optional[str] = None,
-) -> Dict[str, Any]:
-    """Fit the softmax temperature on validation (NLL, Guo et al. 2017) and measure ECE before and after.
-
-    A validation set the model classifies without error cannot identify a temperature (the NLL keeps
-    falling as T shrinks, towards certainty): then T stays 1 and the note says why.
-
-    Args:
-        val_labels, val_logits: the kept model's validation labels and logits.
-        test_labels, test_logits: the same on test, for the report only.
-        fitted: a calibration made elsewhere (``--final-fit``'s hold-out run, named by ``source``): its
-            temperature is used instead of fitting one here.
-
-    Returns:
-        ``{"temperature", "note", "validation": {"ece_before", "ece_after"}, "test": {...}}``.
-    """
-    if fitted is not None:
-        t, note = fitted["temperature"], f"from {source}: {fitted['note']}"
-    elif (val_logits.argmax(1) == val_labels).all():
-        t, note = 1.0, "validation has no error, so it cannot identify a temperature: kept 1"
-    else:
-        t, note = fit_temperature_to_logits(val_labels, val_logits), f"fitted on {len(val_labels)} validation images"
-    out: Dict[str, Any] = {"temperature": float(t), "note": note}
-    for part, y, z in (("validation", val_labels, val_logits), ("test", test_labels, test_logits)):
-        out[part] = {
-            "ece_before": expected_calibration_error(y, softmax_with_temperature(z)),
-            "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t)),
-        }
-    return out
+    _, labels, probs = predictions["test"]
+    test_view = RadiographDataset(r.pix, r.prep, r.rows["test"])  # positions = the predictions' sorted index
+    errors = error_entries(kept, test_view, files["test"], labels, probs, kept.decide(np.round(probs, 6)))
+    write_evaluation(
+        folder.root, cfg.model, metrics, report, files["test"], labels, probs, kept.operating_point, errors
+    )
 
 
 def _check_push_target_on_main(accelerator, cfg: TrainConfig) -> None:
