@@ -110,6 +110,10 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     assert [f["images"] for f in result["per_fold"]] == [len(f) for f in folds["fold_files"]]
     report = (cv / "cv.md").read_text()
     assert "COVID recall" in report and "95% interval" in report and "not for diagnosis" in report
+    # each fold's operating point, and its misclassified films embedded (the files exist)
+    assert all(f["normal_threshold"] is not None for f in result["per_fold"])
+    figures = [f["errors_figure"] for f in result["per_fold"] if f["errors_figure"]]
+    assert figures and all((cv / fig).is_file() and f"]({fig})" in report for fig in figures)
 
     # a kill after two folds: the third is gone; a rerun keeps the finished ones and trains only it
     stamps = {k: (cv / f"fold-{k}" / "model" / "model.safetensors").stat().st_mtime_ns for k in (0, 1)}

@@ -29,6 +29,7 @@ REPO_FILES = [
     "metrics.json",
     "model.safetensors",
     "ood_reference.safetensors",
+    "operating_point.png",
     "split.json",
     "training_curves.png",
 ]
@@ -106,6 +107,8 @@ def pushed_run(hub, tmp_path_factory, sample_dir):
 def test_push_publishes_model_card_and_report_and_nothing_pickled(hub, pushed_run):
     sha, files = hub.repos["cxr-test/lite0"].snapshot("main")
     assert sorted(files) == REPO_FILES
+    # no film of the dataset: the run's errors figure (the sample's films with heat maps) stays local
+    assert (pushed_run / "errors.png").is_file() and "errors.png" not in files
     assert json.loads(files["metrics.json"]) == json.loads((pushed_run / "metrics.json").read_text())
     assert files["model.safetensors"] == (pushed_run / "model" / "model.safetensors").read_bytes()
     # the token and repository were checked before training: whoami and create come before the commit
@@ -192,6 +195,10 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
     assert "mean `[0.5, 0.5, 0.5]`" in text
     ood = json.loads((pushed_run / "metrics.json").read_text())["ood"]
     flat = " ".join(text.split())
+    decision = json.loads((pushed_run / "metrics.json").read_text())["decision"]
+    assert f"**Decision (operating point):** {decision['rule']}" in flat
+    rates = decision["rates"]
+    assert f"COVID + Viral Pneumonia called Normal {rates['critical_called_normal']}/{rates['critical']}" in flat
     assert f"test split flagged {ood['test_flagged']}/{ood['test_images']}" in flat
     assert f"noise images) flagged {ood['probes_flagged']}/{ood['probes']}" in flat
 

@@ -277,6 +277,8 @@ def _write_results(
                 **_headline(pred.y, pred.probs),
                 "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
                 "temperature": (metrics.get("calibration") or {}).get("temperature"),
+                "normal_threshold": (metrics.get("decision") or {}).get("normal_threshold"),
+                "errors_figure": run.errors_plot.relative_to(out).as_posix() if run.errors_plot.is_file() else None,
             }
         )
     names = [r[0] for r in rows]
@@ -352,15 +354,24 @@ def _report(result: Dict[str, Any]) -> str:
         "Per fold:",
         "",
         "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
-        "kept epoch | temperature |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "kept epoch | temperature | Normal threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in result["per_fold"]:
         t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
+        op = "—" if f.get("normal_threshold") is None else f"{f['normal_threshold']:.3f}"
         lines.append(
             f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
             f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
-            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} |"
+            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} | {op} |"
         )
     lines += ["", f"Files: `{FOLDS_NAME}`, `splits/fold-K.json`, `fold-K/` (each a full run folder), `{OOF_NAME}`.", ""]
+    figures = [f for f in result["per_fold"] if f.get("errors_figure")]
+    if figures:
+        lines += [
+            "Each fold's misclassified test films (by its decision rule), COVID and Viral Pneumonia called Normal "
+            "first, with Grad-CAM — for this report only (the films are the dataset's):",
+            "",
+        ]
+        lines += [f"![fold {f['fold']}]({f['errors_figure']})" for f in figures] + [""]
     return "\n".join(lines)

@@ -33,11 +33,12 @@ Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
 @dataclasses.dataclass(frozen=True)
 class Finished:
     """What the end-of-training stage decided: ``temperature`` (1 when not calibrating), ``calibration`` (the
-    ``metrics.json`` block, ``None`` without ``--calibrate``) and ``operating_point``."""
+    ``metrics.json`` block, ``None`` without ``--calibrate``) and ``operating_point`` (``None`` when the held-out
+    films hold no COVID or Viral Pneumonia film to set it on: the model then decides by argmax)."""
 
     temperature: float
     calibration: Optional[Dict[str, Any]]
-    operating_point: OperatingPoint
+    operating_point: Optional[OperatingPoint]
 
 
 def _nll(y: np.ndarray, z: np.ndarray, t: float, smoothing: float) -> float:
@@ -111,8 +112,9 @@ def finish(
                 "ece_after": expected_calibration_error(y, softmax_with_temperature(z, t)),
             }
     probs = softmax_with_temperature(held_out.logits, t)
-    threshold = choose_threshold(held_out.labels, probs, max_missed_rate)
-    op = OperatingPoint(
-        threshold, max_missed_rate, held_out.description, operating_rates(held_out.labels, probs, threshold)
-    )
-    return Finished(t, calibration, op)
+    try:
+        threshold = choose_threshold(held_out.labels, probs, max_missed_rate)
+    except ValueError:  # no COVID or Viral Pneumonia film held out: nothing to set a threshold on
+        return Finished(t, calibration, None)
+    rates = operating_rates(held_out.labels, probs, threshold)
+    return Finished(t, calibration, OperatingPoint(threshold, max_missed_rate, held_out.description, rates))

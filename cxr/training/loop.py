@@ -680,7 +680,8 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
     if accelerator.is_main_process:
         if calibration is not None:
             set_model_temperature(r.folder.model_dir, t)
-        set_model_operating_point(r.folder.model_dir, op.to_config())
+        if op is not None:
+            set_model_operating_point(r.folder.model_dir, op.to_config())
     if calibration is not None:
         accelerator.print(
             f"temperature {t:.3f} ({calibration['note']}); ECE validation "
@@ -688,7 +689,9 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
             f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         )
     accelerator.print(
-        f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
+        "operating point: none (no COVID or Viral Pneumonia film among the held-out ones): the decision is argmax"
+        if op is None
+        else f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
         f"COVID + Viral Pneumonia called Normal on {op.chosen_on})"
     )
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
