@@ -63,6 +63,9 @@ def test_warmup_then_cosine_and_constant_schedules():
         (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
         (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
         (["--drop-path", "-0.1"], "--drop-path must be in [0, 1)"),
+        (["--max-missed-rate", "-0.01"], "--max-missed-rate is the largest share"),
+        (["--max-missed-rate", "1"], "at least 0 and below 1 (e.g. 0.01 for 1%), got 1"),
+        (["--choose-on", "nowhere/cv"], "nowhere/cv: not a finished cross-validation"),
     ],
 )
 def test_bad_recipe_values_fail_before_any_work(subset, tmp_path, capsys, extra, message):
