@@ -290,7 +290,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
         help="A model folder or Hub repository id (ORG/NAME); repeat for several models.",
     )
     p.add_argument(
-        "--output", type=Path, default=Path("predictions.csv"), help="The CSV written (default: predictions.csv)."
+        "--output", type=Path, default=Path("cxr-predict.csv"), help="The CSV written (default: cxr-predict.csv)."
     )
     p.add_argument(
         "--cam-dir",

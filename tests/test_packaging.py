@@ -33,7 +33,9 @@ SCRIPTS = {
     "cxr-study": "cxr.cli:study_main",
     "cxr-hub": "cxr.cli:hub_main",
     "cxr-cv": "cxr.cli:cv_main",
+    "cxr-predict": "cxr.cli:predict_main",
 }
+BUNDLED = "cxr/training/recipes/default_out_of_fold.json"
 TEMPLATE = "model_cards/cxr_model_card.md"
 METRIC = "cxr/metrics/cxr_classification/cxr_classification.py"
 PIP = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -197,6 +199,7 @@ def test_wheel_carries_every_module_the_template_and_the_metric_module(wheel):
         assert len(modules) > 20 and modules <= names, sorted(modules - names)
         assert z.read("cxr/model_cards/cxr_model_card.md") == (REPO / TEMPLATE).read_bytes()
         assert z.read(METRIC) == (REPO / METRIC).read_bytes()
+        assert z.read(BUNDLED) == (REPO / BUNDLED).read_bytes()  # --choose-on auto's out-of-fold predictions
         dist_info = f"cxr-{_version()}.dist-info"
         metadata = z.read(f"{dist_info}/METADATA").decode()
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()

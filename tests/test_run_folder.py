@@ -56,8 +56,10 @@ def test_states_follow_the_files_written(tmp_path):
         "metrics.json",
         "confusion_matrix.png",
         "training_curves.png",
+        "operating_point.png",
         "split.json",
     ]
+    assert run.errors_plot not in run.published  # the dataset's films: never pushed
 
 
 def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):
@@ -65,12 +67,16 @@ def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):
     path = RunFolder(tmp_path).predictions("validation")
     write_predictions(path, ["COVID/a.png", "Normal/b.png", "Lung_Opacity/c.png"], np.array([0, 2, 1]), probs)
     header, *rows = path.read_text().splitlines()
-    assert header.split(",") == ["file_name", "label", "prediction", *[f"p_{c}" for c in CLASS_NAMES]]
+    assert header.split(",") == ["file_name", "label", "prediction", "decision", *[f"p_{c}" for c in CLASS_NAMES]]
     assert [r.split(",")[2] for r in rows] == ["COVID", "Viral Pneumonia", "Lung_Opacity"]
+    assert [r.split(",")[3] for r in rows] == ["COVID", "Viral Pneumonia", "Lung_Opacity"]  # no rule: argmax
     back = read_predictions(path)
     assert back.files == ["COVID/a.png", "Normal/b.png", "Lung_Opacity/c.png"]
     assert back.y.tolist() == [0, 2, 1] and back.pred.tolist() == [0, 3, 1]
     np.testing.assert_allclose(back.probs, probs, atol=1e-6)
+    # a decision rule is applied to the probabilities as written: the file reproduces it
+    write_predictions(path, ["a", "b", "c"], np.array([0, 2, 1]), probs, decide=lambda p: np.full(len(p), 2))
+    assert [r.split(",")[3] for r in path.read_text().splitlines()[1:]] == ["Normal"] * 3
 
 
 def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):

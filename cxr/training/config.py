@@ -284,11 +284,14 @@ class TrainConfig:
         group="recipe",
     )
     choose_on: str = option(
-        "validation",
-        help="The held-out predictions the temperature and the operating point are chosen on: validation (the "
-        "run's own validation images) or CV_DIR, the --output-dir of a finished python -m cxr.cv run of this "
-        "recipe, whose out-of-fold predictions are carried into the model (default: validation).",
-        metavar="validation|CV_DIR",
+        "auto",
+        help="The held-out predictions the temperature and the operating point are chosen on: auto (the default "
+        "recipe's out-of-fold predictions of its 5-fold cross-validation on the 600-film sample, shipped with cxr, "
+        "when this run is that recipe on 600 images; else validation), validation (the run's own validation "
+        "images: about 60 on the sample, too few to set a 1%% rate, bench/RESULTS.md), or CV_DIR, the --output-dir "
+        "of a finished python -m cxr.cv run of this recipe, whose out-of-fold predictions are carried into the model "
+        "(default: auto).",
+        metavar="auto|validation|CV_DIR",
         group="recipe",
     )
     warmup_epochs: Optional[float] = option(
@@ -455,7 +458,7 @@ class TrainConfig:
         check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
         if cfg.split_file is not None and not Path(cfg.split_file).is_file():
             raise CXRError(f"--split-file not found: {cfg.split_file}")
-        if cfg.choose_on != "validation":
+        if cfg.choose_on not in ("auto", "validation"):
             from cxr.training.held_out import from_cv
 
             from_cv(cfg.choose_on)  # a finished cross-validation, or a sentence saying what is missing

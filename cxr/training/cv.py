@@ -248,6 +248,8 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
                     split_file=str(out / "splits" / f"fold-{k}.json"),
                     resume=resume,
                     overwrite_output_dir=True,
+                    # never out-of-fold predictions of the sample (they hold this fold's test films): its validation
+                    choose_on="validation" if cfg.choose_on == "auto" else cfg.choose_on,
                 )
             )
             status = "resumed" if resume else "trained"

@@ -83,6 +83,7 @@ def finish(
     calibrate: bool,
     max_missed_rate: float,
     fitted: Optional[Dict[str, Any]] = None,
+    fitted_from: str = "the hold-out run",
 ) -> Finished:
     """Choose the temperature and the operating point on ``held_out`` (see the module's docstring).
 
@@ -92,11 +93,12 @@ def finish(
         calibrate: fit a temperature (else T = 1).
         max_missed_rate: the operating point's target.
         fitted: a calibration made elsewhere (``--final-fit``'s hold-out run): its temperature is used.
+        fitted_from: where ``fitted`` was made, for its note.
     """
     if not calibrate:
         t, note = 1.0, None
     elif fitted is not None:
-        t, note = float(fitted["temperature"]), f"from the hold-out run: {fitted['note']}"
+        t, note = float(fitted["temperature"]), f"from {fitted_from}: {fitted['note']}"
     else:
         t, note = fit_held_out_temperature(held_out)
     calibration = None

@@ -10,8 +10,9 @@ change when a constant is added), so a run can carry them into its model. Resear
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,7 +20,13 @@ from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import read_json, read_predictions
 
-__all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions"]
+__all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "BUNDLED"]
+
+#: The default recipe's out-of-fold logits on the sample, shipped with cxr (``--choose-on auto``; how they were
+#: made is in the file's ``what``; bench/RESULTS.md "Where the temperature and the operating point come from").
+BUNDLED = Path(__file__).parent / "recipes" / "default_out_of_fold.json"
+#: Recipe settings that do not make another recipe (the folds and the initialisation differ, the recipe does not).
+_NOT_RECIPE = ("seed",)
 
 #: Probabilities are written with six decimals: a zero is at most this.
 _SMALLEST_WRITTEN = 5e-7
@@ -33,9 +40,26 @@ class HeldOut:
     labels: np.ndarray
     logits: np.ndarray
     description: str
+    files: Optional[Sequence[str]] = None  # the films' names, when known
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def without(self, files: Sequence[str], why: str) -> "HeldOut":
+        """These predictions less those of ``files`` (a run's own test films: its test figures stay independent
+        of what was chosen here); ``why`` names them in the description."""
+        if self.files is None:
+            return self
+        drop = set(files)
+        keep = np.array([f not in drop for f in self.files], dtype=bool)
+        if keep.all():
+            return self
+        return HeldOut(
+            self.labels[keep],
+            self.logits[keep],
+            f"{self.description}, less {int((~keep).sum())} {why} ({int(keep.sum())} films)",
+            [f for f, k in zip(self.files, keep) if k],
+        )
 
 
 def from_logits(labels: np.ndarray, logits: np.ndarray, description: str) -> HeldOut:
@@ -67,4 +91,21 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
     t = np.array([temperatures[int(r["fold"])] for r in rows])[:, None]
     logits = t * np.log(np.clip(probs, _SMALLEST_WRITTEN, None))
-    return HeldOut(labels, logits, f"{len(rows)} out-of-fold predictions of {cv_dir} ({len(temperatures)} folds)")
+    description = f"{len(rows)} out-of-fold predictions of {cv_dir} ({len(temperatures)} folds)"
+    return HeldOut(labels, logits, description, [r["file_name"] for r in rows])
+
+
+def bundled_for(recipe: Dict[str, Any], images: int) -> Optional[HeldOut]:
+    """The bundled out-of-fold predictions (:data:`BUNDLED`) when ``recipe`` (a run's resolved settings) is the
+    recipe they were made with and the data has as many images (the sample's 600), else ``None``."""
+    bundle = json.loads(BUNDLED.read_text())
+    same = all(recipe.get(k) == v for k, v in bundle["recipe"].items() if k not in _NOT_RECIPE)
+    if not same or images != bundle["images"]:
+        return None
+    return HeldOut(
+        np.asarray(bundle["labels"], dtype=np.int64),
+        np.asarray(bundle["logits"], dtype=np.float64),
+        f"{bundle['images']} out-of-fold predictions of the {bundle['preset']} recipe's {bundle['folds']}-fold "
+        "cross-validation on the 600-film sample, shipped with cxr",
+        bundle.get("files"),
+    )

@@ -72,7 +72,7 @@ from cxr.training.config import (
 )
 from cxr.training.evaluation import Outputs, predict, predict_outputs, softmax, write_evaluation
 from cxr.training.finish import finish
-from cxr.training.held_out import HeldOut, from_cv, from_logits, from_predictions
+from cxr.training.held_out import HeldOut, bundled_for, from_cv, from_logits, from_predictions
 
 __all__ = ["train", "make_loader", "train_step", "lr_factor"]
 
@@ -675,6 +675,7 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
         calibrate=cfg.calibrate,
         max_missed_rate=cfg.max_missed_rate,
         fitted=None if refit is None else refit.calibration,
+        fitted_from="" if refit is None else f"{refit.holdout.name}/",
     )
     calibration, t, op = finished.calibration, finished.temperature, finished.operating_point
     if accelerator.is_main_process:
@@ -712,11 +713,17 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
 
 def _held_out(r: _Run, validation: Tuple[np.ndarray, np.ndarray]) -> HeldOut:
     """What the temperature and the operating point are chosen on (``--choose-on``): a cross-validation's
-    out-of-fold predictions, or the run's own validation images (a refit's were trained on: its hold-out run's
+    out-of-fold predictions (``auto``: the bundled ones of the default recipe on the sample, when this run is that
+    recipe on 600 images), or the run's own validation images (a refit's were trained on: its hold-out run's
     validation predictions then)."""
     cfg, refit = r.cfg, r.refit
-    if cfg.choose_on != "validation":
-        return from_cv(cfg.choose_on)
+    test_films = [r.file_names[i] for i in r.rows["test"]]
+    if cfg.choose_on == "auto":
+        carried = bundled_for(cfg.to_dict(), len(r.pix))
+        if carried is not None:
+            return carried.without(test_films, "of this run's test films")
+    elif cfg.choose_on != "validation":
+        return from_cv(cfg.choose_on).without(test_films, "of this run's test films")
     if refit is not None:
         hold = RunFolder(refit.holdout)
         t = (refit.calibration or {}).get("temperature") or 1.0
