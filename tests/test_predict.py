@@ -41,6 +41,10 @@ def mixed(tmp_path, sample_dir) -> Path:
     grey = Image.open(sorted((sample_dir / "Viral Pneumonia").glob("*.png"))[0]).convert("L")
     write_dicom(root / "IM0001", np.asarray(grey, dtype=np.float64) * 16)
     grey.save(root / "film.jpg", quality=95)
+    write_dicom(root / "no-pixels.dcm", np.asarray(grey, dtype=np.float64), with_pixels=False)
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = np.linspace(0, 255, 256)[None, :], np.linspace(255, 0, 256)[:, None]
+    Image.fromarray(rgb).save(root / "photo.png")  # a colour photograph: classified, with a warning
     (root / "notes.png").write_text("not an image")
     (root / "README.txt").write_text("exported films")
     return root
@@ -66,10 +70,14 @@ def test_a_mixed_folder_gives_one_row_per_file_and_model_with_the_classifiers_pr
     )
     rows = _rows(out)
     expected_files = sorted(str(f) for f in mixed.rglob("*") if f.is_file() and f.name != "README.txt")
-    assert sorted({r["file"] for r in rows}) == expected_files and len(expected_files) == 7
-    assert len(rows) == 7 * 2  # one per file and model
+    assert sorted({r["file"] for r in rows}) == expected_files and len(expected_files) == 9
+    assert len(rows) == 9 * 2  # one per file and model
     bad = [r for r in rows if Path(r["file"]).name == "notes.png"]
     assert len(bad) == 2 and all("not an image" in r["error"] and r["p_Normal"] == "" for r in bad)
+    empty = [r for r in rows if Path(r["file"]).name == "no-pixels.dcm"]
+    assert len(empty) == 2 and all("pixel" in r["error"] and r["prediction"] == "" for r in empty), empty
+    photo = [r for r in rows if Path(r["file"]).name == "photo.png"]
+    assert all(r["error"] == "" and "colour" in r["warnings"].lower() for r in photo), photo
     for ref in (FIXTURE, with_operating_point):
         clf = CXRClassifier.from_pretrained(ref)
         for r in (r for r in rows if r["model"] == str(ref) and not r["error"]):
@@ -164,4 +172,12 @@ def test_cxr_eval_writes_the_decision_beside_argmax_and_the_errors_as_pictures(s
     assert "Decision rule: **Normal only when P(Normal) ≥ 0.500**" in report and "![errors.png](errors.png)" in report
     wrong = int((decided != labels).sum())
     assert wrong > 0 and run.errors_plot.is_file() and run.operating_point_plot.is_file()
+    # the figure names the films it shows: misclassified ones, COVID / Viral Pneumonia called Normal first
+    shown = read_json(run.metrics)["errors_shown"]
+    misclassified = {r["file_name"] for r, d, y in zip(rows, decided, labels) if d != y}
+    assert shown and set(shown) <= misclassified and len(shown) == min(wrong, 16)
+    assert all(f"`{name}`" in report for name in shown)
+    critical = {r["file_name"] for r, d in zip(rows, decided) if r["label"] in ("COVID", "Viral Pneumonia") and d == 2}
+    if len(critical) <= 16:
+        assert set(shown[: len(critical)]) == critical
     assert run.errors_plot not in run.published and run.operating_point_plot in run.published

@@ -163,6 +163,8 @@ def write_report(
     for img in images if images is not None else [p.name for p in shown]:
         if (path.parent / img).exists():
             lines += [f"![{img}]({img})", ""]
+            if img == run.errors_plot.name and metrics.get("errors_shown"):
+                lines += ["Films shown, in order: " + ", ".join(f"`{f}`" for f in metrics["errors_shown"]) + ".", ""]
     path.write_text("\n".join(lines))
 
 

@@ -42,9 +42,9 @@ def order_errors(
 
 def error_entries(
     clf, view, names: Sequence[str], labels: np.ndarray, probs: np.ndarray, decisions: np.ndarray
-) -> Tuple[List[Tuple[np.ndarray, str, bool]], int]:
-    """The figure's entries — (heat map over the film, caption, a COVID or Viral Pneumonia film called Normal) —
-    and how many films were decided wrongly.
+) -> Tuple[List[Tuple[np.ndarray, str, bool]], int, List[str]]:
+    """The figure's entries — (heat map over the film, caption, a COVID or Viral Pneumonia film called Normal) —,
+    how many films were decided wrongly, and the names of the films shown, in order.
 
     Args:
         clf: the saved model (:class:`~cxr.models.classifier.CXRClassifier`).
@@ -69,4 +69,4 @@ def error_entries(
             )
             critical = labels[i] in _CRITICAL and decisions[i] == _NORMAL
             entries.append((overlay_heatmap(Image.fromarray(pixels), cam), caption, bool(critical)))
-    return entries, int((labels != decisions).sum())
+    return entries, int((labels != decisions).sum()), [names[i] for i in chosen]

@@ -111,7 +111,7 @@ def write_evaluation(
     test_labels: np.ndarray,
     test_probs: np.ndarray,
     operating_point: Optional[OperatingPoint] = None,
-    errors: Optional[Tuple[List[Any], int]] = None,
+    errors: Optional[Tuple[List[Any], int, List[str]]] = None,
 ) -> None:
     """Write the run folder's metrics, test predictions (with the decision by ``operating_point``; argmax
     without one), confusion matrix, operating-point plot, the misclassified films (``errors``:
@@ -122,7 +122,9 @@ def write_evaluation(
     if operating_point is not None:
         plot_operating_point(run.operating_point_plot, test_labels, test_probs, operating_point, "test")
     if errors is not None:
-        plot_error_gallery(run.errors_plot, *errors, title=f"{model_name}: misclassified test films")
+        entries, wrong, shown = errors
+        plot_error_gallery(run.errors_plot, entries, wrong, title=f"{model_name}: misclassified test films")
+        metrics = {**metrics, "errors_shown": shown}  # the films errors.png shows, in its order
     plot_confusion_matrix(
         run.confusion_matrix,
         metrics["test"]["confusion_matrix"],
