@@ -248,3 +248,11 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
             0
         ].endswith("/150")
         assert r["COVID + VP called Normal"][-1] in "✓✗"
+
+
+def test_predict_throughput_times_both_commands_as_a_user_runs_them(subset):
+    out = _run("predict_throughput.py", "--data", str(subset), "--image-size", "64", "--rounds", "1")
+    (rows,) = _tables(out)
+    assert [r["command"] for r in rows] == ["cxr.eval, fresh pixel cache", "cxr.eval, warm pixel cache", "cxr.predict"]
+    assert all(float(r["seconds"]) > 0 for r in rows) and rows[0]["× cxr.eval, fresh cache"] == "1.00"
+    assert rows[2]["× cxr.eval, fresh cache"].endswith("(≤ 1.1)")

@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 EXPECTED_FILES = [
     "checkpoint.pt",
     "confusion_matrix.png",
+    "errors.png",
     "history.json",
     "metrics.json",
     "model",
+    "operating_point.png",
     "predictions.csv",
     "predictions_train.csv",
     "predictions_validation.csv",
@@ -197,7 +199,9 @@ def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
         "confusion_matrix.png",
+        "errors.png",
         "metrics.json",
+        "operating_point.png",
         "predictions.csv",
         "report.md",
     ]

@@ -366,7 +366,7 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
         for i, m in enumerate(shown):
             with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
                 gr.Markdown(_model_header(m))
-                decisions.append(gr.Markdown("", elem_id=f"decision-{i}"))
+                decisions.append(gr.Markdown("", elem_id=f"decision-{i}", label=f"Decision · {m.ref}"))
                 labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
                 heatmaps.append(
                     gr.Image(
@@ -402,7 +402,8 @@ def build_demo(
     """
     import gradio as gr
 
-    kept_images = kept_images or KeptImages(KEPT_IMAGES_MB << 20, KEPT_IMAGE_SECONDS)
+    if kept_images is None:  # (an empty store is falsy: it has a length)
+        kept_images = KeptImages(KEPT_IMAGES_MB << 20, KEPT_IMAGE_SECONDS)
     handlers = _Handlers(board, kept_images, uploads)
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
