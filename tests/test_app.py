@@ -357,6 +357,9 @@ def test_real_browser_shows_every_model(app, sample_dir, tmp_path):
         wait_for_every_model(page, len(app[2]))
         assert "Unavailable" in page.inner_text(f"#model-{len(app[2])}")
         assert page.inner_text("#agreement").strip()
+        for i in range(len(app[2])):  # each model's decision by its saved rule, and the rule in its header
+            assert page.inner_text(f"#decision-{i}").startswith("Decision: ")
+            assert "Normal only when P(Normal) ≥ " in page.inner_text(f"#model-{i}")
         page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as im:
         assert im.size[0] >= 1400
