@@ -71,7 +71,7 @@ from cxr.training.config import (
     saved_recipe,
 )
 from cxr.training.evaluation import Outputs, predict, predict_outputs, softmax, write_evaluation
-from cxr.training.finish import finish
+from cxr.training.finish import GuardInputs, finish
 from cxr.training.held_out import HeldOut, bundled_for, from_cv, from_logits, from_predictions
 
 __all__ = ["train", "make_loader", "train_step", "lr_factor"]
@@ -667,7 +667,6 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
         for part, desc in parts.items()
     }
     logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
-    ood = _fit_ood_guard(r, outputs)
     finished = finish(
         _held_out(r, logits["validation"][1:]),
         logits["validation"][1:],
@@ -676,9 +675,17 @@ def _evaluate_kept(r: _Run) -> Tuple[Dict[str, Any], Dict[str, Tuple[np.ndarray,
         max_missed_rate=cfg.max_missed_rate,
         fitted=None if refit is None else refit.calibration,
         fitted_from="" if refit is None else f"{refit.holdout.name}/",
+        guard=_guard_inputs(r, outputs),
     )
-    calibration, t, op = finished.calibration, finished.temperature, finished.operating_point
+    calibration, t, op, ood = finished.calibration, finished.temperature, finished.operating_point, finished.ood
+    if ood is not None:
+        accelerator.print(
+            f"out-of-distribution guard: test {ood['test_flagged']}/{ood['test_images']} flagged, "
+            f"non-radiographs {ood['probes_flagged']}/{ood['probes']} flagged"
+        )
     if accelerator.is_main_process:
+        if finished.guard is not None:
+            finished.guard.save(r.folder.model_dir)
         if calibration is not None:
             set_model_temperature(r.folder.model_dir, t)
         if op is not None:
@@ -747,12 +754,11 @@ def _ood_line(ood: Optional[Dict[str, Any]]) -> str:
     )
 
 
-def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, Any]]:
-    """The kept model's out-of-distribution guard (:mod:`cxr.models.ood`), saved in ``model/``: its training
-    images' features as the reference, the threshold set on validation (a refit's validation images are also
-    training images: they are scored against the others). Measured on the test split and on grey images that are
-    not chest X-rays; returns what ``metrics.json`` records (``None`` for a model without a classifier layer)."""
-    from cxr.models.ood import OODGuard, capture_features, probe_images
+def _guard_inputs(r: _Run, outputs: Dict[str, Outputs]) -> Optional[GuardInputs]:
+    """The kept model's features for :func:`cxr.training.finish.fit_guard`: its training, validation and test
+    images' (from the evaluation forwards) and grey images that are not chest X-rays' (one forward here);
+    ``None`` for a model without a classifier layer to read features from."""
+    from cxr.models.ood import capture_features, probe_images
 
     train, val, test = outputs["train"], outputs["validation"], outputs["test"]
     if train.features is None:
@@ -760,31 +766,20 @@ def _fit_ood_guard(r: _Run, outputs: Dict[str, Outputs]) -> Optional[Dict[str, A
     # an output's index is a position in its own part: the dataset rows say which image it is
     rows = {part: np.asarray(r.rows[part])[o.index] for part, o in outputs.items()}
     others = ~np.isin(rows["train"], rows["validation"])  # all of them, unless this is a refit
-    guard = OODGuard.fit(train.features[others], val.features, reference=train.features)
     kept = r.accelerator.unwrap_model(r.model)
     probes = probe_images()
     x = torch.stack([r.prep.transform(im) for im in probes.values()]).to(r.accelerator.device)
     with torch.inference_mode(), capture_features(kept) as captured:
         kept(x)
-    probe_flags = guard.flags(captured.take().cpu())
-    test_flags = guard.flags(test.features)
-    if r.accelerator.is_main_process:
-        guard.save(r.folder.model_dir)
-    record = {
-        "k": guard.k,
-        "threshold": round(guard.threshold, 6),
-        "test_flagged": int(test_flags.sum()),
-        "test_images": len(test_flags),
-        "test_flagged_files": [r.file_names[i] for i in rows["test"][test_flags]],
-        "probes_flagged": int(probe_flags.sum()),
-        "probes": len(probe_flags),
-        "probes_missed": [name for name, flag in zip(probes, probe_flags) if not flag],
-    }
-    r.accelerator.print(
-        f"out-of-distribution guard: test {record['test_flagged']}/{record['test_images']} flagged, "
-        f"non-radiographs {record['probes_flagged']}/{record['probes']} flagged"
+    return GuardInputs(
+        reference=train.features,
+        fit_on=train.features[others],
+        validation=val.features,
+        test=test.features,
+        test_files=[r.file_names[i] for i in rows["test"]],
+        probes=captured.take().cpu(),
+        probe_names=list(probes),
     )
-    return record
 
 
 def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tuple[np.ndarray, ...]]) -> None:
