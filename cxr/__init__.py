@@ -6,7 +6,7 @@ Importing the package registers its extra architectures (``alexnet``, ``logreg``
 
 The layers, top to bottom; each imports only those below it (checked by ``lint-imports``, ``pyproject.toml``):
 
-1. ``cxr.cv``, ``cxr.eval`` — ``python -m`` entry points;
+1. ``cxr.cv``, ``cxr.eval``, ``cxr.predict`` — ``python -m`` entry points;
 2. ``cxr.cli`` — every command line (parsers and ``main`` functions);
 3. ``cxr.study`` — the study: runner, analysis, report;
 4. ``cxr.app`` — the app: board (logic), page (Gradio), quick start;
