@@ -35,17 +35,20 @@ sys.path.insert(0, str(REPO))
 
 from cxr.labels import CLASS_NAMES  # noqa: E402
 from cxr.metrics.operating_point import choose_threshold, operating_rates  # noqa: E402
-from cxr.metrics.stats import expected_calibration_error, softmax_with_temperature  # noqa: E402
-from cxr.run_folder import RunFolder, read_json, read_predictions  # noqa: E402
-from cxr.training.finish import fit_held_out_temperature, fit_temperature_smoothed  # noqa: E402
-from cxr.training.held_out import from_logits  # noqa: E402
+from cxr.metrics.stats import (  # noqa: E402
+    expected_calibration_error,
+    fit_temperature_to_logits,  # noqa: E402
+    softmax_with_temperature,
+)
+from cxr.run_folder import RunFolder, read_json  # noqa: E402
+from cxr.training.finish import fit_held_out_temperature  # noqa: E402
+from cxr.training.held_out import from_logits, from_predictions  # noqa: E402
 
 Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
 
 
-def _logits(path: Path, temperature: float) -> Part:
-    pred = read_predictions(path)
-    return pred.y, temperature * np.log(np.clip(pred.probs, 5e-7, None))
+def _part(held) -> Part:
+    return held.labels, held.logits
 
 
 def _folds(cv_dir: Path) -> List[Dict[str, Part]]:
@@ -56,8 +59,8 @@ def _folds(cv_dir: Path) -> List[Dict[str, Part]]:
         t = float((read_json(run.metrics).get("calibration") or {}).get("temperature") or 1.0)
         folds.append(
             {
-                "validation": _logits(run.predictions("validation"), t),
-                "test": _logits(run.predictions("test"), t),
+                "validation": _part(from_predictions(run.predictions("validation"), t, "validation")),
+                "test": _part(from_predictions(run.predictions("test"), t, "test")),
                 "own_t": t,
             }
         )
@@ -76,7 +79,7 @@ def _temperatures(folds: List[Dict[str, Part]], k: int) -> Dict[str, float]:
         "validation, smoothed by the rule of succession when it holds no error": fit_held_out_temperature(
             from_logits(yv, zv, "validation")
         )[0],
-        "the other folds' out-of-fold predictions (cross-fitted)": fit_temperature_smoothed(yo, zo),
+        "the other folds' out-of-fold predictions (cross-fitted)": fit_temperature_to_logits(yo, zo),
     }
 
 

@@ -178,19 +178,28 @@ def softmax_with_temperature(logits: np.ndarray, temperature: float = 1.0) -> np
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _nll_of_logits(y: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+def _nll_of_logits(y: np.ndarray, logits: np.ndarray, temperature: float, smoothing: float = 0.0) -> float:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-np.mean(log_p[np.arange(len(y)), np.asarray(y)]))
+    rows = np.arange(len(y))
+    true = log_p[rows, np.asarray(y)]
+    if not smoothing:
+        return float(-np.mean(true))
+    others = (log_p.sum(axis=1) - true) / (log_p.shape[1] - 1)
+    return float(-np.mean((1 - smoothing) * true + smoothing * others))
 
 
-def fit_temperature_to_logits(y: np.ndarray, logits: np.ndarray, bounds: Sequence[float] = (0.05, 20.0)) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017), by bounded search on ``log T``."""
+def fit_temperature_to_logits(
+    y: np.ndarray, logits: np.ndarray, bounds: Sequence[float] = (0.05, 20.0), smoothing: float = 0.0
+) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017), by bounded search on
+    ``log T``; with ``smoothing``, against targets that give that share of the mass to the other classes evenly
+    (a finite temperature even for logits without an error)."""
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(
-        lambda log_t: _nll_of_logits(y, logits, math.exp(log_t)),
+        lambda log_t: _nll_of_logits(y, logits, math.exp(log_t), smoothing),
         bounds=(math.log(bounds[0]), math.log(bounds[1])),
         method="bounded",
         options={"xatol": 1e-4},

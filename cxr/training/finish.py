@@ -17,16 +17,15 @@ Research use only — not for diagnosis.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from cxr.metrics.operating_point import OperatingPoint, choose_threshold, operating_rates
-from cxr.metrics.stats import expected_calibration_error, softmax_with_temperature
+from cxr.metrics.stats import expected_calibration_error, fit_temperature_to_logits, softmax_with_temperature
 from cxr.training.held_out import HeldOut
 
-__all__ = ["Finished", "GuardInputs", "finish", "fit_guard", "fit_temperature_smoothed", "fit_held_out_temperature"]
+__all__ = ["Finished", "GuardInputs", "finish", "fit_guard", "fit_held_out_temperature"]
 
 Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
 
@@ -79,36 +78,15 @@ def fit_guard(inputs: GuardInputs) -> Tuple[Any, Dict[str, Any]]:
     return guard, record
 
 
-def _nll(y: np.ndarray, z: np.ndarray, t: float, smoothing: float) -> float:
-    p = softmax_with_temperature(z, t)
-    target = np.full(p.shape, smoothing / (p.shape[1] - 1))
-    target[np.arange(len(y)), y] = 1 - smoothing
-    return float(-np.mean(np.sum(target * np.log(np.clip(p, 1e-12, None)), axis=1)))
-
-
-def fit_temperature_smoothed(y: np.ndarray, logits: np.ndarray, smoothing: float = 0.0) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)`` against targets with ``smoothing`` of the
-    mass spread over the other classes (0: the plain NLL), by bounded search on ``log T`` in [0.05, 20]."""
-    from scipy.optimize import minimize_scalar
-
-    res = minimize_scalar(
-        lambda log_t: _nll(y, logits, math.exp(log_t), smoothing),
-        bounds=(math.log(0.05), math.log(20.0)),
-        method="bounded",
-        options={"xatol": 1e-4},
-    )
-    return float(math.exp(res.x))
-
-
 def fit_held_out_temperature(held_out: HeldOut) -> Tuple[float, str]:
     """The temperature for ``held_out`` and how it was fitted (see the module's docstring)."""
     y, z = held_out.labels, held_out.logits
     errors = int((z.argmax(1) != y).sum())
     if errors:
-        return fit_temperature_smoothed(y, z), f"fitted on {held_out.description} ({errors} errors among them)"
+        return fit_temperature_to_logits(y, z), f"fitted on {held_out.description} ({errors} errors among them)"
     smoothing = 1 / (len(y) + 2)
     return (
-        fit_temperature_smoothed(y, z, smoothing),
+        fit_temperature_to_logits(y, z, smoothing=smoothing),
         f"fitted on {held_out.description}, which hold no error: targets smoothed by the rule of succession "
         f"({smoothing:.3f})",
     )

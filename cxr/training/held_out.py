@@ -69,7 +69,12 @@ def from_logits(labels: np.ndarray, logits: np.ndarray, description: str) -> Hel
 def from_predictions(path: Union[str, Path], temperature: float, description: str) -> HeldOut:
     """A predictions file (:func:`cxr.run_folder.write_predictions`) written with ``temperature``, as logits."""
     pred = read_predictions(path)
-    return HeldOut(pred.y, temperature * np.log(np.clip(pred.probs, _SMALLEST_WRITTEN, None)), description)
+    return HeldOut(pred.y, _as_logits(pred.probs, temperature), description)
+
+
+def _as_logits(probs: np.ndarray, temperature) -> np.ndarray:
+    """Logits up to a per-row constant from probabilities written with ``temperature`` (scalar or per row)."""
+    return temperature * np.log(np.clip(probs, _SMALLEST_WRITTEN, None))
 
 
 def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
@@ -90,7 +95,7 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
     probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
     t = np.array([temperatures[int(r["fold"])] for r in rows])[:, None]
-    logits = t * np.log(np.clip(probs, _SMALLEST_WRITTEN, None))
+    logits = _as_logits(probs, t)
     description = f"{len(rows)} out-of-fold predictions of {cv_dir} ({len(temperatures)} folds)"
     return HeldOut(labels, logits, description, [r["file_name"] for r in rows])
 
