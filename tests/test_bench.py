@@ -249,6 +249,30 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         ].endswith("/150")
         assert r["COVID + VP called Normal"][-1] in "✓✗"
 
+    # the same folds as training runs: their test ECE by temperature source, beside what chance allows
+    (rows,) = _tables(_run("calibration_runs.py", "--run", str(cv / "fold-0"), "--run", str(cv / "fold-1")))
+    assert [r["run"] for r in rows] == ["fold-0"] * 3 + ["fold-1"] * 3 + ["all 2 pooled"] * 3
+    _check_saved_temperature_row(cv / "fold-0", rows[1])
+    for r in rows:
+        median, p95 = (float(v) for v in r["by chance (median / 95%)"].split(" (")[0].split(" / "))
+        assert 0 < median < p95 and r["by chance (median / 95%)"].endswith(("(under)", "(**over**)"))
+
+
+def _check_saved_temperature_row(run: Path, row: Dict[str, str]) -> None:
+    """The row of the run's saved temperature reproduces the ECE of its predictions.csv."""
+    import json
+
+    import numpy as np
+
+    from cxr.metrics.stats import expected_calibration_error
+    from cxr.run_folder import read_predictions
+
+    t = json.loads((run / "metrics.json").read_text())["calibration"]["temperature"]
+    pred = read_predictions(run / "predictions.csv")
+    assert row["temperature from"] == "saved by the run" and row["T"] == f"{t:.2f}"
+    assert row["films"] == str(len(pred.y))
+    assert float(row["ECE"]) == pytest.approx(expected_calibration_error(pred.y, np.asarray(pred.probs)), abs=2e-3)
+
 
 def test_predict_throughput_times_both_commands_as_a_user_runs_them(subset):
     out = _run("predict_throughput.py", "--data", str(subset), "--image-size", "64", "--rounds", "1")

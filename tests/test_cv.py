@@ -110,6 +110,8 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     assert [f["images"] for f in result["per_fold"]] == [len(f) for f in folds["fold_files"]]
     report = (cv / "cv.md").read_text()
     assert "COVID recall" in report and "95% interval" in report and "not for diagnosis" in report
+    chance = result["out_of_fold"]["ece"]["if_calibrated"]
+    assert f"an ECE of {chance['median']:.3f} on these {len(rows)} films by chance alone" in report
     # each fold's operating point, and its misclassified films embedded (the files exist)
     assert all(f["normal_threshold"] is not None for f in result["per_fold"])
     figures = [f["errors_figure"] for f in result["per_fold"] if f["errors_figure"]]

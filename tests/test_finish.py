@@ -36,6 +36,9 @@ def test_the_temperature_and_the_threshold_come_from_the_held_out_films(scored):
     assert done.calibration["fitted_on"] == "80 held-out films"
     after = done.calibration["held_out"]
     assert after["ece_after"] <= after["ece_before"] + 1e-9  # fitted there: no worse there
+    assert after["films"] == 80 and done.calibration["test"]["films"] == 80
+    chance = after["ece_if_calibrated"]  # what a calibrated model would show on 80 films by chance
+    assert 0 < chance["median"] < chance["p95"] < 0.2
     rates = operating_rates(
         held.labels, softmax_with_temperature(held.logits, done.temperature), done.operating_point.normal_threshold
     )

@@ -119,6 +119,14 @@ def test_grad_cam_images_per_file_and_model_and_a_glob(sample_dir, tmp_path):
     written = sorted(cams.rglob("*.png"))
     assert rows and len(written) == len(rows)
     assert all(Image.open(p).size == Image.open(r["file"]).size for p, r in zip(written, rows))
+    # each is the decided class's map of the film as decoded for its row (one decode, the same input)
+    from cxr.models.cam import class_activation_map, overlay_heatmap
+
+    clf = CXRClassifier.from_pretrained(FIXTURE)
+    first = next(p for p in written if p.name.endswith(Path(rows[0]["file"]).name + ".png"))
+    image, _ = read_radiograph(rows[0]["file"])
+    expected = overlay_heatmap(image, class_activation_map(clf, image, CLASS_NAMES.index(rows[0]["decision"])))
+    assert np.abs(np.asarray(Image.open(first)).astype(int) - expected.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(

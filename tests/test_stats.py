@@ -9,6 +9,7 @@ from scipy.special import softmax
 from cxr.metrics.stats import (
     accuracy_of,
     apply_temperature,
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
     mcnemar_test,
@@ -94,3 +95,45 @@ def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
     assert expected_calibration_error(y, apply_temperature(overconfident, t)) < expected_calibration_error(
         y, overconfident
     )
+
+
+@pytest.fixture(scope="module")
+def real_oof():
+    """The default recipe's 600 out-of-fold predictions on the sample (shipped logits of real films), calibrated."""
+    import json
+
+    from cxr.metrics.stats import fit_temperature_to_logits, softmax_with_temperature
+    from cxr.training.held_out import BUNDLED
+
+    bundle = json.loads(BUNDLED.read_text())
+    y, z = np.asarray(bundle["labels"]), np.asarray(bundle["logits"], dtype=np.float64)
+    return y, z, softmax_with_temperature(z, fit_temperature_to_logits(y, z))
+
+
+def test_a_calibrated_model_stays_under_its_chance_band(real_oof):
+    # labels drawn from the model's own probabilities are calibrated by construction: their ECE falls under the
+    # band's 95th percentile about 95% of the time, on 60 films as on 600
+    _, _, p = real_oof
+    rng = np.random.default_rng(1)
+    for n in (60, 600):
+        rows = rng.choice(len(p), n, replace=False)
+        band = ece_if_calibrated(p[rows], draws=400, seed=2)
+        under = []
+        for _ in range(200):
+            y = np.array([rng.choice(4, p=q / q.sum()) for q in p[rows]])
+            under.append(expected_calibration_error(y, p[rows]) <= band["p95"])
+        assert 0.88 <= np.mean(under) <= 0.995
+        assert 0 < band["median"] < band["p95"]
+
+
+def test_the_chance_band_shrinks_with_the_films_and_a_sharpened_model_exceeds_it(real_oof):
+    y, z, p = real_oof
+    rng = np.random.default_rng(3)
+    rows = rng.choice(len(p), 60, replace=False)
+    small, large = ece_if_calibrated(p[rows]), ece_if_calibrated(p)
+    assert large["p95"] < small["median"]  # 600 films pin the ECE down far more than 60
+    assert expected_calibration_error(y, p) < large["p95"]  # fitted on them: no evidence of miscalibration
+    from cxr.metrics.stats import softmax_with_temperature
+
+    sharp = softmax_with_temperature(z, 0.3)  # the raw logits made more confident still
+    assert expected_calibration_error(y, sharp) > ece_if_calibrated(sharp)["p95"]

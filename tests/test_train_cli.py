@@ -172,6 +172,8 @@ def test_the_kept_model_is_calibrated_on_validation_and_says_so(lite0_run):
     assert cal["validation"]["ece_after"] <= cal["validation"]["ece_before"] + 1e-9
     report = (out / "report.md").read_text()
     assert f"temperature {t:.3f} (fitted on " in report and "expected calibration error" in report
+    chance = cal["test"]["ece_if_calibrated"]  # the ECE a calibrated model would show on the test films by chance
+    assert f"by chance alone on {cal['test']['films']} films: {chance['median']:.3f}" in report
 
 
 def test_cxr_eval_on_the_run_test_images_reproduces_its_test_metrics(lite0_run, tmp_path, sample_dir):

@@ -1,6 +1,6 @@
 """Classify many films with one or more models: ``python -m cxr.predict``'s work.
 
-Each file is decoded once, through the app's decoder (:func:`cxr.data.decode.read_radiograph`: PNG, JPEG and
+Each file is decoded once (Grad-CAM images included), through the app's decoder (:func:`cxr.data.decode.read_radiograph`: PNG, JPEG and
 DICOM, hostile files refused), in loader workers, and preprocessed for every model as in training; the models
 run on batches. Every file gets one row per model — the calibrated probabilities, the argmax ``prediction``, the
 ``decision`` by the model's saved operating point, whether its out-of-distribution guard flagged the film, and
@@ -70,9 +70,10 @@ class _Films(torch.utils.data.Dataset):
     """Each file decoded once and preprocessed for every model; a file that cannot be read gives its reason and
     zero inputs."""
 
-    def __init__(self, files: Sequence[Path], classifiers: Sequence[CXRClassifier]):
+    def __init__(self, files: Sequence[Path], classifiers: Sequence[CXRClassifier], shown: bool = False):
         self.files = list(files)
         self.preps = [c.preprocess for c in classifiers]
+        self.shown = shown  # also the film at CAM_SIDE, for its Grad-CAM image (no second decode)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -84,6 +85,10 @@ class _Films(torch.utils.data.Dataset):
             item["warnings"] = " ".join(warnings)
             for k, prep in enumerate(self.preps):
                 item[f"x{k}"] = prep.transform(image)
+            if self.shown:
+                shown = image.copy()
+                shown.thumbnail((CAM_SIDE, CAM_SIDE), Image.Resampling.BILINEAR)
+                item["shown"] = shown
         except CXRError as e:
             item["error"] = str(e)
         except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the rest
@@ -92,7 +97,16 @@ class _Films(torch.utils.data.Dataset):
         if item["error"]:
             for k, prep in enumerate(self.preps):
                 item[f"x{k}"] = torch.zeros(prep.in_chans, prep.image_size, prep.image_size)
+            item.pop("shown", None)
         return item
+
+
+def _collate(items: List[Dict[str, object]]) -> Dict[str, object]:
+    """The default collation, the shown images (of any size) kept as a list (``None`` for unreadable files)."""
+    shown = [item.pop("shown", None) for item in items]
+    batch = torch.utils.data.default_collate(items)
+    batch["shown"] = shown
+    return batch
 
 
 def _cam_name(file: Path, root: Optional[Path]) -> str:
@@ -100,14 +114,14 @@ def _cam_name(file: Path, root: Optional[Path]) -> str:
     return re.sub(r"[^\w.-]+", "_", "__".join(rel.parts)) + ".png"
 
 
-def _write_cam(clf: CXRClassifier, file: Path, decided: int, folder: Path, name: str, method: str) -> None:
+def _write_cam(
+    clf: CXRClassifier, x: torch.Tensor, shown: Image.Image, decided: int, folder: Path, name: str, method: str
+) -> None:
+    """The Grad-CAM of the decided class for one preprocessed input ``x`` (``1 x C x H x W``) over ``shown``."""
     from cxr.models.cam import CamSession, overlay_heatmap
 
-    image, _ = read_radiograph(file)
-    shown = image.copy()
-    shown.thumbnail((CAM_SIDE, CAM_SIDE), Image.Resampling.BILINEAR)
-    with CamSession(clf, method) as session:
-        session.probabilities(image)
+    with CamSession(clf, method) as session:  # its own forward: the map needs the gradients of one
+        session.probabilities_of_input(x)
         cam = session.heatmap(decided)
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay_heatmap(shown, cam)).save(folder / name)
@@ -132,7 +146,11 @@ def predict_films(
         cam_method: one of :data:`cxr.models.cam.CAM_METHODS`.
     """
     loader = torch.utils.data.DataLoader(
-        _Films(files, classifiers), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        _Films(files, classifiers, shown=cam_dir is not None),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
     )
     root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files])) if files else None
     labels = [c.source for c in classifiers]
@@ -165,7 +183,11 @@ def predict_films(
                     )
                     if cam_dir is not None:
                         slug = re.sub(r"[^\w.-]+", "_", labels[k]).strip("_")
-                        _write_cam(clf, file, int(decided[position]), cam_dir / slug, _cam_name(file, root), cam_method)
+                        x = batch[f"x{k}"][j : j + 1]
+                        shown = batch["shown"][j]
+                        _write_cam(
+                            clf, x, shown, int(decided[position]), cam_dir / slug, _cam_name(file, root), cam_method
+                        )
                     yield row
                 bar.update(1)
 

@@ -24,6 +24,7 @@ __all__ = [
     "plot_error_gallery",
     "recipe_summary",
     "kept_description",
+    "calibration_description",
     "DISCLAIMER",
 ]
 
@@ -348,4 +349,26 @@ def kept_description(metrics: Dict[str, Any]) -> str:
     return (
         f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "
         "predicted as Normal)"
+    )
+
+
+def calibration_description(calibration: Optional[Dict[str, Any]]) -> str:
+    """The report's calibration line from ``metrics.json`` ``calibration``: the temperature, what it was fitted on,
+    and per part the ECE before -> after with the ECE a calibrated model would show there by chance."""
+    if calibration is None:
+        return "off (--no-calibrate): probabilities are the softmax of the logits"
+    parts = []
+    for part, name in (("validation", "validation"), ("test", "test"), ("held_out", "the films it was fitted on")):
+        c = calibration.get(part)
+        if not c:
+            continue
+        text = f"{name} {c['ece_before']:.3f} -> {c['ece_after']:.3f}"
+        chance = c.get("ece_if_calibrated")
+        if chance:
+            text += f" (by chance alone on {c['films']} films: {chance['median']:.3f}, 95%: {chance['p95']:.3f})"
+        parts.append(text)
+    return (
+        f"temperature {calibration['temperature']:.3f} ({calibration['note']}; NLL), saved in model/config.json and "
+        f"applied to every probability here; expected calibration error (15 bins), {'; '.join(parts)} — an ECE "
+        "below its chance 95% is no evidence of miscalibration"
     )

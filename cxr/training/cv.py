@@ -138,12 +138,15 @@ def summarise_oof(y: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> 
 
     Returns:
         ``{name: {"value", "low", "high"}}`` for accuracy, COVID recall, COVID / Viral Pneumonia /
-        Lung_Opacity images called Normal, macro AUROC and ECE.
+        Lung_Opacity images called Normal, macro AUROC and ECE (which also has ``if_calibrated``: the ECE a
+        calibrated model would show on these films by chance, :func:`cxr.metrics.stats.ece_if_calibrated`).
     """
-    from cxr.metrics.stats import stratified_bootstrap_intervals
+    from cxr.metrics.stats import ece_if_calibrated, stratified_bootstrap_intervals
 
     cis = stratified_bootstrap_intervals(y, probs, _headline, n_resamples=n_resamples)
-    return {name: {"value": v, "low": lo, "high": hi} for name, (v, lo, hi) in cis.items()}
+    summary = {name: {"value": v, "low": lo, "high": hi} for name, (v, lo, hi) in cis.items()}
+    summary["ece"]["if_calibrated"] = ece_if_calibrated(probs)
+    return summary
 
 
 def _write_oof(path: Path, rows: List[tuple]) -> None:
@@ -351,6 +354,14 @@ def _report(result: Dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {_fmt(key, s['value'], pct)} | {_fmt(key, s['low'], pct)} – {_fmt(key, s['high'], pct)} |"
         )
+    chance = result["out_of_fold"]["ece"].get("if_calibrated")
+    if chance:
+        lines += [
+            "",
+            f"A perfectly calibrated model would show an ECE of {chance['median']:.3f} on these {result['images']} "
+            f"films by chance alone (95%: {chance['p95']:.3f}; consistency resampling): a measured ECE below that "
+            "is no evidence of miscalibration.",
+        ]
     lines += [
         "",
         "Per fold:",

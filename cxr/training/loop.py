@@ -60,7 +60,12 @@ from cxr.models.checkpoint import (
     set_model_operating_point,
     set_model_temperature,
 )
-from cxr.reporting.run_report import kept_description, plot_training_curves, recipe_summary
+from cxr.reporting.run_report import (
+    calibration_description,
+    kept_description,
+    plot_training_curves,
+    recipe_summary,
+)
 from cxr.run_folder import MODEL_OOD_NAME, RunFolder, read_json, run_id, write_json, write_predictions
 from cxr.training.config import (
     _LEGACY_RECIPE,
@@ -809,15 +814,7 @@ def _write_results(r: _Run, metrics: Dict[str, Any], predictions: Dict[str, Tupl
         "optimisation": f"{recipe_summary(cfg.to_dict())}, {r.accelerator.num_processes} process(es)",
         "kept model": kept_description(metrics),
         "train accuracy": "the kept model on the un-augmented training images",
-        "calibration": (
-            "off (--no-calibrate): probabilities are the softmax of the logits"
-            if calibration is None
-            else f"temperature {calibration['temperature']:.3f} ({calibration['note']}; NLL), saved in "
-            f"model/config.json and applied to every probability here; expected calibration error, validation "
-            f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, test "
-            f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}, the films it was "
-            f"fitted on {calibration['held_out']['ece_before']:.3f} -> {calibration['held_out']['ece_after']:.3f}"
-        ),
+        "calibration": calibration_description(calibration),
         "out-of-distribution guard": _ood_line(metrics.get("ood")),
         "run": f"{info['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
         "note": DISCLAIMER,

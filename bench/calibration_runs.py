@@ -1,0 +1,93 @@
+"""Is a trained model calibrated? Its test ECE set against the ECE a calibrated model would show there by chance.
+
+A run's test split holds 60 films of the sample: too few for an ECE to say much (a perfectly calibrated model with
+confident probabilities shows about 0.05 on 60 films by chance alone). For each run folder given, and for all of
+their test films pooled (each run's own split, so its own test films), this script compares the temperatures a
+run could carry — none (T = 1), the one the run saved (``--choose-on auto``: fitted on the recipe's carried
+out-of-fold predictions), and one fitted on the run's own validation part (smoothed by the rule of succession
+when that part holds no error, as ``cxr.training.finish`` does) — by ECE and NLL on the test films, each ECE
+beside the median and 95th percentile a calibrated model would show on those films
+(:func:`cxr.metrics.stats.ece_if_calibrated`). Logits are recovered from the saved probabilities (``T log p``).
+
+    python bench/calibration_runs.py --run RUN1 --run RUN2 --run RUN3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+from common import REPO, machine, table
+
+sys.path.insert(0, str(REPO))
+
+from cxr.metrics.stats import (  # noqa: E402
+    ece_if_calibrated,
+    expected_calibration_error,
+    negative_log_likelihood,
+    softmax_with_temperature,
+)
+from cxr.run_folder import RunFolder, read_json  # noqa: E402
+from cxr.training.finish import fit_held_out_temperature  # noqa: E402
+from cxr.training.held_out import from_predictions  # noqa: E402
+
+SOURCES = ("none (T = 1)", "saved by the run", "the run's own validation part")
+
+
+def _temperatures(run: RunFolder) -> Tuple[Dict[str, float], Tuple[np.ndarray, np.ndarray]]:
+    calibration = read_json(run.metrics).get("calibration") or {}
+    saved = float(calibration.get("temperature") or 1.0)
+    validation = from_predictions(run.predictions("validation"), saved, "its validation part")
+    test = from_predictions(run.predictions("test"), saved, "its test part")
+    own = fit_held_out_temperature(validation)[0]
+    return dict(zip(SOURCES, (1.0, saved, own))), (test.labels, test.logits)
+
+
+def _row(name: str, source: str, t: str, y: np.ndarray, probs: np.ndarray) -> List[str]:
+    chance = ece_if_calibrated(probs)
+    ece = expected_calibration_error(y, probs)
+    flag = "under" if ece <= chance["p95"] else "**over**"
+    return [
+        name,
+        source,
+        t,
+        str(len(y)),
+        f"{ece:.3f}",
+        f"{chance['median']:.3f} / {chance['p95']:.3f} ({flag})",
+        f"{negative_log_likelihood(y, probs):.3f}",
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--run", required=True, action="append", type=Path, help="A training run's --output-dir (repeatable)."
+    )
+    args = p.parse_args()
+    rows, pooled = [], {s: ([], []) for s in SOURCES}
+    for path in args.run:
+        run = RunFolder(path)
+        if not run.metrics.is_file():
+            raise SystemExit(f"{path}: not a finished training run (no {run.metrics.name})")
+        temps, (y, z) = _temperatures(run)
+        for source, t in temps.items():
+            probs = softmax_with_temperature(z, t)
+            pooled[source][0].append(y)
+            pooled[source][1].append(probs)
+            rows.append(_row(path.name, source, f"{t:.2f}", y, probs))
+    if len(args.run) > 1:
+        for source, (ys, ps) in pooled.items():
+            rows.append(_row(f"all {len(args.run)} pooled", source, "—", np.concatenate(ys), np.concatenate(ps)))
+    print(f"\n{machine()}\n")
+    print(
+        "Test-split calibration by temperature source (ECE 15 bins; 'by chance': what a calibrated model shows on "
+        "those films, median / 95th percentile of 1000 consistency resamples):\n"
+    )
+    print(table(["run", "temperature from", "T", "films", "ECE", "by chance (median / 95%)", "NLL"], rows))
+
+
+if __name__ == "__main__":
+    main()
