@@ -9,7 +9,10 @@ when that part holds no error, as ``cxr.training.finish`` does) — by ECE and N
 beside the median and 95th percentile a calibrated model would show on those films
 (:func:`cxr.metrics.stats.ece_if_calibrated`). Logits are recovered from the saved probabilities (``T log p``).
 
-    python bench/calibration_runs.py --run RUN1 --run RUN2 --run RUN3
+    python bench/calibration_runs.py --run RUN1 --run RUN2 --run RUN3 --chance-at 60 --chance-at 400
+
+``--chance-at N`` also prints the chance band on N films drawn from the default recipe's 600 out-of-fold
+predictions (shipped with cxr, calibrated on themselves): what a test set of that size can show.
 """
 
 from __future__ import annotations
@@ -66,7 +69,18 @@ def main() -> None:
     p.add_argument(
         "--run", required=True, action="append", type=Path, help="A training run's --output-dir (repeatable)."
     )
+    p.add_argument(
+        "--chance-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="Also print the chance band on N films drawn from the shipped out-of-fold predictions (repeatable; "
+        "1 to 600).",
+    )
     args = p.parse_args()
+    if any(not 1 <= n <= 600 for n in args.chance_at):
+        p.error("--chance-at takes 1 to 600 films")
     rows, pooled = [], {s: ([], []) for s in SOURCES}
     for path in args.run:
         run = RunFolder(path)
@@ -87,6 +101,27 @@ def main() -> None:
         "those films, median / 95th percentile of 1000 consistency resamples):\n"
     )
     print(table(["run", "temperature from", "T", "films", "ECE", "by chance (median / 95%)", "NLL"], rows))
+    if args.chance_at:
+        print("\nThe chance band by test-set size (films drawn from the shipped out-of-fold predictions, 5 draws):\n")
+        print(table(["films", "by chance: median", "by chance: 95%"], _chance_by_size(args.chance_at)))
+
+
+def _chance_by_size(sizes: List[int]) -> List[List[str]]:
+    import json
+
+    from cxr.metrics.stats import fit_temperature_to_logits
+    from cxr.training.held_out import BUNDLED
+
+    bundle = json.loads(BUNDLED.read_text())
+    y, z = np.asarray(bundle["labels"]), np.asarray(bundle["logits"], dtype=np.float64)
+    probs = softmax_with_temperature(z, fit_temperature_to_logits(y, z))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        bands = [ece_if_calibrated(probs[rng.choice(len(probs), n, replace=False)], draws=300) for _ in range(5)]
+        med, p95 = [b["median"] for b in bands], [b["p95"] for b in bands]
+        rows.append([str(n), f"{min(med):.3f}–{max(med):.3f}", f"{min(p95):.3f}–{max(p95):.3f}"])
+    return rows
 
 
 if __name__ == "__main__":

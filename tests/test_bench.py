@@ -250,7 +250,21 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         assert r["COVID + VP called Normal"][-1] in "✓✗"
 
     # the same folds as training runs: their test ECE by temperature source, beside what chance allows
-    (rows,) = _tables(_run("calibration_runs.py", "--run", str(cv / "fold-0"), "--run", str(cv / "fold-1")))
+    rows, sizes = _tables(
+        _run(
+            "calibration_runs.py",
+            "--run",
+            str(cv / "fold-0"),
+            "--run",
+            str(cv / "fold-1"),
+            "--chance-at",
+            "60",
+            "--chance-at",
+            "600",
+        )
+    )
+    small, large = (float(r["by chance: median"].split("–")[1]) for r in sizes)
+    assert [r["films"] for r in sizes] == ["60", "600"] and large < small
     assert [r["run"] for r in rows] == ["fold-0"] * 3 + ["fold-1"] * 3 + ["all 2 pooled"] * 3
     _check_saved_temperature_row(cv / "fold-0", rows[1])
     for r in rows:
