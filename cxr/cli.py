@@ -230,8 +230,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
     p = _parser(
         "python -m cxr.eval",
-        "Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout: "
-        "metrics.json, predictions.csv, report.md and confusion_matrix.png.",
+        "Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout — all four classes, or any of "
+        "them (external validation: a set from another hospital) — or of a dataset: metrics.json, predictions.csv, "
+        "report.md and confusion_matrix.png, with every figure over the classes present and, when the films' "
+        "sources are known (one sub-folder per source, or a metadata.csv with a source_repo or source column), per "
+        "source. Research use only — not for diagnosis.",
     )
     p.add_argument("--model", required=True, help="A run's model/ folder or a Hub repository id (ORG/NAME).")
     _data_arg(p, "Image folder in the Kaggle layout (every image is a test image), or a dataset id.")
@@ -240,6 +243,15 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="Images per forward pass and process.")
     p.add_argument("--num-workers", type=int, default=0, help="Data-loader worker processes.")
     add_config_flags(p, TrainConfig, names=("cache_dir", "skip_bad_images"), grouped=False)
+    p.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="NAME=CLASS",
+        help="Map another dataset's class folder or label name onto one of ours, e.g. 'Pneumonia=Viral Pneumonia' "
+        "or 'No finding=Normal' (repeatable). A name that is neither one of COVID, Lung_Opacity, Normal, Viral "
+        "Pneumonia nor mapped is refused.",
+    )
     return p
 
 
@@ -250,10 +262,13 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
     args = build_eval_parser().parse_args(argv)
 
     def run():
+        from cxr.data.labelling import Labelling
+
         if args.batch_size < 1:
             raise CXRError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.num_workers < 0:
             raise CXRError(f"--num-workers must be >= 0, got {args.num_workers}")
+        labelling = Labelling.parse(args.label_map, partial=True)
         from cxr.run_folder import check_writable
 
         check_writable(args.output_dir)
@@ -267,6 +282,7 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
             skip_bad_images=args.skip_bad_images,
             dataset_revision=args.dataset_revision,
             dataset_config=args.dataset_config,
+            labelling=labelling,
         )
 
     return run_cli(run)

@@ -38,7 +38,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from cxr.data.labelling import ALL_CLASSES, Labelling
 from cxr.data.preprocessing import PREPROCESS_VERSION, PreprocessConfig, TrainAugmentation
+from cxr.data.sources import read_sources
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
@@ -50,6 +52,7 @@ __all__ = [
     "load_data_source",
     "find_dataset_root",
     "scan_image_folder",
+    "source_folders",
     "load_radiographs",
     "cache_pixels",
     "PixelCacheResult",
@@ -73,34 +76,52 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith((".", "_"))
 
 
-def find_dataset_root(root: Path) -> Path:
+def _class_folders(root: Path) -> Dict[str, Path]:
+    return {p.name: p for p in root.iterdir() if p.is_dir() and _visible(p) and p.name not in _IGNORED_SUBDIRS}
+
+
+def find_dataset_root(root: Path, labelling: Labelling = ALL_CLASSES) -> Path:
     """Return the folder that holds the class folders.
 
     Accepts the folder itself or a wrapper with exactly one sub-folder holding them (a Kaggle
     archive unpacks to ``archive/COVID-19_Radiography_Dataset/<Class>``).
     """
-    names = {p.name for p in root.iterdir() if p.is_dir() and _visible(p)}
-    if names & set(CLASS_NAMES):
+    names = set(_class_folders(root))
+    if any(labelling.class_of(n) for n in names):
         return root
     if len(names) == 1:
         inner = root / names.pop()
-        inner_names = {p.name for p in inner.iterdir() if p.is_dir() and _visible(p)}
-        if inner_names & set(CLASS_NAMES):
+        if any(labelling.class_of(n) for n in _class_folders(inner)):
             _logger.info("using class folders in %s", inner)
             return inner
     return root
 
 
-def scan_image_folder(root: os.PathLike) -> List[Tuple[Path, str, int]]:
+def source_folders(root: Path, labelling: Labelling = ALL_CLASSES) -> Optional[Dict[str, Path]]:
+    """``{source: folder}`` when ``root`` holds one sub-folder per source, each with class folders (an
+    external set gathered from several hospitals), else ``None``."""
+    root = Path(root)
+    if not root.is_dir() or not labelling.partial:
+        return None
+    subs = _class_folders(root)
+    if not subs or any(labelling.class_of(n) for n in subs):
+        return None
+    found = {n: p for n, p in subs.items() if any(labelling.class_of(c) for c in _class_folders(p))}
+    return found if len(found) == len(subs) and len(found) > 1 else None
+
+
+def scan_image_folder(root: os.PathLike, labelling: Labelling = ALL_CLASSES) -> List[Tuple[Path, str, int]]:
     """List the candidate image files of a Kaggle-layout folder, checking the layout.
 
     Args:
         root: folder with one sub-folder per class; each holds its images directly or in
             ``images/`` (``masks/`` is ignored).
+        labelling: which classes must be there and how other folder names map onto ours (default: all four,
+            our names).
 
     Returns:
         ``(path, file_name, label_index)`` tuples, sorted by file name, where ``file_name`` is
-        ``<Class>/<basename>``.
+        ``<Class>/<basename>`` (our class name).
 
     Raises:
         CXRError: the folder is missing, a class folder is missing or unknown, or a class has
@@ -109,38 +130,64 @@ def scan_image_folder(root: os.PathLike) -> List[Tuple[Path, str, int]]:
     root = Path(root)
     if not root.is_dir():
         raise CXRError(f"--data folder not found: {root}")
-    root = find_dataset_root(root)
-    class_dirs = {p.name: p for p in root.iterdir() if p.is_dir() and _visible(p)}
-    unknown = sorted(set(class_dirs) - set(CLASS_NAMES))
-    missing = [c for c in CLASS_NAMES if c not in class_dirs]
-    problems = []
-    if unknown:
-        problems.append(f"unknown class folder(s): {', '.join(repr(u) for u in unknown)}")
-    if missing:
-        problems.append(f"missing class folder(s): {', '.join(repr(m) for m in missing)}")
-    if problems:
-        raise CXRError(
-            f"{root} is not in the expected layout: {'; '.join(problems)}. "
-            f"Expected exactly one folder per class: {', '.join(CLASS_NAMES)} "
-            "(each holding its images directly or in an images/ sub-folder)."
-        )
+    root = find_dataset_root(root, labelling)
+    class_dirs = _class_folders(root)
+    try:
+        ours = labelling.check(sorted(class_dirs), f"{root} is not in the expected layout", noun="class folder")
+    except CXRError as e:
+        raise CXRError(f"{e} (Each class folder holds its images directly or in an images/ sub-folder.)") from None
     records: List[Tuple[Path, str, int]] = []
     empty = []
-    for label, name in enumerate(CLASS_NAMES):
+    for name, our in zip(sorted(class_dirs), ours):
         folder = class_dirs[name]
         if (folder / "images").is_dir():
             folder = folder / "images"
         files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
         if not files:
             empty.append(f"{name} ({folder})")
-        records.extend((p, f"{name}/{p.name}", label) for p in files)
+        records.extend((p, f"{our}/{p.name}", CLASS_NAMES.index(our)) for p in files)
     if empty:
         raise CXRError(f"class folder(s) with no images: {', '.join(empty)}")
+    seen: Dict[str, Path] = {}
+    for path, name, _ in records:
+        if name in seen:
+            raise CXRError(
+                f"{seen[name]} and {path} would both be {name}: two folders mapped onto one class share a file name"
+            )
+        seen[name] = path
     return sorted(records, key=lambda r: r[1])
 
 
-def _folder_dataset(root: Path) -> datasets.Dataset:
-    records = scan_image_folder(root)
+def _scan_with_sources(
+    root: Path, labelling: Labelling
+) -> Tuple[List[Tuple[Path, str, int]], Optional[Dict[str, str]]]:
+    """The folder's records and ``{file_name: source}`` — from one sub-folder per source (file names become
+    ``<Class>/<source>/<basename>``), or from a ``metadata.csv`` with a source column — or ``None``."""
+    per_source = source_folders(root, labelling)
+    if per_source is None:
+        records = scan_image_folder(root, labelling)
+        listed = read_sources(find_dataset_root(root, labelling)) or read_sources(root)
+        if not listed:
+            return records, None
+        sources = {}
+        for path, name, _ in records:
+            cls, base = name.split("/", 1)
+            folder = path.parent.parent.name if path.parent.name == "images" else path.parent.name
+            sources[name] = listed.get(name) or listed.get(f"{folder}/{base}") or listed.get(base) or "unknown"
+        return records, sources
+    records, sources = [], {}
+    for source, folder in sorted(per_source.items()):
+        for path, name, label in scan_image_folder(folder, labelling):
+            cls, base = name.split("/", 1)
+            records.append((path, f"{cls}/{source}/{base}", label))
+            sources[records[-1][1]] = source
+    return sorted(records, key=lambda r: r[1]), sources
+
+
+def _folder_dataset(
+    root: Path, labelling: Labelling = ALL_CLASSES
+) -> Tuple[datasets.Dataset, Optional[Dict[str, str]]]:
+    records, sources = _scan_with_sources(root, labelling)
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -153,7 +200,7 @@ def _folder_dataset(root: Path) -> datasets.Dataset:
     for path, _, _ in records:
         st = path.stat()
         stats.append(f"{st.st_size}:{st.st_mtime_ns}")
-    return datasets.Dataset.from_dict(
+    ds = datasets.Dataset.from_dict(
         {
             "image": [str(p) for p, _, _ in records],
             "file_name": [f for _, f, _ in records],
@@ -162,6 +209,7 @@ def _folder_dataset(root: Path) -> datasets.Dataset:
         },
         features=features,
     )
+    return ds, sources
 
 
 def _find_column(features: datasets.Features, kind: type) -> Optional[str]:
@@ -174,14 +222,21 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def _from_datasets(loaded: datasets.DatasetDict, what: str) -> Tuple[datasets.Dataset, Dict[str, List[str]]]:
+#: Columns of a ``datasets`` dataset that name each film's source (the first present is used).
+SOURCE_COLUMNS = ("source_repo", "source")
+
+
+def _from_datasets(
+    loaded: datasets.DatasetDict, what: str, labelling: Labelling = ALL_CLASSES
+) -> Tuple[datasets.Dataset, Dict[str, List[str]], Optional[Dict[str, str]]]:
     """Turn every split of a ``load_dataset`` result into the common columns and merge them.
 
     Returns:
-        The merged dataset and ``{split name: file names}``, the data's own split of its images.
+        The merged dataset, ``{split name: file names}`` (the data's own split of its images) and
+        ``{file_name: source}`` from a :data:`SOURCE_COLUMNS` column (``None`` without one).
     """
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-    parts, given = [], {}
+    parts, given, sources = [], {}, {}
     for split_name, ds in splits.items():
         image_col = _find_column(ds.features, datasets.Image)
         label_col = _find_column(ds.features, datasets.ClassLabel)
@@ -191,9 +246,11 @@ def _from_datasets(loaded: datasets.DatasetDict, what: str) -> Tuple[datasets.Da
                 f"it has {dict(ds.features)}"
             )
         names = ds.features[label_col].names
-        if sorted(names) != sorted(CLASS_NAMES):
-            raise CXRError(f"{what} has classes {names}; expected exactly {list(CLASS_NAMES)}")
-        remap = [CLASS_NAMES.index(n) for n in names]
+        present = sorted(set(ds[label_col])) if labelling.partial else range(len(names))
+        labelling.check([names[i] for i in present], f"{what} has classes {names}")
+        remap = [CLASS_NAMES.index(labelling.class_of(n)) if labelling.class_of(n) else -1 for n in names]
+        source_col = next((c for c in SOURCE_COLUMNS if c in ds.column_names), None)
+        split_sources = list(ds[source_col]) if source_col else None
         ds = ds.cast_column(image_col, datasets.Image(decode=False))
 
         def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap, _fp=ds._fingerprint):
@@ -224,10 +281,12 @@ def _from_datasets(loaded: datasets.DatasetDict, what: str) -> Tuple[datasets.Da
         )
         parts.append(part)
         given[str(split_name)] = list(part["file_name"])
+        if split_sources is not None:
+            sources.update(zip(given[str(split_name)], (str(v) for v in split_sources)))
     ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(set(ds["file_name"])) != len(ds):
         raise CXRError(f"{what} has duplicate file names; split files need unique names")
-    return ds.cast_column("image", datasets.Image()), given
+    return ds.cast_column("image", datasets.Image()), given, (sources or None)
 
 
 def _load_with_datasets(folder: Path, config: Optional[str], what: str) -> datasets.DatasetDict:
@@ -249,14 +308,14 @@ def _load_with_datasets(folder: Path, config: Optional[str], what: str) -> datas
         raise CXRError(f"{what} could not be loaded ({_first_line(e)})") from e
 
 
-def _has_class_folders(path: Path) -> bool:
-    root = find_dataset_root(path)
-    return any((root / c).is_dir() for c in CLASS_NAMES)
+def _has_class_folders(path: Path, labelling: Labelling = ALL_CLASSES) -> bool:
+    root = find_dataset_root(path, labelling)
+    return any(labelling.class_of(n) for n in _class_folders(root)) or source_folders(path, labelling) is not None
 
 
-def _read_as_image_folder(path: Path) -> bool:
+def _read_as_image_folder(path: Path, labelling: Labelling = ALL_CLASSES) -> bool:
     """Whether a local ``--data`` folder is read by the class-folder loader (else ``datasets.load_dataset``)."""
-    return _has_class_folders(path) or (
+    return _has_class_folders(path, labelling) or (
         not any(path.glob("**/*.parquet")) and not (path / "dataset_info.json").exists()
     )
 
@@ -379,11 +438,14 @@ class DataSource:
         info: what was loaded, JSON-ready: ``kind`` (``"hub"`` or ``"folder"``), ``id``, ``revision``
             (the resolved commit sha), ``requested_revision`` and ``from_cache`` for the Hub, ``path`` (as given) for
             a folder, ``layout`` (``"class folders"`` or ``"datasets"``) and ``config``.
+        sources: ``{file_name: source}`` when the data names each film's source (one sub-folder per source, a
+            ``metadata.csv`` with a source column, or a :data:`SOURCE_COLUMNS` column), else ``None``.
     """
 
     dataset: datasets.Dataset
     given_splits: Dict[str, List[str]]
     info: Dict[str, Any]
+    sources: Optional[Dict[str, str]] = None
 
 
 def check_data_options(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> None:
@@ -411,7 +473,9 @@ def check_data_options(data: str, revision: Optional[str] = None, config: Option
         raise CXRError(f"--data folder not found: {data}")
 
 
-def load_data_source(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> DataSource:
+def load_data_source(
+    data: str, revision: Optional[str] = None, config: Optional[str] = None, labelling: Labelling = ALL_CLASSES
+) -> DataSource:
     """Load ``--data`` with its own splits and a record of what was loaded.
 
     Args:
@@ -420,6 +484,7 @@ def load_data_source(data: str, revision: Optional[str] = None, config: Optional
             class names, or the Kaggle folder tree).
         revision: branch, tag or commit of a Hub dataset (default ``main``).
         config: the dataset's configuration (subset) name.
+        labelling: which classes must be present and how the data's names map onto ours (default: all four).
 
     Raises:
         CXRError: for every layout problem, bad option, missing repository or revision, naming it.
@@ -429,8 +494,9 @@ def load_data_source(data: str, revision: Optional[str] = None, config: Optional
     if path.is_dir():
         info: Dict[str, Any] = {"kind": "folder", "path": data}
         folder, what = path, f"--data {data}"
-        if _read_as_image_folder(path):
-            return DataSource(_folder_dataset(path), {}, {**info, "layout": "class folders", "config": None})
+        if _read_as_image_folder(path, labelling):
+            ds, sources = _folder_dataset(path, labelling)
+            return DataSource(ds, {}, {**info, "layout": "class folders", "config": None}, sources)
     elif not is_hub_id(data):
         raise CXRError(f"--data folder not found: {data}")
     else:
@@ -443,14 +509,15 @@ def load_data_source(data: str, revision: Optional[str] = None, config: Optional
             "from_cache": cached,
         }
         what = f"the Hub dataset {data!r} at {sha[:12]}"
-        if _has_class_folders(folder):
+        if _has_class_folders(folder, labelling):
             if config is not None:
                 raise CXRError(
                     f"--dataset-config {config!r}: {what} is a tree of class folders, which has no configurations"
                 )
-            return DataSource(_folder_dataset(folder), {}, {**info, "layout": "class folders", "config": None})
-    ds, given = _from_datasets(_load_with_datasets(folder, config, what), what)
-    return DataSource(ds, given, {**info, "layout": "datasets", "config": config})
+            ds, sources = _folder_dataset(folder, labelling)
+            return DataSource(ds, {}, {**info, "layout": "class folders", "config": None}, sources)
+    ds, given, sources = _from_datasets(_load_with_datasets(folder, config, what), what, labelling)
+    return DataSource(ds, given, {**info, "layout": "datasets", "config": config}, sources)
 
 
 def load_radiographs(data: str, revision: Optional[str] = None, config: Optional[str] = None) -> datasets.Dataset:

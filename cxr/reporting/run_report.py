@@ -25,6 +25,7 @@ __all__ = [
     "recipe_summary",
     "kept_description",
     "calibration_description",
+    "present_lines",
     "DISCLAIMER",
 ]
 
@@ -69,6 +70,56 @@ def decision_lines(metrics: Dict[str, Any]) -> List[str]:
         f"{normal_kept}/{rates['normal']} ({pct(normal_kept / max(rates['normal'], 1))}) | {pct(test['accuracy'])} |",
         "",
     ]
+    return lines
+
+
+def _ci(c: Dict[str, float]) -> str:
+    return f"{pct(c['value'])} [{pct(c['low'])}, {pct(c['high'])}]"
+
+
+def present_lines(metrics: Dict[str, Any]) -> List[str]:
+    """The report's section over the classes the evaluated films hold (``metrics.json`` ``classes_present``):
+    recall and what each class was called, argmax and decision, then the same per source."""
+    block = metrics.get("classes_present")
+    if not block:
+        return []
+    arg, dec = block["argmax"], block["decision"]
+    lines = [
+        "## Over the classes present",
+        "",
+        f"{arg['images']} films of {len(arg['classes'])} class(es) ({', '.join(arg['classes'])}); stratified "
+        f"bootstrap 95% intervals ({arg['bootstrap_resamples']} resamples). Accuracy over these classes: argmax "
+        f"{_ci(arg['accuracy'])}, decision {_ci(dec['accuracy'])}.",
+        "",
+        "| true class | films | recall, argmax | recall, decision | called (argmax): "
+        + " / ".join(CLASS_NAMES)
+        + " | called Normal by the decision |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in arg["classes"]:
+        a, d = arg["per_class"][c], dec["per_class"][c]
+        called = " / ".join(str(a["called"][k]) for k in CLASS_NAMES)
+        lines.append(
+            f"| {c} | {a['images']} | {_ci(a['recall'])} | {_ci(d['recall'])} | {called} | {d['called'][NORMAL]} |"
+        )
+    lines.append("")
+    by_source = block.get("by_source")
+    if by_source:
+        lines += [
+            "Per source (as the data names them):",
+            "",
+            "| source | true class | films | recall, argmax | recall, decision | called Normal: argmax / decision |",
+            "|---|---|---|---|---|---|",
+        ]
+        for src, a_src in by_source["argmax"].items():
+            d_src = by_source["decision"][src]
+            for c in a_src["classes"]:
+                a, d = a_src["per_class"][c], d_src["per_class"][c]
+                lines.append(
+                    f"| {src} | {c} | {a['images']} | {_ci(a['recall'])} | {_ci(d['recall'])} | "
+                    f"{a['called'][NORMAL]} / {d['called'][NORMAL]} |"
+                )
+        lines.append("")
     return lines
 
 
@@ -143,6 +194,7 @@ def write_report(
         "",
     ]
     lines += decision_lines(metrics)
+    lines += present_lines(metrics)
     val = metrics.get("validation")
     if val:
         lines += [

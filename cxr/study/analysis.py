@@ -8,13 +8,13 @@ when the data carries source metadata.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cxr.data.sources import read_sources
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
 from cxr.metrics import compute_metrics, selection_key
 from cxr.metrics.stats import (
@@ -30,37 +30,9 @@ from cxr.metrics.stats import (
 )
 from cxr.run_folder import PREDICTION_PARTS, Predictions, RunFolder, read_predictions
 
-__all__ = ["analyse_study", "read_sources", "source_audit"]
+__all__ = ["analyse_study", "read_sources", "source_audit"]  # read_sources: cxr.data.sources
 
 _logger = logging.getLogger(__name__)
-
-
-def read_sources(data_dir: Path) -> Optional[Dict[str, str]]:
-    """``{"<Class>/<file>": source}`` from a ``metadata.csv`` with a source column, else ``None``.
-
-    Accepts the sample's layout (``file_name``, ``label``, ``source_repo``) and similar ones: the file
-    column is the first whose name contains "file", the source column the first containing "source"
-    (or "url").
-    """
-    path = Path(data_dir) / "metadata.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        file_col = next((c for c in cols if "file" in c.lower()), None)
-        source_col = next(
-            (c for c in cols if "source" in c.lower() and "commit" not in c.lower() and "path" not in c.lower()), None
-        ) or next((c for c in cols if "url" in c.lower()), None)
-        label_col = next((c for c in cols if c.lower() in ("label", "class")), None)
-        if not file_col or not source_col:
-            return None
-        out = {}
-        for row in reader:
-            name = Path(row[file_col]).name
-            key = f"{row[label_col]}/{name}" if label_col else name
-            out[key] = row[source_col]
-    return out
 
 
 def source_audit(sources: Dict[str, str], all_files: Sequence[str], runs: Dict[str, Predictions]) -> Dict[str, Any]:

@@ -13,19 +13,29 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxr.data.labelling import Labelling
 from cxr.labels import DISCLAIMER
 from cxr.metrics import compute_metrics
 from cxr.metrics.operating_point import OperatingPoint, decision_metrics
+from cxr.metrics.present import present_metrics, present_metrics_by_source
 from cxr.reporting.run_report import plot_confusion_matrix, plot_error_gallery, plot_operating_point, write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
-__all__ = ["Outputs", "predict_outputs", "predict_logits", "predict", "write_evaluation", "evaluate_folder"]
+__all__ = [
+    "Outputs",
+    "predict_outputs",
+    "predict_logits",
+    "predict",
+    "write_evaluation",
+    "evaluate_folder",
+    "classes_present_block",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -134,6 +144,24 @@ def write_evaluation(
     write_json(run.metrics, metrics)  # last: a run folder with metrics.json is finished (RunFolder.is_finished)
 
 
+def classes_present_block(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    decide: Callable[[np.ndarray], np.ndarray],
+    sources: Optional[Sequence[Optional[str]]] = None,
+) -> Dict[str, Any]:
+    """``metrics.json``'s ``classes_present``: :func:`cxr.metrics.present.present_metrics` for the argmax and for
+    the decision (of the probabilities as written), and per source (``by_source``) when ``sources`` are known."""
+    written = np.round(np.asarray(probs, dtype=np.float64), 6)
+    predicted = {"argmax": written.argmax(axis=1), "decision": np.asarray(decide(written))}
+    block: Dict[str, Any] = {rule: present_metrics(labels, pred) for rule, pred in predicted.items()}
+    if sources is not None:
+        block["by_source"] = {
+            rule: present_metrics_by_source(labels, pred, sources) for rule, pred in predicted.items()
+        }
+    return block
+
+
 def evaluate_folder(
     model_ref: str,
     data: str,
@@ -144,6 +172,7 @@ def evaluate_folder(
     skip_bad_images: bool = False,
     dataset_revision: Optional[str] = None,
     dataset_config: Optional[str] = None,
+    labelling: Optional[Labelling] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on every image of a dataset, every split of it (``python -m cxr.eval``).
 
@@ -157,9 +186,11 @@ def evaluate_folder(
         skip_bad_images: skip undecodable images instead of failing.
         dataset_revision: branch, tag or commit of a Hub dataset.
         dataset_config: the dataset's configuration name.
+        labelling: which classes the data must hold and how its names map onto ours (default: any of ours,
+            under our names).
 
     Returns:
-        The ``metrics.json`` dict (``{"test": {...}}``).
+        The ``metrics.json`` dict (``{"test": {...}}``; ``classes_present``: :func:`classes_present_block`).
     """
     from accelerate import Accelerator
 
@@ -175,7 +206,7 @@ def evaluate_folder(
     clf = CXRClassifier.from_pretrained(model_ref)
     model, prep = clf.model, clf.preprocess
     with accelerator.main_process_first():
-        source = load_data_source(data, dataset_revision, dataset_config)
+        source = load_data_source(data, dataset_revision, dataset_config, labelling or Labelling(partial=True))
         cached = cache_pixels(
             source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, clahe=prep.clahe
         )
@@ -186,6 +217,8 @@ def evaluate_folder(
     index, labels, probs = out.index, out.labels, softmax(out.logits, clf.temperature)
     metrics = {"test": compute_metrics(labels, probs), "decision": decision_metrics(labels, probs, clf.operating_point)}
     names = list(cached.dataset["file_name"])  # one read of the column, not one per row
+    film_sources = None if source.sources is None else [source.sources.get(names[i]) for i in index]
+    metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, film_sources)
     if clf.ood is not None and out.features is not None:
         flags = clf.ood.flags(out.features)
         metrics["ood"] = {
@@ -201,7 +234,7 @@ def evaluate_folder(
             "data": f"{data}{' @ ' + source.info['revision'] if source.info['kind'] == 'hub' else ''}"
             f"{', config ' + source.info['config'] if source.info.get('config') else ''} "
             f"({len(view)} images, every one a test image)",
-            "preprocessing": f"grey, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
+            "preprocessing": f"grey{', CLAHE' if prep.clahe else ''}, {prep.image_size}px, {prep.in_chans} channel(s), norm {prep.norm} "
             f"mean {list(prep.mean)} std {list(prep.std)}",
             "skipped unreadable images": len(cached.bad),
             "out-of-distribution guard": (
