@@ -14,6 +14,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: The real sample (600 PNGs, 150 per class): $CXR_SAMPLE_DIR, default ../shared/data/cxr-sample.
 SAMPLE_DIR = Path(os.environ.get("CXR_SAMPLE_DIR", REPO.parent / "shared" / "data" / "cxr-sample")).resolve()
+#: Normal films from outside the database: for measuring generalisation only (never trained, tuned or calibrated on).
+EXTERNAL_DEV_DIR = Path(
+    os.environ.get("CXR_EXTERNAL_DEV_DIR", REPO.parent / "shared" / "data" / "cxr-external-dev")
+).resolve()
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 
 # Nothing in the tests may reach the Hub: a missed download fails at once instead of retrying.
@@ -40,6 +44,13 @@ def sample_dir() -> Path:
     if not all((SAMPLE_DIR / c).is_dir() for c in CLASSES):
         pytest.fail(f"the chest X-ray sample is not at {SAMPLE_DIR}; set CXR_SAMPLE_DIR")
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def external_dev_dir() -> Path:
+    if not (EXTERNAL_DEV_DIR / "Normal").is_dir():
+        pytest.fail(f"the external dev set is not at {EXTERNAL_DEV_DIR}; set CXR_EXTERNAL_DEV_DIR")
+    return EXTERNAL_DEV_DIR
 
 
 @pytest.fixture(scope="session", autouse=True)
