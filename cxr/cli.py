@@ -608,6 +608,16 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
     push.add_argument(
         "--commit-message", default=None, help="Commit message (default: 'Upload <model> trained with cxr')."
     )
+    push.add_argument(
+        "--eval-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="A python -m cxr.eval --output-dir of this model on other data (e.g. films from another hospital); "
+        "its figures fill the model card's 'External validation' section (numbers only: none of its files is "
+        "uploaded). Repeatable.",
+    )
     space = sub.add_parser(
         "space",
         help="Create or update a Gradio Space that shows published models side by side (app, package, "
@@ -656,7 +666,13 @@ def hub_main(argv: Optional[List[str]] = None) -> int:
         else:
             from cxr.hub.publish import push_run
 
-            url = push_run(args.run_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
+            url = push_run(
+                args.run_dir,
+                args.repo_id,
+                private=args.private,
+                commit_message=args.commit_message,
+                eval_dirs=args.eval_dir,
+            )
         print(url)
 
     return run_cli(run)

@@ -391,3 +391,39 @@ print(json.dumps(out))
     assert "not a cxr checkpoint" in got["cxr-test/plain-timm"] and "cxr.preprocessing" in got["cxr-test/plain-timm"]
     assert "has no model.safetensors" in got["cxr-test/pickled"] and "safetensors" in got["cxr-test/pickled"]
     assert "no model repository 'cxr-test/absent'" in got["cxr-test/absent"]
+
+
+def test_push_with_eval_dirs_fills_the_external_validation_section(hub, pushed_run, tmp_path, external_dev_dir):
+    """``--eval-dir``: a real cxr.eval of the pushed model on outside Normal films fills the card's section with
+    its figures; nothing of the evaluated films is uploaded; a folder that is not a cxr.eval output is refused
+    before the Hub is asked anything."""
+    from cxr.cli import eval_main
+
+    data = tmp_path / "outside" / "Normal"
+    data.mkdir(parents=True)
+    for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:10]:
+        (data / f.name).symlink_to(f)
+    ev = tmp_path / "ev"
+    assert eval_main(["--model", str(pushed_run / "model"), "--data", str(data.parent), "--output-dir", str(ev)]) == 0
+    block = json.loads((ev / "metrics.json").read_text())["classes_present"]
+    proc = run_script(
+        [PYTHON, "-m", "cxr.hub", "push", str(pushed_run), "cxr-test/lite0-ext", "--eval-dir", str(ev)],
+        env=hub_env(hub, tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = hub.repos["cxr-test/lite0-ext"].snapshot("main")[1]
+    assert sorted(files) == REPO_FILES  # the eval folder's predictions, plots and error films stay local
+    card = files["README.md"].decode()
+    normal = block["argmax"]["per_class"]["Normal"]
+    assert "## External validation" in card and f"**{data.parent}** (10 films: Normal)" in card
+    recall = normal["recall"]
+    assert f"Normal (10): recall {100 * recall['value']:.2f}% [{100 * recall['low']:.2f}%" in card
+    assert "Films from other hospitals may score much lower" in card
+
+    before = len(hub.requests)
+    proc = run_script(
+        [PYTHON, "-m", "cxr.hub", "push", str(pushed_run), "cxr-test/lite0-ext", "--eval-dir", str(tmp_path)],
+        env=hub_env(hub, tmp_path),
+    )
+    assert proc.returncode == 2 and "--eval-dir" in proc.stderr and "no metrics.json there" in proc.stderr
+    assert len(hub.requests) == before

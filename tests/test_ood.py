@@ -126,3 +126,41 @@ def test_a_model_without_a_guard_predicts_as_before(sample_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", OutOfDistributionWarning)
         clf.predict(Image.new("L", (64, 64)))
+
+
+def test_the_validation_scores_are_saved_with_the_guard_and_set_a_whole_set_shift(guarded, sample_dir, tmp_path):
+    """A whole set's distances against the validation films': unseen films of the sample's sources are not
+    called shifted; the same films through another acquisition chain (inverted, blurred, re-compressed) are."""
+    from PIL import ImageFilter, ImageOps
+
+    from cxr.metrics.shift import shift_summary
+
+    clf, held_out = guarded
+    assert clf.ood.validation_scores is not None and len(clf.ood.validation_scores) == 40
+    # the threshold is the validation scores' 98th percentile ("higher"), so it is one of them
+    assert np.isclose(clf.ood.validation_scores, clf.ood.threshold, atol=1e-6).any()
+
+    def scores(images):
+        with torch.no_grad(), capture_features(clf.model) as captured:
+            clf.model(clf.inputs(images))
+        return clf.ood.scores(captured.take())
+
+    same = shift_summary(scores(held_out), clf.ood.validation_scores)
+    assert not same["shifted"] and same["beyond_validation_p95"]["share"] <= 0.25
+    changed = [ImageOps.invert(Image.open(f).convert("L")).filter(ImageFilter.GaussianBlur(3)) for f in held_out]
+    other = shift_summary(scores(changed), clf.ood.validation_scores)
+    assert other["shifted"] and other["direction"] == "farther" and other["ks"]["p_value"] < 0.01
+
+    # cxr.eval reports it in metrics.json and in its report
+    import json
+
+    from cxr.cli import eval_main
+
+    data = tmp_path / "data" / "Normal"
+    data.mkdir(parents=True)
+    for i, im in enumerate(changed[:12]):
+        im.save(data / f"changed-{i}.png")
+    assert eval_main(["--model", clf.source, "--data", str(data.parent), "--output-dir", str(tmp_path / "ev")]) == 0
+    shift = json.loads((tmp_path / "ev" / "metrics.json").read_text())["shift"]
+    assert shift["films"] == 12 and shift["validation_films"] == 40 and shift["shifted"]
+    assert "not like the ones this model was validated on" in (tmp_path / "ev" / "report.md").read_text()

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from cxr.errors import CXRError
 from cxr.models.pretrained import hub_is_offline
@@ -126,6 +126,7 @@ def push_run(
     repo_id: str,
     private: bool = False,
     commit_message: Optional[str] = None,
+    eval_dirs: Sequence[Union[str, Path]] = (),
 ) -> str:
     """Publish a finished run: the model, its rendered model card and its report files.
 
@@ -134,6 +135,8 @@ def push_run(
         repo_id: ``ORG/NAME``.
         private: create the repository private (an existing repository keeps its visibility).
         commit_message: defaults to "Upload <model> trained with cxr".
+        eval_dirs: ``python -m cxr.eval`` outputs of this model on other data: their figures fill the card's
+            "External validation" section (numbers only; none of their files is uploaded).
 
     Returns:
         The URL of the commit.
@@ -153,6 +156,7 @@ def push_run(
     if missing:
         raise CXRError(f"{run_dir} is not a finished cxr run: missing {', '.join(missing)}")
     run.check_one_run()
+    card = render_model_card(run_dir, repo_id, eval_dirs=eval_dirs)  # checks every --eval-dir before the Hub
     try:
         check_push_target(repo_id, private)
     except CXRError as e:
@@ -160,7 +164,6 @@ def push_run(
             f"{e}\nThe run folder {run_dir} is complete on disk; once fixed, publish it with:\n"
             f"  {retry_command(run_dir, repo_id, private)}"
         ) from None
-    card = render_model_card(run_dir, repo_id)
     model_name = read_json(run.run_config)["model"]
     with tempfile.TemporaryDirectory(prefix="cxr-push-") as tmp:
         stage = Path(tmp)

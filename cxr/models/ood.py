@@ -160,6 +160,9 @@ class OODGuard:
     reference: torch.Tensor
     threshold: float
     k: int = DEFAULT_K
+    #: the validation films' scores that set the threshold (``None`` for guards saved before they were kept):
+    #: the reference a whole evaluated set's scores are compared with (:mod:`cxr.metrics.shift`)
+    validation_scores: Optional[np.ndarray] = None
 
     @classmethod
     def fit(
@@ -185,6 +188,7 @@ class OODGuard:
         guard = cls(_normalised(train_features), threshold=float("inf"), k=min(k, len(train_features)))
         val_scores = guard.scores(validation_features)
         guard.threshold = float(np.quantile(val_scores, 1.0 - flag_rate, method="higher"))
+        guard.validation_scores = np.asarray(val_scores, dtype=np.float32)
         if reference is not None:
             guard.reference = _normalised(reference)
         return guard
@@ -205,8 +209,11 @@ class OODGuard:
         from safetensors.torch import save_file
 
         path = Path(model_dir) / OOD_FILE
+        tensors = {"reference": self.reference.to(torch.float16).contiguous()}
+        if self.validation_scores is not None:
+            tensors["validation_scores"] = torch.as_tensor(self.validation_scores, dtype=torch.float32).contiguous()
         save_file(
-            {"reference": self.reference.to(torch.float16).contiguous()},
+            tensors,
             str(path),
             metadata={"k": str(self.k), "threshold": repr(self.threshold), "score": "cosine distance to k-th NN"},
         )
@@ -219,7 +226,8 @@ class OODGuard:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             reference = f.get_tensor("reference").float()
-        return cls(reference, threshold=float(meta["threshold"]), k=int(meta["k"]))
+            scores = f.get_tensor("validation_scores").numpy() if "validation_scores" in f.keys() else None
+        return cls(reference, threshold=float(meta["threshold"]), k=int(meta["k"]), validation_scores=scores)
 
     @classmethod
     def load(cls, ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional["OODGuard"]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
@@ -34,6 +34,7 @@ __all__ = [
     "data_source",
     "evaluated_on",
     "base_model_id",
+    "external_validation",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -176,7 +177,62 @@ def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
-def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional[str] = None):
+def _ci(c: Dict[str, float]) -> str:
+    return f"{pct(c['value'])} [{pct(c['low'])}, {pct(c['high'])}]"
+
+
+def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None) -> Dict[str, Any]:
+    """The card's entry for one ``python -m cxr.eval`` output folder: its data, counts and figures over the classes
+    present (argmax and decision, with intervals), per source, and its dataset-shift line. Only numbers: nothing
+    of the evaluated films is published.
+
+    Raises:
+        CXRError: the folder is not a ``cxr.eval`` output with per-class figures, or evaluated another run's model.
+    """
+    from cxr.reporting.run_report import shift_description
+
+    path = Path(eval_dir) / RunFolder(eval_dir).metrics.name
+    if not path.is_file():
+        raise CXRError(f"--eval-dir {eval_dir}: no metrics.json there (give a python -m cxr.eval --output-dir)")
+    metrics = json.loads(path.read_text())
+    block, evaluated = metrics.get("classes_present"), metrics.get("evaluated") or {}
+    if not block:
+        raise CXRError(f"--eval-dir {eval_dir}: not a python -m cxr.eval output of this version (rerun cxr.eval)")
+    if run_id and evaluated.get("run_id") and evaluated["run_id"] != run_id:
+        raise CXRError(
+            f"--eval-dir {eval_dir} evaluated another model (run {evaluated['run_id']}, this run is {run_id})"
+        )
+    arg, dec = block["argmax"], block["decision"]
+    by_source = (block.get("by_source") or {}).get("argmax") or {}
+    return {
+        "data": evaluated.get("data") or Path(eval_dir).name,
+        "images": arg["images"],
+        "classes": ", ".join(arg["classes"]),
+        "accuracy": _ci(arg["accuracy"]),
+        "decision_accuracy": _ci(dec["accuracy"]),
+        "per_class": [
+            {
+                "name": c,
+                "images": arg["per_class"][c]["images"],
+                "recall": _ci(arg["per_class"][c]["recall"]),
+                "decision_recall": _ci(dec["per_class"][c]["recall"]),
+                "normal": arg["per_class"][c]["called"][NORMAL],
+                "decision_normal": dec["per_class"][c]["called"][NORMAL],
+            }
+            for c in arg["classes"]
+        ],
+        "sources": [
+            f"{src}: {part['images']} films, accuracy {_ci(part['accuracy'])}" for src, part in by_source.items()
+        ]
+        if len(by_source) > 1
+        else [],
+        "shift": shift_description(metrics.get("shift"), "ood" in metrics),
+    }
+
+
+def render_model_card(
+    run_dir: Union[str, Path], repo_id: str, data_id: Optional[str] = None, eval_dirs: Sequence[Union[str, Path]] = ()
+):
     """Render the model card of a finished training run.
 
     Args:
@@ -184,6 +240,8 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
             ``split.json``).
         repo_id: the Hub repository it will live in (``ORG/NAME``), used in the snippets.
         data_id: a Hub dataset id to list under ``datasets:`` (default: the run's Hub dataset, if any).
+        eval_dirs: ``python -m cxr.eval`` output folders of this model on other data, for the card's "External
+            validation" section (:func:`external_validation`).
 
     Returns:
         A ``huggingface_hub.ModelCard`` whose metadata ``huggingface_hub`` validates: ``base_model``
@@ -216,6 +274,7 @@ def render_model_card(run_dir: Union[str, Path], repo_id: str, data_id: Optional
         eval_results=card_eval_results(metrics, repo_id, dataset),
     )
     fields = _template_fields(metrics, run, split, model_cfg, source, dataset)
+    fields["externals"] = [external_validation(d, model_cfg["cxr"].get("run_id")) for d in eval_dirs]
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), repo_id=repo_id, base_model=card_data.base_model, **fields
     )

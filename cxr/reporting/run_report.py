@@ -26,6 +26,7 @@ __all__ = [
     "kept_description",
     "calibration_description",
     "present_lines",
+    "shift_description",
     "DISCLAIMER",
 ]
 
@@ -423,4 +424,28 @@ def calibration_description(calibration: Optional[Dict[str, Any]]) -> str:
         f"temperature {calibration['temperature']:.3f} ({calibration['note']}; NLL), saved in model/config.json and "
         f"applied to every probability here; expected calibration error (15 bins), {'; '.join(parts)} — an ECE "
         "below its chance 95% is no evidence of miscalibration"
+    )
+
+
+def shift_description(shift: Optional[Dict[str, Any]], has_guard: bool = True) -> str:
+    """The report's line on ``metrics.json`` ``shift`` (:func:`cxr.metrics.shift.shift_summary`)."""
+    if shift is None:
+        return (
+            "not measured: the model was saved without an out-of-distribution guard"
+            if not has_guard
+            else "not measured: the model's guard was saved without its validation scores (retrain to get them)"
+        )
+    beyond = shift["beyond_validation_p95"]
+    verdict = (
+        "**these films are not like the ones this model was validated on**"
+        if shift["shifted"]
+        else "no shift detected — which does not show that the films are like the training films (the guard's "
+        "distances missed films from another hospital: bench/RESULTS.md, 'Dataset shift')"
+    )
+    return (
+        f"{verdict}: {beyond['count']}/{shift['films']} films ({pct(beyond['share'])}) beyond the validation films' "
+        f"95th percentile of the guard's distance (5% expected; binomial p {beyond['p_value']:.2g}); median distance "
+        f"{shift['median']:.4f} against {shift['validation_median']:.4f} ({shift['direction']}); Kolmogorov-Smirnov "
+        f"D {shift['ks']['statistic']:.2f}, p {shift['ks']['p_value']:.2g} (against {shift['validation_films']} "
+        "validation films)"
     )

@@ -24,7 +24,14 @@ from cxr.labels import DISCLAIMER
 from cxr.metrics import compute_metrics
 from cxr.metrics.operating_point import OperatingPoint, decision_metrics
 from cxr.metrics.present import present_metrics, present_metrics_by_source
-from cxr.reporting.run_report import plot_confusion_matrix, plot_error_gallery, plot_operating_point, write_report
+from cxr.metrics.shift import shift_summary
+from cxr.reporting.run_report import (
+    plot_confusion_matrix,
+    plot_error_gallery,
+    plot_operating_point,
+    shift_description,
+    write_report,
+)
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
 __all__ = [
@@ -219,13 +226,23 @@ def evaluate_folder(
     names = list(cached.dataset["file_name"])  # one read of the column, not one per row
     film_sources = None if source.sources is None else [source.sources.get(names[i]) for i in index]
     metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, film_sources)
+    metrics["evaluated"] = {  # what was scored, for the model card's external validation (cxr.hub push --eval-dir)
+        "data": str(data),
+        "revision": source.info.get("revision"),
+        "model": str(model_ref),
+        "run_id": (clf.config.get("cxr") or {}).get("run_id"),
+        "images": int(len(labels)),
+    }
     if clf.ood is not None and out.features is not None:
-        flags = clf.ood.flags(out.features)
+        scores = clf.ood.scores(out.features)
+        flags = scores > clf.ood.threshold
         metrics["ood"] = {
             "flagged": int(flags.sum()),
             "images": len(flags),
             "flagged_files": [names[i] for i in index[flags]],
         }
+        if clf.ood.validation_scores is not None:
+            metrics["shift"] = shift_summary(scores, clf.ood.validation_scores)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         model_name = clf.name
@@ -243,6 +260,7 @@ def evaluate_folder(
                 else f"{metrics['ood']['flagged']} of {metrics['ood']['images']} images flagged as unlike the "
                 "chest X-rays the model was trained on (listed in metrics.json)"
             ),
+            "dataset shift": shift_description(metrics.get("shift"), clf.ood is not None),
             "note": DISCLAIMER,
         }
         files = [names[i] for i in index]
