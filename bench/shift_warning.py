@@ -9,7 +9,10 @@ tuned on), and prints for lower thresholds — validation percentiles 80, 90, 95
 test and outside films above each: a useful warning fires on outside films far more often than on the test
 films. Then the two-sample tests a whole-set summary (``cxr.eval``'s ``shift``) would rest on.
 
-    python bench/shift_warning.py --run RUN --external ../shared/data/cxr-external-dev
+    python bench/shift_warning.py --run RUN --external ../shared/data/cxr-external-dev [--per-stage]
+
+``--per-stage`` also scores each feature stage the guard keeps on its own (the distance to the k-th nearest
+training film in that stage's features alone): does any stage see what the whole misses?
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ sys.path.insert(0, str(REPO))
 
 from cxr.data.inputs import find_films  # noqa: E402
 from cxr.models.classifier import CXRClassifier  # noqa: E402
-from cxr.models.ood import capture_features  # noqa: E402
+from cxr.models.ood import _normalised, _stages, capture_features  # noqa: E402
 from cxr.run_folder import RunFolder, read_json  # noqa: E402
 
 
-def _scores(clf: CXRClassifier, files: List[Path], batch: int = 32) -> np.ndarray:
+def _features(clf: CXRClassifier, files: List[Path], batch: int = 32):
     import torch
 
     out = []
@@ -38,8 +41,20 @@ def _scores(clf: CXRClassifier, files: List[Path], batch: int = 32) -> np.ndarra
         x = clf.inputs(files[i : i + batch])
         with torch.inference_mode(), capture_features(clf.model) as captured:
             clf.model(x)
-        out.append(clf.ood.scores(captured.take().cpu()))
-    return np.concatenate(out)
+        out.append(captured.take().cpu())
+    return torch.cat(out)
+
+
+def _stage_scores(clf: CXRClassifier, features) -> List[np.ndarray]:
+    """Per feature stage, each film's cosine distance to its k-th nearest training film in that stage alone."""
+    sizes = [2 * c for _, c in _stages(clf.model)]
+    edges = np.cumsum([0, *sizes])
+    reference = clf.ood.reference.float()
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        sim = _normalised(features[:, a:b]) @ _normalised(reference[:, a:b]).T
+        out.append((1.0 - sim.topk(clf.ood.k, dim=1).values[:, -1]).numpy())
+    return out
 
 
 def main() -> None:
@@ -47,6 +62,7 @@ def main() -> None:
     p.add_argument("--run", required=True, type=Path, help="A finished training run's --output-dir.")
     p.add_argument("--data", default=DEFAULT_DATA, type=Path, help="The folder the run trained on (the sample).")
     p.add_argument("--external", required=True, type=Path, help="A folder of films from elsewhere (recursive).")
+    p.add_argument("--per-stage", action="store_true", help="Also score each feature stage of the guard alone.")
     args = p.parse_args()
     from scipy import stats
 
@@ -60,7 +76,8 @@ def main() -> None:
         "test (the sample's own sources)": [args.data / f for f in split["test"]],
         f"outside ({args.external.name})": find_films([str(args.external)]).files,
     }
-    scores = {name: _scores(clf, files) for name, files in parts.items()}
+    features = {name: _features(clf, files) for name, files in parts.items()}
+    scores = {name: clf.ood.scores(f) for name, f in features.items()}
     val = next(iter(scores.values()))
     cuts = [(f"validation {q}th percentile", float(np.percentile(val, q))) for q in (80, 90, 95)]
     cuts.append(("the guard's threshold (validation 98th)", clf.ood.threshold))
@@ -98,6 +115,15 @@ def main() -> None:
             tests,
         )
     )
+
+    if args.per_stage and _stages(clf.model):
+        per = {name: _stage_scores(clf, f) for name, f in features.items()}
+        rows = []
+        for k in range(len(next(iter(per.values())))):
+            cut = float(np.percentile(per[next(iter(per))][k], 95))
+            rows.append([str(k), f"{cut:.4f}"] + [f"{(per[n][k] > cut).mean():.0%}" for n in names])
+        print("\nEach feature stage alone (above its validation 95th percentile):\n")
+        print(table(["stage", "validation 95th"] + [f"above it: {n}" for n in names], rows))
 
 
 if __name__ == "__main__":

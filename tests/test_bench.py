@@ -272,6 +272,24 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         assert 0 < median < p95 and r["by chance (median / 95%)"].endswith(("(under)", "(**over**)"))
 
 
+def test_shift_warning_scores_validation_test_and_outside_films(sample_dir, external_dev_dir, tmp_path):
+    from cxr.cli import train_main
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:8]:
+        (outside / f.name).symlink_to(f)
+    args = ["--model", "resnet18", "--data", str(sample_dir), "--output-dir", str(run), "--image-size", "32"]
+    assert train_main([*args, "--epochs", "1", "--num-workers", "0", "--no-pretrained"]) == 0
+    out = _run("shift_warning.py", "--run", str(run), "--external", str(outside), "--per-stage")
+    cuts, tests, stages = _tables(out)
+    assert [r["threshold"] for r in cuts][-1] == "the guard's threshold (validation 98th)"
+    assert all(r["above it: outside (outside)"].split()[0].endswith("/8") for r in cuts)
+    assert all(r["above it: test (the sample's own sources)"].split()[0].endswith("/60") for r in cuts)
+    assert [r["films"] for r in tests] == ["test (the sample's own sources)", "outside (outside)"]
+    assert len(stages) == 5  # resnet18's feature stages
+
+
 def _check_saved_temperature_row(run: Path, row: Dict[str, str]) -> None:
     """The row of the run's saved temperature reproduces the ECE of its predictions.csv."""
     import json
