@@ -5,6 +5,7 @@ processes as asked, the ratios are computed from positive throughputs, and the a
 one forward per model per request.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -233,7 +234,9 @@ def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_lat
     assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")
 
 
-def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_test_part(sample_dir, tmp_path):
+def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_test_part(
+    sample_dir, tmp_path, external_dev_dir
+):
     from cxr.cli import cv_main
 
     cv = tmp_path / "cv"
@@ -264,6 +267,17 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         )
     )
     small, large = (float(r["by chance: median"].split("–")[1]) for r in sizes)
+
+    # test-time flip averaging on the same fold models: out of fold and on outside films
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:6]:
+        (outside / f.name).symlink_to(f)
+    (arms,) = _tables(_run("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
+    assert [r["test-time"] for r in arms] == ["none", "flip average"]
+    assert all(r["COVID + VP called Normal"].endswith("/300") for r in arms)
+    oof = json.loads((cv / "cv.json").read_text())["out_of_fold"]["accuracy"]["value"]
+    assert arms[0]["out-of-fold accuracy [95% CI]"].startswith(f"{100 * oof:.1f}%")  # as the CV scored them
     assert [r["films"] for r in sizes] == ["60", "600"] and large < small
     assert [r["run"] for r in rows] == ["fold-0"] * 3 + ["fold-1"] * 3 + ["all 2 pooled"] * 3
     _check_saved_temperature_row(cv / "fold-0", rows[1])
