@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -242,9 +243,49 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
     raise ValueError(f"cannot fit {len(values)} normalisation values to {in_chans} input channels")
 
 
-#: ``--augment`` choices: the study's (flip, rotation) and one for radiographs (adds small scale and shift,
-#: brightness and contrast; never a vertical flip).
-AUGMENTATIONS = ("study", "radiograph", "flip")
+#: ``--augment`` choices: the study's (flip, rotation), one for radiographs (adds small scale and shift,
+#: brightness and contrast; never a vertical flip), flip alone (the default), and "acquisition": flip plus the
+#: kinds of differences between hospitals' imaging chains (gamma, contrast, blur or sharpening, JPEG
+#: re-compression, zoom-in crops) — a candidate for films from elsewhere (bench/RESULTS.md).
+AUGMENTATIONS = ("study", "radiograph", "flip", "acquisition")
+
+
+class _RandomGamma:
+    """``pixels ** gamma`` on uint8 pixels, gamma drawn log-uniformly in ``(low, high)`` (torch's RNG)."""
+
+    def __init__(self, low: float = 0.7, high: float = 1.5):
+        self.low, self.high = math.log(low), math.log(high)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        gamma = math.exp(self.low + (self.high - self.low) * float(torch.rand(())))
+        return F.adjust_gamma(x, gamma)
+
+
+class _ZoomCrop:
+    """A random crop keeping ``min_area``–100% of the image (aspect 0.9–1.1), resized back to its size."""
+
+    def __init__(self, min_area: float = 0.75):
+        self.min_area = min_area
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        crop = v2.RandomResizedCrop(tuple(x.shape[-2:]), scale=(self.min_area, 1.0), ratio=(0.9, 1.1), antialias=True)
+        return crop(x)
+
+
+def _acquisition_steps() -> list:
+    from torchvision.transforms import v2
+
+    return [
+        v2.RandomApply([_RandomGamma()], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.3),
+        v2.RandomAdjustSharpness(2.0, p=0.3),
+        v2.RandomApply([v2.JPEG((30, 90))], p=0.5),
+        v2.RandomApply([_ZoomCrop()], p=0.5),
+    ]
 
 
 class TrainAugmentation:
@@ -261,6 +302,9 @@ class TrainAugmentation:
         scale: maximum relative zoom in or out (0: none).
         brightness: maximum relative brightness change (0: none).
         contrast: maximum relative contrast change (0: none).
+        acquisition: also vary what differs between imaging chains, each with probability 0.5 (blur or sharpen
+            0.3 each): gamma 0.7–1.5, Gaussian blur (sigma up to 1.2), sharpening (factor 2), JPEG re-compression
+            (quality 30–90), a zoom-in crop keeping 75–100% of the area, resized back.
     """
 
     def __init__(
@@ -271,12 +315,15 @@ class TrainAugmentation:
         scale: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
+        acquisition: bool = False,
     ):
         from torchvision.transforms import v2
 
         self.params = dict(
             degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness, contrast=contrast
         )
+        if acquisition:
+            self.params["acquisition"] = True
         steps = [v2.RandomHorizontalFlip(p=flip_p)]
         if translate or scale:
             steps.append(
@@ -292,6 +339,8 @@ class TrainAugmentation:
             steps.append(v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if brightness or contrast:
             steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
+        if acquisition:
+            steps += _acquisition_steps()
         self._tf = v2.Compose(steps)
 
     @classmethod
@@ -303,6 +352,8 @@ class TrainAugmentation:
             return cls(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2)
         if name == "flip":
             return cls(degrees=0.0, flip_p=0.5)
+        if name == "acquisition":
+            return cls(degrees=0.0, flip_p=0.5, contrast=0.2, acquisition=True)
         raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
