@@ -416,3 +416,26 @@ def test_cpu_threads_default_honours_omp_num_threads_above_one(monkeypatch):
         assert _set_cpu_threads(1, 1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_acquisition_augmentation_varies_the_imaging_chain_of_a_real_film(sample_dir):
+    """On a real film at 128 px: every draw differs, the shape and dtype stay, the top of the chest stays the top
+    (no vertical flip), and across draws the film is re-compressed (blockiness), blurred or sharpened, and re-toned
+    (gamma changes the mean brightness both ways)."""
+    from PIL import Image
+
+    film = sorted((sample_dir / "Normal").glob("*.png"))[0]
+    pixels = np.asarray(Image.open(film).convert("L").resize((128, 128)))
+    torch.manual_seed(0)
+    aug = TrainAugmentation.named("acquisition")
+    outs = [aug(pixels)[0].numpy().astype(float) for _ in range(60)]
+    assert all(o.shape == (128, 128) for o in outs) and aug(pixels).dtype == torch.uint8
+    assert len({o.tobytes() for o in outs}) == 60
+    row_means = pixels.astype(float).mean(1)
+    assert all(np.corrcoef(o.mean(1), row_means)[0, 1] > 0 for o in outs)  # the vertical profile is kept
+    sharpness = [np.abs(np.diff(o, axis=1)).mean() for o in outs]
+    base = np.abs(np.diff(pixels.astype(float), axis=1)).mean()
+    assert min(sharpness) < 0.9 * base and max(sharpness) > 1.1 * base  # blurred and sharpened (or blocky) films
+    means = [o.mean() for o in outs]
+    assert min(means) < pixels.mean() - 5 and max(means) > pixels.mean() + 5  # darker and brighter tone curves
+    assert "acquisition=True" in repr(aug)
