@@ -404,3 +404,56 @@ def test_dataset_flags_with_a_local_image_folder_fail_up_front(tmp_path, subset,
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cxr_eval_scores_an_outside_hub_dataset_with_other_names_and_sources(hub, tmp_path, sample_dir):
+    """External validation from the Hub: a parquet dataset of two of our classes under its own label names, with a
+    ``source`` column, scored by ``python -m cxr.eval --label-map``; every figure per source; a name left unmapped
+    is refused in one line."""
+    files = sorted((sample_dir / "Normal").glob("*.png"))[:4] + sorted((sample_dir / "COVID").glob("*.png"))[:3]
+    sites = ["north", "south", "north", "south", "north", "north", "south"]
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+            "label": [0, 0, 0, 0, 1, 1, 1],
+            "source": sites,
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "label": datasets.ClassLabel(names=["No finding", "COVID-19"]),
+                "source": datasets.Value("string"),
+            }
+        ),
+    )
+    ds.to_parquet(str(tmp_path / "outside.parquet"))
+    hub.put_files(
+        "cxr-test/outside",
+        {"data/test-00000-of-00001.parquet": (tmp_path / "outside.parquet").read_bytes()},
+        repo_type="dataset",
+    )
+    model = str(REPO / "tests" / "fixtures" / "logreg-model-d3bd023")
+    args = [
+        PYTHON,
+        "-m",
+        "cxr.eval",
+        "--model",
+        model,
+        "--data",
+        "cxr-test/outside",
+        "--output-dir",
+        str(tmp_path / "ev"),
+    ]
+    proc = run_script(
+        [*args, "--label-map", "No finding=Normal", "--label-map", "COVID-19=COVID"], env=hub_env(hub, tmp_path)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    block = metrics["classes_present"]
+    assert block["argmax"]["classes"] == ["COVID", "Normal"] and block["argmax"]["images"] == 7
+    north, south = (block["by_source"]["argmax"][s] for s in ("north", "south"))
+    assert north["images"] == 4 and south["images"] == 3
+    assert north["per_class"]["COVID"]["images"] == 2 and south["per_class"]["Normal"]["images"] == 2
+    assert metrics["evaluated"]["data"] == "cxr-test/outside" and SHA.fullmatch(metrics["evaluated"]["revision"])
+    refused = run_script([*args, "--label-map", "No finding=Normal"], env=hub_env(hub, tmp_path / "again"))
+    assert "unknown class name(s): 'COVID-19'" in one_error_line(refused)
