@@ -326,3 +326,27 @@ def test_predict_throughput_times_both_commands_as_a_user_runs_them(subset):
     assert [r["command"] for r in rows] == ["cxr.eval, fresh pixel cache", "cxr.eval, warm pixel cache", "cxr.predict"]
     assert all(float(r["seconds"]) > 0 for r in rows) and rows[0]["× cxr.eval, fresh cache"] == "1.00"
     assert rows[2]["× cxr.eval, fresh cache"].endswith("(≤ 1.1)")
+
+
+def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films(subset, external_dev_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:6]:
+        (outside / f.name).symlink_to(f)
+    root = tmp_path / "runs"
+    args = ["--seed", "2", "--root", str(root), "--data", str(subset), "--external", str(outside)]
+    tiny = ["--extra", "--image-size", "32", "--epochs", "1", "--num-workers", "0"]
+    (rows,) = _tables(_run("default_runs.py", *args, *tiny))
+    metrics = json.loads((root / "seed-2" / "metrics.json").read_text())
+    assert json.loads((root / "seed-2" / "run_config.json").read_text())["config"]["seed"] == 2
+    (row,) = rows
+    d = metrics["decision"]["rates"]
+    assert row["seed"] == "2" and row["run time"].endswith(" s")
+    assert row["test: COVID + VP called Normal"] == (
+        f"{d['critical_called_normal']}/{d['critical']} (argmax {metrics['test']['critical_to_normal']})"
+    )
+    assert row["test: Normal kept"] == f"{d['normal_kept']}/{d['normal']}"
+    assert row["outside Normal called Normal, argmax (6 films)"].split()[0].endswith("/6")
+    stamp = (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns
+    (again,) = _tables(_run("default_runs.py", *args, *tiny))  # a finished run is read back, not retrained
+    assert again == rows and (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp

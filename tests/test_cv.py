@@ -5,11 +5,13 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 from conftest import ACCELERATE, CLASSES, PYTHON, launch_errors, make_subset, run_script
 
 from cxr.errors import CXRError
 from cxr.training.cv import check_folds, fold_split, stratified_folds
+from cxr.training.held_out import bundle_from_cv, bundled_for
 
 TINY = ["--model", "logreg", "--image-size", "24", "--epochs", "1", "--num-workers", "0", "--batch-size", "16"]
 
@@ -116,6 +118,18 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     assert all(f["normal_threshold"] is not None for f in result["per_fold"])
     figures = [f["errors_figure"] for f in result["per_fold"] if f["errors_figure"]]
     assert figures and all((cv / fig).is_file() and f"]({fig})" in report for fig in figures)
+
+    # the bundle cxr ships for --choose-on auto is made from such a folder: the same films, classes and answers
+    bundle = bundle_from_cv(cv, "a test bundle")
+    assert bundle["files"] == [r["file_name"] for r in rows] and bundle["folds"] == 3
+    assert bundle["labels"] == [CLASSES.index(r["label"]) for r in rows]
+    assert [CLASSES[int(np.argmax(z))] for z in bundle["logits"]] == [r["prediction"] for r in rows]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    recipe = result["recipe"]
+    assert bundled_for(recipe, len(rows), tmp_path / "bundle.json") is not None
+    assert bundled_for({**recipe, "seed": 7}, len(rows), tmp_path / "bundle.json") is not None  # seed: same recipe
+    assert bundled_for({**recipe, "clahe": not recipe["clahe"]}, len(rows), tmp_path / "bundle.json") is None
+    assert bundled_for(recipe, len(rows) + 1, tmp_path / "bundle.json") is None
 
     # a kill after two folds: the third is gone; a rerun keeps the finished ones and trains only it
     stamps = {k: (cv / f"fold-{k}" / "model" / "model.safetensors").stat().st_mtime_ns for k in (0, 1)}

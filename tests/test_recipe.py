@@ -2,6 +2,7 @@
 label smoothing, an EMA of the weights (the model validated and kept), gradient clipping, radiograph
 augmentation; bad values and a diverging run stop with one clear line."""
 
+import dataclasses
 import json
 import os
 
@@ -336,6 +337,7 @@ def test_presets_fill_only_the_recipe_flags_not_given(sample_dir, tmp_path):
         False,
     )
     assert (paper.epochs, paper.batch_size) == (spec.epochs, spec.batch_size)  # the study's for the model
+    assert default.clahe is True and paper.clahe is False  # the study had no CLAHE; the chosen default has
     mixed = TrainConfig(**base, preset="paper", batch_size=16, keep="last").resolve()
     assert (mixed.batch_size, mixed.keep, mixed.lr, mixed.epochs) == (16, "last", 5e-4, spec.epochs)
     assert "--preset must be one of" in _error(lambda: TrainConfig(**base, preset="sota").resolve())
@@ -439,3 +441,14 @@ def test_acquisition_augmentation_varies_the_imaging_chain_of_a_real_film(sample
     means = [o.mean() for o in outs]
     assert min(means) < pixels.mean() - 5 and max(means) > pixels.mean() + 5  # darker and brighter tone curves
     assert "acquisition=True" in repr(aug)
+
+
+def test_the_shipped_out_of_fold_predictions_are_the_default_recipes(sample_dir, tmp_path):
+    # --choose-on auto: a default run on the sample takes its operating point from the bundle only when the bundle
+    # was made with the recipe the flags resolve to now (a default changed without remaking it would fail here)
+    from cxr.training.held_out import bundled_for
+
+    cfg = TrainConfig(model="tf_efficientnet_lite0", data=str(sample_dir), output_dir=str(tmp_path / "x"))
+    carried = bundled_for(cfg.resolve().to_dict(), 600)
+    assert carried is not None and len(carried) == 600 and sorted(np.bincount(carried.labels)) == [150] * 4
+    assert bundled_for(dataclasses.replace(cfg, clahe=False).resolve().to_dict(), 600) is None

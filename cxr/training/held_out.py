@@ -20,11 +20,37 @@ from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import read_json, read_predictions
 
-__all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "BUNDLED"]
+__all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
 #: The default recipe's out-of-fold logits on the sample, shipped with cxr (``--choose-on auto``; how they were
 #: made is in the file's ``what``; bench/RESULTS.md "Where the temperature and the operating point come from").
 BUNDLED = Path(__file__).parent / "recipes" / "default_out_of_fold.json"
+#: The settings a bundle records as its recipe: a run with the same ones (bar :data:`_NOT_RECIPE`) is that recipe.
+RECIPE_SETTINGS = (
+    "model",
+    "image_size",
+    "norm",
+    "clahe",
+    "seed",
+    "train_layers",
+    "pretrained",
+    "batch_size",
+    "optimizer",
+    "lr_scheduler",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema_decay",
+    "clip_grad_norm",
+    "augment",
+    "keep",
+    "final_fit",
+    "layer_decay",
+    "drop_path",
+    "freeze_bn_stats",
+    "epochs",
+    "lr",
+    "weight_decay",
+)
 #: Recipe settings that do not make another recipe (the folds and the initialisation differ, the recipe does not).
 _NOT_RECIPE = ("seed",)
 
@@ -100,10 +126,10 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     return HeldOut(labels, logits, description, [r["file_name"] for r in rows])
 
 
-def bundled_for(recipe: Dict[str, Any], images: int) -> Optional[HeldOut]:
-    """The bundled out-of-fold predictions (:data:`BUNDLED`) when ``recipe`` (a run's resolved settings) is the
-    recipe they were made with and the data has as many images (the sample's 600), else ``None``."""
-    bundle = json.loads(BUNDLED.read_text())
+def bundled_for(recipe: Dict[str, Any], images: int, path: Union[str, Path] = BUNDLED) -> Optional[HeldOut]:
+    """The bundled out-of-fold predictions (``path``, default :data:`BUNDLED`) when ``recipe`` (a run's resolved
+    settings) is the recipe they were made with and the data has as many images (the sample's 600), else ``None``."""
+    bundle = json.loads(Path(path).read_text())
     same = all(recipe.get(k) == v for k, v in bundle["recipe"].items() if k not in _NOT_RECIPE)
     if not same or images != bundle["images"]:
         return None
@@ -114,3 +140,26 @@ def bundled_for(recipe: Dict[str, Any], images: int) -> Optional[HeldOut]:
         "cross-validation on the 600-film sample, shipped with cxr",
         bundle.get("files"),
     )
+
+
+def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
+    """The contents of a bundle (:data:`BUNDLED`) made from a finished cross-validation on the sample: its recipe
+    (:data:`RECIPE_SETTINGS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
+    ``what`` says how it was made (the command, the commit), for the file's reader.
+
+    Raises:
+        CXRError: not a finished cross-validation folder.
+    """
+    held = from_cv(cv_dir)
+    summary = read_json(Path(cv_dir) / "cv.json")
+    recipe = summary["recipe"]
+    return {
+        "what": what,
+        "images": len(held),
+        "folds": len(summary["per_fold"]),
+        "recipe": {k: recipe[k] for k in RECIPE_SETTINGS},
+        "preset": recipe.get("preset", "default"),
+        "labels": [int(v) for v in held.labels],
+        "logits": np.round(held.logits, 5).tolist(),
+        "files": list(held.files),
+    }
