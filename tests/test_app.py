@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import call, example_table, launch_app, rss_kib, stop, upload_file
 from hostile import write_dicom
 from PIL import Image
-from served import call, example_table, launch_app, rss_kib, stop, upload_file
 
 from cxr.app.page import UPLOAD_TYPES
 
@@ -721,7 +721,7 @@ def test_an_examples_folder_of_training_films_photos_and_broken_files_is_lines_a
 
 def test_quickstart_serves_two_models_whose_test_films_are_the_examples(tmp_path, sample_dir):
     """``python app.py --quickstart DATA`` from a folder with no runs: two models trained, both served first."""
-    from conftest import make_subset
+    from helpers import make_subset
 
     # 30 films a class: 3 in each test split, so that one the guard of a model this small flags leaves others
     data = make_subset(tmp_path / "data", sample_dir, 30)

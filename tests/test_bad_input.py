@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from conftest import make_subset
+from helpers import make_subset, tiny_run
 
 from cxr.cli import eval_main, train_main
 
@@ -14,18 +14,11 @@ from cxr.cli import eval_main, train_main
 def _train(capsys, data, out, *extra):
     code = train_main(
         [
-            "--model",
-            "logreg",
+            *tiny_run("logreg", 24, 1),
             "--data",
             str(data),
             "--output-dir",
             str(out),
-            "--epochs",
-            "1",
-            "--image-size",
-            "24",
-            "--num-workers",
-            "0",
             *extra,
         ]
     )
@@ -128,18 +121,11 @@ def trained_logreg(tmp_path_factory, sample_dir, capsys):
     out = tmp_path_factory.mktemp("run") / "logreg"
     code = train_main(
         [
-            "--model",
-            "logreg",
+            *tiny_run("logreg", 24, 1),
             "--data",
             str(sample_dir),
             "--output-dir",
             str(out),
-            "--epochs",
-            "1",
-            "--image-size",
-            "24",
-            "--num-workers",
-            "0",
         ]
     )
     capsys.readouterr()

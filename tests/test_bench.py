@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from conftest import REPO, make_subset
+from helpers import REPO, make_subset
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE, CLASSES, PYTHON, launch_errors, make_subset, run_script
+from helpers import CLASSES, PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, make_subset, run_script, tiny_run
 
 from cxr.errors import CXRError
 from cxr.training.cv import check_folds, fold_split, stratified_folds
 from cxr.training.held_out import bundle_from_cv, bundled_for
 
-TINY = ["--model", "logreg", "--image-size", "24", "--epochs", "1", "--num-workers", "0", "--batch-size", "16"]
+TINY = tiny_run("logreg", 24, 1, "--batch-size", "16")
 
 
 def _names_labels(per_class=10):
@@ -159,11 +159,7 @@ def test_cv_under_a_two_process_launch(tmp_path, sample_dir):
     cv = tmp_path / "cv"
     proc = run_script(
         [
-            ACCELERATE,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
+            *TWO_PROCESSES,
             "-m",
             "cxr.cv",
             "--data",
@@ -176,7 +172,7 @@ def test_cv_under_a_two_process_launch(tmp_path, sample_dir):
             "100",
             *TINY,
         ],
-        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+        env=TWO_PROCESS_ENV,
     )
     assert proc.returncode == 0, launch_errors(proc)
     rows = _oof(cv)

@@ -5,7 +5,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_subset
+from helpers import CLASSES, make_subset
 
 from cxr.data.dataset import RadiographDataset, cache_pixels, load_radiographs
 from cxr.data.preprocessing import PreprocessConfig

@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import ACCELERATE, PYTHON, launch_errors, run_script
+from helpers import PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, run_script
 
 
 @pytest.mark.slow
@@ -12,17 +12,7 @@ def test_two_process_run_counts_every_test_image_exactly_once(tmp_path, sample_d
     out = tmp_path / "ddp"
     proc = run_script(
         [
-            ACCELERATE,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_PROCESSES,
             "train_accelerate.py",
             "--model",
             "logreg",
@@ -39,7 +29,7 @@ def test_two_process_run_counts_every_test_image_exactly_once(tmp_path, sample_d
             "--num-workers",
             "0",
         ],
-        env={"ACCELERATE_USE_CPU": "1"},
+        env=TWO_PROCESS_ENV,
     )
     assert proc.returncode == 0, launch_errors(proc)
     run_cfg = json.loads((out / "run_config.json").read_text())

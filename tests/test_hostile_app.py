@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import call, launch_app, rss_kib, stop, upload_file
 from hostile import (
     damaged_dicom,
     deflated_dicom,
@@ -30,7 +31,6 @@ from hostile import (
     text_chunk_bomb_png,
 )
 from PIL import Image
-from served import call, launch_app, rss_kib, stop, upload_file
 
 from cxr.data.decode import MAX_INFLATED_BYTES
 

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ACCELERATE, PYTHON, REPO, run_script
-from hub_server import TOKEN, LocalHub
+from helpers import ACCELERATE, PYTHON, REPO, hub_env, run_script, tiny_run
+from hub_server import LocalHub
 
 from cxr.metrics.stats import softmax_with_temperature
 
@@ -33,26 +33,6 @@ REPO_FILES = [
     "split.json",
     "training_curves.png",
 ]
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = LocalHub().start()
-    yield server
-    server.stop()
-
-
-def hub_env(hub, tmp_path, token=TOKEN):
-    env = {
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_OFFLINE": "0",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_TOKEN": token or "",
-    }
-    if not token:
-        env.pop("HF_TOKEN")
-    return env
 
 
 def _clean_env(env):
@@ -212,18 +192,11 @@ def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
     assert (
         train_main(
             [
-                "--model",
-                "logreg",
+                *tiny_run("logreg", 24, 1),
                 "--data",
                 str(sample_dir),
                 "--output-dir",
                 str(out),
-                "--epochs",
-                "1",
-                "--image-size",
-                "24",
-                "--num-workers",
-                "0",
             ]
         )
         == 0
@@ -329,18 +302,11 @@ def test_hub_unreachable_at_push_keeps_the_run_and_prints_the_retry(tmp_path, sa
             [
                 PYTHON,
                 "train_accelerate.py",
-                "--model",
-                "logreg",
+                *tiny_run("logreg", 24, 3),
                 "--data",
                 str(sample_dir),
                 "--output-dir",
                 str(out),
-                "--epochs",
-                "3",
-                "--image-size",
-                "24",
-                "--num-workers",
-                "0",
                 "--push-to-hub",
                 "--hub-model-id",
                 "cxr-test/late",

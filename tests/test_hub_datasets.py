@@ -15,8 +15,7 @@ from typing import Dict, List, Sequence
 
 import datasets
 import pytest
-from conftest import CLASSES, PYTHON, REPO, make_subset, run_script, sample_files
-from hub_server import LocalHub
+from helpers import CLASSES, PYTHON, REPO, hub_env, make_subset, run_script, sample_files, tiny_run
 
 from cxr.data.dataset import load_data_source, load_radiographs
 from cxr.data.splits import complete_split, stratified_split
@@ -26,24 +25,6 @@ from cxr.errors import CXRError
 pytestmark = pytest.mark.slow
 
 SHA = re.compile(r"[0-9a-f]{40}")
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = LocalHub().start()
-    yield server
-    server.stop()
-
-
-def hub_env(hub, tmp_path: Path, offline: bool = False) -> Dict[str, str]:
-    """Point huggingface_hub (and datasets' cache) of a fresh process at the stand-in and a private HF_HOME."""
-    return {
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_OFFLINE": "1" if offline else "0",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_TOKEN": "",
-    }
 
 
 def parquet(tmp_path: Path, files: Dict[str, Sequence[Path]], name: str) -> bytes:
@@ -72,21 +53,14 @@ def train_cli(hub, tmp_path: Path, data: str, *extra: str) -> subprocess.Complet
         [
             PYTHON,
             "train_accelerate.py",
-            "--model",
-            "logreg",
+            *tiny_run("logreg", 32, 1),
             "--data",
             data,
             "--output-dir",
             str(tmp_path / "run"),
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--num-workers",
-            "0",
             *extra,
         ],
-        env=hub_env(hub, tmp_path),
+        env=hub_env(hub, tmp_path, ""),
     )
 
 
@@ -107,7 +81,7 @@ print(json.dumps({{"file_name": list(s.dataset["file_name"]), "label": list(s.da
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **hub_env(hub, tmp_path, offline)},
+        env={**os.environ, **hub_env(hub, tmp_path, "", offline)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -235,7 +209,7 @@ def test_own_train_validation_test_splits_are_kept_and_the_commit_recorded(hub, 
             "--output-dir",
             str(tmp_path / "eval"),
         ],
-        env=hub_env(hub, tmp_path),
+        env=hub_env(hub, tmp_path, ""),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["num_images"] == 40
@@ -382,18 +356,11 @@ def test_dataset_flags_with_a_local_image_folder_fail_up_front(tmp_path, subset,
     from cxr.cli import train_main
 
     base = [
-        "--model",
-        "logreg",
+        *tiny_run("logreg", 32, 1),
         "--data",
         str(subset),
         "--output-dir",
         str(tmp_path / "run"),
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--num-workers",
-        "0",
     ]
     for extra, message in (
         (["--dataset-revision", "main"], "--dataset-revision is for Hub datasets (--data ORG/NAME)"),
@@ -445,7 +412,7 @@ def test_cxr_eval_scores_an_outside_hub_dataset_with_other_names_and_sources(hub
         str(tmp_path / "ev"),
     ]
     proc = run_script(
-        [*args, "--label-map", "No finding=Normal", "--label-map", "COVID-19=COVID"], env=hub_env(hub, tmp_path)
+        [*args, "--label-map", "No finding=Normal", "--label-map", "COVID-19=COVID"], env=hub_env(hub, tmp_path, "")
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -455,5 +422,5 @@ def test_cxr_eval_scores_an_outside_hub_dataset_with_other_names_and_sources(hub
     assert north["images"] == 4 and south["images"] == 3
     assert north["per_class"]["COVID"]["images"] == 2 and south["per_class"]["Normal"]["images"] == 2
     assert metrics["evaluated"]["data"] == "cxr-test/outside" and SHA.fullmatch(metrics["evaluated"]["revision"])
-    refused = run_script([*args, "--label-map", "No finding=Normal"], env=hub_env(hub, tmp_path / "again"))
+    refused = run_script([*args, "--label-map", "No finding=Normal"], env=hub_env(hub, tmp_path / "again", ""))
     assert "unknown class name(s): 'COVID-19'" in one_error_line(refused)

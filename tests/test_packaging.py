@@ -23,8 +23,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import PYTHON, REPO, make_subset, run_script
-from hub_server import TOKEN, LocalHub
+from helpers import PYTHON, REPO, make_subset, run_script
+from hub_server import TOKEN
 
 SCRIPTS = {
     "cxr-train": "cxr.cli:train_main",
@@ -335,13 +335,6 @@ print(json.dumps({{"template": str(TEMPLATE_PATH), "text": card.text, "model": c
 def python_blocks(markdown: str):
     """Every fenced ```python block, in order."""
     return re.findall(r"^```python[^\n]*\n(.*?)^```", markdown, flags=re.M | re.S)
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = LocalHub().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow

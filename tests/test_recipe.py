@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run
 from safetensors.torch import load_file
 
 from cxr.cli import train_main
@@ -24,18 +25,11 @@ from cxr.training.loop import _set_cpu_threads, lr_factor
 def _run(data, out, *extra):
     return train_main(
         [
-            "--model",
-            "logreg",
+            *tiny_run("logreg", 24, 2),
             "--data",
             str(data),
             "--output-dir",
             str(out),
-            "--epochs",
-            "2",
-            "--image-size",
-            "24",
-            "--num-workers",
-            "0",
             "--batch-size",
             "16",
             *extra,

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, REPO, run_script
+from helpers import PYTHON, REPO, run_script, tiny_run
 from safetensors.torch import load_file
 
 EPOCHS = 30
@@ -96,18 +96,11 @@ def test_resume_refuses_other_settings(tmp_path, sample_dir):
     args = [
         PYTHON,
         "train_accelerate.py",
-        "--model",
-        "logreg",
+        *tiny_run("logreg", 24, 1),
         "--data",
         str(sample_dir),
         "--output-dir",
         str(out),
-        "--epochs",
-        "1",
-        "--image-size",
-        "24",
-        "--num-workers",
-        "0",
     ]
     assert run_script(args).returncode == 0
     proc = run_script([*args[:-4], "--image-size", "32", "--num-workers", "0", "--resume"])

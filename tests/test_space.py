@@ -10,10 +10,8 @@ import uuid
 
 import pytest
 import yaml
-from conftest import PYTHON, make_subset, run_script, wait_until_serving
-from hub_server import TOKEN, LocalHub
-from served import call, example_table, free_port
-from test_hub import hub_env
+from helpers import PYTHON, call, example_table, free_port, hub_env, make_subset, run_script, wait_until_serving
+from hub_server import TOKEN
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow
@@ -22,13 +20,6 @@ MODELS = {
     "cxr-test/space-lite0": ["--model", "tf_efficientnet_lite0", "--image-size", "64"],
     "cxr-test/space-logreg": ["--model", "logreg", "--image-size", "24"],
 }
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = LocalHub().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from cxr.data.dataset import load_radiographs
 from cxr.data.splits import SPLITS, indices_for_split, load_split, save_split, stratified_split

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from conftest import make_subset
+from helpers import TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, make_subset, run_script
 from sklearn.metrics import accuracy_score
 
 from cxr.errors import CXRError
@@ -135,22 +135,10 @@ def test_paper_preset_offline_fails_before_training_anything(small_data, tmp_pat
 @pytest.mark.slow
 def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
     """`accelerate launch -m cxr.study`: every run uses both processes, one report is written."""
-    from conftest import ACCELERATE, launch_errors, run_script
-
     out = tmp_path / "ddp"
     proc = run_script(
         [
-            ACCELERATE,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_PROCESSES,
             "-m",
             "cxr.study",
             "--data",
@@ -167,7 +155,7 @@ def test_study_runs_under_a_two_process_launch(small_data, tmp_path):
             "--cam-images",
             "1",
         ],
-        env={"ACCELERATE_USE_CPU": "1"},
+        env=TWO_PROCESS_ENV,
     )
     assert proc.returncode == 0, launch_errors(proc)
     assert proc.stdout.count("wrote ") == 1

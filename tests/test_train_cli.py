@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE, CLASSES, PYTHON, run_script
+from helpers import ACCELERATE, CLASSES, PYTHON, run_script
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 

@@ -2,24 +2,19 @@
 
 import json
 
+from helpers import tiny_run
+
 from cxr.cli import train_main
 
 
 def _run(sample_dir, out, *extra):
     return train_main(
         [
-            "--model",
-            "logreg",
+            *tiny_run("logreg", 24, 1),
             "--data",
             str(sample_dir),
             "--output-dir",
             str(out),
-            "--epochs",
-            "1",
-            "--image-size",
-            "24",
-            "--num-workers",
-            "0",
             *extra,
         ]
     )
