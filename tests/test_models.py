@@ -1,5 +1,7 @@
 """Model registry: AlexNet and logreg in timm, the study's fine-tuning policies, offline weights."""
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -128,3 +130,28 @@ def test_offline_efficientnet_lite0_weights_classify_a_real_photo():
         four.conv_stem.weight.detach().numpy(),
         timm.create_model("tf_efficientnet_lite0").conv_stem.weight.detach().numpy(),
     )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import cxr, timm",  # the model cards' order
+        "import timm, cxr",
+        # transformers looks timm up (find_spec) before it imports it: the registration still follows the import
+        "import cxr, importlib.util; importlib.util.find_spec('timm'); import transformers, timm",
+    ],
+)
+def test_importing_cxr_registers_its_architectures_in_timm_whichever_comes_first(code):
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}; print(timm.is_model('logreg'), timm.is_model('alexnet'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_importing_the_labels_loads_no_torch():
+    code = "import sys, cxr.labels, cxr.errors; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
