@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cxr.allocator import keep_freed_memory
 from cxr.errors import CXRError
+from cxr.run_folder import CVFolder
 
 __all__ = [
     "EPILOG",
@@ -548,7 +549,7 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
     import dataclasses
 
     from cxr.training.config import TrainConfig
-    from cxr.training.cv import CV_MD, refuse_per_run_flags, run_cv
+    from cxr.training.cv import refuse_per_run_flags, run_cv
 
     p = build_train_parser()
     p.prog = program_name("python -m cxr.cv")
@@ -585,7 +586,7 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
             print(
                 f"out of fold ({result['images']} images): accuracy {100 * oof['accuracy']['value']:.1f}% "
                 f"[{100 * oof['accuracy']['low']:.1f}, {100 * oof['accuracy']['high']:.1f}]; wrote "
-                f"{Path(cfg.output_dir) / CV_MD}"
+                f"{CVFolder(cfg.output_dir).report}"
             )
         state.destroy_process_group()
 

@@ -35,6 +35,7 @@ from cxr.labels import CLASS_NAMES
 
 __all__ = [
     "RunFolder",
+    "CVFolder",
     "check_writable",
     "run_id",
     "Predictions",
@@ -257,6 +258,51 @@ def run_id(config: Dict[str, Any], split: Dict[str, Any]) -> str:
 
     payload = json.dumps({"config": config, "split": split}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class CVFolder:
+    """The paths of one cross-validation folder (``python -m cxr.cv --output-dir``): ``folds.json``, each fold's
+    split (``splits/fold-K.json``) and run folder (``fold-K/``), the out-of-fold predictions
+    (``oof_predictions.csv``) and the summary (``cv.json``) and report (``cv.md``).
+
+    Example:
+        >>> cv = CVFolder("runs/cv")
+        >>> cv.oof.name, cv.fold(2).metrics.as_posix(), cv.fold_split(2).as_posix()
+        ('oof_predictions.csv', 'runs/cv/fold-2/metrics.json', 'runs/cv/splits/fold-2.json')
+    """
+
+    def __init__(self, root: Union[str, os.PathLike]):
+        self.root = Path(root)
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    def fold_split(self, k: int) -> Path:
+        return self.splits / f"fold-{k}.json"
+
+    def fold(self, k: int) -> RunFolder:
+        return RunFolder(self.root / f"fold-{k}")
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof_predictions.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "cv.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "cv.md"
+
+    def is_finished(self) -> bool:
+        """Whether a cross-validation finished here: the out-of-fold predictions and the summary exist."""
+        return self.oof.is_file() and self.summary.is_file()
 
 
 def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") -> None:

@@ -33,14 +33,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES, NORMAL
-from cxr.run_folder import RunFolder, read_json, read_predictions, write_json
+from cxr.labels import CLASS_NAMES
+from cxr.reporting.cv_report import render_cv_report
+from cxr.run_folder import CVFolder, read_json, read_predictions, write_json
 
 __all__ = [
-    "FOLDS_NAME",
-    "OOF_NAME",
-    "CV_JSON",
-    "CV_MD",
     "stratified_folds",
     "fold_split",
     "check_folds",
@@ -51,9 +48,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-FOLDS_NAME = "folds.json"
-OOF_NAME = "oof_predictions.csv"
-CV_JSON, CV_MD = "cv.json", "cv.md"
 #: Training flags that make no sense per fold: the CV sets the split, resumes by itself and publishes nothing.
 _NOT_FOR_CV = {"split_file": "--split-file", "resume": "--resume", "push_to_hub": "--push-to-hub"}
 
@@ -157,21 +151,21 @@ def _write_oof(path: Path, rows: List[tuple]) -> None:
             w.writerow([name, CLASS_NAMES[lab], fold, CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
 
 
-def _prepare(out: Path, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
+def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     """The fold files (written once; a rerun must ask for the same folds)."""
     from cxr.data.dataset import load_data_source
 
     source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config)
     names, labels = list(source.dataset["file_name"]), list(source.dataset["label"])
     check_folds(k, labels)
-    folds_file = out / FOLDS_NAME
+    folds_file = out.folds
     folds = stratified_folds(names, labels, k, seed)
     payload = {"folds": k, "seed": seed, "images": len(names), "fold_files": folds}
     if folds_file.is_file():
         saved = json.loads(folds_file.read_text())
         if saved.get("fold_files") != folds:
             raise CXRError(
-                f"{out} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
+                f"{out.root} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
                 f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir"
             )
     return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels)))}
@@ -201,61 +195,18 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from cxr.data.splits import save_split
-    from cxr.training.config import has_checkpoint, recipe_differences, saved_recipe
-    from cxr.training.loop import train
-
     refuse_per_run_flags(cfg)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    out = Path(cfg.output_dir)
+    out = CVFolder(cfg.output_dir)
     prepared = _prepare(out, cfg.data, folds, cfg.seed, cfg)
     state.wait_for_everyone()  # every process has compared the saved folds before the main process rewrites them
     if state.is_main_process:
-        (out / "splits").mkdir(parents=True, exist_ok=True)
-        write_json(out / FOLDS_NAME, prepared["payload"])
-        for k in range(folds):
-            save_split(
-                out / "splits" / f"fold-{k}.json",
-                fold_split(prepared["folds"], k, prepared["labels"], cfg.seed),
-                cfg.seed,
-                fractions=(
-                    round((folds - 1) / folds * 8 / 9, 4),
-                    round((folds - 1) / folds / 9, 4),
-                    round(1 / folds, 4),
-                ),
-            )
+        _write_folds(out, prepared, folds, cfg.seed)
     state.wait_for_everyone()
     log: Dict[str, Any] = {}
     for k in range(folds):
-        run_dir = out / f"fold-{k}"
         t0 = time.time()
-        if RunFolder(run_dir).is_finished():
-            differs = recipe_differences(saved_recipe(run_dir), cfg)
-            if differs:
-                raise CXRError(
-                    f"{run_dir} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
-                    "one recipe: choose another --output-dir, or remove the folder to start over"
-                )
-            status = "kept (finished before)"
-        else:
-            resume = "auto" if has_checkpoint(run_dir, cfg.final_fit) else None
-            if state.is_main_process:
-                print(
-                    f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run_dir}",
-                    flush=True,
-                )
-            train(
-                dataclasses.replace(
-                    cfg,
-                    output_dir=str(run_dir),
-                    split_file=str(out / "splits" / f"fold-{k}.json"),
-                    resume=resume,
-                    overwrite_output_dir=True,
-                    # never out-of-fold predictions of the sample (they hold this fold's test films): its validation
-                    choose_on="validation" if cfg.choose_on == "auto" else cfg.choose_on,
-                )
-            )
-            status = "resumed" if resume else "trained"
+        status = _run_fold(out, k, folds, cfg, state.is_main_process)
         log[f"fold-{k}"] = {"status": status, "seconds": round(time.time() - t0, 1)}
         if state.is_main_process:
             print(f"[cv fold {k + 1}/{folds}] {status} in {log[f'fold-{k}']['seconds']} s", flush=True)
@@ -266,12 +217,55 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     return result
 
 
+def _write_folds(out: CVFolder, prepared: Dict[str, Any], folds: int, seed: int) -> None:
+    """``folds.json`` and each fold's split file (training and validation in 8:1 of the other folds)."""
+    from cxr.data.splits import save_split
+
+    out.splits.mkdir(parents=True, exist_ok=True)
+    write_json(out.folds, prepared["payload"])
+    fractions = (round((folds - 1) / folds * 8 / 9, 4), round((folds - 1) / folds / 9, 4), round(1 / folds, 4))
+    for k in range(folds):
+        split = fold_split(prepared["folds"], k, prepared["labels"], seed)
+        save_split(out.fold_split(k), split, seed, fractions=fractions)
+
+
+def _run_fold(out: CVFolder, k: int, folds: int, cfg, main_process: bool) -> str:
+    """Train fold ``k`` (or resume it, or keep it when it finished with the same recipe); returns what was done."""
+    from cxr.training.config import has_checkpoint, recipe_differences, saved_recipe
+    from cxr.training.loop import train
+
+    run = out.fold(k)
+    if run.is_finished():
+        differs = recipe_differences(saved_recipe(run.root), cfg)
+        if differs:
+            raise CXRError(
+                f"{run.root} was trained with another recipe ({', '.join(differs)}); a CV folder holds "
+                "one recipe: choose another --output-dir, or remove the folder to start over"
+            )
+        return "kept (finished before)"
+    resume = "auto" if has_checkpoint(run.root, cfg.final_fit) else None
+    if main_process:
+        print(f"[cv fold {k + 1}/{folds}] {'resuming' if resume else 'training'} {cfg.model} in {run.root}", flush=True)
+    train(
+        dataclasses.replace(
+            cfg,
+            output_dir=str(run.root),
+            split_file=str(out.fold_split(k)),
+            resume=resume,
+            overwrite_output_dir=True,
+            # never out-of-fold predictions of the sample (they hold this fold's test films): its validation
+            choose_on="validation" if cfg.choose_on == "auto" else cfg.choose_on,
+        )
+    )
+    return "resumed" if resume else "trained"
+
+
 def _write_results(
-    out: Path, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any], n_resamples: int
+    out: CVFolder, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any], n_resamples: int
 ) -> Dict[str, Any]:
     rows, per_fold = [], []
     for k in range(folds):
-        run = RunFolder(out / f"fold-{k}")
+        run = out.fold(k)
         pred = read_predictions(run.predictions("test"))
         metrics = read_json(run.metrics)
         rows += [(n, int(lab), k, p) for n, lab, p in zip(pred.files, pred.y, pred.probs)]
@@ -283,17 +277,19 @@ def _write_results(
                 "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
                 "temperature": (metrics.get("calibration") or {}).get("temperature"),
                 "normal_threshold": (metrics.get("decision") or {}).get("normal_threshold"),
-                "errors_figure": run.errors_plot.relative_to(out).as_posix() if run.errors_plot.is_file() else None,
+                "errors_figure": run.errors_plot.relative_to(out.root).as_posix()
+                if run.errors_plot.is_file()
+                else None,
             }
         )
     names = [r[0] for r in rows]
     if sorted(names) != sorted(labels) or len(set(names)) != len(names):
         raise CXRError(
             f"the folds' test predictions do not cover every image exactly once ({len(names)} rows for "
-            f"{len(labels)} images): remove {out} and run again"
+            f"{len(labels)} images): remove {out.root} and run again"
         )
     rows.sort(key=lambda r: r[0])
-    _write_oof(out / OOF_NAME, rows)
+    _write_oof(out.oof, rows)
     y = np.array([r[1] for r in rows])
     probs = np.array([r[3] for r in rows])
     result = {
@@ -306,85 +302,6 @@ def _write_results(
         "per_fold": per_fold,
         "runs_log": log,
     }
-    write_json(out / CV_JSON, result)
-    (out / CV_MD).write_text(_report(result))
+    write_json(out.summary, result)
+    out.report.write_text(render_cv_report(result))
     return result
-
-
-_ROWS = (
-    ("accuracy", "accuracy", True),
-    ("covid_recall", "COVID recall", True),
-    ("covid_to_normal", f"COVID → {NORMAL}", False),
-    ("viral_pneumonia_to_normal", f"Viral Pneumonia → {NORMAL}", False),
-    ("lung_opacity_to_normal", f"Lung_Opacity → {NORMAL}", False),
-    ("macro_auroc", "macro AUROC", False),
-    ("ece", "ECE (15 bins)", False),
-)
-
-
-def _fmt(name: str, v: Optional[float], pct: bool) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "n/a"
-    if pct:
-        return f"{100 * v:.1f}%"
-    return f"{int(round(v))}" if name.endswith("to_normal") else f"{v:.3f}"
-
-
-def _report(result: Dict[str, Any]) -> str:
-    from cxr.labels import DISCLAIMER
-    from cxr.reporting.run_report import recipe_summary
-
-    r = result["recipe"]
-    lines = [
-        f"# Cross-validation: {r['model']}, {result['folds']} folds, {result['images']} images",
-        "",
-        f"*{DISCLAIMER}*",
-        "",
-        f"Data `{r['data']}`; {r['image_size']} px; {recipe_summary(r)}; kept model: {r.get('keep', 'best')}"
-        f"{' epoch, then a final fit on training + validation' if r.get('final_fit') else ' epoch'}; "
-        f"folds seeded {result['seed']}. Every image is scored once, "
-        "by the fold model that did not train on it; intervals are stratified bootstrap 95% "
-        f"({result['bootstrap_resamples']} resamples) over all {result['images']} out-of-fold predictions.",
-        "",
-        "| out of fold | value | 95% interval |",
-        "|---|---|---|",
-    ]
-    for key, label, pct in _ROWS:
-        s = result["out_of_fold"][key]
-        lines.append(
-            f"| {label} | {_fmt(key, s['value'], pct)} | {_fmt(key, s['low'], pct)} – {_fmt(key, s['high'], pct)} |"
-        )
-    chance = result["out_of_fold"]["ece"].get("if_calibrated")
-    if chance:
-        lines += [
-            "",
-            f"A perfectly calibrated model would show an ECE of {chance['median']:.3f} on these {result['images']} "
-            f"films by chance alone (95%: {chance['p95']:.3f}; consistency resampling): a measured ECE below that "
-            "is no evidence of miscalibration.",
-        ]
-    lines += [
-        "",
-        "Per fold:",
-        "",
-        "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
-        "kept epoch | temperature | Normal threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in result["per_fold"]:
-        t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
-        op = "—" if f.get("normal_threshold") is None else f"{f['normal_threshold']:.3f}"
-        lines.append(
-            f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
-            f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
-            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} | {op} |"
-        )
-    lines += ["", f"Files: `{FOLDS_NAME}`, `splits/fold-K.json`, `fold-K/` (each a full run folder), `{OOF_NAME}`.", ""]
-    figures = [f for f in result["per_fold"] if f.get("errors_figure")]
-    if figures:
-        lines += [
-            "Each fold's misclassified test films (by its decision rule), COVID and Viral Pneumonia called Normal "
-            "first, with Grad-CAM — for this report only (the films are the dataset's):",
-            "",
-        ]
-        lines += [f"![fold {f['fold']}]({f['errors_figure']})" for f in figures] + [""]
-    return "\n".join(lines)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
-from cxr.run_folder import read_json, read_predictions
+from cxr.run_folder import CVFolder, read_json, read_predictions
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
@@ -111,12 +111,11 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     """
     import csv
 
-    cv_dir = Path(cv_dir)
-    oof, summary = cv_dir / "oof_predictions.csv", cv_dir / "cv.json"
-    if not (oof.is_file() and summary.is_file()):
-        raise CXRError(f"{cv_dir}: not a finished cross-validation (no oof_predictions.csv and cv.json there)")
-    temperatures = {int(f["fold"]): float(f.get("temperature") or 1.0) for f in read_json(summary)["per_fold"]}
-    with open(oof, newline="") as f:
+    cv = CVFolder(cv_dir)
+    if not cv.is_finished():
+        raise CXRError(f"{cv_dir}: not a finished cross-validation (no {cv.oof.name} and {cv.summary.name} there)")
+    temperatures = {int(f["fold"]): float(f.get("temperature") or 1.0) for f in read_json(cv.summary)["per_fold"]}
+    with open(cv.oof, newline="") as f:
         rows = list(csv.DictReader(f))
     labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
     probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
@@ -151,7 +150,7 @@ def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
         CXRError: not a finished cross-validation folder.
     """
     held = from_cv(cv_dir)
-    summary = read_json(Path(cv_dir) / "cv.json")
+    summary = read_json(CVFolder(cv_dir).summary)
     recipe = summary["recipe"]
     return {
         "what": what,
