@@ -19,38 +19,13 @@ import numpy as np
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import CVFolder, read_json, read_predictions
+from cxr.training.config import RECIPE_KEYS
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
 #: The default recipe's out-of-fold logits on the sample, shipped with cxr (``--choose-on auto``; how they were
 #: made is in the file's ``what``; bench/RESULTS.md "Where the temperature and the operating point come from").
 BUNDLED = Path(__file__).parent / "recipes" / "default_out_of_fold.json"
-#: The settings a bundle records as its recipe: a run with the same ones (bar :data:`_NOT_RECIPE`) is that recipe.
-RECIPE_SETTINGS = (
-    "model",
-    "image_size",
-    "norm",
-    "clahe",
-    "seed",
-    "train_layers",
-    "pretrained",
-    "batch_size",
-    "optimizer",
-    "lr_scheduler",
-    "warmup_epochs",
-    "label_smoothing",
-    "ema_decay",
-    "clip_grad_norm",
-    "augment",
-    "keep",
-    "final_fit",
-    "layer_decay",
-    "drop_path",
-    "freeze_bn_stats",
-    "epochs",
-    "lr",
-    "weight_decay",
-)
 #: Recipe settings that do not make another recipe (the folds and the initialisation differ, the recipe does not).
 _NOT_RECIPE = ("seed",)
 
@@ -143,7 +118,7 @@ def bundled_for(recipe: Dict[str, Any], images: int, path: Union[str, Path] = BU
 
 def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
     """The contents of a bundle (:data:`BUNDLED`) made from a finished cross-validation on the sample: its recipe
-    (:data:`RECIPE_SETTINGS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
+    (:data:`cxr.training.config.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
     ``what`` says how it was made (the command, the commit), for the file's reader.
 
     Raises:
@@ -156,7 +131,7 @@ def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
         "what": what,
         "images": len(held),
         "folds": len(summary["per_fold"]),
-        "recipe": {k: recipe[k] for k in RECIPE_SETTINGS},
+        "recipe": {k: recipe[k] for k in RECIPE_KEYS},
         "preset": recipe.get("preset", "default"),
         "labels": [int(v) for v in held.labels],
         "logits": np.round(held.logits, 5).tolist(),
