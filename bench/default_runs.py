@@ -11,7 +11,7 @@ Normal by argmax and by the decision, each with a bootstrap 95% interval over fi
 on the outside films; they are scored by ``CXRClassifier`` as ``cxr.predict`` scores them.
 
     python bench/default_runs.py --seed 1 --seed 2 --seed 3 --root /tmp/default-runs \\
-        --external ../shared/data/cxr-external-dev
+        --external ../shared/data/cxr-external-dev [--extra --clahe]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _row(seed: int, run: RunFolder, seconds: float) -> List[str]:
     d, test = m["decision"], m["test"]
     return [
         str(seed),
-        f"{seconds / 60:.0f} min {seconds % 60:02.0f} s" if seconds else "—",
+        f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s" if seconds else "—",
         f"{(m.get('calibration') or {}).get('temperature') or 1.0:.2f}",
         f"{d['normal_threshold']:.3f}",
         f"{d['rates']['critical_called_normal']}/{d['rates']['critical']} (argmax {test['critical_to_normal']})",

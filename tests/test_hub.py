@@ -76,7 +76,6 @@ def pushed_run(hub, tmp_path_factory, sample_dir):
             "--push-to-hub",
             "--hub-model-id",
             "cxr-test/lite0",
-            "--no-clahe",  # transformers cannot apply CLAHE (the default) and refuses such a model: test_portability
         ],
         env=hub_env(hub, tmp),
     )

@@ -331,7 +331,6 @@ def test_presets_fill_only_the_recipe_flags_not_given(sample_dir, tmp_path):
         False,
     )
     assert (paper.epochs, paper.batch_size) == (spec.epochs, spec.batch_size)  # the study's for the model
-    assert default.clahe is True and paper.clahe is False  # the study had no CLAHE; the chosen default has
     mixed = TrainConfig(**base, preset="paper", batch_size=16, keep="last").resolve()
     assert (mixed.batch_size, mixed.keep, mixed.lr, mixed.epochs) == (16, "last", 5e-4, spec.epochs)
     assert "--preset must be one of" in _error(lambda: TrainConfig(**base, preset="sota").resolve())
@@ -445,4 +444,4 @@ def test_the_shipped_out_of_fold_predictions_are_the_default_recipes(sample_dir,
     cfg = TrainConfig(model="tf_efficientnet_lite0", data=str(sample_dir), output_dir=str(tmp_path / "x"))
     carried = bundled_for(cfg.resolve().to_dict(), 600)
     assert carried is not None and len(carried) == 600 and sorted(np.bincount(carried.labels)) == [150] * 4
-    assert bundled_for(dataclasses.replace(cfg, clahe=False).resolve().to_dict(), 600) is None
+    assert bundled_for(dataclasses.replace(cfg, clahe=True).resolve().to_dict(), 600) is None

@@ -89,7 +89,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         layer_decay=1.0,
         drop_path=0.0,
         freeze_bn_stats=False,
-        clahe=False,
     ),
 }
 PRESETS["default"] = dict(
@@ -107,7 +106,6 @@ PRESETS["default"] = dict(
     layer_decay=1.0,
     drop_path=0.0,
     freeze_bn_stats=False,
-    clahe=True,
 )
 #: What a checkpoint written before a recipe setting existed was trained with.
 _LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
@@ -258,13 +256,10 @@ class TrainConfig:
     overwrite_output_dir: bool = option(
         False, help="Start a new run in an --output-dir that already holds one.", group="run folder"
     )
-    clahe: Optional[bool] = option(
-        None,
+    clahe: bool = option(
+        False,
         help="Apply CLAHE (OpenCV, clip 2.0, 8x8 tiles) to each grey image before resizing; saved with the "
-        "checkpoint, so evaluation, prediction and the app apply it too. timm's and transformers' own "
-        'preprocessing cannot (transformers refuses such a model; README, "Loading a trained model"). '
-        "Default: the preset's (default: on, chosen by cross-validation and the external dev set, "
-        "bench/RESULTS.md; paper: off).",
+        "checkpoint, so evaluation and the app apply it too.",
         group="model",
     )
     channels_last: Optional[bool] = option(
