@@ -350,3 +350,20 @@ def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films
     stamp = (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns
     (again,) = _tables(_run("default_runs.py", *args, *tiny))  # a finished run is read back, not retrained
     assert again == rows and (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_borders_measures_uniform_frames_of_real_films(subset, tmp_path):
+    from PIL import Image
+
+    framed = tmp_path / "framed"
+    framed.mkdir()
+    film = Image.open(next((subset / "Normal").iterdir())).convert("L")
+    canvas = Image.new("L", (film.width, film.height + 40), 0)  # a black frame of 20 rows above and below
+    canvas.paste(film, (0, 20))
+    canvas.save(framed / "framed.png")
+    (rows,) = _tables(_run("borders.py", "--folder", str(subset / "Normal"), "--folder", str(framed)))
+    assert [r["films"] for r in rows] == ["8", "1"]
+    assert (
+        rows[1]["framed films"] == "1/1"
+        and float(rows[1]["mean height in frames"].rstrip("%")) >= 100 * 40 / canvas.height - 0.5
+    )
