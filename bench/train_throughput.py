@@ -1,8 +1,8 @@
 """Training throughput: cxr's pipeline against a plain PyTorch loop, interleaved in one run.
 
 Ours: the radiographs as a ``datasets`` dataset, the resized-pixel cache, cxr's augmentation and
-normalisation (:func:`cxr.training.loop.make_loader`) and cxr's Accelerate step
-(:func:`cxr.training.loop.train_step`), in a process set up as ``train_accelerate.py`` sets up its own
+normalisation (:func:`cxr.training.build.make_loader`) and cxr's Accelerate step
+(:func:`cxr.training.epochs.train_step`), in a process set up as ``train_accelerate.py`` sets up its own
 (glibc keeps freed memory, :mod:`cxr.allocator`); "ours, glibc defaults" is the same with
 ``CXR_KEEP_FREED_MEMORY=0``. Plain: ``torchvision.datasets.ImageFolder`` decoding every file every
 time, torchvision transforms, and a bare forward/backward/step loop in a plain process. Same model,
@@ -84,7 +84,8 @@ def ours(
     from cxr.data.dataset import cache_pixels, load_radiographs
     from cxr.data.preprocessing import PreprocessConfig
     from cxr.models import create_model
-    from cxr.training.loop import make_loader, train_step
+    from cxr.training.build import make_loader
+    from cxr.training.epochs import train_step
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
     with accelerator.main_process_first():

@@ -550,6 +550,7 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
 
     from cxr.training.config import TrainConfig
     from cxr.training.cv import refuse_per_run_flags, run_cv
+    from cxr.training.preflight import preflight
 
     p = build_train_parser()
     p.prog = program_name("python -m cxr.cv")
@@ -576,7 +577,8 @@ def cv_main(argv: Optional[List[str]] = None) -> int:
         }
         cfg = TrainConfig(**fields)
         refuse_per_run_flags(cfg)
-        cfg = dataclasses.replace(cfg.resolve(), overwrite_output_dir=True)
+        # checked as a training run's folder would be (a run folder is refused), then each fold's run replaces its own
+        cfg = dataclasses.replace(preflight(cfg), overwrite_output_dir=True)
         result = run_cv(cfg, args.folds, args.bootstrap)
         from accelerate import PartialState
 

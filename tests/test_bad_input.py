@@ -232,12 +232,12 @@ def test_overwrite_removes_the_earlier_run_before_writing_and_a_mixed_folder_is_
 def test_a_disk_that_fills_up_mid_run_is_a_sentence(subset, tmp_path, capsys, monkeypatch):
     import errno
 
-    import cxr.training.loop as loop
+    import cxr.training.run_files as run_files
 
     def full(path, payload):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(loop, "write_json", full)
+    monkeypatch.setattr(run_files, "write_json", full)
     code, err = _train(capsys, subset, tmp_path / "run")
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith("error: No space left on device writing ")

@@ -18,8 +18,11 @@ from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
-from cxr.training.config import PRESETS, TrainConfig, has_checkpoint
-from cxr.training.loop import _set_cpu_threads, lr_factor
+from cxr.training.config import TrainConfig
+from cxr.training.launch import set_cpu_threads
+from cxr.training.optim import lr_factor
+from cxr.training.presets import PRESETS
+from cxr.training.resume import has_checkpoint
 
 
 def _run(data, out, *extra):
@@ -404,11 +407,11 @@ def test_cpu_threads_default_honours_omp_num_threads_above_one(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        assert _set_cpu_threads(None, 1) == 3
+        assert set_cpu_threads(None, 1) == 3
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets by itself
-        assert _set_cpu_threads(None, 1) == len(os.sched_getaffinity(0))
-        assert _set_cpu_threads(None, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
-        assert _set_cpu_threads(1, 1) == 1 and torch.get_num_threads() == 1
+        assert set_cpu_threads(None, 1) == len(os.sched_getaffinity(0))
+        assert set_cpu_threads(None, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
+        assert set_cpu_threads(1, 1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

@@ -93,17 +93,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, wor
 
 def test_resume_refuses_other_settings(tmp_path, sample_dir):
     out = tmp_path / "run"
-    args = [
-        PYTHON,
-        "train_accelerate.py",
-        *tiny_run("logreg", 24, 1),
-        "--data",
-        str(sample_dir),
-        "--output-dir",
-        str(out),
-    ]
+    where = [PYTHON, "train_accelerate.py", "--data", str(sample_dir), "--output-dir", str(out)]
+    args = [*where, *tiny_run("logreg", 24, 1)]
     assert run_script(args).returncode == 0
-    proc = run_script([*args[:-4], "--image-size", "32", "--num-workers", "0", "--resume"])
+    proc = run_script([*where, *tiny_run("logreg", 32, 1), "--resume"])
     assert proc.returncode == 2 and "--image-size 24" in proc.stderr
     # a recipe part changed on resume (the checkpoint holds no EMA) is refused as well
     proc = run_script([*args, "--ema-decay", "0.9", "--resume"])

@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from cxr.cli import build_eval_parser, build_train_parser
-from cxr.training.config import PRESETS
+from cxr.training.presets import PRESETS
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow

@@ -45,8 +45,9 @@ QUICKSTART_RUNS = (
 def ensure_quickstart_models(data: Union[str, Path], root: Union[str, Path] = QUICKSTART_ROOT) -> List[str]:
     """Train each quick-start model unless a finished run is already there (an interrupted one resumes); return
     their model folders, in :data:`QUICKSTART_RUNS` order."""
-    from cxr.training.config import TrainConfig, has_checkpoint
+    from cxr.training.config import TrainConfig
     from cxr.training.loop import train
+    from cxr.training.resume import has_checkpoint
 
     folders = []
     for i, spec in enumerate(QUICKSTART_RUNS, 1):

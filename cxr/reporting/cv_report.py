@@ -8,7 +8,7 @@ import math
 from typing import Any, Dict, Optional
 
 from cxr.labels import DISCLAIMER, NORMAL
-from cxr.reporting.run_report import recipe_summary
+from cxr.reporting.run_facts import recipe_summary
 from cxr.run_folder import CVFolder
 
 __all__ = ["render_cv_report"]

@@ -21,7 +21,8 @@ from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES, NORMAL
 from cxr.locations import is_hub_id
-from cxr.reporting.run_report import kept_description, recipe_summary, table1_lines
+from cxr.reporting.run_facts import kept_description, recipe_summary, shift_description
+from cxr.reporting.run_report import table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
 from cxr.reporting.tables import pct, per_class_lines
 from cxr.run_folder import RunFolder
@@ -189,7 +190,6 @@ def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None
     Raises:
         CXRError: the folder is not a ``cxr.eval`` output with per-class figures, or evaluated another run's model.
     """
-    from cxr.reporting.run_report import shift_description
 
     path = Path(eval_dir) / RunFolder(eval_dir).metrics.name
     if not path.is_file():

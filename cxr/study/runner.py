@@ -137,8 +137,9 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
 def _train_arm(
     arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int, cache_dir: Optional[str]
 ) -> str:
-    from cxr.training.config import TrainConfig, has_checkpoint
+    from cxr.training.config import TrainConfig
     from cxr.training.loop import train
+    from cxr.training.resume import has_checkpoint
 
     run_dir = out / arm.name
     run = RunFolder(run_dir)

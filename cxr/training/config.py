@@ -1,9 +1,10 @@
-"""The settings of a training run: :class:`TrainConfig`, the recipe presets, and the checks that a resumed
-run or a cross-validation fold keeps the recipe it started with.
+"""The settings of a training run: :class:`TrainConfig`, each field declared with :func:`option` (its default,
+help text, choices and argument group beside the field; the command line, :func:`cxr.cli.build_train_parser`,
+is generated from them, so a flag's default and help are written once), and :meth:`TrainConfig.resolve`, which
+fills the recipe from its preset and checks every value without touching the disk.
 
-Each :class:`TrainConfig` field is declared with :func:`option`: its default, help text, choices and argument
-group, beside the field. The command line (:func:`cxr.cli.build_train_parser`) is generated from them, so a
-flag's default and help are written once.
+The presets are :mod:`cxr.training.presets`'; a resumed run's saved recipe is :mod:`cxr.training.resume`'s;
+the checks that need the file system are :mod:`cxr.training.preflight`'s.
 """
 
 from __future__ import annotations
@@ -11,32 +12,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from cxr.data.dataset import check_data_options
 from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
 from cxr.labels import NORMALIZATIONS
 from cxr.metrics.operating_point import DEFAULT_MAX_MISSED_RATE
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
-from cxr.run_folder import RunFolder, check_writable
+from cxr.training.presets import (
+    KEEP_RULES,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    PRESETS,
+    REPORT_TO,
+    SCHEDULERS,
+    preset_flags,
+)
 
-__all__ = [
-    "TrainConfig",
-    "PRESETS",
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "KEEP_RULES",
-    "MIXED_PRECISION",
-    "REPORT_TO",
-    "RECIPE_KEYS",
-    "option",
-    "preset_flags",
-    "saved_recipe",
-    "recipe_differences",
-    "has_checkpoint",
-]
+__all__ = ["TrainConfig", "option"]
 
 _NO_DEFAULT: Any = dataclasses.MISSING
 
@@ -64,76 +57,6 @@ def option(
     """
     metadata = {"help": help, "group": group, "choices": choices, **argparse_kwargs}
     return dataclasses.field(default=default, metadata=metadata)
-
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("constant", "cosine")
-#: Which epoch's model a run keeps: the best on validation, or the last one.
-KEEP_RULES = ("best", "last")
-#: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
-#: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
-#: the one cross-validation chose (README, "Choosing the recipe").
-PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": dict(
-        optimizer="adam",
-        lr=5e-4,
-        weight_decay=0.0,
-        lr_scheduler="constant",
-        warmup_epochs=0.0,
-        label_smoothing=0.0,
-        augment="study",
-        keep="best",
-        final_fit=False,
-        epochs=None,
-        batch_size=None,
-        layer_decay=1.0,
-        drop_path=0.0,
-        freeze_bn_stats=False,
-    ),
-}
-PRESETS["default"] = dict(
-    optimizer="adamw",
-    lr=1e-3,
-    weight_decay=0.05,
-    lr_scheduler="cosine",
-    warmup_epochs=1.0,
-    label_smoothing=0.0,
-    augment="flip",
-    keep="last",
-    final_fit=False,
-    epochs=15,
-    batch_size=16,
-    layer_decay=1.0,
-    drop_path=0.0,
-    freeze_bn_stats=False,
-)
-#: What a checkpoint written before a recipe setting existed was trained with.
-_LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
-MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard", "all")
-#: Settings that must not change when a run is resumed.
-_RESUME_LOCKED = (
-    "model",
-    "image_size",
-    "norm",
-    "clahe",
-    "seed",
-    "train_layers",
-    "pretrained",
-    "batch_size",
-    "optimizer",
-    "lr_scheduler",
-    "warmup_epochs",
-    "label_smoothing",
-    "ema_decay",
-    "clip_grad_norm",
-    "augment",
-    "keep",
-    "final_fit",
-    "layer_decay",
-    "drop_path",
-    "freeze_bn_stats",
-)
 
 
 @dataclasses.dataclass
@@ -388,8 +311,14 @@ class TrainConfig:
         group="recipe",
     )
 
-    def resolve(self) -> "TrainConfig":
-        """Fill study defaults and check every value; raises :class:`CXRError` on the first bad one."""
+    def resolve(self, saved: Optional[Dict[str, Any]] = None) -> "TrainConfig":
+        """The recipe this run trains with: every recipe flag left unset takes its preset's value (or, for a
+        resumed run, the ``saved`` recipe's: :func:`cxr.training.resume.saved_recipe`), then every value is
+        checked. Reads no file; the checks that need the disk are :func:`cxr.training.preflight.preflight`'s.
+
+        Raises:
+            CXRError: the first bad value, in one sentence naming its flag.
+        """
         spec = model_spec(self.model)  # unknown model -> error with suggestions
         if self.preset not in PRESETS:
             raise CXRError(f"--preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
@@ -402,161 +331,60 @@ class TrainConfig:
             train_layers=cfg.train_layers or spec.default_train_layers,
         )
         if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
-            cfg.warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 2)
-        if cfg.resume is not None:  # a resumed run keeps the recipe it started with, except what is given now
-            saved = saved_recipe(_resume_dir(cfg.resume, Path(cfg.output_dir)))
+            cfg = dataclasses.replace(cfg, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs / 2))
+        if saved:  # a resumed run keeps the recipe it started with, except what is given now
             cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
-        checks = [
-            (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-            (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-            (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
-            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
-            (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
-            (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
-            (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
-            (
-                0 <= cfg.warmup_epochs < cfg.epochs,
-                f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}",
-            ),
-            (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
-            (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
-            (
-                cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
-                f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}",
-            ),
-            (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
-            (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
-            (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
-            (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
-            (
-                cfg.norm in ("model", *NORMALIZATIONS),
-                f"--norm must be model, radiography or imagenet, got {cfg.norm!r}",
-            ),
-            (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
-            (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
-            (
-                cfg.cpu_threads is None or cfg.cpu_threads >= 1,
-                f"--cpu-threads must be at least 1, got {cfg.cpu_threads}",
-            ),
-            (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
-            (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
-            (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
-            (
-                isinstance(cfg.max_missed_rate, (int, float)) and 0 <= cfg.max_missed_rate < 1,
-                "--max-missed-rate is the largest share of COVID + Viral Pneumonia films called Normal: at least 0 "
-                f"and below 1 (e.g. 0.01 for 1%), got {cfg.max_missed_rate}",
-            ),
-        ]
-        for ok, message in checks:
+        for ok, message in _value_checks(cfg):
             if not ok:
                 raise CXRError(message)
         if cfg.hub_model_id and not cfg.push_to_hub:
             raise CXRError("--hub-model-id is only used with --push-to-hub")
-        if cfg.push_to_hub:
-            from cxr.hub.publish import validate_hub_model_id
-
-            validate_hub_model_id(cfg.hub_model_id)
-        check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
-        if cfg.split_file is not None and not Path(cfg.split_file).is_file():
-            raise CXRError(f"--split-file not found: {cfg.split_file}")
-        if cfg.choose_on not in ("auto", "validation"):
-            from cxr.training.held_out import from_cv
-
-            from_cv(cfg.choose_on)  # a finished cross-validation, or a sentence saying what is missing
-        out = Path(cfg.output_dir)
-        check_writable(out)
-        if cfg.resume is not None and cfg.final_fit:
-            # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
-            if _resume_dir(cfg.resume, out).resolve() != out.resolve():
-                raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
-            _checkpoint_path("auto", RunFolder(out).holdout.root)
-            cfg.resume = "auto"
-        elif cfg.resume is not None:
-            cfg.resume = str(_checkpoint_path(cfg.resume, out))
-        elif out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-            if RunFolder(out).holds_run():
-                raise CXRError(
-                    f"--output-dir {out} already holds a run. Pass --resume to continue it, "
-                    "--overwrite-output-dir to start over in it, or choose another folder."
-                )
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
-    """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
-    ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
-    config holds the shortened epoch count) — with what older runs lack filled by the recipe they were
-    trained with. ``{}`` where there is no run.
-    """
-    run_dir = Path(run_dir)
-    run = RunFolder(run_dir)
-    own, hold = run.read_config(), run.holdout.read_config()
-    if own is not None and not own.get("final_fit"):
-        found = own
-    elif hold is not None:
-        found = {**hold, "final_fit": True, "output_dir": str(run_dir)}
-    else:
-        found = own
-    return {} if found is None else {**_LEGACY_RECIPE, **found}
-
-
-#: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
-RECIPE_KEYS = (*_RESUME_LOCKED, "epochs", "lr", "weight_decay")
-
-
-def recipe_differences(saved: Dict[str, Any], cfg: TrainConfig, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
-    """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
-    differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
+def _value_checks(cfg: TrainConfig) -> List[Tuple[bool, str]]:
+    """Each value check of a resolved recipe: (passes, the sentence that says why not)."""
     return [
-        f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
-        for k in keys
-        if saved.get(k) != getattr(cfg, k)
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
+        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+        (cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}"),
+        (cfg.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {SCHEDULERS}, got {cfg.lr_scheduler!r}"),
+        (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
+        (
+            0 <= cfg.warmup_epochs < cfg.epochs,
+            f"--warmup-epochs must be >= 0 and shorter than training ({cfg.epochs} epochs), got {cfg.warmup_epochs}",
+        ),
+        (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+        (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay}"),
+        (
+            cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+            f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}",
+        ),
+        (0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {cfg.layer_decay}"),
+        (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
+        (cfg.augment in AUGMENTATIONS, f"--augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}"),
+        (cfg.keep in KEEP_RULES, f"--keep must be one of {KEEP_RULES}, got {cfg.keep!r}"),
+        (
+            cfg.norm in ("model", *NORMALIZATIONS),
+            f"--norm must be model, radiography or imagenet, got {cfg.norm!r}",
+        ),
+        (cfg.train_layers in TRAIN_LAYER_POLICIES, f"--train-layers must be one of {TRAIN_LAYER_POLICIES}"),
+        (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
+        (
+            cfg.cpu_threads is None or cfg.cpu_threads >= 1,
+            f"--cpu-threads must be at least 1, got {cfg.cpu_threads}",
+        ),
+        (cfg.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+        (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
+        (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
+        (
+            isinstance(cfg.max_missed_rate, (int, float)) and 0 <= cfg.max_missed_rate < 1,
+            "--max-missed-rate is the largest share of COVID + Viral Pneumonia films called Normal: at least 0 "
+            f"and below 1 (e.g. 0.01 for 1%), got {cfg.max_missed_rate}",
+        ),
     ]
-
-
-def _resume_dir(resume: str, output_dir: Path) -> Path:
-    """The run folder a ``--resume`` value points at (the output folder, or a checkpoint's folder)."""
-    if resume in ("", "auto"):
-        return output_dir
-    path = Path(resume)
-    folder = path if path.is_dir() else path.parent
-    return folder.parent if RunFolder(folder.parent).holdout.root == folder else folder
-
-
-def _checkpoint_path(resume: str, output_dir: Path) -> Path:
-    path = Path(resume) if resume not in ("", "auto") else output_dir
-    if path.is_dir():
-        path = RunFolder(path).checkpoint
-    if not path.is_file():
-        raise CXRError(
-            f"--resume: no checkpoint at {path}. A run writes {RunFolder(output_dir).checkpoint.name} into its --output-dir "
-            "after each epoch; start without --resume if none finished."
-        )
-    return path
-
-
-def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
-    """Whether a run in ``output_dir`` left a checkpoint that ``resume="auto"`` continues from (with
-    ``final_fit``, the hold-out run's counts too)."""
-    run = RunFolder(output_dir)
-    return run.checkpoint.is_file() or (final_fit and run.holdout.checkpoint.is_file())
-
-
-def preset_flags(name: str) -> str:
-    """A preset's values as the flags that would set them.
-
-    Example:
-        >>> preset_flags("default").split()[:4]
-        ['--optimizer', 'adamw', '--lr', '0.001']
-    """
-    flags = []
-    for key, value in PRESETS[name].items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            flags.append(f"{flag} {value}")
-    return " ".join(flags)

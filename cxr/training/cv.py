@@ -231,8 +231,8 @@ def _write_folds(out: CVFolder, prepared: Dict[str, Any], folds: int, seed: int)
 
 def _run_fold(out: CVFolder, k: int, folds: int, cfg, main_process: bool) -> str:
     """Train fold ``k`` (or resume it, or keep it when it finished with the same recipe); returns what was done."""
-    from cxr.training.config import has_checkpoint, recipe_differences, saved_recipe
     from cxr.training.loop import train
+    from cxr.training.resume import has_checkpoint, recipe_differences, saved_recipe
 
     run = out.fold(k)
     if run.is_finished():

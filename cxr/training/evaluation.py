@@ -25,13 +25,9 @@ from cxr.metrics import compute_metrics
 from cxr.metrics.operating_point import OperatingPoint, decision_metrics
 from cxr.metrics.present import present_metrics, present_metrics_by_source
 from cxr.metrics.shift import shift_summary
-from cxr.reporting.run_report import (
-    plot_confusion_matrix,
-    plot_error_gallery,
-    plot_operating_point,
-    shift_description,
-    write_report,
-)
+from cxr.reporting.plots import plot_confusion_matrix, plot_error_gallery, plot_operating_point
+from cxr.reporting.run_facts import shift_description
+from cxr.reporting.run_report import write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
 __all__ = [

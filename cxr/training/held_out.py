@@ -19,7 +19,7 @@ import numpy as np
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import CVFolder, read_json, read_predictions
-from cxr.training.config import RECIPE_KEYS
+from cxr.training.presets import RECIPE_KEYS
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
@@ -118,7 +118,7 @@ def bundled_for(recipe: Dict[str, Any], images: int, path: Union[str, Path] = BU
 
 def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
     """The contents of a bundle (:data:`BUNDLED`) made from a finished cross-validation on the sample: its recipe
-    (:data:`cxr.training.config.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
+    (:data:`cxr.training.presets.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
     ``what`` says how it was made (the command, the commit), for the file's reader.
 
     Raises:

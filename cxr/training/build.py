@@ -1,0 +1,124 @@
+"""The build stage of a training run: the model with its preprocessing (the one source of truth saved with the
+checkpoint), the loaders, the optimiser and schedule, all prepared by Accelerate, and the weight EMA if asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from cxr.data.dataset import RadiographDataset
+from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
+from cxr.labels import CLASS_NAMES
+from cxr.models import apply_train_layers, create_model
+from cxr.training.config import TrainConfig
+from cxr.training.optim import make_optimizer, make_scheduler
+from cxr.training.run_data import RunData
+
+__all__ = ["TrainSetup", "build", "make_loader", "LOADERS"]
+
+#: The loaders of a run: augmented training, un-augmented training (its evaluation), validation and test.
+LOADERS = ("train", "train_eval", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """What trains: the prepared model, optimiser and schedule, the loaders (:data:`LOADERS`), the weight EMA
+    (``None`` without ``--ema-decay``), the preprocessing and what ``run_config.json`` says of the model."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loaders: Dict[str, Any]
+    steps_per_epoch: int
+    ema: Any
+    prep: PreprocessConfig
+    model_info: Dict[str, Any]
+
+    def kept_model(self, accelerator: Any) -> nn.Module:
+        """The model validated and kept: the weight average with ``--ema-decay``, else the trained weights."""
+        return accelerator.unwrap_model(self.model) if self.ema is None else self.ema.module
+
+    def validated_model(self) -> Any:
+        """The model validation runs (prepared by Accelerate, or the EMA's)."""
+        return self.model if self.ema is None else self.ema.module
+
+
+def _collate(batch):
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def make_loader(
+    pix: Any,
+    prep: PreprocessConfig,
+    rows: List[int],
+    micro_batch: int,
+    augment: bool,
+    num_workers: int,
+    augmentation: str = "study",
+) -> torch.utils.data.DataLoader:
+    """The loader a run uses for one part: cached pixels, [augmentation,] the checkpoint's normalisation."""
+    view = RadiographDataset(pix, prep, rows, TrainAugmentation.named(augmentation) if augment else None)
+    return torch.utils.data.DataLoader(
+        view,
+        batch_size=micro_batch,
+        shuffle=augment,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        # workers start afresh each epoch, seeded from the (seed, epoch) state set before it, so a resumed run
+        # augments exactly as an uninterrupted one (persistent workers would carry their RNG across epochs)
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build(cfg: TrainConfig, data: RunData, accelerator: Any, micro_batch: int) -> TrainSetup:
+    """The model, preprocessing, loaders, optimiser, schedule and EMA of a run, seeded by ``cfg.seed``; writes
+    nothing."""
+    from accelerate.utils import set_seed  # accelerate loads only when a run starts
+
+    set_seed(cfg.seed)
+    model, pretrained_source = create_model(
+        cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size, drop_path=cfg.drop_path
+    )
+    trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pcfg = model.pretrained_cfg
+    prep = PreprocessConfig.create(
+        cfg.image_size,
+        in_chans=pcfg["input_size"][0],
+        norm=cfg.norm,
+        model_mean=pcfg.get("mean"),
+        model_std=pcfg.get("std"),
+        clahe=cfg.clahe,
+    )
+    model_info = {
+        "model": cfg.model,
+        "pretrained": pretrained_source,
+        "train_layers": cfg.train_layers,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "preprocessing": prep.to_dict(),
+        "first_trainable_parameter": trainable[0],
+    }
+    loaders = [
+        make_loader(data.pix, prep, data.rows[n.split("_")[0]], micro_batch, n == "train", cfg.num_workers, cfg.augment)
+        for n in LOADERS
+    ]
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+    steps_per_epoch = math.ceil(len(loaders[0]) / cfg.gradient_accumulation_steps)
+    scheduler = make_scheduler(optimizer, cfg.lr_scheduler, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
+    model, optimizer, *loaders, scheduler = accelerator.prepare(model, optimizer, *loaders, scheduler)
+    ema = None
+    if cfg.ema_decay is not None:  # evaluated and kept instead of the raw weights
+        from timm.utils import ModelEmaV3  # timm's utilities load only for a run that averages
+
+        # the decay ramps up from 0 (timm's warm-up), so the average does not drag the randomly initialised head along
+        ema = ModelEmaV3(
+            accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
+        )
+    return TrainSetup(model, optimizer, scheduler, dict(zip(LOADERS, loaders)), steps_per_epoch, ema, prep, model_info)

@@ -1,0 +1,99 @@
+"""The data stage of a training run: the images decoded and resized once into the pixel cache, and the split
+settled — a resumed run's, the hold-out run's for a refit, a ``--split-file``, or a new stratified one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from cxr.data.dataset import cache_pixels, load_data_source
+from cxr.data.splits import SPLITS, complete_split, indices_for_split, load_split
+from cxr.reporting.run_facts import data_line
+from cxr.run_folder import RunFolder
+from cxr.training.config import TrainConfig
+
+__all__ = ["RunData", "Refit", "prepare_data"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """What ``--final-fit``'s second run takes from its hold-out run: its split (the refit trains on its
+    training and validation parts) and its calibration, fitted on validation while it was held out."""
+
+    split: Dict[str, List[str]]
+    calibration: Optional[Dict[str, Any]]  # the hold-out run's (None: --no-calibrate)
+    holdout: Path
+    how: Dict[str, str]  # how the hold-out run's split was made, part by part
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The images of a run: the cached pixels, each image's file name, the split (file names per part), each
+    part's rows in the cache (a refit trains on validation too), where the data came from and what was skipped."""
+
+    pix: Any
+    file_names: Sequence[str]
+    split: Dict[str, List[str]]
+    rows: Dict[str, List[int]]
+    source: Dict[str, Any]
+    given_splits: bool
+    skipped: List[str]
+
+    def files(self, part: str) -> List[str]:
+        """The file names of ``part``'s images, in row order."""
+        return [self.file_names[i] for i in self.rows[part]]
+
+
+def prepare_data(
+    cfg: TrainConfig, accelerator: Any, resumed: Optional[Dict[str, Any]], refit: Optional[Refit]
+) -> RunData:
+    """Decode and resize once (main process first, the others then read its cache) and settle the split. A
+    resumed run reads a Hub dataset at the commit it started from unless ``--dataset-revision`` says otherwise.
+    Writes only the pixel cache."""
+    prior_source = (resumed or {}).get("data_source") or {}
+    revision = cfg.dataset_revision
+    if revision is None and prior_source.get("kind") == "hub" and prior_source.get("id") == cfg.data:
+        revision = prior_source.get("revision")
+    with accelerator.main_process_first():
+        source = load_data_source(cfg.data, revision, cfg.dataset_config)
+        cached = cache_pixels(
+            source.dataset,
+            cfg.image_size,
+            cache_dir=cfg.cache_dir,
+            skip_bad_images=cfg.skip_bad_images,
+            clahe=cfg.clahe,
+        )
+    pix = cached.dataset
+    file_names = pix["file_name"]
+    if resumed is not None:  # a resumed run keeps the split it started with, whatever the data or flags say now
+        split = resumed["split"]
+        how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
+    elif refit is not None:  # the hold-out split, saved as it is; training also takes validation
+        split, how = refit.split, dict(refit.how)
+        how = {
+            part: how.get(part, f"as in {refit.holdout.name}/{RunFolder(refit.holdout).split.name}") for part in SPLITS
+        }
+        how["train"] += "; with the validation images added (--final-fit)"
+        how["validation"] += "; trained on here (--final-fit), so not held out"
+    elif cfg.split_file:
+        split = load_split(cfg.split_file)
+        how = {part: f"from --split-file {cfg.split_file}" for part in SPLITS}
+    else:
+        split, how = complete_split(file_names, pix["label"], source.given_splits, seed=cfg.seed)
+    rows = indices_for_split(file_names, split)
+    if refit is not None:
+        rows["train"] = sorted(rows["train"] + rows["validation"])
+    data = RunData(
+        pix=pix,
+        file_names=file_names,
+        split=split,
+        rows=rows,
+        source={**source.info, "images": len(pix), "splits": how},
+        given_splits=bool(source.given_splits),
+        skipped=[n for n, _ in cached.bad],
+    )
+    accelerator.print(f"data: {data_line(data.source)}")
+    for part in SPLITS:
+        accelerator.print(f"  {part}: {len(rows[part])} images, {how[part]}")
+    return data
