@@ -6,7 +6,7 @@ computations in :mod:`cxr.app.board`.
 
 import sys
 
-from cxr.cli import app_main
+from cxr.commands.app import main as app_main
 
 if __name__ == "__main__":
     sys.exit(app_main())

@@ -6,7 +6,7 @@ Research use only — not for diagnosis. Flags: ``--help``; the logic lives in :
 
 import sys
 
-from cxr.cli import train_main
+from cxr.commands.train import main as train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -80,7 +80,7 @@ def _board_worker(refs: Sequence[str], image: str, rounds: int) -> Dict[str, obj
     from cxr.allocator import keep_freed_memory
     from cxr.app.board import ModelBoard
 
-    keep_freed_memory()  # as cxr.cli.run_cli does for python app.py; off through the environment
+    keep_freed_memory()  # as cxr.commands.common.run_cli does for python app.py; off through the environment
     board = ModelBoard.load(refs)
     calls = {m.ref: 0 for m in board.models}
     for m in board.models:

@@ -233,7 +233,7 @@ def main() -> int:
     if min(args.minutes, args.request_every, args.page_every, args.sample_every) <= 0:
         p.error("--minutes, --request-every, --page-every and --sample-every must be positive")
     from cxr.app.page import CACHE_SWEEP
-    from cxr.cli import MAX_SESSIONS, parse_cache_sweep
+    from cxr.commands.app import MAX_SESSIONS, parse_cache_sweep
     from cxr.locations import is_hub_id
 
     missing = [m for m in args.models.split(",") if not is_hub_id(m) and not (REPO / m).is_dir()]

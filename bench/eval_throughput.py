@@ -1,6 +1,6 @@
 """Evaluation throughput: ``cxr.eval`` over a folder against the bare model's batched forward.
 
-Ours: :func:`cxr.training.evaluation.evaluate_folder` end to end on a warm pixel cache (loading the
+Ours: :func:`cxr.training.eval_folder.evaluate_folder` end to end on a warm pixel cache (loading the
 checkpoint, the dataset, batched prediction under Accelerate, metrics and the files it writes), in a
 process set up as ``python -m cxr.eval`` sets up its own (glibc keeps freed memory,
 :mod:`cxr.allocator`); "glibc defaults" is the same with ``CXR_KEEP_FREED_MEMORY=0``. Bare: the same
@@ -38,9 +38,11 @@ def make_checkpoint(name: str, size: int, folder: Path) -> Path:
 
 def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float:
     """Seconds of one timed pass of ``arm`` after an untimed warm-up pass, in this process."""
-    from cxr.data.dataset import RadiographDataset, cache_pixels, load_radiographs
+    from cxr.data.data_source import load_radiographs
+    from cxr.data.dataset import RadiographDataset
+    from cxr.data.pixel_cache import cache_pixels
     from cxr.models.classifier import CXRClassifier
-    from cxr.training.evaluation import evaluate_folder
+    from cxr.training.eval_folder import evaluate_folder
 
     if arm == "bare":  # on the device cxr.eval's Accelerator picks
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,7 +60,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
     else:
         from cxr.allocator import keep_freed_memory
 
-        keep_freed_memory()  # as cxr.cli.run_cli does; off for ours-defaults through the environment
+        keep_freed_memory()  # as cxr.commands.common.run_cli does; off for ours-defaults through the environment
 
         def run():
             evaluate_folder(ckpt, data, Path(out), batch_size=batch_size)
@@ -70,7 +72,8 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
 
 
 def main() -> None:
-    from cxr.data.dataset import cache_pixels, load_radiographs
+    from cxr.data.data_source import load_radiographs
+    from cxr.data.pixel_cache import cache_pixels
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="Kaggle-layout folder (default: the sample).")

@@ -81,7 +81,8 @@ def ours(
     the summary of all processes (total images over the slowest process's time), the others ``None``."""
     from accelerate import Accelerator
 
-    from cxr.data.dataset import cache_pixels, load_radiographs
+    from cxr.data.data_source import load_radiographs
+    from cxr.data.pixel_cache import cache_pixels
     from cxr.data.preprocessing import PreprocessConfig
     from cxr.models import create_model
     from cxr.training.build import make_loader
@@ -252,7 +253,7 @@ def main() -> None:
         if arm.startswith("ours"):
             from cxr.allocator import keep_freed_memory
 
-            keep_freed_memory()  # as cxr.cli.run_cli does; off for ours-defaults through the environment
+            keep_freed_memory()  # as cxr.commands.common.run_cli does; off for ours-defaults through the environment
         fn = plain if arm == "plain" else ours
         res = fn(
             name,

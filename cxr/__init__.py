@@ -6,16 +6,16 @@ Importing the package registers its extra architectures (``alexnet``, ``logreg``
 
 The layers, top to bottom; each imports only those below it (checked by ``lint-imports``, ``pyproject.toml``):
 
-1. ``cxr.cv``, ``cxr.eval``, ``cxr.predict`` — ``python -m`` entry points;
-2. ``cxr.cli`` — every command line (parsers and ``main`` functions);
-3. ``cxr.study`` — the study: runner, analysis, report;
+1. ``cxr.cv``, ``cxr.eval``, ``cxr.predict``, ``cxr.hub``, ``cxr.study`` — ``python -m`` entry points;
+2. ``cxr.commands`` — every command line, one module per program (``build_parser`` and ``main``);
+3. ``cxr.reproduction`` — the study rerun: runner, analysis, report;
 4. ``cxr.app`` — the app: board (logic), page (Gradio), quick start;
-5. ``cxr.training`` — training loop, evaluation, cross-validation;
-6. ``cxr.hub`` — publishing models and deploying the Space;
-7. ``cxr.reporting`` — run report, model card, the study's published figures;
+5. ``cxr.training`` — the training run's stages, evaluation, cross-validation;
+6. ``cxr.publishing`` — publishing models to the Hub and deploying the Space;
+7. ``cxr.reporting`` — run report, model card, CV report, figures, the study's published figures;
 8. ``cxr.models`` — architectures, weights, checkpoints, ``CXRClassifier``, Grad-CAM;
-9. ``cxr.data`` (decoding, preprocessing, datasets, splits), ``cxr.metrics`` (metrics, statistics),
-   ``cxr.run_folder`` (every file of a run, by name);
+9. ``cxr.data`` (decoding, preprocessing, data sources, pixel cache, splits), ``cxr.metrics`` (metrics,
+   statistics), ``cxr.run_folder`` (every file of a run, by name), ``cxr.options`` (flags declared on fields);
 10. ``cxr.errors``, ``cxr.labels``, ``cxr.allocator``, ``cxr.locations`` — the foundations.
 """
 

@@ -12,7 +12,7 @@ scripts and recorded in ``bench/RESULTS.md``.
 
 The cost: a process's resident memory stays at its peak instead of shrinking between steps or
 requests. Where one request needed far more than usual (a very large upload), the decoder calls
-:func:`release_freed_memory` once it is done, so the peak is not kept. Every cxr command applies it at start (:func:`cxr.cli.run_cli`); set
+:func:`release_freed_memory` once it is done, so the peak is not kept. Every cxr command applies it at start (:func:`cxr.commands.common.run_cli`); set
 ``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
 not glibc (macOS, Windows, musl), and GPU memory is not affected.
 

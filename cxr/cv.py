@@ -5,7 +5,7 @@ Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.c
 
 import sys
 
-from cxr.cli import cv_main
+from cxr.commands.cv import main as cv_main
 
 if __name__ == "__main__":
     sys.exit(cv_main())

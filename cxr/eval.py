@@ -5,7 +5,7 @@ Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.e
 
 import sys
 
-from cxr.cli import eval_main
+from cxr.commands.eval import main as eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -6,7 +6,7 @@ Research use only — not for diagnosis. The logic lives in :mod:`cxr.models.bat
 
 import sys
 
-from cxr.cli import predict_main
+from cxr.commands.predict import main as predict_main
 
 if __name__ == "__main__":
     sys.exit(predict_main())

@@ -69,7 +69,7 @@ def hub():
 def app_models(tmp_path_factory, sample_dir):
     """Two tiny models trained on the sample for the launched-app tests: EfficientNet-Lite0 at 64 px and the pixel
     baseline at 24 px, one epoch each; their model folders."""
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
 
     root = tmp_path_factory.mktemp("app-models")
     runs = {"lite0": tiny_run("tf_efficientnet_lite0", 64), "logreg": tiny_run("logreg", 24)}

@@ -27,7 +27,7 @@ _SCRIPT = """
 import json, resource, sys, threading
 import torch
 from cxr.allocator import keep_freed_memory
-from cxr.cli import run_cli
+from cxr.commands.common import run_cli
 
 def rss_mib():
     for line in open("/proc/self/status"):

@@ -8,7 +8,8 @@ import time
 import pytest
 from helpers import make_subset, tiny_run
 
-from cxr.cli import eval_main, train_main
+from cxr.commands.eval import main as eval_main
+from cxr.commands.train import main as train_main
 
 
 def _train(capsys, data, out, *extra):
@@ -199,7 +200,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(subs
 
 
 def test_overwrite_removes_the_earlier_run_before_writing_and_a_mixed_folder_is_refused(subset, tmp_path, capsys):
-    from cxr.hub.publish import push_run
+    from cxr.publishing.publish import push_run
     from cxr.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run")

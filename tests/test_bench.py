@@ -205,7 +205,7 @@ def test_upload_memory_sends_every_input_and_tabulates_peaks_cpu_and_the_wait_of
 
 
 def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_latency(subset, tmp_path):
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
 
     models = []
     for name, args in {"lite0": ["--image-size", "64"], "logreg": ["--image-size", "24"]}.items():
@@ -237,7 +237,7 @@ def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_lat
 def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_test_part(
     sample_dir, tmp_path, external_dev_dir
 ):
-    from cxr.cli import cv_main
+    from cxr.commands.cv import main as cv_main
 
     cv = tmp_path / "cv"
     args = ["--data", str(sample_dir), "--folds", "3", "--output-dir", str(cv), "--model", "logreg"]
@@ -287,7 +287,7 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
 
 
 def test_shift_warning_scores_validation_test_and_outside_films(sample_dir, external_dev_dir, tmp_path):
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
 
     run, outside = tmp_path / "run", tmp_path / "outside"
     outside.mkdir()

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from cxr.cli import build_eval_parser, build_train_parser
+from cxr.commands.eval import build_parser as build_eval_parser
+from cxr.commands.train import build_parser as build_train_parser
 from cxr.training.config import TrainConfig
 
 

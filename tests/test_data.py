@@ -7,7 +7,9 @@ import pytest
 import torch
 from helpers import CLASSES, make_subset
 
-from cxr.data.dataset import RadiographDataset, cache_pixels, load_radiographs
+from cxr.data.data_source import load_radiographs
+from cxr.data.dataset import RadiographDataset
+from cxr.data.pixel_cache import cache_pixels
 from cxr.data.preprocessing import PreprocessConfig
 
 
@@ -145,7 +147,8 @@ def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
 
 
 def test_cache_dir_env_var_is_read_when_used_not_at_import(subset, tmp_path, monkeypatch):
-    from cxr.data.dataset import cache_pixels, default_cache_dir, load_radiographs
+    from cxr.data.data_source import load_radiographs
+    from cxr.data.pixel_cache import cache_pixels, default_cache_dir
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "later"))
     assert default_cache_dir() == tmp_path / "later"

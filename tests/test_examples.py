@@ -10,7 +10,7 @@ from PIL import Image
 
 from cxr.app.board import ModelBoard
 from cxr.app.examples import ExampleFilms, choose_examples, screen_with, training_split
-from cxr.data.dataset import scan_image_folder
+from cxr.data.folders import scan_image_folder
 from cxr.data.splits import save_split, stratified_split
 from cxr.labels import CLASS_NAMES
 
@@ -161,7 +161,7 @@ def test_example_films_are_recognised_by_their_bytes(tmp_path, sample_dir, names
     ],
 )
 def test_bad_app_flags_are_one_line_before_any_model_loads(tmp_path, capsys, flags, message):
-    from cxr.cli import app_main
+    from cxr.commands.app import main as app_main
 
     flags = [str(tmp_path / f) if f == "MISSING" else f for f in flags]
     assert app_main([*flags, "--models", "cxr-test/never-loaded"]) == 2

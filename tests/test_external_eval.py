@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, recall_score
 
-from cxr.cli import eval_main
-from cxr.data.dataset import load_data_source
+from cxr.commands.eval import main as eval_main
+from cxr.data.data_source import load_data_source
 from cxr.data.labelling import Labelling
 from cxr.labels import CLASS_NAMES
 

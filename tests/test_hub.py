@@ -184,7 +184,7 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
 
 
 def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
     from cxr.reporting.model_card import render_model_card
 
     out = tmp_path / "logreg"
@@ -273,7 +273,7 @@ def test_rejected_token_and_foreign_namespace_fail_before_training(hub, tmp_path
 
 @pytest.mark.parametrize("bad_id", ["no-namespace", "a/b/c", "org/bad name!", ""])
 def test_malformed_repository_id(tmp_path, sample_dir, capsys, bad_id):
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
 
     code = train_main(
         [
@@ -363,7 +363,7 @@ def test_push_with_eval_dirs_fills_the_external_validation_section(hub, pushed_r
     """``--eval-dir``: a real cxr.eval of the pushed model on outside Normal films fills the card's section with
     its figures; nothing of the evaluated films is uploaded; a folder that is not a cxr.eval output is refused
     before the Hub is asked anything."""
-    from cxr.cli import eval_main
+    from cxr.commands.eval import main as eval_main
 
     data = tmp_path / "outside" / "Normal"
     data.mkdir(parents=True)

@@ -17,7 +17,7 @@ import datasets
 import pytest
 from helpers import CLASSES, PYTHON, REPO, hub_env, make_subset, run_script, sample_files, tiny_run
 
-from cxr.data.dataset import load_data_source, load_radiographs
+from cxr.data.data_source import load_data_source, load_radiographs
 from cxr.data.splits import complete_split, stratified_split
 from cxr.errors import CXRError
 
@@ -68,7 +68,7 @@ def load_in_fresh_process(hub, tmp_path: Path, data: str, revision=None, config=
     """``load_data_source`` in a new process (huggingface_hub reads HF_ENDPOINT when imported)."""
     code = f"""
 import json, os, pathlib
-from cxr.data.dataset import load_data_source
+from cxr.data.data_source import load_data_source
 s = load_data_source({data!r}, {revision!r}, {config!r})
 cache = pathlib.Path(os.environ["HF_HOME"]) / "hub"
 pngs = sorted(str(p.relative_to(cache)) for p in cache.rglob("*.png"))
@@ -353,7 +353,7 @@ def test_missing_repository_and_revision_are_one_line_errors(hub, tmp_path, samp
 
 
 def test_dataset_flags_with_a_local_image_folder_fail_up_front(tmp_path, subset, capsys):
-    from cxr.cli import train_main
+    from cxr.commands.train import main as train_main
 
     base = [
         *tiny_run("logreg", 32, 1),

@@ -120,7 +120,8 @@ def test_one_decoder_serves_classifier_training_data_and_app_alike(tmp_path, sam
     import timm
     import torch
 
-    from cxr.data.dataset import cache_pixels, load_radiographs
+    from cxr.data.data_source import load_radiographs
+    from cxr.data.pixel_cache import cache_pixels
     from cxr.data.preprocessing import PreprocessConfig, load_grayscale
     from cxr.models.classifier import CXRClassifier
 

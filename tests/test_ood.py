@@ -154,7 +154,7 @@ def test_the_validation_scores_are_saved_with_the_guard_and_set_a_whole_set_shif
     # cxr.eval reports it in metrics.json and in its report
     import json
 
-    from cxr.cli import eval_main
+    from cxr.commands.eval import main as eval_main
 
     data = tmp_path / "data" / "Normal"
     data.mkdir(parents=True)

@@ -27,13 +27,13 @@ from helpers import PYTHON, REPO, make_subset, run_script
 from hub_server import TOKEN
 
 SCRIPTS = {
-    "cxr-train": "cxr.cli:train_main",
-    "cxr-eval": "cxr.cli:eval_main",
-    "cxr-app": "cxr.cli:app_main",
-    "cxr-study": "cxr.cli:study_main",
-    "cxr-hub": "cxr.cli:hub_main",
-    "cxr-cv": "cxr.cli:cv_main",
-    "cxr-predict": "cxr.cli:predict_main",
+    "cxr-train": "cxr.commands.train:main",
+    "cxr-eval": "cxr.commands.eval:main",
+    "cxr-app": "cxr.commands.app:main",
+    "cxr-study": "cxr.commands.study:main",
+    "cxr-hub": "cxr.commands.hub:main",
+    "cxr-cv": "cxr.commands.cv:main",
+    "cxr-predict": "cxr.commands.predict:main",
 }
 BUNDLED = "cxr/training/recipes/default_out_of_fold.json"
 TEMPLATE = "model_cards/cxr_model_card.md"

@@ -11,7 +11,7 @@ import pytest
 from hostile import write_dicom
 from PIL import Image
 
-from cxr.cli import predict_main
+from cxr.commands.predict import main as predict_main
 from cxr.data.decode import read_radiograph
 from cxr.labels import CLASS_NAMES
 from cxr.metrics.operating_point import decide
@@ -160,7 +160,7 @@ def test_cxr_eval_writes_the_decision_beside_argmax_and_the_errors_as_pictures(s
     """cxr.eval of a model with an operating point: the decision column follows from the saved threshold and the
     probabilities as written, metrics.json's decision block counts those decisions, the report says the rule and
     embeds the misclassified films, which errors.png shows."""
-    from cxr.cli import eval_main
+    from cxr.commands.eval import main as eval_main
     from cxr.metrics import compute_metrics
     from cxr.run_folder import RunFolder, read_json
 

@@ -12,7 +12,7 @@ import torch
 from helpers import tiny_run
 from safetensors.torch import load_file
 
-from cxr.cli import train_main
+from cxr.commands.train import main as train_main
 from cxr.data.preprocessing import TrainAugmentation
 from cxr.data.splits import load_split
 from cxr.errors import CXRError

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from helpers import REPO
 
-from cxr.data.dataset import load_radiographs
+from cxr.data.data_source import load_radiographs
 from cxr.data.splits import SPLITS, indices_for_split, load_split, save_split, stratified_split
 from cxr.errors import CXRError
 
@@ -36,7 +36,7 @@ def test_split_depends_on_seed_only_and_is_identical_in_another_process(sample_i
     assert a == stratified_split(list(reversed(names)), list(reversed(labels)), seed=1)  # input order irrelevant
     assert a["test"] != stratified_split(names, labels, seed=2)["test"]
     code = (
-        "import json,sys; from cxr.data.dataset import load_radiographs; from cxr.data.splits import stratified_split;"
+        "import json,sys; from cxr.data.data_source import load_radiographs; from cxr.data.splits import stratified_split;"
         f"ds=load_radiographs({str(sample_dir)!r}); print(json.dumps(stratified_split(ds['file_name'], ds['label'], 1)))"
     )
     out = subprocess.run(

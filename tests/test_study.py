@@ -35,7 +35,7 @@ def small_data(tmp_path_factory, sample_dir):
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(small_data, tmp_path_factory):
     import cxr.training.loop
-    from cxr.study.runner import run_study
+    from cxr.reproduction.runner import run_study
 
     out = tmp_path_factory.mktemp("study") / "study"
     real_train = cxr.training.loop.train
@@ -125,7 +125,7 @@ def test_every_number_comes_from_the_saved_predictions(interrupted_then_resumed)
 
 
 def test_paper_preset_offline_fails_before_training_anything(small_data, tmp_path):
-    from cxr.study.runner import run_study
+    from cxr.reproduction.runner import run_study
 
     with pytest.raises(CXRError, match="--no-pretrained"):
         run_study(str(small_data), tmp_path / "paper", ["logreg", "resnet50"], "paper", num_workers=0)

@@ -11,7 +11,8 @@ from helpers import ACCELERATE, CLASSES, PYTHON, run_script
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
-from cxr.cli import build_eval_parser, build_train_parser
+from cxr.commands.eval import build_parser as build_eval_parser
+from cxr.commands.train import build_parser as build_train_parser
 from cxr.training.presets import PRESETS
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.

@@ -4,7 +4,7 @@ import json
 
 from helpers import tiny_run
 
-from cxr.cli import train_main
+from cxr.commands.train import main as train_main
 
 
 def _run(sample_dir, out, *extra):

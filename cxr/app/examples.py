@@ -258,7 +258,7 @@ def choose_examples(
     Returns:
         The examples and the start-up problems; never raises for a bad folder.
     """
-    from cxr.data.dataset import scan_image_folder
+    from cxr.data.folders import scan_image_folder
 
     choice = ExampleChoice()
     if not Path(folder).is_dir():

@@ -19,6 +19,7 @@ __all__ = [
     "preprocessing_line",
     "ood_line",
     "training_run_facts",
+    "eval_run_facts",
 ]
 
 
@@ -176,5 +177,35 @@ def training_run_facts(run_config: Dict[str, Any], metrics: Dict[str, Any], spli
         "calibration": calibration_description(metrics.get("calibration")),
         "out-of-distribution guard": ood_line(metrics.get("ood")),
         "run": f"{run_config['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
+        "note": DISCLAIMER,
+    }
+
+
+def eval_run_facts(
+    model_ref: str,
+    data: str,
+    source: Dict[str, Any],
+    images: int,
+    prep: Dict[str, Any],
+    skipped: int,
+    metrics: Dict[str, Any],
+    has_guard: bool,
+) -> Dict[str, Any]:
+    """The "Run" section of a ``python -m cxr.eval`` report, from what was evaluated and its ``metrics.json``."""
+    revision = f" @ {source['revision']}" if source["kind"] == "hub" else ""
+    config = f", config {source['config']}" if source.get("config") else ""
+    ood = metrics.get("ood")
+    return {
+        "model": model_ref,
+        "data": f"{data}{revision}{config} ({images} images, every one a test image)",
+        "preprocessing": preprocessing_line(prep),
+        "skipped unreadable images": skipped,
+        "out-of-distribution guard": (
+            "none (the model was saved without one)"
+            if ood is None
+            else f"{ood['flagged']} of {ood['images']} images flagged as unlike the "
+            "chest X-rays the model was trained on (listed in metrics.json)"
+        ),
+        "dataset shift": shift_description(metrics.get("shift"), has_guard),
         "note": DISCLAIMER,
     }

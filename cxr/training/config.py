@@ -1,5 +1,5 @@
 """The settings of a training run: :class:`TrainConfig`, each field declared with :func:`option` (its default,
-help text, choices and argument group beside the field; the command line, :func:`cxr.cli.build_train_parser`,
+help text, choices and argument group beside the field; the command line, :func:`cxr.commands.train.build_parser`,
 is generated from them, so a flag's default and help are written once), and :meth:`TrainConfig.resolve`, which
 fills the recipe from its preset and checks every value without touching the disk.
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
 from cxr.labels import NORMALIZATIONS
 from cxr.metrics.operating_point import DEFAULT_MAX_MISSED_RATE
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
+from cxr.options import option
 from cxr.training.presets import (
     KEEP_RULES,
     MIXED_PRECISION,
@@ -29,34 +30,7 @@ from cxr.training.presets import (
     preset_flags,
 )
 
-__all__ = ["TrainConfig", "option"]
-
-_NO_DEFAULT: Any = dataclasses.MISSING
-
-
-def option(
-    default: Any = _NO_DEFAULT,
-    *,
-    help: Union[str, Callable[[], str]],
-    group: str,
-    choices: Union[Sequence[Any], Callable[[], Sequence[Any]], None] = None,
-    **argparse_kwargs: Any,
-) -> Any:
-    """A :class:`TrainConfig` field that is also a command-line flag.
-
-    Args:
-        default: the field's default (none: a required flag).
-        help: the flag's help text (a callable when it is computed, e.g. from :data:`PRESETS`).
-        group: the ``--help`` section it is listed in.
-        choices: the allowed values (a callable when computed).
-        argparse_kwargs: anything else ``add_argument`` takes (``metavar``, ``nargs``, ``const``), and ``env``:
-            an environment variable that gives the default.
-
-    Returns:
-        A ``dataclasses.field``.
-    """
-    metadata = {"help": help, "group": group, "choices": choices, **argparse_kwargs}
-    return dataclasses.field(default=default, metadata=metadata)
+__all__ = ["TrainConfig"]
 
 
 @dataclasses.dataclass
@@ -65,7 +39,7 @@ class TrainConfig:
     (:data:`PRESETS`), where ``epochs``/``batch_size`` ``None`` means the model's study values.
 
     Each field is a flag of ``train_accelerate.py``: its help text, choices and group are declared here, beside
-    the field, and :func:`cxr.cli.build_train_parser` makes the parser from them.
+    the field, and :func:`cxr.commands.train.build_parser` makes the parser from them.
 
     Example:
         >>> cfg = TrainConfig(model="logreg", data="cxr-sample", output_dir="runs/x", epochs=2)

@@ -153,7 +153,7 @@ def _write_oof(path: Path, rows: List[tuple]) -> None:
 
 def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     """The fold files (written once; a rerun must ask for the same folds)."""
-    from cxr.data.dataset import load_data_source
+    from cxr.data.data_source import load_data_source
 
     source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config)
     names, labels = list(source.dataset["file_name"]), list(source.dataset["label"])

@@ -80,7 +80,7 @@ def check_push_target_on_main(state: Any, repo_id: Optional[str], private: bool)
     """Check token and repository on the main process before training; every process stops if it fails."""
     from accelerate.utils import broadcast_object_list
 
-    from cxr.hub.publish import check_push_target  # the Hub client loads only for a run that publishes
+    from cxr.publishing.publish import check_push_target  # the Hub client loads only for a run that publishes
 
     message: List[Optional[str]] = [None]
     if state.is_main_process:

@@ -92,9 +92,9 @@ def fit(cfg: TrainConfig, refit: Optional[Refit] = None) -> Dict[str, Any]:
         write_results(folder, run_config, data, setup.prep, progress, results.metrics, results.predictions, bool(refit))
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
-        tracker.finish()  # training several models in one launch (cxr.study.runner) still needs
+        tracker.finish()  # training several models in one launch (cxr.reproduction.runner) still needs
     if cfg.push_to_hub and accelerator.is_main_process:
-        from cxr.hub.publish import push_run  # the Hub client loads only for a run that publishes
+        from cxr.publishing.publish import push_run  # the Hub client loads only for a run that publishes
 
         accelerator.print(f"pushed to {push_run(folder.root, cfg.hub_model_id, private=cfg.hub_private)}")
     return results.metrics

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cxr.data.dataset import check_data_options
+from cxr.data.data_source import check_data_options
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder, check_writable
 from cxr.training.config import TrainConfig
@@ -29,7 +29,7 @@ def preflight(config: TrainConfig) -> TrainConfig:
     saved = saved_recipe(resume_dir(config.resume, out)) if config.resume is not None else None
     cfg = config.resolve(saved)
     if cfg.push_to_hub:
-        from cxr.hub.publish import validate_hub_model_id  # the Hub client loads only for a run that publishes
+        from cxr.publishing.publish import validate_hub_model_id  # the Hub client loads only for a run that publishes
 
         validate_hub_model_id(cfg.hub_model_id)
     check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)

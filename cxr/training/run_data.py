@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from cxr.data.dataset import cache_pixels, load_data_source
+from cxr.data.data_source import load_data_source
+from cxr.data.pixel_cache import cache_pixels
 from cxr.data.splits import SPLITS, complete_split, indices_for_split, load_split
 from cxr.reporting.run_facts import data_line
 from cxr.run_folder import RunFolder

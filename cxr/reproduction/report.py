@@ -1,4 +1,4 @@
-"""``study.md``, ``study.json`` and the study's figures, written from :func:`cxr.study.analysis.analyse_study`.
+"""``study.md``, ``study.json`` and the study's figures, written from :func:`cxr.reproduction.analysis.analyse_study`.
 
 Figures: ``reliability.png`` (reliability diagrams before/after temperature scaling, one panel per
 run) and ``gradcam_grid.png`` (the paper's Table 6 as one figure: test images of each class, the
@@ -139,7 +139,7 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
 
 
 def _cam_images(result: Dict[str, Any], data: str, out: Path, per_class: int) -> List[Path]:
-    from cxr.data.dataset import scan_image_folder
+    from cxr.data.folders import scan_image_folder
 
     split = read_json(RunFolder(out).split)
     paths = {name: path for path, name, _ in scan_image_folder(data)}
@@ -181,7 +181,7 @@ def _overview(result: Dict[str, Any]) -> List[str]:
         "# The study, reproduced: one split, every model",
         "",
         f"**{DISCLAIMER}** Every number below is recomputed from the runs' saved predictions ({files}) by "
-        "`cxr.study.analysis`.",
+        "`cxr.reproduction.analysis`.",
         "",
         f"- Command preset: `{result['preset']}` — {result['preset_note']}",
         f"- Data: {result['data']}; split (seed 1, stratified): {n['train']} / {n['validation']} / {n['test']} "

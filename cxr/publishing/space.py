@@ -4,7 +4,7 @@
 the token, and that every model id is a published cxr checkpoint — then creates the Space
 repository (``repo_type="space"``, Gradio SDK) and uploads exactly what it needs to start:
 
-- ``app.py``: the app's entry point (:func:`cxr.cli.app_main`);
+- ``app.py``: the app's entry point (:func:`cxr.commands.app.main`);
 - ``cxr/``: this package, as installed or checked out (Python modules and package data);
 - ``requirements.txt``: the app's runtime dependencies pinned at the versions running here
   (Gradio itself comes from the Space's ``sdk_version``);
@@ -53,7 +53,7 @@ _logger = logging.getLogger(__name__)
 APP_PY = '''"""The cxr Gradio app on a Hugging Face Space. Research use only — not for diagnosis."""
 import sys
 
-from cxr.cli import app_main
+from cxr.commands.app import main as app_main
 
 if __name__ == "__main__":
     sys.exit(app_main())
@@ -331,8 +331,8 @@ def deploy_space(
     from huggingface_hub import HfApi, SpaceCard, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    from cxr.hub.publish import check_token
     from cxr.models.pretrained import hub_is_offline
+    from cxr.publishing.publish import check_token
 
     validate_space_id(space_id)
     model_ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))

@@ -219,7 +219,7 @@ def run_study(
             print(f"[study {i}/{len(arms)}] {arm.name}: {status} in {log[arm.name]['seconds']} s", flush=True)
     result: Dict[str, object] = {}
     if state.is_main_process:
-        from cxr.study.report import write_study_report
+        from cxr.reproduction.report import write_study_report
 
         result = _analyse(data, out, split_file, arms, bootstrap)
         result = {"preset": preset_name, "preset_note": preset.note, "data": data, **result, "runs_log": log}
@@ -232,7 +232,7 @@ def run_study(
 def _shared_split(state, data: str, out: Path) -> Path:
     """The one split every run of the study trains and tests on (seed 1), written once by the main process;
     the data's layout errors surface here, before anything is written."""
-    from cxr.data.dataset import load_radiographs
+    from cxr.data.data_source import load_radiographs
     from cxr.data.splits import save_split, stratified_split
 
     ds = load_radiographs(data)
@@ -246,9 +246,9 @@ def _shared_split(state, data: str, out: Path) -> Path:
 
 
 def _analyse(data: str, out: Path, split_file: Path, arms: Sequence[StudyArm], bootstrap: int) -> Dict[str, object]:
-    """The study's numbers from the runs' saved predictions (:func:`cxr.study.analysis.analyse_study`)."""
+    """The study's numbers from the runs' saved predictions (:func:`cxr.reproduction.analysis.analyse_study`)."""
     from cxr.data.splits import SPLITS, load_split
-    from cxr.study.analysis import analyse_study
+    from cxr.reproduction.analysis import analyse_study
 
     split = load_split(split_file)
     all_files = [n for part in SPLITS for n in split[part]]
