@@ -24,13 +24,17 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 
 __all__ = [
@@ -193,7 +197,6 @@ class RunFolder:
     def clear(self) -> List[Path]:
         """Remove the files of an earlier run (``--overwrite-output-dir``) before a new run writes any, so no
         folder ever holds parts of two runs; files cxr did not write stay. Returns what was removed."""
-        import shutil
 
         removed = self.files()
         for path in removed:
@@ -228,7 +231,6 @@ class RunFolder:
         Raises:
             CXRError: naming each file and the run it belongs to.
         """
-        from cxr.errors import CXRError
 
         ids = self.run_ids()
         if len(set(ids.values())) > 1:
@@ -254,7 +256,6 @@ def run_id(config: Dict[str, Any], split: Dict[str, Any]) -> str:
         >>> run_id({"model": "logreg", "seed": 1}, {"train": ["a"], "validation": [], "test": ["b"]})
         '1ee2888673b287ab'
     """
-    import hashlib
 
     payload = json.dumps({"config": config, "split": split}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -312,9 +313,6 @@ def check_writable(folder: Union[str, os.PathLike], flag: str = "--output-dir") 
     Raises:
         CXRError: naming the folder and why.
     """
-    import tempfile
-
-    from cxr.errors import CXRError
 
     folder = Path(folder).absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

@@ -210,11 +210,12 @@ def test_a_compressed_dicom_that_cannot_be_decoded_says_so_without_plugin_names(
 
 @pytest.fixture
 def small_working_size(monkeypatch):
-    """The decoder's working size set to 64 px, so that "larger than the working size" is cheap to test."""
-    from cxr.data import decode
+    """The decoders' working size set to 64 px, so that "larger than the working size" is cheap to test (both
+    readers, PNG/JPEG and DICOM, read it from :mod:`cxr.data.image_limits`)."""
+    from cxr.data import image_limits
 
-    monkeypatch.setattr(decode, "WORKING_SIDE", 64)
-    monkeypatch.setattr(decode, "HEAVY_PIXELS", 64 * 64)
+    monkeypatch.setattr(image_limits, "WORKING_SIDE", 64)
+    monkeypatch.setattr(image_limits, "HEAVY_PIXELS", 64 * 64)
     return 64
 
 
@@ -268,7 +269,7 @@ def test_at_most_the_heavy_decode_slots_run_at_once(tmp_path, sample_dir, small_
     import threading
     import time
 
-    from cxr.data import decode
+    from cxr.data import decode, image_limits
 
     path = _save(tmp_path, "x.png", _xray(sample_dir, (128, 128)))
     running, most, released, lock = [0], [0], [], threading.Lock()
@@ -284,7 +285,7 @@ def test_at_most_the_heavy_decode_slots_run_at_once(tmp_path, sample_dir, small_
         return real(image)
 
     monkeypatch.setattr(decode, "reduce_to_working_size", slow_reduce)
-    monkeypatch.setattr(decode, "release_freed_memory", lambda: released.append(1))
+    monkeypatch.setattr(image_limits, "release_freed_memory", lambda: released.append(1))
     threads = [threading.Thread(target=decode.open_radiograph, args=(path,)) for _ in range(6)]
     for t in threads:
         t.start()

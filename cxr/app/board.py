@@ -92,7 +92,7 @@ class ShownModel:
         """The model card: the Hub page for Hub ids, ``None`` for local folders."""
         if not is_hub_id(self.ref):
             return None
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # the Hub client loads only for a Hub id
 
         return f"{constants.ENDPOINT}/{self.ref}"
 

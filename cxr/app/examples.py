@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from cxr.data.folders import scan_image_folder
+from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
@@ -54,7 +56,6 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
     A model folder ``runs/x/model`` reads ``runs/x/split.json`` (or a ``split.json`` of its own); a Hub model
     reads the ``split.json`` published beside its ``config.json``.
     """
-    from cxr.data.splits import load_split
 
     path: Optional[Path] = None
     if Path(ref).is_dir() or not is_hub_id(str(ref)):
@@ -65,7 +66,7 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
             candidates.append(run.split)
         path = next((p for p in candidates if p.is_file()), None)
     else:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # the Hub client loads only for a Hub id
 
         try:
             path = Path(hf_hub_download(str(ref), SPLIT_NAME))
@@ -258,7 +259,6 @@ def choose_examples(
     Returns:
         The examples and the start-up problems; never raises for a bad folder.
     """
-    from cxr.data.folders import scan_image_folder
 
     choice = ExampleChoice()
     if not Path(folder).is_dir():

@@ -45,7 +45,7 @@ QUICKSTART_RUNS = (
 def ensure_quickstart_models(data: Union[str, Path], root: Union[str, Path] = QUICKSTART_ROOT) -> List[str]:
     """Train each quick-start model unless a finished run is already there (an interrupted one resumes); return
     their model folders, in :data:`QUICKSTART_RUNS` order."""
-    from cxr.training.config import TrainConfig
+    from cxr.training.config import TrainConfig  # the training stack loads only when a quick start trains
     from cxr.training.loop import train
     from cxr.training.resume import has_checkpoint
 

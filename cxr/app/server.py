@@ -97,7 +97,7 @@ def launch(
 
     ``allowed_paths``: the files outside the cache Gradio may hand out (the example films).
     """
-    from starlette.middleware import Middleware
+    from starlette.middleware import Middleware  # Gradio's server stack loads only when the app is served
 
     guard = Middleware(
         UploadGuard,

@@ -12,6 +12,8 @@ from cxr.commands.train import build_parser as build_train_parser
 from cxr.options import option
 from cxr.run_folder import CVFolder
 from cxr.training.config import TrainConfig
+from cxr.training.cv import refuse_per_run_flags, run_cv
+from cxr.training.preflight import preflight
 
 __all__ = ["CVOptions", "build_parser", "main"]
 
@@ -44,9 +46,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run():
         from accelerate import PartialState  # accelerate and the training loop load only once the flags parse
-
-        from cxr.training.cv import refuse_per_run_flags, run_cv
-        from cxr.training.preflight import preflight
 
         check_options(opts)
         refuse_per_run_flags(cfg)

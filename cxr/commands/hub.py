@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from cxr.app.examples import choose_examples, screen_with, training_split
 from cxr.commands.common import EPILOG, HelpFormatter, add_option_flags, parse_options, program_name, run_cli
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
@@ -130,7 +131,6 @@ def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Pa
     and that the Space will show: it decodes and no model's out-of-distribution guard flags it (the published
     models are downloaded and asked, as the Space's app will ask them)."""
     from cxr.app.board import ModelBoard  # the models load only for a Space deployed with examples
-    from cxr.app.examples import choose_examples, screen_with, training_split
 
     if not Path(folder).is_dir():
         raise CXRError(f"--examples folder not found: {folder}; nothing was uploaded")

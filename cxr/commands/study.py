@@ -10,7 +10,8 @@ from typing import List, Optional
 
 from cxr.commands.common import add_option_flags, check_options, make_parser, parse_options, run_cli
 from cxr.options import option
-from cxr.reproduction.runner import PRESETS
+from cxr.reproduction.report import STUDY_MD
+from cxr.reproduction.runner import PRESETS, run_study
 
 __all__ = ["StudyOptions", "build_parser", "main"]
 
@@ -59,9 +60,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run():
         from accelerate import PartialState  # accelerate loads only once the flags parse
-
-        from cxr.reproduction.report import STUDY_MD
-        from cxr.reproduction.runner import run_study
 
         check_options(opts)
         models = [m.strip() for m in opts.models.split(",") if m.strip()] if opts.models else None

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from cxr.commands.common import add_option_flags, make_parser, parse_options, run_cli
 from cxr.training.config import TrainConfig
+from cxr.training.loop import train
 
 __all__ = ["build_parser", "main", "TRAIN_SECTIONS"]
 
@@ -38,8 +39,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run():
         from accelerate import PartialState  # accelerate and the training loop load only once the flags parse
-
-        from cxr.training.loop import train
 
         train(cfg)
         PartialState().destroy_process_group()

@@ -57,47 +57,7 @@ def _from_datasets(
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     parts, given, sources = [], {}, {}
     for split_name, ds in splits.items():
-        image_col = _find_column(ds.features, datasets.Image)
-        label_col = _find_column(ds.features, datasets.ClassLabel)
-        if image_col is None or label_col is None:
-            raise CXRError(
-                f"{what} (split {split_name!r}) needs an Image column and a ClassLabel column; "
-                f"it has {dict(ds.features)}"
-            )
-        names = ds.features[label_col].names
-        present = sorted(set(ds[label_col])) if labelling.partial else range(len(names))
-        labelling.check([names[i] for i in present], f"{what} has classes {names}")
-        remap = [CLASS_NAMES.index(labelling.class_of(n)) if labelling.class_of(n) else -1 for n in names]
-        source_col = next((c for c in SOURCE_COLUMNS if c in ds.column_names), None)
-        split_sources = list(ds[source_col]) if source_col else None
-        ds = ds.cast_column(image_col, datasets.Image(decode=False))
-
-        def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap, _fp=ds._fingerprint):
-            out_names = []
-            for img, idx, lab in zip(batch[_img], indices, batch[_lab]):
-                base = os.path.basename(img.get("path") or "") or f"{_split}-{idx:07d}.png"
-                out_names.append(f"{CLASS_NAMES[_remap[lab]]}/{base}")
-            return {
-                "image": batch[_img],
-                "file_name": out_names,
-                "label": [_remap[lab] for lab in batch[_lab]],
-                "file_stat": [f"{_fp}:{i}" for i in indices],
-            }
-
-        part = ds.map(
-            _rows,
-            batched=True,
-            with_indices=True,
-            remove_columns=ds.column_names,
-            features=datasets.Features(
-                {
-                    "image": datasets.Image(decode=False),
-                    "file_name": datasets.Value("string"),
-                    "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
-                    "file_stat": datasets.Value("string"),
-                }
-            ),
-        )
+        part, split_sources = _common_columns(ds, str(split_name), what, labelling)
         parts.append(part)
         given[str(split_name)] = list(part["file_name"])
         if split_sources is not None:
@@ -106,6 +66,55 @@ def _from_datasets(
     if len(set(ds["file_name"])) != len(ds):
         raise CXRError(f"{what} has duplicate file names; split files need unique names")
     return ds.cast_column("image", datasets.Image()), given, (sources or None)
+
+
+def _common_columns(
+    ds: datasets.Dataset, split_name: str, what: str, labelling: Labelling
+) -> Tuple[datasets.Dataset, Optional[List[Any]]]:
+    """One split of a ``load_dataset`` result in the common columns (``image`` undecoded, ``file_name``,
+    ``label`` in our classes, ``file_stat``), and its films' sources when a :data:`SOURCE_COLUMNS` column names
+    them."""
+    image_col = _find_column(ds.features, datasets.Image)
+    label_col = _find_column(ds.features, datasets.ClassLabel)
+    if image_col is None or label_col is None:
+        raise CXRError(
+            f"{what} (split {split_name!r}) needs an Image column and a ClassLabel column; it has {dict(ds.features)}"
+        )
+    names = ds.features[label_col].names
+    present = sorted(set(ds[label_col])) if labelling.partial else range(len(names))
+    labelling.check([names[i] for i in present], f"{what} has classes {names}")
+    remap = [CLASS_NAMES.index(labelling.class_of(n)) if labelling.class_of(n) else -1 for n in names]
+    source_col = next((c for c in SOURCE_COLUMNS if c in ds.column_names), None)
+    split_sources = list(ds[source_col]) if source_col else None
+    ds = ds.cast_column(image_col, datasets.Image(decode=False))
+
+    def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap, _fp=ds._fingerprint):
+        out_names = []
+        for img, idx, lab in zip(batch[_img], indices, batch[_lab]):
+            base = os.path.basename(img.get("path") or "") or f"{_split}-{idx:07d}.png"
+            out_names.append(f"{CLASS_NAMES[_remap[lab]]}/{base}")
+        return {
+            "image": batch[_img],
+            "file_name": out_names,
+            "label": [_remap[lab] for lab in batch[_lab]],
+            "file_stat": [f"{_fp}:{i}" for i in indices],
+        }
+
+    part = ds.map(
+        _rows,
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        features=datasets.Features(
+            {
+                "image": datasets.Image(decode=False),
+                "file_name": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+                "file_stat": datasets.Value("string"),
+            }
+        ),
+    )
+    return part, split_sources
 
 
 def _load_with_datasets(folder: Path, config: Optional[str], what: str) -> datasets.DatasetDict:

@@ -53,7 +53,7 @@ PREPROCESS_VERSION = 3
 
 def apply_clahe(image: Image.Image, clip_limit: float = 2.0, tiles: int = 8) -> Image.Image:
     """Contrast-limited adaptive histogram equalisation (OpenCV) of a mode-``L`` image."""
-    import cv2
+    import cv2  # OpenCV loads only for CLAHE
 
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
     return Image.fromarray(clahe.apply(np.asarray(image, dtype=np.uint8)), mode="L")
@@ -257,7 +257,7 @@ class _RandomGamma:
         self.low, self.high = math.log(low), math.log(high)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms.v2 import functional as F  # torchvision loads only when images are augmented
 
         gamma = math.exp(self.low + (self.high - self.low) * float(torch.rand(())))
         return F.adjust_gamma(x, gamma)
@@ -270,14 +270,14 @@ class _ZoomCrop:
         self.min_area = min_area
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # torchvision loads only when images are augmented
 
         crop = v2.RandomResizedCrop(tuple(x.shape[-2:]), scale=(self.min_area, 1.0), ratio=(0.9, 1.1), antialias=True)
         return crop(x)
 
 
 def _acquisition_steps() -> list:
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # torchvision loads only when images are augmented
 
     return [
         v2.RandomApply([_RandomGamma()], p=0.5),
@@ -317,7 +317,7 @@ class TrainAugmentation:
         contrast: float = 0.0,
         acquisition: bool = False,
     ):
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # torchvision loads only when images are augmented
 
         self.params = dict(
             degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness, contrast=contrast

@@ -140,6 +140,34 @@ def complete_split(
             part: f"made: {_share(f)} of the {len(file_names)} images, stratified by class (seed {seed})"
             for part, f in zip(SPLITS, DEFAULT_FRACTIONS)
         }
+    source = _given_parts(given)
+    kept = {part: sorted(n for n in given[name] if n in label_of) for part, name in source.items()}
+    how = {part: f"the dataset's own {name!r} split" for part, name in source.items()}
+    missing = [part for part in SPLITS if part not in kept]
+    if missing:
+        train = kept["train"]
+        if len(missing) == 2:
+            fractions = DEFAULT_FRACTIONS
+        else:
+            fractions = (8 / 9, 1 / 9, 0.0) if missing == ["validation"] else (8 / 9, 0.0, 1 / 9)
+        carved = stratified_split(train, [label_of[n] for n in train], seed=seed, fractions=fractions)
+        for part in SPLITS:
+            if part in missing:
+                kept[part] = carved[part]
+                share = "1/9" if len(missing) == 1 else _share(fractions[SPLITS.index(part)])
+                how[part] = f"carved from {source['train']!r}: {share} of it, stratified by class (seed {seed})"
+        kept["train"] = carved["train"]
+        how["train"] += f", less the {' and '.join(missing)} part{'s' if len(missing) > 1 else ''} carved from it"
+    return {part: kept[part] for part in SPLITS}, {part: how[part] for part in SPLITS}
+
+
+def _given_parts(given: Dict[str, List[str]]) -> Dict[str, str]:
+    """``{part: the data's own split name}`` for each of train/validation/test the data gives (names matched
+    through :data:`SPLIT_ALIASES`, case-insensitive).
+
+    Raises:
+        CXRError: a split name that is none of the aliases, two splits for one part, or no train split.
+    """
     part_of = {alias: part for part, aliases in SPLIT_ALIASES.items() for alias in aliases}
     unknown = sorted(name for name in given if name.lower() not in part_of)
     if unknown:
@@ -162,24 +190,7 @@ def complete_split(
             f"the dataset has no train split (it has {', '.join(repr(n) for n in sorted(given))}); "
             "pass --split-file to say which images train"
         )
-    kept = {part: sorted(n for n in given[name] if n in label_of) for part, name in source.items()}
-    how = {part: f"the dataset's own {name!r} split" for part, name in source.items()}
-    missing = [part for part in SPLITS if part not in kept]
-    if missing:
-        train = kept["train"]
-        if len(missing) == 2:
-            fractions = DEFAULT_FRACTIONS
-        else:
-            fractions = (8 / 9, 1 / 9, 0.0) if missing == ["validation"] else (8 / 9, 0.0, 1 / 9)
-        carved = stratified_split(train, [label_of[n] for n in train], seed=seed, fractions=fractions)
-        for part in SPLITS:
-            if part in missing:
-                kept[part] = carved[part]
-                share = "1/9" if len(missing) == 1 else _share(fractions[SPLITS.index(part)])
-                how[part] = f"carved from {source['train']!r}: {share} of it, stratified by class (seed {seed})"
-        kept["train"] = carved["train"]
-        how["train"] += f", less the {' and '.join(missing)} part{'s' if len(missing) > 1 else ''} carved from it"
-    return {part: kept[part] for part in SPLITS}, {part: how[part] for part in SPLITS}
+    return source
 
 
 def save_split(path: os.PathLike, split: Dict[str, List[str]], seed: int, fractions=DEFAULT_FRACTIONS) -> None:

@@ -29,7 +29,7 @@ METRIC_MODULE = Path(__file__).parent / "cxr_classification"
 @functools.lru_cache(maxsize=1)
 def load_metric():
     """Load the shipped ``cxr_classification`` metric module with ``evaluate`` (by path, offline)."""
-    import evaluate
+    import evaluate  # evaluate and its metric module load on the first metric computed
 
     return evaluate.load(str(METRIC_MODULE))
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.metrics import compute_metrics
 
 __all__ = [
     "OperatingPoint",
@@ -167,7 +168,6 @@ def decision_metrics(
     """``metrics.json``'s ``decision`` block: the rule, what chose it, and every figure of
     :func:`cxr.metrics.compute_metrics` for the decisions it makes on these probabilities (rounded as
     predictions files write them, so the files reproduce it); for a model without an operating point, argmax's."""
-    from cxr.metrics import compute_metrics
 
     written = np.round(np.asarray(probabilities, dtype=np.float64), 6)
     threshold = None if operating_point is None else operating_point.normal_threshold

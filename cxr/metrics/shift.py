@@ -39,7 +39,7 @@ def shift_summary(scores: Sequence[float], validation_scores: Sequence[float]) -
         (``statistic``, ``p_value``), ``shifted`` (either test below :data:`SHIFT_P` with the set's scores the
         larger) and ``direction`` (``"farther"``/``"closer"``: the set's median against the validation one).
     """
-    from scipy import stats
+    from scipy import stats  # SciPy loads only for these statistics
 
     scores = np.asarray(scores, dtype=np.float64)
     validation = np.asarray(validation_scores, dtype=np.float64)

@@ -119,7 +119,7 @@ def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> Dict[
     Returns:
         ``b`` (A right, B wrong), ``c`` (A wrong, B right), ``statistic``, ``p_value`` and ``method``.
     """
-    from scipy import stats
+    from scipy import stats  # SciPy loads only for these statistics
 
     right_a, right_b = np.asarray(pred_a) == y, np.asarray(pred_b) == y
     b = int(np.sum(right_a & ~right_b))
@@ -220,7 +220,7 @@ def fit_temperature_to_logits(
     """The temperature minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017), by bounded search on
     ``log T``; with ``smoothing``, against targets that give that share of the mass to the other classes evenly
     (a finite temperature even for logits without an error)."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # SciPy loads only for these statistics
 
     res = minimize_scalar(
         lambda log_t: _nll_of_logits(y, logits, math.exp(log_t), smoothing),

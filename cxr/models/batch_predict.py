@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from cxr.data.decode import read_radiograph
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import CXRClassifier
 
 __all__ = ["PredictionRow", "predict_films", "write_rows", "COLUMNS", "CAM_SIDE"]
@@ -118,7 +119,6 @@ def _write_cam(
     clf: CXRClassifier, x: torch.Tensor, shown: Image.Image, decided: int, folder: Path, name: str, method: str
 ) -> None:
     """The Grad-CAM of the decided class for one preprocessed input ``x`` (``1 x C x H x W``) over ``shown``."""
-    from cxr.models.cam import CamSession, overlay_heatmap
 
     with CamSession(clf, method) as session:  # its own forward: the map needs the gradients of one
         session.probabilities_of_input(x)
@@ -157,39 +157,45 @@ def predict_films(
     with tqdm(total=len(files), desc="cxr.predict", unit="film") as bar:
         for batch in loader:
             ok = np.array([not e for e in batch["error"]])
-            results = []
-            for k, clf in enumerate(classifiers):
-                probs, flags = (None, None)
-                if ok.any():
-                    probs, flags = clf.predict_inputs(batch[f"x{k}"][torch.from_numpy(ok)])
-                    probs = np.round(probs.astype(np.float64), 6)  # as written: the decision follows from the file
-                results.append((probs, flags, clf.decide(probs) if probs is not None else None))
+            results = [_batch_results(clf, batch[f"x{k}"], ok) for k, clf in enumerate(classifiers)]
             for j, i in enumerate(batch["index"].tolist()):
                 file, position = Path(files[i]), int(ok[:j].sum())
                 for k, clf in enumerate(classifiers):
                     if not ok[j]:
                         yield PredictionRow(str(file), labels[k], {}, error=batch["error"][j])
                         continue
-                    probs, flags, decided = results[k]
-                    p = probs[position]
-                    row = PredictionRow(
-                        str(file),
-                        labels[k],
-                        dict(zip(CLASS_NAMES, map(float, p))),
-                        prediction=CLASS_NAMES[int(p.argmax())],
-                        decision=CLASS_NAMES[int(decided[position])],
-                        out_of_distribution=None if flags is None else bool(flags[position]),
-                        warnings=batch["warnings"][j],
-                    )
+                    row, decided = _row(file, labels[k], results[k], position, batch["warnings"][j])
                     if cam_dir is not None:
                         slug = re.sub(r"[^\w.-]+", "_", labels[k]).strip("_")
-                        x = batch[f"x{k}"][j : j + 1]
-                        shown = batch["shown"][j]
-                        _write_cam(
-                            clf, x, shown, int(decided[position]), cam_dir / slug, _cam_name(file, root), cam_method
-                        )
+                        x, shown = batch[f"x{k}"][j : j + 1], batch["shown"][j]
+                        _write_cam(clf, x, shown, decided, cam_dir / slug, _cam_name(file, root), cam_method)
                     yield row
                 bar.update(1)
+
+
+def _batch_results(clf: CXRClassifier, x: torch.Tensor, ok: np.ndarray):
+    """``(probabilities as written, out-of-distribution flags, decisions)`` of the readable films of a batch."""
+    if not ok.any():
+        return None, None, None
+    probs, flags = clf.predict_inputs(x[torch.from_numpy(ok)])
+    probs = np.round(probs.astype(np.float64), 6)  # as written: the decision follows from the file
+    return probs, flags, clf.decide(probs)
+
+
+def _row(file: Path, label: str, results, position: int, warnings) -> Tuple[PredictionRow, int]:
+    """The row of the film at ``position`` among a batch's readable films, and the class index decided."""
+    probs, flags, decided = results
+    p = probs[position]
+    row = PredictionRow(
+        str(file),
+        label,
+        dict(zip(CLASS_NAMES, map(float, p))),
+        prediction=CLASS_NAMES[int(p.argmax())],
+        decision=CLASS_NAMES[int(decided[position])],
+        out_of_distribution=None if flags is None else bool(flags[position]),
+        warnings=warnings,
+    )
+    return row, int(decided[position])
 
 
 def write_rows(path: Path, rows: Iterator[PredictionRow]) -> Dict[str, int]:

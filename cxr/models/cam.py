@@ -41,7 +41,14 @@ _logger = logging.getLogger(__name__)
 
 
 def _methods() -> Dict[str, type]:
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+    from pytorch_grad_cam import (  # grad-cam loads only when a heat map is drawn
+        EigenCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        XGradCAM,
+    )
 
     return {
         "GradCAM": GradCAM,
@@ -181,7 +188,9 @@ class CamSession:
 
     def heatmap(self, class_index: Optional[int] = None) -> np.ndarray:
         """The map for ``class_index`` (default: the predicted class) from the forward already run."""
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        from pytorch_grad_cam.utils.model_targets import (
+            ClassifierOutputTarget,  # grad-cam loads only when a heat map is drawn
+        )
 
         if self.outputs is None:
             raise RuntimeError("call probabilities() first")
@@ -234,7 +243,7 @@ def class_activation_map(
 
 def overlay_heatmap(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend a [0, 1] map (any size) over a grey image, as RGB uint8 of the image's size."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only when a figure is drawn
 
     w, h = image.size
     heat = np.asarray(

@@ -104,7 +104,7 @@ def save_model_dir(
     Returns:
         The folder.
     """
-    from timm.models import save_for_hf
+    from timm.models import save_for_hf  # timm loads only when a model is made
 
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -203,7 +203,7 @@ def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = No
 
 
 def _hub_file(repo_id: str, filename: str, revision: Optional[str]) -> str:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # the Hub client loads only for a Hub id
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
@@ -246,7 +246,7 @@ def load_model(
     Raises:
         CXRError: not a cxr checkpoint, no safetensors, or label names other than the four classes.
     """
-    import timm
+    import timm  # timm loads only when a checkpoint is loaded into a model
 
     from cxr import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
 

@@ -35,8 +35,11 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from cxr.locations import is_hub_id
 from cxr.run_folder import MODEL_OOD_NAME
 
 __all__ = [
@@ -206,8 +209,6 @@ class OODGuard:
 
     def save(self, model_dir: Union[str, os.PathLike]) -> Path:
         """Write :data:`OOD_FILE` into ``model_dir``."""
-        from safetensors.torch import save_file
-
         path = Path(model_dir) / OOD_FILE
         tensors = {"reference": self.reference.to(torch.float16).contiguous()}
         if self.validation_scores is not None:
@@ -221,8 +222,6 @@ class OODGuard:
 
     @classmethod
     def load_file(cls, path: Union[str, os.PathLike]) -> "OODGuard":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             reference = f.get_tensor("reference").float()
@@ -233,12 +232,11 @@ class OODGuard:
     def load(cls, ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional["OODGuard"]:
         """The guard of a local model folder or Hub model, or ``None`` when it has none (models trained before
         it). A Hub model's file comes through ``hf_hub_download``, as its weights do."""
-        from cxr.locations import is_hub_id
 
         if Path(ref).is_dir() or not is_hub_id(str(ref)):
             path = Path(ref) / OOD_FILE
             return cls.load_file(path) if path.is_file() else None
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # the Hub client loads only for a Hub id
         from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
         try:
@@ -258,8 +256,8 @@ def probe_images(size: int = 512, seed: int = 0) -> Dict[str, Image.Image]:
     Returns:
         ``{name: mode-L image}``.
     """
-    import matplotlib.cbook as cbook
-    from sklearn.datasets import load_sample_image
+    import matplotlib.cbook as cbook  # matplotlib loads only when a figure is drawn
+    from sklearn.datasets import load_sample_image  # scikit-learn loads only for the guard's probe photos
 
     rng = np.random.default_rng(seed)
     out: Dict[str, Image.Image] = {}

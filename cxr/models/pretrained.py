@@ -121,7 +121,7 @@ def check_pretrained_available(arch: str, pretrained_cfg) -> None:
     """
     if not hub_is_offline():
         return
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # the Hub client loads only for a Hub id
 
     hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
     url = getattr(pretrained_cfg, "url", None)

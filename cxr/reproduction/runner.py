@@ -16,8 +16,17 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from cxr.data.data_source import load_radiographs
+from cxr.data.splits import SPLITS, load_split, save_split, stratified_split
 from cxr.errors import CXRError
+from cxr.models import model_spec
+from cxr.models.pretrained import check_pretrained_available, offline_weights_file
+from cxr.reproduction.analysis import analyse_study
+from cxr.reproduction.report import write_study_report
 from cxr.run_folder import RunFolder
+from cxr.training.config import TrainConfig
+from cxr.training.loop import train
+from cxr.training.resume import has_checkpoint
 
 __all__ = ["PRESETS", "StudyArm", "plan_study", "run_study"]
 
@@ -88,10 +97,7 @@ class StudyArm:
 
 def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> List[StudyArm]:
     """The runs a study trains, in report order (checked: unknown models fail here, before training)."""
-    import timm
-
-    from cxr.models import model_spec
-    from cxr.models.pretrained import check_pretrained_available, offline_weights_file
+    import timm  # timm loads only when a study is planned
 
     arms: List[StudyArm] = []
     for name in models:
@@ -137,9 +143,6 @@ def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> Li
 def _train_arm(
     arm: StudyArm, preset: Preset, data: str, out: Path, split_file: Path, num_workers: int, cache_dir: Optional[str]
 ) -> str:
-    from cxr.training.config import TrainConfig
-    from cxr.training.loop import train
-    from cxr.training.resume import has_checkpoint
 
     run_dir = out / arm.name
     run = RunFolder(run_dir)
@@ -197,7 +200,7 @@ def run_study(
     Returns:
         The ``study.json`` dict.
     """
-    from accelerate import PartialState
+    from accelerate import PartialState  # accelerate loads only when a run starts
     from accelerate.utils import parse_flag_from_env
 
     if preset_name not in PRESETS:
@@ -219,8 +222,6 @@ def run_study(
             print(f"[study {i}/{len(arms)}] {arm.name}: {status} in {log[arm.name]['seconds']} s", flush=True)
     result: Dict[str, object] = {}
     if state.is_main_process:
-        from cxr.reproduction.report import write_study_report
-
         result = _analyse(data, out, split_file, arms, bootstrap)
         result = {"preset": preset_name, "preset_note": preset.note, "data": data, **result, "runs_log": log}
         write_study_report(out, result, cam_images_per_class=cam_images_per_class, data=data)
@@ -232,8 +233,6 @@ def run_study(
 def _shared_split(state, data: str, out: Path) -> Path:
     """The one split every run of the study trains and tests on (seed 1), written once by the main process;
     the data's layout errors surface here, before anything is written."""
-    from cxr.data.data_source import load_radiographs
-    from cxr.data.splits import save_split, stratified_split
 
     ds = load_radiographs(data)
     split_file = RunFolder(out).split
@@ -247,8 +246,6 @@ def _shared_split(state, data: str, out: Path) -> Path:
 
 def _analyse(data: str, out: Path, split_file: Path, arms: Sequence[StudyArm], bootstrap: int) -> Dict[str, object]:
     """The study's numbers from the runs' saved predictions (:func:`cxr.reproduction.analysis.analyse_study`)."""
-    from cxr.data.splits import SPLITS, load_split
-    from cxr.reproduction.analysis import analyse_study
 
     split = load_split(split_file)
     all_files = [n for part in SPLITS for n in split[part]]

@@ -33,7 +33,7 @@ from cxr.training.presets import (
 __all__ = ["TrainConfig"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; a recipe setting left ``None`` takes the value of ``preset``
     (:data:`PRESETS`), where ``epochs``/``batch_size`` ``None`` means the model's study values.

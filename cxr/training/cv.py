@@ -32,10 +32,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cxr.data.data_source import load_data_source
+from cxr.data.splits import save_split, stratified_split
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+from cxr.metrics import compute_metrics
+from cxr.metrics.stats import ece_if_calibrated, expected_calibration_error, stratified_bootstrap_intervals
 from cxr.reporting.cv_report import render_cv_report
 from cxr.run_folder import CVFolder, read_json, read_predictions, write_json
+from cxr.training.loop import train
+from cxr.training.resume import has_checkpoint, recipe_differences, saved_recipe
 
 __all__ = [
     "stratified_folds",
@@ -77,7 +83,6 @@ def stratified_folds(file_names: Sequence[str], labels: Sequence[int], k: int, s
 
 def fold_split(folds: Sequence[Sequence[str]], k: int, labels: Dict[str, int], seed: int) -> Dict[str, List[str]]:
     """Train/validation/test parts for fold ``k``: test is the fold, validation a stratified ninth of the rest."""
-    from cxr.data.splits import stratified_split
 
     rest = sorted(n for i, f in enumerate(folds) if i != k for n in f)
     inner = stratified_split(rest, [labels[n] for n in rest], seed=seed, fractions=(8 / 9, 1 / 9, 0.0))
@@ -107,13 +112,11 @@ def check_folds(k: int, labels: Sequence[int]) -> None:
 
 
 def _ece(y: np.ndarray, probs: np.ndarray) -> float:
-    from cxr.metrics.stats import expected_calibration_error
 
     return expected_calibration_error(y, probs)
 
 
 def _headline(y: np.ndarray, probs: np.ndarray) -> Dict[str, Optional[float]]:
-    from cxr.metrics import compute_metrics
 
     m = compute_metrics(y, probs)
     return {
@@ -135,7 +138,6 @@ def summarise_oof(y: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> 
         Lung_Opacity images called Normal, macro AUROC and ECE (which also has ``if_calibrated``: the ECE a
         calibrated model would show on these films by chance, :func:`cxr.metrics.stats.ece_if_calibrated`).
     """
-    from cxr.metrics.stats import ece_if_calibrated, stratified_bootstrap_intervals
 
     cis = stratified_bootstrap_intervals(y, probs, _headline, n_resamples=n_resamples)
     summary = {name: {"value": v, "low": lo, "high": hi} for name, (v, lo, hi) in cis.items()}
@@ -153,7 +155,6 @@ def _write_oof(path: Path, rows: List[tuple]) -> None:
 
 def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     """The fold files (written once; a rerun must ask for the same folds)."""
-    from cxr.data.data_source import load_data_source
 
     source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config)
     names, labels = list(source.dataset["file_name"]), list(source.dataset["label"])
@@ -192,7 +193,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
     Returns:
         The ``cv.json`` dict (on the main process; ``{}`` on the others).
     """
-    from accelerate import PartialState
+    from accelerate import PartialState  # accelerate loads only when a run starts
     from accelerate.utils import parse_flag_from_env
 
     refuse_per_run_flags(cfg)
@@ -219,7 +220,6 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
 
 def _write_folds(out: CVFolder, prepared: Dict[str, Any], folds: int, seed: int) -> None:
     """``folds.json`` and each fold's split file (training and validation in 8:1 of the other folds)."""
-    from cxr.data.splits import save_split
 
     out.splits.mkdir(parents=True, exist_ok=True)
     write_json(out.folds, prepared["payload"])
@@ -231,8 +231,6 @@ def _write_folds(out: CVFolder, prepared: Dict[str, Any], folds: int, seed: int)
 
 def _run_fold(out: CVFolder, k: int, folds: int, cfg, main_process: bool) -> str:
     """Train fold ``k`` (or resume it, or keep it when it finished with the same recipe); returns what was done."""
-    from cxr.training.loop import train
-    from cxr.training.resume import has_checkpoint, recipe_differences, saved_recipe
 
     run = out.fold(k)
     if run.is_finished():

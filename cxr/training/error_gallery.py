@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.models.cam import CamSession, overlay_heatmap
 
 __all__ = ["error_entries", "order_errors", "MAX_ERRORS_SHOWN"]
 
@@ -52,7 +53,6 @@ def error_entries(
         names, labels, probs, decisions: per film of ``view``: file name, true class, calibrated probabilities
             and decided class.
     """
-    from cxr.models.cam import CamSession, overlay_heatmap
 
     labels, decisions = np.asarray(labels), np.asarray(decisions)
     chosen = order_errors(labels, decisions, probs)

@@ -76,12 +76,9 @@ def evaluate_folder(
     from accelerate import Accelerator  # accelerate loads only when an evaluation starts
 
     from cxr.models.classifier import CXRClassifier  # the model layer loads after the data flags are checked
-    from cxr.training.error_gallery import error_entries  # grad-cam loads only when the gallery is drawn
 
     check_data_options(data, dataset_revision, dataset_config)
-    run = RunFolder(Path(model_ref).parent)
-    if Path(model_ref).is_dir() and run.model_dir == Path(model_ref) and run.run_config.is_file():
-        run.check_one_run()  # a run's model/ folder: its records must all be of that one run
+    _check_run_records(model_ref)
     accelerator = Accelerator()
     clf = CXRClassifier.from_pretrained(model_ref)
     prep = clf.preprocess
@@ -91,34 +88,17 @@ def evaluate_folder(
             source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, clahe=prep.clahe
         )
     view = RadiographDataset(cached.dataset, prep)
-    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    model, loader = accelerator.prepare(clf.model, loader)
-    out = predict_outputs(model, loader, accelerator, desc="cxr.eval")
+    out = _predict(clf, view, batch_size, num_workers, accelerator)
     names = list(cached.dataset["file_name"])  # one read of the column, not one per row
     metrics = _metrics(clf, out, names, source.sources)
-    metrics["evaluated"] = {  # what was scored, for the model card's external validation (cxr.hub push --eval-dir)
-        "data": str(data),
-        "revision": source.info.get("revision"),
-        "model": str(model_ref),
-        "run_id": (clf.config.get("cxr") or {}).get("run_id"),
-        "images": int(len(out.labels)),
-    }
+    # what was scored, for the model card's external validation (cxr.hub push --eval-dir)
+    metrics["evaluated"] = _evaluated(model_ref, data, source.info, clf, len(out.labels))
     if accelerator.is_main_process:
+        has_guard = clf.ood is not None
         facts = eval_run_facts(
-            str(model_ref),
-            str(data),
-            source.info,
-            len(view),
-            prep.to_dict(),
-            len(cached.bad),
-            metrics,
-            clf.ood is not None,
+            str(model_ref), str(data), source.info, len(view), prep.to_dict(), len(cached.bad), metrics, has_guard
         )
-        probs = softmax(out.logits, clf.temperature)
-        files = [names[i] for i in out.index]
-        errors = error_entries(clf, view, files, out.labels, probs, clf.decide(np.round(probs, 6)))  # view's order
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_evaluation(output_dir, clf.name, metrics, facts, files, out.labels, probs, clf.operating_point, errors)
+        _write(output_dir, clf, view, out, names, metrics, facts)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -141,3 +121,36 @@ def _metrics(clf: Any, out: Outputs, names: Sequence[str], sources: Optional[Dic
         if clf.ood.validation_scores is not None:
             metrics["shift"] = shift_summary(scores, clf.ood.validation_scores)
     return metrics
+
+
+def _write(
+    output_dir: Path, clf: Any, view: RadiographDataset, out: Outputs, names: Sequence[str], metrics, facts
+) -> None:
+    """The evaluation folder: metrics, predictions, report and its figures (the error gallery included)."""
+    from cxr.training.error_gallery import error_entries  # grad-cam loads only when the gallery is drawn
+
+    probs = softmax(out.logits, clf.temperature)
+    files = [names[i] for i in out.index]
+    errors = error_entries(clf, view, files, out.labels, probs, clf.decide(np.round(probs, 6)))  # view's order
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_evaluation(output_dir, clf.name, metrics, facts, files, out.labels, probs, clf.operating_point, errors)
+
+
+def _check_run_records(model_ref: str) -> None:
+    """A run's ``model/`` folder: its records must all be of that one run (a Hub id or a bare folder: nothing)."""
+    run = RunFolder(Path(model_ref).parent)
+    if Path(model_ref).is_dir() and run.model_dir == Path(model_ref) and run.run_config.is_file():
+        run.check_one_run()
+
+
+def _predict(clf: Any, view: RadiographDataset, batch_size: int, num_workers: int, accelerator: Any) -> Outputs:
+    """Every film of ``view`` through the model, in order, over every process."""
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model, loader = accelerator.prepare(clf.model, loader)
+    return predict_outputs(model, loader, accelerator, desc="cxr.eval")
+
+
+def _evaluated(model_ref: str, data: str, source: Dict[str, Any], clf: Any, images: int) -> Dict[str, Any]:
+    """``metrics.json``'s ``evaluated``: the data (and its revision), the model and its run id, the films scored."""
+    run_id = (clf.config.get("cxr") or {}).get("run_id")
+    return dict(data=str(data), revision=source.get("revision"), model=str(model_ref), run_id=run_id, images=images)

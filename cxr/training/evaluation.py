@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cxr.metrics.operating_point import OperatingPoint
+from cxr.models.classifier import temperature_softmax
+from cxr.models.ood import capture_features
 from cxr.reporting.plots import plot_confusion_matrix, plot_error_gallery, plot_operating_point
 from cxr.reporting.run_report import write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
@@ -64,7 +66,6 @@ def predict_outputs(
     Returns:
         :class:`Outputs`: each image of the loader's dataset exactly once.
     """
-    from cxr.models.ood import capture_features
 
     model.eval()
     parts: List[Tuple[torch.Tensor, ...]] = []
@@ -93,7 +94,6 @@ def predict_logits(
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """:func:`cxr.models.classifier.temperature_softmax` of gathered logits (the app's and ``CXRClassifier``'s numbers)."""
-    from cxr.models.classifier import temperature_softmax
 
     return temperature_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), temperature).numpy()
 

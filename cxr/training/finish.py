@@ -30,6 +30,7 @@ from cxr.metrics.stats import (
     fit_temperature_to_logits,
     softmax_with_temperature,
 )
+from cxr.models.ood import OODGuard
 from cxr.training.held_out import HeldOut
 
 __all__ = ["Finished", "GuardInputs", "finish", "fit_guard", "fit_held_out_temperature"]
@@ -68,7 +69,6 @@ class GuardInputs:
 def fit_guard(inputs: GuardInputs) -> Tuple[Any, Dict[str, Any]]:
     """The out-of-distribution guard — threshold set on validation — and its record: the test images and the
     probes it flags."""
-    from cxr.models.ood import OODGuard
 
     guard = OODGuard.fit(inputs.fit_on, inputs.validation, reference=inputs.reference)
     probe_flags, test_flags = guard.flags(inputs.probes), guard.flags(inputs.test)

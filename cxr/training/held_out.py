@@ -9,6 +9,7 @@ change when a constant is added), so a run can carry them into its model. Resear
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -84,7 +85,6 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     Raises:
         CXRError: not a finished cross-validation folder.
     """
-    import csv
 
     cv = CVFolder(cv_dir)
     if not cv.is_finished():

@@ -78,7 +78,7 @@ def set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
 
 def check_push_target_on_main(state: Any, repo_id: Optional[str], private: bool) -> None:
     """Check token and repository on the main process before training; every process stops if it fails."""
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list  # accelerate loads only when a run starts
 
     from cxr.publishing.publish import check_push_target  # the Hub client loads only for a run that publishes
 

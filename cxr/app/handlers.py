@@ -1,0 +1,244 @@
+"""What the page's events and API endpoints compute (:class:`PageHandlers`), from a
+:class:`~cxr.app.board.ModelBoard`: the streamed analysis, ``/classify`` and ``/predict``'s answers, and the
+uploads in use and forgotten. No Gradio component is made here; :mod:`cxr.app.page` lays them out and wires them.
+Research use only — not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
+from cxr.app.examples import Example, ExampleFilms
+from cxr.app.kept import KeptImages
+from cxr.app.upload_guard import StoredUploads
+from cxr.labels import CLASS_NAMES, DISCLAIMER
+from cxr.models.ood import OOD_MESSAGE
+
+__all__ = ["PageHandlers", "PREDICTED", "NO_MODELS_LINE", "example_entry"]
+
+_logger = logging.getLogger(__name__)
+
+#: The "Explain" choice that explains each model's own predicted class.
+PREDICTED = "predicted class"
+
+
+NO_MODELS_LINE = (
+    "this app was started without models: list Hub ids in app_models.txt or $CXR_APP_MODELS, "
+    "or pass --models (the page says how)"
+)
+
+
+def _decision_line(m, probabilities: Optional[Dict[str, float]]) -> str:
+    """A model's decision for the page: the class its saved rule gives (research use only)."""
+    if not probabilities or not m.available:
+        return ""
+    return f"**Decision: {m.classifier.decision(probabilities)}** ({m.classifier.decision_rule})"
+
+
+def _cam_class(choice: Optional[str]) -> Optional[str]:
+    return choice if choice in CLASS_NAMES else None
+
+
+def _status(a: Analysis, done: bool, example: Optional[Example] = None) -> str:
+    if a.error:
+        return f"**⚠ {a.error}**"
+    lines = [example.description] if example else []
+    lines += [f"**⚠ {w}**" for w in a.warnings]
+    lines += [f"**⚠ {ref}: {OOD_MESSAGE}**" for ref, flagged in a.out_of_distribution.items() if flagged]
+    lines += [f"{ref}: {err}" for ref, err in a.model_errors.items()]
+    lines.append(f"*{DISCLAIMER}*" if done else f"*Computing heat maps… — {DISCLAIMER}*")
+    return "\n\n".join(lines)
+
+
+class PageHandlers:
+    """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
+
+    def __init__(self, board: ModelBoard, kept: KeptImages, uploads: Optional[StoredUploads] = None):
+        self.board, self.shown, self.kept, self.uploads = board, board.models, kept, uploads
+        self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
+        self.examples = ExampleFilms(())  # set by build_demo
+        self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
+        self._lock = threading.Lock()
+
+    def example(self, path: Optional[str]) -> Optional[Example]:
+        """The example film ``path`` holds (by content) or, when it is gone, was a copy of in Gradio's cache
+        (by the folder Gradio names after the film's content; an upload of another film never matches)."""
+        if path and not Path(path).is_file():
+            return self.examples.copied_as(path) if self._in_cache(path) else None
+        return self.examples.holding(path)
+
+    def _in_cache(self, path: str) -> bool:
+        return self.demo is not None and Path(self.demo.GRADIO_CACHE).resolve() in Path(path).resolve().parents
+
+    def load_example(self, index: int) -> str:
+        """The film of the example clicked, for the upload component (Gradio copies it into its cache)."""
+        return str(self.examples.films[index].path)
+
+    @contextlib.contextmanager
+    def using(self, path: Optional[str]) -> Iterator[None]:
+        """Hold an upload while a request analyses it; when the last request holding it ends, delete it
+        (:meth:`forget`)."""
+        key = str(Path(path).resolve()) if path else None  # one count per file, however a request spells it
+        if key and self.uploads is not None:
+            self.uploads.claim(key)  # analysed now: deleted when the last request holding it ends, not expired
+        with self._lock:
+            self._in_use[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use[key] -= 1
+                last = self._in_use[key] == 0
+                if last:
+                    del self._in_use[key]
+                    self.forget(path)
+
+    def forget(self, path: Optional[str]) -> None:
+        """Delete an analysed upload from the server, so it is never served back and nothing a visitor sent
+        (a DICOM carries the patient's name) stays on disk. Only files that arrived through Gradio's upload
+        route are deleted — never an example's copy or an image the app sent out, whatever path a request
+        names."""
+        if not path or self.demo is None:
+            return
+        file, root = Path(path).resolve(), Path(self.demo.GRADIO_CACHE).resolve()
+        uploads = self.demo.upload_file_set.copy()  # Gradio's threads add to it (and sweep it) meanwhile
+        spelled = next((p for p in (str(path), str(file)) if p in uploads), None)
+        if root not in file.parents or spelled is None or not file.is_file():
+            return
+        if self.examples.holding(file) is not None:  # the same bytes as an example: perhaps its cached copy
+            return
+        with contextlib.suppress(OSError):
+            file.unlink()
+            self.demo.upload_file_set.discard(spelled)
+            file.parent.rmdir()  # the upload's own folder, now empty
+
+    def _upload(self, path: Optional[str], kept: Optional[Tuple[str, str]] = None) -> Upload:
+        """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the
+        image this page decoded from it then (``kept``: the upload's path and its token in :class:`KeptImages`;
+        when that image was dropped, the decoder asks for the film again); an example whose cached copy is gone
+        (a cache emptied by hand) is read from its own film."""
+        if path and kept is not None and kept[0] == str(path) and not Path(path).is_file():
+            decoded = self.kept.get(kept[1])
+            if decoded is not None:
+                return decoded
+        example = self.example(path) if path and not Path(path).is_file() else None
+        return str(example.path) if example is not None else path
+
+    def stream(self, image, cam_method, explain, kept=None):
+        """Yield the page's outputs as they are ready; the last output is the decoded image the page keeps for
+        another analysis of the same upload.
+
+        Every step yields every output, unchanged ones included (Gradio re-encodes those images; its stream sends
+        only what changed). ``gr.skip()`` would be cheaper but is a property update: Gradio then gives the
+        session its own copy of that component, whose files — a heat map sent later — the cache sweep never
+        sees (Gradio 6.31), so each visit would leave one behind for good.
+        """
+        last, shown_array, example = None, None, self.example(image)
+        with self.using(image):
+            upload = self._upload(image, kept)
+            again = isinstance(upload, DecodedUpload)  # the image this page kept: its token stays
+            for a in self.board.analyse(upload, cam_method or "GradCAM", _cam_class(explain)):
+                last = a
+                if shown_array is None and a.shown is not None:
+                    shown_array = _as_array(a.shown)
+                    if image and a.decoded is not None and not again:
+                        if kept is not None:
+                            self.kept.drop(kept[1])  # the page's earlier upload: it shows this one now
+                        kept = (str(image), self.kept.put(a.decoded))
+                yield [*self._outputs(a, shown_array, done=False, example=example), kept]
+        if last is not None:
+            yield [*self._outputs(last, shown_array, done=True, example=example), kept]
+
+    def analyse(self, image, cam_method, explain):
+        """``/analyse`` for programs: what the page shows, streamed, without the image the page keeps."""
+        for out in self.stream(image, cam_method, explain):
+            yield out[:-1]
+
+    def _outputs(self, a: Analysis, shown_array, done: bool, example: Optional[Example] = None) -> List[Any]:
+        probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
+        heatmaps = [a.heatmaps.get(m.ref) for m in self.shown]
+        decisions = [_decision_line(m, a.probabilities.get(m.ref)) for m in self.shown]
+        agreement = agreement_line(a.probabilities)
+        return [_status(a, done, example), shown_array, *probabilities, *heatmaps, agreement, *decisions]
+
+    def model_entries(self, final: Analysis, with_heatmaps: bool) -> Tuple[Dict[str, Any], List[Any]]:
+        models, gallery = {}, []
+        for m in self.shown:
+            entry: Dict[str, Any] = {"available": m.available}
+            if not m.available:
+                entry["error"] = m.error
+            elif m.ref in final.model_errors:
+                entry["error"] = final.model_errors[m.ref]
+            else:
+                entry["temperature"] = m.classifier.temperature
+                entry["decision_rule"] = m.classifier.decision_rule
+                entry["out_of_distribution"] = final.out_of_distribution.get(m.ref)
+            probs = final.probabilities.get(m.ref)
+            if probs:
+                entry.update(
+                    probabilities=probs, predicted=max(probs, key=probs.get), decision=m.classifier.decision(probs)
+                )
+            if with_heatmaps and m.ref in final.heatmaps:
+                entry["heatmap_index"] = len(gallery)
+                gallery.append((final.heatmaps[m.ref], m.ref))
+            models[m.ref] = entry
+        return models, gallery
+
+    def _answer(self, final: Analysis, models: Dict[str, Any], image: Optional[str], **extra: Any) -> Dict[str, Any]:
+        example = self.example(image)
+        return {
+            "error": None,
+            "warnings": final.warnings,
+            **extra,
+            "example": None if example is None else example_entry(example),
+            "agreement": agreement_line(final.probabilities),
+            "models": models,
+            "disclaimer": DISCLAIMER,
+        }
+
+    def classify(self, image) -> Dict[str, Any]:
+        """Every model's calibrated probabilities for one chest X-ray, without Grad-CAM (fast)."""
+        with self.using(image):
+            if not self.shown:
+                return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
+            final = self.board.classify(self._upload(image))
+        if final.error:
+            return {"error": final.error, "disclaimer": DISCLAIMER}
+        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0], image)
+
+    def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
+        """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
+        final = None
+        with self.using(image):
+            for final in self.board.analyse(self._upload(image), cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007
+                pass
+        if not self.shown:
+            final.error = NO_MODELS_LINE
+        if final.error:
+            return {"error": final.error, "disclaimer": DISCLAIMER}, []
+        models, gallery = self.model_entries(final, with_heatmaps=True)
+        return self._answer(final, models, image, shown_size=list(final.shown.size)), gallery
+
+
+def example_entry(e: Example) -> Dict[str, Any]:
+    return {
+        "file_name": e.file_name,
+        "true_class": e.true_class,
+        "held_out": e.held_out,
+        "tested_by": list(e.tested),
+        "never_seen_by": list(e.unseen),
+        "trained_on_by": list(e.seen),
+        "split_unknown_for": list(e.unknown),
+    }
+
+
+def _as_array(image):
+    return np.asarray(image)
