@@ -11,7 +11,7 @@ from typing import List, Optional
 from cxr.commands.common import add_option_flags, check_options, make_parser, parse_options, run_cli
 from cxr.options import option
 from cxr.reproduction.report import STUDY_MD
-from cxr.reproduction.runner import PRESETS, run_study
+from cxr.reproduction.runner import STUDY_PRESETS, run_study
 
 __all__ = ["StudyOptions", "build_parser", "main"]
 
@@ -26,7 +26,7 @@ class StudyOptions:
         None,
         help=lambda: (
             "Comma-separated models (default: the preset's: "
-            + "; ".join(f"{k}: {','.join(v.models)}" for k, v in PRESETS.items())
+            + "; ".join(f"{k}: {','.join(v.models)}" for k, v in STUDY_PRESETS.items())
             + ")."
         ),
     )
@@ -34,7 +34,7 @@ class StudyOptions:
         "cpu-quick",
         help="paper: the study's protocol; cpu-quick: shrunk (96 px, 6 epochs) to finish on a small CPU; its time "
         "is in the README.",
-        choices=lambda: tuple(PRESETS),
+        choices=lambda: tuple(STUDY_PRESETS),
     )
     clahe: bool = option(False, help="Also train every model with CLAHE before resizing.")
     num_workers: int = option(2, help="Data-loader workers per run.", minimum=0)

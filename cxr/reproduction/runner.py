@@ -28,7 +28,7 @@ from cxr.training.config import TrainConfig
 from cxr.training.loop import train
 from cxr.training.resume import has_checkpoint
 
-__all__ = ["PRESETS", "StudyArm", "plan_study", "run_study"]
+__all__ = ["STUDY_PRESETS", "StudyArm", "plan_study", "run_study"]
 
 _logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Preset:
     note: str = ""
 
 
-PRESETS: Dict[str, Preset] = {
+STUDY_PRESETS: Dict[str, Preset] = {
     "paper": Preset(
         models=("alexnet", "vgg19_bn", "resnet50", "logreg", "tf_efficientnet_lite0"),
         image_size=224,
@@ -203,9 +203,9 @@ def run_study(
     from accelerate import PartialState  # accelerate loads only when a run starts
     from accelerate.utils import parse_flag_from_env
 
-    if preset_name not in PRESETS:
-        raise CXRError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
-    preset = PRESETS[preset_name]
+    if preset_name not in STUDY_PRESETS:
+        raise CXRError(f"--preset must be one of {', '.join(STUDY_PRESETS)}, got {preset_name!r}")
+    preset = STUDY_PRESETS[preset_name]
     arms = plan_study(models or preset.models, preset, clahe)
     # like AcceleratorState, honour ACCELERATE_USE_CPU (PartialState alone would ignore it and see one process)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
