@@ -10,6 +10,7 @@ import pytest
 from helpers import CLASSES, PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, make_subset, run_script, tiny_run
 
 from cxr.errors import CXRError
+from cxr.run_folder import RunFolder
 from cxr.training.cv import check_folds, fold_split, stratified_folds
 from cxr.training.held_out import bundle_from_cv, bundled_for
 
@@ -179,3 +180,15 @@ def test_cv_under_a_two_process_launch(tmp_path, sample_dir):
     assert len(rows) == 24 and len({r["file_name"] for r in rows}) == 24
     assert "2 process(es)" in (cv / "fold-0" / "report.md").read_text()
     assert os.path.isfile(cv / "cv.md")
+
+
+def test_a_training_run_folder_is_refused_as_a_cv_folder(tmp_path, subset):
+    """``--output-dir`` naming a training run's folder is refused before any fold trains (a CV folder is not a
+    run folder; each fold's run replaces only its own)."""
+    tiny_run_dir = tmp_path / "run"
+    tiny_run_dir.mkdir()
+    (tiny_run_dir / RunFolder(tiny_run_dir).metrics.name).write_text("{}")  # what a finished run writes last
+    before = sorted(p.name for p in tiny_run_dir.iterdir())
+    proc = run_script([PYTHON, "-m", "cxr.cv", "--data", str(subset), "--output-dir", str(tiny_run_dir), *TINY])
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in tiny_run_dir.iterdir()) == before

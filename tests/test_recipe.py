@@ -18,7 +18,7 @@ from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
-from cxr.training.config import TrainConfig
+from cxr.training.config import FILLED, Recipe, TrainConfig
 from cxr.training.launch import set_cpu_threads
 from cxr.training.optim import lr_factor
 from cxr.training.presets import PRESETS
@@ -448,3 +448,16 @@ def test_the_shipped_out_of_fold_predictions_are_the_default_recipes(sample_dir,
     carried = bundled_for(cfg.resolve().to_dict(), 600)
     assert carried is not None and len(carried) == 600 and sorted(np.bincount(carried.labels)) == [150] * 4
     assert bundled_for(dataclasses.replace(cfg, clahe=True).resolve().to_dict(), 600) is None
+
+
+def test_a_resolved_recipe_is_frozen_and_sets_every_preset_field(sample_dir, tmp_path):
+    """``TrainConfig.resolve`` gives a ``Recipe``: no field left to "take the preset's value", none changeable."""
+    raw = TrainConfig(model="logreg", data=str(sample_dir), output_dir=str(tmp_path / "x"))
+    assert all(getattr(raw, k) is None for k in FILLED)  # as given: the preset fills them
+    recipe = raw.resolve()
+    assert isinstance(recipe, Recipe) and all(getattr(recipe, k) is not None for k in FILLED)
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    assert all(fields[k].default is dataclasses.MISSING and "Optional" not in str(fields[k].type) for k in FILLED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.lr = 1.0
+    assert recipe.resolve() == recipe  # resolving again changes nothing

@@ -34,11 +34,11 @@ def small_data(tmp_path_factory, sample_dir):
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(small_data, tmp_path_factory):
-    import cxr.training.loop
+    from cxr.reproduction import runner
     from cxr.reproduction.runner import run_study
 
     out = tmp_path_factory.mktemp("study") / "study"
-    real_train = cxr.training.loop.train
+    real_train = runner.train  # the study's runner trains each arm with cxr.training.loop.train
     calls = []
 
     def train_then_die(cfg):
@@ -47,7 +47,7 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
             raise KeyboardInterrupt("killed during the second run")
         return real_train(cfg)
 
-    cxr.training.loop.train = train_then_die
+    runner.train = train_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
             run_study(
@@ -61,7 +61,7 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
                 cam_images_per_class=1,
             )
     finally:
-        cxr.training.loop.train = real_train
+        runner.train = real_train
     assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
     result = run_study(
         str(small_data),

@@ -14,7 +14,7 @@ from cxr.data.dataset import RadiographDataset
 from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 from cxr.labels import CLASS_NAMES
 from cxr.models import apply_train_layers, create_model
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 from cxr.training.optim import make_optimizer, make_scheduler
 from cxr.training.run_data import RunData
 
@@ -75,7 +75,7 @@ def make_loader(
     )
 
 
-def build(cfg: TrainConfig, data: RunData, accelerator: Any, micro_batch: int) -> TrainSetup:
+def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> TrainSetup:
     """The model, preprocessing, loaders, optimiser, schedule and EMA of a run, seeded by ``cfg.seed``; writes
     nothing."""
     from accelerate.utils import set_seed  # accelerate loads only when a run starts

@@ -30,7 +30,7 @@ from cxr.training.presets import (
     preset_flags,
 )
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "Recipe", "FILLED"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,13 +285,16 @@ class TrainConfig:
         group="recipe",
     )
 
-    def resolve(self, saved: Optional[Dict[str, Any]] = None) -> "TrainConfig":
+    def resolve(self, saved: Optional[Dict[str, Any]] = None) -> "Recipe":
         """The recipe this run trains with: every recipe flag left unset takes its preset's value (or, for a
         resumed run, the ``saved`` recipe's: :func:`cxr.training.resume.saved_recipe`), then every value is
         checked. Reads no file; the checks that need the disk are :func:`cxr.training.preflight.preflight`'s.
 
         Raises:
             CXRError: the first bad value, in one sentence naming its flag.
+
+        Returns:
+            The :class:`Recipe`: frozen, every :data:`FILLED` field set.
         """
         spec = model_spec(self.model)  # unknown model -> error with suggestions
         if self.preset not in PRESETS:
@@ -313,10 +316,40 @@ class TrainConfig:
                 raise CXRError(message)
         if cfg.hub_model_id and not cfg.push_to_hub:
             raise CXRError("--hub-model-id is only used with --push-to-hub")
-        return cfg
+        return Recipe(**dataclasses.asdict(cfg))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: The fields a preset, the model's study values or a resumed run's saved recipe fill: ``None`` ("the preset's")
+#: on a :class:`TrainConfig` as given, always set on the :class:`Recipe` it resolves to.
+FILLED = (*PRESETS["default"], "epochs", "batch_size", "train_layers")
+
+
+def _filled(type_name: str) -> str:
+    return type_name[len("Optional[") : -1] if type_name.startswith("Optional[") else type_name
+
+
+def _recipe_resolve(self, saved: Optional[Dict[str, Any]] = None) -> "Recipe":
+    """A recipe resolves to itself, checked again (its values are all set: no preset fills any)."""
+    return TrainConfig(**dataclasses.asdict(self)).resolve(saved)
+
+
+#: What a run trains with: :class:`TrainConfig`'s fields, frozen, with no "take the preset's value" field (each
+#: of :data:`FILLED` is required and typed without ``Optional``). Made only by :meth:`TrainConfig.resolve`.
+Recipe = dataclasses.make_dataclass(
+    "Recipe",
+    [
+        (f.name, _filled(f.type), dataclasses.field(metadata=f.metadata))
+        if f.name in FILLED
+        else (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(TrainConfig)
+    ],
+    frozen=True,
+    kw_only=True,
+    namespace={"to_dict": TrainConfig.to_dict, "resolve": _recipe_resolve, "__module__": __name__},
+)
 
 
 def _value_checks(cfg: TrainConfig) -> List[Tuple[bool, str]]:

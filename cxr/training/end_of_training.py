@@ -16,7 +16,7 @@ from cxr.models.checkpoint import set_model_operating_point, set_model_temperatu
 from cxr.models.ood import capture_features, probe_images
 from cxr.run_folder import RunFolder
 from cxr.training.build import TrainSetup
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 from cxr.training.epochs import Progress, split_metrics
 from cxr.training.evaluation import Outputs, predict_outputs, softmax
 from cxr.training.finish import Finished, GuardInputs, finish
@@ -38,7 +38,7 @@ class Results:
 
 
 def evaluate_kept(
-    cfg: TrainConfig,
+    cfg: Recipe,
     folder: RunFolder,
     data: RunData,
     setup: TrainSetup,
@@ -122,7 +122,7 @@ def _print_finish(finished: Finished, accelerator: Any) -> None:
 
 
 def held_out_for(
-    cfg: TrainConfig, data: RunData, validation: Tuple[np.ndarray, np.ndarray], refit: Optional[Refit]
+    cfg: Recipe, data: RunData, validation: Tuple[np.ndarray, np.ndarray], refit: Optional[Refit]
 ) -> HeldOut:
     """What the temperature and the operating point are chosen on (``--choose-on``): a cross-validation's
     out-of-fold predictions (``auto``: the bundled ones of the default recipe on the sample, when this run is that

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional
 from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder, read_json
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 from cxr.training.launch import check_push_target_on_main, clear_earlier_run
 from cxr.training.preflight import preflight
 from cxr.training.resume import saved_recipe
@@ -19,10 +19,10 @@ from cxr.training.run_data import Refit
 __all__ = ["final_fit"]
 
 #: One training run: a checked recipe (and, for the refit, what it takes from its hold-out run) -> metrics.json.
-Fit = Callable[[TrainConfig, Optional[Refit]], Dict[str, Any]]
+Fit = Callable[[Recipe, Optional[Refit]], Dict[str, Any]]
 
 
-def final_fit(cfg: TrainConfig, fit: Fit) -> Dict[str, Any]:
+def final_fit(cfg: Recipe, fit: Fit) -> Dict[str, Any]:
     """Run the hold-out run (resumed, or reused when it finished, with ``--resume``), then the refit; returns the
     refit's ``metrics.json`` dict."""
     from accelerate import PartialState  # accelerate loads only when a run starts
@@ -57,7 +57,7 @@ def final_fit(cfg: TrainConfig, fit: Fit) -> Dict[str, Any]:
     return fit(_refit_recipe(cfg, run, int(hold_metrics["kept_epoch"]), reused), _refit_of(cfg, hold_metrics, run))
 
 
-def _refit_recipe(cfg: TrainConfig, run: RunFolder, epochs: int, reused: bool) -> TrainConfig:
+def _refit_recipe(cfg: Recipe, run: RunFolder, epochs: int, reused: bool) -> Recipe:
     """The refit's recipe: the hold-out run's kept epoch count, the last epoch kept."""
     return dataclasses.replace(
         cfg,
@@ -69,7 +69,7 @@ def _refit_recipe(cfg: TrainConfig, run: RunFolder, epochs: int, reused: bool) -
     )
 
 
-def _refit_of(cfg: TrainConfig, hold_metrics: Dict[str, Any], run: RunFolder) -> Refit:
+def _refit_of(cfg: Recipe, hold_metrics: Dict[str, Any], run: RunFolder) -> Refit:
     hold = run.holdout
     how: Any = read_json(hold.run_config).get("data_source", {}).get("splits") or {}
     calibration = hold_metrics.get("calibration") if cfg.calibrate else None

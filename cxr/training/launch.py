@@ -13,7 +13,7 @@ import torch
 
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 
 __all__ = ["Launch", "launch", "set_cpu_threads", "check_push_target_on_main", "clear_earlier_run", "versions"]
 
@@ -25,13 +25,13 @@ class Launch:
     """Where a run trains: its recipe (with ``channels_last`` settled for the device), the accelerator, the run
     folder and the images each process loads per micro-step."""
 
-    cfg: TrainConfig
+    cfg: Recipe
     accelerator: Any
     folder: RunFolder
     micro_batch: int
 
 
-def launch(cfg: TrainConfig) -> Launch:
+def launch(cfg: Recipe) -> Launch:
     """Start the accelerator for a resolved ``cfg``; writes nothing.
 
     Raises:

@@ -34,7 +34,7 @@ from torch import nn
 from cxr.models import freeze_batchnorm_statistics
 from cxr.run_folder import run_id
 from cxr.training.build import TrainSetup, build
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe, TrainConfig
 from cxr.training.end_of_training import evaluate_kept
 from cxr.training.epochs import Progress, epoch_record, train_one_epoch, validate
 from cxr.training.final_fit import final_fit
@@ -71,7 +71,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     return final_fit(cfg, fit) if cfg.final_fit else fit(cfg)
 
 
-def fit(cfg: TrainConfig, refit: Optional[Refit] = None) -> Dict[str, Any]:
+def fit(cfg: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     """One training run of a checked ``cfg`` into ``cfg.output_dir``, stage by stage; returns ``metrics.json``."""
     run = launch(cfg)
     cfg, accelerator, folder = run.cfg, run.accelerator, run.folder

@@ -11,15 +11,15 @@ from pathlib import Path
 from cxr.data.data_source import check_data_options
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder, check_writable
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe, TrainConfig
 from cxr.training.held_out import from_cv
 from cxr.training.resume import checkpoint_path, resume_dir, saved_recipe
 
 __all__ = ["preflight"]
 
 
-def preflight(config: TrainConfig) -> TrainConfig:
-    """``config`` resolved (a resumed run's unset recipe flags from its saved recipe) and checked against the
+def preflight(config: TrainConfig) -> Recipe:
+    """``config`` resolved into its :class:`~cxr.training.config.Recipe` (a resumed run's unset recipe flags from its saved recipe) and checked against the
     disk; ``resume`` becomes the checkpoint's path (``"auto"`` for a ``--final-fit`` pair of runs).
 
     Raises:

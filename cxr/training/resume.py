@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from cxr.errors import CXRError
 from cxr.models.checkpoint import load_training_state, restore_rng_state
 from cxr.run_folder import RunFolder
+from cxr.training.config import TrainConfig
 from cxr.training.epochs import Progress
 from cxr.training.presets import LEGACY_RECIPE, RECIPE_KEYS, RESUME_LOCKED
 
@@ -91,7 +92,7 @@ def check_resumable(state: Optional[Dict[str, Any]], cfg: Any) -> None:
     """
     if state is None:
         return
-    defaults = {**{f.name: f.default for f in dataclasses.fields(cfg)}, **LEGACY_RECIPE}
+    defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **LEGACY_RECIPE}
     changed = recipe_differences({**defaults, **state["config"]}, cfg, RESUME_LOCKED)
     if changed:
         raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))

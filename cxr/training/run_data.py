@@ -12,7 +12,7 @@ from cxr.data.pixel_cache import cache_pixels
 from cxr.data.splits import SPLITS, complete_split, indices_for_split, load_split
 from cxr.reporting.run_facts import data_line
 from cxr.run_folder import RunFolder
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 
 __all__ = ["RunData", "Refit", "prepare_data"]
 
@@ -46,9 +46,7 @@ class RunData:
         return [self.file_names[i] for i in self.rows[part]]
 
 
-def prepare_data(
-    cfg: TrainConfig, accelerator: Any, resumed: Optional[Dict[str, Any]], refit: Optional[Refit]
-) -> RunData:
+def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]], refit: Optional[Refit]) -> RunData:
     """Decode and resize once (main process first, the others then read its cache) and settle the split. A
     resumed run reads a Hub dataset at the commit it started from unless ``--dataset-revision`` says otherwise.
     Writes only the pixel cache."""

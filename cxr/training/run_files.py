@@ -19,7 +19,7 @@ from cxr.reporting.plots import plot_training_curves
 from cxr.reporting.run_facts import training_run_facts
 from cxr.run_folder import RunFolder, write_json, write_predictions
 from cxr.training.build import TrainSetup
-from cxr.training.config import TrainConfig
+from cxr.training.config import Recipe
 from cxr.training.epochs import Progress
 from cxr.training.evaluation import write_evaluation
 from cxr.training.launch import versions
@@ -32,7 +32,7 @@ _logger = logging.getLogger(__name__)
 
 def write_run_config(
     folder: RunFolder,
-    cfg: TrainConfig,
+    cfg: Recipe,
     data: RunData,
     setup: TrainSetup,
     run_id: str,
@@ -66,7 +66,7 @@ def write_run_config(
     return run_config
 
 
-def save_kept(folder: RunFolder, setup: TrainSetup, cfg: TrainConfig, run_id: str, epoch: int, accelerator) -> None:
+def save_kept(folder: RunFolder, setup: TrainSetup, cfg: Recipe, run_id: str, epoch: int, accelerator) -> None:
     """``model/``: the kept model of ``epoch`` with its preprocessing and what it is."""
     info = {k: v for k, v in setup.model_info.items() if k not in ("preprocessing", "first_trainable_parameter")}
     info.update(run_id=run_id, data=cfg.data, seed=cfg.seed, epochs=cfg.epochs, disclaimer=DISCLAIMER, epoch=epoch)
@@ -75,7 +75,7 @@ def save_kept(folder: RunFolder, setup: TrainSetup, cfg: TrainConfig, run_id: st
 
 
 def save_checkpoint(
-    folder: RunFolder, setup: TrainSetup, progress: Progress, data: RunData, cfg: TrainConfig, run_id: str, accelerator
+    folder: RunFolder, setup: TrainSetup, progress: Progress, data: RunData, cfg: Recipe, run_id: str, accelerator
 ) -> None:
     """``checkpoint.pt``: everything a resumed run continues from (written atomically)."""
     state = {
