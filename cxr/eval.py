@@ -1,6 +1,7 @@
 """``python -m cxr.eval --model DIR_OR_REPO --data DIR --output-dir DIR``: evaluate a checkpoint.
 
-Research use only — not for diagnosis. The logic lives in :mod:`cxr.training.evaluation`.
+Research use only — not for diagnosis. The options are :mod:`cxr.commands.eval`'s; the scoring
+lives in :mod:`cxr.training.eval_folder`.
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Options declared beside their fields: each field of a program's options dataclass (:class:`TrainConfig`,
 and every command's in :mod:`cxr.commands`) carries its flag's help text, ``--help`` section, choices, default
 environment variable and lowest allowed value, so a flag's help, default and check are written once;
-:func:`cxr.commands.common.add_option_flags` makes the parser from them and :func:`check_minimums` checks them."""
+:func:`cxr.commands.common.add_option_flags` makes the parser from them and :func:`minimum_problems` checks them."""
 
 from __future__ import annotations
 

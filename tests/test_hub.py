@@ -183,6 +183,22 @@ def test_model_card_numbers_equal_metrics_and_metadata_parses(hub, pushed_run, t
     assert f"noise images) flagged {ood['probes_flagged']}/{ood['probes']}" in flat
 
 
+def test_a_model_card_renders_without_torch_from_the_run_record(pushed_run):
+    """The reporting layer's contract: the card's base model comes from the run record, so no torch or timm."""
+    run_config = json.loads((pushed_run / "run_config.json").read_text())
+    assert run_config["pretrained"].endswith("(timm/tf_efficientnet_lite0.in1k)")
+    code = f"""
+import sys
+from cxr.reporting.model_card import render_model_card
+card = render_model_card({str(pushed_run)!r}, "cxr-test/lite0")
+assert card.data.base_model == "timm/tf_efficientnet_lite0.in1k", card.data.base_model
+print(sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+    proc = run_script([PYTHON, "-c", code])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def test_card_of_a_study_model_shows_the_study_row(tmp_path, sample_dir):
     from cxr.commands.train import main as train_main
     from cxr.reporting.model_card import render_model_card

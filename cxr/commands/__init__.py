@@ -8,6 +8,7 @@
   status 2 for a user's mistake, before any output file is written) and the parser made from options fields.
 
 Each program's options are a dataclass whose fields declare their flags (:func:`cxr.options.option`): help text,
-default and lowest value in one place. The ``main`` functions import the layers they run inside ``run``, after the
-arguments are parsed, so ``--help`` and a bad flag answer without loading torch.
+default and lowest value in one place. The options name the models and preprocessing choices, so importing a
+program loads torch and timm (``python -m cxr.hub`` excepted); what only a run needs — accelerate, ``datasets``,
+Gradio, the Hub push — is imported inside ``main``'s ``run``, after the arguments are parsed and checked.
 """

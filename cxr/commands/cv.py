@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts, cfg = parse_options(parser, CVOptions, argv), parse_options(parser, TrainConfig, argv)
 
     def run():
-        from accelerate import PartialState  # accelerate and the training loop load only once the flags parse
+        from accelerate import PartialState  # accelerate loads only once the flags parse
 
         check_options(opts)
         refuse_per_run_flags(cfg)

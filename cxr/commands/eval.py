@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_options(opts)
         labelling = Labelling.parse(opts.label_map, partial=True)
         check_writable(Path(opts.output_dir))
-        from cxr.training.eval_folder import evaluate_folder  # the model and data layers load after the checks
+        from cxr.training.eval_folder import evaluate_folder  # datasets and the scorer load after the checks
 
         evaluate_folder(
             opts.model,

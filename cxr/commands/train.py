@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = parse_options(build_parser(), TrainConfig, argv)
 
     def run():
-        from accelerate import PartialState  # accelerate and the training loop load only once the flags parse
+        from accelerate import PartialState  # accelerate loads only once the flags parse
 
         train(cfg)
         PartialState().destroy_process_group()

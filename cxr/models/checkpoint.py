@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
+import timm
 import torch
+from timm.models import save_for_hf
 from torch import nn
 
 from cxr.data.preprocessing import PreprocessConfig
@@ -104,8 +106,6 @@ def save_model_dir(
     Returns:
         The folder.
     """
-    from timm.models import save_for_hf  # timm loads only when a model is made
-
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -246,10 +246,6 @@ def load_model(
     Raises:
         CXRError: not a cxr checkpoint, no safetensors, or label names other than the four classes.
     """
-    import timm  # timm loads only when a checkpoint is loaded into a model
-
-    from cxr import models  # noqa: F401  (registers alexnet/logreg before timm resolves the name)
-
     cfg, timm_name = read_model_config(ref, revision)
     prep = PreprocessConfig.from_dict(cfg["cxr"]["preprocessing"])
     labels = tuple(cfg.get("label_names") or ())

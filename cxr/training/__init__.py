@@ -1,9 +1,22 @@
 """Training and evaluation of classifiers.
 
-- :mod:`cxr.training.config` — :class:`~cxr.training.config.TrainConfig` (every setting, each a flag), the presets;
-- :mod:`cxr.training.loop` — fine-tuning with Accelerate (``train_accelerate.py``), in named steps;
-- :mod:`cxr.training.evaluation` — scoring a saved model on a dataset (``python -m cxr.eval``);
-- :mod:`cxr.training.cv` — k-fold cross-validation of a recipe (``python -m cxr.cv``).
+A training run (:func:`cxr.training.loop.train`) is a row of stages, each a module returning a frozen record:
+
+- :mod:`~cxr.training.config` — :class:`~cxr.training.config.TrainConfig` (every setting, each a flag) resolved,
+  reading no file, into a frozen ``Recipe``; :mod:`~cxr.training.presets` — the recipes ``--preset`` names;
+- :mod:`~cxr.training.preflight` — the checks that need the disk or the Hub, once, before anything is written;
+- :mod:`~cxr.training.launch` (the accelerator) → :mod:`~cxr.training.run_data` (pixel cache and split) →
+  :mod:`~cxr.training.build` (model, preprocessing, optimiser from :mod:`~cxr.training.optim`) →
+  :mod:`~cxr.training.epochs` (one epoch and its validation) → :mod:`~cxr.training.end_of_training` (the kept
+  model scored) → :mod:`~cxr.training.finish` (temperature, operating point, guard; their held-out predictions in
+  :mod:`~cxr.training.held_out`) → :mod:`~cxr.training.run_files` (what the run folder receives);
+- :mod:`~cxr.training.resume` — saved recipes, recipe differences, checkpoints to resume from;
+  :mod:`~cxr.training.final_fit` — ``--final-fit``'s two runs; :mod:`~cxr.training.error_gallery` — the
+  misclassified test films as pictures.
+
+Beside training: :mod:`~cxr.training.eval_folder` (``python -m cxr.eval``, scoring a saved model on a folder or
+dataset) with :mod:`~cxr.training.evaluation` (batched prediction under Accelerate, the files it writes), and
+:mod:`~cxr.training.cv` (``python -m cxr.cv``, k-fold cross-validation of a recipe).
 
 Imports data, metrics, models, reporting and the Hub push; never the app, the study or the command line.
 """

@@ -2,9 +2,9 @@
 
 :func:`predict` runs a model over a prepared loader and gathers with ``gather_for_metrics``, so
 under N processes every image is counted exactly once. :func:`write_evaluation` writes
-``metrics.json``, ``predictions.csv``, ``report.md`` and ``confusion_matrix.png``;
-:func:`evaluate_folder` is ``python -m cxr.eval``: any model folder or Hub id on any folder in
-the Kaggle layout, every image a test image.
+``metrics.json``, ``predictions.csv``, ``report.md`` and ``confusion_matrix.png``.
+``python -m cxr.eval`` (any model folder or Hub id on any folder in the Kaggle layout, every image a test image)
+is :func:`cxr.training.eval_folder.evaluate_folder`, built on these two.
 """
 
 from __future__ import annotations

@@ -71,10 +71,10 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     return final_fit(cfg, fit) if cfg.final_fit else fit(cfg)
 
 
-def fit(cfg: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
-    """One training run of a checked ``cfg`` into ``cfg.output_dir``, stage by stage; returns ``metrics.json``."""
-    run = launch(cfg)
-    cfg, accelerator, folder = run.cfg, run.accelerator, run.folder
+def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
+    """One training run of a checked ``recipe`` into its ``output_dir``, stage by stage; returns ``metrics.json``."""
+    run = launch(recipe)
+    cfg, accelerator, folder = run.cfg, run.accelerator, run.folder  # the recipe as launched (channels_last set)
     resumed = load_resumed(cfg)
     data = prepare_data(cfg, accelerator, resumed, refit)
     setup = build(cfg, data, accelerator, run.micro_batch)

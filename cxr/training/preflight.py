@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Union
 
 from cxr.data.data_source import check_data_options
 from cxr.errors import CXRError
@@ -18,9 +19,10 @@ from cxr.training.resume import checkpoint_path, resume_dir, saved_recipe
 __all__ = ["preflight"]
 
 
-def preflight(config: TrainConfig) -> Recipe:
-    """``config`` resolved into its :class:`~cxr.training.config.Recipe` (a resumed run's unset recipe flags from its saved recipe) and checked against the
-    disk; ``resume`` becomes the checkpoint's path (``"auto"`` for a ``--final-fit`` pair of runs).
+def preflight(config: Union[TrainConfig, Recipe]) -> Recipe:
+    """``config`` resolved into its :class:`~cxr.training.config.Recipe` (a resumed run's unset recipe flags from
+    its saved recipe) and checked against the disk; ``resume`` becomes the checkpoint's path (``"auto"`` for a
+    ``--final-fit`` pair of runs). A recipe resolves to itself (the hold-out run of ``--final-fit`` is one).
 
     Raises:
         CXRError: the first problem, in one sentence, before anything is written.
