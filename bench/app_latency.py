@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-from common import DEFAULT_DATA, REPO, free_port, keep_defaults_env, machine, run_worker, table
+from common import DEFAULT_DATA, REPO, answer_client, free_port, keep_defaults_env, machine, run_worker, table
 from eval_throughput import make_checkpoint
 
 
@@ -113,9 +113,9 @@ def _floor_app(port: int) -> None:
 
 def _client_times(url: str, image: str, rounds: int) -> Tuple[float, float]:
     """Median (first probabilities, all outputs) seconds of ``/analyse`` through ``gradio_client``."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(url, verbose=False)
+    client = answer_client(url)
     firsts, alls = [], []
     for _ in range(rounds + 1):
         t0 = time.perf_counter()
@@ -307,9 +307,9 @@ def main() -> None:
                 "gradio_client": _client_times(url, image, args.rounds),
                 "HTTP API": _http_times(url, image, args.rounds),
             }
-            from gradio_client import Client, handle_file
+            from gradio_client import handle_file
 
-            client = Client(url, verbose=False)
+            client = answer_client(url)
             after_start = _rss_kib(proc.pid)
             for _ in range(min(20, args.requests)):
                 client.predict(handle_file(image), "GradCAM", "predicted class", api_name="/predict")

@@ -96,3 +96,24 @@ def keep_defaults_env() -> Dict[str, str]:
     from cxr.allocator import ENV_VAR
 
     return {ENV_VAR: "0"}
+
+
+_answers: Optional[str] = None  # the one folder answer_client's downloads go to, made on first use
+
+
+def answer_client(url: str) -> Any:
+    """A ``gradio_client.Client`` that leaves nothing in the system temp folder. It downloads each answer file
+    through a folder of its own there and leaves that folder behind, empty; so on first use the script's temp
+    folder is pointed at one folder of ours, removed with the answer files when the script exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from gradio_client import Client
+
+    global _answers
+    if _answers is None:
+        _answers = tempfile.mkdtemp(prefix="cxr-bench-answers-")
+        atexit.register(shutil.rmtree, _answers, True)
+        tempfile.tempdir = _answers
+    return Client(url, verbose=False, download_files=_answers)

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from app_latency import _rss_kib, _start, _stop
-from common import DEFAULT_DATA, REPO, free_port, machine, table
+from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, table
 from eval_throughput import make_checkpoint
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -127,9 +127,9 @@ def _reset_peak(pid: int) -> None:
 
 
 def _request(url: str, path: Path, answers: Dict[str, dict], api: str = "/predict") -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(url, verbose=False)
+    client = answer_client(url)
     if api == "/predict":
         answer, _ = client.predict(handle_file(str(path)), "GradCAM", "predicted class", api_name=api)
     else:

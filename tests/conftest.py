@@ -4,6 +4,7 @@ stand-in, a per-session pixel cache, a small symlinked subset, two tiny app mode
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,16 @@ def pixel_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cxr-cache")
     os.environ["CXR_CACHE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_temp(tmp_path_factory) -> Path:
+    """The tests' own system temp folder, so nothing a test calls leaves files in /tmp: ``gradio_client`` makes
+    one folder per downloaded answer file there and leaves it behind, empty, after moving the file out."""
+    path = tmp_path_factory.mktemp("system-temp")
+    previous, tempfile.tempdir = tempfile.tempdir, str(path)
+    yield path
+    tempfile.tempdir = previous
 
 
 @pytest.fixture

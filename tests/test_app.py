@@ -35,10 +35,10 @@ def app(app_models, sample_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(app):
+def client(app, tmp_path_factory):
     from gradio_client import Client
 
-    return Client(app[0], verbose=False)
+    return Client(app[0], verbose=False, download_files=tmp_path_factory.mktemp("answers"))
 
 
 def predict(client, path, method="GradCAM", explain="predicted class"):
@@ -122,7 +122,7 @@ def test_app_without_models_serves_a_page_that_says_what_it_needs(tmp_path, samp
     try:
         config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
         assert "No models to show yet" in config and "app_models.txt" in config and "cxr.hub space" in config
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=tmp_path / "answers")
         info = client.predict(handle_file(str(next((sample_dir / "COVID").glob("*.png")))), api_name="/classify")
         assert "started without models" in info["error"]
         assert proc.poll() is None

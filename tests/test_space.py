@@ -135,7 +135,7 @@ def test_space_deploys_downloads_starts_and_serves_every_model(hub, published, p
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_serving(url, app, log, timeout=180)
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=tmp_path / "answers")
         for cls in ("COVID", "Normal"):
             image = handle_file(str(next((sample_dir / cls).glob("*.png"))))
             info = client.predict(image, api_name="/classify")
