@@ -41,6 +41,8 @@ __all__ = [
     "upload_file",
     "call",
     "example_table",
+    "run_bench",
+    "markdown_tables",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,3 +221,27 @@ def example_table(url: str) -> dict:
 
     components = httpx.get(url + "config").json()["components"]
     return next(c for c in components if c.get("props", {}).get("elem_id") == "examples")
+
+
+def run_bench(script: str, *args: str) -> str:
+    """Run ``bench/SCRIPT ARGS`` as a user does; its standard output, once it exited 0."""
+    out = subprocess.run(
+        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def markdown_tables(text: str) -> List[List[Dict[str, str]]]:
+    """Every markdown table of ``text`` as a list of rows keyed by header."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---") and i > 0 and lines[i - 1].startswith("| "):
+            header = [c.strip() for c in lines[i - 1].strip("|").split("|")]
+            rows = []
+            for row in lines[i + 1 :]:
+                if not row.startswith("| "):
+                    break
+                rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
+            tables.append(rows)
+    return tables

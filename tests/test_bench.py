@@ -1,18 +1,18 @@
 """The benchmark scripts run end to end on a small subset of the real sample and print their tables.
 
 Timings are not asserted (they are measurements, not behaviour); what is: every arm ran, in as many
-processes as asked, the ratios are computed from positive throughputs, and the app benchmark counts
-one forward per model per request.
+processes as asked, the ratios are computed from positive throughputs. The app's benchmark scripts are tested in
+``test_bench_app.py``.
 """
 
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
-from helpers import REPO, make_subset
+from helpers import REPO, make_subset, markdown_tables, run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -22,36 +22,13 @@ def subset(tmp_path_factory, sample_dir) -> Path:
     return make_subset(tmp_path_factory.mktemp("bench-data"), sample_dir, per_class=8)
 
 
-def _run(script: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
-def _tables(text: str) -> List[List[Dict[str, str]]]:
-    """Every markdown table of ``text`` as a list of rows keyed by header."""
-    tables, lines = [], text.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("|---") and i > 0 and lines[i - 1].startswith("| "):
-            header = [c.strip() for c in lines[i - 1].strip("|").split("|")]
-            rows = []
-            for row in lines[i + 1 :]:
-                if not row.startswith("| "):
-                    break
-                rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
-            tables.append(rows)
-    return tables
-
-
 def _ratio(cell: str) -> float:
     assert cell.endswith("×"), cell
     return float(cell[:-1])
 
 
 def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset):
-    out = _run(
+    out = run_bench(
         "train_throughput.py",
         "--data",
         str(subset),
@@ -74,7 +51,7 @@ def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset
         "--processes",
         "1,2",
     )
-    arms, scaling = _tables(out)
+    arms, scaling = markdown_tables(out)
     (row,) = arms
     assert row["model"] == "resnet18" and float(row["plain img/s"]) > 0 and float(row["ours img/s"]) > 0
     # the table rounds throughputs to 2 decimals and ratios to 2: compare to within that rounding
@@ -88,7 +65,7 @@ def test_train_throughput_compares_three_arms_and_scales_to_two_processes(subset
 
 
 def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
-    out = _run(
+    out = run_bench(
         "eval_throughput.py",
         "--data",
         str(subset),
@@ -101,40 +78,16 @@ def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
         "--rounds",
         "1",
     )
-    (rows,) = _tables(out)
+    (rows,) = markdown_tables(out)
     (row,) = rows
     assert row["images"] == "32"
     assert _ratio(row["cxr.eval / bare"]) > 0 and _ratio(row["with glibc defaults / bare"]) > 0
 
 
-def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset):
-    out = _run(
-        "app_latency.py",
-        "--data",
-        str(subset),
-        "--models",
-        "alexnet,logreg",
-        "--image-size",
-        "64",
-        "--rounds",
-        "1",
-        "--requests",
-        "3",
-    )
-    in_process, transport, app = _tables(out)
-    assert [r["model"] for r in in_process] == ["alexnet", "logreg", "all together"]
-    assert [r["forwards per request"] for r in in_process] == ["1", "1", "2"]
-    assert [r["python app.py, /analyse through"] for r in transport] == ["HTTP API", "gradio_client"]
-    for r in transport:
-        assert float(r["first probabilities ms"]) <= float(r["all heat maps ms"])
-        assert float(r["do-nothing app: first ms"]) > 0
-    assert "target ≤ 15 s" in app[0]["value"] and app[3]["value"].endswith("target < 5%)")
-
-
 def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_path):
     import json
 
-    out = _run(
+    out = run_bench(
         "cv_recipes.py",
         "--data",
         str(subset),
@@ -155,7 +108,7 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
         "--num-workers",
         "0",
     )
-    rows, misses = _tables(out)
+    rows, misses = markdown_tables(out)
     assert [r["recipe"] for r in rows] == ["paper", "default"]
     called_normal = []  # per recipe: its COVID and Viral Pneumonia images predicted Normal out of fold
     for name in ("paper", "default"):
@@ -186,54 +139,6 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
     assert bad.returncode == 2 and "unknown recipe(s) ['nope']" in bad.stderr
 
 
-def test_upload_memory_sends_every_input_and_tabulates_peaks_cpu_and_the_wait_of_an_ordinary_request(subset):
-    out = _run("upload_memory.py", "--data", str(subset), "--side", "3000", "--frames", "2", "--image-size", "64")
-    rows, waits = _tables(out)
-    names = [r["upload"] for r in rows]
-    assert names[0] == "ordinary X-ray (sample PNG)" and "DICOM, 2 frames of 2048²" in names
-    assert names[-2:] == ["the four worst accepted at once", "four hostile files at once"]
-    accepted = [r for r in rows[1:-2] if r["answer"].startswith("result")]
-    refused = [r for r in rows[1:-2] if r["answer"].startswith("refused: “")]
-    assert len(accepted) == 7 and len(refused) == 7, names  # the script stops when one is answered otherwise
-    assert any("inflating to 1 GiB" in r["upload"] for r in refused)
-    for r in rows[1:-2]:  # each judged against its targets
-        assert r["CPU s (≤ 10)"][-1] in "✓✗" and float(r["CPU s (≤ 10)"].split()[0]) >= 0
-        assert r["over the ordinary request MB (≤ 300)"][-1] in "✓✗" and float(r["peak growth MB"]) >= 0
-    assert rows[-2]["peak growth MB"].endswith("(≤ 1500)") and rows[-1]["retained MB"].endswith("(≤ 100)")
-    assert [w["when"] for w in waits] == ["idle (median of 5)", "while the 4 worst accepted uploads run"]
-    assert "(≤ 2 × " in waits[1]["target"] and float(waits[1]["seconds"]) > 0
-
-
-def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_latency(subset, tmp_path):
-    from cxr.commands.train import main as train_main
-
-    models = []
-    for name, args in {"lite0": ["--image-size", "64"], "logreg": ["--image-size", "24"]}.items():
-        model = "tf_efficientnet_lite0" if name == "lite0" else name
-        out = tmp_path / name
-        assert (
-            train_main([*args, "--model", model, "--data", str(subset), "--output-dir", str(out), "--epochs", "1"]) == 0
-        )
-        models.append(str(out / "model"))
-    # a short soak whose cache sweep runs several times: every 2 s, files older than 4 s
-    flags = ["--minutes", "0.75", "--request-every", "1", "--page-every", "20", "--sample-every", "3"]
-    out = _run(
-        "app_soak.py",
-        *flags,
-        *["--warm-up", "10", "--window", "10", "--cache-sweep", "2,4"],
-        *["--models", ",".join(models), "--examples", str(subset)],
-    )
-    samples, latency, summary = _tables(out)
-    assert len(samples) >= 10 and all(float(s["resident MiB"]) > 100 for s in samples)
-    assert {r["request"] for r in latency} == {"/predict", "/classify", "page, again", "example", "Chromium visit"}
-    assert all(int(r["count"]) >= 1 for r in latency), latency
-    figures = {r["soak"]: r["value"] for r in summary}
-    assert figures["failed"] == "0 (target: none)", out
-    oldest = figures["oldest file in the cache once a sweep could have run"]
-    assert float(oldest.split(" s ")[0]) <= float(oldest.split("≤ ")[1].split(" s")[0]), oldest
-    assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")
-
-
 def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_test_part(
     sample_dir, tmp_path, external_dev_dir
 ):
@@ -242,7 +147,7 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
     cv = tmp_path / "cv"
     args = ["--data", str(sample_dir), "--folds", "3", "--output-dir", str(cv), "--model", "logreg"]
     assert cv_main([*args, "--image-size", "24", "--epochs", "2", "--num-workers", "0"]) == 0
-    temps, ops = _tables(_run("held_out_sources.py", "--cv-dir", str(cv), "--max-missed-rate", "0.05"))
+    temps, ops = markdown_tables(run_bench("held_out_sources.py", "--cv-dir", str(cv), "--max-missed-rate", "0.05"))
     assert len(temps) == 4 and all(len(r["temperature per fold"].split(", ")) == 3 for r in temps[:3])
     assert all(0 <= float(r["ECE [95% CI]"].split()[0]) <= 1 for r in temps)
     assert len(ops) == 4 and {r["target"] for r in ops} == {"5%"}
@@ -253,8 +158,8 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         assert r["COVID + VP called Normal"][-1] in "✓✗"
 
     # the same folds as training runs: their test ECE by temperature source, beside what chance allows
-    rows, sizes = _tables(
-        _run(
+    rows, sizes = markdown_tables(
+        run_bench(
             "calibration_runs.py",
             "--run",
             str(cv / "fold-0"),
@@ -273,7 +178,7 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
     outside.mkdir()
     for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:6]:
         (outside / f.name).symlink_to(f)
-    (arms,) = _tables(_run("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
+    (arms,) = markdown_tables(run_bench("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
     assert [r["test-time"] for r in arms] == ["none", "flip average"]
     assert all(r["COVID + VP called Normal"].endswith("/300") for r in arms)
     oof = json.loads((cv / "cv.json").read_text())["out_of_fold"]["accuracy"]["value"]
@@ -295,8 +200,8 @@ def test_shift_warning_scores_validation_test_and_outside_films(sample_dir, exte
         (outside / f.name).symlink_to(f)
     args = ["--model", "resnet18", "--data", str(sample_dir), "--output-dir", str(run), "--image-size", "32"]
     assert train_main([*args, "--epochs", "1", "--num-workers", "0", "--no-pretrained"]) == 0
-    out = _run("shift_warning.py", "--run", str(run), "--external", str(outside), "--per-stage")
-    cuts, tests, stages = _tables(out)
+    out = run_bench("shift_warning.py", "--run", str(run), "--external", str(outside), "--per-stage")
+    cuts, tests, stages = markdown_tables(out)
     assert [r["threshold"] for r in cuts][-1] == "the guard's threshold (validation 98th)"
     assert all(r["above it: outside (outside)"].split()[0].endswith("/8") for r in cuts)
     assert all(r["above it: test (the sample's own sources)"].split()[0].endswith("/60") for r in cuts)
@@ -321,8 +226,8 @@ def _check_saved_temperature_row(run: Path, row: Dict[str, str]) -> None:
 
 
 def test_predict_throughput_times_both_commands_as_a_user_runs_them(subset):
-    out = _run("predict_throughput.py", "--data", str(subset), "--image-size", "64", "--rounds", "1")
-    (rows,) = _tables(out)
+    out = run_bench("predict_throughput.py", "--data", str(subset), "--image-size", "64", "--rounds", "1")
+    (rows,) = markdown_tables(out)
     assert [r["command"] for r in rows] == ["cxr.eval, fresh pixel cache", "cxr.eval, warm pixel cache", "cxr.predict"]
     assert all(float(r["seconds"]) > 0 for r in rows) and rows[0]["× cxr.eval, fresh cache"] == "1.00"
     assert rows[2]["× cxr.eval, fresh cache"].endswith("(≤ 1.1)")
@@ -336,7 +241,7 @@ def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films
     root = tmp_path / "runs"
     args = ["--seed", "2", "--root", str(root), "--data", str(subset), "--external", str(outside)]
     tiny = ["--extra", "--image-size", "32", "--epochs", "1", "--num-workers", "0"]
-    (rows,) = _tables(_run("default_runs.py", *args, *tiny))
+    (rows,) = markdown_tables(run_bench("default_runs.py", *args, *tiny))
     metrics = json.loads((root / "seed-2" / "metrics.json").read_text())
     assert json.loads((root / "seed-2" / "run_config.json").read_text())["config"]["seed"] == 2
     (row,) = rows
@@ -348,7 +253,7 @@ def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films
     assert row["test: Normal kept"] == f"{d['normal_kept']}/{d['normal']}"
     assert row["outside Normal called Normal, argmax (6 films)"].split()[0].endswith("/6")
     stamp = (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns
-    (again,) = _tables(_run("default_runs.py", *args, *tiny))  # a finished run is read back, not retrained
+    (again,) = markdown_tables(run_bench("default_runs.py", *args, *tiny))  # a finished run is read back, not retrained
     assert again == rows and (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -361,7 +266,7 @@ def test_borders_measures_uniform_frames_of_real_films(subset, tmp_path):
     canvas = Image.new("L", (film.width, film.height + 40), 0)  # a black frame of 20 rows above and below
     canvas.paste(film, (0, 20))
     canvas.save(framed / "framed.png")
-    (rows,) = _tables(_run("borders.py", "--folder", str(subset / "Normal"), "--folder", str(framed)))
+    (rows,) = markdown_tables(run_bench("borders.py", "--folder", str(subset / "Normal"), "--folder", str(framed)))
     assert [r["films"] for r in rows] == ["8", "1"]
     assert (
         rows[1]["framed films"] == "1/1"

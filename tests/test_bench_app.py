@@ -1,0 +1,91 @@
+"""The app's benchmark scripts (latency, upload memory, the soak) run end to end against a real app on a small
+subset of the real sample and print their tables. A file of their own, apart from ``test_bench.py``, so that the
+two CI workers (``--dist loadfile``) can share the benchmark tests.
+
+Timings are not asserted (they are measurements, not behaviour); what is: the app benchmark counts one forward
+per model per request, every hostile upload is answered or refused as its row says, and the soak fails no request.
+"""
+
+from pathlib import Path
+
+import pytest
+from helpers import make_subset, markdown_tables, run_bench
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory, sample_dir) -> Path:
+    return make_subset(tmp_path_factory.mktemp("bench-app-data"), sample_dir, per_class=8)
+
+
+def test_app_latency_counts_one_forward_per_model_and_times_both_clients(subset):
+    out = run_bench(
+        "app_latency.py",
+        "--data",
+        str(subset),
+        "--models",
+        "alexnet,logreg",
+        "--image-size",
+        "64",
+        "--rounds",
+        "1",
+        "--requests",
+        "3",
+    )
+    in_process, transport, app = markdown_tables(out)
+    assert [r["model"] for r in in_process] == ["alexnet", "logreg", "all together"]
+    assert [r["forwards per request"] for r in in_process] == ["1", "1", "2"]
+    assert [r["python app.py, /analyse through"] for r in transport] == ["HTTP API", "gradio_client"]
+    for r in transport:
+        assert float(r["first probabilities ms"]) <= float(r["all heat maps ms"])
+        assert float(r["do-nothing app: first ms"]) > 0
+    assert "target ≤ 15 s" in app[0]["value"] and app[3]["value"].endswith("target < 5%)")
+
+
+def test_upload_memory_sends_every_input_and_tabulates_peaks_cpu_and_the_wait_of_an_ordinary_request(subset):
+    out = run_bench("upload_memory.py", "--data", str(subset), "--side", "3000", "--frames", "2", "--image-size", "64")
+    rows, waits = markdown_tables(out)
+    names = [r["upload"] for r in rows]
+    assert names[0] == "ordinary X-ray (sample PNG)" and "DICOM, 2 frames of 2048²" in names
+    assert names[-2:] == ["the four worst accepted at once", "four hostile files at once"]
+    accepted = [r for r in rows[1:-2] if r["answer"].startswith("result")]
+    refused = [r for r in rows[1:-2] if r["answer"].startswith("refused: “")]
+    assert len(accepted) == 7 and len(refused) == 7, names  # the script stops when one is answered otherwise
+    assert any("inflating to 1 GiB" in r["upload"] for r in refused)
+    for r in rows[1:-2]:  # each judged against its targets
+        assert r["CPU s (≤ 10)"][-1] in "✓✗" and float(r["CPU s (≤ 10)"].split()[0]) >= 0
+        assert r["over the ordinary request MB (≤ 300)"][-1] in "✓✗" and float(r["peak growth MB"]) >= 0
+    assert rows[-2]["peak growth MB"].endswith("(≤ 1500)") and rows[-1]["retained MB"].endswith("(≤ 100)")
+    assert [w["when"] for w in waits] == ["idle (median of 5)", "while the 4 worst accepted uploads run"]
+    assert "(≤ 2 × " in waits[1]["target"] and float(waits[1]["seconds"]) > 0
+
+
+def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_latency(subset, tmp_path):
+    from cxr.commands.train import main as train_main
+
+    models = []
+    for name, args in {"lite0": ["--image-size", "64"], "logreg": ["--image-size", "24"]}.items():
+        model = "tf_efficientnet_lite0" if name == "lite0" else name
+        out = tmp_path / name
+        assert (
+            train_main([*args, "--model", model, "--data", str(subset), "--output-dir", str(out), "--epochs", "1"]) == 0
+        )
+        models.append(str(out / "model"))
+    # a short soak whose cache sweep runs several times: every 2 s, files older than 4 s
+    flags = ["--minutes", "0.75", "--request-every", "1", "--page-every", "20", "--sample-every", "3"]
+    out = run_bench(
+        "app_soak.py",
+        *flags,
+        *["--warm-up", "10", "--window", "10", "--cache-sweep", "2,4"],
+        *["--models", ",".join(models), "--examples", str(subset)],
+    )
+    samples, latency, summary = markdown_tables(out)
+    assert len(samples) >= 10 and all(float(s["resident MiB"]) > 100 for s in samples)
+    assert {r["request"] for r in latency} == {"/predict", "/classify", "page, again", "example", "Chromium visit"}
+    assert all(int(r["count"]) >= 1 for r in latency), latency
+    figures = {r["soak"]: r["value"] for r in summary}
+    assert figures["failed"] == "0 (target: none)", out
+    oldest = figures["oldest file in the cache once a sweep could have run"]
+    assert float(oldest.split(" s ")[0]) <= float(oldest.split("≤ ")[1].split(" s")[0]), oldest
+    assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")
