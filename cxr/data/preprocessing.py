@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -244,48 +243,8 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
 
 
 #: ``--augment`` choices: the study's (flip, rotation), one for radiographs (adds small scale and shift,
-#: brightness and contrast; never a vertical flip), flip alone (the default), "acquisition": flip plus the
-#: kinds of differences between hospitals' imaging chains (gamma, contrast, blur or sharpening, JPEG
-#: re-compression, zoom-in crops), and "intensity": flip plus the tone curve alone (gamma, contrast) — candidates
-#: for films from elsewhere (bench/RESULTS.md).
-AUGMENTATIONS = ("study", "radiograph", "flip", "acquisition", "intensity")
-
-
-class _RandomGamma:
-    """``pixels ** gamma`` on uint8 pixels, gamma drawn log-uniformly in ``(low, high)`` (torch's RNG)."""
-
-    def __init__(self, low: float = 0.7, high: float = 1.5):
-        self.low, self.high = math.log(low), math.log(high)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F  # torchvision loads only when images are augmented
-
-        gamma = math.exp(self.low + (self.high - self.low) * float(torch.rand(())))
-        return F.adjust_gamma(x, gamma)
-
-
-class _ZoomCrop:
-    """A random crop keeping ``min_area``–100% of the image (aspect 0.9–1.1), resized back to its size."""
-
-    def __init__(self, min_area: float = 0.75):
-        self.min_area = min_area
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import v2  # torchvision loads only when images are augmented
-
-        crop = v2.RandomResizedCrop(tuple(x.shape[-2:]), scale=(self.min_area, 1.0), ratio=(0.9, 1.1), antialias=True)
-        return crop(x)
-
-
-def _acquisition_steps() -> list:
-    from torchvision.transforms import v2  # torchvision loads only when images are augmented
-
-    return [
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.3),
-        v2.RandomAdjustSharpness(2.0, p=0.3),
-        v2.RandomApply([v2.JPEG((30, 90))], p=0.5),
-        v2.RandomApply([_ZoomCrop()], p=0.5),
-    ]
+#: brightness and contrast; never a vertical flip), and flip alone (the default).
+AUGMENTATIONS = ("study", "radiograph", "flip")
 
 
 class TrainAugmentation:
@@ -302,10 +261,6 @@ class TrainAugmentation:
         scale: maximum relative zoom in or out (0: none).
         brightness: maximum relative brightness change (0: none).
         contrast: maximum relative contrast change (0: none).
-        gamma_p: probability of a gamma curve, gamma drawn log-uniformly in 0.7–1.5 (0: none).
-        acquisition: also vary the rest of what differs between imaging chains, each with probability 0.5 (blur
-            or sharpen 0.3 each): Gaussian blur (sigma up to 1.2), sharpening (factor 2), JPEG re-compression
-            (quality 30–90), a zoom-in crop keeping 75–100% of the area, resized back.
     """
 
     def __init__(
@@ -316,18 +271,12 @@ class TrainAugmentation:
         scale: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
-        gamma_p: float = 0.0,
-        acquisition: bool = False,
     ):
         from torchvision.transforms import v2  # torchvision loads only when images are augmented
 
         self.params = dict(
             degrees=degrees, flip_p=flip_p, translate=translate, scale=scale, brightness=brightness, contrast=contrast
         )
-        if gamma_p:
-            self.params["gamma_p"] = gamma_p
-        if acquisition:
-            self.params["acquisition"] = True
         steps = [v2.RandomHorizontalFlip(p=flip_p)]
         if translate or scale:
             steps.append(
@@ -343,10 +292,6 @@ class TrainAugmentation:
             steps.append(v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if brightness or contrast:
             steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
-        if gamma_p:
-            steps.append(v2.RandomApply([_RandomGamma()], p=gamma_p))
-        if acquisition:
-            steps += _acquisition_steps()
         self._tf = v2.Compose(steps)
 
     @classmethod
@@ -358,10 +303,6 @@ class TrainAugmentation:
             return cls(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2)
         if name == "flip":
             return cls(degrees=0.0, flip_p=0.5)
-        if name == "acquisition":
-            return cls(degrees=0.0, flip_p=0.5, contrast=0.2, gamma_p=0.5, acquisition=True)
-        if name == "intensity":
-            return cls(degrees=0.0, flip_p=0.5, contrast=0.2, gamma_p=0.5)
         raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:

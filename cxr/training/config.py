@@ -213,9 +213,7 @@ class TrainConfig:
         None,
         help="Training augmentation: study (horizontal flip, rotation up to 10 degrees), radiograph "
         "(also scale and shift up to 10%%/5%%, brightness and contrast up to 20%%) or flip (horizontal "
-        "flip only) or acquisition (flip plus what differs between hospitals' imaging chains: gamma, contrast, "
-        "blur or sharpening, JPEG re-compression, zoom-in crops) or intensity (flip plus the tone curve alone: gamma "
-        "and contrast); never a vertical flip (default: the preset's).",
+        "flip only); never a vertical flip (default: the preset's).",
         choices=AUGMENTATIONS,
         group="recipe",
     )
