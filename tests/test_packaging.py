@@ -162,31 +162,45 @@ def runs(tmp_path_factory, sample_dir, wheel) -> SimpleNamespace:
     return SimpleNamespace(logreg=logreg, alexnet=alexnet)
 
 
-def test_pyproject_bounds_are_the_pinned_versions():
-    tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+def _pins(path):
+    """``{normalised name: version}`` of a requirements file's ``==`` lines (``-r`` lines left out)."""
     pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#")[0].strip()
         if "==" in line:
             name, version = line.split("==")
             pins[re.sub(r"[-_.]+", "-", name.strip().lower())] = version.strip()
-    deps = {}
-    for dep in project["dependencies"]:
-        name, bound = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", dep).groups()
-        deps[re.sub(r"[-_.]+", "-", name.lower())] = bound
-    assert {n: pins.get(n) for n in deps} == deps  # every bound is requirements.txt's pin
-    assert not {
-        "pytest",
-        "playwright",
-        "tensorboard",
-        "setuptools",
-        "ruff",
-        "import-linter",
-        "grimp",
-        "pytest-xdist",
-        "execnet",
-    } & set(deps)
+    return pins
+
+
+def _bounds(deps):
+    found = {}
+    for dep in deps:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", dep)
+        if match:  # cxr[...] self-references name extras, not packages
+            found[re.sub(r"[-_.]+", "-", match.group(1).lower())] = match.group(2)
+    return found
+
+
+DEV_TOOLS = {"pytest", "playwright", "setuptools", "ruff", "import-linter", "grimp", "pytest-xdist", "execnet"}
+
+
+def test_runtime_and_development_requirements_are_apart_and_pyproject_bounds_are_their_pins():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime, dev = _pins(REPO / "requirements.txt"), _pins(REPO / "requirements-dev.txt")
+    assert not DEV_TOOLS & set(runtime)  # what a user installs to train or serve holds no test or lint tool
+    assert DEV_TOOLS <= set(dev) and not set(dev) & set(runtime)
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+    deps = _bounds(project["dependencies"])
+    assert {n: runtime.get(n) for n in deps} == deps  # every bound is requirements.txt's pin
+    assert not DEV_TOOLS & set(deps)
+    # every third-party package cxr/ imports is a runtime dependency (scikit-learn: the guard's probe photos)
+    assert {"scikit-learn", "gradio", "timm", "pydicom", "pyyaml"} <= set(deps)
+    extras = project["optional-dependencies"]
+    for name in ("test", "lint"):
+        bounds = _bounds(extras[name])
+        assert {n: dev.get(n) for n in bounds} == bounds
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"] == SCRIPTS
     assert "version" in project["dynamic"] and "version" not in project
