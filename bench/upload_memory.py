@@ -1,5 +1,5 @@
 """What one upload costs the running app in memory and CPU: the worst inputs it accepts and the hostile files of
-issue #20, against an ordinary X-ray; and how long an ordinary request waits while heavy ones run.
+the hostile-upload table (``tests/hostile.py``), against an ordinary X-ray; and how long an ordinary request waits while heavy ones run.
 
 Starts ``python app.py`` with one model (``--model`` at ``--image-size``, random weights: cost does not depend on
 them) and sends it, through ``gradio_client`` and the ``/predict`` endpoint (probabilities and a Grad-CAM heat
@@ -19,7 +19,7 @@ resident memory is read from the kernel (``VmHWM``, reset before each step throu
 its retained memory (``VmRSS``) after the step, its CPU seconds (user + system, all threads) from
 ``/proc/PID/stat``. Last, an ordinary ``/classify`` is timed idle and while the four worst accepted uploads run.
 
-Printed: two tables, with the issue's targets beside the numbers — peak growth for any upload at most 300 MB
+Printed: two tables, with the targets beside the numbers — peak growth for any upload at most 300 MB
 over an ordinary X-ray's request; at most 10 CPU seconds for any accepted upload; four at once at most 1.5 GB
 over idle; at most 100 MB retained after they finish; the ordinary request during four heavy ones within 2× its
 idle time plus one heavy request's time alone.
@@ -93,7 +93,7 @@ def _unusual_inputs(folder: Path, xray: Path) -> Dict[str, Path]:
 
 
 def _hostile_inputs(folder: Path, xray: Path) -> Dict[str, Path]:
-    """The hostile files of issue #20's table, at the sizes it reports."""
+    """The hostile files of the hostile-upload table, at the sizes it gives."""
     from PIL import Image
 
     grey = Image.open(xray).convert("L")

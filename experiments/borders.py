@@ -1,9 +1,9 @@
-"""Do the films have borders a crop would remove? Issue #22's candidate "cropping borders", measured before it is
+"""Do the films have borders a crop would remove? The candidate "cropping borders" for films from elsewhere, measured before it is
 built: for each folder, the share of each film's rows and columns, from each edge inwards, that are uniform
 (intensity standard deviation under ``--flat`` grey levels) — the black or white frames a scanner or an export
 leaves — and how many films have more than ``--min-share`` of their height or width in such a frame.
 
-    python bench/borders.py --folder ../shared/data/cxr-external-dev/Normal --folder ../shared/data/cxr-sample/Normal
+    python experiments/borders.py --folder ../shared/data/cxr-external-dev/Normal --folder ../shared/data/cxr-sample/Normal
 
 Burned-in markers (letters, arrows) are not uniform rows and are not measured here.
 """
@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from common import REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

@@ -9,7 +9,7 @@ when that part holds no error, as ``cxr.training.finish`` does) — by ECE and N
 beside the median and 95th percentile a calibrated model would show on those films
 (:func:`cxr.metrics.stats.ece_if_calibrated`). Logits are recovered from the saved probabilities (``T log p``).
 
-    python bench/calibration_runs.py --run RUN1 --run RUN2 --run RUN3 --chance-at 60 --chance-at 400
+    python experiments/calibration_runs.py --run RUN1 --run RUN2 --run RUN3 --chance-at 60 --chance-at 400
 
 ``--chance-at N`` also prints the chance band on N films drawn from the default recipe's 600 out-of-fold
 predictions (shipped with cxr, calibrated on themselves): what a test set of that size can show.
@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-from common import REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

@@ -7,8 +7,8 @@ Recipes run as separate processes (``--parallel`` at a time, ``--threads`` torch
 rerun resumes every unfinished CV and reuses the finished ones. The table goes to stdout and to
 ``OUTPUT_DIR/recipes.md``, with the COVID and Viral Pneumonia images that most recipes call Normal.
 
-    python bench/cv_recipes.py --output-dir runs/cv-recipes --recipes paper,default --parallel 1
-    python bench/cv_recipes.py --output-dir /tmp/cv --parallel 8 --threads 2    # on a 16-core GPU machine
+    python experiments/cv_recipes.py --output-dir runs/cv-recipes --recipes paper,default --parallel 1
+    python experiments/cv_recipes.py --output-dir runs/cv --parallel 8 --threads 2    # on a 16-core GPU machine
 
 Research use only — not for diagnosis.
 """
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from common import DEFAULT_DATA, REPO, machine, table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import DEFAULT_DATA, REPO, machine, table  # noqa: E402
 
 #: The study's preset with AdamW, weight decay 0.05, one warm-up epoch then cosine, batch 16, keeping the last epoch
 _ADAMW_COSINE = "--preset paper --optimizer adamw --weight-decay 0.05 --lr-scheduler cosine --warmup-epochs 1 --batch-size 16 --keep last"

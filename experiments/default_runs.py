@@ -1,7 +1,7 @@
 """The default run, seed by seed: how long it takes here, what it chose, and what it does on its test films and on
 films from elsewhere.
 
-For each ``--seed``, the README's default training command (``accelerate launch --num_processes 1
+For each ``--seed``, the default training command (docs/training.md) (``accelerate launch --num_processes 1
 train_accelerate.py --model tf_efficientnet_lite0 --image-size 224 --data DATA --output-dir ROOT/seed-S --seed
 S``, plus ``--extra`` flags) is run and timed from launch to exit, unless ``ROOT/seed-S`` already holds a finished
 run (its time is then read from ``ROOT/times.json``). Then one row per run from its ``metrics.json``: the carried
@@ -10,7 +10,7 @@ decision and by argmax, Normal films kept, accuracy) — and, with ``--external`
 Normal by argmax and by the decision, each with a bootstrap 95% interval over films. Nothing is fitted or chosen
 on the outside films; they are scored by ``CXRClassifier`` as ``cxr.predict`` scores them.
 
-    python bench/default_runs.py --seed 1 --seed 2 --seed 3 --root /tmp/default-runs \\
+    python experiments/default_runs.py --seed 1 --seed 2 --seed 3 --root runs/default-runs \\
         --external ../shared/data/cxr-external-dev [--extra --clahe]
 """
 
@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from common import DEFAULT_DATA, REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import DEFAULT_DATA, REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

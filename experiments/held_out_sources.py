@@ -17,7 +17,7 @@ threshold source the COVID + Viral Pneumonia films called Normal and the Normal 
 test parts, against the target. Logits are recovered from each fold's calibrated predictions (``T log p``; the
 softmax does not change when a constant is added).
 
-    python bench/held_out_sources.py --cv-dir /tmp/cv-default
+    python experiments/held_out_sources.py --cv-dir runs/cv-default
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-from common import REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

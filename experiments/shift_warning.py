@@ -9,7 +9,7 @@ tuned on), and prints for lower thresholds — validation percentiles 80, 90, 95
 test and outside films above each: a useful warning fires on outside films far more often than on the test
 films. Then the two-sample tests a whole-set summary (``cxr.eval``'s ``shift``) would rest on.
 
-    python bench/shift_warning.py --run RUN --external ../shared/data/cxr-external-dev [--per-stage]
+    python experiments/shift_warning.py --run RUN --external ../shared/data/cxr-external-dev [--per-stage]
 
 ``--per-stage`` also scores each feature stage the guard keeps on its own (the distance to the k-th nearest
 training film in that stage's features alone): does any stage see what the whole misses?
@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from common import DEFAULT_DATA, REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import DEFAULT_DATA, REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

@@ -2,14 +2,14 @@
 and the external dev set.
 
 Training flips films horizontally half the time, so a model has seen both orientations; averaging the logits of a
-film and its mirror image is a candidate for films from elsewhere (issue #22). With the fold models of a
+film and its mirror image is a candidate for films from elsewhere. With the fold models of a
 ``python -m cxr.cv`` run: each fold's test films (the 600 out-of-fold films together) and the outside films
 (each fold model scores all of them), with and without flip averaging, each model's saved temperature applied.
 Printed: out-of-fold accuracy and COVID recall with stratified bootstrap 95% intervals, COVID + Viral Pneumonia
 called Normal, and the outside Normal films called Normal by argmax (pooled over the fold models, with a bootstrap
 interval over films) — nothing is chosen or fitted on the outside films.
 
-    python bench/tta_flip.py --cv-dir /tmp/cv-default --external ../shared/data/cxr-external-dev
+    python experiments/tta_flip.py --cv-dir runs/cv-default --external ../shared/data/cxr-external-dev
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from common import DEFAULT_DATA, REPO, machine, table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py, shared with bench/
+
+from common import DEFAULT_DATA, REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 

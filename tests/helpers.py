@@ -42,6 +42,7 @@ __all__ = [
     "call",
     "example_table",
     "run_bench",
+    "run_experiment",
     "markdown_tables",
 ]
 
@@ -223,13 +224,23 @@ def example_table(url: str) -> dict:
     return next(c for c in components if c.get("props", {}).get("elem_id") == "examples")
 
 
-def run_bench(script: str, *args: str) -> str:
-    """Run ``bench/SCRIPT ARGS`` as a user does; its standard output, once it exited 0."""
+def run_bench(script: str, *args: str, folder: str = "bench") -> str:
+    """Run ``FOLDER/SCRIPT ARGS`` (``bench/`` unless told) as a user does; its standard output, once it exited 0."""
     out = subprocess.run(
-        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, f"{folder}/{script}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+def run_experiment(script: str, *args: str) -> str:
+    """Run ``experiments/SCRIPT ARGS`` (the measurements behind the recipe) as a user does; its standard output."""
+    return run_bench(script, *args, folder="experiments")
 
 
 def markdown_tables(text: str) -> List[List[Dict[str, str]]]:

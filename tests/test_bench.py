@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end on a small subset of the real sample and print their tables.
+"""The benchmark scripts (``bench/``) and the experiments (``experiments/``) run end to end on a small subset of the
+real sample and print their tables.
 
 Timings are not asserted (they are measurements, not behaviour); what is: every arm ran, in as many
 processes as asked, the ratios are computed from positive throughputs. The app's benchmark scripts are tested in
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from helpers import REPO, make_subset, markdown_tables, run_bench
+from helpers import REPO, make_subset, markdown_tables, run_bench, run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_eval_throughput_times_cxr_eval_against_the_bare_forward(subset):
 def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_path):
     import json
 
-    out = run_bench(
+    out = run_experiment(
         "cv_recipes.py",
         "--data",
         str(subset),
@@ -131,7 +132,7 @@ def test_cv_recipes_cross_validates_each_recipe_and_tabulates_them(subset, tmp_p
     assert json.loads((tmp_path / "cvr" / "default" / "cv.json").read_text())["recipe"]["optimizer"] == "adamw"
     assert (tmp_path / "cvr" / "recipes.md").read_text().strip() in out
     bad = subprocess.run(
-        [sys.executable, "bench/cv_recipes.py", "--output-dir", str(tmp_path / "x"), "--recipes", "nope"],
+        [sys.executable, "experiments/cv_recipes.py", "--output-dir", str(tmp_path / "x"), "--recipes", "nope"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -147,7 +148,9 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
     cv = tmp_path / "cv"
     args = ["--data", str(sample_dir), "--folds", "3", "--output-dir", str(cv), "--model", "logreg"]
     assert cv_main([*args, "--image-size", "24", "--epochs", "2", "--num-workers", "0"]) == 0
-    temps, ops = markdown_tables(run_bench("held_out_sources.py", "--cv-dir", str(cv), "--max-missed-rate", "0.05"))
+    temps, ops = markdown_tables(
+        run_experiment("held_out_sources.py", "--cv-dir", str(cv), "--max-missed-rate", "0.05")
+    )
     assert len(temps) == 4 and all(len(r["temperature per fold"].split(", ")) == 3 for r in temps[:3])
     assert all(0 <= float(r["ECE [95% CI]"].split()[0]) <= 1 for r in temps)
     assert len(ops) == 4 and {r["target"] for r in ops} == {"5%"}
@@ -159,7 +162,7 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
 
     # the same folds as training runs: their test ECE by temperature source, beside what chance allows
     rows, sizes = markdown_tables(
-        run_bench(
+        run_experiment(
             "calibration_runs.py",
             "--run",
             str(cv / "fold-0"),
@@ -178,7 +181,7 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
     outside.mkdir()
     for f in sorted((external_dev_dir / "Normal").glob("*.png"))[:6]:
         (outside / f.name).symlink_to(f)
-    (arms,) = markdown_tables(run_bench("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
+    (arms,) = markdown_tables(run_experiment("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
     assert [r["test-time"] for r in arms] == ["none", "flip average"]
     assert all(r["COVID + VP called Normal"].endswith("/300") for r in arms)
     oof = json.loads((cv / "cv.json").read_text())["out_of_fold"]["accuracy"]["value"]
@@ -200,7 +203,7 @@ def test_shift_warning_scores_validation_test_and_outside_films(sample_dir, exte
         (outside / f.name).symlink_to(f)
     args = ["--model", "resnet18", "--data", str(sample_dir), "--output-dir", str(run), "--image-size", "32"]
     assert train_main([*args, "--epochs", "1", "--num-workers", "0", "--no-pretrained"]) == 0
-    out = run_bench("shift_warning.py", "--run", str(run), "--external", str(outside), "--per-stage")
+    out = run_experiment("shift_warning.py", "--run", str(run), "--external", str(outside), "--per-stage")
     cuts, tests, stages = markdown_tables(out)
     assert [r["threshold"] for r in cuts][-1] == "the guard's threshold (validation 98th)"
     assert all(r["above it: outside (outside)"].split()[0].endswith("/8") for r in cuts)
@@ -241,7 +244,7 @@ def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films
     root = tmp_path / "runs"
     args = ["--seed", "2", "--root", str(root), "--data", str(subset), "--external", str(outside)]
     tiny = ["--extra", "--image-size", "32", "--epochs", "1", "--num-workers", "0"]
-    (rows,) = markdown_tables(run_bench("default_runs.py", *args, *tiny))
+    (rows,) = markdown_tables(run_experiment("default_runs.py", *args, *tiny))
     metrics = json.loads((root / "seed-2" / "metrics.json").read_text())
     assert json.loads((root / "seed-2" / "run_config.json").read_text())["config"]["seed"] == 2
     (row,) = rows
@@ -253,7 +256,8 @@ def test_default_runs_trains_each_seed_once_and_tabulates_test_and_outside_films
     assert row["test: Normal kept"] == f"{d['normal_kept']}/{d['normal']}"
     assert row["outside Normal called Normal, argmax (6 films)"].split()[0].endswith("/6")
     stamp = (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns
-    (again,) = markdown_tables(run_bench("default_runs.py", *args, *tiny))  # a finished run is read back, not retrained
+    # a finished run is read back, not retrained
+    (again,) = markdown_tables(run_experiment("default_runs.py", *args, *tiny))
     assert again == rows and (root / "seed-2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -266,7 +270,7 @@ def test_borders_measures_uniform_frames_of_real_films(subset, tmp_path):
     canvas = Image.new("L", (film.width, film.height + 40), 0)  # a black frame of 20 rows above and below
     canvas.paste(film, (0, 20))
     canvas.save(framed / "framed.png")
-    (rows,) = markdown_tables(run_bench("borders.py", "--folder", str(subset / "Normal"), "--folder", str(framed)))
+    (rows,) = markdown_tables(run_experiment("borders.py", "--folder", str(subset / "Normal"), "--folder", str(framed)))
     assert [r["films"] for r in rows] == ["8", "1"]
     assert (
         rows[1]["framed films"] == "1/1"
