@@ -52,7 +52,14 @@ __all__ = [
     "MODEL_OOD_NAME",
     "SPLIT_NAME",
     "PREDICTION_PARTS",
+    "FORMAT_VERSION",
+    "check_format",
 ]
+
+#: The format of every folder and file cxr writes for a run: model folders (``config.json``'s
+#: ``cxr.format_version``), ``run_config.json``, ``checkpoint.pt`` and a CV's ``folds.json``. One of another
+#: format is refused by :func:`check_format`, never read through a fallback.
+FORMAT_VERSION = 1
 
 #: The model folder's files (timm's Hub layout).
 MODEL_CONFIG_NAME = "config.json"
@@ -240,12 +247,53 @@ class RunFolder:
                 "--overwrite-output-dir, or use another folder"
             )
 
+    def format_version(self) -> Any:
+        """The format ``run_config.json`` records (``None``: none recorded, or no readable record)."""
+        try:
+            return read_json(self.run_config).get("format_version")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def read_config(self) -> Optional[Dict[str, Any]]:
         """The settings the run was given (``run_config.json`` ``config``), ``None`` where unreadable."""
         try:
             return read_json(self.run_config)["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def check_format(found: Any, what: str) -> None:
+    """Refuse a record of another format than :data:`FORMAT_VERSION` in one sentence.
+
+    Args:
+        found: the ``format_version`` the record carries (``None``: written before cxr recorded one).
+        what: the record, as the sentence names it (e.g. ``"runs/lite0/model"``).
+
+    Raises:
+        CXRError: ``found`` is not this version's format.
+
+    Example:
+        >>> check_format(FORMAT_VERSION, "runs/x/model")
+        >>> check_format(None, "runs/x/model")
+        Traceback (most recent call last):
+        ...
+        cxr.errors.CXRError: runs/x/model was written by an earlier cxr, before run formats were versioned; this cxr reads format 1 only: train it again with this version (python app.py --quickstart retrains its own runs), or use the cxr version that wrote it.
+    """
+    if found == FORMAT_VERSION:
+        return
+    written = "before run formats were versioned" if found is None else f"in format {found}"
+    raise CXRError(
+        f"{what} was written by {'an earlier' if found is None or _older(found) else 'a newer'} cxr, {written}; this "
+        f"cxr reads format {FORMAT_VERSION} only: train it again with this version (python app.py --quickstart "
+        "retrains its own runs), or use the cxr version that wrote it."
+    )
+
+
+def _older(found: Any) -> bool:
+    try:
+        return int(found) < FORMAT_VERSION
+    except (TypeError, ValueError):
+        return True
 
 
 def run_id(config: Dict[str, Any], split: Dict[str, Any]) -> str:

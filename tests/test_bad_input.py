@@ -243,3 +243,53 @@ def test_a_disk_that_fills_up_mid_run_is_a_sentence(subset, tmp_path, capsys, mo
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith("error: No space left on device writing ")
     assert "--output-dir" in errors[0] and "Traceback" not in err
+
+
+def _as_earlier_format(run):
+    """Make a finished run look written by an earlier cxr: no format in its records (as before they had one)."""
+    import torch
+
+    for path in (run / "run_config.json", run / "model" / "config.json"):
+        record = json.loads(path.read_text())
+        record.pop("format_version", None)
+        record.get("cxr", {}).pop("format_version", None)
+        path.write_text(json.dumps(record))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["format_version"]
+    torch.save(state, run / "checkpoint.pt")
+
+
+def test_a_run_of_an_earlier_format_is_refused_in_one_sentence_by_resume_eval_and_predict(subset, tmp_path, capsys):
+    from cxr.commands.predict import main as predict_main
+
+    run = tmp_path / "run"
+    assert _train(capsys, subset, run)[0] == 0
+    _as_earlier_format(run)
+    code, err = _train(capsys, subset, run, "--epochs", "2", "--resume")
+    assert code == 2 and err.count("\n") == 1 and "written by an earlier cxr" in err and "train it again" in err
+    code = eval_main(["--model", str(run / "model"), "--data", str(subset), "--output-dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "written by an earlier cxr" in err
+    assert not (tmp_path / "e").exists()
+    film = next((subset / "Normal").rglob("*.png"))
+    code = predict_main([str(film), "--model", str(run / "model"), "--output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "written by an earlier cxr" in err
+
+
+def test_the_quick_start_trains_again_a_run_of_an_earlier_format_and_keeps_a_current_one(
+    subset, tmp_path, capsys, monkeypatch
+):
+    import cxr.training.loop
+    from cxr.app.quickstart import QUICKSTART_RUNS, ensure_quickstart_models
+
+    current, earlier = (tmp_path / "runs" / spec.name for spec in QUICKSTART_RUNS)
+    for run in (current, earlier):
+        assert _train(capsys, subset, run)[0] == 0
+    _as_earlier_format(earlier)
+    trained = []
+    monkeypatch.setattr(cxr.training.loop, "train", lambda cfg: trained.append(cfg))
+    folders = ensure_quickstart_models(subset, tmp_path / "runs")
+    assert folders == [str(current / "model"), str(earlier / "model")]
+    (cfg,) = trained  # the current run is kept; the earlier one is trained again, from scratch, never resumed
+    assert cfg.output_dir == str(earlier) and cfg.resume is None and cfg.overwrite_output_dir

@@ -159,9 +159,9 @@ def test_classifier_predicts_by_name_from_path_pil_or_array(tmp_path, sample_dir
     assert clf.name == "tf_efficientnet_lite0" and "64px" in repr(clf)
 
 
-def test_a_model_folder_saved_before_the_package_layout_change_loads_and_predicts_the_same(sample_dir):
-    """tests/fixtures/logreg-model-d3bd023: a model folder written by commit d3bd023 (before cxr's modules moved
-    into subpackages), with the probabilities that code gave for four sample X-rays."""
+def test_the_kept_model_folder_loads_and_predicts_the_probabilities_it_was_saved_with(sample_dir):
+    """tests/fixtures/logreg-model: a model folder of this run format, with the probabilities it gave four sample
+    X-rays when it was saved (a change to loading or preprocessing that moves them fails here)."""
     import json
     from pathlib import Path
 
@@ -169,7 +169,7 @@ def test_a_model_folder_saved_before_the_package_layout_change_loads_and_predict
 
     from cxr import CXRClassifier
 
-    folder = Path(__file__).parent / "fixtures" / "logreg-model-d3bd023"
+    folder = Path(__file__).parent / "fixtures" / "logreg-model"
     expected = json.loads((folder / "expected_probabilities.json").read_text())
     clf = CXRClassifier.from_pretrained(folder)
     for name, probs in expected.items():
@@ -177,3 +177,44 @@ def test_a_model_folder_saved_before_the_package_layout_change_loads_and_predict
         assert set(got) == set(probs)
         assert all(abs(got[c] - probs[c]) < 1e-5 for c in probs), (name, got, probs)
     assert timm.create_model(f"local-dir:{folder}").num_classes == 4  # still timm's layout
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_a_model_folder_of_another_format_is_refused_in_one_sentence(tmp_path, version):
+    """A model folder written by another cxr (no format recorded, an older or a newer one) is never read through a
+    fallback: loading it says what it is and what to do, in one sentence."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cxr import CXRClassifier
+    from cxr.errors import CXRError
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "logreg-model", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if version is None:
+        del cfg["cxr"]["format_version"]
+    else:
+        cfg["cxr"]["format_version"] = version
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CXRError) as e:
+        CXRClassifier.from_pretrained(folder)
+    message = str(e.value)
+    assert message.count(". ") == 0 and "\n" not in message  # one sentence
+    assert str(folder) in message and "train it again" in message
+    assert ("earlier" if version in (None, 0) else "newer") in message
+
+
+def test_a_training_checkpoint_of_another_format_is_refused(tmp_path):
+    import torch
+
+    from cxr.errors import CXRError
+    from cxr.models.checkpoint import load_training_state, save_training_state
+
+    path = tmp_path / "checkpoint.pt"
+    save_training_state(path, {"epoch": 1})
+    assert load_training_state(path)["format_version"] == 1
+    torch.save({"epoch": 1}, path)  # what an earlier cxr wrote: no format
+    with pytest.raises(CXRError, match="earlier cxr, before run formats were versioned"):
+        load_training_state(path)

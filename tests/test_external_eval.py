@@ -18,7 +18,7 @@ from cxr.data.data_source import load_data_source
 from cxr.data.labelling import Labelling
 from cxr.labels import CLASS_NAMES
 
-FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model-d3bd023"
+FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model"
 
 
 def _link(folder: Path, files) -> None:

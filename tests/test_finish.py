@@ -15,7 +15,7 @@ from cxr.models.classifier import CXRClassifier
 from cxr.training.finish import finish
 from cxr.training.held_out import from_logits
 
-FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model-d3bd023"
+FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model"
 
 
 @pytest.fixture(scope="module")

@@ -399,7 +399,7 @@ def test_cxr_eval_scores_an_outside_hub_dataset_with_other_names_and_sources(hub
         {"data/test-00000-of-00001.parquet": (tmp_path / "outside.parquet").read_bytes()},
         repo_type="dataset",
     )
-    model = str(REPO / "tests" / "fixtures" / "logreg-model-d3bd023")
+    model = str(REPO / "tests" / "fixtures" / "logreg-model")
     args = [
         PYTHON,
         "-m",

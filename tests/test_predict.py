@@ -1,5 +1,5 @@
 """``python -m cxr.predict`` on real films of the sample, with the pixel-baseline model folder kept in
-tests/fixtures (written by an older cxr: no operating point) and a copy of it given one."""
+tests/fixtures (saved without an operating point: it decides by argmax) and a copy of it given one."""
 
 import csv
 import json
@@ -17,7 +17,7 @@ from cxr.labels import CLASS_NAMES
 from cxr.metrics.operating_point import decide
 from cxr.models.classifier import ARGMAX_RULE, CXRClassifier
 
-FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model-d3bd023"
+FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model"
 
 
 def _rows(path: Path):

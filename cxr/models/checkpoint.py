@@ -37,7 +37,7 @@ from cxr.data.preprocessing import PreprocessConfig
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
-from cxr.run_folder import MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME
+from cxr.run_folder import FORMAT_VERSION, MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME, check_format
 
 __all__ = [
     "NON_PORTABLE_MODEL_TYPE",
@@ -118,7 +118,12 @@ def save_model_dir(
         str(tmp),
         model_config={
             "label_names": list(preprocess.label_names),
-            "cxr": {"preprocessing": preprocess.to_dict(), "portability": preprocess.portability(), **info},
+            "cxr": {
+                "format_version": FORMAT_VERSION,
+                "preprocessing": preprocess.to_dict(),
+                "portability": preprocess.portability(),
+                **info,
+            },
         },
         data_config=preprocess.timm_data_config(),
         safe_serialization=True,
@@ -175,7 +180,8 @@ def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = No
         ``(config, timm_name)`` where ``timm_name`` is ``local-dir:…`` or ``hf-hub:…``.
 
     Raises:
-        CXRError: no such folder/repository, or it is not a cxr checkpoint (names what is missing).
+        CXRError: no such folder/repository, it is not a cxr checkpoint (names what is missing), or it is of
+            another format (:func:`cxr.run_folder.check_format`).
     """
     path = Path(ref)
     if path.is_dir():
@@ -199,6 +205,7 @@ def read_model_config(ref: Union[str, os.PathLike], revision: Optional[str] = No
     cxr_block = cfg.get("cxr")
     if not isinstance(cxr_block, dict) or "preprocessing" not in cxr_block:
         raise CXRError(f"{ref} is not a cxr checkpoint: its {CONFIG_NAME} has no 'cxr.preprocessing' block")
+    check_format(cxr_block.get("format_version"), f"the model {ref}")
     return cfg, timm_name
 
 
@@ -268,8 +275,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_training_state(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
-    """Atomically write a training checkpoint (tensors and plain values only)."""
+    """Atomically write a training checkpoint (tensors and plain values only), stamped with the format."""
     path = Path(path)
+    state = {**state, "format_version": FORMAT_VERSION}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -284,16 +292,19 @@ def load_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     values only, never code.
 
     Raises:
-        CXRError: the file is damaged, truncated, or holds anything else (it is not loaded).
+        CXRError: the file is damaged, truncated, or holds anything else (it is not loaded), or it is of another
+            format (:func:`cxr.run_folder.check_format`).
     """
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch's own message would suggest loading it unsafely
         raise CXRError(
             f"--resume: {path} is not a training checkpoint cxr can read safely (damaged, truncated, or holding "
             f"more than tensors and plain values; {type(e).__name__}); it was not loaded. Start the run again "
             "with --overwrite-output-dir, or resume from another checkpoint."
         ) from None
+    check_format(state.get("format_version") if isinstance(state, dict) else None, f"--resume: the checkpoint {path}")
+    return state
 
 
 def capture_rng_state() -> Dict[str, Any]:

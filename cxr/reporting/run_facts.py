@@ -24,7 +24,7 @@ __all__ = [
 
 
 def recipe_summary(config: Dict[str, Any]) -> str:
-    """One line naming a run's recipe from its ``run_config.json`` ``config`` (older runs lack the newer keys).
+    """One line naming a run's recipe from its ``run_config.json`` ``config``.
 
     Example:
         >>> recipe_summary({"optimizer": "adam", "lr": 0.0005, "lr_scheduler": "constant", "batch_size": 64,
@@ -57,8 +57,8 @@ def recipe_summary(config: Dict[str, Any]) -> str:
 
 
 def kept_description(metrics: Dict[str, Any]) -> str:
-    """Which model a run kept and why, from its ``metrics.json`` (older runs only say ``best_epoch``)."""
-    epoch = metrics.get("kept_epoch", metrics.get("best_epoch"))
+    """Which model a run kept and why, from its ``metrics.json``."""
+    epoch = metrics["kept_epoch"]
     if metrics.get("final_fit"):
         calibrated = ", whose validation images also gave the temperature" if metrics.get("calibration") else ""
         return (

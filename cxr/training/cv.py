@@ -39,7 +39,7 @@ from cxr.labels import CLASS_NAMES
 from cxr.metrics import compute_metrics
 from cxr.metrics.stats import ece_if_calibrated, expected_calibration_error, stratified_bootstrap_intervals
 from cxr.reporting.cv_report import render_cv_report
-from cxr.run_folder import CVFolder, read_json, read_predictions, write_json
+from cxr.run_folder import FORMAT_VERSION, CVFolder, check_format, read_json, read_predictions, write_json
 from cxr.training.loop import train
 from cxr.training.resume import has_checkpoint, recipe_differences, saved_recipe
 
@@ -161,9 +161,10 @@ def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]
     check_folds(k, labels)
     folds_file = out.folds
     folds = stratified_folds(names, labels, k, seed)
-    payload = {"folds": k, "seed": seed, "images": len(names), "fold_files": folds}
+    payload = {"format_version": FORMAT_VERSION, "folds": k, "seed": seed, "images": len(names), "fold_files": folds}
     if folds_file.is_file():
         saved = json.loads(folds_file.read_text())
+        check_format(saved.get("format_version"), f"the cross-validation in {out.root}")
         if saved.get("fold_files") != folds:
             raise CXRError(
                 f"{out.root} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
@@ -272,7 +273,7 @@ def _write_results(
                 "fold": k,
                 "images": len(pred.files),
                 **_headline(pred.y, pred.probs),
-                "kept_epoch": metrics.get("kept_epoch", metrics.get("best_epoch")),
+                "kept_epoch": metrics["kept_epoch"],
                 "temperature": (metrics.get("calibration") or {}).get("temperature"),
                 "normal_threshold": (metrics.get("decision") or {}).get("normal_threshold"),
                 "errors_figure": run.errors_plot.relative_to(out.root).as_posix()

@@ -1,6 +1,5 @@
 """The recipes ``--preset`` names and the groups of settings that make a recipe: what a resumed run must keep
-(:data:`RESUME_LOCKED`), what makes two runs the same recipe (:data:`RECIPE_KEYS`), and what a checkpoint
-written before a setting existed was trained with (:data:`LEGACY_RECIPE`)."""
+(:data:`RESUME_LOCKED`) and what makes two runs the same recipe (:data:`RECIPE_KEYS`)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ __all__ = [
     "KEEP_RULES",
     "MIXED_PRECISION",
     "REPORT_TO",
-    "LEGACY_RECIPE",
     "RESUME_LOCKED",
     "RECIPE_KEYS",
     "preset_flags",
@@ -60,8 +58,6 @@ PRESETS["default"] = dict(
     drop_path=0.0,
     freeze_bn_stats=False,
 )
-#: What a checkpoint written before a recipe setting existed was trained with.
-LEGACY_RECIPE = {k: v for k, v in PRESETS["paper"].items() if v is not None}
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "all")
 #: Settings that must not change when a run is resumed.

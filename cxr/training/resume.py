@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from cxr.errors import CXRError
 from cxr.models.checkpoint import load_training_state, restore_rng_state
-from cxr.run_folder import RunFolder
-from cxr.training.config import TrainConfig
+from cxr.run_folder import RunFolder, check_format
 from cxr.training.epochs import Progress
-from cxr.training.presets import LEGACY_RECIPE, RECIPE_KEYS, RESUME_LOCKED
+from cxr.training.presets import RECIPE_KEYS, RESUME_LOCKED
 
 __all__ = [
     "saved_recipe",
@@ -30,19 +28,23 @@ __all__ = [
 def saved_recipe(run_dir: os.PathLike) -> Dict[str, Any]:
     """The settings a run in ``run_dir`` was started with, as they were given: its ``run_config.json``
     ``config`` — for a ``--final-fit`` run its hold-out run's, with ``final_fit`` on (the refit's own
-    config holds the shortened epoch count) — with what older runs lack filled by the recipe they were
-    trained with. ``{}`` where there is no run.
+    config holds the shortened epoch count). ``{}`` where there is no run.
+
+    Raises:
+        CXRError: the run is of another format (:func:`cxr.run_folder.check_format`).
     """
-    run_dir = Path(run_dir)
     run = RunFolder(run_dir)
     own, hold = run.read_config(), run.holdout.read_config()
     if own is not None and not own.get("final_fit"):
-        found = own
+        recorded, found = run, own
     elif hold is not None:
-        found = {**hold, "final_fit": True, "output_dir": str(run_dir)}
+        recorded, found = run.holdout, {**hold, "final_fit": True, "output_dir": str(run_dir)}
     else:
-        found = own
-    return {} if found is None else {**LEGACY_RECIPE, **found}
+        recorded, found = run, own
+    if found is None:
+        return {}
+    check_format(recorded.format_version(), f"the run in {run_dir}")
+    return found
 
 
 def recipe_differences(saved: Dict[str, Any], cfg: Any, keys: Sequence[str] = RECIPE_KEYS) -> List[str]:
@@ -85,15 +87,14 @@ def has_checkpoint(output_dir: os.PathLike, final_fit: bool = False) -> bool:
 
 def check_resumable(state: Optional[Dict[str, Any]], cfg: Any) -> None:
     """Refuse to continue a checkpoint's training ``state`` with a recipe that differs from the one it started
-    with (settings the checkpoint predates count as the recipe of their time, :data:`LEGACY_RECIPE`).
+    with.
 
     Raises:
         CXRError: ``--flag saved (now value)`` for each setting that differs.
     """
     if state is None:
         return
-    defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **LEGACY_RECIPE}
-    changed = recipe_differences({**defaults, **state["config"]}, cfg, RESUME_LOCKED)
+    changed = recipe_differences(state["config"], cfg, RESUME_LOCKED)
     if changed:
         raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
 

@@ -17,7 +17,7 @@ from cxr.labels import DISCLAIMER
 from cxr.models.checkpoint import capture_rng_state, recover_model_dir, save_model_dir, save_training_state
 from cxr.reporting.plots import plot_training_curves
 from cxr.reporting.run_facts import training_run_facts
-from cxr.run_folder import RunFolder, write_json, write_predictions
+from cxr.run_folder import FORMAT_VERSION, RunFolder, write_json, write_predictions
 from cxr.training.build import TrainSetup
 from cxr.training.config import Recipe
 from cxr.training.epochs import Progress
@@ -42,6 +42,7 @@ def write_run_config(
     """``split.json`` and ``run_config.json`` (a model save interrupted by the last run's end is restored first);
     returns the ``run_config.json`` dict."""
     run_config = {
+        "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
         **setup.model_info,
         "run_id": run_id,
