@@ -416,15 +416,50 @@ def test_cpu_threads_default_honours_omp_num_threads_above_one(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_the_shipped_out_of_fold_predictions_are_the_default_recipes(sample_dir, tmp_path):
+def test_the_shipped_out_of_fold_predictions_are_the_default_recipes_on_the_sample(sample_dir, tmp_path):
     # --choose-on auto: a default run on the sample takes its operating point from the bundle only when the bundle
     # was made with the recipe the flags resolve to now (a default changed without remaking it would fail here)
+    from cxr.data.data_source import load_data_source
     from cxr.training.held_out import bundled_for
 
+    films = load_data_source(str(sample_dir), None, None).dataset
     cfg = TrainConfig(model="tf_efficientnet_lite0", data=str(sample_dir), output_dir=str(tmp_path / "x"))
-    carried = bundled_for(cfg.resolve().to_dict(), 600)
+    carried, why = bundled_for(cfg.resolve().to_dict(), films)
     assert carried is not None and len(carried) == 600 and sorted(np.bincount(carried.labels)) == [150] * 4
-    assert bundled_for(dataclasses.replace(cfg, clahe=True).resolve().to_dict(), 600) is None
+    assert "names and content" in carried.description and "are the bundled" in why
+    carried, why = bundled_for(dataclasses.replace(cfg, clahe=True).resolve().to_dict(), films)
+    assert carried is None and "recipe" in why
+
+
+def test_a_600_film_set_that_is_not_the_sample_never_gets_the_bundle(sample_dir, tmp_path):
+    """The sample's files under the same names with their pixels changed, and the sample less one film plus another
+    under a new name: neither is the set the bundled predictions were made on, so --choose-on auto falls back to
+    the run's own validation films, and says why."""
+    from PIL import Image, ImageOps
+
+    from cxr.data.data_source import load_data_source
+    from cxr.training.held_out import bundled_for
+
+    recipe = TrainConfig(model="tf_efficientnet_lite0", data="x", output_dir=str(tmp_path / "x")).resolve().to_dict()
+    changed = tmp_path / "changed"
+    for film in sorted(sample_dir.rglob("*.png")):
+        if "masks" in film.parts:
+            continue
+        target = changed / film.relative_to(sample_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(film) as im:
+            ImageOps.invert(im.convert("L")).save(target)
+    films = load_data_source(str(changed), None, None).dataset
+    assert len(films) == 600 and set(films["file_name"]) == set(
+        load_data_source(str(sample_dir), None, None).dataset["file_name"]
+    )
+    carried, why = bundled_for(recipe, films)
+    assert carried is None and "600 of them other content" in why
+
+    renamed = next((changed / "Normal").rglob("*.png"))
+    renamed.rename(renamed.with_name("another-film.png"))
+    carried, why = bundled_for(recipe, load_data_source(str(changed), None, None).dataset)
+    assert carried is None and "not the 600 films" in why
 
 
 def test_a_resolved_recipe_is_frozen_and_sets_every_preset_field(sample_dir, tmp_path):

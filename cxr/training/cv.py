@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cxr.data.content import content_digests
 from cxr.data.data_source import load_data_source
 from cxr.data.splits import save_split, stratified_split
 from cxr.errors import CXRError
@@ -161,7 +162,14 @@ def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]
     check_folds(k, labels)
     folds_file = out.folds
     folds = stratified_folds(names, labels, k, seed)
-    payload = {"format_version": FORMAT_VERSION, "folds": k, "seed": seed, "images": len(names), "fold_files": folds}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "folds": k,
+        "seed": seed,
+        "images": len(names),
+        "fold_files": folds,
+        "content": content_digests(source.dataset),  # which films these are, whatever their names
+    }
     if folds_file.is_file():
         saved = json.loads(folds_file.read_text())
         check_format(saved.get("format_version"), f"the cross-validation in {out.root}")

@@ -125,23 +125,26 @@ def held_out_for(
     cfg: Recipe, data: RunData, validation: Tuple[np.ndarray, np.ndarray], refit: Optional[Refit]
 ) -> HeldOut:
     """What the temperature and the operating point are chosen on (``--choose-on``): a cross-validation's
-    out-of-fold predictions (``auto``: the bundled ones of the default recipe on the sample, when this run is that
-    recipe on 600 images), or the run's own validation images (a refit's were trained on: its hold-out run's
-    validation predictions then)."""
+    out-of-fold predictions (``auto``: the bundled ones of the default recipe, when, and only when, this run is that
+    recipe on the very films they were made on, by name and content), or the run's own validation images (a refit's
+    were trained on: its hold-out run's validation predictions then). The description, which the run's records
+    keep, says which, and for ``auto`` why."""
     test_films = data.files("test")
+    why = ""
     if cfg.choose_on == "auto":
-        carried = bundled_for(cfg.to_dict(), len(data.pix))
+        carried, why = bundled_for(cfg.to_dict(), data.pix)
         if carried is not None:
             return carried.without(test_films, "of this run's test films")
+        why = f" (--choose-on auto: {why})"
     elif cfg.choose_on != "validation":
         return from_cv(cfg.choose_on).without(test_films, "of this run's test films")
     if refit is not None:
         hold = RunFolder(refit.holdout)
         t = (refit.calibration or {}).get("temperature") or 1.0
         return from_predictions(
-            hold.predictions("validation"), t, f"the hold-out run's validation images ({refit.holdout.name}/)"
+            hold.predictions("validation"), t, f"the hold-out run's validation images ({refit.holdout.name}/){why}"
         )
-    return from_logits(*validation, f"{len(validation[0])} validation images")
+    return from_logits(*validation, f"{len(validation[0])} validation images{why}")
 
 
 def _guard_inputs(

@@ -13,7 +13,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -100,32 +100,55 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     return HeldOut(labels, logits, description, [r["file_name"] for r in rows])
 
 
-def bundled_for(recipe: Dict[str, Any], images: int, path: Union[str, Path] = BUNDLED) -> Optional[HeldOut]:
-    """The bundled out-of-fold predictions (``path``, default :data:`BUNDLED`) when ``recipe`` (a run's resolved
-    settings) is the recipe they were made with and the data has as many images (the sample's 600), else ``None``."""
+def bundled_for(recipe: Dict[str, Any], films: Any, path: Union[str, Path] = BUNDLED) -> Tuple[Optional[HeldOut], str]:
+    """The bundled out-of-fold predictions (``path``, default :data:`BUNDLED`) when, and only when, ``recipe`` (a
+    run's resolved settings) is the recipe they were made with and the run's films (``films``: its dataset, with
+    ``file_name`` and ``image`` columns) are the films they were made on, by name and then by content
+    (:func:`cxr.data.content.content_digests`, read only when the names agree).
+
+    Returns:
+        ``(held-out predictions or None, why)``: ``why`` says, for the run's record, why they were or were not used.
+    """
     bundle = json.loads(Path(path).read_text())
     same = all(recipe.get(k) == v for k, v in bundle["recipe"].items() if k not in _NOT_RECIPE)
-    if not same or images != bundle["images"]:
-        return None
-    return HeldOut(
+    if not same:
+        return None, "this run's recipe is not the one the bundled out-of-fold predictions were made with"
+    made_on = bundle["content"]
+    if set(films) != set(made_on):
+        return (
+            None,
+            f"this run's films are not the {len(made_on)} films the bundled out-of-fold predictions were made on",
+        )
+    changed = sum(films[name] != digest for name, digest in made_on.items())
+    if changed:
+        return None, (
+            f"this run's films have the names of the {len(made_on)} films the bundled out-of-fold predictions were "
+            f"made on, but {changed} of them other content"
+        )
+    held = HeldOut(
         np.asarray(bundle["labels"], dtype=np.int64),
         np.asarray(bundle["logits"], dtype=np.float64),
         f"{bundle['images']} out-of-fold predictions of the {bundle['preset']} recipe's {bundle['folds']}-fold "
-        "cross-validation on the 600-film sample, shipped with cxr",
-        bundle.get("files"),
+        f"cross-validation on these {len(made_on)} films (names and content), shipped with cxr",
+        bundle["files"],
     )
+    return held, "this run's recipe and films (names and content) are the bundled out-of-fold predictions'"
 
 
 def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
     """The contents of a bundle (:data:`BUNDLED`) made from a finished cross-validation on the sample: its recipe
-    (:data:`cxr.training.presets.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes and file names — no pixels.
+    (:data:`cxr.training.presets.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes, file names and
+    content digests (from the CV's ``folds.json``) — no pixels.
     ``what`` says how it was made (the command, the commit), for the file's reader.
 
     Raises:
-        CXRError: not a finished cross-validation folder.
+        CXRError: not a finished cross-validation folder, or one without content digests.
     """
     held = from_cv(cv_dir)
-    summary = read_json(CVFolder(cv_dir).summary)
+    cv = CVFolder(cv_dir)
+    summary, content = read_json(cv.summary), read_json(cv.folds).get("content")
+    if not content or set(content) != set(held.files):
+        raise CXRError(f"{cv_dir}: its {cv.folds.name} names no content digest for each film; run the CV again")
     recipe = summary["recipe"]
     return {
         "what": what,
@@ -136,4 +159,5 @@ def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
         "labels": [int(v) for v in held.labels],
         "logits": np.round(held.logits, 5).tolist(),
         "files": list(held.files),
+        "content": {name: content[name] for name in held.files},
     }

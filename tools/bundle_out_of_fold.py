@@ -1,28 +1,37 @@
-"""Write the out-of-fold predictions cxr ships for ``--choose-on auto`` from a finished cross-validation.
+"""Write the out-of-fold predictions the package ships for ``--choose-on auto`` from a finished cross-validation.
 
-A run of the default recipe on the 600-film sample chooses its temperature and operating point on these
-(``cxr/training/recipes/default_out_of_fold.json``, less the run's own test films; bench/RESULTS.md "Where the
-temperature and the operating point come from"). When the default recipe changes, its CV is rerun and the bundle
-remade with this script; a run matches the bundle only when its recipe settings are the bundle's.
+A run of the default recipe on the very films of that CV (by name and content) chooses its temperature and
+operating point on these (``cxr/training/recipes/default_out_of_fold.json``, package data, less the run's own test
+films); any other run uses its own validation films or a ``--choose-on CV_DIR``. When the default recipe changes,
+its CV is rerun and the bundle remade with this script (docs/training.md, "The operating point"):
 
     python -m cxr.cv --data ../shared/data/cxr-sample --folds 5 --model tf_efficientnet_lite0 --image-size 224 \\
-        --output-dir /tmp/cv-default
-    python bench/bundle_out_of_fold.py --cv-dir /tmp/cv-default
+        --output-dir runs/cv-default
+    python tools/bundle_out_of_fold.py --cv-dir runs/cv-default
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from common import REPO
-
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cxr.training.held_out import BUNDLED, bundle_from_cv  # noqa: E402
+
+
+def _hardware() -> str:
+    """The CPU cores (and GPUs) this builder runs on: the CV's, when it runs where the CV ran."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return f"{os.cpu_count()} CPU cores" + (f", {gpus}x {torch.cuda.get_device_name(0)}" if gpus else "")
 
 
 def main() -> None:
@@ -44,10 +53,12 @@ def main() -> None:
         ).stdout.strip()
     )
     what = (
-        f"Out-of-fold logits of cxr's default recipe: {args.command}, commit {commit}, {time.strftime('%Y-%m-%d')}. "
+        f"Out-of-fold logits of cxr's default recipe: {args.command}, commit {commit}, {time.strftime('%Y-%m-%d')}, "
+        f"{_hardware()}. "
         "One row per film of the 600-film sample (150 per class), scored by the fold model that did not train on "
         "it; logits recovered as T_k log p from each fold's calibrated predictions. File names (to leave a run's "
-        "own test films out), no pixels. Written by bench/bundle_out_of_fold.py."
+        "own test films out) and content digests (a run uses the bundle only on these very films), no pixels. "
+        "Written by tools/bundle_out_of_fold.py."
     )
     bundle = bundle_from_cv(args.cv_dir, what)
     with open(args.output, "w") as f:
