@@ -1,4 +1,4 @@
-"""Issue #20's table, row by row, on the launched app: every hostile or unusual upload is answered — a result or
+"""The hostile-upload table (docs/app.md), row by row, on the launched app: every hostile or unusual upload is answered — a result or
 one sentence — within 15 s, with the server's peak memory at most 300 MB above what it held before, and the
 server answers an ordinary film after each. The bombs are full size where building them is quick (the
 progressive JPEG, the frames inside DICOM), smaller where the real one would be slow to build (the deflate bomb
