@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
 from cxr.app.examples import Example, ExampleFilms
+from cxr.app.gradio_internals import blocks_cache_folder, forget_recorded_upload, recorded_uploads, remove_cached_file
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
 from cxr.labels import CLASS_NAMES, DISCLAIMER
@@ -76,7 +77,7 @@ class PageHandlers:
         return self.examples.holding(path)
 
     def _in_cache(self, path: str) -> bool:
-        return self.demo is not None and Path(self.demo.GRADIO_CACHE).resolve() in Path(path).resolve().parents
+        return self.demo is not None and blocks_cache_folder(self.demo) in Path(path).resolve().parents
 
     def load_example(self, index: int) -> str:
         """The film of the example clicked, for the upload component (Gradio copies it into its cache)."""
@@ -108,17 +109,15 @@ class PageHandlers:
         names."""
         if not path or self.demo is None:
             return
-        file, root = Path(path).resolve(), Path(self.demo.GRADIO_CACHE).resolve()
-        uploads = self.demo.upload_file_set.copy()  # Gradio's threads add to it (and sweep it) meanwhile
+        file, root = Path(path).resolve(), blocks_cache_folder(self.demo)
+        uploads = recorded_uploads(self.demo)
         spelled = next((p for p in (str(path), str(file)) if p in uploads), None)
         if root not in file.parents or spelled is None or not file.is_file():
             return
         if self.examples.holding(file) is not None:  # the same bytes as an example: perhaps its cached copy
             return
-        with contextlib.suppress(OSError):
-            file.unlink()
-            self.demo.upload_file_set.discard(spelled)
-            file.parent.rmdir()  # the upload's own folder, now empty
+        if remove_cached_file(file):  # and the upload's own folder, now empty
+            forget_recorded_upload(self.demo, spelled)
 
     def _upload(self, path: Optional[str], kept: Optional[Tuple[str, str]] = None) -> Upload:
         """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the

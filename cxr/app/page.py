@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from cxr.app.board import ModelBoard
 from cxr.app.examples import Example, ExampleFilms
+from cxr.app.gradio_internals import copy_folder_name, single_file_input
 from cxr.app.handlers import PREDICTED, PageHandlers
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
@@ -102,32 +103,6 @@ class _Components:
         return [self.status, self.image, *self.labels, *self.heatmaps, self.agreement, *self.decisions]
 
 
-def _upload_box(**kwargs: Any) -> Any:
-    """A ``gr.File`` (one file, as a path) whose events hand the handler the stored upload's path, creating
-    nothing.
-
-    ``gr.File(type="filepath")`` also creates an empty file in Gradio's cache on every event it is an input of
-    and never removes it (Gradio 6.31, ``File._process_single_file``); the cache sweep does not see those files,
-    so a server that runs for days would gather one per request. The component keeps its class (the page and the
-    API see a ``File``; a subclass would make Gradio write a ``.pyi`` stub beside this module) and gets its own
-    ``preprocess``.
-    """
-    import gradio as gr  # Gradio loads only when a page is built or served
-    from gradio_client.utils import is_valid_file
-
-    box = gr.File(file_count="single", type="filepath", **kwargs)
-
-    def preprocess(payload: Any) -> Optional[str]:
-        if payload is None:
-            return None
-        if box.file_types and not is_valid_file(payload.path, box.file_types):
-            raise gr.Error(f"Invalid file type: upload one of {', '.join(box.file_types)}")
-        return str(payload.path)
-
-    box.preprocess = preprocess
-    return box
-
-
 def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
     """The visible page: the upload, the examples under it, the options, the image as analysed, one column per
     model."""
@@ -139,7 +114,9 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
         gr.Markdown(NO_MODELS, elem_id="no-models")
     with gr.Row():
         with gr.Column(scale=1):
-            upload = _upload_box(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, elem_id="upload")
+            upload = single_file_input(
+                label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES, elem_id="upload"
+            )
             table = None
             if examples:
                 table = gr.Dataset(
@@ -214,10 +191,7 @@ def build_demo(
 
 def _offer_examples(handlers: PageHandlers, c: _Components, examples: Sequence[Example]) -> None:
     """A click on an example hands Gradio the film itself (the app launches with ``allowed_paths`` naming them)."""
-    from gradio.processing_utils import hash_file  # Gradio loads only when a page is built or served
-
-    # Gradio copies a film handed out into <cache>/<hash_file(film)>/<name> (Gradio 6.31)
-    handlers.examples = ExampleFilms(examples, copy_folder=hash_file)
+    handlers.examples = ExampleFilms(examples, copy_folder=copy_folder_name)  # the folder Gradio copies a film to
     # not gr.Examples: it copies the films into Gradio's cache once, at start, and the cache sweep deletes
     # those copies a quarter of an hour later; here each click hands Gradio the film itself, which it copies
     # again or refreshes

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from cxr.app.gradio_internals import gradio_cache_root, restore_gradio_cache, use_gradio_cache
 from cxr.app.upload_guard import StoredUploads, UploadGuard, expire_every
 from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
 
-__all__ = ["AppFiles", "ServerLimits", "launch", "UPLOAD_WAIT_SECONDS"]
+__all__ = ["AppFiles", "ServerLimits", "launch", "launch_options", "UPLOAD_WAIT_SECONDS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ UPLOAD_WAIT_SECONDS = 120
 class AppFiles:
     """The app's own Gradio cache folder and the uploads waiting in it, for the life of a ``with`` block.
 
-    Entering creates the folder and names it in ``GRADIO_TEMP_DIR`` (Gradio reads it when a page is built and
-    launched, so build the page inside the block); leaving deletes the uploads never analysed and the folder.
+    Entering creates the folder and names it in ``GRADIO_TEMP_DIR`` (Gradio reads it when a page is built, when
+    it is launched and on every request: build and serve the page inside the block,
+    :func:`~cxr.app.gradio_internals.use_gradio_cache`); leaving deletes the uploads never analysed and the folder.
     """
 
     def __init__(self, upload_wait: float = UPLOAD_WAIT_SECONDS) -> None:
@@ -45,11 +46,10 @@ class AppFiles:
         self._env: Optional[str] = None
 
     def __enter__(self) -> "AppFiles":
-        self._env = os.environ.get("GRADIO_TEMP_DIR")
-        base = Path(self._env or Path(tempfile.gettempdir()) / "gradio")
+        base = gradio_cache_root()
         base.mkdir(parents=True, exist_ok=True)
         self.cache = Path(tempfile.mkdtemp(prefix="cxr-app-", dir=base)).resolve()
-        os.environ["GRADIO_TEMP_DIR"] = str(self.cache)
+        self._env = use_gradio_cache(self.cache)
         self._stop = expire_every(self.uploads, self.upload_wait, every=min(30.0, max(1.0, self.upload_wait / 4)))
         return self
 
@@ -57,10 +57,7 @@ class AppFiles:
         self._stop.set()
         removed = self.uploads.remove_all()
         shutil.rmtree(self.cache, ignore_errors=True)
-        if self._env is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = self._env
+        restore_gradio_cache(self._env)
         _logger.info("stopped: %d stored uploads removed, the app's cache folder %s deleted", removed, self.cache)
 
 
@@ -83,8 +80,7 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def launch(
-    demo: Any,
+def launch_options(
     files: AppFiles,
     limits: ServerLimits,
     *,
@@ -92,10 +88,13 @@ def launch(
     port: int,
     share: bool = False,
     allowed_paths: Sequence[str] = (),
-) -> None:
-    """Serve ``demo`` (a queued ``gr.Blocks`` built inside ``files``) until stopped (Ctrl-C or SIGTERM).
+) -> Dict[str, Any]:
+    """The keyword arguments of ``gr.Blocks.launch`` that serve the app (:func:`launch`): the upload route's guard
+    and the server-wide limits.
 
-    ``allowed_paths``: the files outside the cache Gradio may hand out (the example films).
+    ``allowed_paths``: the files outside the cache Gradio may hand out (the example films). The upload guard goes
+    in front of every route as middleware of Gradio's FastAPI app (``app_kwargs``; see
+    :mod:`cxr.app.gradio_internals`).
     """
     from starlette.middleware import Middleware  # Gradio's server stack loads only when the app is served
 
@@ -107,16 +106,31 @@ def launch(
         suffixes=UPLOAD_SUFFIXES,
         stored=files.uploads,
     )
-    _stop_on_sigterm()
     # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later)
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        show_error=True,
-        max_file_size=MAX_FILE_BYTES,
-        state_session_capacity=limits.max_sessions,
-        enable_monitoring=limits.monitoring,
-        app_kwargs={"middleware": [guard]},
-        allowed_paths=list(allowed_paths),
-    )
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": share,
+        "show_error": True,
+        "max_file_size": MAX_FILE_BYTES,
+        "state_session_capacity": limits.max_sessions,
+        "enable_monitoring": limits.monitoring,
+        "app_kwargs": {"middleware": [guard]},
+        "allowed_paths": list(allowed_paths),
+    }
+
+
+def launch(
+    demo: Any,
+    files: AppFiles,
+    limits: ServerLimits,
+    *,
+    host: str,
+    port: int,
+    share: bool = False,
+    allowed_paths: Sequence[str] = (),
+) -> None:
+    """Serve ``demo`` (a queued ``gr.Blocks`` built inside ``files``) until stopped (Ctrl-C or SIGTERM), with
+    :func:`launch_options`."""
+    _stop_on_sigterm()
+    demo.launch(**launch_options(files, limits, host=host, port=port, share=share, allowed_paths=allowed_paths))

@@ -12,12 +12,12 @@ that route:
 - the files let through are recorded in :class:`StoredUploads`, which deletes those no request analyses within
   the app's wait (:func:`expire_every`) and those left when the app stops.
 
-Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here.
+Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here:
+the route's path, its answer and the cache's layout are :mod:`cxr.app.gradio_internals`' to know.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
+
+from cxr.app.gradio_internals import is_upload_request, remove_cached_file, stored_upload_paths
 
 __all__ = ["UploadGuard", "StoredUploads", "expire_every", "cache_bytes"]
 
@@ -92,16 +94,8 @@ class StoredUploads:
 
 
 def _remove(paths: Sequence[str]) -> int:
-    removed = 0
-    for p in paths:
-        try:
-            os.remove(p)
-            removed += 1
-        except OSError:  # analysed and deleted, or swept
-            continue
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(p))  # the upload's own folder, now empty
-    return removed
+    """Delete uploads, each with its own folder; returns how many were deleted (not those already gone)."""
+    return sum(remove_cached_file(p) for p in paths)
 
 
 def expire_every(stored: StoredUploads, older_than: float, every: float) -> threading.Event:
@@ -148,7 +142,7 @@ class UploadGuard:
         self.suffixes = tuple(s.lower() for s in suffixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/upload"):
+        if not is_upload_request(scope):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -183,16 +177,10 @@ class UploadGuard:
         await self.app(scope, receive, held)
 
     async def _answer(self, send: Send, start: Message, body: bytes) -> None:
-        paths: List[str] = []
-        if start["status"] == 200:
-            try:
-                paths = [p for p in json.loads(body) if isinstance(p, str)]
-            except (ValueError, TypeError):
-                paths = []
+        paths = stored_upload_paths(start["status"], body)
         refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
         if refused:
-            for p in paths:  # the whole request: the page sends one file
-                Path(p).unlink(missing_ok=True)
+            _remove(paths)  # the whole request: the page sends one file
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return

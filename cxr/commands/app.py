@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 from cxr.app.board import ModelBoard, resolve_model_refs
 from cxr.app.examples import Example, choose_examples, screen_with, training_split
+from cxr.app.gradio_internals import warn_if_untested_gradio
 from cxr.app.kept import KeptImages
 from cxr.app.page import CACHE_SWEEP, KEPT_IMAGE_SECONDS, KEPT_IMAGES_MB, build_demo
 from cxr.app.quickstart import ensure_quickstart_models
@@ -145,6 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _serve(opts: AppOptions) -> None:
     check_options(opts)
+    warn_if_untested_gradio()  # one line, before the models load, when the app's Gradio workarounds are untested
     sweep = parse_cache_sweep(opts.cache_sweep) if opts.cache_sweep else CACHE_SWEEP
     if opts.examples and not Path(opts.examples).is_dir():
         raise CXRError(f"--examples folder not found: {opts.examples}")
