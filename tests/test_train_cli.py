@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from cxr.commands.eval import build_parser as build_eval_parser
 from cxr.commands.train import build_parser as build_train_parser
-from cxr.training.presets import PRESETS
+from cxr.training.config import PRESETS
 
 # Every test here starts processes or trains models: in the full suite (--runslow), not the fast default run.
 pytestmark = pytest.mark.slow

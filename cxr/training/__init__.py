@@ -2,8 +2,8 @@
 
 A training run (:func:`cxr.training.loop.train`) is a row of stages, each a module returning a frozen record:
 
-- :mod:`~cxr.training.config` — :class:`~cxr.training.config.TrainConfig` (every setting, each a flag) resolved,
-  reading no file, into a frozen ``Recipe``; :mod:`~cxr.training.presets` — the recipes ``--preset`` names;
+- :mod:`~cxr.training.config` — what a run is told: :class:`~cxr.training.config.TrainConfig` (every setting, each
+  a flag) and the recipes ``--preset`` names, resolved, reading no file, into a frozen ``Recipe``;
 - :mod:`~cxr.training.preflight` — the checks that need the disk or the Hub, once, before anything is written;
 - :mod:`~cxr.training.launch` (the accelerator) → :mod:`~cxr.training.run_data` (pixel cache and split) →
   :mod:`~cxr.training.build` (model, preprocessing, optimiser from :mod:`~cxr.training.optim`) →

@@ -1,10 +1,12 @@
-"""The settings of a training run: :class:`TrainConfig`, each field declared with :func:`option` (its default,
-help text, choices and argument group beside the field; the command line, :func:`cxr.commands.train.build_parser`,
-is generated from them, so a flag's default and help are written once), and :meth:`TrainConfig.resolve`, which
-fills the recipe from its preset and checks every value without touching the disk.
+"""What a training run is told: the settings, :class:`TrainConfig`, each field declared with :func:`option` (its
+default, help text, choices and argument group beside the field; the command line,
+:func:`cxr.commands.train.build_parser`, is generated from them, so a flag's default and help are written once); the
+recipes ``--preset`` names (:data:`PRESETS`) and the groups of settings that make a recipe: what a resumed run must
+keep (:data:`RESUME_LOCKED`) and what makes two runs the same recipe (:data:`RECIPE_KEYS`); and
+:meth:`TrainConfig.resolve`, which fills the recipe from its preset and checks every value without touching the disk.
 
-The presets are :mod:`cxr.training.presets`'; a resumed run's saved recipe is :mod:`cxr.training.resume`'s;
-the checks that need the file system are :mod:`cxr.training.preflight`'s.
+A resumed run's saved recipe is :mod:`cxr.training.resume`'s; the checks that need the file system are
+:func:`cxr.training.loop.preflight`'s.
 """
 
 from __future__ import annotations
@@ -20,17 +22,108 @@ from cxr.labels import NORMALIZATIONS
 from cxr.metrics.operating_point import DEFAULT_MAX_MISSED_RATE
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
 from cxr.options import option
-from cxr.training.presets import (
-    KEEP_RULES,
-    MIXED_PRECISION,
-    OPTIMIZERS,
-    PRESETS,
-    REPORT_TO,
-    SCHEDULERS,
-    preset_flags,
-)
 
-__all__ = ["TrainConfig", "Recipe", "FILLED"]
+__all__ = [
+    "TrainConfig",
+    "Recipe",
+    "FILLED",
+    "PRESETS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "KEEP_RULES",
+    "MIXED_PRECISION",
+    "REPORT_TO",
+    "RESUME_LOCKED",
+    "RECIPE_KEYS",
+    "preset_flags",
+]
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("constant", "cosine")
+#: Which epoch's model a run keeps: the best on validation, or the last one.
+KEEP_RULES = ("best", "last")
+#: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
+#: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
+#: the one cross-validation chose (README, "Choosing the recipe").
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": dict(
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        lr_scheduler="constant",
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        augment="study",
+        keep="best",
+        final_fit=False,
+        epochs=None,
+        batch_size=None,
+        layer_decay=1.0,
+        drop_path=0.0,
+        freeze_bn_stats=False,
+    ),
+}
+PRESETS["default"] = dict(
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=0.05,
+    lr_scheduler="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.0,
+    augment="flip",
+    keep="last",
+    final_fit=False,
+    epochs=15,
+    batch_size=16,
+    layer_decay=1.0,
+    drop_path=0.0,
+    freeze_bn_stats=False,
+)
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard", "all")
+#: Settings that must not change when a run is resumed.
+RESUME_LOCKED = (
+    "model",
+    "image_size",
+    "norm",
+    "clahe",
+    "seed",
+    "train_layers",
+    "pretrained",
+    "batch_size",
+    "optimizer",
+    "lr_scheduler",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema_decay",
+    "clip_grad_norm",
+    "augment",
+    "keep",
+    "final_fit",
+    "layer_decay",
+    "drop_path",
+    "freeze_bn_stats",
+)
+#: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
+RECIPE_KEYS = (*RESUME_LOCKED, "epochs", "lr", "weight_decay")
+
+
+def preset_flags(name: str) -> str:
+    """A preset's values as the flags that would set them.
+
+    Example:
+        >>> preset_flags("default").split()[:4]
+        ['--optimizer', 'adamw', '--lr', '0.001']
+    """
+    flags = []
+    for key, value in PRESETS[name].items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +380,7 @@ class TrainConfig:
     def resolve(self, saved: Optional[Dict[str, Any]] = None) -> "Recipe":
         """The recipe this run trains with: every recipe flag left unset takes its preset's value (or, for a
         resumed run, the ``saved`` recipe's: :func:`cxr.training.resume.saved_recipe`), then every value is
-        checked. Reads no file; the checks that need the disk are :func:`cxr.training.preflight.preflight`'s.
+        checked. Reads no file; the checks that need the disk are :func:`cxr.training.loop.preflight`'s.
 
         Raises:
             CXRError: the first bad value, in one sentence naming its flag.

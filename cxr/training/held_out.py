@@ -20,7 +20,7 @@ import numpy as np
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import CVFolder, read_json, read_predictions
-from cxr.training.presets import RECIPE_KEYS
+from cxr.training.config import RECIPE_KEYS
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
@@ -137,7 +137,7 @@ def bundled_for(recipe: Dict[str, Any], films: Any, path: Union[str, Path] = BUN
 
 def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
     """The contents of a bundle (:data:`BUNDLED`) made from a finished cross-validation on the sample: its recipe
-    (:data:`cxr.training.presets.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes, file names and
+    (:data:`cxr.training.config.RECIPE_KEYS`), the out-of-fold logits (five decimals), true classes, file names and
     content digests (from the CV's ``folds.json``) — no pixels.
     ``what`` says how it was made (the command, the commit), for the file's reader.
 

@@ -34,13 +34,12 @@ from torch import nn
 from cxr.models import freeze_batchnorm_statistics
 from cxr.run_folder import run_id
 from cxr.training.build import TrainSetup, build
-from cxr.training.config import Recipe, TrainConfig
+from cxr.training.config import RECIPE_KEYS, Recipe, TrainConfig
 from cxr.training.end_of_training import evaluate_kept
 from cxr.training.epochs import Progress, epoch_record, train_one_epoch, validate
 from cxr.training.final_fit import final_fit
 from cxr.training.launch import Launch, clear_earlier_run, launch
 from cxr.training.preflight import preflight
-from cxr.training.presets import RECIPE_KEYS
 from cxr.training.resume import load_resumed, restore
 from cxr.training.run_data import Refit, RunData, prepare_data
 from cxr.training.run_files import save_checkpoint, save_kept, write_results, write_run_config

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from cxr.errors import CXRError
 from cxr.models.checkpoint import load_training_state, restore_rng_state
 from cxr.run_folder import RunFolder, check_format
+from cxr.training.config import RECIPE_KEYS, RESUME_LOCKED
 from cxr.training.epochs import Progress
-from cxr.training.presets import RECIPE_KEYS, RESUME_LOCKED
 
 __all__ = [
     "saved_recipe",
