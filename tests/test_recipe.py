@@ -18,9 +18,9 @@ from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
+from cxr.training.build import lr_factor
 from cxr.training.config import FILLED, PRESETS, Recipe, TrainConfig
 from cxr.training.launch import set_cpu_threads
-from cxr.training.optim import lr_factor
 from cxr.training.resume import has_checkpoint
 
 

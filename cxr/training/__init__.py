@@ -6,7 +6,7 @@ A training run (:func:`cxr.training.loop.train`) is a row of stages, each a modu
   a flag) and the recipes ``--preset`` names, resolved, reading no file, into a frozen ``Recipe``;
 - :mod:`~cxr.training.preflight` — the checks that need the disk or the Hub, once, before anything is written;
 - :mod:`~cxr.training.launch` (the accelerator) → :mod:`~cxr.training.run_data` (pixel cache and split) →
-  :mod:`~cxr.training.build` (model, preprocessing, optimiser from :mod:`~cxr.training.optim`) →
+  :mod:`~cxr.training.build` (model, preprocessing, loaders, optimiser and schedule) →
   :mod:`~cxr.training.epochs` (one epoch and its validation) → :mod:`~cxr.training.end_of_training` (the kept
   model scored) → :mod:`~cxr.training.finish` (temperature, operating point, guard; their held-out predictions in
   :mod:`~cxr.training.held_out`) → :mod:`~cxr.training.run_files` (what the run folder receives);

@@ -1,5 +1,6 @@
 """The build stage of a training run: the model with its preprocessing (the one source of truth saved with the
-checkpoint), the loaders, the optimiser and schedule, all prepared by Accelerate, and the weight EMA if asked."""
+checkpoint), the loaders, the optimiser and the learning-rate schedule (:func:`make_optimizer`,
+:func:`make_scheduler`), all prepared by Accelerate, and the weight EMA if asked."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 from cxr.labels import CLASS_NAMES
 from cxr.models import apply_train_layers, create_model
 from cxr.training.config import Recipe
-from cxr.training.optim import make_optimizer, make_scheduler
 from cxr.training.run_data import RunData
 
-__all__ = ["TrainSetup", "build", "make_loader", "LOADERS"]
+__all__ = ["TrainSetup", "build", "make_loader", "LOADERS", "make_optimizer", "make_scheduler", "lr_factor"]
 
 #: The loaders of a run: augmented training, un-augmented training (its evaluation), validation and test.
 LOADERS = ("train", "train_eval", "validation", "test")
@@ -122,3 +122,43 @@ def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> Tra
             accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
         )
     return TrainSetup(model, optimizer, scheduler, dict(zip(LOADERS, loaders)), steps_per_epoch, ema, prep, model_info)
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, layer_decay: float = 1.0
+) -> torch.optim.Optimizer:
+    """The optimiser of ``model``'s trainable parameters; with ``layer_decay`` below 1, one parameter group per
+    layer (timm's grouping), each layer's learning rate ``layer_decay`` times the next one's, the head's ``lr``,
+    and no weight decay on biases and norm parameters."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if layer_decay < 1:
+        from timm.optim import param_groups_layer_decay  # timm's optimiser package loads only when asked for
+
+        params = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+        for group in params:
+            group["lr"] = lr * group["lr_scale"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier at optimiser step ``step``: linear warm-up over ``warmup_steps`` (from
+    1/``warmup_steps``), then constant or a cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int, warmup_epochs: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`lr_factor` per optimiser step over ``epochs`` of ``steps_per_epoch``."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    total = steps_per_epoch * epochs
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
