@@ -20,7 +20,7 @@ from cxr.metrics import selection_key
 from cxr.models import model_spec
 from cxr.training.build import lr_factor
 from cxr.training.config import FILLED, PRESETS, Recipe, TrainConfig
-from cxr.training.launch import set_cpu_threads
+from cxr.training.loop import set_cpu_threads
 from cxr.training.resume import has_checkpoint
 
 

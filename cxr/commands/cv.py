@@ -13,7 +13,7 @@ from cxr.options import option
 from cxr.run_folder import CVFolder
 from cxr.training.config import TrainConfig
 from cxr.training.cv import refuse_per_run_flags, run_cv
-from cxr.training.preflight import preflight
+from cxr.training.loop import preflight
 
 __all__ = ["CVOptions", "build_parser", "main"]
 

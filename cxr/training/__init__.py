@@ -4,8 +4,9 @@ A training run (:func:`cxr.training.loop.train`) is a row of stages, each a modu
 
 - :mod:`~cxr.training.config` — what a run is told: :class:`~cxr.training.config.TrainConfig` (every setting, each
   a flag) and the recipes ``--preset`` names, resolved, reading no file, into a frozen ``Recipe``;
-- :mod:`~cxr.training.preflight` — the checks that need the disk or the Hub, once, before anything is written;
-- :mod:`~cxr.training.launch` (the accelerator) → :mod:`~cxr.training.run_data` (pixel cache and split) →
+- :mod:`~cxr.training.loop` — the run itself: ``train()`` (the checks that need the disk or the Hub, once,
+  before anything is written) and ``fit()``, the stages in order: the accelerator →
+  :mod:`~cxr.training.run_data` (pixel cache and split) →
   :mod:`~cxr.training.build` (model, preprocessing, loaders, optimiser and schedule) →
   :mod:`~cxr.training.epochs` (one epoch and its validation) → :mod:`~cxr.training.end_of_training` (the kept
   model scored) → :mod:`~cxr.training.finish` (temperature, operating point, guard; their held-out predictions in

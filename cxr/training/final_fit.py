@@ -5,26 +5,22 @@ same start on training + validation for that many epochs; test stays held out th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict
 
 from cxr.data.splits import load_split
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder, read_json
 from cxr.training.config import Recipe
-from cxr.training.launch import check_push_target_on_main, clear_earlier_run
-from cxr.training.preflight import preflight
+from cxr.training.loop import check_push_target_on_main, clear_earlier_run, fit, preflight
 from cxr.training.resume import saved_recipe
 from cxr.training.run_data import Refit
 
 __all__ = ["final_fit"]
 
-#: One training run: a checked recipe (and, for the refit, what it takes from its hold-out run) -> metrics.json.
-Fit = Callable[[Recipe, Optional[Refit]], Dict[str, Any]]
 
-
-def final_fit(cfg: Recipe, fit: Fit) -> Dict[str, Any]:
-    """Run the hold-out run (resumed, or reused when it finished, with ``--resume``), then the refit; returns the
-    refit's ``metrics.json`` dict."""
+def final_fit(cfg: Recipe) -> Dict[str, Any]:
+    """Run the hold-out run (resumed, or reused when it finished, with ``--resume``), then the refit, each with
+    :func:`cxr.training.loop.fit`; returns the refit's ``metrics.json`` dict."""
     from accelerate import PartialState  # accelerate loads only when a run starts
     from accelerate.utils import parse_flag_from_env
 

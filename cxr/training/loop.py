@@ -1,4 +1,4 @@
-"""Fine-tuning with Accelerate: one code path for a laptop CPU, one GPU or N GPUs (DDP).
+"""A training run — fine-tuning with Accelerate: one code path for a laptop CPU, one GPU or N GPUs (DDP).
 
 :func:`train` fine-tunes with the recipe of ``--preset`` (``default``: chosen by cross-validation;
 ``paper``: the study's) without the study's defects: a stratified 80/10/10 split (a dataset's own
@@ -7,10 +7,11 @@ augmented, the last or the best-on-validation epoch kept (``--keep``), optionall
 validation (``--final-fit``, :mod:`cxr.training.final_fit`), a temperature fitted on validation, and every
 epoch ending with an atomic checkpoint that ``--resume`` continues from.
 
-A run is a sequence of stages, each a function of explicit values returning a frozen record: :func:`launch`
-(the accelerator), :func:`prepare_data` (:class:`RunData`), :func:`build` (:class:`TrainSetup`), the epochs
-(:class:`Progress`), :func:`evaluate_kept` (:class:`Results`); what each writes is named by
-:mod:`cxr.training.run_files`.
+:func:`train` runs :func:`preflight` (the checks that need the disk or the Hub client, before anything is
+written), then :func:`fit`: a sequence of stages, each a function of explicit values — :func:`launch` (the
+accelerator), :func:`~cxr.training.run_data.prepare_data` (:class:`RunData`), :func:`~cxr.training.build.build`
+(:class:`TrainSetup`), the epochs (:class:`Progress`), :func:`~cxr.training.finish.evaluate_kept` (the kept
+model scored, calibrated and guarded); what each writes is named by :mod:`cxr.training.run_files`.
 
 ``batch_size`` is the number of images per optimiser step across all processes and
 accumulation steps, so the same command optimises the same way on any
@@ -26,25 +27,29 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Dict, Optional
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+import torch
 from torch import nn
 
+from cxr.data.data_source import check_data_options
+from cxr.errors import CXRError
 from cxr.models import freeze_batchnorm_statistics
-from cxr.run_folder import run_id
+from cxr.run_folder import RunFolder, check_writable, run_id
 from cxr.training.build import TrainSetup, build
 from cxr.training.config import RECIPE_KEYS, Recipe, TrainConfig
 from cxr.training.end_of_training import evaluate_kept
 from cxr.training.epochs import Progress, epoch_record, train_one_epoch, validate
-from cxr.training.final_fit import final_fit
-from cxr.training.launch import Launch, clear_earlier_run, launch
-from cxr.training.preflight import preflight
-from cxr.training.resume import load_resumed, restore
+from cxr.training.held_out import from_cv
+from cxr.training.resume import checkpoint_path, load_resumed, restore, resume_dir, saved_recipe
 from cxr.training.run_data import Refit, RunData, prepare_data
 from cxr.training.run_files import save_checkpoint, save_kept, write_results, write_run_config
 
-__all__ = ["train", "fit"]
+__all__ = ["train", "fit", "preflight", "launch", "set_cpu_threads", "check_push_target_on_main", "clear_earlier_run"]
 
 _logger = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     Args:
         config: the run's settings as given (resolved and checked against the disk here, by
-            :func:`cxr.training.preflight.preflight`, before anything is written).
+            :func:`preflight`, before anything is written).
 
     Returns:
         The ``metrics.json`` dict: ``train`` (un-augmented training images), ``validation`` and
@@ -67,25 +72,30 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         >>> train(TrainConfig(model="tf_efficientnet_lite0", data="cxr-sample", output_dir="runs/lite0"))  # doctest: +SKIP
     """
     cfg = preflight(config)
-    return final_fit(cfg, fit) if cfg.final_fit else fit(cfg)
+    if cfg.final_fit:
+        from cxr.training.final_fit import final_fit  # it runs fit() twice, with this module's checks
+
+        return final_fit(cfg)
+    return fit(cfg)
 
 
 def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     """One training run of a checked ``recipe`` into its ``output_dir``, stage by stage; returns ``metrics.json``."""
-    run = launch(recipe)
-    cfg, accelerator, folder = run.cfg, run.accelerator, run.folder  # the recipe as launched (channels_last set)
+    cfg, accelerator, micro_batch = launch(recipe)  # the recipe as launched (channels_last set)
+    folder = RunFolder(cfg.output_dir)
     resumed = load_resumed(cfg)
     data = prepare_data(cfg, accelerator, resumed, refit)
-    setup = build(cfg, data, accelerator, run.micro_batch)
+    setup = build(cfg, data, accelerator, micro_batch)
     progress = Progress() if resumed is None else restore(resumed, setup, accelerator)
     if resumed is not None:
         accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {progress.epochs_done}/{cfg.epochs}")
     # a run keeps the id it started with (resuming may extend --epochs, and keep a model/ saved before)
     rid = (resumed or {}).get("run_id") or run_id({k: getattr(cfg, k) for k in (*RECIPE_KEYS, "data")}, data.split)
-    run_config = _begin(run, data, setup, rid, fresh=resumed is None and refit is None)
+    fresh = resumed is None and refit is None
+    run_config = _begin(cfg, accelerator, folder, data, setup, rid, micro_batch, fresh)
     for epoch in range(progress.epochs_done, cfg.epochs):
-        progress = _epoch(run, data, setup, progress, epoch, rid)
-    progress = _keep_weights_in_hand(run, setup, progress, rid)
+        progress = _epoch(cfg, accelerator, folder, data, setup, progress, epoch, rid)
+    progress = _keep_weights_in_hand(cfg, accelerator, folder, setup, progress, rid)
     results = evaluate_kept(cfg, folder, data, setup, progress, rid, accelerator, refit)
     if accelerator.is_main_process:
         write_results(folder, run_config, data, setup.prep, progress, results.metrics, results.predictions, bool(refit))
@@ -99,28 +109,112 @@ def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     return results.metrics
 
 
-def _begin(run: Launch, data: RunData, setup: TrainSetup, rid: str, fresh: bool) -> Dict[str, Any]:
+def preflight(config: Union[TrainConfig, Recipe]) -> Recipe:
+    """``config`` resolved into its :class:`~cxr.training.config.Recipe` (a resumed run's unset recipe flags from
+    its saved recipe) and checked against the disk; ``resume`` becomes the checkpoint's path (``"auto"`` for a
+    ``--final-fit`` pair of runs). A recipe resolves to itself (the hold-out run of ``--final-fit`` is one).
+
+    Raises:
+        CXRError: the first problem, in one sentence, before anything is written.
+    """
+    out = Path(config.output_dir)
+    saved = saved_recipe(resume_dir(config.resume, out)) if config.resume is not None else None
+    cfg = config.resolve(saved)
+    if cfg.push_to_hub:
+        from cxr.publishing.publish import validate_hub_model_id  # the Hub client loads only for a run that publishes
+
+        validate_hub_model_id(cfg.hub_model_id)
+    check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
+    if cfg.split_file is not None and not Path(cfg.split_file).is_file():
+        raise CXRError(f"--split-file not found: {cfg.split_file}")
+    if cfg.choose_on not in ("auto", "validation"):
+        from_cv(cfg.choose_on)  # a finished cross-validation, or a sentence saying what is missing
+    check_writable(out)
+    if cfg.resume is not None and cfg.final_fit:
+        # two runs, each resumed from its own checkpoint: the hold-out run's in holdout/, then the refit's
+        if resume_dir(cfg.resume, out).resolve() != out.resolve():
+            raise CXRError("--resume with --final-fit continues the run in --output-dir; give no path")
+        checkpoint_path("auto", RunFolder(out).holdout.root)
+        return dataclasses.replace(cfg, resume="auto")
+    if cfg.resume is not None:
+        return dataclasses.replace(cfg, resume=str(checkpoint_path(cfg.resume, out)))
+    if not cfg.overwrite_output_dir and RunFolder(out).holds_run():
+        raise CXRError(
+            f"--output-dir {out} already holds a run. Pass --resume to continue it, "
+            "--overwrite-output-dir to start over in it, or choose another folder."
+        )
+    return cfg
+
+
+def launch(cfg: Recipe) -> Tuple[Recipe, Any, int]:
+    """Start the accelerator for a resolved ``cfg``; writes nothing. Returns where the run trains: its recipe with
+    ``channels_last`` settled for the device, the accelerator, and the images each process loads per micro-step.
+
+    Raises:
+        CXRError: ``--batch-size`` does not split over processes x accumulation steps; the push target is refused.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration  # accelerate loads only when a run starts
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(cfg.output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if accelerator.device.type == "cpu":
+        set_cpu_threads(cfg.cpu_threads, accelerator.num_processes)
+    if cfg.channels_last is None:  # measured: faster on CPU, several times slower for EfficientNet-Lite0 on CUDA
+        cfg = dataclasses.replace(cfg, channels_last=accelerator.device.type == "cpu")
+    world = accelerator.num_processes * cfg.gradient_accumulation_steps
+    if cfg.batch_size % world:
+        raise CXRError(
+            f"--batch-size {cfg.batch_size} must be divisible by processes x accumulation steps "
+            f"({accelerator.num_processes} x {cfg.gradient_accumulation_steps})"
+        )
+    if cfg.push_to_hub:
+        check_push_target_on_main(accelerator, cfg.hub_model_id, cfg.hub_private)
+    return cfg, accelerator, cfg.batch_size // world
+
+
+def _begin(
+    cfg: Recipe,
+    accelerator: Any,
+    folder: RunFolder,
+    data: RunData,
+    setup: TrainSetup,
+    rid: str,
+    micro_batch: int,
+    fresh: bool,
+) -> Dict[str, Any]:
     """``--overwrite-output-dir``'s clearing (data and model loaded: nothing failed), ``split.json`` and
     ``run_config.json``, and the trackers' start; returns the ``run_config.json`` dict."""
-    cfg, accelerator = run.cfg, run.accelerator
     if cfg.overwrite_output_dir and fresh:
-        clear_earlier_run(accelerator, run.folder)
+        clear_earlier_run(accelerator, folder)
     run_config: Dict[str, Any] = {}
     if accelerator.is_main_process:
-        run_config = write_run_config(run.folder, cfg, data, setup, rid, accelerator, run.micro_batch)
+        run_config = write_run_config(folder, cfg, data, setup, rid, accelerator, micro_batch)
     if cfg.report_to != "none":
         flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("cxr", config=flat)
     return run_config
 
 
-def _epoch(run: Launch, data: RunData, setup: TrainSetup, progress: Progress, epoch: int, rid: str) -> Progress:
+def _epoch(
+    cfg: Recipe,
+    accelerator: Any,
+    folder: RunFolder,
+    data: RunData,
+    setup: TrainSetup,
+    progress: Progress,
+    epoch: int,
+    rid: str,
+) -> Progress:
     """Train and validate epoch ``epoch`` (0-based), save ``model/`` when ``--keep`` keeps it, and write the
     checkpoint to resume from. Shuffling and augmentation depend on (seed, epoch) only, so a resumed run repeats
     them."""
     from accelerate.utils import set_seed  # accelerate loads only when a run starts
 
-    cfg, accelerator = run.cfg, run.accelerator
     set_seed(cfg.seed + epoch, device_specific=True)
     loader = setup.loaders["train"]
     if hasattr(loader, "set_epoch"):
@@ -152,19 +246,62 @@ def _epoch(run: Launch, data: RunData, setup: TrainSetup, progress: Progress, ep
     accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
     if accelerator.is_main_process:
         if after.kept_at is not progress.kept_at:
-            save_kept(run.folder, setup, cfg, rid, epoch + 1, accelerator)
-        save_checkpoint(run.folder, setup, after, data, cfg, rid, accelerator)
+            save_kept(folder, setup, cfg, rid, epoch + 1, accelerator)
+        save_checkpoint(folder, setup, after, data, cfg, rid, accelerator)
     accelerator.wait_for_everyone()
     return after
 
 
-def _keep_weights_in_hand(run: Launch, setup: TrainSetup, progress: Progress, rid: str) -> Progress:
+def _keep_weights_in_hand(
+    cfg: Recipe, accelerator: Any, folder: RunFolder, setup: TrainSetup, progress: Progress, rid: str
+) -> Progress:
     """``--keep last`` resumed with no epoch left to train (``--epochs`` no more than were done): keep the
     weights in hand."""
     done = progress.epochs_done
-    if run.cfg.keep != "last" or progress.keeps(done):
+    if cfg.keep != "last" or progress.keeps(done):
         return progress
-    if run.accelerator.is_main_process:
-        save_kept(run.folder, setup, run.cfg, rid, done, run.accelerator)
-    run.accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_kept(folder, setup, cfg, rid, done, accelerator)
+    accelerator.wait_for_everyone()
     return Progress(progress.history, progress.best, {"epoch": done})
+
+
+def set_cpu_threads(requested: Optional[int], num_processes: int) -> int:
+    """Give torch ``requested`` threads; else ``OMP_NUM_THREADS`` where it is set above 1; else the usable cores
+    shared among this machine's training processes — ``accelerate launch`` without a CPU config sets
+    ``OMP_NUM_THREADS=1``, which would leave all but one core idle."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if requested is None and env.isdigit() and int(env) > 1:
+        requested = int(env)
+    if requested is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        requested = max(1, cores // max(local, 1))
+    torch.set_num_threads(requested)
+    return requested
+
+
+def check_push_target_on_main(state: Any, repo_id: Optional[str], private: bool) -> None:
+    """Check token and repository on the main process before training; every process stops if it fails."""
+    from accelerate.utils import broadcast_object_list  # accelerate loads only when a run starts
+
+    from cxr.publishing.publish import check_push_target  # the Hub client loads only for a run that publishes
+
+    message: List[Optional[str]] = [None]
+    if state.is_main_process:
+        try:
+            check_push_target(repo_id, private=private)
+        except CXRError as e:
+            message[0] = str(e)
+    if state.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0]:
+        raise CXRError(message[0])
+
+
+def clear_earlier_run(state: Any, folder: RunFolder) -> None:
+    """``--overwrite-output-dir``: the earlier run's files go before this run writes any (main process)."""
+    if state.is_main_process and folder.files():
+        removed = folder.clear()
+        _logger.warning("--overwrite-output-dir: removed the earlier run's %s", ", ".join(p.name for p in removed))
+    state.wait_for_everyone()

@@ -6,6 +6,7 @@ only; the file names are :class:`cxr.run_folder.RunFolder`'s."""
 from __future__ import annotations
 
 import logging
+import platform
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -22,12 +23,26 @@ from cxr.training.build import TrainSetup
 from cxr.training.config import Recipe
 from cxr.training.epochs import Progress
 from cxr.training.evaluation import write_evaluation
-from cxr.training.launch import versions
 from cxr.training.run_data import RunData
 
-__all__ = ["write_run_config", "save_kept", "save_checkpoint", "write_results"]
+__all__ = ["write_run_config", "save_kept", "save_checkpoint", "write_results", "versions"]
 
 _logger = logging.getLogger(__name__)
+
+
+def versions() -> Dict[str, str]:
+    """The versions of what trained the model, for ``run_config.json``."""
+    import accelerate  # imported here only to read their versions
+    import datasets
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
 
 
 def write_run_config(
