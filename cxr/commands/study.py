@@ -33,7 +33,7 @@ class StudyOptions:
     preset: str = option(
         "cpu-quick",
         help="paper: the study's protocol; cpu-quick: shrunk (96 px, 6 epochs) to finish on a small CPU; its time "
-        "is in the README.",
+        "is in docs/study.md.",
         choices=lambda: tuple(STUDY_PRESETS),
     )
     clahe: bool = option(False, help="Also train every model with CLAHE before resizing.")

@@ -6,7 +6,7 @@ hospital can be shifted while every film passes: this compares the set's scores 
 set the guard's threshold — the share beyond the validation 95th percentile against the 5% expected of films like
 them (one-sided binomial test), and a two-sample Kolmogorov–Smirnov test with the direction of the difference.
 
-What it cannot do is also measured (bench/RESULTS.md, "Dataset shift"): on 130 Normal films from a teaching
+What it cannot do is also measured (experiments/RESULTS.md, "Dataset shift"): on 130 Normal films from a teaching
 hospital outside the database the default model's scores were no larger than its own test films', while its
 accuracy there fell — a summary that detects nothing is no evidence that a set is like the training films.
 

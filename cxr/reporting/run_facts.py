@@ -108,7 +108,7 @@ def shift_description(shift: Optional[Dict[str, Any]], has_guard: bool = True) -
         "**these films are not like the ones this model was validated on**"
         if shift["shifted"]
         else "no shift detected — which does not show that the films are like the training films (the guard's "
-        "distances missed films from another hospital: bench/RESULTS.md, 'Dataset shift')"
+        "distances missed films from another hospital: experiments/RESULTS.md, 'Dataset shift')"
     )
     return (
         f"{verdict}: {beyond['count']}/{shift['films']} films ({pct(beyond['share'])}) beyond the validation films' "

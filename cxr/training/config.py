@@ -45,7 +45,7 @@ SCHEDULERS = ("constant", "cosine")
 KEEP_RULES = ("best", "last")
 #: The recipes ``--preset`` names; each recipe flag left unset takes its preset's value (``epochs`` and
 #: ``batch_size`` ``None``: the model's study values). ``paper`` is the study's own recipe; ``default``
-#: the one cross-validation chose (README, "Choosing the recipe").
+#: the one cross-validation chose (docs/training.md, "Choosing the recipe").
 PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(
         optimizer="adam",
@@ -278,7 +278,7 @@ class TrainConfig:
         help="The held-out predictions the temperature and the operating point are chosen on: auto (the default "
         "recipe's out-of-fold predictions of its 5-fold cross-validation on the 600-film sample, shipped with cxr, "
         "when this run is that recipe on 600 images; else validation), validation (the run's own validation "
-        "images: about 60 on the sample, too few to set a 1%% rate, bench/RESULTS.md), or CV_DIR, the --output-dir "
+        "images: about 60 on the sample, too few to set a 1%% rate, experiments/RESULTS.md), or CV_DIR, the --output-dir "
         "of a finished python -m cxr.cv run of this recipe, whose out-of-fold predictions are carried into the model "
         "(default: auto).",
         metavar="auto|validation|CV_DIR",
@@ -370,7 +370,7 @@ class TrainConfig:
         "default",
         help=lambda: (
             "The recipe every recipe flag that is not given takes its value from: default (chosen by "
-            f"cross-validation; README, 'Choosing the recipe': {preset_flags('default')}) or paper (the "
+            f"cross-validation; docs/training.md, 'Choosing the recipe': {preset_flags('default')}) or paper (the "
             f"study's: {preset_flags('paper')}, each model's study batch size and epochs)."
         ),
         choices=lambda: tuple(PRESETS),

@@ -25,7 +25,7 @@ from cxr.training.config import RECIPE_KEYS
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
 
 #: The default recipe's out-of-fold logits on the sample, shipped with cxr (``--choose-on auto``; how they were
-#: made is in the file's ``what``; bench/RESULTS.md "Where the temperature and the operating point come from").
+#: made is in the file's ``what``; experiments/RESULTS.md "Where the temperature and the operating point come from").
 BUNDLED = Path(__file__).parent / "recipes" / "default_out_of_fold.json"
 #: Recipe settings that do not make another recipe (the folds and the initialisation differ, the recipe does not).
 _NOT_RECIPE = ("seed",)
