@@ -1,4 +1,4 @@
-"""The default run, seed by seed: how long it takes here, what it chose, and what it does on its test films and on
+"""The default run, seed by seed: how long it takes, what it chose, and what it does on its test films and on
 films from elsewhere.
 
 For each ``--seed``, the default training command (docs/training.md) (``accelerate launch --num_processes 1
