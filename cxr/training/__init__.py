@@ -8,9 +8,9 @@ A training run (:func:`cxr.training.loop.train`) is a row of stages, each a modu
   before anything is written) and ``fit()``, the stages in order: the accelerator →
   :mod:`~cxr.training.run_data` (pixel cache and split) →
   :mod:`~cxr.training.build` (model, preprocessing, loaders, optimiser and schedule) →
-  :mod:`~cxr.training.epochs` (one epoch and its validation) → :mod:`~cxr.training.end_of_training` (the kept
-  model scored) → :mod:`~cxr.training.finish` (temperature, operating point, guard; their held-out predictions in
-  :mod:`~cxr.training.held_out`) → :mod:`~cxr.training.run_files` (what the run folder receives);
+  :mod:`~cxr.training.epochs` (one epoch and its validation) → :mod:`~cxr.training.finish` (the kept model
+  scored; temperature, operating point, guard; their held-out predictions in :mod:`~cxr.training.held_out`) →
+  :mod:`~cxr.training.run_files` (what the run folder receives);
 - :mod:`~cxr.training.resume` — saved recipes, recipe differences, checkpoints to resume from;
   :mod:`~cxr.training.final_fit` — ``--final-fit``'s two runs; :mod:`~cxr.training.error_gallery` — the
   misclassified test films as pictures.

@@ -1,14 +1,17 @@
-"""The end-of-training stage: the kept model's temperature, operating point and out-of-distribution guard.
+"""The end of a training run: the kept model (read back from ``model/``) scored on training (un-augmented), validation
+and test, its temperature, operating point and out-of-distribution guard fitted and saved into ``model/``, and every
+part's calibrated predictions and ``metrics.json``'s dict returned (:func:`evaluate_kept`).
 
-:func:`finish` takes the held-out predictions to choose on (:class:`~cxr.training.held_out.HeldOut`: the run's
-validation part, or a cross-validation of the recipe carried into the run) and the run's own validation and
-test logits (for the report), and returns a :class:`Finished`: the temperature, what it was fitted on and the
-calibration error before and after it on validation, test and the held-out films (each with the error a calibrated
-model would show on that many films by chance, :func:`~cxr.metrics.stats.ece_if_calibrated`: on a 60-film test
-split about 0.05, so a single run's test ECE says little), and the operating point —
-"Normal only when P(Normal) ≥ t", the lowest t at which at most ``max_missed_rate`` of the held-out COVID + Viral
-Pneumonia films are called Normal (:mod:`cxr.metrics.operating_point`) — and, from the model's features
-(:class:`GuardInputs`), the out-of-distribution guard with what it flags. Nothing here writes files.
+:func:`finish` takes the held-out predictions to choose on (:func:`held_out_for`,
+:class:`~cxr.training.held_out.HeldOut`: the run's validation part, or a cross-validation of the recipe carried into
+the run) and the run's own validation and test logits (for the report), and returns a :class:`Finished`: the
+temperature, what it was fitted on and the calibration error before and after it on validation, test and the held-out
+films (each with the error a calibrated model would show on that many films by chance,
+:func:`~cxr.metrics.stats.ece_if_calibrated`: on a 60-film test split about 0.05, so a single run's test ECE says
+little), and the operating point — "Normal only when P(Normal) ≥ t", the lowest t at which at most
+``max_missed_rate`` of the held-out COVID + Viral Pneumonia films are called Normal
+(:mod:`cxr.metrics.operating_point`). :func:`fit_guard` fits the out-of-distribution guard on the model's features
+and records what it flags. Only :func:`evaluate_kept` writes files.
 
 A temperature is the minimiser of the held-out NLL (Guo et al. 2017). Held-out films the model classifies without
 an error cannot identify one (the NLL keeps falling towards certainty): then the targets are smoothed by the rule
@@ -19,84 +22,127 @@ Research use only — not for diagnosis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
-from cxr.metrics.operating_point import OperatingPoint, choose_threshold, operating_rates
+from cxr.metrics.operating_point import OperatingPoint, choose_threshold, decision_metrics, operating_rates
 from cxr.metrics.stats import (
     ece_if_calibrated,
     expected_calibration_error,
     fit_temperature_to_logits,
     softmax_with_temperature,
 )
-from cxr.models.ood import OODGuard
-from cxr.training.held_out import HeldOut
+from cxr.models.checkpoint import set_model_operating_point, set_model_temperature
+from cxr.models.ood import OODGuard, capture_features, probe_images
+from cxr.run_folder import RunFolder
+from cxr.training.build import TrainSetup
+from cxr.training.config import Recipe
+from cxr.training.epochs import Progress, split_metrics
+from cxr.training.evaluation import Outputs, predict_outputs, softmax
+from cxr.training.held_out import HeldOut, bundled_for, from_cv, from_logits, from_predictions
+from cxr.training.run_data import Refit, RunData
 
-__all__ = ["Finished", "GuardInputs", "finish", "fit_guard", "fit_held_out_temperature"]
+__all__ = ["Finished", "evaluate_kept", "held_out_for", "finish", "fit_held_out_temperature", "fit_guard"]
 
 Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
+#: Each part's (index into the part, true classes, calibrated probabilities).
+Predictions = Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """What the end-of-training stage decided: ``temperature`` (1 when not calibrating), ``calibration`` (the
-    ``metrics.json`` block, ``None`` without ``--calibrate``) and ``operating_point`` (``None`` when the held-out
-    films hold no COVID or Viral Pneumonia film to set it on: the model then decides by argmax)."""
+    """The kept model's calibration and decision rule, chosen on held-out predictions: ``temperature`` (1 when not
+    calibrating), ``calibration`` (the ``metrics.json`` block, ``None`` without ``--calibrate``) and
+    ``operating_point`` (``None`` when the held-out films hold no COVID or Viral Pneumonia film to set it on: the
+    model then decides by argmax)."""
 
     temperature: float
     calibration: Optional[Dict[str, Any]]
     operating_point: Optional[OperatingPoint]
-    guard: Any = None  # the out-of-distribution guard (:class:`cxr.models.ood.OODGuard`), None without features
-    ood: Optional[Dict[str, Any]] = None  # what metrics.json records of it
 
 
-@dataclasses.dataclass(frozen=True)
-class GuardInputs:
-    """The kept model's features (:func:`cxr.models.ood.capture_features`) the guard is fitted and measured on:
-    every training image (the reference), those of them not in validation (a refit trains on validation too), the
-    validation and test images, and grey images that are not chest X-rays (``probes``, by name)."""
-
-    reference: np.ndarray
-    fit_on: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
-    test_files: Sequence[str]
-    probes: Any  # features of the probes (a tensor, as the model gives them)
-    probe_names: Sequence[str]
-
-
-def fit_guard(inputs: GuardInputs) -> Tuple[Any, Dict[str, Any]]:
-    """The out-of-distribution guard — threshold set on validation — and its record: the test images and the
-    probes it flags."""
-
-    guard = OODGuard.fit(inputs.fit_on, inputs.validation, reference=inputs.reference)
-    probe_flags, test_flags = guard.flags(inputs.probes), guard.flags(inputs.test)
-    record = {
-        "k": guard.k,
-        "threshold": round(guard.threshold, 6),
-        "test_flagged": int(test_flags.sum()),
-        "test_images": len(test_flags),
-        "test_flagged_files": [f for f, flag in zip(inputs.test_files, test_flags) if flag],
-        "probes_flagged": int(probe_flags.sum()),
-        "probes": len(probe_flags),
-        "probes_missed": [name for name, flag in zip(inputs.probe_names, probe_flags) if not flag],
+def evaluate_kept(
+    cfg: Recipe,
+    folder: RunFolder,
+    data: RunData,
+    setup: TrainSetup,
+    progress: Progress,
+    run_id: str,
+    accelerator: Any,
+    refit: Optional[Refit] = None,
+) -> Tuple[Dict[str, Any], Predictions]:
+    """The kept model (read back from ``model/``) on every part; one temperature (a refit takes its hold-out
+    run's: its own validation images were trained on), the operating point and the guard, written into
+    ``model/`` (main process) and applied to every probability from here on. Returns the ``metrics.json`` dict and
+    each part's calibrated predictions."""
+    kept = accelerator.unwrap_model(setup.model)
+    kept.load_state_dict(load_file(str(folder.model_weights)))
+    # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
+    kept.to(memory_format=torch.contiguous_format)
+    parts = {"train": "train (un-augmented)", "validation": "validation", "test": "test"}
+    outputs = {
+        part: predict_outputs(setup.model, setup.loaders["train_eval" if part == "train" else part], accelerator, desc)
+        for part, desc in parts.items()
     }
-    return guard, record
-
-
-def fit_held_out_temperature(held_out: HeldOut) -> Tuple[float, str]:
-    """The temperature for ``held_out`` and how it was fitted (see the module's docstring)."""
-    y, z = held_out.labels, held_out.logits
-    errors = int((z.argmax(1) != y).sum())
-    if errors:
-        return fit_temperature_to_logits(y, z), f"fitted on {held_out.description} ({errors} errors among them)"
-    smoothing = 1 / (len(y) + 2)
-    return (
-        fit_temperature_to_logits(y, z, smoothing=smoothing),
-        f"fitted on {held_out.description}, which hold no error: targets smoothed by the rule of succession "
-        f"({smoothing:.3f})",
+    logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
+    held_out = held_out_for(cfg, data, logits["validation"][1:], refit)
+    guard, ood = fit_guard(data, setup, outputs, accelerator)
+    finished = finish(
+        held_out,
+        logits["validation"][1:],
+        logits["test"][1:],
+        calibrate=cfg.calibrate,
+        max_missed_rate=cfg.max_missed_rate,
+        fitted=None if refit is None else refit.calibration,
+        fitted_from="" if refit is None else f"{refit.holdout.name}/",
     )
+    if accelerator.is_main_process:
+        _save_into_model_dir(folder, finished, guard)
+    _print_finish(finished, ood, accelerator)
+    # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
+    t = finished.temperature
+    predictions = {part: (index, labels, softmax(z, t)) for part, (index, labels, z) in logits.items()}
+    metrics = {part: split_metrics(labels, probs) for part, (_, labels, probs) in predictions.items()}
+    metrics["decision"] = decision_metrics(*predictions["test"][1:], finished.operating_point)
+    metrics.update(
+        kept_epoch=progress.kept_at["epoch"], best_epoch=progress.best["epoch"], keep=cfg.keep, run_id=run_id
+    )
+    if refit is not None:
+        metrics["final_fit"] = {"holdout": refit.holdout.name, "validation_held_out": False}
+    if finished.calibration is not None:
+        metrics["calibration"] = finished.calibration
+    if ood is not None:
+        metrics["ood"] = ood
+    return metrics, predictions
+
+
+def held_out_for(
+    cfg: Recipe, data: RunData, validation: Tuple[np.ndarray, np.ndarray], refit: Optional[Refit]
+) -> HeldOut:
+    """What the temperature and the operating point are chosen on (``--choose-on``): a cross-validation's
+    out-of-fold predictions (``auto``: the bundled ones of the default recipe, when, and only when, this run is that
+    recipe on the very films they were made on, by name and content), or the run's own validation images (a refit's
+    were trained on: its hold-out run's validation predictions then). The description, which the run's records
+    keep, says which, and for ``auto`` why."""
+    test_films = data.files("test")
+    why = ""
+    if cfg.choose_on == "auto":
+        carried, why = bundled_for(cfg.to_dict(), data.pix)
+        if carried is not None:
+            return carried.without(test_films, "of this run's test films")
+        why = f" (--choose-on auto: {why})"
+    elif cfg.choose_on != "validation":
+        return from_cv(cfg.choose_on).without(test_films, "of this run's test films")
+    if refit is not None:
+        hold = RunFolder(refit.holdout)
+        t = (refit.calibration or {}).get("temperature") or 1.0
+        return from_predictions(
+            hold.predictions("validation"), t, f"the hold-out run's validation images ({refit.holdout.name}/){why}"
+        )
+    return from_logits(*validation, f"{len(validation[0])} validation images{why}")
 
 
 def finish(
@@ -107,7 +153,6 @@ def finish(
     max_missed_rate: float,
     fitted: Optional[Dict[str, Any]] = None,
     fitted_from: str = "the hold-out run",
-    guard: Optional[GuardInputs] = None,
 ) -> Finished:
     """Choose the temperature and the operating point on ``held_out`` (see the module's docstring).
 
@@ -118,7 +163,6 @@ def finish(
         max_missed_rate: the operating point's target.
         fitted: a calibration made elsewhere (``--final-fit``'s hold-out run): its temperature is used.
         fitted_from: where ``fitted`` was made, for its note.
-        guard: the features to fit the out-of-distribution guard on (:func:`fit_guard`); ``None``: no guard.
     """
     if not calibrate:
         t, note = 1.0, None
@@ -141,12 +185,92 @@ def finish(
                 "films": int(len(y)),
                 "ece_if_calibrated": ece_if_calibrated(after) if len(y) else None,
             }
-    fitted_guard, ood = fit_guard(guard) if guard is not None else (None, None)
     probs = softmax_with_temperature(held_out.logits, t)
     try:
         threshold = choose_threshold(held_out.labels, probs, max_missed_rate)
     except ValueError:  # no COVID or Viral Pneumonia film held out: nothing to set a threshold on
-        return Finished(t, calibration, None, fitted_guard, ood)
+        return Finished(t, calibration, None)
     rates = operating_rates(held_out.labels, probs, threshold)
     op = OperatingPoint(threshold, max_missed_rate, held_out.description, rates)
-    return Finished(t, calibration, op, fitted_guard, ood)
+    return Finished(t, calibration, op)
+
+
+def fit_held_out_temperature(held_out: HeldOut) -> Tuple[float, str]:
+    """The temperature for ``held_out`` and how it was fitted (see the module's docstring)."""
+    y, z = held_out.labels, held_out.logits
+    errors = int((z.argmax(1) != y).sum())
+    if errors:
+        return fit_temperature_to_logits(y, z), f"fitted on {held_out.description} ({errors} errors among them)"
+    smoothing = 1 / (len(y) + 2)
+    return (
+        fit_temperature_to_logits(y, z, smoothing=smoothing),
+        f"fitted on {held_out.description}, which hold no error: targets smoothed by the rule of succession "
+        f"({smoothing:.3f})",
+    )
+
+
+def fit_guard(
+    data: RunData, setup: TrainSetup, outputs: Dict[str, Outputs], accelerator: Any
+) -> Tuple[Optional[OODGuard], Optional[Dict[str, Any]]]:
+    """The kept model's out-of-distribution guard and its ``metrics.json`` record (the test images and the probes it
+    flags). The guard keeps every training image's features (from the evaluation forwards) as its reference, scores
+    those not in validation (all of them, unless this is a refit, which trains on validation too) and sets its
+    threshold on the validation images; the probes are grey images that are not chest X-rays (one forward here).
+    ``(None, None)`` for a model without a classifier layer to read features from."""
+    train, val, test = outputs["train"], outputs["validation"], outputs["test"]
+    if train.features is None:
+        return None, None
+    # an output's index is a position in its own part: the dataset rows say which image it is
+    rows = {part: np.asarray(data.rows[part])[o.index] for part, o in outputs.items()}
+    others = ~np.isin(rows["train"], rows["validation"])  # all of them, unless this is a refit
+    kept = accelerator.unwrap_model(setup.model)
+    probes = probe_images()
+    x = torch.stack([setup.prep.transform(im) for im in probes.values()]).to(accelerator.device)
+    with torch.inference_mode(), capture_features(kept) as captured:
+        kept(x)
+    probe_features = captured.take().cpu()
+    test_files = [data.file_names[i] for i in rows["test"]]
+    guard = OODGuard.fit(train.features[others], val.features, reference=train.features)
+    probe_flags, test_flags = guard.flags(probe_features), guard.flags(test.features)
+    record = {
+        "k": guard.k,
+        "threshold": round(guard.threshold, 6),
+        "test_flagged": int(test_flags.sum()),
+        "test_images": len(test_flags),
+        "test_flagged_files": [f for f, flag in zip(test_files, test_flags) if flag],
+        "probes_flagged": int(probe_flags.sum()),
+        "probes": len(probe_flags),
+        "probes_missed": [name for name, flag in zip(probes, probe_flags) if not flag],
+    }
+    return guard, record
+
+
+def _save_into_model_dir(folder: RunFolder, finished: Finished, guard: Optional[OODGuard]) -> None:
+    """The guard (``model/ood.safetensors``), the temperature and the operating point (``model/config.json``)."""
+    if guard is not None:
+        guard.save(folder.model_dir)
+    if finished.calibration is not None:
+        set_model_temperature(folder.model_dir, finished.temperature)
+    if finished.operating_point is not None:
+        set_model_operating_point(folder.model_dir, finished.operating_point.to_config())
+
+
+def _print_finish(finished: Finished, ood: Optional[Dict[str, Any]], accelerator: Any) -> None:
+    calibration, op, t = finished.calibration, finished.operating_point, finished.temperature
+    if ood is not None:
+        accelerator.print(
+            f"out-of-distribution guard: test {ood['test_flagged']}/{ood['test_images']} flagged, "
+            f"non-radiographs {ood['probes_flagged']}/{ood['probes']} flagged"
+        )
+    if calibration is not None:
+        accelerator.print(
+            f"temperature {t:.3f} ({calibration['note']}); ECE validation "
+            f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
+            f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
+        )
+    accelerator.print(
+        "operating point: none (no COVID or Viral Pneumonia film among the held-out ones): the decision is argmax"
+        if op is None
+        else f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
+        f"COVID + Viral Pneumonia called Normal on {op.chosen_on})"
+    )

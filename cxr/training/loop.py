@@ -42,8 +42,8 @@ from cxr.models import freeze_batchnorm_statistics
 from cxr.run_folder import RunFolder, check_writable, run_id
 from cxr.training.build import TrainSetup, build
 from cxr.training.config import RECIPE_KEYS, Recipe, TrainConfig
-from cxr.training.end_of_training import evaluate_kept
 from cxr.training.epochs import Progress, epoch_record, train_one_epoch, validate
+from cxr.training.finish import evaluate_kept
 from cxr.training.held_out import from_cv
 from cxr.training.resume import checkpoint_path, load_resumed, restore, resume_dir, saved_recipe
 from cxr.training.run_data import Refit, RunData, prepare_data
@@ -96,9 +96,9 @@ def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     for epoch in range(progress.epochs_done, cfg.epochs):
         progress = _epoch(cfg, accelerator, folder, data, setup, progress, epoch, rid)
     progress = _keep_weights_in_hand(cfg, accelerator, folder, setup, progress, rid)
-    results = evaluate_kept(cfg, folder, data, setup, progress, rid, accelerator, refit)
+    metrics, predictions = evaluate_kept(cfg, folder, data, setup, progress, rid, accelerator, refit)
     if accelerator.is_main_process:
-        write_results(folder, run_config, data, setup.prep, progress, results.metrics, results.predictions, bool(refit))
+        write_results(folder, run_config, data, setup.prep, progress, metrics, predictions, bool(refit))
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which a caller
         tracker.finish()  # training several models in one launch (cxr.reproduction.runner) still needs
@@ -106,7 +106,7 @@ def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
         from cxr.publishing.publish import push_run  # the Hub client loads only for a run that publishes
 
         accelerator.print(f"pushed to {push_run(folder.root, cfg.hub_model_id, private=cfg.hub_private)}")
-    return results.metrics
+    return metrics
 
 
 def preflight(config: Union[TrainConfig, Recipe]) -> Recipe:
