@@ -1,6 +1,6 @@
 """Evaluation throughput: ``cxr.eval`` over a folder against the bare model's batched forward.
 
-Ours: :func:`cxr.training.eval_folder.evaluate_folder` end to end on a warm pixel cache (loading the
+Ours: :func:`cxr.training.evaluation.evaluate_folder` end to end on a warm pixel cache (loading the
 checkpoint, the dataset, batched prediction under Accelerate, metrics and the files it writes), in a
 process set up as ``python -m cxr.eval`` sets up its own (glibc keeps freed memory,
 :mod:`cxr.allocator`); "glibc defaults" is the same with ``CXR_KEEP_FREED_MEMORY=0``. Bare: the same
@@ -42,7 +42,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
     from cxr.data.dataset import RadiographDataset
     from cxr.data.pixel_cache import cache_pixels
     from cxr.models.classifier import CXRClassifier
-    from cxr.training.eval_folder import evaluate_folder
+    from cxr.training.evaluation import evaluate_folder
 
     if arm == "bare":  # on the device cxr.eval's Accelerator picks
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,7 @@
 """``python -m cxr.eval --model DIR_OR_REPO --data DIR --output-dir DIR``: evaluate a checkpoint.
 
 Research use only — not for diagnosis. The options are :mod:`cxr.commands.eval`'s; the scoring
-lives in :mod:`cxr.training.eval_folder`.
+lives in :func:`cxr.training.evaluation.evaluate_folder`.
 """
 
 import sys

@@ -1,4 +1,5 @@
-"""``python -m cxr.eval``: a checkpoint on every image of a folder or dataset (:mod:`cxr.training.eval_folder`)."""
+"""``python -m cxr.eval``: a checkpoint on every image of a folder or dataset
+(:func:`cxr.training.evaluation.evaluate_folder`)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_options(opts)
         labelling = Labelling.parse(opts.label_map, partial=True)
         check_writable(Path(opts.output_dir))
-        from cxr.training.eval_folder import evaluate_folder  # datasets and the scorer load after the checks
+        from cxr.training.evaluation import evaluate_folder  # datasets and the scorer load after the checks
 
         evaluate_folder(
             opts.model,

@@ -1,10 +1,21 @@
-"""Batched prediction under Accelerate and the files an evaluation writes.
+"""Scoring a model: batched prediction under Accelerate, the files an evaluation writes, the error gallery, and
+``python -m cxr.eval``.
 
-:func:`predict` runs a model over a prepared loader and gathers with ``gather_for_metrics``, so
-under N processes every image is counted exactly once. :func:`write_evaluation` writes
-``metrics.json``, ``predictions.csv``, ``report.md`` and ``confusion_matrix.png``.
-``python -m cxr.eval`` (any model folder or Hub id on any folder in the Kaggle layout, every image a test image)
-is :func:`cxr.training.eval_folder.evaluate_folder`, built on these two.
+:func:`predict_outputs` (and :func:`predict`) runs a model over a prepared loader and gathers with
+``gather_for_metrics``, so under N processes every image is counted exactly once. :func:`write_evaluation` writes
+``metrics.json``, ``predictions.csv``, ``report.md``, ``confusion_matrix.png``, ``operating_point.png`` and
+``errors.png``.
+
+The error gallery: :func:`error_entries` picks the misclassified test films — COVID and Viral Pneumonia films called
+Normal first (the study's aim), then the rest by confidence — and computes each one's Grad-CAM heat map for the class
+the model decided, from the film's cached pixels exactly as the model saw them;
+:func:`cxr.reporting.plots.plot_error_gallery` lays them out with their true class, decision and P. The figure is for
+local reports: it shows the dataset's films, which a Hub push never uploads.
+
+``python -m cxr.eval`` is :func:`evaluate_folder`: a saved checkpoint (any model folder or Hub id) on every image of
+a folder or dataset — all four classes, or any of them (external validation), every image a test image — scored as
+the app scores one film, with every figure over the classes present, per source when the films' sources are known,
+and the dataset-shift summary of the guard's distances. Research use only — not for diagnosis.
 """
 
 from __future__ import annotations
@@ -13,16 +24,27 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from cxr.metrics.operating_point import OperatingPoint
+from cxr.data.data_source import check_data_options, load_data_source
+from cxr.data.dataset import RadiographDataset
+from cxr.data.labelling import Labelling
+from cxr.data.pixel_cache import cache_pixels
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.metrics import compute_metrics
+from cxr.metrics.operating_point import OperatingPoint, decision_metrics
+from cxr.metrics.present import present_metrics, present_metrics_by_source
+from cxr.metrics.shift import shift_summary
+from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import temperature_softmax
 from cxr.models.ood import capture_features
 from cxr.reporting.plots import plot_confusion_matrix, plot_error_gallery, plot_operating_point
+from cxr.reporting.run_facts import eval_run_facts
 from cxr.reporting.run_report import write_report
 from cxr.run_folder import RunFolder, write_json, write_predictions
 
@@ -31,10 +53,22 @@ __all__ = [
     "predict_outputs",
     "predict_logits",
     "predict",
+    "softmax",
     "write_evaluation",
+    "error_entries",
+    "order_errors",
+    "MAX_ERRORS_SHOWN",
+    "evaluate_folder",
+    "classes_present_block",
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: At most this many films in the error gallery (the critical ones first).
+MAX_ERRORS_SHOWN = 16
+
+_NORMAL = CLASS_NAMES.index(NORMAL)
+_CRITICAL = [CLASS_NAMES.index(c) for c in CRITICAL_CLASSES]
 
 
 @dataclasses.dataclass
@@ -120,7 +154,7 @@ def write_evaluation(
 ) -> None:
     """Write the run folder's metrics, test predictions (with the decision by ``operating_point``; argmax
     without one), confusion matrix, operating-point plot, the misclassified films (``errors``:
-    :func:`cxr.training.error_gallery.error_entries`) and report (:class:`RunFolder`)."""
+    :func:`error_entries`) and report (:class:`RunFolder`)."""
     run = RunFolder(output_dir)
     decide = None if operating_point is None else operating_point.decide
     write_predictions(run.predictions("test"), test_files, test_labels, test_probs, decide=decide)
@@ -137,3 +171,175 @@ def write_evaluation(
     )
     write_report(run.report, model_name, metrics, run_info)
     write_json(run.metrics, metrics)  # last: a run folder with metrics.json is finished (RunFolder.is_finished)
+
+
+def order_errors(
+    labels: np.ndarray, decisions: np.ndarray, probs: np.ndarray, limit: int = MAX_ERRORS_SHOWN
+) -> List[int]:
+    """Positions of the films decided wrongly: COVID or Viral Pneumonia called Normal first, then the others,
+    each group most confident first; at most ``limit``."""
+    wrong = np.flatnonzero(np.asarray(labels) != np.asarray(decisions))
+    confidence = probs[wrong, decisions[wrong]]
+    critical = np.isin(labels[wrong], _CRITICAL) & (decisions[wrong] == _NORMAL)
+    order = np.lexsort((-confidence, ~critical))  # critical first, then by confidence, highest first
+    return [int(i) for i in wrong[order][:limit]]
+
+
+def error_entries(
+    clf, view, names: Sequence[str], labels: np.ndarray, probs: np.ndarray, decisions: np.ndarray
+) -> Tuple[List[Tuple[np.ndarray, str, bool]], int, List[str]]:
+    """The figure's entries — (heat map over the film, caption, a COVID or Viral Pneumonia film called Normal) —,
+    how many films were decided wrongly, and the names of the films shown, in order.
+
+    Args:
+        clf: the saved model (:class:`~cxr.models.classifier.CXRClassifier`).
+        view: the :class:`~cxr.data.dataset.RadiographDataset` the predictions were made on, in the same order.
+        names, labels, probs, decisions: per film of ``view``: file name, true class, calibrated probabilities
+            and decided class.
+    """
+
+    labels, decisions = np.asarray(labels), np.asarray(decisions)
+    chosen = order_errors(labels, decisions, probs)
+    entries = []
+    with CamSession(clf, "GradCAM") as session:
+        for i in chosen:
+            row = view.ds[view.indices[i]]
+            pixels = np.asarray(row["pixels"], dtype=np.uint8)
+            session.probabilities_of_input(view[i]["pixel_values"][None])
+            cam = session.heatmap(int(decisions[i]))
+            caption = (
+                f"{names[i].split('/')[-1]}\ntrue {CLASS_NAMES[labels[i]]} → {CLASS_NAMES[decisions[i]]}\n"
+                f"P({CLASS_NAMES[decisions[i]]}) {probs[i, decisions[i]]:.2f}"
+            )
+            critical = labels[i] in _CRITICAL and decisions[i] == _NORMAL
+            entries.append((overlay_heatmap(Image.fromarray(pixels), cam), caption, bool(critical)))
+    return entries, int((labels != decisions).sum()), [names[i] for i in chosen]
+
+
+def classes_present_block(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    decide: Callable[[np.ndarray], np.ndarray],
+    sources: Optional[Sequence[Optional[str]]] = None,
+) -> Dict[str, Any]:
+    """``metrics.json``'s ``classes_present``: :func:`cxr.metrics.present.present_metrics` for the argmax and for
+    the decision (of the probabilities as written), and per source (``by_source``) when ``sources`` are known."""
+    written = np.round(np.asarray(probs, dtype=np.float64), 6)
+    predicted = {"argmax": written.argmax(axis=1), "decision": np.asarray(decide(written))}
+    block: Dict[str, Any] = {rule: present_metrics(labels, pred) for rule, pred in predicted.items()}
+    if sources is not None:
+        block["by_source"] = {
+            rule: present_metrics_by_source(labels, pred, sources) for rule, pred in predicted.items()
+        }
+    return block
+
+
+def evaluate_folder(
+    model_ref: str,
+    data: str,
+    output_dir: Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_dir: Optional[str] = None,
+    skip_bad_images: bool = False,
+    dataset_revision: Optional[str] = None,
+    dataset_config: Optional[str] = None,
+    labelling: Optional[Labelling] = None,
+) -> Dict[str, Any]:
+    """Evaluate a checkpoint on every image of a dataset, every split of it (``python -m cxr.eval``).
+
+    Args:
+        model_ref: model folder or Hub repository id.
+        data: folder in the Kaggle layout, or a dataset id (see :func:`cxr.data.data_source.load_radiographs`).
+        output_dir: where the evaluation files go (created).
+        batch_size: images per forward pass and process.
+        num_workers: loader worker processes.
+        cache_dir: resized-pixel cache folder.
+        skip_bad_images: skip undecodable images instead of failing.
+        dataset_revision: branch, tag or commit of a Hub dataset.
+        dataset_config: the dataset's configuration name.
+        labelling: which classes the data must hold and how its names map onto ours (default: any of ours,
+            under our names).
+
+    Returns:
+        The ``metrics.json`` dict (``{"test": {...}}``; ``classes_present``: :func:`classes_present_block`).
+    """
+    from accelerate import Accelerator  # accelerate loads only when an evaluation starts
+
+    from cxr.models.classifier import CXRClassifier  # the model layer loads after the data flags are checked
+
+    check_data_options(data, dataset_revision, dataset_config)
+    _check_run_records(model_ref)
+    accelerator = Accelerator()
+    clf = CXRClassifier.from_pretrained(model_ref)
+    prep = clf.preprocess
+    with accelerator.main_process_first():
+        source = load_data_source(data, dataset_revision, dataset_config, labelling or Labelling(partial=True))
+        cached = cache_pixels(
+            source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, clahe=prep.clahe
+        )
+    view = RadiographDataset(cached.dataset, prep)
+    out = _predict(clf, view, batch_size, num_workers, accelerator)
+    names = list(cached.dataset["file_name"])  # one read of the column, not one per row
+    metrics = _metrics(clf, out, names, source.sources)
+    # what was scored, for the model card's external validation (cxr.hub push --eval-dir)
+    metrics["evaluated"] = _evaluated(model_ref, data, source.info, clf, len(out.labels))
+    if accelerator.is_main_process:
+        has_guard = clf.ood is not None
+        facts = eval_run_facts(
+            str(model_ref), str(data), source.info, len(view), prep.to_dict(), len(cached.bad), metrics, has_guard
+        )
+        _write(output_dir, clf, view, out, names, metrics, facts)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _metrics(clf: Any, out: Outputs, names: Sequence[str], sources: Optional[Dict[str, str]]) -> Dict[str, Any]:
+    """``metrics.json`` of an evaluation: ``test`` and ``decision``, ``classes_present`` (per source when known),
+    and with a guard, the films it flags (``ood``) and the dataset shift against validation (``shift``)."""
+    index, labels, probs = out.index, out.labels, softmax(out.logits, clf.temperature)
+    metrics = {"test": compute_metrics(labels, probs), "decision": decision_metrics(labels, probs, clf.operating_point)}
+    film_sources = None if sources is None else [sources.get(names[i]) for i in index]
+    metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, film_sources)
+    if clf.ood is not None and out.features is not None:
+        scores = clf.ood.scores(out.features)
+        flags = scores > clf.ood.threshold
+        metrics["ood"] = {
+            "flagged": int(flags.sum()),
+            "images": len(flags),
+            "flagged_files": [names[i] for i in index[flags]],
+        }
+        if clf.ood.validation_scores is not None:
+            metrics["shift"] = shift_summary(scores, clf.ood.validation_scores)
+    return metrics
+
+
+def _write(
+    output_dir: Path, clf: Any, view: RadiographDataset, out: Outputs, names: Sequence[str], metrics, facts
+) -> None:
+    """The evaluation folder: metrics, predictions, report and its figures (the error gallery included)."""
+    probs = softmax(out.logits, clf.temperature)
+    files = [names[i] for i in out.index]
+    errors = error_entries(clf, view, files, out.labels, probs, clf.decide(np.round(probs, 6)))  # view's order
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_evaluation(output_dir, clf.name, metrics, facts, files, out.labels, probs, clf.operating_point, errors)
+
+
+def _check_run_records(model_ref: str) -> None:
+    """A run's ``model/`` folder: its records must all be of that one run (a Hub id or a bare folder: nothing)."""
+    run = RunFolder(Path(model_ref).parent)
+    if Path(model_ref).is_dir() and run.model_dir == Path(model_ref) and run.run_config.is_file():
+        run.check_one_run()
+
+
+def _predict(clf: Any, view: RadiographDataset, batch_size: int, num_workers: int, accelerator: Any) -> Outputs:
+    """Every film of ``view`` through the model, in order, over every process."""
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model, loader = accelerator.prepare(clf.model, loader)
+    return predict_outputs(model, loader, accelerator, desc="cxr.eval")
+
+
+def _evaluated(model_ref: str, data: str, source: Dict[str, Any], clf: Any, images: int) -> Dict[str, Any]:
+    """``metrics.json``'s ``evaluated``: the data (and its revision), the model and its run id, the films scored."""
+    run_id = (clf.config.get("cxr") or {}).get("run_id")
+    return dict(data=str(data), revision=source.get("revision"), model=str(model_ref), run_id=run_id, images=images)

@@ -22,7 +22,7 @@ from cxr.run_folder import FORMAT_VERSION, RunFolder, write_json, write_predicti
 from cxr.training.build import TrainSetup
 from cxr.training.config import Recipe
 from cxr.training.epochs import Progress
-from cxr.training.evaluation import write_evaluation
+from cxr.training.evaluation import error_entries, write_evaluation
 from cxr.training.run_data import RunData
 
 __all__ = ["write_run_config", "save_kept", "save_checkpoint", "write_results", "versions"]
@@ -126,7 +126,6 @@ def write_results(
     """``history.json``, ``training_curves.png``, every part's predictions, ``metrics.json``, the report and its
     figures, with the model as saved (loaded as ``cxr.eval`` and the app load it)."""
     from cxr.models.classifier import CXRClassifier  # the saved model's own loader: the same decision as cxr.eval
-    from cxr.training.error_gallery import error_entries  # grad-cam loads only when the gallery is drawn
 
     keep, kept_epoch = run_config["config"]["keep"], progress.kept_at["epoch"]
     history = {"kept_epoch": kept_epoch, "best_epoch": progress.best["epoch"], "keep": keep}
