@@ -368,21 +368,20 @@ def test_a_resumed_run_keeps_the_recipe_it_started_with_unless_told(subset, tmp_
     assert _run(subset, out, "--epochs", "3", "--resume", "--optimizer", "adamw") == 2
 
 
-def test_a_run_from_before_presets_resumes_with_the_recipe_it_was_trained_with(subset, tmp_path):
+def test_a_resumed_run_keeps_the_recipe_it_was_started_with(subset, tmp_path):
+    """``--resume`` with only ``--epochs`` given: the preset and every recipe setting the run started with are its
+    checkpoint's, not the defaults of now."""
     out = tmp_path / "run"
     assert _run(subset, out, "--epochs", "1", "--preset", "paper") == 0
-    # as written before --keep/--final-fit/--preset existed
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-    run = json.loads((out / "run_config.json").read_text())
-    for cfg in (state["config"], run["config"]):
-        for key in ("keep", "final_fit", "preset"):
-            cfg.pop(key)
-    state.pop("kept")
-    torch.save(state, out / "checkpoint.pt")
-    (out / "run_config.json").write_text(json.dumps(run))
     assert _run(subset, out, "--epochs", "2", "--resume") == 0
     cfg = json.loads((out / "run_config.json").read_text())["config"]
-    assert (cfg["keep"], cfg["final_fit"], cfg["optimizer"], cfg["epochs"]) == ("best", False, "adam", 2)
+    assert (cfg["preset"], cfg["keep"], cfg["final_fit"], cfg["optimizer"], cfg["epochs"]) == (
+        "paper",
+        "best",
+        False,
+        "adam",
+        2,
+    )
 
 
 def test_keep_last_resumed_with_no_epoch_left_keeps_the_weights_in_hand(subset, tmp_path):

@@ -401,8 +401,9 @@ class TrainConfig:
         )
         if "warmup_epochs" in unset:  # a preset's warm-up never takes more than half of a short run
             cfg = dataclasses.replace(cfg, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs / 2))
-        if saved:  # a resumed run keeps the recipe it started with, except what is given now
-            cfg = dataclasses.replace(cfg, **{k: saved[k] for k in unset if k in saved})
+        if saved:  # a resumed run keeps the recipe it started with (its preset named), except what is given now
+            kept = {k: saved[k] for k in (*unset, "preset") if k in saved}
+            cfg = dataclasses.replace(cfg, **kept)
         for ok, message in _value_checks(cfg):
             if not ok:
                 raise CXRError(message)

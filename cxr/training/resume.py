@@ -118,4 +118,4 @@ def restore(state: Dict[str, Any], setup: Any, accelerator: Any) -> Progress:
     restore_rng_state(state["rng"])
     if setup.ema is not None and "ema" in state:
         setup.ema.module.load_state_dict(state["ema"])
-    return Progress(tuple(state["history"]), state["best"], state.get("kept", state["best"]))
+    return Progress(tuple(state["history"]), state["best"], state["kept"])
