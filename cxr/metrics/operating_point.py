@@ -43,7 +43,8 @@ __all__ = [
 #: predictions.
 DEFAULT_MAX_MISSED_RATE = 0.01
 
-#: The decision rule of a model saved without an operating point (before cxr saved one).
+#: The decision rule of a model saved without an operating point (no critical film among its held-out films, or
+#: a model folder made by other code).
 ARGMAX_RULE = "the most probable class (the model was saved without an operating point)"
 
 _NORMAL = CLASS_NAMES.index(NORMAL)

@@ -110,7 +110,7 @@ class CXRClassifier:
     @property
     def operating_point(self) -> Optional[OperatingPoint]:
         """The decision rule saved with the model (``config.json``'s ``cxr.operating_point``: Normal only when the
-        calibrated P(Normal) reaches a threshold chosen for the study's aim), or ``None`` for an older model."""
+        calibrated P(Normal) reaches a threshold chosen for the study's aim), or ``None`` when it has none (argmax)."""
         return OperatingPoint.from_config(self.config.get("cxr", {}).get("operating_point"))
 
     @property

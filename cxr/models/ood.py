@@ -163,7 +163,7 @@ class OODGuard:
     reference: torch.Tensor
     threshold: float
     k: int = DEFAULT_K
-    #: the validation films' scores that set the threshold (``None`` for guards saved before they were kept):
+    #: the validation films' scores that set the threshold (set by :meth:`fit`, saved with the guard):
     #: the reference a whole evaluated set's scores are compared with (:mod:`cxr.metrics.shift`)
     validation_scores: Optional[np.ndarray] = None
 
@@ -225,13 +225,13 @@ class OODGuard:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             reference = f.get_tensor("reference").float()
-            scores = f.get_tensor("validation_scores").numpy() if "validation_scores" in f.keys() else None
+            scores = f.get_tensor("validation_scores").numpy()
         return cls(reference, threshold=float(meta["threshold"]), k=int(meta["k"]), validation_scores=scores)
 
     @classmethod
     def load(cls, ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional["OODGuard"]:
-        """The guard of a local model folder or Hub model, or ``None`` when it has none (models trained before
-        it). A Hub model's file comes through ``hf_hub_download``, as its weights do."""
+        """The guard of a local model folder or Hub model, or ``None`` when it has none (a model without a
+        classifier layer to read features from). A Hub model's file comes through ``hf_hub_download``, as its weights do."""
 
         if Path(ref).is_dir() or not is_hub_id(str(ref)):
             path = Path(ref) / OOD_FILE
@@ -241,7 +241,7 @@ class OODGuard:
 
         try:
             return cls.load_file(hf_hub_download(str(ref), OOD_FILE, revision=revision))
-        except RemoteEntryNotFoundError:  # published before the guard existed
+        except RemoteEntryNotFoundError:  # a model without a guard
             return None
         except LocalEntryNotFoundError:
             _logger.warning("%s: the out-of-distribution guard could not be fetched (offline?); no guard", ref)

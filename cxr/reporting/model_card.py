@@ -217,7 +217,7 @@ def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None
         ]
         if len(by_source) > 1
         else [],
-        "shift": shift_description(metrics.get("shift"), "ood" in metrics),
+        "shift": shift_description(metrics.get("shift")),
     }
 
 

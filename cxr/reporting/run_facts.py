@@ -95,14 +95,10 @@ def calibration_description(calibration: Optional[Dict[str, Any]]) -> str:
     )
 
 
-def shift_description(shift: Optional[Dict[str, Any]], has_guard: bool = True) -> str:
+def shift_description(shift: Optional[Dict[str, Any]]) -> str:
     """The report's line on ``metrics.json`` ``shift`` (:func:`cxr.metrics.shift.shift_summary`)."""
     if shift is None:
-        return (
-            "not measured: the model was saved without an out-of-distribution guard"
-            if not has_guard
-            else "not measured: the model's guard was saved without its validation scores (retrain to get them)"
-        )
+        return "not measured: the model has no out-of-distribution guard (no classifier layer to read features from)"
     beyond = shift["beyond_validation_p95"]
     verdict = (
         "**these films are not like the ones this model was validated on**"
@@ -189,7 +185,6 @@ def eval_run_facts(
     prep: Dict[str, Any],
     skipped: int,
     metrics: Dict[str, Any],
-    has_guard: bool,
 ) -> Dict[str, Any]:
     """The "Run" section of a ``python -m cxr.eval`` report, from what was evaluated and its ``metrics.json``."""
     revision = f" @ {source['revision']}" if source["kind"] == "hub" else ""
@@ -201,11 +196,11 @@ def eval_run_facts(
         "preprocessing": preprocessing_line(prep),
         "skipped unreadable images": skipped,
         "out-of-distribution guard": (
-            "none (the model was saved without one)"
+            "none (the model has no classifier layer to read features from)"
             if ood is None
             else f"{ood['flagged']} of {ood['images']} images flagged as unlike the "
             "chest X-rays the model was trained on (listed in metrics.json)"
         ),
-        "dataset shift": shift_description(metrics.get("shift"), has_guard),
+        "dataset shift": shift_description(metrics.get("shift")),
         "note": DISCLAIMER,
     }

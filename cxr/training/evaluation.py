@@ -285,9 +285,8 @@ def evaluate_folder(
     # what was scored, for the model card's external validation (cxr.hub push --eval-dir)
     metrics["evaluated"] = _evaluated(model_ref, data, source.info, clf, len(out.labels))
     if accelerator.is_main_process:
-        has_guard = clf.ood is not None
         facts = eval_run_facts(
-            str(model_ref), str(data), source.info, len(view), prep.to_dict(), len(cached.bad), metrics, has_guard
+            str(model_ref), str(data), source.info, len(view), prep.to_dict(), len(cached.bad), metrics
         )
         _write(output_dir, clf, view, out, names, metrics, facts)
     accelerator.wait_for_everyone()
@@ -309,8 +308,7 @@ def _metrics(clf: Any, out: Outputs, names: Sequence[str], sources: Optional[Dic
             "images": len(flags),
             "flagged_files": [names[i] for i in index[flags]],
         }
-        if clf.ood.validation_scores is not None:
-            metrics["shift"] = shift_summary(scores, clf.ood.validation_scores)
+        metrics["shift"] = shift_summary(scores, clf.ood.validation_scores)
     return metrics
 
 
