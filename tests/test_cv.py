@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import CLASSES, PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, make_subset, run_script, tiny_run
 
+from cxr.data.data_source import load_data_source
 from cxr.errors import CXRError
 from cxr.run_folder import RunFolder
 from cxr.training.cv import check_folds, fold_split, stratified_folds
@@ -126,11 +127,12 @@ def test_cv_scores_every_image_once_and_resumes_without_retraining(tmp_path, sam
     assert bundle["labels"] == [CLASSES.index(r["label"]) for r in rows]
     assert [CLASSES[int(np.argmax(z))] for z in bundle["logits"]] == [r["prediction"] for r in rows]
     (tmp_path / "bundle.json").write_text(json.dumps(bundle))
-    recipe = result["recipe"]
-    assert bundled_for(recipe, len(rows), tmp_path / "bundle.json") is not None
-    assert bundled_for({**recipe, "seed": 7}, len(rows), tmp_path / "bundle.json") is not None  # seed: same recipe
-    assert bundled_for({**recipe, "clahe": not recipe["clahe"]}, len(rows), tmp_path / "bundle.json") is None
-    assert bundled_for(recipe, len(rows) + 1, tmp_path / "bundle.json") is None
+    assert bundle["content"] == folds["content"] and set(bundle["content"]) == set(names)
+    recipe, films = result["recipe"], load_data_source(str(data), None, None).dataset
+    assert bundled_for(recipe, films, tmp_path / "bundle.json")[0] is not None
+    assert bundled_for({**recipe, "seed": 7}, films, tmp_path / "bundle.json")[0] is not None  # seed: same recipe
+    assert bundled_for({**recipe, "clahe": not recipe["clahe"]}, films, tmp_path / "bundle.json")[0] is None
+    assert bundled_for(recipe, films.select(range(len(films) - 1)), tmp_path / "bundle.json")[0] is None
 
     # a kill after two folds: the third is gone; a rerun keeps the finished ones and trains only it
     stamps = {k: (cv / f"fold-{k}" / "model" / "model.safetensors").stat().st_mtime_ns for k in (0, 1)}

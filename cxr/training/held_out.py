@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cxr.data.content import content_digests
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
 from cxr.run_folder import CVFolder, read_json, read_predictions
@@ -114,12 +115,13 @@ def bundled_for(recipe: Dict[str, Any], films: Any, path: Union[str, Path] = BUN
     if not same:
         return None, "this run's recipe is not the one the bundled out-of-fold predictions were made with"
     made_on = bundle["content"]
-    if set(films) != set(made_on):
+    if set(films["file_name"]) != set(made_on):
         return (
             None,
             f"this run's films are not the {len(made_on)} films the bundled out-of-fold predictions were made on",
         )
-    changed = sum(films[name] != digest for name, digest in made_on.items())
+    digests = content_digests(films)
+    changed = sum(digests[name] != digest for name, digest in made_on.items())
     if changed:
         return None, (
             f"this run's films have the names of the {len(made_on)} films the bundled out-of-fold predictions were "
