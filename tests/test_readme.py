@@ -31,6 +31,10 @@ def test_the_first_screen_holds_what_it_is_the_warning_and_both_blocks():
     assert "Research use only — not for diagnosis" in first
     for name in ("quickstart", "test"):
         assert f"<!-- commands: {name} -->" in first
+    # the headline results, each with the command and date behind it, and the way to the rest
+    rows = [line for line in first.splitlines() if re.match(r"\| \[.*\]\(.*\) \|", line)]
+    assert len(rows) >= 3 and all("`" in r and re.search(r"\| 20\d\d-\d\d-\d\d \|$", r) for r in rows)
+    assert all(f"docs/{page}.md" in first for page in ("training", "evaluation", "app", "data", "development"))
     assert _commands("quickstart") == [
         "pip install -r requirements.txt",
         "python app.py --quickstart ../shared/data/cxr-sample",
