@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict
 
 import datasets
 
@@ -31,12 +31,11 @@ def _bytes_of(image: Dict[str, Any]) -> bytes:
     return Path(image["path"]).read_bytes()
 
 
-def content_digests(ds: datasets.Dataset, rows: Optional[Iterable[int]] = None) -> Dict[str, str]:
+def content_digests(ds: datasets.Dataset) -> Dict[str, str]:
     """``{file_name: digest}`` of a dataset's films (its ``image`` column, read undecoded: from the file each
-    names or the bytes it holds), for ``rows`` (default: all)."""
+    names or the bytes it holds)."""
     raw = ds.cast_column("image", datasets.Image(decode=False)) if _decodes(ds) else ds
-    picked = raw if rows is None else raw.select(list(rows))
-    return {name: file_digest(_bytes_of(im)) for name, im in zip(picked["file_name"], picked["image"])}
+    return {name: file_digest(_bytes_of(im)) for name, im in zip(raw["file_name"], raw["image"])}
 
 
 def _decodes(ds: datasets.Dataset) -> bool:

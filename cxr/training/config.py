@@ -277,10 +277,10 @@ class TrainConfig:
         "auto",
         help="The held-out predictions the temperature and the operating point are chosen on: auto (the default "
         "recipe's out-of-fold predictions of its 5-fold cross-validation on the 600-film sample, shipped with cxr, "
-        "when this run is that recipe on 600 images; else validation), validation (the run's own validation "
-        "images: about 60 on the sample, too few to set a 1%% rate, experiments/RESULTS.md), or CV_DIR, the --output-dir "
-        "of a finished python -m cxr.cv run of this recipe, whose out-of-fold predictions are carried into the model "
-        "(default: auto).",
+        "when this run is that recipe on those very films, by name and content; else validation; the run's records "
+        "say which and why), validation (the run's own validation images: about 60 on the sample, too few to set a "
+        "1%% rate; docs/training.md), or CV_DIR, the --output-dir of a finished python -m cxr.cv run of this recipe, "
+        "whose out-of-fold predictions are carried into the model (default: auto).",
         metavar="auto|validation|CV_DIR",
         group="recipe",
     )

@@ -20,7 +20,7 @@ import numpy as np
 from cxr.data.content import content_digests
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
-from cxr.run_folder import CVFolder, read_json, read_predictions
+from cxr.run_folder import CVFolder, check_format, read_json, read_predictions
 from cxr.training.config import RECIPE_KEYS
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
@@ -84,12 +84,13 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     """The out-of-fold predictions of a finished ``python -m cxr.cv`` run, as logits.
 
     Raises:
-        CXRError: not a finished cross-validation folder.
+        CXRError: not a finished cross-validation folder, or one of another format.
     """
 
     cv = CVFolder(cv_dir)
     if not cv.is_finished():
         raise CXRError(f"{cv_dir}: not a finished cross-validation (no {cv.oof.name} and {cv.summary.name} there)")
+    check_format(read_json(cv.folds).get("format_version"), f"the cross-validation in {cv_dir}")
     temperatures = {int(f["fold"]): float(f.get("temperature") or 1.0) for f in read_json(cv.summary)["per_fold"]}
     with open(cv.oof, newline="") as f:
         rows = list(csv.DictReader(f))

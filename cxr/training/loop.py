@@ -90,7 +90,7 @@ def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     if resumed is not None:
         accelerator.print(f"resuming {cfg.model} from {cfg.resume} after epoch {progress.epochs_done}/{cfg.epochs}")
     # a run keeps the id it started with (resuming may extend --epochs, and keep a model/ saved before)
-    rid = (resumed or {}).get("run_id") or run_id({k: getattr(cfg, k) for k in (*RECIPE_KEYS, "data")}, data.split)
+    rid = resumed["run_id"] if resumed else run_id({k: getattr(cfg, k) for k in (*RECIPE_KEYS, "data")}, data.split)
     fresh = resumed is None and refit is None
     run_config = _begin(cfg, accelerator, folder, data, setup, rid, micro_batch, fresh)
     for epoch in range(progress.epochs_done, cfg.epochs):

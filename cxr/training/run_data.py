@@ -67,7 +67,7 @@ def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]
     file_names = pix["file_name"]
     if resumed is not None:  # a resumed run keeps the split it started with, whatever the data or flags say now
         split = resumed["split"]
-        how = prior_source.get("splits") or {part: f"from the checkpoint {cfg.resume}" for part in SPLITS}
+        how = prior_source["splits"]
     elif refit is not None:  # the hold-out split, saved as it is; training also takes validation
         split, how = refit.split, dict(refit.how)
         how = {
