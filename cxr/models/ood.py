@@ -231,7 +231,8 @@ class OODGuard:
     @classmethod
     def load(cls, ref: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional["OODGuard"]:
         """The guard of a local model folder or Hub model, or ``None`` when it has none (a model without a
-        classifier layer to read features from). A Hub model's file comes through ``hf_hub_download``, as its weights do."""
+        classifier layer to read features from). A Hub model's file comes through ``hf_hub_download``, as its
+        weights do."""
 
         if Path(ref).is_dir() or not is_hub_id(str(ref)):
             path = Path(ref) / OOD_FILE

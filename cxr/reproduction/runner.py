@@ -77,8 +77,8 @@ STUDY_PRESETS: Dict[str, Preset] = {
         batch_size=32,
         offline_only=True,
         scratch_twins=("tf_efficientnet_lite0",),
-        note="Shrunk to finish in minutes on a 2-core CPU: 96 px, 6 epochs, batch 32 for every model; VGG19_bn is left out "
-        "(under 1 image/s on 2 CPU cores); AlexNet and ResNet50 have no offline ImageNet weights and train from "
+        note="Shrunk to finish in minutes on a 2-core CPU: 96 px, 6 epochs, batch 32 for every model; VGG19_bn is "
+        "left out (under 1 image/s on 2 CPU cores); AlexNet and ResNet50 have no offline ImageNet weights and train from "
         "scratch, all layers; EfficientNet-Lite0 keeps its offline ImageNet weights and is also trained "
         "from scratch for comparison.",
     ),
