@@ -74,14 +74,20 @@ def test_overlay_has_the_shown_image_size():
     assert out.shape == (200, 300, 3) and out.dtype == np.uint8
 
 
-def test_quickstart_reuses_finished_runs(tmp_path, sample_dir):
+def test_quickstart_reuses_finished_runs(tmp_path, sample_dir, monkeypatch):
+    import json
+
+    import cxr.training.loop
     from cxr.app.quickstart import QUICKSTART_RUNS, ensure_quickstart_models
+    from cxr.run_folder import FORMAT_VERSION
 
     for spec in QUICKSTART_RUNS:
         run = tmp_path / spec.name
         (run / "model").mkdir(parents=True)
+        (run / "run_config.json").write_text(json.dumps({"format_version": FORMAT_VERSION}))
         (run / "metrics.json").write_text("{}")
         (run / "model" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(cxr.training.loop, "train", lambda cfg: pytest.fail(f"trained {cfg.output_dir} again"))
     folders = ensure_quickstart_models(sample_dir, tmp_path)  # no training: both finished
     assert folders == [str(tmp_path / name / "model") for name in ("quickstart-lite0", "quickstart-logreg")]
 
