@@ -168,7 +168,6 @@ def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]
         "seed": seed,
         "images": len(names),
         "fold_files": folds,
-        "content": content_digests(source.dataset),  # which films these are, whatever their names
     }
     if folds_file.is_file():
         saved = json.loads(folds_file.read_text())
@@ -178,7 +177,8 @@ def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]
                 f"{out.root} holds a cross-validation with other folds ({saved.get('folds')} folds, seed "
                 f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir"
             )
-    return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels)))}
+    films = source.dataset
+    return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels))), "films": films}
 
 
 def refuse_per_run_flags(cfg) -> None:
@@ -231,7 +231,8 @@ def _write_folds(out: CVFolder, prepared: Dict[str, Any], folds: int, seed: int)
     """``folds.json`` and each fold's split file (training and validation in 8:1 of the other folds)."""
 
     out.splits.mkdir(parents=True, exist_ok=True)
-    write_json(out.folds, prepared["payload"])
+    # which films these are, whatever their names: read once, by the process that writes the record
+    write_json(out.folds, {**prepared["payload"], "content": content_digests(prepared["films"])})
     fractions = (round((folds - 1) / folds * 8 / 9, 4), round((folds - 1) / folds / 9, 4), round(1 / folds, 4))
     for k in range(folds):
         split = fold_split(prepared["folds"], k, prepared["labels"], seed)
