@@ -30,12 +30,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 
 __all__ = [
     "RunFolder",
@@ -44,6 +43,7 @@ __all__ = [
     "run_id",
     "Predictions",
     "read_predictions",
+    "class_columns",
     "write_predictions",
     "write_json",
     "read_json",
@@ -143,6 +143,16 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def site_calibration(self) -> Path:
+        """``python -m cxr.calibrate``'s record: the site, its films and what the new operating point guarantees."""
+        return self.root / "site_calibration.json"
+
+    @property
+    def site_report(self) -> Path:
+        """``python -m cxr.calibrate``'s page: the same in words and a table."""
+        return self.root / "site_calibration.md"
 
     @property
     def confusion_matrix(self) -> Path:
@@ -391,10 +401,11 @@ def write_json(path: Union[str, os.PathLike], payload: Any) -> None:
 
 
 class Predictions:
-    """One part's saved predictions: ``files``, true labels ``y`` and ``probs`` (N x 4)."""
+    """One part's saved predictions: ``files``, true labels ``y``, ``probs`` (N x classes) and the class ``names``
+    (the file's ``p_<class>`` columns, in order)."""
 
-    def __init__(self, files: List[str], y: np.ndarray, probs: np.ndarray):
-        self.files, self.y, self.probs = files, y, probs
+    def __init__(self, files: List[str], y: np.ndarray, probs: np.ndarray, names: Sequence[str]):
+        self.files, self.y, self.probs, self.names = files, y, probs, tuple(names)
 
     @property
     def pred(self) -> np.ndarray:
@@ -406,27 +417,36 @@ def write_predictions(
     file_names: Sequence[str],
     labels: np.ndarray,
     probs: np.ndarray,
+    *,
+    class_names: Sequence[str],
     decide: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> None:
     """A predictions file: file, true label, predicted label (argmax), the ``decision`` — the class index ``decide``
     gives for the probabilities as written (a model's operating point,
     :meth:`cxr.metrics.operating_point.OperatingPoint.decide`; argmax without one), so the file reproduces it —
-    and one probability column per class."""
+    and one probability column per class of ``class_names`` (the model's, in output order)."""
     written = np.round(np.asarray(probs, dtype=np.float64), 6)
     decisions = written.argmax(axis=1) if decide is None else decide(written)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file_name", "label", "prediction", "decision", *[f"p_{c}" for c in CLASS_NAMES]])
+        w.writerow(["file_name", "label", "prediction", "decision", *[f"p_{c}" for c in class_names]])
         for name, lab, p, d in zip(file_names, labels, written, decisions):
-            pred = CLASS_NAMES[int(np.argmax(p))]
-            w.writerow([name, CLASS_NAMES[int(lab)], pred, CLASS_NAMES[int(d)], *[f"{v:.6f}" for v in p]])
+            pred = class_names[int(np.argmax(p))]
+            w.writerow([name, class_names[int(lab)], pred, class_names[int(d)], *[f"{v:.6f}" for v in p]])
 
 
 def read_predictions(path: Union[str, os.PathLike]) -> Predictions:
-    """Parse a predictions file written by :func:`write_predictions`."""
+    """Parse a predictions file written by :func:`write_predictions` (its classes from its ``p_<class>`` columns)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        names = class_columns(reader.fieldnames or [])
+        rows = list(reader)
     files = [r["file_name"] for r in rows]
-    y = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
-    return Predictions(files, y, probs)
+    y = np.array([names.index(r["label"]) for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(-1, len(names))
+    return Predictions(files, y, probs, names)
+
+
+def class_columns(header: Sequence[str]) -> Tuple[str, ...]:
+    """The class names of a predictions file's header: its ``p_<class>`` columns, in order."""
+    return tuple(h[2:] for h in header if h.startswith("p_"))

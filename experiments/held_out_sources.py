@@ -36,8 +36,8 @@ from common import REPO, machine, table  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
-from cxr.labels import CLASS_NAMES  # noqa: E402
-from cxr.metrics.operating_point import choose_threshold, operating_rates  # noqa: E402
+from cxr.labels import CLASS_NAMES, DATABASE  # noqa: E402
+from cxr.metrics.operating_point import choose_operating_point, operating_rates  # noqa: E402
 from cxr.metrics.stats import (  # noqa: E402
     expected_calibration_error,
     fit_temperature_to_logits,  # noqa: E402
@@ -80,7 +80,7 @@ def _temperatures(folds: List[Dict[str, Part]], k: int) -> Dict[str, float]:
     return {
         "the fold's validation part (today: 1 when it holds no error)": folds[k]["own_t"],
         "validation, smoothed by the rule of succession when it holds no error": fit_held_out_temperature(
-            from_logits(yv, zv, "validation")
+            from_logits(yv, zv, "validation", CLASS_NAMES)
         )[0],
         "the other folds' out-of-fold predictions (cross-fitted)": fit_temperature_to_logits(yo, zo),
     }
@@ -131,13 +131,17 @@ def main() -> None:
                     else:
                         parts = [g["test"] for j, g in enumerate(folds) if j != k]
                         y, z = np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
-                    thresholds.append(choose_threshold(y, softmax_with_temperature(z, t), rate))
+                    thresholds.append(
+                        choose_operating_point(
+                            y, softmax_with_temperature(z, t), DATABASE, rate, where
+                        ).normal_threshold
+                    )
                     yt, zt = f["test"]
                     pooled.append((yt, softmax_with_temperature(zt, t), thresholds[-1]))
-                missed = sum(operating_rates(y, q, th)["critical_called_normal"] for y, q, th in pooled)
-                critical = sum(operating_rates(y, q, th)["critical"] for y, q, th in pooled)
-                kept = sum(operating_rates(y, q, th)["normal_kept"] for y, q, th in pooled)
-                normal = sum(operating_rates(y, q, th)["normal"] for y, q, th in pooled)
+                missed = sum(operating_rates(y, q, th, DATABASE)["critical_called_normal"] for y, q, th in pooled)
+                critical = sum(operating_rates(y, q, th, DATABASE)["critical"] for y, q, th in pooled)
+                kept = sum(operating_rates(y, q, th, DATABASE)["normal_kept"] for y, q, th in pooled)
+                normal = sum(operating_rates(y, q, th, DATABASE)["normal"] for y, q, th in pooled)
                 ok = missed <= math.floor(rate * critical + 1e-9)
                 op_rows.append(
                     [

@@ -32,17 +32,18 @@ def test_missing_data_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_class_folder(subset, tmp_path, capsys):
-    shutil.rmtree(subset / "Normal")
+def test_one_class_folder_is_not_a_classifier(subset, tmp_path, capsys):
+    for name in ("COVID", "Lung_Opacity", "Viral Pneumonia"):
+        shutil.rmtree(subset / name)
     code, err = _train(capsys, subset, tmp_path / "out")
-    assert code == 2 and "missing class folder(s): 'Normal'" in err
+    assert code == 2 and "a classifier needs at least two classes; found 1 ('Normal')" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_class_folder(subset, tmp_path, capsys):
+def test_an_empty_class_folder_is_a_class_without_films(subset, tmp_path, capsys):
     (subset / "Tuberculosis").mkdir()
     code, err = _train(capsys, subset, tmp_path / "out")
-    assert code == 2 and "unknown class folder(s): 'Tuberculosis'" in err
+    assert code == 2 and "class folder(s) with no images: Tuberculosis" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -151,7 +152,8 @@ def test_eval_refuses_data_and_checkpoints_with_other_classes(trained_logreg, tm
     (other / "config.json").write_text(json.dumps(cfg))
     shutil.rmtree(data / "Tuberculosis")
     code = eval_main(["--model", str(other), "--data", str(data), "--output-dir", str(tmp_path / "e")])
-    assert code == 2 and "predicts classes ['COVID', 'Normal', 'Pneumonia']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "is damaged: its label_names ['COVID', 'Normal', 'Pneumonia'] differ from its preprocessing" in err
     assert not (tmp_path / "e").exists()
 
     code = eval_main(

@@ -87,7 +87,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     other = dict(cfg, label_names=["cat", "dog", "bird", "fish"])
     (out / "config.json").write_text(json.dumps(other))
-    with pytest.raises(CXRError, match="predicts classes"):
+    with pytest.raises(CXRError, match="is damaged: its label_names"):
         load_model(out)
     no_cxr = {k: v for k, v in cfg.items() if k != "cxr"}
     (out / "config.json").write_text(json.dumps(no_cxr))

@@ -11,6 +11,7 @@ from helpers import CLASSES, PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_erro
 
 from cxr.data.data_source import load_data_source
 from cxr.errors import CXRError
+from cxr.labels import CLASS_NAMES
 from cxr.run_folder import RunFolder
 from cxr.training.cv import check_folds, fold_split, stratified_folds
 from cxr.training.held_out import bundle_from_cv, bundled_for
@@ -46,8 +47,8 @@ def test_fold_count_is_checked():
     _, labels = _names_labels(4)
     for k, message in ((1, "at least 2"), (5, "more than the smallest class"), (2, "fewer than 3 images outside")):
         with pytest.raises(CXRError, match=message):
-            check_folds(k, labels)
-    check_folds(3, _names_labels(6)[1])
+            check_folds(k, labels, CLASS_NAMES)
+    check_folds(3, _names_labels(6)[1], CLASS_NAMES)
 
 
 @pytest.mark.parametrize(

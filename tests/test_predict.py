@@ -13,9 +13,9 @@ from PIL import Image
 
 from cxr.commands.predict import main as predict_main
 from cxr.data.decode import read_radiograph
-from cxr.labels import CLASS_NAMES
-from cxr.metrics.operating_point import decide
-from cxr.models.classifier import ARGMAX_RULE, CXRClassifier
+from cxr.labels import CLASS_NAMES, DATABASE
+from cxr.metrics.operating_point import argmax_rule, decide
+from cxr.models.classifier import CXRClassifier
 
 FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model"
 
@@ -97,7 +97,7 @@ def test_the_saved_threshold_reproduces_the_decision_column_and_a_film_just_unde
     assert predict_main([*map(str, films), "--model", str(with_operating_point), "--output", str(out)]) == 0
     rows = _rows(out)
     probs = np.array([_probs(r) for r in rows])
-    assert [r["decision"] for r in rows] == [CLASS_NAMES[i] for i in decide(probs, 0.5)]
+    assert [r["decision"] for r in rows] == [CLASS_NAMES[i] for i in decide(probs, 0.5, DATABASE)]
     # the threshold set just above one film's P(Normal): that film is no longer called Normal, the rule says so
     film = int(np.argmax(probs[:, CLASS_NAMES.index("Normal")]))
     config = json.loads((with_operating_point / "config.json").read_text())
@@ -108,7 +108,7 @@ def test_the_saved_threshold_reproduces_the_decision_column_and_a_film_just_unde
     assert row["prediction"] == "Normal" and row["decision"] != "Normal"
     clf = CXRClassifier.from_pretrained(with_operating_point)
     assert clf.decision_rule.startswith("Normal only when P(Normal) ≥ ")
-    assert CXRClassifier.from_pretrained(FIXTURE).decision_rule == ARGMAX_RULE
+    assert CXRClassifier.from_pretrained(FIXTURE).decision_rule == argmax_rule(DATABASE)
 
 
 def test_grad_cam_images_per_file_and_model_and_a_glob(sample_dir, tmp_path):
@@ -170,12 +170,14 @@ def test_cxr_eval_writes_the_decision_beside_argmax_and_the_errors_as_pictures(s
     rows = _rows(run.predictions("test"))
     probs = np.array([_probs(r) for r in rows])
     labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows])
-    decided = decide(probs, 0.5)
+    decided = decide(probs, 0.5, DATABASE)
     assert [r["decision"] for r in rows] == [CLASS_NAMES[i] for i in decided]
     assert [r["prediction"] for r in rows] == [CLASS_NAMES[i] for i in probs.argmax(1)]
     block = read_json(run.metrics)["decision"]
     assert block["normal_threshold"] == 0.5 and block["rule"] == "Normal only when P(Normal) ≥ 0.500"
-    assert block["confusion_matrix"] == compute_metrics(labels, probs, predictions=decided)["confusion_matrix"]
+    assert (
+        block["confusion_matrix"] == compute_metrics(labels, probs, DATABASE, predictions=decided)["confusion_matrix"]
+    )
     report = run.report.read_text()
     assert "Decision rule: **Normal only when P(Normal) ≥ 0.500**" in report and "![errors.png](errors.png)" in report
     wrong = int((decided != labels).sum())

@@ -61,7 +61,9 @@ def test_warmup_then_cosine_and_constant_schedules():
         (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
         (["--drop-path", "-0.1"], "--drop-path must be in [0, 1)"),
         (["--max-missed-rate", "-0.01"], "--max-missed-rate is the largest share"),
-        (["--max-missed-rate", "1"], "at least 0 and below 1 (e.g. 0.01 for 1%), got 1"),
+        (["--max-missed-rate", "1"], "above 0 and below 1 (e.g. 0.01 for 1%), got 1"),
+        (["--max-missed-rate", "0"], "above 0 and below 1 (e.g. 0.01 for 1%), got 0"),
+        (["--confidence", "1"], "--confidence must be above 0 and below 1"),
         (["--choose-on", "nowhere/cv"], "nowhere/cv: not a finished cross-validation"),
     ],
 )

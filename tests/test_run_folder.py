@@ -65,7 +65,9 @@ def test_states_follow_the_files_written(tmp_path):
 def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):
     probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.05, 0.05, 0.1, 0.8], [0.2, 0.5, 0.2, 0.1]])
     path = RunFolder(tmp_path).predictions("validation")
-    write_predictions(path, ["COVID/a.png", "Normal/b.png", "Lung_Opacity/c.png"], np.array([0, 2, 1]), probs)
+    write_predictions(
+        path, ["COVID/a.png", "Normal/b.png", "Lung_Opacity/c.png"], np.array([0, 2, 1]), probs, class_names=CLASS_NAMES
+    )
     header, *rows = path.read_text().splitlines()
     assert header.split(",") == ["file_name", "label", "prediction", "decision", *[f"p_{c}" for c in CLASS_NAMES]]
     assert [r.split(",")[2] for r in rows] == ["COVID", "Viral Pneumonia", "Lung_Opacity"]
@@ -75,7 +77,9 @@ def test_predictions_round_trip_with_the_argmax_as_prediction(tmp_path):
     assert back.y.tolist() == [0, 2, 1] and back.pred.tolist() == [0, 3, 1]
     np.testing.assert_allclose(back.probs, probs, atol=1e-6)
     # a decision rule is applied to the probabilities as written: the file reproduces it
-    write_predictions(path, ["a", "b", "c"], np.array([0, 2, 1]), probs, decide=lambda p: np.full(len(p), 2))
+    write_predictions(
+        path, ["a", "b", "c"], np.array([0, 2, 1]), probs, class_names=CLASS_NAMES, decide=lambda p: np.full(len(p), 2)
+    )
     assert [r.split(",")[3] for r in path.read_text().splitlines()[1:]] == ["Normal"] * 3
 
 

@@ -3,7 +3,9 @@
 :class:`ModelBoard` loads every listed model (Hub ids and local folders, in parallel); a model that
 cannot be loaded stays on the board as unavailable with its reason. :meth:`ModelBoard.analyse`
 streams a request's results: first every model's probabilities, then each heat map as it is
-ready. Research use only — not for diagnosis.
+ready. Each model has its own classes (:attr:`CXRClassifier.classes`); the board offers the union of them
+(:attr:`ModelBoard.class_names`), a class a model does not have is never asked of it (its heat map explains its
+predicted class instead), and models are compared by class name only. Research use only — not for diagnosis.
 
 Example:
     >>> board = ModelBoard.load(["runs/lite0/model", "org/missing"])      # doctest: +SKIP
@@ -27,7 +29,6 @@ from PIL import Image
 from cxr.data.decode import read_radiograph
 from cxr.data.preprocessing import to_grayscale
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
 from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import CXRClassifier
@@ -42,6 +43,9 @@ __all__ = [
     "Upload",
     "resolve_model_refs",
     "agreement_line",
+    "cam_class_index",
+    "decision_rule",
+    "site_line",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -122,22 +126,68 @@ class Analysis:
     #: per model: its out-of-distribution guard flagged the image (``None``: a model saved without a guard)
     out_of_distribution: Dict[str, Optional[bool]] = dataclasses.field(default_factory=dict)
     heatmaps: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
+    #: per model: the class its heat map explains (the class asked for, or its predicted class when it has no
+    #: class of that name)
+    explained: Dict[str, str] = dataclasses.field(default_factory=dict)
     model_errors: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def agreement_line(probabilities: Dict[str, Optional[Dict[str, float]]]) -> str:
-    """One sentence saying whether the models agree on the top class."""
-    tops = {ref: max(p, key=p.get) for ref, p in probabilities.items() if p}
+    """One sentence saying whether the models agree on the top class.
+
+    Each model's probabilities are by its own class names. Models of different class sets are compared by the
+    name of their top class only, and the sentence says so (and which of the classes named some model does not
+    have).
+    """
+    shown = {ref: p for ref, p in probabilities.items() if p}
+    tops = {ref: max(p, key=p.get) for ref, p in shown.items()}
     if not tops:
         return ""
-    classes = set(tops.values())
+    classes = list(dict.fromkeys(tops.values()))  # first-seen order: the sentence does not change run to run
     if len(tops) == 1:
-        return f"One model: it predicts **{next(iter(classes))}**."
+        return f"One model: it predicts **{classes[0]}**."
+    mixed = len({frozenset(p) for p in shown.values()}) > 1
+    note = " (the models have different classes: only class names are compared)" if mixed else ""
     if len(classes) == 1:
-        return f"All {len(tops)} models agree: **{next(iter(classes))}**."
+        return f"All {len(tops)} models agree: **{classes[0]}**{note}."
     counts = {c: sum(1 for t in tops.values() if t == c) for c in classes}
     parts = ", ".join(f"{n} say **{c}**" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"The models disagree: {parts}."
+    if mixed:
+        lacking = [c for c in classes if any(c not in p for p in shown.values())]
+        if lacking:
+            verb = "is" if len(lacking) == 1 else "are"
+            note = (
+                f" (the models have different classes: only class names are compared; "
+                f"{' and '.join(lacking)} {verb} not a class of every model)"
+            )
+    return f"The models disagree: {parts}{note}."
+
+
+def cam_class_index(classifier: CXRClassifier, cam_class: Optional[str]) -> Optional[int]:
+    """The output index of class ``cam_class`` in ``classifier``'s classes, or ``None`` (its predicted class)
+    when ``cam_class`` is ``None`` or not one of them."""
+    names = classifier.label_names
+    return names.index(cam_class) if cam_class in names else None
+
+
+def decision_rule(classifier: CXRClassifier) -> str:
+    """A model's decision rule as its column says it: its operating point on its own negative class ("Normal
+    only when P(Normal) ≥ 0.913"), "argmax" for a model without a negative class."""
+    if classifier.classes.negative is None:
+        return "argmax: the model has no negative class, so no screening decision"
+    return classifier.decision_rule
+
+
+def site_line(classifier: CXRClassifier) -> Optional[str]:
+    """For a model whose operating point was set again at another site (:attr:`CXRClassifier.site`), one line
+    saying where and what it guarantees there; ``None`` for any other model."""
+    site = classifier.site
+    if not site:
+        return None
+    where = site.get("site") or "another site"
+    films = "" if site.get("films") is None else f" ({site['films']} films)"
+    guarantee = site.get("guarantee_sentence") or "no finite-sample guarantee recorded."
+    return f"Operating point set for {where}{films}: {guarantee}"
 
 
 class ModelBoard:
@@ -165,6 +215,17 @@ class ModelBoard:
     @property
     def available(self) -> List[ShownModel]:
         return [m for m in self.models if m.available]
+
+    @property
+    def class_names(self) -> List[str]:
+        """Every class of the available models, each once, in the order the models and their outputs first name
+        it (the database's four for models trained on it)."""
+        return list(dict.fromkeys(c for m in self.available for c in m.classifier.label_names))
+
+    @property
+    def same_classes(self) -> bool:
+        """Whether the available models all have the same classes (in any order)."""
+        return len({frozenset(m.classifier.label_names) for m in self.available}) <= 1
 
     @staticmethod
     def shown_image(image: Image.Image) -> Image.Image:
@@ -217,7 +278,8 @@ class ModelBoard:
         Args:
             path: the uploaded file, or an upload decoded before.
             method: Grad-CAM method.
-            cam_class: class to explain, or ``None`` for each model's predicted class.
+            cam_class: class to explain by name, or ``None`` for each model's predicted class; a model without a
+                class of that name explains its predicted class (``Analysis.explained`` says which).
 
         Yields:
             The same :class:`Analysis`, more complete each time. A bad upload yields one analysis
@@ -229,7 +291,6 @@ class ModelBoard:
             yield result
             return
         result.shown = self.shown_image(image)
-        class_index = CLASS_NAMES.index(cam_class) if cam_class in CLASS_NAMES else None
         models = self.available
         with contextlib.ExitStack() as stack:
             sessions = {}
@@ -249,7 +310,10 @@ class ModelBoard:
                 if m.ref in result.model_errors:
                     continue
                 try:
-                    result.heatmaps[m.ref] = overlay_heatmap(result.shown, sessions[m.ref].heatmap(class_index))
+                    index = cam_class_index(m.classifier, cam_class)
+                    probs = result.probabilities[m.ref]
+                    result.explained[m.ref] = cam_class if index is not None else max(probs, key=probs.get)
+                    result.heatmaps[m.ref] = overlay_heatmap(result.shown, sessions[m.ref].heatmap(index))
                 except Exception as e:
                     _logger.exception("Grad-CAM failed for %s", m.ref)
                     result.model_errors[m.ref] = f"heat map failed: {type(e).__name__}: {e}"

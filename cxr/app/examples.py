@@ -2,7 +2,8 @@
 
 Each served model's ``split.json`` (a run folder's, beside a Hub model's ``config.json``, or in the model folder)
 says which films it trained on (its ``train`` part), tuned on (``validation``: the kept epoch, the temperature and
-the guard's threshold come from it) and was tested on (``test``). :func:`choose_examples` picks, per class, the
+the guard's threshold come from it) and was tested on (``test``). :func:`choose_examples` picks, per class folder
+(whatever classes the folder holds: ``Normal/`` and ``Tuberculosis/`` as well as the database's four), the
 first film of the folder held out by every model — in the test part of each model that has a split, or in no part
 of it (a model trained on other data) — that decodes and that no model's out-of-distribution guard flags. Only
 when a class has no such film is one offered that a model saw, and then a start-up line and the page (from
@@ -23,10 +24,9 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from cxr.data.folders import scan_image_folder
+from cxr.data.folders import folder_classes, scan_image_folder
 from cxr.data.splits import load_split
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
 from cxr.run_folder import SPLIT_NAME, RunFolder
 
@@ -243,6 +243,7 @@ def choose_examples(
     splits: Mapping[str, Optional[Split]],
     screen: Optional[Screen] = None,
     per_class: int = 1,
+    classes: Optional[Sequence[str]] = None,
 ) -> ExampleChoice:
     """Choose ``per_class`` films of each class of a Kaggle-layout ``folder`` to offer as examples.
 
@@ -251,10 +252,12 @@ def choose_examples(
     shown (tried up to :data:`MAX_TRIES_PER_CLASS` per class).
 
     Args:
-        folder: a Kaggle-layout folder (``<Class>/images/*`` or ``<Class>/*``).
+        folder: a Kaggle-layout folder (``<Class>/images/*`` or ``<Class>/*``): any class folders, each a class.
         splits: per served model (its ref), its training split (:func:`training_split`) or ``None``.
         screen: see :data:`Screen`; ``None`` accepts every file.
         per_class: films per class.
+        classes: only the folder's classes among these (the served models' classes); ``None``: every class
+            folder.
 
     Returns:
         The examples and the start-up problems; never raises for a bad folder.
@@ -266,10 +269,13 @@ def choose_examples(
         return choice
     try:
         records = scan_image_folder(folder)
+        names = folder_classes(folder)
     except CXRError as e:
         choice.problems.append(f"no examples from {folder}: {e}")
         return choice
-    for label, name in enumerate(CLASS_NAMES):
+    for label, name in enumerate(names):
+        if classes is not None and name not in classes:
+            continue
         candidates = [Example.of(p, f, splits) for p, f, y in records if y == label]
         candidates.sort(key=lambda e: (len(e.seen), len(e.unseen), e.file_name))
         chosen, rejected = _screened(candidates, screen, per_class)

@@ -1,7 +1,9 @@
 """What the page's events and API endpoints compute (:class:`PageHandlers`), from a
 :class:`~cxr.app.board.ModelBoard`: the streamed analysis, ``/classify`` and ``/predict``'s answers, and the
 uploads in use and forgotten. No Gradio component is made here; :mod:`cxr.app.page` lays them out and wires them.
-Research use only — not for diagnosis.
+Each model answers in its own classes; its column's decision line names its own rule, and says so when the class
+chosen to explain is not one of its classes (its heat map then explains its predicted class). Research use only —
+not for diagnosis.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line
+from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line, decision_rule
 from cxr.app.examples import Example, ExampleFilms
 from cxr.app.gradio_internals import blocks_cache_folder, forget_recorded_upload, recorded_uploads, remove_cached_file
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
-from cxr.labels import CLASS_NAMES, DISCLAIMER
+from cxr.labels import DISCLAIMER
 from cxr.models.ood import OOD_MESSAGE
 
 __all__ = ["PageHandlers", "PREDICTED", "NO_MODELS_LINE", "example_entry"]
@@ -37,15 +39,27 @@ NO_MODELS_LINE = (
 )
 
 
-def _decision_line(m, probabilities: Optional[Dict[str, float]]) -> str:
-    """A model's decision for the page: the class its saved rule gives (research use only)."""
+def _decision_line(m, probabilities: Optional[Dict[str, float]], cam_class: Optional[str] = None) -> str:
+    """A model's decision for the page: the class its saved rule gives (research use only) and, when the class
+    to explain is not one of its classes, that its heat map explains its predicted class."""
     if not probabilities or not m.available:
         return ""
-    return f"**Decision: {m.classifier.decision(probabilities)}** ({m.classifier.decision_rule})"
+    line = f"**Decision: {m.classifier.decision(probabilities)}** ({decision_rule(m.classifier)})"
+    note = _cam_note(m, probabilities, cam_class)
+    return f"{line}\n\n{note}" if note else line
+
+
+def _cam_note(m, probabilities: Dict[str, float], cam_class: Optional[str]) -> str:
+    """Why a model's heat map does not explain ``cam_class``: the model has no class of that name."""
+    if cam_class is None or cam_class in probabilities:
+        return ""
+    predicted = max(probabilities, key=probabilities.get)
+    return f"Grad-CAM: this model has no class {cam_class}; its heat map explains its predicted class, {predicted}."
 
 
 def _cam_class(choice: Optional[str]) -> Optional[str]:
-    return choice if choice in CLASS_NAMES else None
+    """The class the "Explain" choice names, or ``None`` for each model's predicted class."""
+    return None if not choice or choice == PREDICTED else str(choice)
 
 
 def _status(a: Analysis, done: bool, example: Optional[Example] = None) -> str:
@@ -152,19 +166,26 @@ class PageHandlers:
                         if kept is not None:
                             self.kept.drop(kept[1])  # the page's earlier upload: it shows this one now
                         kept = (str(image), self.kept.put(a.decoded))
-                yield [*self._outputs(a, shown_array, done=False, example=example), kept]
+                yield [*self._outputs(a, shown_array, False, example, _cam_class(explain)), kept]
         if last is not None:
-            yield [*self._outputs(last, shown_array, done=True, example=example), kept]
+            yield [*self._outputs(last, shown_array, True, example, _cam_class(explain)), kept]
 
     def analyse(self, image, cam_method, explain):
         """``/analyse`` for programs: what the page shows, streamed, without the image the page keeps."""
         for out in self.stream(image, cam_method, explain):
             yield out[:-1]
 
-    def _outputs(self, a: Analysis, shown_array, done: bool, example: Optional[Example] = None) -> List[Any]:
+    def _outputs(
+        self,
+        a: Analysis,
+        shown_array,
+        done: bool,
+        example: Optional[Example] = None,
+        cam_class: Optional[str] = None,
+    ) -> List[Any]:
         probabilities = [a.probabilities.get(m.ref) or None for m in self.shown]
         heatmaps = [a.heatmaps.get(m.ref) for m in self.shown]
-        decisions = [_decision_line(m, a.probabilities.get(m.ref)) for m in self.shown]
+        decisions = [_decision_line(m, a.probabilities.get(m.ref), cam_class) for m in self.shown]
         agreement = agreement_line(a.probabilities)
         return [_status(a, done, example), shown_array, *probabilities, *heatmaps, agreement, *decisions]
 
@@ -178,7 +199,7 @@ class PageHandlers:
                 entry["error"] = final.model_errors[m.ref]
             else:
                 entry["temperature"] = m.classifier.temperature
-                entry["decision_rule"] = m.classifier.decision_rule
+                entry["decision_rule"] = decision_rule(m.classifier)
                 entry["out_of_distribution"] = final.out_of_distribution.get(m.ref)
             probs = final.probabilities.get(m.ref)
             if probs:
@@ -186,6 +207,7 @@ class PageHandlers:
                     probabilities=probs, predicted=max(probs, key=probs.get), decision=m.classifier.decision(probs)
                 )
             if with_heatmaps and m.ref in final.heatmaps:
+                entry["explained"] = final.explained.get(m.ref)
                 entry["heatmap_index"] = len(gallery)
                 gallery.append((final.heatmaps[m.ref], m.ref))
             models[m.ref] = entry

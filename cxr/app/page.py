@@ -3,7 +3,8 @@
 :func:`build_demo` lays out a :class:`~cxr.app.board.ModelBoard`. The page's event streams (all
 probabilities first, heat maps as they are ready); the ``/predict`` API endpoint returns every
 model's probabilities (JSON) and heat maps (a gallery) in one answer for ``gradio_client``.
-Research use only — not for diagnosis.
+Each model shows its own classes; the "Explain" choice offers every class of the models shown (a model without the
+class chosen explains its predicted class, and its column says so). Research use only — not for diagnosis.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import dataclasses
 import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
-from cxr.app.board import ModelBoard
+from cxr.app.board import ModelBoard, decision_rule, site_line
 from cxr.app.examples import Example, ExampleFilms
 from cxr.app.gradio_internals import copy_folder_name, single_file_input
 from cxr.app.handlers import PREDICTED, PageHandlers
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
 from cxr.data.decode import UPLOAD_SUFFIXES
-from cxr.labels import CLASS_NAMES, DISCLAIMER
+from cxr.labels import DISCLAIMER
 from cxr.models.cam import CAM_METHODS
 
 __all__ = [
@@ -52,7 +53,7 @@ SERVER_QUEUE = "cxr-server"
 
 _INTRO = f"""# Chest X-ray classifiers, side by side
 
-**{DISCLAIMER}** Upload a frontal chest X-ray (PNG, JPEG or DICOM): every model below gives its four
+**{DISCLAIMER}** Upload a frontal chest X-ray (PNG, JPEG or DICOM): every model below gives its
 class probabilities and a Grad-CAM heat map of where it looked. These models were trained on a
 database whose classes come from different hospitals and age groups, so they can answer from the
 source of an image rather than from disease."""
@@ -74,12 +75,19 @@ This app shows chest X-ray classifiers trained with `cxr`, side by side. It was 
 """
 
 
-def _model_header(m) -> str:
+def _model_header(m, with_classes: bool = False) -> str:
+    """A model column's heading: its name, input, decision rule and, for a model recalibrated at another site,
+    where and what it guarantees there; its classes when the models shown differ in them."""
     if not m.available:
         return f"### ⚠ {m.ref}\n\nUnavailable: {m.error}"
     name = f"[{m.title}]({m.card_url})" if m.card_url else m.title
-    prep = m.classifier.preprocess
-    return f"### {name}\n\n{prep.image_size}px, norm {prep.norm}. Decision: {m.classifier.decision_rule}"
+    clf = m.classifier
+    prep = clf.preprocess
+    header = f"### {name}\n\n{prep.image_size}px, norm {prep.norm}. Decision: {decision_rule(clf)}"
+    if with_classes:
+        header += f"\n\nClasses: {', '.join(clf.label_names)}"
+    site = site_line(clf)
+    return f"{header}\n\n{site}" if site else header
 
 
 @dataclasses.dataclass
@@ -130,7 +138,7 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
                 if seen:
                     gr.Markdown("\n\n".join(seen), elem_id="example-notes")
             method = gr.Dropdown(CAM_METHODS, value="GradCAM", label="Grad-CAM method")
-            cam_class = gr.Dropdown([PREDICTED, *CLASS_NAMES], value=PREDICTED, label="Explain")
+            cam_class = gr.Dropdown([PREDICTED, *board.class_names], value=PREDICTED, label="Explain")
             run = gr.Button("Analyse", variant="primary", interactive=bool(shown))
         with gr.Column(scale=1):
             image = gr.Image(label="Image as analysed (grey)", type="numpy", interactive=False, height=320)
@@ -139,9 +147,10 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
     with gr.Row(equal_height=False):
         for i, m in enumerate(shown):
             with gr.Column(min_width=220, elem_id=f"model-{i}", elem_classes=["model-column"]):
-                gr.Markdown(_model_header(m))
+                gr.Markdown(_model_header(m, with_classes=not board.same_classes))
                 decisions.append(gr.Markdown("", elem_id=f"decision-{i}", label=f"Decision · {m.ref}"))
-                labels.append(gr.Label(num_top_classes=4, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
+                classes = len(m.classifier.label_names) if m.available else 4
+                labels.append(gr.Label(num_top_classes=classes, label=f"Probabilities · {m.ref}", elem_id=f"label-{i}"))
                 heatmaps.append(
                     gr.Image(
                         label=f"Grad-CAM · {m.ref}", type="numpy", interactive=False, elem_id=f"heatmap-{i}", height=260
@@ -247,8 +256,9 @@ _CLASSIFY_API = (
     "Fast: every model's class probabilities for one chest X-ray (calibrated by the model's saved "
     "temperature, when it has one), no Grad-CAM. "
     "Returns JSON: error (a message for a bad upload, else null), warnings, agreement, "
-    "models (per model: available, probabilities by class, predicted (the most probable class), decision (the "
-    "class its saved operating point gives, e.g. Normal only when P(Normal) ≥ t) and decision_rule, temperature, "
+    "models (per model: available, probabilities by class (the model's own classes), predicted (the most "
+    "probable class), decision (the class its saved operating point gives, e.g. Normal only when P(Normal) ≥ t; "
+    "argmax for a model without a negative class) and decision_rule, temperature, "
     "out_of_distribution "
     "(true when the image does not look like the chest X-rays the model was trained on), error), "
     "example (null, or for one of the app's example films: file_name, true_class, held_out and which models "
@@ -256,6 +266,7 @@ _CLASSIFY_API = (
 )
 _PREDICT_API = (
     "Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "
-    "Returns the JSON of /classify plus shown_size and, per model, heatmap_index into the "
-    "gallery of heat maps (PNG, the size of the image as analysed, captioned by model)."
+    "Returns the JSON of /classify plus shown_size and, per model, explained (the class its heat map explains: "
+    "the class asked for, or its predicted class when the model has no class of that name) and heatmap_index "
+    "into the gallery of heat maps (PNG, the size of the image as analysed, captioned by model)."
 )

@@ -196,4 +196,6 @@ def same_flag_as(options_cls: type, name: str, **changes: Any) -> Any:
     """A field declared as ``options_cls``'s field ``name`` (help, choices, default), for another program's
     options: a flag two programs share is written once. ``changes`` override its metadata (e.g. ``group``)."""
     f = {f.name: f for f in dataclasses.fields(options_cls)}[name]
-    return dataclasses.field(default=f.default, metadata={**f.metadata, "group": None, **changes})
+    return dataclasses.field(
+        default=f.default, default_factory=f.default_factory, metadata={**f.metadata, "group": None, **changes}
+    )

@@ -34,9 +34,9 @@ class EvalOptions:
     skip_bad_images: bool = same_flag_as(TrainConfig, "skip_bad_images")
     label_map: List[str] = option(
         [],
-        help="Map another dataset's class folder or label name onto one of ours, e.g. 'Pneumonia=Viral Pneumonia' "
-        "or 'No finding=Normal' (repeatable). A name that is neither one of COVID, Lung_Opacity, Normal, Viral "
-        "Pneumonia nor mapped is refused.",
+        help="Map the data's class folder or label names onto the model's classes, e.g. 'Pneumonia=Viral "
+        "Pneumonia' or 'No finding=Normal' (repeatable; the same meaning as train_accelerate.py's). A name that is "
+        "neither one of the model's classes nor mapped is refused.",
         action="append",
         metavar="NAME=CLASS",
     )
@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run():
         check_options(opts)
-        labelling = Labelling.parse(opts.label_map, partial=True)
+        Labelling.parse(opts.label_map)  # its syntax; its classes are checked against the model's
         check_writable(Path(opts.output_dir))
         from cxr.training.evaluation import evaluate_folder  # datasets and the scorer load after the checks
 
@@ -76,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             skip_bad_images=opts.skip_bad_images,
             dataset_revision=opts.dataset_revision,
             dataset_config=opts.dataset_config,
-            labelling=labelling,
+            label_map=opts.label_map,
         )
 
     return run_cli(run)

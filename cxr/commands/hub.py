@@ -12,7 +12,6 @@ from typing import List, Optional, Sequence, Tuple
 from cxr.app.examples import choose_examples, screen_with, training_split
 from cxr.commands.common import EPILOG, HelpFormatter, add_option_flags, parse_options, program_name, run_cli
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 from cxr.options import option
 from cxr.run_folder import SPLIT_NAME
 
@@ -127,9 +126,10 @@ def _deploy(opts: SpaceOptions) -> str:
 
 
 def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Path]]:
-    """The films of ``folder`` a Space offers: one per class that every model held out (their published splits)
-    and that the Space will show: it decodes and no model's out-of-distribution guard flags it (the published
-    models are downloaded and asked, as the Space's app will ask them)."""
+    """The films of ``folder`` a Space offers: one per class of the models (every class any of them has) that
+    every model held out (their published splits) and that the Space will show: it decodes and no model's
+    out-of-distribution guard flags it (the published models are downloaded and asked, as the Space's app will
+    ask them). The folder's other class folders are left out."""
     from cxr.app.board import ModelBoard  # the models load only for a Space deployed with examples
 
     if not Path(folder).is_dir():
@@ -145,12 +145,13 @@ def _space_examples(folder: str, model_ids: Sequence[str]) -> List[Tuple[str, Pa
             f"the training films of {', '.join(unknown)} are not known (no {SPLIT_NAME} published beside its "
             "config.json), so no example can be called held out; nothing was uploaded"
         )
-    choice = choose_examples(folder, splits, screen_with(board))
+    classes = board.class_names
+    choice = choose_examples(folder, splits, screen_with(board), classes=classes)
     for line in choice.problems:
         _logger.warning("%s", line)
     chosen = [(e.file_name, e.path) for e in choice.examples if e.held_out]
-    lacking = [c for c in CLASS_NAMES if not any(e.true_class == c and e.held_out for e in choice.examples)]
-    if lacking:  # the Space's app reads examples/ as a Kaggle-layout folder: every class, or no examples at all
+    lacking = [c for c in classes if not any(e.true_class == c and e.held_out for e in choice.examples)]
+    if lacking:  # one film of every class the models have, or no examples at all
         raise CXRError(
             f"{folder} has no {', '.join(lacking)} film that every model held out from training and shows; "
             "nothing was uploaded"

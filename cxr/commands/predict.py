@@ -1,5 +1,6 @@
 """``python -m cxr.predict``: files, folders or globs of films classified by one or more models, one CSV row per
-file and model (:mod:`cxr.models.batch_predict`)."""
+file and model (:mod:`cxr.models.batch_predict`), each model in its own classes (a probability column per class of
+the models; a row leaves blank a class its model does not have)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cxr.commands.common import add_option_flags, check_options, make_parser, pa
 from cxr.data.inputs import find_films
 from cxr.errors import CXRError
 from cxr.labels import DISCLAIMER
-from cxr.models.batch_predict import predict_films, write_rows
+from cxr.models.batch_predict import csv_classes, predict_films, write_rows
 from cxr.models.cam import CAM_METHODS
 from cxr.models.classifier import CXRClassifier
 from cxr.options import option
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "python -m cxr.predict",
         "Classify chest X-rays (PNG, JPEG, DICOM) with one or more cxr models: one CSV row per file and model, "
-        "with the probabilities, the argmax prediction, the decision by the model's saved operating point, the "
+        "with the probabilities (a column per class of the models; blank for a class the row's model does not "
+        "have), the argmax prediction, the decision by the model's saved operating point, the "
         "out-of-distribution flag and, for a file that cannot be read, why. Research use only — not for diagnosis.",
     )
     add_option_flags(p, PredictOptions)
@@ -81,7 +83,7 @@ def _predict(opts: PredictOptions) -> None:
     if found.other_files:
         _logger.info("%d file(s) of other types in the folders left out", found.other_files)
     rows = predict_films(classifiers, found.files, opts.batch_size, opts.num_workers, cam_dir, opts.cam_method)
-    outcome: Dict[str, int] = write_rows(output, rows)
+    outcome: Dict[str, int] = write_rows(output, rows, csv_classes(classifiers))
     print(
         f"{outcome['classified']} of {len(found.files)} file(s) classified by {len(classifiers)} model(s), "
         f"{outcome['unreadable']} could not be read (their rows say why): {output}. {DISCLAIMER}"

@@ -16,6 +16,7 @@ TRAIN_SECTIONS = {
     "model": "model",
     "data": "data and split",
     "recipe": "training recipe (a flag not given takes --preset's value)",
+    "screening": "calibration and the screening decision",
     "run folder": "run folder, resuming and tracking",
     "hardware": "processes, threads and precision",
     "hub": "publishing to the Hugging Face Hub",
@@ -26,8 +27,9 @@ def build_parser(prog: str = "accelerate launch train_accelerate.py") -> argpars
     """The parser of ``train_accelerate.py``, made from :class:`~cxr.training.config.TrainConfig`'s fields."""
     p = make_parser(
         prog,
-        "Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into COVID, "
-        "Lung_Opacity, Normal and Viral Pneumonia, on CPU, one GPU or many (Accelerate).",
+        "Fine-tune an ImageNet-pretrained timm model to classify chest X-rays into the classes of --data (the "
+        "database's COVID, Lung_Opacity, Normal and Viral Pneumonia, or any of your own), on CPU, one GPU or many "
+        "(Accelerate).",
     )
     add_option_flags(p, TrainConfig, sections=TRAIN_SECTIONS)
     return p

@@ -2,7 +2,8 @@
 (``<Class>/images/*.png``, masks ignored, or flat ``<Class>/*.png``), a local folder of a saved or parquet
 dataset, or a Hub dataset id. All of them become a :class:`datasets.Dataset` with columns ``image``
 (:class:`datasets.Image`), ``file_name`` (``<Class>/<basename>``, the key split files use) and ``label``
-(:class:`datasets.ClassLabel` named exactly :data:`cxr.labels.CLASS_NAMES`).
+(:class:`datasets.ClassLabel` of the data's classes, sorted, or the model's when evaluating against one:
+:mod:`cxr.data.labelling`).
 
 A Hub dataset is resolved with ``huggingface_hub`` first (:func:`cxr.data.hub_snapshot.hub_snapshot`: the commit
 sha of ``--dataset-revision``, default ``main``, downloaded without the Kaggle tree's ``masks/``), then its local
@@ -28,9 +29,8 @@ import datasets
 
 from cxr.data.folders import folder_dataset, has_class_folders, read_as_image_folder
 from cxr.data.hub_snapshot import hub_snapshot
-from cxr.data.labelling import ALL_CLASSES, Labelling
+from cxr.data.labelling import FROM_DATA, Labelling
 from cxr.errors import CXRError, first_line
-from cxr.labels import CLASS_NAMES
 from cxr.locations import is_hub_id
 
 __all__ = ["SOURCE_COLUMNS", "DataSource", "check_data_options", "load_data_source", "load_radiographs"]
@@ -46,7 +46,7 @@ SOURCE_COLUMNS = ("source_repo", "source")
 
 
 def _from_datasets(
-    loaded: datasets.DatasetDict, what: str, labelling: Labelling = ALL_CLASSES
+    loaded: datasets.DatasetDict, what: str, labelling: Labelling = FROM_DATA
 ) -> Tuple[datasets.Dataset, Dict[str, List[str]], Optional[Dict[str, str]]]:
     """Turn every split of a ``load_dataset`` result into the common columns and merge them.
 
@@ -83,16 +83,26 @@ def _common_columns(
     names = ds.features[label_col].names
     present = sorted(set(ds[label_col])) if labelling.partial else range(len(names))
     labelling.check([names[i] for i in present], f"{what} has classes {names}")
-    remap = [CLASS_NAMES.index(labelling.class_of(n)) if labelling.class_of(n) else -1 for n in names]
+    classes = labelling.classes_for(names)
+    remap = [classes.index(labelling.class_of(n)) if labelling.class_of(n) else -1 for n in names]
     source_col = next((c for c in SOURCE_COLUMNS if c in ds.column_names), None)
     split_sources = list(ds[source_col]) if source_col else None
     ds = ds.cast_column(image_col, datasets.Image(decode=False))
 
-    def _rows(batch, indices, _split=split_name, _img=image_col, _lab=label_col, _remap=remap, _fp=ds._fingerprint):
+    def _rows(
+        batch,
+        indices,
+        _split=split_name,
+        _img=image_col,
+        _lab=label_col,
+        _remap=remap,
+        _classes=classes,
+        _fp=ds._fingerprint,
+    ):
         out_names = []
         for img, idx, lab in zip(batch[_img], indices, batch[_lab]):
             base = os.path.basename(img.get("path") or "") or f"{_split}-{idx:07d}.png"
-            out_names.append(f"{CLASS_NAMES[_remap[lab]]}/{base}")
+            out_names.append(f"{_classes[_remap[lab]]}/{base}")
         return {
             "image": batch[_img],
             "file_name": out_names,
@@ -109,7 +119,7 @@ def _common_columns(
             {
                 "image": datasets.Image(decode=False),
                 "file_name": datasets.Value("string"),
-                "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+                "label": datasets.ClassLabel(names=list(classes)),
                 "file_stat": datasets.Value("string"),
             }
         ),
@@ -183,17 +193,17 @@ def check_data_options(data: str, revision: Optional[str] = None, config: Option
 
 
 def load_data_source(
-    data: str, revision: Optional[str] = None, config: Optional[str] = None, labelling: Labelling = ALL_CLASSES
+    data: str, revision: Optional[str] = None, config: Optional[str] = None, labelling: Labelling = FROM_DATA
 ) -> DataSource:
     """Load ``--data`` with its own splits and a record of what was loaded.
 
     Args:
         data: a Kaggle-layout folder, a folder ``datasets.load_dataset`` reads (parquet, ...), or a Hub
-            dataset id (a repository of parquet/image files with an Image column and a ClassLabel of the four
-            class names, or the Kaggle folder tree).
+            dataset id (a repository of parquet/image files with an Image column and a ClassLabel column, or a
+            tree of class folders).
         revision: branch, tag or commit of a Hub dataset (default ``main``).
         config: the dataset's configuration (subset) name.
-        labelling: which classes must be present and how the data's names map onto ours (default: all four).
+        labelling: which classes may be present and how the data's names map onto them (default: the data's own).
 
     Raises:
         CXRError: for every layout problem, bad option, missing repository or revision, naming it.
@@ -235,8 +245,7 @@ def load_radiographs(data: str, revision: Optional[str] = None, config: Optional
 
     Args:
         data: a Kaggle-layout folder, a folder ``datasets.load_dataset`` reads (parquet, ...),
-            or a Hub dataset id with an Image column and a ClassLabel of the four class names, or
-            holding the Kaggle folder tree.
+            or a Hub dataset id with an Image column and a ClassLabel column, or holding class folders.
         revision: branch, tag or commit of a Hub dataset.
         config: the dataset's configuration name.
 

@@ -11,16 +11,17 @@ from typing import Dict, List, Optional, Tuple
 
 import datasets
 
-from cxr.data.labelling import ALL_CLASSES, Labelling
+from cxr.data.image_limits import UPLOAD_SUFFIXES
+from cxr.data.labelling import FROM_DATA, Labelling
 from cxr.data.sources import read_sources
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 
 __all__ = [
     "find_dataset_root",
     "source_folders",
     "scan_image_folder",
     "folder_dataset",
+    "folder_classes",
     "has_class_folders",
     "read_as_image_folder",
     "MAX_LISTED",
@@ -40,24 +41,39 @@ def _class_folders(root: Path) -> Dict[str, Path]:
     return {p.name: p for p in root.iterdir() if p.is_dir() and _visible(p) and p.name not in _IGNORED_SUBDIRS}
 
 
-def find_dataset_root(root: Path, labelling: Labelling = ALL_CLASSES) -> Path:
+def _holds_films(folder: Path) -> bool:
+    """Whether ``folder`` is a class folder: an ``images/`` sub-folder, or image files of its own."""
+    if (folder / "images").is_dir():
+        return True
+    return any(p.is_file() and _visible(p) and p.suffix.lower() in UPLOAD_SUFFIXES for p in folder.iterdir())
+
+
+def _holds_classes(folder: Path, labelling: Labelling) -> bool:
+    subs = _class_folders(folder)
+    if labelling.classes is not None:
+        return any(labelling.class_of(n) for n in subs)
+    return any(_holds_films(p) for p in subs.values())
+
+
+def find_dataset_root(root: Path, labelling: Labelling = FROM_DATA) -> Path:
     """Return the folder that holds the class folders.
 
     Accepts the folder itself or a wrapper with exactly one sub-folder holding them (a Kaggle
-    archive unpacks to ``archive/COVID-19_Radiography_Dataset/<Class>``).
+    archive unpacks to ``archive/COVID-19_Radiography_Dataset/<Class>``). With the data's own classes, a class
+    folder is one holding image files or an ``images/`` folder; with a model's, one named (or mapped) as its class.
     """
-    names = set(_class_folders(root))
-    if any(labelling.class_of(n) for n in names):
+    if _holds_classes(root, labelling):
         return root
+    names = set(_class_folders(root))
     if len(names) == 1:
         inner = root / names.pop()
-        if any(labelling.class_of(n) for n in _class_folders(inner)):
+        if _holds_classes(inner, labelling):
             _logger.info("using class folders in %s", inner)
             return inner
     return root
 
 
-def source_folders(root: Path, labelling: Labelling = ALL_CLASSES) -> Optional[Dict[str, Path]]:
+def source_folders(root: Path, labelling: Labelling = FROM_DATA) -> Optional[Dict[str, Path]]:
     """``{source: folder}`` when ``root`` holds one sub-folder per source, each with class folders (an
     external set gathered from several hospitals), else ``None``."""
     root = Path(root)
@@ -70,18 +86,18 @@ def source_folders(root: Path, labelling: Labelling = ALL_CLASSES) -> Optional[D
     return found if len(found) == len(subs) and len(found) > 1 else None
 
 
-def scan_image_folder(root: os.PathLike, labelling: Labelling = ALL_CLASSES) -> List[Tuple[Path, str, int]]:
+def scan_image_folder(root: os.PathLike, labelling: Labelling = FROM_DATA) -> List[Tuple[Path, str, int]]:
     """List the candidate image files of a Kaggle-layout folder, checking the layout.
 
     Args:
         root: folder with one sub-folder per class; each holds its images directly or in
             ``images/`` (``masks/`` is ignored).
-        labelling: which classes must be there and how other folder names map onto ours (default: all four,
-            our names).
+        labelling: which classes may be there and how folder names map onto them (default: the folders' own
+            names, each a class).
 
     Returns:
         ``(path, file_name, label_index)`` tuples, sorted by file name, where ``file_name`` is
-        ``<Class>/<basename>`` (our class name).
+        ``<Class>/<basename>`` (the class name) and the index is into :func:`folder_classes`.
 
     Raises:
         CXRError: the folder is missing, a class folder is missing or unknown, or a class has
@@ -96,6 +112,7 @@ def scan_image_folder(root: os.PathLike, labelling: Labelling = ALL_CLASSES) -> 
         ours = labelling.check(sorted(class_dirs), f"{root} is not in the expected layout", noun="class folder")
     except CXRError as e:
         raise CXRError(f"{e} (Each class folder holds its images directly or in an images/ sub-folder.)") from None
+    classes = labelling.classes_for(sorted(class_dirs))
     records: List[Tuple[Path, str, int]] = []
     empty = []
     for name, our in zip(sorted(class_dirs), ours):
@@ -105,7 +122,7 @@ def scan_image_folder(root: os.PathLike, labelling: Labelling = ALL_CLASSES) -> 
         files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
         if not files:
             empty.append(f"{name} ({folder})")
-        records.extend((p, f"{our}/{p.name}", CLASS_NAMES.index(our)) for p in files)
+        records.extend((p, f"{our}/{p.name}", classes.index(our)) for p in files)
     if empty:
         raise CXRError(f"class folder(s) with no images: {', '.join(empty)}")
     seen: Dict[str, Path] = {}
@@ -144,13 +161,20 @@ def _scan_with_sources(
     return sorted(records, key=lambda r: r[1]), sources
 
 
-def folder_dataset(root: Path, labelling: Labelling = ALL_CLASSES) -> Tuple[datasets.Dataset, Optional[Dict[str, str]]]:
+def folder_classes(root: os.PathLike, labelling: Labelling = FROM_DATA) -> Tuple[str, ...]:
+    """The classes of a Kaggle-layout folder, in label-index order: the model's, or the class folders' (mapped)."""
+    if labelling.classes is not None:
+        return labelling.classes
+    return labelling.classes_for(sorted(_class_folders(find_dataset_root(Path(root), labelling))))
+
+
+def folder_dataset(root: Path, labelling: Labelling = FROM_DATA) -> Tuple[datasets.Dataset, Optional[Dict[str, str]]]:
     records, sources = _scan_with_sources(root, labelling)
     features = datasets.Features(
         {
             "image": datasets.Image(),
             "file_name": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+            "label": datasets.ClassLabel(names=list(folder_classes(root, labelling))),
             "file_stat": datasets.Value("string"),
         }
     )
@@ -170,12 +194,11 @@ def folder_dataset(root: Path, labelling: Labelling = ALL_CLASSES) -> Tuple[data
     return ds, sources
 
 
-def has_class_folders(path: Path, labelling: Labelling = ALL_CLASSES) -> bool:
-    root = find_dataset_root(path, labelling)
-    return any(labelling.class_of(n) for n in _class_folders(root)) or source_folders(path, labelling) is not None
+def has_class_folders(path: Path, labelling: Labelling = FROM_DATA) -> bool:
+    return _holds_classes(find_dataset_root(path, labelling), labelling) or source_folders(path, labelling) is not None
 
 
-def read_as_image_folder(path: Path, labelling: Labelling = ALL_CLASSES) -> bool:
+def read_as_image_folder(path: Path, labelling: Labelling = FROM_DATA) -> bool:
     """Whether a local ``--data`` folder is read by the class-folder loader (else ``datasets.load_dataset``)."""
     return has_class_folders(path, labelling) or (
         not any(path.glob("**/*.parquet")) and not (path / "dataset_info.json").exists()

@@ -17,7 +17,6 @@ import numpy as np
 from cxr.data.folders import MAX_LISTED
 from cxr.data.preprocessing import PREPROCESS_VERSION, PreprocessConfig
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 
 __all__ = ["default_cache_dir", "PixelCacheResult", "cache_pixels"]
 
@@ -135,8 +134,9 @@ def _drop_unreadable(mapped: datasets.Dataset, skip: bool) -> Tuple[datasets.Dat
         _logger.warning("skipping %d unreadable image(s): %s", len(bad), ", ".join(n for n, _ in bad[:MAX_LISTED]))
         bad_set = set(bad_idx)
         mapped = mapped.select([i for i in range(len(mapped)) if i not in bad_set])
-        counts = np.bincount(np.asarray(mapped["label"], dtype=np.int64), minlength=len(CLASS_NAMES))
-        empty = [CLASS_NAMES[i] for i, c in enumerate(counts) if c == 0]
+        names = mapped.features["label"].names
+        counts = np.bincount(np.asarray(mapped["label"], dtype=np.int64), minlength=len(names))
+        empty = [names[i] for i, c in enumerate(counts) if c == 0]
         if empty:
             raise CXRError(f"after skipping unreadable images, class(es) with no images: {', '.join(empty)}")
     return mapped, bad

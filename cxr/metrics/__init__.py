@@ -5,7 +5,8 @@ loaded by path instead, so metrics work offline and are versioned with the code.
 
 Example:
     >>> import numpy as np
-    >>> m = compute_metrics([0, 2], np.array([[.7, .1, .1, .1], [.1, .1, .1, .7]]))
+    >>> from cxr.labels import DATABASE
+    >>> m = compute_metrics([0, 2], np.array([[.7, .1, .1, .1], [.1, .1, .1, .7]]), DATABASE)
     >>> m["accuracy"], m["to_normal"]["COVID"]
     (0.5, 0)
 """
@@ -18,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.labels import Classes
 
 __all__ = ["METRIC_MODULE", "load_metric", "compute_metrics", "critical_to_normal", "selection_key"]
 
@@ -37,7 +38,7 @@ def load_metric():
 def compute_metrics(
     references: Sequence[int],
     probabilities: np.ndarray,
-    label_names: Sequence[str] = CLASS_NAMES,
+    classes: Classes,
     predictions: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Every figure the reports need, from true labels and predicted probabilities.
@@ -46,32 +47,33 @@ def compute_metrics(
         references: true class index per image.
         probabilities: ``N x K`` class probabilities; the prediction is their argmax unless ``predictions``
             is given.
-        label_names: class names in index order.
+        classes: the model's classes (names in index order, the negative and critical ones).
         predictions: the predicted class index per image, when a decision rule other than argmax made them
             (:mod:`cxr.metrics.operating_point`); the AUROC still comes from ``probabilities``.
 
     Returns:
         ``accuracy``, ``per_class``, ``confusion_matrix``, ``to_normal``, ``auroc``,
-        ``auroc_per_class``, ``num_images`` and ``critical_to_normal`` (COVID + Viral Pneumonia
-        predicted as Normal, the study's primary aim).
+        ``auroc_per_class``, ``num_images`` and ``critical_to_normal`` (critical films predicted as the negative
+        class, the study's primary aim; ``to_normal`` counts each class's films predicted negative).
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     result = load_metric().compute(
         predictions=(probs.argmax(axis=1) if predictions is None else np.asarray(predictions)).tolist(),
         references=[int(r) for r in references],
         prediction_scores=probs.tolist(),
-        label_names=list(label_names),
-        normal_label=NORMAL,
+        label_names=list(classes.names),
+        normal_label=classes.negative,
     )
-    result["critical_to_normal"] = critical_to_normal(result)
+    result["critical_to_normal"] = critical_to_normal(result, classes)
     return result
 
 
-def critical_to_normal(metrics: Dict[str, Any]) -> int:
-    """COVID + Viral Pneumonia images predicted as Normal."""
-    return int(sum(metrics["to_normal"].get(c, 0) for c in CRITICAL_CLASSES))
+def critical_to_normal(metrics: Dict[str, Any], classes: Classes) -> int:
+    """Critical images predicted as the negative class (COVID + Viral Pneumonia called Normal)."""
+    return int(sum((metrics.get("to_normal") or {}).get(c, 0) for c in classes.critical))
 
 
 def selection_key(metrics: Dict[str, Any]) -> Tuple[float, int]:
-    """Order for choosing the best epoch: higher accuracy, then fewer critical images called Normal."""
-    return (metrics["accuracy"], -critical_to_normal(metrics))
+    """Order for choosing the best epoch: higher accuracy, then fewer critical images called negative (the
+    ``critical_to_normal`` :func:`compute_metrics` counted with the run's classes)."""
+    return (metrics["accuracy"], -int(metrics["critical_to_normal"]))

@@ -7,8 +7,9 @@ Normal â€” for the argmax and for a decision rule alike (pass its predictions) â
 films' sources are known. Classes a set does not hold get no figure, never a zero.
 
 Example:
+    >>> from cxr.labels import DATABASE
     >>> y = np.array([2, 2, 2, 0]); pred = np.array([2, 0, 2, 2])
-    >>> m = present_metrics(y, pred, n_resamples=10)
+    >>> m = present_metrics(y, pred, DATABASE, n_resamples=10)
     >>> m["classes"], m["accuracy"]["value"], m["per_class"]["COVID"]["called"]["Normal"]
     (['COVID', 'Normal'], 0.5, 1)
 """
@@ -19,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.labels import Classes
 from cxr.metrics.stats import accuracy_of, recall_of, stratified_bootstrap_intervals
 
 __all__ = ["present_metrics", "present_metrics_by_source"]
@@ -29,19 +30,22 @@ def _interval(value: float, low: float, high: float) -> Dict[str, float]:
     return {"value": value, "low": low, "high": high}
 
 
-def present_metrics(y: Sequence[int], pred: Sequence[int], n_resamples: int = 1000, seed: int = 0) -> Dict[str, Any]:
+def present_metrics(
+    y: Sequence[int], pred: Sequence[int], classes: Classes, n_resamples: int = 1000, seed: int = 0
+) -> Dict[str, Any]:
     """The figures of the module docstring for true classes ``y`` and predicted classes ``pred``.
 
     Returns:
         ``classes`` (present, in our order), ``images``, ``accuracy`` (``value``/``low``/``high``), ``per_class``
         (per present class: ``images``, ``recall`` with its interval, ``called``: ``{class: count}``),
-        ``to_normal`` (per present class other than Normal) and ``critical_to_normal`` (COVID + Viral Pneumonia
-        called Normal), and ``bootstrap_resamples``.
+        ``to_normal`` (per present class other than the negative: its films called negative) and
+        ``critical_to_normal`` (critical films called negative), and ``bootstrap_resamples``.
     """
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     if len(y) == 0:
         raise ValueError("no films to measure")
-    present = [k for k in range(len(CLASS_NAMES)) if (y == k).any()]
+    names = classes.names
+    present = [k for k in range(len(names)) if (y == k).any()]
 
     def stats(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
         out = {"accuracy": accuracy_of(a, b)}
@@ -49,23 +53,25 @@ def present_metrics(y: Sequence[int], pred: Sequence[int], n_resamples: int = 10
         return out
 
     ci = stratified_bootstrap_intervals(y, pred, stats, n_resamples=n_resamples, seed=seed)
-    normal = CLASS_NAMES.index(NORMAL)
+    normal = classes.negative_index
     per_class = {}
     for k in present:
         mask = y == k
-        per_class[CLASS_NAMES[k]] = {
+        per_class[names[k]] = {
             "images": int(mask.sum()),
             "recall": _interval(*ci[f"recall/{k}"]),
-            "called": {c: int((pred[mask] == j).sum()) for j, c in enumerate(CLASS_NAMES)},
+            "called": {c: int((pred[mask] == j).sum()) for j, c in enumerate(names)},
         }
-    to_normal = {CLASS_NAMES[k]: int((pred[y == k] == normal).sum()) for k in present if k != normal}
+    to_normal = (
+        {} if normal is None else {names[k]: int((pred[y == k] == normal).sum()) for k in present if k != normal}
+    )
     return {
-        "classes": [CLASS_NAMES[k] for k in present],
+        "classes": [names[k] for k in present],
         "images": int(len(y)),
         "accuracy": _interval(*ci["accuracy"]),
         "per_class": per_class,
         "to_normal": to_normal,
-        "critical_to_normal": int(sum(v for c, v in to_normal.items() if c in CRITICAL_CLASSES)),
+        "critical_to_normal": int(sum(v for c, v in to_normal.items() if c in classes.critical)),
         "bootstrap_resamples": n_resamples,
     }
 
@@ -74,6 +80,7 @@ def present_metrics_by_source(
     y: Sequence[int],
     pred: Sequence[int],
     sources: Sequence[Optional[str]],
+    classes: Classes,
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> Dict[str, Dict[str, Any]]:
@@ -81,5 +88,6 @@ def present_metrics_by_source(
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     names = np.array([s or "unknown" for s in sources], dtype=object)
     return {
-        str(s): present_metrics(y[names == s], pred[names == s], n_resamples, seed) for s in sorted(set(names.tolist()))
+        str(s): present_metrics(y[names == s], pred[names == s], classes, n_resamples, seed)
+        for s in sorted(set(names.tolist()))
     }

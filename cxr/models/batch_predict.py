@@ -6,6 +6,13 @@ run on batches. Every file gets one row per model — the calibrated probabiliti
 ``decision`` by the model's saved operating point, whether its out-of-distribution guard flagged the film, and
 for a file that cannot be read the reason, the other files going on. Optionally one Grad-CAM image per file and
 model (the decided class explained). Research use only — not for diagnosis.
+
+Each model answers in its own classes (:attr:`CXRClassifier.label_names`). The CSV has one ``p_<class>`` column per
+class of the models (:func:`csv_classes`): when they all share one class set, its classes in the first model's
+output order (four-class models write ``p_COVID,p_Lung_Opacity,p_Normal,p_Viral Pneumonia`` as they always did);
+otherwise every class any model has, each once, in first-seen order (models in ``--model`` order, each in its
+output order), and a row leaves blank the probability of a class its model does not have. ``prediction`` and
+``decision`` name one of the row's own model's classes.
 """
 
 from __future__ import annotations
@@ -25,32 +32,41 @@ from tqdm.auto import tqdm
 
 from cxr.data.decode import read_radiograph
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
 from cxr.models.cam import CamSession, overlay_heatmap
 from cxr.models.classifier import CXRClassifier
 
-__all__ = ["PredictionRow", "predict_films", "write_rows", "COLUMNS", "CAM_SIDE"]
+__all__ = ["PredictionRow", "predict_films", "write_rows", "csv_classes", "csv_columns", "CAM_SIDE"]
 
 _logger = logging.getLogger(__name__)
 
-#: ``predictions.csv``'s columns, in order.
-COLUMNS = [
-    "file",
-    "model",
-    "prediction",
-    "decision",
-    *[f"p_{c}" for c in CLASS_NAMES],
-    "out_of_distribution",
-    "warnings",
-    "error",
-]
 #: Longest side of a written Grad-CAM image.
 CAM_SIDE = 512
 
 
+def csv_classes(classifiers: Sequence[CXRClassifier]) -> List[str]:
+    """The classes the CSV has a probability column for: every class of ``classifiers``, each once, in first-seen
+    order (one shared class set: its first model's output order)."""
+    return list(dict.fromkeys(c for clf in classifiers for c in clf.label_names))
+
+
+def csv_columns(class_names: Sequence[str]) -> List[str]:
+    """The CSV's columns, in order, for probability columns of ``class_names`` (:func:`csv_classes`)."""
+    return [
+        "file",
+        "model",
+        "prediction",
+        "decision",
+        *[f"p_{c}" for c in class_names],
+        "out_of_distribution",
+        "warnings",
+        "error",
+    ]
+
+
 @dataclasses.dataclass
 class PredictionRow:
-    """One file and one model: probabilities by class (empty when the file could not be read)."""
+    """One file and one model: probabilities by the model's class names (empty when the file could not be
+    read)."""
 
     file: str
     model: str
@@ -61,8 +77,9 @@ class PredictionRow:
     warnings: str = ""
     error: str = ""
 
-    def as_csv(self) -> List[str]:
-        probs = [f"{self.probabilities[c]:.6f}" if self.probabilities else "" for c in CLASS_NAMES]
+    def as_csv(self, class_names: Sequence[str]) -> List[str]:
+        """The row under :func:`csv_columns` of ``class_names``: blank for a class its model does not have."""
+        probs = [f"{self.probabilities[c]:.6f}" if c in self.probabilities else "" for c in class_names]
         ood = "" if self.out_of_distribution is None else str(self.out_of_distribution).lower()
         return [self.file, self.model, self.prediction, self.decision, *probs, ood, self.warnings, self.error]
 
@@ -164,7 +181,7 @@ def predict_films(
                     if not ok[j]:
                         yield PredictionRow(str(file), labels[k], {}, error=batch["error"][j])
                         continue
-                    row, decided = _row(file, labels[k], results[k], position, batch["warnings"][j])
+                    row, decided = _row(file, labels[k], clf.label_names, results[k], position, batch["warnings"][j])
                     if cam_dir is not None:
                         slug = re.sub(r"[^\w.-]+", "_", labels[k]).strip("_")
                         x, shown = batch[f"x{k}"][j : j + 1], batch["shown"][j]
@@ -182,30 +199,32 @@ def _batch_results(clf: CXRClassifier, x: torch.Tensor, ok: np.ndarray):
     return probs, flags, clf.decide(probs)
 
 
-def _row(file: Path, label: str, results, position: int, warnings) -> Tuple[PredictionRow, int]:
-    """The row of the film at ``position`` among a batch's readable films, and the class index decided."""
+def _row(file: Path, label: str, names: Sequence[str], results, position: int, warnings) -> Tuple[PredictionRow, int]:
+    """The row of the film at ``position`` among a batch's readable films (by the model's class ``names``), and
+    the class index decided."""
     probs, flags, decided = results
     p = probs[position]
     row = PredictionRow(
         str(file),
         label,
-        dict(zip(CLASS_NAMES, map(float, p))),
-        prediction=CLASS_NAMES[int(p.argmax())],
-        decision=CLASS_NAMES[int(decided[position])],
+        dict(zip(names, map(float, p))),
+        prediction=names[int(p.argmax())],
+        decision=names[int(decided[position])],
         out_of_distribution=None if flags is None else bool(flags[position]),
         warnings=warnings,
     )
     return row, int(decided[position])
 
 
-def write_rows(path: Path, rows: Iterator[PredictionRow]) -> Dict[str, int]:
-    """Write ``rows`` to ``path`` as they come (:data:`COLUMNS`); returns how many files were classified and
-    how many could not be read (counted once per file)."""
+def write_rows(path: Path, rows: Iterator[PredictionRow], class_names: Sequence[str]) -> Dict[str, int]:
+    """Write ``rows`` to ``path`` as they come, under :func:`csv_columns` of ``class_names`` (the models'
+    :func:`csv_classes`); returns how many files were classified and how many could not be read (counted once
+    per file)."""
     classified, unreadable = set(), set()
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(COLUMNS)
+        out.writerow(csv_columns(class_names))
         for row in rows:
-            out.writerow(row.as_csv())
+            out.writerow(row.as_csv(class_names))
             (unreadable if row.error else classified).add(row.file)
     return {"classified": len(classified), "unreadable": len(unreadable)}

@@ -35,7 +35,7 @@ from torch import nn
 
 from cxr.data.preprocessing import PreprocessConfig
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
+from cxr.labels import Classes
 from cxr.locations import is_hub_id
 from cxr.run_folder import FORMAT_VERSION, MODEL_CONFIG_NAME, MODEL_WEIGHTS_NAME, check_format
 
@@ -93,6 +93,7 @@ def save_model_dir(
     directory: Union[str, os.PathLike],
     preprocess: PreprocessConfig,
     info: Dict[str, Any],
+    screening: Optional[Classes] = None,
 ) -> Path:
     """Write ``model`` in timm's Hub layout, atomically replacing ``directory``.
 
@@ -102,6 +103,8 @@ def save_model_dir(
         preprocess: its preprocessing; stored under ``config["cxr"]["preprocessing"]`` and as
             timm's ``pretrained_cfg`` mean/std/input size.
         info: JSON-ready facts stored under ``config["cxr"]`` (model name, pretrained source, ...).
+        screening: the classes' negative and critical classes (``cxr.screening``; their names must be
+            ``preprocess.label_names``).
 
     Returns:
         The folder.
@@ -120,6 +123,7 @@ def save_model_dir(
             "label_names": list(preprocess.label_names),
             "cxr": {
                 "format_version": FORMAT_VERSION,
+                **({"screening": screening.to_config()} if screening is not None else {}),
                 "preprocessing": preprocess.to_dict(),
                 "portability": preprocess.portability(),
                 **info,
@@ -251,13 +255,20 @@ def load_model(
         ``(model in eval mode, its PreprocessConfig, the full config.json)``.
 
     Raises:
-        CXRError: not a cxr checkpoint, no safetensors, or label names other than the four classes.
+        CXRError: not a cxr checkpoint, no safetensors, or class names that are missing, disagree with the
+            preprocessing's, or a screening question they cannot answer.
     """
     cfg, timm_name = read_model_config(ref, revision)
     prep = PreprocessConfig.from_dict(cfg["cxr"]["preprocessing"])
     labels = tuple(cfg.get("label_names") or ())
-    if labels != CLASS_NAMES or prep.label_names != CLASS_NAMES:
-        raise CXRError(f"{ref} predicts classes {list(labels)}; cxr models predict {list(CLASS_NAMES)}")
+    if labels != prep.label_names:
+        raise CXRError(
+            f"{ref} is damaged: its label_names {list(labels)} differ from its preprocessing's {list(prep.label_names)}"
+        )
+    try:
+        Classes.from_model_config(cfg)
+    except CXRError as e:
+        raise CXRError(f"{ref}: {e}") from None
     model = timm.create_model(timm_name, pretrained=True)
     model.eval()
     return model, prep, cfg

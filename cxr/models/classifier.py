@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from cxr.data.preprocessing import ImageLike, PreprocessConfig
-from cxr.metrics.operating_point import ARGMAX_RULE, OperatingPoint, decide
+from cxr.labels import Classes
+from cxr.metrics.operating_point import OperatingPoint, argmax_rule, decide
 from cxr.models.checkpoint import load_model
 from cxr.models.ood import OOD_MESSAGE, OODGuard, OutOfDistributionWarning, capture_features
 
-__all__ = ["CXRClassifier", "temperature_softmax", "ARGMAX_RULE"]
+__all__ = ["CXRClassifier", "temperature_softmax"]
 
 
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -94,6 +95,17 @@ class CXRClassifier:
         return list(self.preprocess.label_names)
 
     @property
+    def classes(self) -> Classes:
+        """The model's classes and the screening question asked of them (``label_names`` and ``cxr.screening``)."""
+        return Classes.from_model_config(self.config)
+
+    @property
+    def site(self) -> Optional[Dict[str, Any]]:
+        """Where the operating point was set again for another site (``cxr.recalibration``, written by
+        ``cxr.calibrate``), else ``None``."""
+        return self.config.get("cxr", {}).get("recalibration")
+
+    @property
     def name(self) -> str:
         """The architecture's ``--model`` name."""
         return str(self.config.get("cxr", {}).get("model") or self.config.get("architecture"))
@@ -109,21 +121,22 @@ class CXRClassifier:
 
     @property
     def operating_point(self) -> Optional[OperatingPoint]:
-        """The decision rule saved with the model (``config.json``'s ``cxr.operating_point``: Normal only when the
-        calibrated P(Normal) reaches a threshold chosen for the study's aim), or ``None`` when it has none (argmax)."""
-        return OperatingPoint.from_config(self.config.get("cxr", {}).get("operating_point"))
+        """The decision rule saved with the model (``config.json``'s ``cxr.operating_point``: the negative class only
+        when its calibrated probability reaches a threshold chosen for the screening aim), or ``None`` when it has
+        none (argmax)."""
+        return OperatingPoint.from_config(self.config.get("cxr", {}).get("operating_point"), self.classes)
 
     @property
     def decision_rule(self) -> str:
-        """The decision rule in words ("Normal only when P(Normal) ≥ 0.913"), or :data:`ARGMAX_RULE`."""
+        """The decision rule in words ("Normal only when P(Normal) ≥ 0.913"), or the argmax rule."""
         op = self.operating_point
-        return ARGMAX_RULE if op is None else op.rule
+        return argmax_rule(self.classes) if op is None else op.rule
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        """Class indices by the saved decision rule from calibrated probabilities (``n x 4``); argmax for a model
-        saved without an operating point."""
+        """Class indices by the saved decision rule from calibrated probabilities (``n x classes``); argmax for a
+        model saved without an operating point."""
         op = self.operating_point
-        return decide(probabilities, None if op is None else op.normal_threshold)
+        return decide(probabilities, None if op is None else op.normal_threshold, self.classes)
 
     def decision(self, probabilities: Dict[str, float]) -> str:
         """The class the saved decision rule gives for one image's probabilities by name (:meth:`predict`)."""
@@ -144,7 +157,7 @@ class CXRClassifier:
 
     @torch.inference_mode()
     def predict_and_check(self, images: Sequence[ImageLike]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Calibrated class probabilities (``len(images) x 4``, in :attr:`label_names` order) and, from the same
+        """Calibrated class probabilities (``len(images) x classes``, in :attr:`label_names` order) and, from the same
         forward, which images the out-of-distribution guard flags as unlike the training X-rays (``None`` for a
         model saved without a guard)."""
         return self.predict_inputs(self.inputs(images))
@@ -161,7 +174,7 @@ class CXRClassifier:
         return probs, self.ood.flags(captured.take().cpu())
 
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """Calibrated class probabilities, ``len(images) x 4``, in :attr:`label_names` order."""
+        """Calibrated class probabilities, ``len(images) x classes``, in :attr:`label_names` order."""
         return self.predict_and_check(images)[0]
 
     def predict(self, image: ImageLike) -> Dict[str, float]:

@@ -221,9 +221,9 @@ def _space_readme(
 
 # Chest X-ray classifiers, side by side
 
-**{DISCLAIMER}** Upload a frontal chest X-ray: each model below gives its four class probabilities
-(`COVID`, `Lung_Opacity`, `Normal`, `Viral Pneumonia`) and a Grad-CAM heat map. The models were trained
-on a database whose classes come from different hospitals and age groups, so they can answer from the
+**{DISCLAIMER}** Upload a frontal chest X-ray: each model below gives the probabilities of its own
+classes (those it was trained on; its model card lists them) and a Grad-CAM heat map. The models were trained
+on databases whose classes can come from different hospitals and age groups, so they can answer from the
 source of an image rather than from disease; each model card says how it was trained and scored.
 
 | model | architecture |

@@ -2,7 +2,10 @@
 
 :func:`render_model_card` fills ``model_cards/cxr_model_card.md`` (a Jinja template) through
 ``huggingface_hub.ModelCard.from_template``. The YAML metadata carries a ``model-index`` with the
-test accuracy and every class's recall, readable by ``huggingface_hub``'s model-index parser.
+test accuracy and every class's recall, readable by ``huggingface_hub``'s model-index parser. The card names the
+model's own classes (``label_names`` and ``cxr.screening`` of its ``config.json``: :class:`~cxr.labels.Classes`), its
+decision rule and what that guarantees, and, for a model recalibrated at another site (``cxr.recalibration``), what
+was set there.
 
 Example:
     >>> card = render_model_card("runs/lite0", "my-org/cxr-lite0")        # doctest: +SKIP
@@ -21,11 +24,12 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from cxr.data.splits import SPLITS
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES, NORMAL
+from cxr.labels import Classes
+from cxr.metrics.operating_point import OperatingPoint, argmax_rule
 from cxr.reporting.run_facts import kept_description, recipe_summary, shift_description
 from cxr.reporting.run_report import table1_lines
 from cxr.reporting.study_reference import STUDY_PER_CLASS, STUDY_SOURCE, study_row
-from cxr.reporting.tables import pct, per_class_lines
+from cxr.reporting.tables import and_join, is_study_classes, pct, per_class_lines, record_classes
 from cxr.run_folder import RunFolder
 
 __all__ = [
@@ -75,7 +79,12 @@ def _read_json(path: Path) -> Dict[str, Any]:
         raise CXRError(f"{path.parent} is not a finished cxr run: {path.name} is missing") from None
 
 
-def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[str, Optional[str]]):
+def card_eval_results(
+    metrics: Dict[str, Any],
+    model_name: str,
+    dataset: Dict[str, Optional[str]],
+    classes: Optional[Classes] = None,
+):
     """``EvalResult`` entries for the model-index: test accuracy, macro AUROC and each class's recall.
 
     Args:
@@ -83,7 +92,10 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[st
         model_name: the repository id (kept for callers; the card names the model itself).
         dataset: what the model was scored on, from :func:`evaluated_on` (``dataset_name``,
             ``dataset_type``, ``dataset_split``, ``dataset_revision``, ``dataset_config``).
+        classes: the model's classes (a recall per class, in their order); ``None``: the record's own
+            (:func:`cxr.reporting.tables.record_classes`).
     """
+    classes = record_classes(metrics) if classes is None else classes
     from huggingface_hub import EvalResult  # the Hub client loads only for a Hub id
 
     test = metrics["test"]
@@ -103,7 +115,7 @@ def card_eval_results(metrics: Dict[str, Any], model_name: str, dataset: Dict[st
                 **common,
             )
         )
-    for name in CLASS_NAMES:
+    for name in classes.names:
         results.append(
             EvalResult(
                 metric_type="recall",
@@ -122,12 +134,15 @@ def data_source(run: Dict[str, Any]) -> Dict[str, Any]:
     return run["data_source"]
 
 
-def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> Dict[str, Optional[str]]:
+def evaluated_on(
+    source: Dict[str, Any], split: Dict[str, Any], n_test: int, classes: Optional[Classes] = None
+) -> Dict[str, Optional[str]]:
     """The model-index ``dataset`` of a run: exactly the images it was scored on, never "the database".
 
     A Hub dataset is named by its id (type), commit and config, and by its own ``test`` split when
     the run kept it; otherwise the split is the run's random one. A local folder is named by its
-    folder name and image count, with ``imagefolder`` as its type.
+    folder name and image count, with ``imagefolder`` as its type, and as the database's images only for a model
+    of its classes (``classes``; ``None``: the database's, as every run before runs kept their classes).
     """
     seed = split.get("seed")
     origin = str((source.get("splits") or {}).get("test", ""))  # written by cxr.data.splits.complete_split / training
@@ -147,8 +162,9 @@ def evaluated_on(source: Dict[str, Any], split: Dict[str, Any], n_test: int) -> 
             "dataset_config": source.get("config"),
         }
     folder = Path(str(source.get("path", "data"))).name or "data"
+    of = f"{DATASET_NAME} images" if classes is None or is_study_classes(classes) else "chest X-rays"
     return {
-        "dataset_name": f"{folder} (local folder of {DATASET_NAME} images, {total} used): {n_test} test images",
+        "dataset_name": f"{folder} (local folder of {of}, {total} used): {n_test} test images",
         "dataset_type": "imagefolder",
         "dataset_split": test_part,
         "dataset_revision": None,
@@ -173,10 +189,19 @@ def _ci(c: Dict[str, float]) -> str:
     return f"{pct(c['value'])} [{pct(c['low'])}, {pct(c['high'])}]"
 
 
-def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None) -> Dict[str, Any]:
+def external_validation(
+    eval_dir: Union[str, Path], run_id: Optional[str] = None, classes: Optional[Classes] = None
+) -> Dict[str, Any]:
     """The card's entry for one ``python -m cxr.eval`` output folder: its data, counts and figures over the classes
     present (argmax and decision, with intervals), per source, and its dataset-shift line. Only numbers: nothing
     of the evaluated films is published.
+
+    Args:
+        eval_dir: the ``python -m cxr.eval --output-dir``.
+        run_id: the model's run id, which the evaluation must be of (``None``: not checked).
+        classes: the model's classes (``negative``: the class whose calls each class's line counts, ``None`` in
+            the entry without one); ``None``: the evaluation record's own
+            (:func:`cxr.reporting.tables.record_classes`).
 
     Raises:
         CXRError: the folder is not a ``cxr.eval`` output with per-class figures, or evaluated another run's model.
@@ -193,6 +218,8 @@ def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None
         raise CXRError(
             f"--eval-dir {eval_dir} evaluated another model (run {evaluated['run_id']}, this run is {run_id})"
         )
+    classes = record_classes(metrics) if classes is None else classes
+    neg = classes.negative
     arg, dec = block["argmax"], block["decision"]
     by_source = (block.get("by_source") or {}).get("argmax") or {}
     return {
@@ -207,8 +234,8 @@ def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None
                 "images": arg["per_class"][c]["images"],
                 "recall": _ci(arg["per_class"][c]["recall"]),
                 "decision_recall": _ci(dec["per_class"][c]["recall"]),
-                "normal": arg["per_class"][c]["called"][NORMAL],
-                "decision_normal": dec["per_class"][c]["called"][NORMAL],
+                "normal": None if neg is None else arg["per_class"][c]["called"][neg],
+                "decision_normal": None if neg is None else dec["per_class"][c]["called"][neg],
             }
             for c in arg["classes"]
         ],
@@ -218,6 +245,7 @@ def external_validation(eval_dir: Union[str, Path], run_id: Optional[str] = None
         if len(by_source) > 1
         else [],
         "shift": shift_description(metrics.get("shift")),
+        "negative": neg,
     }
 
 
@@ -234,6 +262,8 @@ def render_model_card(
         eval_dirs: ``python -m cxr.eval`` output folders of this model on other data, for the card's "External
             validation" section (:func:`external_validation`).
 
+    The classes are the model's (:meth:`Classes.from_model_config` of its ``config.json``).
+
     Returns:
         A ``huggingface_hub.ModelCard`` whose metadata ``huggingface_hub`` validates: ``base_model``
         for fine-tuned ImageNet backbones, ``license: other`` with ``license_name``/``license_link``,
@@ -247,25 +277,26 @@ def render_model_card(
     folder = RunFolder(run_dir)
     metrics, run, split = _read_json(folder.metrics), _read_json(folder.run_config), _read_json(folder.split)
     model_cfg = _read_json(folder.model_config)
+    classes = Classes.from_model_config(model_cfg)
     model_name, source = run["config"]["model"], data_source(run)
     if data_id is None and source.get("kind") == "hub":
         data_id = source["id"]
-    dataset = evaluated_on(source, split, metrics["test"]["num_images"])
+    dataset = evaluated_on(source, split, metrics["test"]["num_images"], classes)
     card_data = ModelCardData(
         license="other",
         license_name=LICENSE_NAME,
         license_link=LICENSE_LINK,
         library_name="timm",
         pipeline_tag="image-classification",
-        tags=CARD_TAGS + [model_name],
+        tags=[t for t in CARD_TAGS if t != "covid-19" or "COVID" in classes.names] + [model_name],
         datasets=[data_id] if data_id else None,
         metrics=["accuracy", "recall", "roc_auc"],
         base_model=base_model_id(run["pretrained"]),
         model_name=repo_id,
-        eval_results=card_eval_results(metrics, repo_id, dataset),
+        eval_results=card_eval_results(metrics, repo_id, dataset, classes),
     )
-    fields = _template_fields(metrics, run, split, model_cfg, source, dataset)
-    fields["externals"] = [external_validation(d, model_cfg["cxr"].get("run_id")) for d in eval_dirs]
+    fields = _template_fields(metrics, run, split, model_cfg, source, dataset, classes)
+    fields["externals"] = [external_validation(d, model_cfg["cxr"].get("run_id"), classes) for d in eval_dirs]
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), repo_id=repo_id, base_model=card_data.base_model, **fields
     )
@@ -278,11 +309,13 @@ def _template_fields(
     model_cfg: Dict[str, Any],
     source: Dict[str, Any],
     dataset: Dict[str, Any],
+    classes: Classes,
 ) -> Dict[str, Any]:
-    """The values the card template fills in, from a finished run's files."""
+    """The values the card template fills in, from a finished run's files and the model's ``classes``."""
     cfg, prep, model_name = run["config"], model_cfg["cxr"]["preprocessing"], run["config"]["model"]
     portability = model_cfg["cxr"].get("portability") or {"timm": True, "transformers": True, "notes": []}
-    row = study_row(model_name)
+    database = is_study_classes(classes)
+    row = study_row(model_name) if database else None
     seed = split.get("seed", cfg["seed"])
     split_origin = "; ".join(f"{part}: {how}" for part, how in (source.get("splits") or {}).items())
     auroc = metrics["test"].get("auroc")
@@ -303,27 +336,42 @@ def _template_fields(
         portability_notes=portability.get("notes") or [],
         temperature=model_cfg["cxr"].get("temperature"),
         ood=metrics.get("ood"),
-        decision=_decision(metrics),
+        database=database,
+        class_list=and_join([f"`{c}`" for c in classes.names]),
+        negative=classes.negative,
+        critical_list=", ".join(f"`{c}`" for c in classes.critical),
+        critical_label=classes.critical_label,
+        claim="COVID-19" if database else and_join([c for c in classes.names if c != classes.negative]),
+        predict_example="{" + ", ".join(f"{c!r}: ..." for c in classes.names) + "}",
+        decision=_decision(metrics, classes, model_cfg),
+        no_decision=(
+            "none: the model has no negative class; its decision is the most probable class (argmax)."
+            if classes.negative is None
+            else "none saved with this model: its decision is the most probable class."
+        ),
+        recalibration=_recalibration(model_cfg, classes),
         optimisation=recipe_summary(cfg),
-        kept=kept_description(metrics),
+        kept=kept_description(metrics, classes),
         versions=", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()) or "unknown",
         data_caveat=_data_caveat(cfg["data"]),
-        data_description=_data_description(source, split),
+        data_description=_data_description(source, split, database),
         split_counts=" / ".join(str(len(split[p])) for p in SPLITS),
         split_origin=split_origin or f"stratified random split, seed {seed}",
         seed=seed,
         n_test=metrics["test"]["num_images"],
         evaluated_on=dataset["dataset_name"],
-        table1="\n".join(table1_lines(model_name, metrics)),
+        table1="\n".join(table1_lines(model_name, metrics, classes)),
         study_note=(
             f"Study row: {STUDY_SOURCE}; figures on different test sets are not directly comparable."
             if row
             else "The study did not train this architecture; it has no published row."
+            if database
+            else "The study's published figures are of the database's four classes: none compares with this model."
         ),
-        per_class="\n".join(per_class_lines(model_name, metrics["test"])),
+        per_class="\n".join(per_class_lines(model_name, metrics["test"], classes)),
         per_class_note=(
             "The study printed its per-class precision and recall swapped; they are shown corrected."
-            if model_name in STUDY_PER_CLASS
+            if database and model_name in STUDY_PER_CLASS
             else ""
         ),
         auroc="undefined" if auroc is None else f"{auroc:.4f}",
@@ -332,18 +380,24 @@ def _template_fields(
     )
 
 
-def _decision(metrics: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The card's operating-point figures: the rule, its target, and on test the decision against argmax."""
+def _decision(metrics: Dict[str, Any], classes: Classes, model_cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The card's operating-point figures: the rule, its target and guarantee, and on test the decision against
+    argmax (``None`` for a model without an operating point or a negative class)."""
     decision, test = metrics.get("decision"), metrics["test"]
-    if not decision or "normal_threshold" not in decision:
+    if not decision or "normal_threshold" not in decision or classes.negative is None:
         return None
-    rates, normal = decision["rates"], CLASS_NAMES.index(NORMAL)
+    rates, normal = decision["rates"], classes.negative_index
     argmax_kept = int(test["confusion_matrix"][normal][normal])
     target = decision.get("max_missed_rate")
+    guarantee = decision.get("guarantee_sentence")
+    if guarantee is None and not model_cfg["cxr"].get("recalibration"):  # the run's own point: its config's
+        point = OperatingPoint.from_config(model_cfg["cxr"].get("operating_point"), classes)
+        guarantee = None if point is None else point.guarantee_sentence
     return {
         "rule": decision["rule"],
         "target": None if target is None else f"{100 * target:g}%",
         "chosen_on": decision.get("chosen_on") or "held-out predictions",
+        "guarantee": guarantee,
         "n_test": test["num_images"],
         "missed": f"{rates['critical_called_normal']}/{rates['critical']}",
         "argmax_missed": f"{test['critical_to_normal']}/{rates['critical']}",
@@ -351,6 +405,30 @@ def _decision(metrics: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         "argmax_kept": f"{argmax_kept}/{rates['normal']}",
         "accuracy": pct(decision["accuracy"]),
         "argmax_accuracy": pct(test["accuracy"]),
+    }
+
+
+def _recalibration(model_cfg: Dict[str, Any], classes: Classes) -> Optional[Dict[str, Any]]:
+    """The card's "Recalibrated for a site" figures from ``cxr.recalibration`` (``None`` for a model used where it
+    was trained): the films, the rule and guarantee set there, and the share of negative films kept there."""
+    entry = model_cfg["cxr"].get("recalibration")
+    if not entry:
+        return None
+    point = OperatingPoint.from_config(model_cfg["cxr"].get("operating_point"), classes)
+    kept = entry.get("negative_kept_rate")
+    return {
+        "site": entry.get("site") or "another site",
+        "films": entry.get("films"),
+        "critical_films": entry.get("critical_films"),
+        "negative_films": entry.get("negative_films"),
+        "rule": argmax_rule(classes) if point is None else point.rule,
+        "guarantee": entry.get("guarantee_sentence") or "no finite-sample guarantee was established there.",
+        "negative_kept": (
+            f"not measured (no {classes.negative} film there)" if kept is None else f"{pct(kept)} of them"
+        ),
+        "temperature_refitted": bool(entry.get("temperature_refitted")),
+        "date": entry.get("date"),
+        "note": entry.get("note"),
     }
 
 
@@ -370,9 +448,10 @@ def _data_caveat(data: str) -> str:
     )
 
 
-def _data_description(source: Dict[str, Any], split: Dict[str, Any]) -> str:
+def _data_description(source: Dict[str, Any], split: Dict[str, Any], database: bool = True) -> str:
     if source.get("kind") == "hub":
         rev = f" at commit `{source['revision']}`" if source.get("revision") else ""
         conf = f", config `{source['config']}`" if source.get("config") else ""
         return f"[`{source['id']}`]({_hub_url()}/datasets/{source['id']}) (Hugging Face dataset{rev}{conf})"
-    return f"{DATASET_NAME} images from a local folder ({sum(len(split[p]) for p in SPLITS)} images)"
+    of = f"{DATASET_NAME} images" if database else "Chest X-rays"
+    return f"{of} from a local folder ({sum(len(split[p]) for p in SPLITS)} images)"

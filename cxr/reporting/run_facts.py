@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from cxr.labels import DISCLAIMER
-from cxr.reporting.tables import pct
+from cxr.labels import DISCLAIMER, Classes
+from cxr.reporting.tables import is_study_question, pct, record_classes
 from cxr.run_folder import MODEL_OOD_NAME
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "shift_description",
     "data_line",
     "preprocessing_line",
+    "classes_line",
     "ood_line",
     "training_run_facts",
     "eval_run_facts",
@@ -56,8 +57,15 @@ def recipe_summary(config: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def kept_description(metrics: Dict[str, Any]) -> str:
-    """Which model a run kept and why, from its ``metrics.json``."""
+def kept_description(metrics: Dict[str, Any], classes: Optional[Classes] = None) -> str:
+    """Which model a run kept and why, from its ``metrics.json``.
+
+    Args:
+        metrics: the run's ``metrics.json``.
+        classes: the run's classes, whose critical images called negative break ties between epochs; ``None``:
+            the record's own (:func:`cxr.reporting.tables.record_classes`).
+    """
+    classes = record_classes(metrics) if classes is None else classes
     epoch = metrics["kept_epoch"]
     if metrics.get("final_fit"):
         calibrated = ", whose validation images also gave the temperature" if metrics.get("calibration") else ""
@@ -67,9 +75,11 @@ def kept_description(metrics: Dict[str, Any]) -> str:
         )
     if metrics.get("keep") == "last":
         return f"the last epoch ({epoch})"
+    if classes.negative is None:
+        return f"epoch {epoch}, the best on validation (accuracy)"
     return (
-        f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer COVID + Viral Pneumonia images "
-        "predicted as Normal)"
+        f"epoch {epoch}, the best on validation (accuracy, ties broken by fewer {classes.critical_label} images "
+        f"predicted as {classes.negative})"
     )
 
 
@@ -143,6 +153,24 @@ def preprocessing_line(prep: Dict[str, Any]) -> str:
     )
 
 
+def classes_line(classes: Classes) -> str:
+    """The classes a model predicts and the screening question asked of them, in one line.
+
+    Example:
+        >>> classes_line(Classes.resolve(["Normal", "Tuberculosis"]))
+        'Normal, Tuberculosis (output order); negative class Normal, critical class(es) Tuberculosis: a film is called Normal only by the operating point'
+        >>> classes_line(Classes.resolve(["A", "B", "C"], "none"))
+        'A, B, C (output order); no negative class: the decision is the most probable class (argmax)'
+    """
+    names = ", ".join(classes.names) + " (output order)"
+    if classes.negative is None:
+        return f"{names}; no negative class: the decision is the most probable class (argmax)"
+    return (
+        f"{names}; negative class {classes.negative}, critical class(es) {', '.join(classes.critical)}: a film is "
+        f"called {classes.negative} only by the operating point"
+    )
+
+
 def ood_line(ood: Optional[Dict[str, Any]]) -> str:
     """The run report's line on the out-of-distribution guard (``metrics.json`` ``ood``): both measured rates."""
     if ood is None:
@@ -157,10 +185,21 @@ def ood_line(ood: Optional[Dict[str, Any]]) -> str:
     )
 
 
-def training_run_facts(run_config: Dict[str, Any], metrics: Dict[str, Any], split_file: str) -> Dict[str, str]:
-    """The "Run" section of a training run's ``report.md``, from its ``run_config.json`` and ``metrics.json``."""
+def training_run_facts(
+    run_config: Dict[str, Any], metrics: Dict[str, Any], split_file: str, classes: Optional[Classes] = None
+) -> Dict[str, str]:
+    """The "Run" section of a training run's ``report.md``, from its ``run_config.json`` and ``metrics.json``.
+
+    Args:
+        run_config: the run's ``run_config.json``.
+        metrics: its ``metrics.json``.
+        split_file: the split file's name, as the report cites it.
+        classes: the run's classes; ``None``: the record's own (:func:`cxr.reporting.tables.record_classes`). Other
+            than the database's four with the study's question, they get a ``classes`` line (:func:`classes_line`).
+    """
     cfg, source, n = run_config["config"], run_config["data_source"], run_config["images"]
-    return {
+    classes = record_classes(metrics) if classes is None else classes
+    facts = {
         "data": f"{data_line(source)} ({source['images']} images; split {n['train']}/{n['validation']}/"
         f"{n['test']}, seed {cfg['seed']}, {split_file})",
         "pretrained": run_config["pretrained"],
@@ -168,13 +207,16 @@ def training_run_facts(run_config: Dict[str, Any], metrics: Dict[str, Any], spli
         f"{run_config['parameters']:,} parameters)",
         "preprocessing": preprocessing_line(run_config["preprocessing"]),
         "optimisation": f"{recipe_summary(cfg)}, {run_config['num_processes']} process(es)",
-        "kept model": kept_description(metrics),
+        "kept model": kept_description(metrics, classes),
         "train accuracy": "the kept model on the un-augmented training images",
         "calibration": calibration_description(metrics.get("calibration")),
         "out-of-distribution guard": ood_line(metrics.get("ood")),
         "run": f"{run_config['run_id']} (the same id is in run_config.json, metrics.json and model/config.json)",
         "note": DISCLAIMER,
     }
+    if not is_study_question(classes):
+        facts = {"classes": classes_line(classes), **facts}
+    return facts
 
 
 def eval_run_facts(

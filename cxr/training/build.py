@@ -13,7 +13,6 @@ from torch import nn
 
 from cxr.data.dataset import RadiographDataset
 from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
-from cxr.labels import CLASS_NAMES
 from cxr.models import apply_train_layers, create_model
 from cxr.training.config import Recipe
 from cxr.training.run_data import RunData
@@ -82,7 +81,7 @@ def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> Tra
 
     set_seed(cfg.seed)
     model, pretrained_source = create_model(
-        cfg.model, len(CLASS_NAMES), cfg.pretrained, cfg.image_size, drop_path=cfg.drop_path
+        cfg.model, len(data.classes), cfg.pretrained, cfg.image_size, drop_path=cfg.drop_path
     )
     trainable = apply_train_layers(model, cfg.model, cfg.train_layers)
     if cfg.channels_last:
@@ -95,6 +94,7 @@ def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> Tra
         model_mean=pcfg.get("mean"),
         model_std=pcfg.get("std"),
         clahe=cfg.clahe,
+        label_names=data.classes.names,
     )
     model_info = {
         "model": cfg.model,

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cxr.data.preprocessing import AUGMENTATIONS
 from cxr.errors import CXRError
-from cxr.labels import NORMALIZATIONS
+from cxr.labels import AUTO, NORMALIZATIONS
+from cxr.metrics.guarantee import DEFAULT_CONFIDENCE, DEFAULT_GUARANTEE, GUARANTEES
 from cxr.metrics.operating_point import DEFAULT_MAX_MISSED_RATE
 from cxr.models import MODEL_SPECS, TRAIN_LAYER_POLICIES, model_spec
 from cxr.options import option
@@ -104,6 +105,7 @@ RESUME_LOCKED = (
     "layer_decay",
     "drop_path",
     "freeze_bn_stats",
+    "label_map",
 )
 #: The settings that make two runs the same recipe (a CV keeps a finished fold only if they match).
 RECIPE_KEYS = (*RESUME_LOCKED, "epochs", "lr", "weight_decay")
@@ -263,15 +265,45 @@ class TrainConfig:
         help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
         "(config.json cxr.temperature) and apply it to every probability cxr reports or shows; "
         "the run report gives the expected calibration error before and after.",
-        group="recipe",
+        group="screening",
     )
     max_missed_rate: float = option(
         DEFAULT_MAX_MISSED_RATE,
-        help="The operating point saved with the model: call a film Normal only when its calibrated P(Normal) "
-        "reaches the lowest threshold at which at most this share of the held-out COVID + Viral Pneumonia films "
-        "(--choose-on) are called Normal; cxr.eval, cxr.predict, CXRClassifier.decide and the app apply it "
-        "(default: 0.01, i.e. 1%%).",
-        group="recipe",
+        help="The operating point saved with the model: call a film the negative class only when its calibrated "
+        "probability of it reaches the lowest threshold whose guaranteed share of critical films called negative "
+        "(--guarantee, on the held-out films of --choose-on) is at most this; cxr.eval, cxr.predict, "
+        "CXRClassifier.decide and the app apply it. Above 0 and below 1 (default: 0.01, i.e. 1%%).",
+        group="screening",
+    )
+    negative_class: str = option(
+        AUTO,
+        help="The class a film is called only when its probability reaches the operating point (films called it "
+        "are not looked at again): a class of the data, or none for no screening decision (argmax everywhere) "
+        "(default: auto, i.e. Normal when the data has it, else none).",
+        metavar="NAME|auto|none",
+        group="screening",
+    )
+    critical_classes: str = option(
+        AUTO,
+        help="Comma-separated classes whose films must not be called the negative class; the operating point and "
+        "the 'called negative' counts of every report are about them (default: auto, i.e. those of COVID and Viral "
+        "Pneumonia the data has, or, with neither, every class but the negative).",
+        metavar="A,B|auto",
+        group="screening",
+    )
+    guarantee: str = option(
+        DEFAULT_GUARANTEE,
+        help="The finite-sample guarantee the operating point is chosen with: expected (conformal risk control: the "
+        "expected share of critical films called negative is at most --max-missed-rate) or confidence (a binomial "
+        "upper bound, learn-then-test: at most that share with probability --confidence). With too few held-out "
+        "critical films for the target the smallest attainable bound is chosen and said (docs/training.md).",
+        choices=GUARANTEES,
+        group="screening",
+    )
+    confidence: float = option(
+        DEFAULT_CONFIDENCE,
+        help="The confidence level of --guarantee confidence, above 0 and below 1 (default: 0.95).",
+        group="screening",
     )
     choose_on: str = option(
         "auto",
@@ -282,7 +314,7 @@ class TrainConfig:
         "1%% rate; docs/training.md), or CV_DIR, the --output-dir of a finished python -m cxr.cv run of this recipe, "
         "whose out-of-fold predictions are carried into the model (default: auto).",
         metavar="auto|validation|CV_DIR",
-        group="recipe",
+        group="screening",
     )
     warmup_epochs: Optional[float] = option(
         None,
@@ -366,6 +398,15 @@ class TrainConfig:
         group="data",
         metavar="NAME",
     )
+    label_map: List[str] = option(
+        [],
+        help="Rename or merge the data's classes, NAME=CLASS (repeatable), e.g. 'Pneumonia=Viral Pneumonia' or "
+        "'Bacterial=Pneumonia' and 'Viral=Pneumonia' to merge two; every other class folder or label name is a class "
+        "under its own name (python -m cxr.eval takes the same flag with the same meaning).",
+        action="append",
+        metavar="NAME=CLASS",
+        group="data",
+    )
     preset: str = option(
         "default",
         help=lambda: (
@@ -436,7 +477,11 @@ Recipe = dataclasses.make_dataclass(
     [
         (f.name, _filled(f.type), dataclasses.field(metadata=f.metadata))
         if f.name in FILLED
-        else (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+        else (
+            f.name,
+            f.type,
+            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+        )
         for f in dataclasses.fields(TrainConfig)
     ],
     frozen=True,
@@ -483,8 +528,13 @@ def _value_checks(cfg: TrainConfig) -> List[Tuple[bool, str]]:
         (cfg.mixed_precision in (None, *MIXED_PRECISION), f"--mixed-precision must be one of {MIXED_PRECISION}"),
         (cfg.report_to in REPORT_TO, f"--report-to must be one of {REPORT_TO}, got {cfg.report_to!r}"),
         (
-            isinstance(cfg.max_missed_rate, (int, float)) and 0 <= cfg.max_missed_rate < 1,
-            "--max-missed-rate is the largest share of COVID + Viral Pneumonia films called Normal: at least 0 "
-            f"and below 1 (e.g. 0.01 for 1%), got {cfg.max_missed_rate}",
+            isinstance(cfg.max_missed_rate, (int, float)) and 0 < cfg.max_missed_rate < 1,
+            "--max-missed-rate is the largest share of critical films called negative: above 0 and below 1 "
+            f"(e.g. 0.01 for 1%), got {cfg.max_missed_rate}",
+        ),
+        (cfg.guarantee in GUARANTEES, f"--guarantee must be one of {GUARANTEES}, got {cfg.guarantee!r}"),
+        (
+            isinstance(cfg.confidence, (int, float)) and 0 < cfg.confidence < 1,
+            f"--confidence must be above 0 and below 1 (e.g. 0.95), got {cfg.confidence}",
         ),
     ]

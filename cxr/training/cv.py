@@ -5,9 +5,10 @@ Every image is scored exactly once by a model that never saw it: the images are 
 stratified, seeded folds (``folds.json``); for each fold, one model is trained by the same code as
 ``train_accelerate.py`` with that fold as its test part (the validation part, a stratified ninth of the
 rest, fits the temperature and, with ``--keep best``, picks the epoch), in ``fold-K/``. The out-of-fold predictions of all
-folds (``oof_predictions.csv``) then give accuracy, COVID recall, the images called Normal, macro
-AUROC and ECE over all images, each with a stratified bootstrap 95% interval, plus a per-fold table
-(``cv.md``, ``cv.json``). On the 600-image sample that is 600 scored images instead of 60.
+folds (``oof_predictions.csv``) then give accuracy, each critical class's recall, each class's images called
+negative (:func:`headline_keys`: ``covid_recall``, ``covid_to_normal``, ... for the database), macro AUROC and ECE
+over all images, each with a stratified bootstrap 95% interval, plus a per-fold table (``cv.md``, ``cv.json``). On
+the 600-image sample that is 600 scored images instead of 60.
 
 A killed run resumes where it stopped: finished folds are kept, an interrupted fold continues from its
 checkpoint. ``accelerate launch -m cxr.cv ...`` trains each fold on every process.
@@ -34,9 +35,10 @@ import numpy as np
 
 from cxr.data.content import content_digests
 from cxr.data.data_source import load_data_source
+from cxr.data.labelling import Labelling
 from cxr.data.splits import save_split, stratified_split
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
+from cxr.labels import Classes
 from cxr.metrics import compute_metrics
 from cxr.metrics.stats import ece_if_calibrated, expected_calibration_error, stratified_bootstrap_intervals
 from cxr.reporting.cv_report import render_cv_report
@@ -50,6 +52,7 @@ __all__ = [
     "check_folds",
     "run_cv",
     "summarise_oof",
+    "headline_keys",
     "refuse_per_run_flags",
 ]
 
@@ -90,17 +93,17 @@ def fold_split(folds: Sequence[Sequence[str]], k: int, labels: Dict[str, int], s
     return {"train": inner["train"], "validation": inner["validation"], "test": sorted(folds[k])}
 
 
-def check_folds(k: int, labels: Sequence[int]) -> None:
+def check_folds(k: int, labels: Sequence[int], names: Sequence[str]) -> None:
     """``--folds`` must be at least 2, at most the smallest class's image count, and leave every class at
     least 3 images outside each fold (training and validation both need it).
 
     Raises:
         CXRError: naming the limit.
     """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(CLASS_NAMES))
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     if k < 2:
         raise CXRError(f"--folds must be at least 2, got {k}")
-    smallest, n = CLASS_NAMES[int(counts.argmin())], int(counts.min())
+    smallest, n = names[int(counts.argmin())], int(counts.min())
     if k > n:
         raise CXRError(
             f"--folds {k} is more than the smallest class has images ({smallest}: {n}); every fold needs every class"
@@ -117,49 +120,67 @@ def _ece(y: np.ndarray, probs: np.ndarray) -> float:
     return expected_calibration_error(y, probs)
 
 
-def _headline(y: np.ndarray, probs: np.ndarray) -> Dict[str, Optional[float]]:
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower())
 
-    m = compute_metrics(y, probs)
+
+def headline_keys(classes: Classes) -> Dict[str, List[str]]:
+    """The headline figures' keys for ``classes``: ``recall`` (the first critical class's recall, ``covid_recall``;
+    none without a negative class) and ``to_negative`` (each class other than the negative, critical ones first:
+    its films called negative, ``covid_to_normal``), with the class each names."""
+    others = [*classes.critical, *(c for c in classes.names if c not in classes.critical and c != classes.negative)]
     return {
-        "accuracy": m["accuracy"],
-        "covid_recall": m["per_class"]["COVID"]["recall"],
-        "covid_to_normal": m["to_normal"].get("COVID", 0),
-        "viral_pneumonia_to_normal": m["to_normal"].get("Viral Pneumonia", 0),
-        "lung_opacity_to_normal": m["to_normal"].get("Lung_Opacity", 0),
-        "macro_auroc": m["auroc"],
-        "ece": _ece(y, probs),
+        "recall": [f"{_slug(c)}_recall" for c in classes.critical[:1]],
+        "to_negative": [f"{_slug(c)}_to_normal" for c in others] if classes.negative else [],
+        "classes": others if classes.negative else [],
     }
 
 
-def summarise_oof(y: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> Dict[str, Dict[str, float]]:
+def _headline(y: np.ndarray, probs: np.ndarray, classes: Classes) -> Dict[str, Optional[float]]:
+
+    m = compute_metrics(y, probs, classes)
+    keys = headline_keys(classes)
+    out: Dict[str, Optional[float]] = {"accuracy": m["accuracy"]}
+    for key, c in zip(keys["recall"], classes.critical):
+        out[key] = m["per_class"][c]["recall"]
+    for key, c in zip(keys["to_negative"], keys["classes"]):
+        out[key] = m["to_normal"].get(c, 0)
+    out.update(macro_auroc=m["auroc"], ece=_ece(y, probs))
+    return out
+
+
+def summarise_oof(
+    y: np.ndarray, probs: np.ndarray, classes: Classes, n_resamples: int = 1000
+) -> Dict[str, Dict[str, float]]:
     """Headline figures of out-of-fold predictions, each with a stratified bootstrap 95% interval.
 
     Returns:
-        ``{name: {"value", "low", "high"}}`` for accuracy, COVID recall, COVID / Viral Pneumonia /
-        Lung_Opacity images called Normal, macro AUROC and ECE (which also has ``if_calibrated``: the ECE a
-        calibrated model would show on these films by chance, :func:`cxr.metrics.stats.ece_if_calibrated`).
+        ``{name: {"value", "low", "high"}}`` for accuracy, the first critical class's recall, each other class's
+        images called negative (:func:`headline_keys`), macro AUROC and ECE (which also has ``if_calibrated``: the
+        ECE a calibrated model would show on these films by chance, :func:`cxr.metrics.stats.ece_if_calibrated`).
     """
 
-    cis = stratified_bootstrap_intervals(y, probs, _headline, n_resamples=n_resamples)
+    cis = stratified_bootstrap_intervals(y, probs, lambda a, b: _headline(a, b, classes), n_resamples=n_resamples)
     summary = {name: {"value": v, "low": lo, "high": hi} for name, (v, lo, hi) in cis.items()}
     summary["ece"]["if_calibrated"] = ece_if_calibrated(probs)
     return summary
 
 
-def _write_oof(path: Path, rows: List[tuple]) -> None:
+def _write_oof(path: Path, rows: List[tuple], names: Sequence[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file_name", "label", "fold", "prediction", *[f"p_{c}" for c in CLASS_NAMES]])
+        w.writerow(["file_name", "label", "fold", "prediction", *[f"p_{c}" for c in names]])
         for name, lab, fold, p in rows:
-            w.writerow([name, CLASS_NAMES[lab], fold, CLASS_NAMES[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+            w.writerow([name, names[lab], fold, names[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
 
 
 def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]:
     """The fold files (written once; a rerun must ask for the same folds)."""
 
-    source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config)
+    source = load_data_source(data, cfg.dataset_revision, cfg.dataset_config, Labelling.parse(cfg.label_map))
+    classes = Classes.resolve(source.dataset.features["label"].names, cfg.negative_class, cfg.critical_classes)
     names, labels = list(source.dataset["file_name"]), list(source.dataset["label"])
-    check_folds(k, labels)
+    check_folds(k, labels, classes.names)
     folds_file = out.folds
     folds = stratified_folds(names, labels, k, seed)
     payload = {
@@ -178,7 +199,13 @@ def _prepare(out: CVFolder, data: str, k: int, seed: int, cfg) -> Dict[str, Any]
                 f"{saved.get('seed')}, {saved.get('images')} images); use another --output-dir"
             )
     films = source.dataset
-    return {"payload": payload, "folds": folds, "labels": dict(zip(names, map(int, labels))), "films": films}
+    return {
+        "payload": payload,
+        "folds": folds,
+        "labels": dict(zip(names, map(int, labels))),
+        "films": films,
+        "classes": classes,
+    }
 
 
 def refuse_per_run_flags(cfg) -> None:
@@ -222,7 +249,7 @@ def run_cv(cfg, folds: int = 5, n_resamples: int = 1000) -> Dict[str, Any]:
             print(f"[cv fold {k + 1}/{folds}] {status} in {log[f'fold-{k}']['seconds']} s", flush=True)
     result: Dict[str, Any] = {}
     if state.is_main_process:
-        result = _write_results(out, cfg, folds, prepared["labels"], log, n_resamples)
+        result = _write_results(out, cfg, folds, prepared["labels"], prepared["classes"], log, n_resamples)
     state.wait_for_everyone()
     return result
 
@@ -269,7 +296,13 @@ def _run_fold(out: CVFolder, k: int, folds: int, cfg, main_process: bool) -> str
 
 
 def _write_results(
-    out: CVFolder, cfg, folds: int, labels: Dict[str, int], log: Dict[str, Any], n_resamples: int
+    out: CVFolder,
+    cfg,
+    folds: int,
+    labels: Dict[str, int],
+    classes: Classes,
+    log: Dict[str, Any],
+    n_resamples: int,
 ) -> Dict[str, Any]:
     rows, per_fold = [], []
     for k in range(folds):
@@ -281,7 +314,7 @@ def _write_results(
             {
                 "fold": k,
                 "images": len(pred.files),
-                **_headline(pred.y, pred.probs),
+                **_headline(pred.y, pred.probs, classes),
                 "kept_epoch": metrics["kept_epoch"],
                 "temperature": (metrics.get("calibration") or {}).get("temperature"),
                 "normal_threshold": (metrics.get("decision") or {}).get("normal_threshold"),
@@ -297,7 +330,7 @@ def _write_results(
             f"{len(labels)} images): remove {out.root} and run again"
         )
     rows.sort(key=lambda r: r[0])
-    _write_oof(out.oof, rows)
+    _write_oof(out.oof, rows, classes.names)
     y = np.array([r[1] for r in rows])
     probs = np.array([r[3] for r in rows])
     result = {
@@ -306,7 +339,8 @@ def _write_results(
         "seed": cfg.seed,
         "bootstrap_resamples": n_resamples,
         "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "overwrite_output_dir")},
-        "out_of_fold": summarise_oof(y, probs, n_resamples),
+        "classes": classes.to_dict(),
+        "out_of_fold": summarise_oof(y, probs, classes, n_resamples),
         "per_fold": per_fold,
         "runs_log": log,
     }

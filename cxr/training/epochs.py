@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cxr.errors import CXRError
-from cxr.metrics import compute_metrics, critical_to_normal, selection_key
+from cxr.labels import Classes
+from cxr.metrics import compute_metrics, selection_key
 from cxr.metrics.stats import negative_log_likelihood
 from cxr.training.evaluation import predict
 
@@ -48,9 +49,9 @@ class Progress:
         return self.kept_at is not None and self.kept_at["epoch"] == epoch
 
 
-def split_metrics(labels: np.ndarray, probs: np.ndarray) -> Dict[str, Any]:
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: Classes) -> Dict[str, Any]:
     """:func:`cxr.metrics.compute_metrics` of one part, with its mean negative log-likelihood as ``loss``."""
-    m = compute_metrics(labels, probs)
+    m = compute_metrics(labels, probs, classes)
     m["loss"] = negative_log_likelihood(labels, probs)
     return m
 
@@ -129,10 +130,10 @@ def train_one_epoch(
     return accelerator.reduce(totals, reduction="sum"), time.time() - t0
 
 
-def validate(model, loader, accelerator) -> Dict[str, Any]:
+def validate(model, loader, accelerator, classes: Classes) -> Dict[str, Any]:
     """The metrics of ``model`` on the validation ``loader`` (:func:`split_metrics`), gathered over processes."""
     _, labels, probs = predict(model, loader, accelerator, desc="validation")
-    return split_metrics(labels, probs)
+    return split_metrics(labels, probs, classes)
 
 
 def epoch_record(epoch: int, totals: torch.Tensor, val: Dict[str, Any], lr: float, seconds: float) -> Dict[str, Any]:
@@ -143,7 +144,7 @@ def epoch_record(epoch: int, totals: torch.Tensor, val: Dict[str, Any], lr: floa
         "train_accuracy": float(totals[1] / totals[2]),
         "val_loss": val["loss"],
         "val_accuracy": val["accuracy"],
-        "val_critical_to_normal": critical_to_normal(val),
+        "val_critical_to_normal": int(val["critical_to_normal"]),
         "lr": lr,
         "seconds": round(seconds, 2),
     }

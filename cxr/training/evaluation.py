@@ -6,9 +6,10 @@
 ``metrics.json``, ``predictions.csv``, ``report.md``, ``confusion_matrix.png``, ``operating_point.png`` and
 ``errors.png``.
 
-The error gallery: :func:`error_entries` picks the misclassified test films — COVID and Viral Pneumonia films called
-Normal first (the study's aim), then the rest by confidence — and computes each one's Grad-CAM heat map for the class
-the model decided, from the film's cached pixels exactly as the model saw them;
+The error gallery: :func:`error_entries` picks the misclassified test films — the model's critical films called its
+negative class first (the study's aim: COVID and Viral Pneumonia called Normal), then the rest by confidence — and
+computes each one's Grad-CAM heat map for the class the model decided, from the film's cached pixels exactly as the
+model saw them;
 :func:`cxr.reporting.plots.plot_error_gallery` lays them out with their true class, decision and P. The figure is for
 local reports: it shows the dataset's films, which a Hub push never uploads.
 
@@ -35,7 +36,7 @@ from cxr.data.data_source import check_data_options, load_data_source
 from cxr.data.dataset import RadiographDataset
 from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
-from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, NORMAL
+from cxr.labels import Classes
 from cxr.metrics import compute_metrics
 from cxr.metrics.operating_point import OperatingPoint, decision_metrics
 from cxr.metrics.present import present_metrics, present_metrics_by_source
@@ -66,9 +67,6 @@ _logger = logging.getLogger(__name__)
 
 #: At most this many films in the error gallery (the critical ones first).
 MAX_ERRORS_SHOWN = 16
-
-_NORMAL = CLASS_NAMES.index(NORMAL)
-_CRITICAL = [CLASS_NAMES.index(c) for c in CRITICAL_CLASSES]
 
 
 @dataclasses.dataclass
@@ -149,46 +147,60 @@ def write_evaluation(
     test_files: Sequence[str],
     test_labels: np.ndarray,
     test_probs: np.ndarray,
+    classes: Classes,
     operating_point: Optional[OperatingPoint] = None,
     errors: Optional[Tuple[List[Any], int, List[str]]] = None,
 ) -> None:
     """Write the run folder's metrics, test predictions (with the decision by ``operating_point``; argmax
     without one), confusion matrix, operating-point plot, the misclassified films (``errors``:
-    :func:`error_entries`) and report (:class:`RunFolder`)."""
+    :func:`error_entries`) and report (:class:`RunFolder`), for a model of ``classes``."""
     run = RunFolder(output_dir)
     decide = None if operating_point is None else operating_point.decide
-    write_predictions(run.predictions("test"), test_files, test_labels, test_probs, decide=decide)
+    metrics = {**metrics, "classes": classes.to_dict()}
+    write_predictions(
+        run.predictions("test"), test_files, test_labels, test_probs, class_names=classes.names, decide=decide
+    )
     if operating_point is not None:
         plot_operating_point(run.operating_point_plot, test_labels, test_probs, operating_point, "test")
     if errors is not None:
         entries, wrong, shown = errors
-        plot_error_gallery(run.errors_plot, entries, wrong, title=f"{model_name}: misclassified test films")
+        plot_error_gallery(run.errors_plot, entries, wrong, classes, title=f"{model_name}: misclassified test films")
         metrics = {**metrics, "errors_shown": shown}  # the films errors.png shows, in its order
     plot_confusion_matrix(
         run.confusion_matrix,
         metrics["test"]["confusion_matrix"],
+        classes,
         title=f"{model_name}: test confusion matrix (n={metrics['test']['num_images']})",
     )
-    write_report(run.report, model_name, metrics, run_info)
+    write_report(run.report, model_name, metrics, run_info, classes=classes)
     write_json(run.metrics, metrics)  # last: a run folder with metrics.json is finished (RunFolder.is_finished)
 
 
 def order_errors(
-    labels: np.ndarray, decisions: np.ndarray, probs: np.ndarray, limit: int = MAX_ERRORS_SHOWN
+    labels: np.ndarray, decisions: np.ndarray, probs: np.ndarray, classes: Classes, limit: int = MAX_ERRORS_SHOWN
 ) -> List[int]:
-    """Positions of the films decided wrongly: COVID or Viral Pneumonia called Normal first, then the others,
-    each group most confident first; at most ``limit``."""
+    """Positions of the films decided wrongly: critical films called the negative class first (COVID or Viral
+    Pneumonia called Normal; none without a negative class), then the others, each group most confident first; at
+    most ``limit``."""
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(decisions))
     confidence = probs[wrong, decisions[wrong]]
-    critical = np.isin(labels[wrong], _CRITICAL) & (decisions[wrong] == _NORMAL)
+    critical = _critical_called_negative(labels[wrong], decisions[wrong], classes)
     order = np.lexsort((-confidence, ~critical))  # critical first, then by confidence, highest first
     return [int(i) for i in wrong[order][:limit]]
 
 
+def _critical_called_negative(labels: np.ndarray, decisions: np.ndarray, classes: Classes) -> np.ndarray:
+    """Per film: a critical film called the negative class (all false without a negative class)."""
+    labels, decisions = np.asarray(labels), np.asarray(decisions)
+    if classes.negative_index is None:
+        return np.zeros(labels.shape, dtype=bool)
+    return np.isin(labels, classes.critical_indices) & (decisions == classes.negative_index)
+
+
 def error_entries(
-    clf, view, names: Sequence[str], labels: np.ndarray, probs: np.ndarray, decisions: np.ndarray
+    clf, view, names: Sequence[str], labels: np.ndarray, probs: np.ndarray, decisions: np.ndarray, classes: Classes
 ) -> Tuple[List[Tuple[np.ndarray, str, bool]], int, List[str]]:
-    """The figure's entries — (heat map over the film, caption, a COVID or Viral Pneumonia film called Normal) —,
+    """The figure's entries — (heat map over the film, caption, a critical film called the negative class) —,
     how many films were decided wrongly, and the names of the films shown, in order.
 
     Args:
@@ -196,10 +208,13 @@ def error_entries(
         view: the :class:`~cxr.data.dataset.RadiographDataset` the predictions were made on, in the same order.
         names, labels, probs, decisions: per film of ``view``: file name, true class, calibrated probabilities
             and decided class.
+        classes: the model's classes (captions name them; its critical films called negative come first).
     """
 
     labels, decisions = np.asarray(labels), np.asarray(decisions)
-    chosen = order_errors(labels, decisions, probs)
+    chosen = order_errors(labels, decisions, probs, classes)
+    called = _critical_called_negative(labels, decisions, classes)
+    class_names = classes.names
     entries = []
     with CamSession(clf, "GradCAM") as session:
         for i in chosen:
@@ -208,11 +223,10 @@ def error_entries(
             session.probabilities_of_input(view[i]["pixel_values"][None])
             cam = session.heatmap(int(decisions[i]))
             caption = (
-                f"{names[i].split('/')[-1]}\ntrue {CLASS_NAMES[labels[i]]} → {CLASS_NAMES[decisions[i]]}\n"
-                f"P({CLASS_NAMES[decisions[i]]}) {probs[i, decisions[i]]:.2f}"
+                f"{names[i].split('/')[-1]}\ntrue {class_names[labels[i]]} → {class_names[decisions[i]]}\n"
+                f"P({class_names[decisions[i]]}) {probs[i, decisions[i]]:.2f}"
             )
-            critical = labels[i] in _CRITICAL and decisions[i] == _NORMAL
-            entries.append((overlay_heatmap(Image.fromarray(pixels), cam), caption, bool(critical)))
+            entries.append((overlay_heatmap(Image.fromarray(pixels), cam), caption, bool(called[i])))
     return entries, int((labels != decisions).sum()), [names[i] for i in chosen]
 
 
@@ -220,16 +234,17 @@ def classes_present_block(
     labels: np.ndarray,
     probs: np.ndarray,
     decide: Callable[[np.ndarray], np.ndarray],
+    classes: Classes,
     sources: Optional[Sequence[Optional[str]]] = None,
 ) -> Dict[str, Any]:
     """``metrics.json``'s ``classes_present``: :func:`cxr.metrics.present.present_metrics` for the argmax and for
     the decision (of the probabilities as written), and per source (``by_source``) when ``sources`` are known."""
     written = np.round(np.asarray(probs, dtype=np.float64), 6)
     predicted = {"argmax": written.argmax(axis=1), "decision": np.asarray(decide(written))}
-    block: Dict[str, Any] = {rule: present_metrics(labels, pred) for rule, pred in predicted.items()}
+    block: Dict[str, Any] = {rule: present_metrics(labels, pred, classes) for rule, pred in predicted.items()}
     if sources is not None:
         block["by_source"] = {
-            rule: present_metrics_by_source(labels, pred, sources) for rule, pred in predicted.items()
+            rule: present_metrics_by_source(labels, pred, sources, classes) for rule, pred in predicted.items()
         }
     return block
 
@@ -244,7 +259,7 @@ def evaluate_folder(
     skip_bad_images: bool = False,
     dataset_revision: Optional[str] = None,
     dataset_config: Optional[str] = None,
-    labelling: Optional[Labelling] = None,
+    label_map: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on every image of a dataset, every split of it (``python -m cxr.eval``).
 
@@ -258,8 +273,8 @@ def evaluate_folder(
         skip_bad_images: skip undecodable images instead of failing.
         dataset_revision: branch, tag or commit of a Hub dataset.
         dataset_config: the dataset's configuration name.
-        labelling: which classes the data must hold and how its names map onto ours (default: any of ours,
-            under our names).
+        label_map: ``--label-map`` values: how the data's class names map onto the model's (a name neither the
+            model's nor mapped is refused).
 
     Returns:
         The ``metrics.json`` dict (``{"test": {...}}``; ``classes_present``: :func:`classes_present_block`).
@@ -269,12 +284,14 @@ def evaluate_folder(
     from cxr.models.classifier import CXRClassifier  # the model layer loads after the data flags are checked
 
     check_data_options(data, dataset_revision, dataset_config)
+    Labelling.parse(label_map)  # its syntax, before the model loads
     _check_run_records(model_ref)
     accelerator = Accelerator()
     clf = CXRClassifier.from_pretrained(model_ref)
     prep = clf.preprocess
+    labelling = Labelling.parse(label_map, classes=clf.classes.names, partial=True)
     with accelerator.main_process_first():
-        source = load_data_source(data, dataset_revision, dataset_config, labelling or Labelling(partial=True))
+        source = load_data_source(data, dataset_revision, dataset_config, labelling)
         cached = cache_pixels(
             source.dataset, prep.image_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images, clahe=prep.clahe
         )
@@ -297,9 +314,13 @@ def _metrics(clf: Any, out: Outputs, names: Sequence[str], sources: Optional[Dic
     """``metrics.json`` of an evaluation: ``test`` and ``decision``, ``classes_present`` (per source when known),
     and with a guard, the films it flags (``ood``) and the dataset shift against validation (``shift``)."""
     index, labels, probs = out.index, out.labels, softmax(out.logits, clf.temperature)
-    metrics = {"test": compute_metrics(labels, probs), "decision": decision_metrics(labels, probs, clf.operating_point)}
+    classes = clf.classes
+    metrics = {
+        "test": compute_metrics(labels, probs, classes),
+        "decision": decision_metrics(labels, probs, clf.operating_point, classes),
+    }
     film_sources = None if sources is None else [sources.get(names[i]) for i in index]
-    metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, film_sources)
+    metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, classes, film_sources)
     if clf.ood is not None and out.features is not None:
         scores = clf.ood.scores(out.features)
         flags = scores > clf.ood.threshold
@@ -318,9 +339,11 @@ def _write(
     """The evaluation folder: metrics, predictions, report and its figures (the error gallery included)."""
     probs = softmax(out.logits, clf.temperature)
     files = [names[i] for i in out.index]
-    errors = error_entries(clf, view, files, out.labels, probs, clf.decide(np.round(probs, 6)))  # view's order
+    errors = error_entries(clf, view, files, out.labels, probs, clf.decide(np.round(probs, 6)), classes=clf.classes)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_evaluation(output_dir, clf.name, metrics, facts, files, out.labels, probs, clf.operating_point, errors)
+    write_evaluation(
+        output_dir, clf.name, metrics, facts, files, out.labels, probs, clf.classes, clf.operating_point, errors
+    )
 
 
 def _check_run_records(model_ref: str) -> None:

@@ -8,9 +8,9 @@ the run) and the run's own validation and test logits (for the report), and retu
 temperature, what it was fitted on and the calibration error before and after it on validation, test and the held-out
 films (each with the error a calibrated model would show on that many films by chance,
 :func:`~cxr.metrics.stats.ece_if_calibrated`: on a 60-film test split about 0.05, so a single run's test ECE says
-little), and the operating point — "Normal only when P(Normal) ≥ t", the lowest t at which at most
-``max_missed_rate`` of the held-out COVID + Viral Pneumonia films are called Normal
-(:mod:`cxr.metrics.operating_point`). :func:`fit_guard` fits the out-of-distribution guard on the model's features
+little), and the operating point — "Normal only when P(Normal) ≥ t", the lowest t whose finite-sample guarantee
+(``--guarantee``) on the share of the held-out critical films called negative is at most ``max_missed_rate``
+(:mod:`cxr.metrics.operating_point`, :mod:`cxr.metrics.guarantee`). :func:`fit_guard` fits the out-of-distribution guard on the model's features
 and records what it flags. Only :func:`evaluate_kept` writes files.
 
 A temperature is the minimiser of the held-out NLL (Guo et al. 2017). Held-out films the model classifies without
@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from cxr.metrics.operating_point import OperatingPoint, choose_threshold, decision_metrics, operating_rates
+from cxr.errors import CXRError
+from cxr.labels import Classes
+from cxr.metrics.guarantee import DEFAULT_CONFIDENCE, DEFAULT_GUARANTEE
+from cxr.metrics.operating_point import OperatingPoint, choose_operating_point, decision_metrics
 from cxr.metrics.stats import (
     ece_if_calibrated,
     expected_calibration_error,
@@ -56,8 +59,8 @@ Predictions = Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]
 class Finished:
     """The kept model's calibration and decision rule, chosen on held-out predictions: ``temperature`` (1 when not
     calibrating), ``calibration`` (the ``metrics.json`` block, ``None`` without ``--calibrate``) and
-    ``operating_point`` (``None`` when the held-out films hold no COVID or Viral Pneumonia film to set it on: the
-    model then decides by argmax)."""
+    ``operating_point`` (``None`` when the classes have no negative class, or the held-out films no critical film
+    to set it on: the model then decides by argmax)."""
 
     temperature: float
     calibration: Optional[Dict[str, Any]]
@@ -89,24 +92,29 @@ def evaluate_kept(
     }
     logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
     held_out = held_out_for(cfg, data, logits["validation"][1:], refit)
+    classes = data.classes
     guard, ood = fit_guard(data, setup, outputs, accelerator)
     finished = finish(
         held_out,
         logits["validation"][1:],
         logits["test"][1:],
+        classes=classes,
         calibrate=cfg.calibrate,
         max_missed_rate=cfg.max_missed_rate,
+        guarantee=cfg.guarantee,
+        confidence=cfg.confidence,
         fitted=None if refit is None else refit.calibration,
         fitted_from="" if refit is None else f"{refit.holdout.name}/",
     )
     if accelerator.is_main_process:
         _save_into_model_dir(folder, finished, guard)
-    _print_finish(finished, ood, accelerator)
+    _print_finish(finished, ood, accelerator, classes)
     # every probability reported from here on is the calibrated one, computed as cxr.eval and the app compute it
     t = finished.temperature
     predictions = {part: (index, labels, softmax(z, t)) for part, (index, labels, z) in logits.items()}
-    metrics = {part: split_metrics(labels, probs) for part, (_, labels, probs) in predictions.items()}
-    metrics["decision"] = decision_metrics(*predictions["test"][1:], finished.operating_point)
+    metrics = {part: split_metrics(labels, probs, classes) for part, (_, labels, probs) in predictions.items()}
+    metrics["decision"] = decision_metrics(*predictions["test"][1:], finished.operating_point, classes)
+    metrics["classes"] = classes.to_dict()
     metrics.update(
         kept_epoch=progress.kept_at["epoch"], best_epoch=progress.best["epoch"], keep=cfg.keep, run_id=run_id
     )
@@ -142,15 +150,18 @@ def held_out_for(
         return from_predictions(
             hold.predictions("validation"), t, f"the hold-out run's validation images ({refit.holdout.name}/){why}"
         )
-    return from_logits(*validation, f"{len(validation[0])} validation images{why}")
+    return from_logits(*validation, f"{len(validation[0])} validation images{why}", data.classes.names)
 
 
 def finish(
     held_out: HeldOut,
     validation: Part,
     test: Part,
+    classes: Classes,
     calibrate: bool,
     max_missed_rate: float,
+    guarantee: str = DEFAULT_GUARANTEE,
+    confidence: float = DEFAULT_CONFIDENCE,
     fitted: Optional[Dict[str, Any]] = None,
     fitted_from: str = "the hold-out run",
 ) -> Finished:
@@ -159,11 +170,21 @@ def finish(
     Args:
         held_out: the predictions to choose on.
         validation, test: the kept model's own (labels, logits), for the calibration record.
+        classes: the model's classes, whose negative and critical classes the operating point serves.
         calibrate: fit a temperature (else T = 1).
         max_missed_rate: the operating point's target.
+        guarantee, confidence: the finite-sample guarantee it is chosen with (:mod:`cxr.metrics.guarantee`).
+
+    Raises:
+        CXRError: ``held_out`` predicts other classes than ``classes``.
         fitted: a calibration made elsewhere (``--final-fit``'s hold-out run): its temperature is used.
         fitted_from: where ``fitted`` was made, for its note.
     """
+    if tuple(held_out.names) != tuple(classes.names):
+        raise CXRError(
+            f"the held-out predictions to choose on ({held_out.description}) are of the classes "
+            f"{', '.join(held_out.names)}; this model's are {', '.join(classes.names)}"
+        )
     if not calibrate:
         t, note = 1.0, None
     elif fitted is not None:
@@ -186,12 +207,9 @@ def finish(
                 "ece_if_calibrated": ece_if_calibrated(after) if len(y) else None,
             }
     probs = softmax_with_temperature(held_out.logits, t)
-    try:
-        threshold = choose_threshold(held_out.labels, probs, max_missed_rate)
-    except ValueError:  # no COVID or Viral Pneumonia film held out: nothing to set a threshold on
-        return Finished(t, calibration, None)
-    rates = operating_rates(held_out.labels, probs, threshold)
-    op = OperatingPoint(threshold, max_missed_rate, held_out.description, rates)
+    op = choose_operating_point(
+        held_out.labels, probs, classes, max_missed_rate, held_out.description, guarantee, confidence
+    )
     return Finished(t, calibration, op)
 
 
@@ -255,7 +273,7 @@ def _save_into_model_dir(folder: RunFolder, finished: Finished, guard: Optional[
         set_model_operating_point(folder.model_dir, finished.operating_point.to_config())
 
 
-def _print_finish(finished: Finished, ood: Optional[Dict[str, Any]], accelerator: Any) -> None:
+def _print_finish(finished: Finished, ood: Optional[Dict[str, Any]], accelerator: Any, classes: Classes) -> None:
     calibration, op, t = finished.calibration, finished.operating_point, finished.temperature
     if ood is not None:
         accelerator.print(
@@ -268,9 +286,14 @@ def _print_finish(finished: Finished, ood: Optional[Dict[str, Any]], accelerator
             f"{calibration['validation']['ece_before']:.3f} -> {calibration['validation']['ece_after']:.3f}, "
             f"test {calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}"
         )
-    accelerator.print(
-        "operating point: none (no COVID or Viral Pneumonia film among the held-out ones): the decision is argmax"
-        if op is None
-        else f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
-        f"COVID + Viral Pneumonia called Normal on {op.chosen_on})"
-    )
+    if classes.negative is None:
+        accelerator.print("operating point: none (no negative class): the decision is argmax")
+    elif op is None:
+        accelerator.print(
+            f"operating point: none (no {classes.critical_label} film among the held-out ones): the decision is argmax"
+        )
+    else:
+        accelerator.print(
+            f"operating point: {op.rule} ({op.rates['critical_called_normal']}/{op.rates['critical']} "
+            f"{classes.critical_label} called {classes.negative} on {op.chosen_on}). {op.guarantee_sentence}"
+        )

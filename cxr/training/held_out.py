@@ -19,8 +19,7 @@ import numpy as np
 
 from cxr.data.content import content_digests
 from cxr.errors import CXRError
-from cxr.labels import CLASS_NAMES
-from cxr.run_folder import CVFolder, check_format, read_json, read_predictions
+from cxr.run_folder import CVFolder, check_format, class_columns, read_json, read_predictions
 from cxr.training.config import RECIPE_KEYS
 
 __all__ = ["HeldOut", "from_cv", "from_logits", "from_predictions", "bundled_for", "bundle_from_cv", "BUNDLED"]
@@ -37,12 +36,13 @@ _SMALLEST_WRITTEN = 5e-7
 
 @dataclasses.dataclass(frozen=True)
 class HeldOut:
-    """Films none of the models scoring them trained on: true class, logits, and what they are (in words, for
-    reports: "600 out-of-fold predictions of runs/cv (5 folds)")."""
+    """Films none of the models scoring them trained on: true class, logits, what they are (in words, for
+    reports: "600 out-of-fold predictions of runs/cv (5 folds)") and the class names of the labels and logits."""
 
     labels: np.ndarray
     logits: np.ndarray
     description: str
+    names: Tuple[str, ...]
     files: Optional[Sequence[str]] = None  # the films' names, when known
 
     def __len__(self) -> int:
@@ -61,18 +61,19 @@ class HeldOut:
             self.labels[keep],
             self.logits[keep],
             f"{self.description}, less {int((~keep).sum())} {why} ({int(keep.sum())} films)",
+            self.names,
             [f for f, k in zip(self.files, keep) if k],
         )
 
 
-def from_logits(labels: np.ndarray, logits: np.ndarray, description: str) -> HeldOut:
-    return HeldOut(np.asarray(labels, dtype=np.int64), np.asarray(logits, dtype=np.float64), description)
+def from_logits(labels: np.ndarray, logits: np.ndarray, description: str, names: Sequence[str]) -> HeldOut:
+    return HeldOut(np.asarray(labels, dtype=np.int64), np.asarray(logits, dtype=np.float64), description, tuple(names))
 
 
 def from_predictions(path: Union[str, Path], temperature: float, description: str) -> HeldOut:
     """A predictions file (:func:`cxr.run_folder.write_predictions`) written with ``temperature``, as logits."""
     pred = read_predictions(path)
-    return HeldOut(pred.y, _as_logits(pred.probs, temperature), description)
+    return HeldOut(pred.y, _as_logits(pred.probs, temperature), description, pred.names)
 
 
 def _as_logits(probs: np.ndarray, temperature) -> np.ndarray:
@@ -93,13 +94,15 @@ def from_cv(cv_dir: Union[str, Path]) -> HeldOut:
     check_format(read_json(cv.folds).get("format_version"), f"the cross-validation in {cv_dir}")
     temperatures = {int(f["fold"]): float(f.get("temperature") or 1.0) for f in read_json(cv.summary)["per_fold"]}
     with open(cv.oof, newline="") as f:
-        rows = list(csv.DictReader(f))
-    labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"p_{c}"]) for c in CLASS_NAMES] for r in rows], dtype=np.float64)
+        reader = csv.DictReader(f)
+        names = class_columns(reader.fieldnames or [])
+        rows = list(reader)
+    labels = np.array([names.index(r["label"]) for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows], dtype=np.float64)
     t = np.array([temperatures[int(r["fold"])] for r in rows])[:, None]
     logits = _as_logits(probs, t)
     description = f"{len(rows)} out-of-fold predictions of {cv_dir} ({len(temperatures)} folds)"
-    return HeldOut(labels, logits, description, [r["file_name"] for r in rows])
+    return HeldOut(labels, logits, description, names, [r["file_name"] for r in rows])
 
 
 def bundled_for(recipe: Dict[str, Any], films: Any, path: Union[str, Path] = BUNDLED) -> Tuple[Optional[HeldOut], str]:
@@ -133,6 +136,7 @@ def bundled_for(recipe: Dict[str, Any], films: Any, path: Union[str, Path] = BUN
         np.asarray(bundle["logits"], dtype=np.float64),
         f"{bundle['images']} out-of-fold predictions of the {bundle['preset']} recipe's {bundle['folds']}-fold "
         f"cross-validation on these {len(made_on)} films (names and content), shipped with cxr",
+        tuple(bundle["classes"]),
         bundle["files"],
     )
     return held, "this run's recipe and films (names and content) are the bundled out-of-fold predictions'"
@@ -159,6 +163,7 @@ def bundle_from_cv(cv_dir: Union[str, Path], what: str) -> Dict[str, Any]:
         "folds": len(summary["per_fold"]),
         "recipe": {k: recipe[k] for k in RECIPE_KEYS},
         "preset": recipe.get("preset", "default"),
+        "classes": list(held.names),
         "labels": [int(v) for v in held.labels],
         "logits": np.round(held.logits, 5).tolist(),
         "files": list(held.files),

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from cxr.data.data_source import check_data_options
+from cxr.data.labelling import Labelling
 from cxr.errors import CXRError
 from cxr.models import freeze_batchnorm_statistics
 from cxr.run_folder import RunFolder, check_writable, run_id
@@ -95,7 +96,7 @@ def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     run_config = _begin(cfg, accelerator, folder, data, setup, rid, micro_batch, fresh)
     for epoch in range(progress.epochs_done, cfg.epochs):
         progress = _epoch(cfg, accelerator, folder, data, setup, progress, epoch, rid)
-    progress = _keep_weights_in_hand(cfg, accelerator, folder, setup, progress, rid)
+    progress = _keep_weights_in_hand(cfg, accelerator, folder, setup, progress, rid, data)
     metrics, predictions = evaluate_kept(cfg, folder, data, setup, progress, rid, accelerator, refit)
     if accelerator.is_main_process:
         write_results(folder, run_config, data, setup.prep, progress, metrics, predictions, bool(refit))
@@ -125,6 +126,7 @@ def preflight(config: Union[TrainConfig, Recipe]) -> Recipe:
 
         validate_hub_model_id(cfg.hub_model_id)
     check_data_options(cfg.data, cfg.dataset_revision, cfg.dataset_config)
+    Labelling.parse(cfg.label_map)  # its syntax; the classes it makes are checked once the data is listed
     if cfg.split_file is not None and not Path(cfg.split_file).is_file():
         raise CXRError(f"--split-file not found: {cfg.split_file}")
     if cfg.choose_on not in ("auto", "validation"):
@@ -234,26 +236,31 @@ def _epoch(
         channels_last=cfg.channels_last,
         clip_grad_norm=cfg.clip_grad_norm,
     )
-    val = validate(setup.validated_model(), setup.loaders["validation"], accelerator)
+    val = validate(setup.validated_model(), setup.loaders["validation"], accelerator, data.classes)
     record = epoch_record(epoch + 1, totals, val, float(setup.scheduler.get_last_lr()[0]), seconds)
     after = progress.after(record, val, cfg.keep, cfg.epochs)
     improved = after.best is not progress.best
     accelerator.print(
         f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-        f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}, COVID+Viral Pn. called Normal "
-        f"{record['val_critical_to_normal']}{' (best so far)' if improved else ''}"
+        f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
+        + (
+            f", {data.classes.critical_label} called {data.classes.negative} {record['val_critical_to_normal']}"
+            if data.classes.negative
+            else ""
+        )
+        + (" (best so far)" if improved else "")
     )
     accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
     if accelerator.is_main_process:
         if after.kept_at is not progress.kept_at:
-            save_kept(folder, setup, cfg, rid, epoch + 1, accelerator)
+            save_kept(folder, setup, cfg, rid, epoch + 1, accelerator, data.classes)
         save_checkpoint(folder, setup, after, data, cfg, rid, accelerator)
     accelerator.wait_for_everyone()
     return after
 
 
 def _keep_weights_in_hand(
-    cfg: Recipe, accelerator: Any, folder: RunFolder, setup: TrainSetup, progress: Progress, rid: str
+    cfg: Recipe, accelerator: Any, folder: RunFolder, setup: TrainSetup, progress: Progress, rid: str, data: RunData
 ) -> Progress:
     """``--keep last`` resumed with no epoch left to train (``--epochs`` no more than were done): keep the
     weights in hand."""
@@ -261,7 +268,7 @@ def _keep_weights_in_hand(
     if cfg.keep != "last" or progress.keeps(done):
         return progress
     if accelerator.is_main_process:
-        save_kept(folder, setup, cfg, rid, done, accelerator)
+        save_kept(folder, setup, cfg, rid, done, accelerator, data.classes)
     accelerator.wait_for_everyone()
     return Progress(progress.history, progress.best, {"epoch": done})
 

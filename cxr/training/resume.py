@@ -51,10 +51,14 @@ def recipe_differences(saved: Dict[str, Any], cfg: Any, keys: Sequence[str] = RE
     """``--flag saved (now value)`` for every setting of ``keys`` in which ``saved`` (see :func:`saved_recipe`)
     differs from ``cfg``; a CV's kept folds and a resumed checkpoint are both checked with it."""
     return [
-        f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(cfg, k)!r})"
+        f"--{k.replace('_', '-')} {saved.get(k, _BEFORE.get(k))!r} (now {getattr(cfg, k)!r})"
         for k in keys
-        if saved.get(k) != getattr(cfg, k)
+        if saved.get(k, _BEFORE.get(k)) != getattr(cfg, k)
     ]
+
+
+#: The value of a setting added to the recipe after a run was saved: what such a run trained with.
+_BEFORE: Dict[str, Any] = {"label_map": []}
 
 
 def resume_dir(resume: str, output_dir: Path) -> Path:

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from cxr.data.data_source import load_data_source
+from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
 from cxr.data.splits import SPLITS, complete_split, indices_for_split, load_split
+from cxr.labels import Classes
 from cxr.reporting.run_facts import data_line
 from cxr.run_folder import RunFolder
 from cxr.training.config import Recipe
@@ -31,7 +33,8 @@ class Refit:
 @dataclasses.dataclass(frozen=True)
 class RunData:
     """The images of a run: the cached pixels, each image's file name, the split (file names per part), each
-    part's rows in the cache (a refit trains on validation too), where the data came from and what was skipped."""
+    part's rows in the cache (a refit trains on validation too), where the data came from, what was skipped, and
+    the classes (the data's, with ``--label-map``, ``--negative-class`` and ``--critical-classes``)."""
 
     pix: Any
     file_names: Sequence[str]
@@ -40,6 +43,7 @@ class RunData:
     source: Dict[str, Any]
     given_splits: bool
     skipped: List[str]
+    classes: Classes
 
     def files(self, part: str) -> List[str]:
         """The file names of ``part``'s images, in row order."""
@@ -55,7 +59,8 @@ def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]
     if revision is None and prior_source.get("kind") == "hub" and prior_source.get("id") == cfg.data:
         revision = prior_source.get("revision")
     with accelerator.main_process_first():
-        source = load_data_source(cfg.data, revision, cfg.dataset_config)
+        source = load_data_source(cfg.data, revision, cfg.dataset_config, Labelling.parse(cfg.label_map))
+        classes = Classes.resolve(source.dataset.features["label"].names, cfg.negative_class, cfg.critical_classes)
         cached = cache_pixels(
             source.dataset,
             cfg.image_size,
@@ -91,8 +96,16 @@ def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]
         source={**source.info, "images": len(pix), "splits": how},
         given_splits=bool(source.given_splits),
         skipped=[n for n, _ in cached.bad],
+        classes=classes,
     )
     accelerator.print(f"data: {data_line(data.source)}")
+    accelerator.print(f"  classes: {', '.join(classes.names)}; {_screening_line(classes)}")
     for part in SPLITS:
         accelerator.print(f"  {part}: {len(rows[part])} images, {how[part]}")
     return data
+
+
+def _screening_line(classes: Classes) -> str:
+    if classes.negative is None:
+        return "no negative class: the decision is argmax"
+    return f"negative {classes.negative}; critical {classes.critical_label}"

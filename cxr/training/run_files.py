@@ -14,7 +14,7 @@ import torch
 
 from cxr.data.dataset import RadiographDataset
 from cxr.data.splits import DEFAULT_FRACTIONS, SPLITS, save_split
-from cxr.labels import DISCLAIMER
+from cxr.labels import DISCLAIMER, Classes
 from cxr.models.checkpoint import capture_rng_state, recover_model_dir, save_model_dir, save_training_state
 from cxr.reporting.plots import plot_training_curves
 from cxr.reporting.run_facts import training_run_facts
@@ -82,12 +82,14 @@ def write_run_config(
     return run_config
 
 
-def save_kept(folder: RunFolder, setup: TrainSetup, cfg: Recipe, run_id: str, epoch: int, accelerator) -> None:
-    """``model/``: the kept model of ``epoch`` with its preprocessing and what it is."""
+def save_kept(
+    folder: RunFolder, setup: TrainSetup, cfg: Recipe, run_id: str, epoch: int, accelerator, classes: Classes
+) -> None:
+    """``model/``: the kept model of ``epoch`` with its preprocessing, its classes and what it is."""
     info = {k: v for k, v in setup.model_info.items() if k not in ("preprocessing", "first_trainable_parameter")}
     info.update(run_id=run_id, data=cfg.data, seed=cfg.seed, epochs=cfg.epochs, disclaimer=DISCLAIMER, epoch=epoch)
     info["ema"] = setup.ema is not None
-    save_model_dir(setup.kept_model(accelerator), folder.model_dir, setup.prep, info)
+    save_model_dir(setup.kept_model(accelerator), folder.model_dir, setup.prep, info, screening=classes)
 
 
 def save_checkpoint(
@@ -135,10 +137,20 @@ def write_results(
     files = {part: [data.file_names[data.rows[part][i]] for i in index] for part, (index, _, _) in predictions.items()}
     kept = CXRClassifier.from_pretrained(folder.model_dir)
     for part in ("validation", "train"):
-        write_predictions(folder.predictions(part), files[part], *predictions[part][1:], decide=kept.decide)
+        write_predictions(
+            folder.predictions(part),
+            files[part],
+            *predictions[part][1:],
+            class_names=kept.label_names,
+            decide=kept.decide,
+        )
     facts = training_run_facts(run_config, metrics, folder.split.name)
     _, labels, probs = predictions["test"]
     test_view = RadiographDataset(data.pix, prep, data.rows["test"])  # positions = the predictions' sorted index
-    errors = error_entries(kept, test_view, files["test"], labels, probs, kept.decide(np.round(probs, 6)))
+    errors = error_entries(
+        kept, test_view, files["test"], labels, probs, kept.decide(np.round(probs, 6)), classes=kept.classes
+    )
     model = run_config["config"]["model"]
-    write_evaluation(folder.root, model, metrics, facts, files["test"], labels, probs, kept.operating_point, errors)
+    write_evaluation(
+        folder.root, model, metrics, facts, files["test"], labels, probs, kept.classes, kept.operating_point, errors
+    )
