@@ -34,6 +34,7 @@ SCRIPTS = {
     "cxr-hub": "cxr.commands.hub:main",
     "cxr-cv": "cxr.commands.cv:main",
     "cxr-predict": "cxr.commands.predict:main",
+    "cxr-calibrate": "cxr.commands.calibrate:main",
 }
 BUNDLED = "cxr/training/recipes/default_out_of_fold.json"
 TEMPLATE = "model_cards/cxr_model_card.md"
