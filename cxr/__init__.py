@@ -1,12 +1,13 @@
-"""cxr: chest X-ray classifiers (COVID, Lung_Opacity, Normal, Viral Pneumonia) — research use only,
-not for diagnosis.
+"""cxr: chest X-ray classifiers (the COVID-19 Radiography Database's COVID, Lung_Opacity, Normal, Viral Pneumonia —
+``CLASS_NAMES`` — or any classes of your own films) — research use only, not for diagnosis.
 
 Importing the package registers its extra architectures (``alexnet``, ``logreg``) in timm, so
 ``timm.create_model`` and transformers' timm wrapper can load every checkpoint it writes.
 
 The layers, top to bottom; each imports only those below it (checked by ``lint-imports``, ``pyproject.toml``):
 
-1. ``cxr.cv``, ``cxr.eval``, ``cxr.predict``, ``cxr.hub``, ``cxr.study`` — ``python -m`` entry points;
+1. ``cxr.cv``, ``cxr.eval``, ``cxr.predict``, ``cxr.hub``, ``cxr.study``, ``cxr.calibrate`` — ``python -m`` entry
+   points;
 2. ``cxr.commands`` — every command line, one module per program (``build_parser`` and ``main``);
 3. ``cxr.reproduction`` — the study rerun: runner, analysis, report;
 4. ``cxr.app`` — the app: board (logic), page (Gradio), quick start;
@@ -16,7 +17,8 @@ The layers, top to bottom; each imports only those below it (checked by ``lint-i
 8. ``cxr.models`` — architectures, weights, checkpoints, ``CXRClassifier``, Grad-CAM;
 9. ``cxr.data`` (decoding, preprocessing, data sources, pixel cache, splits), ``cxr.metrics`` (metrics,
    statistics), ``cxr.run_folder`` (every file of a run, by name), ``cxr.options`` (flags declared on fields);
-10. ``cxr.errors``, ``cxr.labels``, ``cxr.allocator``, ``cxr.locations`` — the foundations.
+10. ``cxr.labels``, ``cxr.allocator``, ``cxr.locations`` — the foundations;
+11. ``cxr.errors`` — the one error type, below everything.
 """
 
 from __future__ import annotations

@@ -160,8 +160,8 @@ class RunFolder:
 
     @property
     def operating_point_plot(self) -> Path:
-        """COVID + Viral Pneumonia called Normal and Normal films flagged over the threshold, the chosen one
-        marked."""
+        """Critical films called negative (COVID + Viral Pneumonia called Normal) and negative films flagged over the
+        threshold, the chosen one marked."""
         return self.root / "operating_point.png"
 
     @property

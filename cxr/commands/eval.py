@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m cxr.eval``."""
     p = make_parser(
         "python -m cxr.eval",
-        "Evaluate a cxr checkpoint on every image of a folder in the Kaggle layout — all four classes, or any of "
-        "them (external validation: a set from another hospital) — or of a dataset: metrics.json, predictions.csv, "
+        "Evaluate a cxr checkpoint on every image of a folder of class folders — all the model's classes, or any "
+        "of them (external validation: a set from another hospital; --label-map for other names) — or of a dataset: metrics.json, predictions.csv, "
         "report.md and confusion_matrix.png, with every figure over the classes present and, when the films' "
         "sources are known (one sub-folder per source, or a metadata.csv with a source_repo or source column), per "
         "source. Research use only — not for diagnosis.",

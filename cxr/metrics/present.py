@@ -1,9 +1,9 @@
 """Figures over the classes a set holds: what external validation can measure.
 
-A set from another hospital rarely holds all four classes (130 Normal films; Normal and COVID films of a second
+A set from another hospital rarely holds all of a model's classes (130 Normal films; Normal and COVID films of a second
 source). Over the classes present this gives, each with a stratified bootstrap 95% interval: the accuracy, each
-class's recall, what each class was called (counts over all four classes), and the films of each class called
-Normal — for the argmax and for a decision rule alike (pass its predictions) — and the same per source when the
+class's recall, what each class was called (counts over all the model's classes), and the films of each class called
+negative (Normal) — for the argmax and for a decision rule alike (pass its predictions) — and the same per source when the
 films' sources are known. Classes a set does not hold get no figure, never a zero.
 
 Example:

@@ -345,7 +345,7 @@ class TrainConfig:
     keep: Optional[str] = option(
         None,
         help="Which epoch's model the run keeps: best (highest validation accuracy, ties broken by fewer "
-        "COVID + Viral Pneumonia images called Normal) or last (default: the preset's).",
+        "critical images called negative, --critical-classes) or last (default: the preset's).",
         choices=KEEP_RULES,
         group="recipe",
     )

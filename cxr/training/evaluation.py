@@ -14,7 +14,7 @@ model saw them;
 local reports: it shows the dataset's films, which a Hub push never uploads.
 
 ``python -m cxr.eval`` is :func:`evaluate_folder`: a saved checkpoint (any model folder or Hub id) on every image of
-a folder or dataset — all four classes, or any of them (external validation), every image a test image — scored as
+a folder or dataset — all the model's classes, or any of them (external validation), every image a test image — scored as
 the app scores one film, with every figure over the classes present, per source when the films' sources are known,
 and the dataset-shift summary of the guard's distances. Research use only — not for diagnosis.
 """
