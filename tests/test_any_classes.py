@@ -232,3 +232,21 @@ def test_bad_calibration_inputs(two, tmp_path, sample_dir, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1], err
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_declared_class_without_films_is_refused(tmp_path, sample_dir, capsys):
+    import datasets
+
+    files = sorted((sample_dir / "Normal").glob("*.png"))[:6] + sorted((sample_dir / "COVID").glob("*.png"))[:6]
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in files], "label": [0] * 6 + [1] * 6},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["Normal", "COVID", "Cardiomegaly"])}
+        ),
+    )
+    (tmp_path / "pq").mkdir()
+    ds.to_parquet(str(tmp_path / "pq" / "train-00000-of-00001.parquet"))
+    assert _train(tmp_path / "pq", tmp_path / "run") == 2
+    assert "class(es) with no films in --data: Cardiomegaly" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

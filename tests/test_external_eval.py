@@ -149,3 +149,26 @@ def test_training_needs_two_classes_evaluation_any_of_the_models(sample_dir, tmp
     partial = Labelling(classes=CLASS_NAMES, partial=True)
     got = load_data_source(str(tmp_path / "data"), labelling=partial).dataset
     assert got.features["label"].names == list(CLASS_NAMES) and set(got["label"]) == {CLASS_NAMES.index("Normal")}
+
+
+def test_a_datasets_classlabel_gives_the_training_classes_and_the_map_merges_them(sample_dir, tmp_path):
+    """Training's classes from a parquet dataset's ClassLabel: its own names, sorted; --label-map merges two."""
+    files = [*sorted((sample_dir / "Normal").glob("*.png"))[:2], *sorted((sample_dir / "COVID").glob("*.png"))[:2]]
+    files += sorted((sample_dir / "Viral Pneumonia").glob("*.png"))[:2]
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in files], "label": [2, 2, 0, 0, 1, 1]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["Viral", "Bacterial", "No finding"])}
+        ),
+    )
+    root = tmp_path / "parquet"
+    root.mkdir()
+    ds.to_parquet(str(root / "train-00000-of-00001.parquet"))
+    own = load_data_source(str(root)).dataset
+    assert own.features["label"].names == ["Bacterial", "No finding", "Viral"]
+    assert [own.features["label"].int2str(k) for k in own["label"]] == [
+        "No finding", "No finding", "Viral", "Viral", "Bacterial", "Bacterial"
+    ]  # fmt: skip
+    merged = load_data_source(str(root), labelling=Labelling.parse(["Viral=Pneumonia", "Bacterial=Pneumonia"])).dataset
+    assert merged.features["label"].names == ["No finding", "Pneumonia"]
+    assert sorted(merged["file_name"])[0].startswith("No finding/") and merged["label"].count(1) == 4

@@ -7,10 +7,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from cxr.data.data_source import load_data_source
 from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
 from cxr.data.splits import SPLITS, complete_split, indices_for_split, load_split
+from cxr.errors import CXRError
 from cxr.labels import Classes
 from cxr.reporting.run_facts import data_line
 from cxr.run_folder import RunFolder
@@ -69,6 +72,7 @@ def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]
             clahe=cfg.clahe,
         )
     pix = cached.dataset
+    _check_every_class_has_films(pix, classes)
     file_names = pix["file_name"]
     if resumed is not None:  # a resumed run keeps the split it started with, whatever the data or flags say now
         split = resumed["split"]
@@ -109,3 +113,14 @@ def _screening_line(classes: Classes) -> str:
     if classes.negative is None:
         return "no negative class: the decision is argmax"
     return f"negative {classes.negative}; critical {classes.critical_label}"
+
+
+def _check_every_class_has_films(pix: Any, classes: Classes) -> None:
+    """A class of the data (a ``ClassLabel`` name) with no readable film cannot be learnt: refused, by name."""
+    counts = np.bincount(np.asarray(pix["label"], dtype=np.int64), minlength=len(classes))
+    empty = [name for name, n in zip(classes.names, counts) if n == 0]
+    if empty:
+        raise CXRError(
+            f"class(es) with no films in --data: {', '.join(empty)}; remove them from the data or merge them into "
+            "another with --label-map NAME=CLASS"
+        )
