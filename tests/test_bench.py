@@ -183,6 +183,17 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
         (outside / f.name).symlink_to(f)
     (arms,) = markdown_tables(run_experiment("tta_flip.py", "--cv-dir", str(cv), "--external", str(outside)))
     assert [r["test-time"] for r in arms] == ["none", "flip average"]
+
+    # the guarantee over random splits of the bundled predictions, and a site recalibrated with each fold model
+    out = run_experiment(
+        "guarantee.py", "--cv-dir", str(cv), "--data", str(sample_dir), "--external", str(outside), "--splits", "20"
+    )
+    splits, sites = markdown_tables(out)
+    assert [r["target"] for r in splits] == ["1%", "2%", "5%", "10%"] * 2
+    assert all(r["splits where the target could be guaranteed"].endswith("/20") for r in splits)
+    assert [r["point"] for r in sites] == ["original", "recalibrated"] * 3
+    assert all(r["guarantee where set"].startswith("expected ≤") for r in sites[1::2])
+    assert "External dev set with fold 0's model: 6 films of Normal" in out and "re-established: False" in out
     assert all(r["COVID + VP called Normal"].endswith("/300") for r in arms)
     oof = json.loads((cv / "cv.json").read_text())["out_of_fold"]["accuracy"]["value"]
     assert arms[0]["out-of-fold accuracy [95% CI]"].startswith(f"{100 * oof:.1f}%")  # as the CV scored them

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import CLASSES, make_subset
 
-from cxr.data.data_source import load_radiographs
+from cxr.data.data_source import load_data_source, load_radiographs
 from cxr.data.dataset import RadiographDataset
 from cxr.data.pixel_cache import cache_pixels
 from cxr.data.preprocessing import PreprocessConfig
@@ -154,3 +154,21 @@ def test_cache_dir_env_var_is_read_when_used_not_at_import(subset, tmp_path, mon
     assert default_cache_dir() == tmp_path / "later"
     cache_pixels(load_radiographs(str(subset)), 24)
     assert any((tmp_path / "later").rglob("*.arrow"))
+
+
+def test_the_same_films_scored_against_two_class_sets_keep_each_sets_labels(tmp_path, sample_dir):
+    """The cache keeps the label column: one folder read for a two-class model, then for a four-class one, must not
+    hand the second the first one's label numbers (Normal is 1 of COVID, Normal; 2 of the database's four)."""
+    from cxr.data.labelling import Labelling
+    from cxr.labels import CLASS_NAMES
+
+    folder = tmp_path / "site" / "Normal"
+    folder.mkdir(parents=True)
+    for f in sorted((sample_dir / "Normal").glob("*.png"))[:3]:
+        (folder / f.name).symlink_to(f)
+    labels = {}
+    for classes in (("COVID", "Normal"), CLASS_NAMES):
+        ds = load_data_source(str(tmp_path / "site"), labelling=Labelling(classes=classes, partial=True)).dataset
+        cached = cache_pixels(ds, 32, cache_dir=tmp_path / "cache").dataset
+        labels[classes] = [cached.features["label"].int2str(int(k)) for k in cached["label"]]
+    assert all(v == ["Normal"] * 3 for v in labels.values()), labels

@@ -179,7 +179,7 @@ def _examples(opts: AppOptions, board: ModelBoard) -> List[Example]:
     if not folder or not board.available:
         return []
     splits = {m.ref: training_split(m.ref) for m in board.available}
-    choice = choose_examples(folder, splits, screen_with(board))
+    choice = choose_examples(folder, splits, screen_with(board), classes=board.class_names)
     for line in choice.problems:
         _logger.warning("%s", line)
     _logger.info("examples: %s", ", ".join(e.file_name for e in choice.examples) or "none")

@@ -109,11 +109,14 @@ def cache_pixels(
 
 
 def _pixel_cache_file(ds: datasets.Dataset, image_size: int, clahe: bool, cache_dir: Path) -> Path:
-    """The cache file of these files (names, sizes, modification times) at this size and preprocessing version."""
+    """The cache file of these files (names, sizes, modification times) with these labels and class names (the
+    cache keeps the label column: a folder scored against another model's classes labels its films otherwise) at this
+    size and preprocessing version."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}".encode())
-    for name, stat in zip(ds["file_name"], ds["file_stat"]):
-        h.update(f"{name}\0{stat}\n".encode())
+    classes = "\0".join(ds.features["label"].names)
+    h = hashlib.sha256(f"v{PREPROCESS_VERSION}:{image_size}:clahe={clahe}:classes={classes}".encode())
+    for name, stat, label in zip(ds["file_name"], ds["file_stat"], ds["label"]):
+        h.update(f"{name}\0{stat}\0{label}\n".encode())
     return cache_dir / f"pixels-{image_size}{'-clahe' if clahe else ''}-{h.hexdigest()[:20]}.arrow"
 
 
