@@ -153,7 +153,10 @@ def test_eval_refuses_data_and_checkpoints_with_other_classes(trained_logreg, tm
     shutil.rmtree(data / "Tuberculosis")
     code = eval_main(["--model", str(other), "--data", str(data), "--output-dir", str(tmp_path / "e")])
     err = capsys.readouterr().err
-    assert code == 2 and "is damaged: its label_names ['COVID', 'Normal', 'Pneumonia'] differ from its preprocessing" in err
+    assert (
+        code == 2
+        and "is damaged: its label_names ['COVID', 'Normal', 'Pneumonia'] differ from its preprocessing" in err
+    )
     assert not (tmp_path / "e").exists()
 
     code = eval_main(
