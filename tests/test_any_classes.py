@@ -165,7 +165,39 @@ def test_recalibrated_for_a_site_and_loaded_by_every_consumer(two, tmp_path, sam
     from cxr.reporting.model_card import render_model_card
 
     card = str(render_model_card(out, "org/site-model"))
-    assert str(site) in card or "site" in card.lower()
+    assert "## Recalibrated for a site" in card and f"{site}: 80 films" in card
+    assert "**The weights are the original" in card and record["guarantee_sentence"] in card
+    # cxr.predict decides by the new point; the app's column names the site
+    films = sorted((site / "COVID").iterdir())[:3]
+    assert predict_main(["--model", str(out / "model"), "--output", str(tmp_path / "p.csv"), *map(str, films)]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 4 and ",p_COVID,p_Normal," in rows[0]
+    from cxr.app.board import site_line
+
+    assert site_line(clf) == f"Operating point set for {site} (80 films): {record['guarantee_sentence']}"
+
+
+@pytest.mark.slow
+def test_a_recalibrated_folder_is_pushed_and_downloaded_like_any_run(two, tmp_path, sample_dir, hub):
+    from helpers import PYTHON, hub_env, run_script
+
+    site = _folder(tmp_path / "site", sample_dir, {"Normal": "Normal", "COVID": "COVID"}, 20, start=100)
+    out = tmp_path / "site-model"
+    assert calibrate_main(["--model", str(two / "run" / "model"), "--data", str(site), "--output-dir", str(out)]) == 0
+    env = hub_env(hub, tmp_path)
+    proc = run_script([PYTHON, "-m", "cxr.hub", "push", str(out), "cxr-test/two-site"], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(hub.repos["cxr-test/two-site"].snapshot("main")[1])
+    assert {"README.md", "config.json", "model.safetensors", "metrics.json"} <= set(files)
+    code = (
+        "from cxr import CXRClassifier; c = CXRClassifier.from_pretrained('cxr-test/two-site'); "
+        "print(c.label_names, c.site['films'], c.operating_point.normal_threshold)"
+    )
+    proc = run_script([PYTHON, "-c", code], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "site_calibration.json").read_text())
+    assert proc.stdout.split()[-1] == str(record["operating_point"]["normal_threshold"])
+    assert "['COVID', 'Normal'] 40" in proc.stdout
 
 
 @pytest.mark.slow

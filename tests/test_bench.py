@@ -185,9 +185,12 @@ def test_held_out_sources_compares_temperatures_and_thresholds_on_every_folds_te
     assert [r["test-time"] for r in arms] == ["none", "flip average"]
 
     # the guarantee over random splits of the bundled predictions, and a site recalibrated with each fold model
+    (tmp_path / "outside-normal").mkdir()
+    (tmp_path / "outside-normal" / "Normal").symlink_to(outside)
     out = run_experiment(
-        "guarantee.py", "--cv-dir", str(cv), "--data", str(sample_dir), "--external", str(outside), "--splits", "20"
-    )
+        "guarantee.py", "--cv-dir", str(cv), "--data", str(sample_dir), "--external", str(tmp_path / "outside-normal"),
+        "--splits", "20",
+    )  # fmt: skip
     splits, sites = markdown_tables(out)
     assert [r["target"] for r in splits] == ["1%", "2%", "5%", "10%"] * 2
     assert all(r["splits where the target could be guaranteed"].endswith("/20") for r in splits)

@@ -108,6 +108,11 @@ def scan_image_folder(root: os.PathLike, labelling: Labelling = FROM_DATA) -> Li
         raise CXRError(f"--data folder not found: {root}")
     root = find_dataset_root(root, labelling)
     class_dirs = _class_folders(root)
+    if not class_dirs:
+        raise CXRError(
+            f"{root} holds no class folder: put each class's films in a folder named after the class "
+            "(or mapped onto it with --label-map NAME=CLASS)"
+        )
     try:
         ours = labelling.check(sorted(class_dirs), f"{root} is not in the expected layout", noun="class folder")
     except CXRError as e:

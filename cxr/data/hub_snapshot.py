@@ -49,12 +49,13 @@ def _class_folder_prefix(paths: Sequence[str]) -> Optional[str]:
 
 
 def _download_patterns(paths: Sequence[str]) -> Tuple[Optional[List[str]], Optional[List[str]]]:
-    """``(allow_patterns, ignore_patterns)`` for a repository's files: for the database's Kaggle tree everything but
-    the masks; otherwise everything."""
+    """``(allow_patterns, ignore_patterns)`` for a repository's files: for the database's Kaggle tree the files of its
+    class folders (whatever classes it has), never the masks nor the metadata sheets beside them; otherwise
+    everything."""
     wrapper = _class_folder_prefix(paths)
     if wrapper is None:
         return None, None
-    return None, [f"{wrapper}*/masks/*"]
+    return [f"{wrapper}*/*"], [f"{wrapper}*/masks/*"]
 
 
 def hub_snapshot(repo_id: str, revision: Optional[str]) -> Tuple[Path, str, bool]:

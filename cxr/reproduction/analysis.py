@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from cxr.data.sources import read_sources
-from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES
+from cxr.labels import CLASS_NAMES, CRITICAL_CLASSES, DATABASE
 from cxr.metrics import compute_metrics, selection_key
 from cxr.metrics.stats import (
     accuracy_of,
@@ -74,14 +74,14 @@ def source_audit(sources: Dict[str, str], all_files: Sequence[str], runs: Dict[s
 
 def _run_numbers(parts: Dict[str, Predictions], n_resamples: int) -> Dict[str, Any]:
     test, val = parts["test"], parts["validation"]
-    m_test = compute_metrics(test.y, test.probs)
-    m_val = compute_metrics(val.y, val.probs)
+    m_test = compute_metrics(test.y, test.probs, DATABASE)
+    m_val = compute_metrics(val.y, val.probs, DATABASE)
     covid = CLASS_NAMES.index("COVID")
     t = fit_temperature(val.y, val.probs)
     test_scaled = apply_temperature(test.probs, t)
     val_scaled = apply_temperature(val.probs, t)
     return {
-        "train_accuracy": compute_metrics(parts["train"].y, parts["train"].probs)["accuracy"],
+        "train_accuracy": compute_metrics(parts["train"].y, parts["train"].probs, DATABASE)["accuracy"],
         "validation": {k: m_val[k] for k in ("accuracy", "critical_to_normal", "to_normal")},
         "test": {
             k: m_test[k] for k in ("accuracy", "per_class", "to_normal", "confusion_matrix", "auroc", "num_images")
