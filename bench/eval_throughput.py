@@ -49,7 +49,7 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
         clf = CXRClassifier.from_pretrained(ckpt, device=device)
         ds = cache_pixels(load_radiographs(data), clf.preprocess.image_size).dataset
         view = RadiographDataset(ds, clf.preprocess)
-        tensors = torch.stack([view[i]["pixel_values"] for i in range(len(view))])
+        tensors = torch.cat([view.model_input(i) for i in range(len(view))])
 
         def run():
             with torch.inference_mode():

@@ -1,10 +1,11 @@
 """Training throughput: cxr's pipeline against a plain PyTorch loop, interleaved in one run.
 
-Ours: the radiographs as a ``datasets`` dataset, the resized-pixel cache, cxr's augmentation and
-normalisation (:func:`cxr.training.build.make_loader`) and cxr's Accelerate step
-(:func:`cxr.training.epochs.train_step`), in a process set up as ``train_accelerate.py`` sets up its own
-(glibc keeps freed memory, :mod:`cxr.allocator`); "ours, glibc defaults" is the same with
-``CXR_KEEP_FREED_MEMORY=0``. Plain: ``torchvision.datasets.ImageFolder`` decoding every file every
+Ours: the radiographs as a ``datasets`` dataset, the resized-pixel cache, cxr's augmentation (the study's: flip
+and rotation) in the loader's workers (:func:`cxr.training.build.make_loader`, ``--augment-on loader``), uint8
+batches normalised on the device, and cxr's Accelerate step (:func:`cxr.training.epochs.train_step`), in a process
+set up as ``train_accelerate.py`` sets up its own (glibc keeps freed memory, :mod:`cxr.allocator`); "ours, glibc
+defaults" is the same with ``CXR_KEEP_FREED_MEMORY=0``; "ours, device augmentation" augments each batch on the
+training device instead (``--augment-on device``: the workers only read). Plain: ``torchvision.datasets.ImageFolder`` decoding every file every
 time, torchvision transforms, and a bare forward/backward/step loop in a plain process. Same model,
 image size, batch size, worker and thread counts, device and precision (``--mixed-precision bf16``:
 Accelerate's autocast for ours, ``torch.autocast`` for plain). Every measurement runs in a fresh
@@ -32,7 +33,7 @@ from typing import Dict, List, Optional
 import torch
 from common import DEFAULT_DATA, free_port, keep_defaults_env, machine, rotated, run_worker, table
 
-ARMS = ("plain", "ours-defaults", "ours")
+ARMS = ("plain", "ours-defaults", "ours", "ours-device")
 
 
 def _sync(device: torch.device) -> None:
@@ -76,12 +77,15 @@ def ours(
     warmup: int,
     steps: int,
     mixed_precision: str = "no",
+    augment_on: str = "loader",
 ) -> Optional[Dict[str, float]]:
     """Ours in this process (or in each process of an ``accelerate launch``); the main process gets
     the summary of all processes (total images over the slowest process's time), the others ``None``."""
     from accelerate import Accelerator
 
     from cxr.data.data_source import load_radiographs
+    from cxr.data.dataset import ModelInput
+    from cxr.data.device_augment import DeviceAugmentation
     from cxr.data.pixel_cache import cache_pixels
     from cxr.data.preprocessing import PreprocessConfig
     from cxr.models import create_model
@@ -96,7 +100,10 @@ def ours(
     prep = PreprocessConfig.create(size, cfg["input_size"][0], "model", cfg["mean"], cfg["std"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(pix, prep, list(range(len(pix))), batch, True, workers)
+    loader = make_loader(pix, prep, list(range(len(pix))), batch, True, workers, "study", augment_on)
+    on_device = DeviceAugmentation.named("study") if augment_on == "device" else None
+    to_input = ModelInput(prep, on_device, channels_last=channels_last)
+    generator = torch.Generator(device=accelerator.device).manual_seed(accelerator.process_index)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -104,7 +111,7 @@ def ours(
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(b):
-        train_step(model, b, loss_fn, optimizer, scheduler, accelerator, channels_last)
+        train_step(model, b, loss_fn, optimizer, scheduler, accelerator, to_input, generator=generator)
         _sync(accelerator.device)
         return len(b["labels"])
 
@@ -237,7 +244,7 @@ def main() -> None:
         "--worker",
         default=None,
         metavar="ARM:MODEL:FORMAT",
-        help="Internal: measure one arm (plain, ours-defaults or ours) in this process and print JSON.",
+        help="Internal: measure one arm (plain, ours-defaults, ours or ours-device) in this process and print JSON.",
     )
     args = p.parse_args()
     try:
@@ -255,6 +262,7 @@ def main() -> None:
 
             keep_freed_memory()  # as cxr.commands.common.run_cli does; off for ours-defaults through the environment
         fn = plain if arm == "plain" else ours
+        extra = {"augment_on": "device"} if arm == "ours-device" else {}
         res = fn(
             name,
             args.data,
@@ -265,6 +273,7 @@ def main() -> None:
             args.warmup,
             args.steps,
             args.mixed_precision,
+            **extra,
         )
         if res is not None:
             print(json.dumps(res))
@@ -328,6 +337,7 @@ def main() -> None:
         base = med(name, formats[0], "plain")
         for fmt in formats:
             plain_, ours_, dflt = med(name, fmt, "plain"), med(name, fmt, "ours"), med(name, fmt, "ours-defaults")
+            device = med(name, fmt, "ours-device")
             rows.append(
                 [
                     name,
@@ -339,6 +349,9 @@ def main() -> None:
                     f"{100 * med(name, fmt, 'plain', key='wait_share'):.1f}%",
                     f"{100 * med(name, fmt, 'ours', key='wait_share'):.1f}%",
                     f"{ours_ / base:.2f}×",
+                    f"{device:.2f}",
+                    f"{device / plain_:.2f}×",
+                    f"{100 * med(name, fmt, 'ours-device', key='wait_share'):.1f}%",
                 ]
             )
     print()
@@ -360,6 +373,9 @@ def main() -> None:
                 "plain data wait",
                 "ours data wait",
                 "ours / plain contiguous",
+                "ours, device augmentation img/s",
+                "ours, device augmentation / plain",
+                "ours, device augmentation data wait",
             ],
             rows,
         )

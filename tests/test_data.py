@@ -8,7 +8,7 @@ import torch
 from helpers import CLASSES, make_subset
 
 from cxr.data.data_source import load_data_source, load_radiographs
-from cxr.data.dataset import RadiographDataset
+from cxr.data.dataset import ModelInput, RadiographDataset
 from cxr.data.pixel_cache import cache_pixels
 from cxr.data.preprocessing import PreprocessConfig
 
@@ -90,7 +90,8 @@ def test_training_and_evaluation_inputs_are_identical(sample_dir):
     for i in range(0, 600, 37):  # every class, both file modes (RGB and L)
         item = view[i]
         path = sample_dir / cached.dataset[i]["file_name"]
-        assert torch.equal(item["pixel_values"], prep.transform(path))
+        assert item["pixels"].dtype == torch.uint8 and item["pixels"].shape == (1, 56, 56)  # workers ship bytes
+        assert torch.equal(view.model_input(i)[0], prep.transform(path))
         assert int(item["labels"]) == CLASSES.index(path.parent.name)
 
 
@@ -103,8 +104,8 @@ def test_augmented_training_input_differs_but_keeps_shape(sample_dir):
     plain = RadiographDataset(cached.dataset, prep, indices=range(20))
     aug = RadiographDataset(cached.dataset, prep, indices=range(20), augment=TrainAugmentation())
     torch.manual_seed(0)
-    diffs = [not torch.equal(plain[i]["pixel_values"], aug[i]["pixel_values"]) for i in range(20)]
-    assert all(aug[i]["pixel_values"].shape == (3, 56, 56) for i in range(3))
+    diffs = [not torch.equal(plain[i]["pixels"], aug[i]["pixels"]) for i in range(20)]
+    assert all(aug[i]["pixels"].shape == (1, 56, 56) and aug[i]["pixels"].dtype == torch.uint8 for i in range(3))
     assert sum(diffs) >= 18
 
 
@@ -116,7 +117,7 @@ def test_clahe_is_part_of_the_cached_and_the_evaluation_preprocessing(sample_dir
     view = RadiographDataset(clahe.dataset, prep)
     for i in (0, 200, 599):
         path = sample_dir / clahe.dataset[i]["file_name"]
-        assert torch.equal(view[i]["pixel_values"], prep.transform(path))
+        assert torch.equal(view.model_input(i)[0], prep.transform(path))
         assert not np.array_equal(np.asarray(plain.dataset[i]["pixels"]), np.asarray(clahe.dataset[i]["pixels"]))
 
 
@@ -140,9 +141,10 @@ def test_batched_reads_give_the_same_items_as_single_reads(sample_dir):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     view = RadiographDataset(cached.dataset, prep)
     batch = next(iter(torch.utils.data.DataLoader(view, batch_size=8)))
+    inputs = ModelInput(prep)(batch["pixels"])  # the batch's model input, made on its device
     for j in range(8):
         path = sample_dir / cached.dataset[j]["file_name"]
-        assert torch.equal(batch["pixel_values"][j], prep.transform(path))
+        assert torch.equal(inputs[j], prep.transform(path))
         assert int(batch["labels"][j]) == CLASSES.index(path.parent.name) and int(batch["index"][j]) == j
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 EPOCHS = 30
 
 
-def _args(sample_dir, out, workers="0"):
+def _args(sample_dir, out, workers="0", extra=()):
     return [
         PYTHON,
         "train_accelerate.py",
@@ -31,27 +31,34 @@ def _args(sample_dir, out, workers="0"):
         "32",
         "--num-workers",
         workers,
+        *extra,
     ]
 
 
-_UNINTERRUPTED = {}  # loader workers -> the run folder of an uninterrupted run (one per module)
+_UNINTERRUPTED = {}  # (loader workers, flags) -> the run folder of an uninterrupted run (one per module)
+ON_DEVICE = ("--augment", "radiograph", "--augment-on", "device")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, delay", [("0", 0.3), ("2", 0.3), ("2", 2.0)])
-def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, workers, delay):
+@pytest.mark.parametrize(
+    "workers, delay, extra", [("0", 0.3, ()), ("2", 0.3, ()), ("2", 2.0, ()), ("2", 0.3, ON_DEVICE)]
+)
+def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, workers, delay, extra):
     """kill -9 at two points (a few epochs in, and well into training), with and without loader workers; the
-    augmentation (flips, the default recipe) must repeat exactly after the resume."""
-    if workers not in _UNINTERRUPTED:
-        _UNINTERRUPTED[workers] = tmp_path_factory.mktemp(f"uninterrupted-{workers}")
-        proc = run_script(_args(sample_dir, _UNINTERRUPTED[workers], workers) + ["--overwrite-output-dir"])
+    augmentation (flips, the default recipe; or every --augment radiograph draw made on the device from its
+    generator) must repeat exactly after the resume."""
+    if (workers, extra) not in _UNINTERRUPTED:
+        _UNINTERRUPTED[workers, extra] = tmp_path_factory.mktemp(f"uninterrupted-{workers}")
+        proc = run_script(
+            _args(sample_dir, _UNINTERRUPTED[workers, extra], workers, extra) + ["--overwrite-output-dir"]
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
-    full = _UNINTERRUPTED[workers]
+    full = _UNINTERRUPTED[workers, extra]
     tmp_path = tmp_path_factory.mktemp("killed")
 
     killed = tmp_path / "killed"
     p = subprocess.Popen(
-        _args(sample_dir, killed, workers),
+        _args(sample_dir, killed, workers, extra),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -66,10 +73,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, wor
     p.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
 
-    proc = run_script(_args(sample_dir, killed, workers))  # the same command again, without --resume
+    proc = run_script(_args(sample_dir, killed, workers, extra))  # the same command again, without --resume
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
-    proc = run_script(_args(sample_dir, killed, workers) + ["--resume"])
+    proc = run_script(_args(sample_dir, killed, workers, extra) + ["--resume"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming logreg" in proc.stdout
     resumed_from = int(proc.stdout.split("after epoch ")[1].split("/")[0])
@@ -101,3 +108,6 @@ def test_resume_refuses_other_settings(tmp_path, sample_dir):
     # a recipe part changed on resume (the checkpoint holds no EMA) is refused as well
     proc = run_script([*args, "--ema-decay", "0.9", "--resume"])
     assert proc.returncode == 2 and "--ema-decay None (now 0.9)" in proc.stderr
+    # so is augmenting elsewhere: the draws would differ from the epochs already done
+    proc = run_script([*args, "--augment-on", "device", "--resume"])
+    assert proc.returncode == 2 and "--augment-on 'loader' (now 'device')" in proc.stderr

@@ -1,8 +1,23 @@
 """The torch view of cached pixels (:mod:`cxr.data.pixel_cache`) that training and evaluation load batches
-from: the checkpoint's normalisation, and augmentation for training."""
+from, and :class:`ModelInput`, which turns a loaded batch into the model's input on the device it trains or
+evaluates on.
+
+Loader workers only read (and, with ``--augment-on loader``, augment one film at a time): each item is the film's
+cached uint8 grey pixels, so a batch crosses from the workers as ``B x 1 x H x W`` bytes. Channel expansion and the
+checkpoint's normalisation — and, with ``--augment-on device``, the augmentation, batched — run in
+:class:`ModelInput` on the training device.
+
+Example:
+    >>> import torch
+    >>> from cxr.data.preprocessing import PreprocessConfig
+    >>> to_input = ModelInput(PreprocessConfig.create(32, in_chans=3, norm="imagenet"))
+    >>> to_input(torch.zeros(2, 1, 32, 32, dtype=torch.uint8)).shape
+    torch.Size([2, 3, 32, 32])
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 import datasets
@@ -10,19 +25,21 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from cxr.data.device_augment import DeviceAugmentation
 from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 
-__all__ = ["RadiographDataset"]
+__all__ = ["RadiographDataset", "ModelInput"]
 
 
 class RadiographDataset(torch.utils.data.Dataset):
-    """A torch view of cached pixels: ``(input, label, index)`` per image.
+    """A torch view of cached pixels: ``pixels`` (``1 x H x W`` uint8, augmented with ``augment``), ``labels``
+    and ``index`` per image; :class:`ModelInput` makes the model's input of a batch of them.
 
     Args:
         ds: the ``dataset`` of a :class:`PixelCacheResult` (numpy format).
         indices: rows of ``ds`` this view serves (a split), or all.
-        preprocess: the checkpoint's preprocessing (mean/std, channels).
-        augment: a :class:`TrainAugmentation` for training, ``None`` for evaluation.
+        preprocess: the checkpoint's preprocessing (its :class:`ModelInput` normalises).
+        augment: a :class:`TrainAugmentation` run in the loader's workers (``--augment-on loader``), or ``None``.
     """
 
     def __init__(
@@ -63,9 +80,36 @@ class RadiographDataset(torch.utils.data.Dataset):
 
     def _item(self, pixels: np.ndarray, label: int, i: int) -> Dict[str, torch.Tensor]:
         if self.augment is not None:
-            pixels = self.augment(pixels)
-        return {
-            "pixel_values": self.preprocess.normalize(pixels),
-            "labels": torch.as_tensor(label),
-            "index": torch.as_tensor(i),
-        }
+            film = self.augment(pixels)
+        else:
+            film = torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0)
+        return {"pixels": film, "labels": torch.as_tensor(label), "index": torch.as_tensor(i)}
+
+    def model_input(self, i: int) -> torch.Tensor:
+        """Item ``i``'s model input, ``1 x C x H x W`` (what :class:`ModelInput` makes of it in a batch)."""
+        return ModelInput(self.preprocess)(self[i]["pixels"][None])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """A batch's cached uint8 films (``B x 1 x H x W``, on the device) as the model's float input: augmented when
+    ``augment`` is given (each film its own draw from the generator), the grey channel replicated to the model's
+    channels and normalised (``preprocess``), in channels-last memory format if asked.
+
+    Args:
+        preprocess: the checkpoint's preprocessing.
+        augment: the batched augmentation of ``--augment-on device`` (training only), or ``None``.
+        channels_last: return the input in channels-last memory format.
+    """
+
+    preprocess: PreprocessConfig
+    augment: Optional[DeviceAugmentation] = None
+    channels_last: bool = False
+
+    def __call__(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if self.augment is not None:
+            if generator is None:
+                raise ValueError("device augmentation draws from a generator on the device; none was given")
+            pixels = self.augment(pixels, generator)
+        x = self.preprocess.normalize(pixels)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -40,6 +40,7 @@ __all__ = [
     "grayscale_to_tensor",
     "TrainAugmentation",
     "AUGMENTATIONS",
+    "augmentation_settings",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def grayscale_to_tensor(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> torch.Tensor:
-    """Turn ``HxW`` (or ``1xHxW``) uint8 pixels into a normalised ``CxHxW`` float tensor.
+    """Turn ``HxW`` (or ``1xHxW``, or a batch ``Bx1xHxW``) uint8 pixels into a normalised ``CxHxW`` (``BxCxHxW``)
+    float tensor on the pixels' device.
 
     The grey channel is replicated to ``len(mean)`` channels, then each channel is normalised.
     """
@@ -78,9 +80,9 @@ def grayscale_to_tensor(
     if t.ndim == 2:
         t = t.unsqueeze(0)
     x = t.to(torch.float32).div_(255.0)
-    x = x.expand(len(mean), -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    x = x.expand(*x.shape[:-3], len(mean), -1, -1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return (x - m) / s
 
 
@@ -247,6 +249,24 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> Tuple[float, ...]:
 AUGMENTATIONS = ("study", "radiograph", "flip")
 
 
+def augmentation_settings(name: str) -> Dict[str, float]:
+    """The settings of ``--augment NAME`` (:data:`AUGMENTATIONS`), shared by the loader's per-image path
+    (:class:`TrainAugmentation`) and the batched one on the training device
+    (:class:`~cxr.data.device_augment.DeviceAugmentation`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    settings = {
+        "study": dict(degrees=10.0, flip_p=0.5),
+        "radiograph": dict(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2),
+        "flip": dict(degrees=0.0, flip_p=0.5),
+    }
+    if name not in settings:
+        raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+    return settings[name]
+
+
 class TrainAugmentation:
     """Training augmentation on uint8 grey pixels: horizontal flip, rotation ±degrees and, optionally,
     small scale and translation and brightness/contrast changes. Never a vertical flip.
@@ -297,13 +317,7 @@ class TrainAugmentation:
     @classmethod
     def named(cls, name: str) -> "TrainAugmentation":
         """The augmentation ``--augment NAME`` selects (:data:`AUGMENTATIONS`)."""
-        if name == "study":
-            return cls()
-        if name == "radiograph":
-            return cls(degrees=10.0, flip_p=0.5, translate=0.05, scale=0.1, brightness=0.2, contrast=0.2)
-        if name == "flip":
-            return cls(degrees=0.0, flip_p=0.5)
-        raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+        return cls(**augmentation_settings(name))
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         """Augment ``HxW`` uint8 pixels; returns a ``1xHxW`` uint8 tensor."""

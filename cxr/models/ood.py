@@ -50,6 +50,8 @@ __all__ = [
     "FeatureCapture",
     "capture_features",
     "probe_images",
+    "reference_choice",
+    "MAX_REFERENCE",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ OOD_MESSAGE = "This image does not look like the chest X-rays this model was tra
 VALIDATION_FLAG_RATE = 0.02
 #: Neighbours: the score is the distance to the k-th nearest training image.
 DEFAULT_K = 5
+#: The most training images a guard keeps as its reference (a seeded random choice of them beyond that), so a
+#: model's guard, its file and the memory that scoring takes stay the same size whatever the training set's.
+MAX_REFERENCE = 5000
 
 
 class OutOfDistributionWarning(UserWarning):
@@ -188,13 +193,22 @@ class OODGuard:
             reference: the features to keep instead of ``train_features`` (a refit, trained on the validation
                 images too, keeps them all; the threshold still comes from scoring them against the others).
         """
-        guard = cls(_normalised(train_features), threshold=float("inf"), k=min(k, len(train_features)))
-        val_scores = guard.scores(validation_features)
-        guard.threshold = float(np.quantile(val_scores, 1.0 - flag_rate, method="higher"))
-        guard.validation_scores = np.asarray(val_scores, dtype=np.float32)
+        guard = cls.from_reference(train_features, k)
+        guard.set_threshold(guard.scores(validation_features), flag_rate)
         if reference is not None:
             guard.reference = _normalised(reference)
         return guard
+
+    @classmethod
+    def from_reference(cls, features: Union[torch.Tensor, np.ndarray], k: int = DEFAULT_K) -> "OODGuard":
+        """A guard whose reference is ``features`` (training images'), its threshold not yet set
+        (:meth:`set_threshold`)."""
+        return cls(_normalised(features), threshold=float("inf"), k=min(k, len(features)))
+
+    def set_threshold(self, validation_scores: np.ndarray, flag_rate: float = VALIDATION_FLAG_RATE) -> None:
+        """Set the threshold to the validation scores' ``1 - flag_rate`` quantile, and keep those scores."""
+        self.threshold = float(np.quantile(validation_scores, 1.0 - flag_rate, method="higher"))
+        self.validation_scores = np.asarray(validation_scores, dtype=np.float32)
 
     def scores(self, features: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
         """Cosine distance of each row of ``features`` to its k-th nearest reference image."""
@@ -247,6 +261,23 @@ class OODGuard:
         except LocalEntryNotFoundError:
             _logger.warning("%s: the out-of-distribution guard could not be fetched (offline?); no guard", ref)
             return None
+
+
+def reference_choice(eligible: np.ndarray, limit: int = MAX_REFERENCE, seed: int = 0) -> np.ndarray:
+    """Which images a guard keeps as its reference: every ``eligible`` one (a boolean per image), or a seeded random
+    ``limit`` of them when there are more.
+
+    Example:
+        >>> int(reference_choice(np.ones(12000, dtype=bool), limit=5000).sum())
+        5000
+    """
+    eligible = np.asarray(eligible, dtype=bool)
+    where = np.flatnonzero(eligible)
+    if len(where) <= limit:
+        return eligible.copy()
+    chosen = np.zeros_like(eligible)
+    chosen[np.random.default_rng(seed).choice(where, size=limit, replace=False)] = True
+    return chosen
 
 
 def probe_images(size: int = 512, seed: int = 0) -> Dict[str, Image.Image]:

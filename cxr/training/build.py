@@ -11,22 +11,37 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from cxr.data.dataset import RadiographDataset
+from cxr.data.dataset import ModelInput, RadiographDataset
+from cxr.data.device_augment import DeviceAugmentation
 from cxr.data.preprocessing import PreprocessConfig, TrainAugmentation
 from cxr.models import apply_train_layers, create_model
 from cxr.training.config import Recipe
 from cxr.training.run_data import RunData
 
-__all__ = ["TrainSetup", "build", "make_loader", "LOADERS", "make_optimizer", "make_scheduler", "lr_factor"]
+__all__ = [
+    "TrainSetup",
+    "build",
+    "make_loader",
+    "LOADERS",
+    "AUGMENT_ON",
+    "augment_generator",
+    "make_optimizer",
+    "make_scheduler",
+    "lr_factor",
+]
 
 #: The loaders of a run: augmented training, un-augmented training (its evaluation), validation and test.
 LOADERS = ("train", "train_eval", "validation", "test")
+#: Where ``--augment-on`` augments: each film in the loader's workers, or each batch on the training device.
+AUGMENT_ON = ("loader", "device")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """What trains: the prepared model, optimiser and schedule, the loaders (:data:`LOADERS`), the weight EMA
-    (``None`` without ``--ema-decay``), the preprocessing and what ``run_config.json`` says of the model."""
+    (``None`` without ``--ema-decay``), the preprocessing, what ``run_config.json`` says of the model, the model
+    input of training batches (augmented there with ``--augment-on device``) and of every other batch, and the
+    device generator that training's batched augmentation draws from (:func:`augment_generator`)."""
 
     model: Any
     optimizer: Any
@@ -36,6 +51,9 @@ class TrainSetup:
     ema: Any
     prep: PreprocessConfig
     model_info: Dict[str, Any]
+    train_input: ModelInput
+    eval_input: ModelInput
+    generator: torch.Generator
 
     def kept_model(self, accelerator: Any) -> nn.Module:
         """The model validated and kept: the weight average with ``--ema-decay``, else the trained weights."""
@@ -58,9 +76,13 @@ def make_loader(
     augment: bool,
     num_workers: int,
     augmentation: str = "study",
+    augment_on: str = "loader",
 ) -> torch.utils.data.DataLoader:
-    """The loader a run uses for one part: cached pixels, [augmentation,] the checkpoint's normalisation."""
-    view = RadiographDataset(pix, prep, rows, TrainAugmentation.named(augmentation) if augment else None)
+    """The loader a run uses for one part: cached uint8 pixels, shuffled and (``augment_on="loader"``) augmented
+    film by film in the workers when ``augment``; the model input is made of each batch on the device
+    (:class:`~cxr.data.dataset.ModelInput`)."""
+    in_workers = augment and augment_on == "loader"
+    view = RadiographDataset(pix, prep, rows, TrainAugmentation.named(augmentation) if in_workers else None)
     return torch.utils.data.DataLoader(
         view,
         batch_size=micro_batch,
@@ -106,9 +128,14 @@ def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> Tra
         "first_trainable_parameter": trainable[0],
     }
     loaders = [
-        make_loader(data.pix, prep, data.rows[n.split("_")[0]], micro_batch, n == "train", cfg.num_workers, cfg.augment)
+        make_loader(
+            data.pix, prep, data.rows[n.split("_")[0]], micro_batch, n == "train", cfg.num_workers, cfg.augment,
+            cfg.augment_on,
+        )
         for n in LOADERS
-    ]
+    ]  # fmt: skip
+    on_device = DeviceAugmentation.named(cfg.augment) if cfg.augment_on == "device" else None
+    train_input = ModelInput(prep, on_device, channels_last=cfg.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     steps_per_epoch = math.ceil(len(loaders[0]) / cfg.gradient_accumulation_steps)
     scheduler = make_scheduler(optimizer, cfg.lr_scheduler, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
@@ -121,7 +148,25 @@ def build(cfg: Recipe, data: RunData, accelerator: Any, micro_batch: int) -> Tra
         ema = ModelEmaV3(
             accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True, device=accelerator.device
         )
-    return TrainSetup(model, optimizer, scheduler, dict(zip(LOADERS, loaders)), steps_per_epoch, ema, prep, model_info)
+    return TrainSetup(
+        model,
+        optimizer,
+        scheduler,
+        dict(zip(LOADERS, loaders)),
+        steps_per_epoch,
+        ema,
+        prep,
+        model_info,
+        train_input,
+        ModelInput(prep),
+        torch.Generator(device=accelerator.device),
+    )
+
+
+def augment_generator(generator: torch.Generator, seed: int, epoch: int, process_index: int) -> torch.Generator:
+    """``generator`` seeded for one epoch of one process: the batched augmentation's draws depend on (seed, epoch,
+    process) only, as the loader workers' do, so a run resumed after an epoch repeats them exactly."""
+    return generator.manual_seed((seed * 1_000_003 + epoch) * 1_009 + process_index)
 
 
 def make_optimizer(

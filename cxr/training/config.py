@@ -260,6 +260,15 @@ class TrainConfig:
         "it is faster, off on GPUs, where it is much slower for EfficientNet-Lite0; bench/RESULTS.md).",
         group="hardware",
     )
+    augment_on: str = option(
+        "auto",
+        help="Where training films are augmented: loader (each film in the loader's worker processes) or device "
+        "(each batch on the training device, every film its own draw; the workers then only read). auto: device "
+        "on an accelerator, loader on a CPU, where the workers augment beside the training process "
+        "(bench/RESULTS.md, 'Where augmentation runs'). A resumed run keeps the choice it started with.",
+        choices=("auto", "loader", "device"),
+        group="hardware",
+    )
     calibrate: bool = option(
         True,
         help="Fit a softmax temperature on the validation images at the end (NLL), save it with the model "
@@ -444,6 +453,8 @@ class TrainConfig:
             cfg = dataclasses.replace(cfg, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs / 2))
         if saved:  # a resumed run keeps the recipe it started with (its preset named), except what is given now
             kept = {k: saved[k] for k in (*unset, "preset") if k in saved}
+            if cfg.augment_on == "auto":  # where it augmented (runs saved before the choice existed: the loader)
+                kept["augment_on"] = saved.get("augment_on", "loader")
             cfg = dataclasses.replace(cfg, **kept)
         for ok, message in _value_checks(cfg):
             if not ok:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxr.data.dataset import ModelInput
 from cxr.errors import CXRError
 from cxr.labels import Classes
 from cxr.metrics import compute_metrics, selection_key
@@ -63,10 +64,12 @@ def train_step(
     optimizer,
     scheduler,
     accelerator,
-    channels_last: bool = False,
+    to_input: ModelInput,
     clip_grad_norm: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
 ):
-    """One optimisation (micro-)step under Accelerate: forward, backward, [clip,] step, zero the gradients.
+    """One optimisation (micro-)step under Accelerate: the batch's model input (``to_input``: [augmented with
+    draws from ``generator``,] normalised, on the device), forward, backward, [clip,] step, zero the gradients.
 
     Returns:
         ``(loss, logits)`` of the micro-batch.
@@ -74,9 +77,7 @@ def train_step(
     Raises:
         CXRError: the loss is not finite (the run diverged; nothing of this epoch is kept).
     """
-    x = batch["pixel_values"]
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_input(batch["pixels"], generator)
     with accelerator.accumulate(model):
         with accelerator.autocast():
             logits = model(x)
@@ -103,22 +104,24 @@ def train_one_epoch(
     optimizer,
     scheduler,
     accelerator,
+    to_input: ModelInput,
     *,
     desc: str,
     ema: Any = None,
     ema_step: int = 0,
-    channels_last: bool = False,
     clip_grad_norm: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> Tuple[torch.Tensor, float]:
-    """One pass over ``loader`` (the model in training mode already); the EMA, if any, is updated after each
-    optimiser step, counting on from ``ema_step``. Returns the summed (loss, correct, count) over every process
-    and the seconds it took."""
+    """One pass over ``loader`` (the model in training mode already), each batch made the model's input by
+    ``to_input`` (drawing from ``generator`` when it augments); the EMA, if any, is updated after each optimiser
+    step, counting on from ``ema_step``. Returns the summed (loss, correct, count) over every process and the
+    seconds it took."""
     t0 = time.time()
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process)
     for batch in bar:
         loss, logits = train_step(
-            model, batch, loss_fn, optimizer, scheduler, accelerator, channels_last, clip_grad_norm
+            model, batch, loss_fn, optimizer, scheduler, accelerator, to_input, clip_grad_norm, generator
         )
         if ema is not None and accelerator.sync_gradients:
             ema_step += 1
@@ -130,9 +133,9 @@ def train_one_epoch(
     return accelerator.reduce(totals, reduction="sum"), time.time() - t0
 
 
-def validate(model, loader, accelerator, classes: Classes) -> Dict[str, Any]:
+def validate(model, loader, accelerator, classes: Classes, to_input: ModelInput) -> Dict[str, Any]:
     """The metrics of ``model`` on the validation ``loader`` (:func:`split_metrics`), gathered over processes."""
-    _, labels, probs = predict(model, loader, accelerator, desc="validation")
+    _, labels, probs = predict(model, loader, accelerator, to_input, desc="validation")
     return split_metrics(labels, probs, classes)
 
 

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cxr.data.data_source import check_data_options, load_data_source
-from cxr.data.dataset import RadiographDataset
+from cxr.data.dataset import ModelInput, RadiographDataset
 from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
 from cxr.labels import Classes
@@ -73,27 +73,47 @@ MAX_ERRORS_SHOWN = 16
 class Outputs:
     """A model's outputs over a loader, one row per image, sorted by index: ``index``, ``labels``, ``logits``
     (float32) and the guard's ``features`` (float32, :func:`cxr.models.ood.capture_features`; ``None`` when not
-    recorded or for a model that has neither feature stages nor a classifier layer)."""
+    recorded or for a model that has neither feature stages nor a classifier layer) — of every image, or of the
+    images at ``feature_index`` only when :func:`predict_outputs` was told which to keep — or, instead of the
+    features, each image's guard ``scores``."""
 
     index: np.ndarray
     labels: np.ndarray
     logits: np.ndarray
     features: Optional[np.ndarray]
+    feature_index: Optional[np.ndarray] = None
+    scores: Optional[np.ndarray] = None
 
 
 @torch.inference_mode()
 def predict_outputs(
-    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating", features: bool = True
+    model: torch.nn.Module,
+    loader,
+    accelerator,
+    to_input: ModelInput,
+    desc: str = "evaluating",
+    features: bool = True,
+    keep: Optional[np.ndarray] = None,
+    score: Optional[Callable[[torch.Tensor], np.ndarray]] = None,
 ) -> Outputs:
     """Run ``model`` over ``loader`` on every process and gather its logits and the out-of-distribution
     guard's features (from the same forward, :func:`cxr.models.ood.capture_features`) on all of them.
 
+    Memory stays bounded by the batch whatever the number of films when ``keep`` or ``score`` is given: the
+    features of the films ``keep`` marks are kept (the guard's reference), or each batch's features are reduced to
+    the films' guard scores at once.
+
     Args:
         model: a (prepared) model.
-        loader: a loader prepared by ``accelerator`` yielding ``pixel_values``, ``labels``, ``index``.
+        loader: a loader prepared by ``accelerator`` yielding ``pixels``, ``labels``, ``index``
+            (:class:`~cxr.data.dataset.RadiographDataset`).
         accelerator: the run's ``Accelerator``.
+        to_input: the model's input of a batch's pixels, made on the device (the checkpoint's normalisation).
         desc: progress-bar label (main process only).
         features: record the features (``False``: ``Outputs.features`` is ``None``, no hooks run).
+        keep: a boolean per position of the loader's dataset: keep the features of those marked only
+            (``Outputs.feature_index`` says which, sorted).
+        score: keep each film's ``score(features)`` (``Outputs.scores``) instead of its features.
 
     Returns:
         :class:`Outputs`: each image of the loader's dataset exactly once.
@@ -101,26 +121,47 @@ def predict_outputs(
 
     model.eval()
     parts: List[Tuple[torch.Tensor, ...]] = []
+    kept: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (positions, features or scores) per batch
     capturing = capture_features(accelerator.unwrap_model(model)) if features else contextlib.nullcontext()
     with capturing as captured:
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
             with accelerator.autocast():
-                logits = model(batch["pixel_values"])
+                logits = model(to_input(batch["pixels"]))
             row = (batch["index"], batch["labels"], logits.float())
             if captured is not None:
                 row += (captured.take().to(logits.device),)
-            parts.append(tuple(t.cpu() for t in accelerator.gather_for_metrics(row)))
+            gathered = tuple(t.cpu() for t in accelerator.gather_for_metrics(row))
+            parts.append(gathered[:3])
+            if captured is not None:
+                where, feats = gathered[0], gathered[3]
+                if score is not None:
+                    kept.append((where, torch.as_tensor(np.asarray(score(feats), dtype=np.float32))))
+                elif keep is not None:
+                    chosen = torch.as_tensor(np.asarray(keep)[where.numpy()], dtype=torch.bool)
+                    kept.append((where[chosen], feats[chosen]))
+                else:
+                    kept.append((where, feats))
     index = torch.cat([p[0] for p in parts]).numpy()
     order = np.argsort(index, kind="stable")
     column = lambda i: torch.cat([p[i] for p in parts]).numpy()[order]  # noqa: E731
-    return Outputs(index[order], column(1), column(2), column(3) if captured is not None else None)
+    out = Outputs(index[order], column(1), column(2), None)
+    if captured is None:
+        return out
+    where = torch.cat([k[0] for k in kept]).numpy()
+    values = torch.cat([k[1] for k in kept]).numpy()
+    by_position = np.argsort(where, kind="stable")
+    if score is not None:
+        return dataclasses.replace(out, scores=values[by_position])
+    if keep is not None:
+        return dataclasses.replace(out, features=values[by_position], feature_index=where[by_position])
+    return dataclasses.replace(out, features=values[by_position])
 
 
 def predict_logits(
-    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating"
+    model: torch.nn.Module, loader, accelerator, to_input: ModelInput, desc: str = "evaluating"
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`predict_outputs` as ``(index, labels, logits)``, without recording features."""
-    out = predict_outputs(model, loader, accelerator, desc, features=False)
+    out = predict_outputs(model, loader, accelerator, to_input, desc, features=False)
     return out.index, out.labels, out.logits
 
 
@@ -131,11 +172,16 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def predict(
-    model: torch.nn.Module, loader, accelerator, desc: str = "evaluating", temperature: float = 1.0
+    model: torch.nn.Module,
+    loader,
+    accelerator,
+    to_input: ModelInput,
+    desc: str = "evaluating",
+    temperature: float = 1.0,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`predict_logits`, as probabilities ``softmax(logits / temperature)`` (a saved model's calibration,
     :attr:`CXRClassifier.temperature`)."""
-    index, labels, logits = predict_logits(model, loader, accelerator, desc)
+    index, labels, logits = predict_logits(model, loader, accelerator, to_input, desc)
     return index, labels, softmax(logits, temperature)
 
 
@@ -220,7 +266,7 @@ def error_entries(
         for i in chosen:
             row = view.ds[view.indices[i]]
             pixels = np.asarray(row["pixels"], dtype=np.uint8)
-            session.probabilities_of_input(view[i]["pixel_values"][None])
+            session.probabilities_of_input(view.model_input(i))
             cam = session.heatmap(int(decisions[i]))
             caption = (
                 f"{names[i].split('/')[-1]}\ntrue {class_names[labels[i]]} → {class_names[decisions[i]]}\n"
@@ -321,8 +367,8 @@ def _metrics(clf: Any, out: Outputs, names: Sequence[str], sources: Optional[Dic
     }
     film_sources = None if sources is None else [sources.get(names[i]) for i in index]
     metrics["classes_present"] = classes_present_block(labels, probs, clf.decide, classes, film_sources)
-    if clf.ood is not None and out.features is not None:
-        scores = clf.ood.scores(out.features)
+    if clf.ood is not None and out.scores is not None:
+        scores = out.scores
         flags = scores > clf.ood.threshold
         metrics["ood"] = {
             "flagged": int(flags.sum()),
@@ -357,7 +403,10 @@ def _predict(clf: Any, view: RadiographDataset, batch_size: int, num_workers: in
     """Every film of ``view`` through the model, in order, over every process."""
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model, loader = accelerator.prepare(clf.model, loader)
-    return predict_outputs(model, loader, accelerator, desc="cxr.eval")
+    score = clf.ood.scores if clf.ood is not None else None  # each batch's features reduced to scores at once
+    return predict_outputs(
+        model, loader, accelerator, ModelInput(clf.preprocess), "cxr.eval", score is not None, score=score
+    )
 
 
 def _evaluated(model_ref: str, data: str, source: Dict[str, Any], clf: Any, images: int) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ films (each with the error a calibrated model would show on that many films by c
 :func:`~cxr.metrics.stats.ece_if_calibrated`: on a 60-film test split about 0.05, so a single run's test ECE says
 little), and the operating point — "Normal only when P(Normal) ≥ t", the lowest t whose finite-sample guarantee
 (``--guarantee``) on the share of the held-out critical films called negative is at most ``max_missed_rate``
-(:mod:`cxr.metrics.operating_point`, :mod:`cxr.metrics.guarantee`). :func:`fit_guard` fits the out-of-distribution guard on the model's features
+(:mod:`cxr.metrics.operating_point`, :mod:`cxr.metrics.guarantee`). :func:`score_parts` scores every part and fits the out-of-distribution guard on the model's features
 and records what it flags. Only :func:`evaluate_kept` writes files.
 
 A temperature is the minimiser of the held-out NLL (Guo et al. 2017). Held-out films the model classifies without
@@ -39,7 +39,7 @@ from cxr.metrics.stats import (
     softmax_with_temperature,
 )
 from cxr.models.checkpoint import set_model_operating_point, set_model_temperature
-from cxr.models.ood import OODGuard, capture_features, probe_images
+from cxr.models.ood import MAX_REFERENCE, OODGuard, capture_features, probe_images, reference_choice
 from cxr.run_folder import RunFolder
 from cxr.training.build import TrainSetup
 from cxr.training.config import Recipe
@@ -48,7 +48,7 @@ from cxr.training.evaluation import Outputs, predict_outputs, softmax
 from cxr.training.held_out import HeldOut, bundled_for, from_cv, from_logits, from_predictions
 from cxr.training.run_data import Refit, RunData
 
-__all__ = ["Finished", "evaluate_kept", "held_out_for", "finish", "fit_held_out_temperature", "fit_guard"]
+__all__ = ["Finished", "evaluate_kept", "held_out_for", "finish", "fit_held_out_temperature", "score_parts"]
 
 Part = Tuple[np.ndarray, np.ndarray]  # labels, logits
 #: Each part's (index into the part, true classes, calibrated probabilities).
@@ -85,15 +85,10 @@ def evaluate_kept(
     kept.load_state_dict(load_file(str(folder.model_weights)))
     # evaluate exactly as cxr.eval and the app will run it (contiguous layout), so their numbers agree
     kept.to(memory_format=torch.contiguous_format)
-    parts = {"train": "train (un-augmented)", "validation": "validation", "test": "test"}
-    outputs = {
-        part: predict_outputs(setup.model, setup.loaders["train_eval" if part == "train" else part], accelerator, desc)
-        for part, desc in parts.items()
-    }
+    outputs, guard, ood = score_parts(data, setup, accelerator, cfg.seed)
     logits = {part: (o.index, o.labels, o.logits) for part, o in outputs.items()}
     held_out = held_out_for(cfg, data, logits["validation"][1:], refit)
     classes = data.classes
-    guard, ood = fit_guard(data, setup, outputs, accelerator)
     finished = finish(
         held_out,
         logits["validation"][1:],
@@ -227,32 +222,49 @@ def fit_held_out_temperature(held_out: HeldOut) -> Tuple[float, str]:
     )
 
 
-def fit_guard(
-    data: RunData, setup: TrainSetup, outputs: Dict[str, Outputs], accelerator: Any
-) -> Tuple[Optional[OODGuard], Optional[Dict[str, Any]]]:
-    """The kept model's out-of-distribution guard and its ``metrics.json`` record (the test images and the probes it
-    flags). The guard keeps every training image's features (from the evaluation forwards) as its reference, scores
-    those not in validation (all of them, unless this is a refit, which trains on validation too) and sets its
-    threshold on the validation images; the probes are grey images that are not chest X-rays (one forward here).
-    ``(None, None)`` for a model without a classifier layer to read features from."""
-    train, val, test = outputs["train"], outputs["validation"], outputs["test"]
+def score_parts(
+    data: RunData, setup: TrainSetup, accelerator: Any, seed: int
+) -> Tuple[Dict[str, Outputs], Optional[OODGuard], Optional[Dict[str, Any]]]:
+    """The kept model on every part (training un-augmented, validation, test), its out-of-distribution guard and
+    the guard's ``metrics.json`` record (the test images and the probes it flags); no guard and no record for a
+    model without a classifier layer to read features from.
+
+    The guard's reference is the features of the training images not in validation (all of them, unless this is a
+    refit, which trains on validation too) — at most :data:`~cxr.models.ood.MAX_REFERENCE` of them, a choice seeded
+    by ``seed`` — kept from the same forward as the training predictions; validation and test films are scored
+    batch by batch as they pass, so memory does not grow with the number of films. The threshold is set on the
+    validation scores; the probes are grey images that are not chest X-rays (one forward here)."""
+    to_input, model = setup.eval_input, setup.model
+    train_rows = np.asarray(data.rows["train"])
+    eligible = ~np.isin(train_rows, np.asarray(data.rows["validation"]))
+    keep = reference_choice(eligible, MAX_REFERENCE, seed)
+    train = predict_outputs(
+        model, setup.loaders["train_eval"], accelerator, to_input, "train (un-augmented)", keep=keep
+    )
     if train.features is None:
-        return None, None
-    # an output's index is a position in its own part: the dataset rows say which image it is
-    rows = {part: np.asarray(data.rows[part])[o.index] for part, o in outputs.items()}
-    others = ~np.isin(rows["train"], rows["validation"])  # all of them, unless this is a refit
-    kept = accelerator.unwrap_model(setup.model)
+        outputs = {
+            part: predict_outputs(model, setup.loaders[part], accelerator, to_input, part, features=False)
+            for part in ("validation", "test")
+        }
+        return {"train": train, **outputs}, None, None
+    guard = OODGuard.from_reference(train.features)
+    train = dataclasses.replace(train, features=None)  # the guard holds them now
+    val, test = (
+        predict_outputs(model, setup.loaders[part], accelerator, to_input, part, score=guard.scores)
+        for part in ("validation", "test")
+    )
+    guard.set_threshold(val.scores)
+    kept = accelerator.unwrap_model(model)
     probes = probe_images()
     x = torch.stack([setup.prep.transform(im) for im in probes.values()]).to(accelerator.device)
     with torch.inference_mode(), capture_features(kept) as captured:
         kept(x)
-    probe_features = captured.take().cpu()
-    test_files = [data.file_names[i] for i in rows["test"]]
-    guard = OODGuard.fit(train.features[others], val.features, reference=train.features)
-    probe_flags, test_flags = guard.flags(probe_features), guard.flags(test.features)
+    probe_flags, test_flags = guard.flags(captured.take().cpu()), test.scores > guard.threshold
+    test_files = [data.file_names[i] for i in np.asarray(data.rows["test"])[test.index]]
     record = {
         "k": guard.k,
         "threshold": round(guard.threshold, 6),
+        "reference_images": len(guard.reference),
         "test_flagged": int(test_flags.sum()),
         "test_images": len(test_flags),
         "test_flagged_files": [f for f, flag in zip(test_files, test_flags) if flag],
@@ -260,7 +272,7 @@ def fit_guard(
         "probes": len(probe_flags),
         "probes_missed": [name for name, flag in zip(probes, probe_flags) if not flag],
     }
-    return guard, record
+    return {"train": train, "validation": val, "test": test}, guard, record
 
 
 def _save_into_model_dir(folder: RunFolder, finished: Finished, guard: Optional[OODGuard]) -> None:

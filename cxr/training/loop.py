@@ -41,7 +41,7 @@ from cxr.data.labelling import Labelling
 from cxr.errors import CXRError
 from cxr.models import freeze_batchnorm_statistics
 from cxr.run_folder import RunFolder, check_writable, run_id
-from cxr.training.build import TrainSetup, build
+from cxr.training.build import TrainSetup, augment_generator, build
 from cxr.training.config import RECIPE_KEYS, Recipe, TrainConfig
 from cxr.training.epochs import Progress, epoch_record, train_one_epoch, validate
 from cxr.training.finish import evaluate_kept
@@ -82,7 +82,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 def fit(recipe: Recipe, refit: Optional[Refit] = None) -> Dict[str, Any]:
     """One training run of a checked ``recipe`` into its ``output_dir``, stage by stage; returns ``metrics.json``."""
-    cfg, accelerator, micro_batch = launch(recipe)  # the recipe as launched (channels_last set)
+    cfg, accelerator, micro_batch = launch(recipe)  # the recipe as launched (channels_last, augment_on set)
     folder = RunFolder(cfg.output_dir)
     resumed = load_resumed(cfg)
     data = prepare_data(cfg, accelerator, resumed, refit)
@@ -150,7 +150,7 @@ def preflight(config: Union[TrainConfig, Recipe]) -> Recipe:
 
 def launch(cfg: Recipe) -> Tuple[Recipe, Any, int]:
     """Start the accelerator for a resolved ``cfg``; writes nothing. Returns where the run trains: its recipe with
-    ``channels_last`` settled for the device, the accelerator, and the images each process loads per micro-step.
+    ``channels_last`` and ``augment_on`` settled for the device, the accelerator, and the images each process loads per micro-step.
 
     Raises:
         CXRError: ``--batch-size`` does not split over processes x accumulation steps; the push target is refused.
@@ -168,6 +168,8 @@ def launch(cfg: Recipe) -> Tuple[Recipe, Any, int]:
         set_cpu_threads(cfg.cpu_threads, accelerator.num_processes)
     if cfg.channels_last is None:  # measured: faster on CPU, several times slower for EfficientNet-Lite0 on CUDA
         cfg = dataclasses.replace(cfg, channels_last=accelerator.device.type == "cpu")
+    if cfg.augment_on == "auto":  # on a CPU the loader's workers augment beside the training process
+        cfg = dataclasses.replace(cfg, augment_on="loader" if accelerator.device.type == "cpu" else "device")
     world = accelerator.num_processes * cfg.gradient_accumulation_steps
     if cfg.batch_size % world:
         raise CXRError(
@@ -230,13 +232,14 @@ def _epoch(
         setup.optimizer,
         setup.scheduler,
         accelerator,
+        setup.train_input,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         ema=setup.ema,
         ema_step=epoch * setup.steps_per_epoch,  # optimiser steps so far (resumes count on)
-        channels_last=cfg.channels_last,
         clip_grad_norm=cfg.clip_grad_norm,
+        generator=augment_generator(setup.generator, cfg.seed, epoch, accelerator.process_index),
     )
-    val = validate(setup.validated_model(), setup.loaders["validation"], accelerator, data.classes)
+    val = validate(setup.validated_model(), setup.loaders["validation"], accelerator, data.classes, setup.eval_input)
     record = epoch_record(epoch + 1, totals, val, float(setup.scheduler.get_last_lr()[0]), seconds)
     after = progress.after(record, val, cfg.keep, cfg.epochs)
     improved = after.best is not progress.best

@@ -58,7 +58,7 @@ def recipe_differences(saved: Dict[str, Any], cfg: Any, keys: Sequence[str] = RE
 
 
 #: The value of a setting added to the recipe after a run was saved: what such a run trained with.
-_BEFORE: Dict[str, Any] = {"label_map": []}
+_BEFORE: Dict[str, Any] = {"label_map": [], "augment_on": "loader"}
 
 
 def resume_dir(resume: str, output_dir: Path) -> Path:
@@ -98,7 +98,7 @@ def check_resumable(state: Optional[Dict[str, Any]], cfg: Any) -> None:
     """
     if state is None:
         return
-    changed = recipe_differences(state["config"], cfg, RESUME_LOCKED)
+    changed = recipe_differences(state["config"], cfg, (*RESUME_LOCKED, "augment_on"))
     if changed:
         raise CXRError("--resume: the checkpoint was trained with other settings: " + ", ".join(changed))
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cxr.data.data_source import check_data_options, load_data_source
-from cxr.data.dataset import RadiographDataset
+from cxr.data.dataset import ModelInput, RadiographDataset
 from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
 from cxr.errors import CXRError
@@ -99,7 +99,8 @@ def _predict_site(clf: Any, data: str, labelling: Labelling, options: Dict[str, 
         view, batch_size=int(options.get("batch_size") or 64), num_workers=int(options.get("num_workers") or 0)
     )
     model, loader = accelerator.prepare(clf.model, loader)
-    return source, cached, predict_outputs(model, loader, accelerator, desc="cxr.calibrate", features=False)
+    to_input = ModelInput(clf.preprocess)
+    return source, cached, predict_outputs(model, loader, accelerator, to_input, desc="cxr.calibrate", features=False)
 
 
 def recalibrate(
