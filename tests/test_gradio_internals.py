@@ -276,3 +276,59 @@ def test_a_film_handed_out_is_copied_where_its_hash_says_and_refreshed_when_hand
     time.sleep(0.05)
     (again,) = call(url, "hand_out", [], uuid.uuid4().hex)
     assert Path(again["path"]) == copy and copy.stat().st_ctime_ns > changed  # the sweep ages it from now
+
+
+# -- the full queue ------------------------------------------------------------------------------------------------
+
+
+def test_a_request_beyond_the_full_queue_is_told_the_app_is_busy(tmp_path):
+    """One event at a time and one place in the queue: a third request at once is refused with 503 and the busy
+    sentence, through the page's route and the API's, and gradio_client says the queue is full; the two that got in
+    are answered, and the server serves on."""
+    import threading
+
+    import gradio as gr
+    import httpx
+    from gradio_client import Client
+    from gradio_client.utils import QueueError
+
+    release = threading.Event()
+
+    def slow(text):
+        release.wait(30)
+        return text
+
+    with gr.Blocks() as demo:
+        box, out = gr.Textbox(), gr.Textbox()
+        gr.Button().click(slow, box, out, api_name="slow", concurrency_limit=1)
+    demo.queue(max_size=1)
+    gi.say_busy_when_full(demo)
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        fn_index = next(
+            i for i, d in enumerate(httpx.get(url + "config").json()["dependencies"]) if d["api_name"] == "slow"
+        )
+        joins = []
+        for k in range(2):  # one processing, one waiting: the queue is full
+            join = {
+                "data": [f"x{k}"],
+                "fn_index": fn_index,
+                "session_hash": f"s{k}",
+                "event_data": None,
+                "trigger_id": None,
+            }
+            joins.append(httpx.post(url + "gradio_api/queue/join", json=join))
+            time.sleep(0.5)
+        assert [r.status_code for r in joins] == [200, 200]
+        join = {"data": ["x2"], "fn_index": fn_index, "session_hash": "s2", "event_data": None, "trigger_id": None}
+        refused = httpx.post(url + "gradio_api/queue/join", json=join)
+        assert refused.status_code == 503 and refused.json()["detail"] == gi.BUSY
+        api = httpx.post(url + "gradio_api/call/slow", json={"data": ["x3"]})
+        assert api.status_code == 503 and api.json()["detail"] == gi.BUSY
+        with pytest.raises(QueueError, match="Queue is full! Please try again."):
+            Client(url, verbose=False).predict("x4", api_name="/slow")
+        release.set()
+        assert call(url, "slow", ["x5"], "s5") == ["x5"]  # still serving once the queue drains
+    finally:
+        release.set()
+        demo.close()

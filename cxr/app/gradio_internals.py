@@ -34,6 +34,12 @@ What the app relies on (Gradio 6.31):
   its whole cache folder when it stops (:class:`cxr.app.server.AppFiles`).
 - **The guard in front of every route**: ``launch(app_kwargs={"middleware": [...]})`` hands the middleware to the
   server's FastAPI app, which runs it before the upload route (:func:`cxr.app.server.launch`).
+- **The full queue** (:func:`say_busy_when_full`): ``Blocks.queue()`` makes a new ``Blocks._queue``; each request
+  to join it (the page's ``queue/join``, the API's ``call/<name>``, ``gradio_client``) goes through
+  ``_queue.push(body=, request=, username=)``, which answers ``(False, detail, "queue_full")`` when ``max_size``
+  requests wait; the route then refuses with HTTP 503 and that detail. Gradio's page shows its own sentence for a
+  503 ("This application is currently busy. Please try again."), ``gradio_client`` raises ``QueueError("Queue is
+  full! Please try again.")``; a plain HTTP client reads the detail, which the app replaces with :data:`BUSY`.
 - **No** ``gr.skip()`` **in a streamed answer** (not code here: :meth:`cxr.app.handlers.PageHandlers.stream`): it
   is a property update, and Gradio then gives the session its own copy of the component, whose files (a heat map
   sent later) the sweep never sees.
@@ -70,6 +76,8 @@ __all__ = [
     "remove_cached_file",
     "copy_folder_name",
     "single_file_input",
+    "BUSY",
+    "say_busy_when_full",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -249,3 +257,21 @@ def single_file_input(**kwargs: Any) -> Any:
 
     box.preprocess = preprocess
     return box
+
+
+#: What a request that finds every place in the queue taken is told (HTTP 503).
+BUSY = "The app is busy: every place in its queue is taken. Please try again in a minute."
+
+
+def say_busy_when_full(demo: Any, sentence: str = BUSY) -> None:
+    """Refuse a request that finds ``demo``'s queue full (HTTP 503, as Gradio does) with ``sentence`` instead of
+    Gradio's "Queue is full. Max size is N and size is N."; call it after ``demo.queue()``, which replaces the queue.
+    """
+    queue = demo._queue
+    push = queue.push
+
+    async def push_or_busy(*args: Any, **kwargs: Any) -> Tuple[bool, Any, str]:
+        ok, detail, state = await push(*args, **kwargs)
+        return (ok, sentence, state) if state == "queue_full" else (ok, detail, state)
+
+    queue.push = push_or_busy

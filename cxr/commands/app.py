@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 from cxr.app.board import ModelBoard, resolve_model_refs
 from cxr.app.examples import Example, choose_examples, screen_with, training_split
-from cxr.app.gradio_internals import warn_if_untested_gradio
+from cxr.app.gradio_internals import say_busy_when_full, warn_if_untested_gradio
 from cxr.app.kept import KeptImages
 from cxr.app.page import CACHE_SWEEP, KEPT_IMAGE_SECONDS, KEPT_IMAGES_MB, build_demo
 from cxr.app.quickstart import ensure_quickstart_models
@@ -168,6 +168,7 @@ def _serve(opts: AppOptions) -> None:
         kept = KeptImages(opts.kept_images << 20, KEPT_IMAGE_SECONDS)
         demo = build_demo(board, examples, cache_sweep=sweep, kept_images=kept, uploads=files.uploads)
         demo.queue(default_concurrency_limit=opts.concurrency, max_size=opts.max_queue)
+        say_busy_when_full(demo)  # a visitor beyond the queue is told the app is busy, in one sentence
         limits = ServerLimits(opts.max_sessions, opts.upload_space, opts.monitoring)
         allowed = [str(e.path.resolve()) for e in examples]
         launch(demo, files, limits, host=opts.host, port=opts.port, share=opts.share, allowed_paths=allowed)
