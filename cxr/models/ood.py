@@ -151,8 +151,10 @@ def capture_features(model: nn.Module) -> Iterator[Optional[FeatureCapture]]:
 
 
 def _normalised(features: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
-    f = torch.as_tensor(features).float()
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    f = torch.as_tensor(features).float()  # a copy when they are float16; normalised in place
+    if f.data_ptr() == torch.as_tensor(features).data_ptr():
+        f = f.clone()
+    return f.div_(f.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 @dataclasses.dataclass

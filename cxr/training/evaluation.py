@@ -111,8 +111,8 @@ def predict_outputs(
         to_input: the model's input of a batch's pixels, made on the device (the checkpoint's normalisation).
         desc: progress-bar label (main process only).
         features: record the features (``False``: ``Outputs.features`` is ``None``, no hooks run).
-        keep: a boolean per position of the loader's dataset: keep the features of those marked only
-            (``Outputs.feature_index`` says which, sorted).
+        keep: a boolean per position of the loader's dataset: keep the features of those marked only, in float16,
+            each written into its place as its batch passes (``Outputs.feature_index`` says which, sorted).
         score: keep each film's ``score(features)`` (``Outputs.scores``) instead of its features.
 
     Returns:
@@ -122,6 +122,8 @@ def predict_outputs(
     model.eval()
     parts: List[Tuple[torch.Tensor, ...]] = []
     kept: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (positions, features or scores) per batch
+    chosen_rank = None if keep is None else np.cumsum(keep) - 1  # a kept position's row in the buffer
+    buffer: Optional[np.ndarray] = None
     capturing = capture_features(accelerator.unwrap_model(model)) if features else contextlib.nullcontext()
     with capturing as captured:
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
@@ -137,8 +139,10 @@ def predict_outputs(
                 if score is not None:
                     kept.append((where, torch.as_tensor(np.asarray(score(feats), dtype=np.float32))))
                 elif keep is not None:
-                    chosen = torch.as_tensor(np.asarray(keep)[where.numpy()], dtype=torch.bool)
-                    kept.append((where[chosen], feats[chosen]))
+                    chosen = np.asarray(keep)[where.numpy()]
+                    if buffer is None:
+                        buffer = np.zeros((int(np.sum(keep)), feats.shape[1]), dtype=np.float16)
+                    buffer[chosen_rank[where.numpy()[chosen]]] = feats[torch.as_tensor(chosen)].numpy()
                 else:
                     kept.append((where, feats))
     index = torch.cat([p[0] for p in parts]).numpy()
@@ -147,13 +151,13 @@ def predict_outputs(
     out = Outputs(index[order], column(1), column(2), None)
     if captured is None:
         return out
+    if keep is not None:
+        return dataclasses.replace(out, features=buffer, feature_index=np.flatnonzero(keep))
     where = torch.cat([k[0] for k in kept]).numpy()
     values = torch.cat([k[1] for k in kept]).numpy()
     by_position = np.argsort(where, kind="stable")
     if score is not None:
         return dataclasses.replace(out, scores=values[by_position])
-    if keep is not None:
-        return dataclasses.replace(out, features=values[by_position], feature_index=where[by_position])
     return dataclasses.replace(out, features=values[by_position])
 
 
