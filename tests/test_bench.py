@@ -290,3 +290,33 @@ def test_borders_measures_uniform_frames_of_real_films(subset, tmp_path):
         rows[1]["framed films"] == "1/1"
         and float(rows[1]["mean height in frames"].rstrip("%")) >= 100 * 40 / canvas.height - 0.5
     )
+
+
+def test_scale_makes_distinct_synthetic_films_and_tabulates_every_stage(sample_dir, tmp_path):
+    import hashlib
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale import MARKER, make_synthetic
+
+    db = make_synthetic(sample_dir, tmp_path / "scale", 1300)
+    films = sorted(db.glob("*/*.png"))
+    assert len(films) == 1300 and "Never use it for accuracy" in (db / MARKER).read_text()
+    assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in films}) == 1300  # no two files identical
+    out = run_bench(
+        "scale.py", "--root", str(tmp_path / "scale"), "--sizes", "600", "1300", "--data-only-sizes", "1800",
+        "--image-size", "32",
+    )  # fmt: skip
+    (rows,) = markdown_tables(out)
+    stages = [(r["films"], r["stage"]) for r in rows]
+    assert stages == [
+        *[(n, s) for n in ("600", "1,300") for s in ("listing", "cache", "split", "train", "eval", "predict", "cv-setup")],
+        *[("1,800", s) for s in ("listing", "cache", "split")],
+    ]  # fmt: skip
+    assert all(float(r["ms per film"]) > 0 and float(r["peak anonymous MB"]) > 0 for r in rows)
+    assert all(r["memory vs 600"].endswith("×") for r in rows if r["stage"] in ("listing", "cache", "split"))
+    assert "synthetic" in out
+    bad = subprocess.run(
+        [sys.executable, "bench/scale.py", "--root", str(tmp_path / "x"), "--sizes", "100"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "below the sample's 600 films" in bad.stderr and not (tmp_path / "x").exists()

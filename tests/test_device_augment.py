@@ -55,17 +55,21 @@ def test_each_films_draw_gives_torchvisions_pixels(films):
     assert not torch.equal(out, films)
 
 
-def _nearest_rotation(out: torch.Tensor, film: torch.Tensor) -> tuple:
-    """(flipped, angle): the flip and the rotation on a 0.5-degree grid that best explain ``out``."""
-    best = None
-    for flipped in (False, True):
-        base = F.horizontal_flip(film) if flipped else film
-        for angle in np.arange(-10, 10.01, 0.5):
-            ref = F.rotate(base, float(angle), interpolation=v2.InterpolationMode.BILINEAR, fill=0)
-            err = (ref.int() - out.int()).abs().float().mean().item()
-            if best is None or err < best[0]:
-                best = (err, flipped, abs(float(angle)))
-    return best[1], best[2]
+def _rotations(film: torch.Tensor):
+    """Every flip and rotation of ``film`` on a 0.5-degree grid: (templates as rows, flipped, |angle|)."""
+    grid = [(flipped, float(a)) for flipped in (False, True) for a in np.arange(-10, 10.01, 0.5)]
+    rows = [
+        F.rotate(F.horizontal_flip(film) if f else film, a, interpolation=v2.InterpolationMode.BILINEAR, fill=0)
+        for f, a in grid
+    ]
+    return torch.stack(rows).flatten(1).float(), [f for f, _ in grid], [abs(a) for _, a in grid]
+
+
+def _nearest_rotations(outs: torch.Tensor, templates) -> list:
+    """(flipped, |angle|) of the template nearest each of ``outs`` (mean absolute difference)."""
+    rows, flips, angles = templates
+    nearest = torch.cdist(outs.flatten(1).float(), rows, p=1).argmin(1).tolist()
+    return [(flips[j], angles[j]) for j in nearest]
 
 
 def test_flips_and_angles_have_the_per_image_paths_distribution(films):
@@ -73,13 +77,14 @@ def test_flips_and_angles_have_the_per_image_paths_distribution(films):
     from the pixels have the same distribution (flip share within binomial noise, angle quartiles within a
     degree, both close to uniform on 0..10 degrees)."""
     film = films[2]
+    templates = _rotations(film)
     torch.manual_seed(0)
     per_image = TrainAugmentation.named("study")
-    loader_path = [_nearest_rotation(per_image(film[0].numpy()), film) for _ in range(300)]
+    loader_path = _nearest_rotations(torch.stack([per_image(film[0].numpy()) for _ in range(300)]), templates)
     device = DeviceAugmentation.named("study")(
         film.expand(300, -1, -1, -1).contiguous(), torch.Generator().manual_seed(1)
     )
-    device_path = [_nearest_rotation(device[i], film) for i in range(300)]
+    device_path = _nearest_rotations(device, templates)
     for path in (loader_path, device_path):
         flips = sum(f for f, _ in path) / len(path)
         assert abs(flips - 0.5) < 0.1  # 3.5 standard deviations of a fair coin over 300 films
