@@ -51,7 +51,9 @@ __all__ = [
     "capture_features",
     "probe_images",
     "reference_choice",
+    "reference_limit",
     "MAX_REFERENCE",
+    "MAX_REFERENCE_BYTES",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -65,8 +67,11 @@ VALIDATION_FLAG_RATE = 0.02
 #: Neighbours: the score is the distance to the k-th nearest training image.
 DEFAULT_K = 5
 #: The most training images a guard keeps as its reference (a seeded random choice of them beyond that), so a
-#: model's guard, its file and the memory that scoring takes stay the same size whatever the training set's.
+#: model's guard, its file and the memory that scoring takes stay the same size whatever the training set's ...
 MAX_REFERENCE = 5000
+#: ... and at most this many bytes of float32 features (:func:`reference_limit`): a model whose features are wide
+#: (the pixel baseline's are its input pixels) keeps fewer images.
+MAX_REFERENCE_BYTES = 128 << 20
 
 
 class OutOfDistributionWarning(UserWarning):
@@ -263,6 +268,16 @@ class OODGuard:
         except LocalEntryNotFoundError:
             _logger.warning("%s: the out-of-distribution guard could not be fetched (offline?); no guard", ref)
             return None
+
+
+def reference_limit(width: int) -> int:
+    """How many training images' features of ``width`` values a guard keeps at most.
+
+    Example:
+        >>> reference_limit(1024), reference_limit(224 * 224)
+        (5000, 668)
+    """
+    return max(1, min(MAX_REFERENCE, MAX_REFERENCE_BYTES // (4 * max(int(width), 1))))
 
 
 def reference_choice(eligible: np.ndarray, limit: int = MAX_REFERENCE, seed: int = 0) -> np.ndarray:

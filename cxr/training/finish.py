@@ -39,7 +39,7 @@ from cxr.metrics.stats import (
     softmax_with_temperature,
 )
 from cxr.models.checkpoint import set_model_operating_point, set_model_temperature
-from cxr.models.ood import MAX_REFERENCE, OODGuard, capture_features, probe_images, reference_choice
+from cxr.models.ood import OODGuard, capture_features, probe_images, reference_choice, reference_limit
 from cxr.run_folder import RunFolder
 from cxr.training.build import TrainSetup
 from cxr.training.config import Recipe
@@ -230,14 +230,22 @@ def score_parts(
     model without a classifier layer to read features from.
 
     The guard's reference is the features of the training images not in validation (all of them, unless this is a
-    refit, which trains on validation too) — at most :data:`~cxr.models.ood.MAX_REFERENCE` of them, a choice seeded
-    by ``seed`` — kept from the same forward as the training predictions; validation and test films are scored
-    batch by batch as they pass, so memory does not grow with the number of films. The threshold is set on the
-    validation scores; the probes are grey images that are not chest X-rays (one forward here)."""
+    refit, which trains on validation too) — at most :func:`~cxr.models.ood.reference_limit` of them (5,000, fewer for
+    wide features), a choice seeded by ``seed`` — kept from the same forward as the training predictions; validation
+    and test films are scored batch by batch as they pass, so memory does not grow with the number of films. The
+    threshold is set on the validation scores; the probes are grey images that are not chest X-rays (one forward,
+    first: their features say how wide the guard's are)."""
     to_input, model = setup.eval_input, setup.model
+    kept = accelerator.unwrap_model(model).eval()  # the probes must not move batch-norm statistics
+    probes = probe_images()  # first: their features say how wide the guard's are
+    x = torch.stack([setup.prep.transform(im) for im in probes.values()]).to(accelerator.device)
+    with torch.inference_mode(), capture_features(kept) as captured:
+        kept(x)
+    probe_features = None if captured is None else captured.take().cpu()
     train_rows = np.asarray(data.rows["train"])
     eligible = ~np.isin(train_rows, np.asarray(data.rows["validation"]))
-    keep = reference_choice(eligible, MAX_REFERENCE, seed)
+    width = 1 if probe_features is None else probe_features.shape[1]
+    keep = reference_choice(eligible, reference_limit(width), seed)
     train = predict_outputs(
         model, setup.loaders["train_eval"], accelerator, to_input, "train (un-augmented)", keep=keep
     )
@@ -254,12 +262,7 @@ def score_parts(
         for part in ("validation", "test")
     )
     guard.set_threshold(val.scores)
-    kept = accelerator.unwrap_model(model)
-    probes = probe_images()
-    x = torch.stack([setup.prep.transform(im) for im in probes.values()]).to(accelerator.device)
-    with torch.inference_mode(), capture_features(kept) as captured:
-        kept(x)
-    probe_flags, test_flags = guard.flags(captured.take().cpu()), test.scores > guard.threshold
+    probe_flags, test_flags = guard.flags(probe_features), test.scores > guard.threshold
     test_files = [data.file_names[i] for i in np.asarray(data.rows["test"])[test.index]]
     record = {
         "k": guard.k,
