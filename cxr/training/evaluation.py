@@ -120,10 +120,14 @@ def predict_outputs(
     """
 
     model.eval()
-    parts: List[Tuple[torch.Tensor, ...]] = []
-    kept: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (positions, features or scores) per batch
+    # every result goes into arrays made once, at its position: nothing kept per batch splits the heap's free
+    # space, so the large per-batch tensors reuse it and memory does not grow with the number of films
+    n = len(loader.dataset)
+    seen = np.zeros(n, dtype=bool)
+    labels = np.zeros(n, dtype=np.int64)
+    logits_out: Optional[np.ndarray] = None
+    values: Optional[np.ndarray] = None  # features or scores
     chosen_rank = None if keep is None else np.cumsum(keep) - 1  # a kept position's row in the buffer
-    buffer: Optional[np.ndarray] = None
     capturing = capture_features(accelerator.unwrap_model(model)) if features else contextlib.nullcontext()
     with capturing as captured:
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
@@ -132,33 +136,38 @@ def predict_outputs(
             row = (batch["index"], batch["labels"], logits.float())
             if captured is not None:
                 row += (captured.take().to(logits.device),)
-            gathered = tuple(t.cpu() for t in accelerator.gather_for_metrics(row))
-            parts.append(gathered[:3])
-            if captured is not None:
-                where, feats = gathered[0], gathered[3]
-                if score is not None:
-                    kept.append((where, torch.as_tensor(np.asarray(score(feats), dtype=np.float32))))
-                elif keep is not None:
-                    chosen = np.asarray(keep)[where.numpy()]
-                    if buffer is None:
-                        buffer = np.zeros((int(np.sum(keep)), feats.shape[1]), dtype=np.float16)
-                    buffer[chosen_rank[where.numpy()[chosen]]] = feats[torch.as_tensor(chosen)].numpy()
-                else:
-                    kept.append((where, feats))
-    index = torch.cat([p[0] for p in parts]).numpy()
-    order = np.argsort(index, kind="stable")
-    column = lambda i: torch.cat([p[i] for p in parts]).numpy()[order]  # noqa: E731
-    out = Outputs(index[order], column(1), column(2), None)
+            gathered = [t.cpu() for t in accelerator.gather_for_metrics(row)]
+            where = gathered[0].numpy()
+            seen[where] = True
+            labels[where] = gathered[1].numpy()
+            if logits_out is None:
+                logits_out = np.zeros((n, gathered[2].shape[1]), dtype=np.float32)
+            logits_out[where] = gathered[2].numpy()
+            if captured is None:
+                continue
+            feats = gathered[3]
+            if score is not None:
+                values = np.zeros(n, dtype=np.float32) if values is None else values
+                values[where] = np.asarray(score(feats), dtype=np.float32)
+            elif keep is not None:
+                chosen = np.asarray(keep)[where]
+                if values is None:
+                    values = np.zeros((int(np.sum(keep)), feats.shape[1]), dtype=np.float16)
+                values[chosen_rank[where[chosen]]] = feats[torch.as_tensor(chosen)].numpy()
+            else:
+                values = np.zeros((n, feats.shape[1]), dtype=np.float32) if values is None else values
+                values[where] = feats.numpy()
+            del gathered, feats, row, logits
+    index = np.flatnonzero(seen)
+    width = 0 if logits_out is None else logits_out.shape[1]
+    out = Outputs(index, labels[index], (logits_out if logits_out is not None else np.zeros((n, width)))[index], None)
     if captured is None:
         return out
     if keep is not None:
-        return dataclasses.replace(out, features=buffer, feature_index=np.flatnonzero(keep))
-    where = torch.cat([k[0] for k in kept]).numpy()
-    values = torch.cat([k[1] for k in kept]).numpy()
-    by_position = np.argsort(where, kind="stable")
+        return dataclasses.replace(out, features=values, feature_index=np.flatnonzero(keep))
     if score is not None:
-        return dataclasses.replace(out, scores=values[by_position])
-    return dataclasses.replace(out, features=values[by_position])
+        return dataclasses.replace(out, scores=None if values is None else values[index])
+    return dataclasses.replace(out, features=None if values is None else values[index])
 
 
 def predict_logits(
