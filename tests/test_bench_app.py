@@ -89,3 +89,39 @@ def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_lat
     oldest = figures["oldest file in the cache once a sweep could have run"]
     assert float(oldest.split(" s ")[0]) <= float(oldest.split("≤ ")[1].split(" s")[0]), oldest
     assert figures[next(k for k in figures if k.startswith("resident memory"))].endswith("(target < 5%)")
+
+
+def test_app_load_answers_or_refuses_every_request_of_a_crowd_and_a_page_among_it(subset, tmp_path):
+    """Two places in the queue and 8 visitors at once: some are told the app is busy, none fails, and a browser page
+    opened in the crowd gets its answer or Gradio's busy line; the table has a row per crowd."""
+    from cxr.commands.train import main as train_main
+
+    out = tmp_path / "logreg"
+    assert (
+        train_main(
+            [
+                "--model",
+                "logreg",
+                "--image-size",
+                "24",
+                "--data",
+                str(subset),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    text = run_bench(
+        "app_load.py", "--models", str(out / "model"), "--data", str(subset), "--clients", "1", "8",
+        "--seconds", "8", "--max-queue", "2", "--browser",
+    )  # fmt: skip
+    (rows,) = markdown_tables(text)
+    assert [r["clients"] for r in rows] == ["1", "8"]
+    assert all(r["failed"] == "0" for r in rows), text
+    assert int(rows[0]["answered"]) >= 1 and rows[0]["refused (busy)"] == "0"
+    assert int(rows[1]["answered"]) >= 1 and int(rows[1]["refused (busy)"]) >= 1, text
+    assert "failed requests: 0 (target: none)" in text
+    assert "8 clients: the page answered" in text or "8 clients: the page busy" in text, text

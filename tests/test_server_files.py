@@ -65,6 +65,22 @@ def test_uploads_never_analysed_expire_claimed_ones_stay_and_the_rest_go_at_stop
     assert os.path.exists(claimed) and not os.path.exists(fresh)
 
 
+def test_the_same_film_uploaded_twice_stays_pending_until_both_are_analysed(tmp_path):
+    """Gradio stores the same bytes under the same name at one path: two visitors sending one film share a file,
+    which must wait for the second analysis (the page deletes an upload once no arrival of it is pending)."""
+    stored = StoredUploads()
+    shared = _stored_file(tmp_path, "shared")
+    stored.add([shared], now=0)
+    stored.add([shared], now=1)  # the second visitor's upload: the same path
+    stored.claim(shared)  # the first visitor's request
+    assert stored.pending(shared) == 1 and stored.waiting() == 1
+    assert stored.expire(older_than=60, now=30) == 0 and os.path.exists(shared)
+    stored.claim(shared)  # the second visitor's request
+    assert stored.pending(shared) == 0 and stored.waiting() == 0
+    stored.add([shared], now=100)  # a third arrival, never analysed, expires as any upload does
+    assert stored.expire(older_than=60, now=200) == 1 and not os.path.exists(shared)
+
+
 def test_the_app_gets_a_cache_folder_of_its_own_removed_whole_when_it_stops(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     other = tmp_path / "another-app" / "file.png"  # another app sharing GRADIO_TEMP_DIR

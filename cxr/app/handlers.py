@@ -99,8 +99,8 @@ class PageHandlers:
 
     @contextlib.contextmanager
     def using(self, path: Optional[str]) -> Iterator[None]:
-        """Hold an upload while a request analyses it; when the last request holding it ends, delete it
-        (:meth:`forget`)."""
+        """Hold an upload while a request analyses it; when the last request holding it ends and no other
+        visitor's upload of the same film (the same path) waits to be analysed, delete it (:meth:`forget`)."""
         key = str(Path(path).resolve()) if path else None  # one count per file, however a request spells it
         if key and self.uploads is not None:
             self.uploads.claim(key)  # analysed now: deleted when the last request holding it ends, not expired
@@ -114,7 +114,8 @@ class PageHandlers:
                 last = self._in_use[key] == 0
                 if last:
                     del self._in_use[key]
-                    self.forget(path)
+                    if self.uploads is None or not key or self.uploads.pending(key) == 0:
+                        self.forget(path)
 
     def forget(self, path: Optional[str]) -> None:
         """Delete an analysed upload from the server, so it is never served back and nothing a visitor sent

@@ -55,22 +55,39 @@ class StoredUploads:
 
     A request that analyses an upload :meth:`claim` s it (the page deletes it once analysed); one never analysed
     is deleted by :meth:`expire` once older than the app's wait (``app.py --upload-wait``), and every one left
-    by :meth:`remove_all` when the app stops. One lock owner.
+    by :meth:`remove_all` when the app stops. Gradio stores the same bytes under the same name at the same path,
+    so two visitors who send the same film share one file: each arrival is counted, and the file is another
+    request's to analyse while an arrival is still :meth:`pending`. One lock owner.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._arrived: Dict[str, float] = {}
+        self._count: Dict[str, int] = {}
 
     def add(self, paths: Sequence[str], now: Optional[float] = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._arrived.update((os.path.realpath(p), now) for p in paths)
+            for p in paths:
+                key = os.path.realpath(p)
+                self._arrived[key] = now
+                self._count[key] = self._count.get(key, 0) + 1
 
     def claim(self, path: str) -> None:
-        """A request analyses ``path`` now: it is no longer this record's to expire."""
+        """A request analyses ``path`` now: one arrival of it is no longer this record's to expire."""
+        key = os.path.realpath(path)
         with self._lock:
-            self._arrived.pop(os.path.realpath(path), None)
+            left = self._count.get(key, 0) - 1
+            if left > 0:
+                self._count[key] = left
+            else:
+                self._count.pop(key, None)
+                self._arrived.pop(key, None)
+
+    def pending(self, path: str) -> int:
+        """Arrivals of ``path`` that no request has analysed yet."""
+        with self._lock:
+            return self._count.get(os.path.realpath(path), 0)
 
     def waiting(self) -> int:
         with self._lock:
@@ -84,12 +101,13 @@ class StoredUploads:
             old = [p for p, t in self._arrived.items() if now - t > older_than]
             for p in old:
                 del self._arrived[p]
+                self._count.pop(p, None)
         return _remove(old)
 
     def remove_all(self) -> int:
         """Delete every upload still waiting; returns how many were deleted."""
         with self._lock:
-            paths, self._arrived = list(self._arrived), {}
+            paths, self._arrived, self._count = list(self._arrived), {}, {}
         return _remove(paths)
 
 
