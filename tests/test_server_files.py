@@ -79,6 +79,14 @@ def test_the_same_film_uploaded_twice_stays_pending_until_both_are_analysed(tmp_
     assert stored.pending(shared) == 0 and stored.waiting() == 0
     stored.add([shared], now=100)  # a third arrival, never analysed, expires as any upload does
     assert stored.expire(older_than=60, now=200) == 1 and not os.path.exists(shared)
+    # an arrival whose file Gradio's own sweep removed no longer counts once the film is stored anew
+    stored.add([_stored_file(tmp_path, "shared")], now=300)
+    os.remove(shared)
+    assert stored.forget_missing() == 1  # the guard calls it before each upload is stored
+    Path(shared).write_bytes(b"x")
+    stored.add([shared], now=301)
+    stored.claim(shared)
+    assert stored.pending(shared) == 0
 
 
 def test_the_app_gets_a_cache_folder_of_its_own_removed_whole_when_it_stops(tmp_path, monkeypatch):

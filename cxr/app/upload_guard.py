@@ -57,7 +57,9 @@ class StoredUploads:
     is deleted by :meth:`expire` once older than the app's wait (``app.py --upload-wait``), and every one left
     by :meth:`remove_all` when the app stops. Gradio stores the same bytes under the same name at the same path,
     so two visitors who send the same film share one file: each arrival is counted, and the file is another
-    request's to analyse while an arrival is still :meth:`pending`. One lock owner.
+    request's to analyse while an arrival of it is still :meth:`pending`. An arrival whose file is gone (Gradio's
+    cache sweep removed it) no longer counts: :meth:`forget_missing` drops those before each upload is stored.
+    One lock owner.
     """
 
     def __init__(self) -> None:
@@ -88,6 +90,15 @@ class StoredUploads:
         """Arrivals of ``path`` that no request has analysed yet."""
         with self._lock:
             return self._count.get(os.path.realpath(path), 0)
+
+    def forget_missing(self) -> int:
+        """Drop the arrivals whose file is gone; returns how many files that was."""
+        with self._lock:
+            gone = [p for p in self._arrived if not os.path.exists(p)]
+            for p in gone:
+                self._arrived.pop(p, None)
+                self._count.pop(p, None)
+        return len(gone)
 
     def waiting(self) -> int:
         with self._lock:
@@ -163,6 +174,8 @@ class UploadGuard:
         if not is_upload_request(scope):
             await self.app(scope, receive, send)
             return
+        if self.stored is not None:  # an upload of a film whose earlier copy the sweep removed starts a new count
+            self.stored.forget_missing()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             length = int(headers["content-length"])
