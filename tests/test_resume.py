@@ -98,6 +98,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path_factory, sample_dir, wor
     assert m_full["test"]["confusion_matrix"] == m_resumed["test"]["confusion_matrix"]
 
 
+@pytest.mark.slow  # four training processes: out of the default run's 3 minutes
 def test_resume_refuses_other_settings(tmp_path, sample_dir):
     out = tmp_path / "run"
     where = [PYTHON, "train_accelerate.py", "--data", str(sample_dir), "--output-dir", str(out)]
