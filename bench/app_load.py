@@ -32,13 +32,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, table
+from app_soak import rss_mib
+from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, table, wait_until_serving
 
 from cxr.app.gradio_internals import BUSY
 
@@ -168,13 +168,6 @@ def browser_visit(url: str, film: Path, timeout: float) -> str:
             browser.close()
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def crowd(
     url: str, pid: int, n: int, films: List[Path], seconds: float, timeout: float, n_models: int, browser: bool
 ) -> Dict[str, Any]:
@@ -239,15 +232,7 @@ def main() -> int:
     cmd += ["--max-queue", str(args.max_queue)] if args.max_queue else []
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    t0 = time.monotonic()
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() - t0 > 300:
-                raise SystemExit(f"the app did not start: see {log.name}") from None
-            time.sleep(0.5)
+    wait_until_serving(proc, url, log.name)
     rows, failures, pages = [], [], []
     try:
         for n in args.clients:

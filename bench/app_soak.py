@@ -33,12 +33,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import DEFAULT_DATA, REPO, free_port, machine, table
+from common import DEFAULT_DATA, REPO, free_port, machine, table, wait_until_serving
 
 QUICKSTART_MODELS = "runs/quickstart-lite0/model,runs/quickstart-logreg/model"
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
@@ -256,16 +255,7 @@ def main() -> int:
     env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    t_start = time.monotonic()
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() - t_start > 300:
-                raise SystemExit(f"the app did not start: see {log.name}") from None
-            time.sleep(0.5)
-    startup = time.monotonic() - t_start
+    startup = wait_until_serving(proc, url, log.name)
     client = PageClient(url)
     examples = client.held_out_examples()
     kinds = request_kinds(client, films, examples)

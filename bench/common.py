@@ -117,3 +117,19 @@ def answer_client(url: str) -> Any:
         atexit.register(shutil.rmtree, _answers, True)
         tempfile.tempdir = _answers
     return Client(url, verbose=False, download_files=_answers)
+
+
+def wait_until_serving(proc: "subprocess.Popen", url: str, log_name: str, limit: float = 300) -> float:
+    """Wait until the app ``proc`` answers at ``url``; the seconds it took. Exits naming ``log_name`` when the
+    process ends first or ``limit`` seconds pass."""
+    import urllib.request
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return time.monotonic() - t0
+        except OSError:
+            if proc.poll() is not None or time.monotonic() - t0 > limit:
+                raise SystemExit(f"the app did not start: see {log_name}") from None
+            time.sleep(0.5)
