@@ -3,9 +3,12 @@
 For each N of ``--clients`` (default 1, 4, 16, 32, 150), N visitors start together; half of them use
 ``gradio_client`` and half Gradio's HTTP API as the page does (upload, join the queue, read the server-sent
 events), each sending real films to ``/predict`` (every model's answer and heat map) one after the other for
-``--seconds``. A request is
+``--seconds`` and fetching the heat maps of each answer, as the page does, over the visitor's one kept
+connection (``gradio_client``'s own download opens a new connection with a new TLS context for every file: in a
+first version of this script that took most of the crowd's CPU, on the cores the app runs on). Every request the
+visitors make, ``gradio_client``'s own included, may take up to ``--timeout`` seconds. A request is
 
-- **answered**: its answer arrived, with every model's probabilities and no error;
+- **answered**: its answer arrived, with every model's probabilities, no error, and its heat maps fetched;
 - **refused**: the queue was full and the visitor was told so — the app's busy sentence in the HTTP 503, or
   ``gradio_client``'s "Queue is full! Please try again.";
 - **failed**: anything else — an error, a wrong answer, or no answer within ``--timeout`` seconds (120).
@@ -34,7 +37,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from app_soak import rss_mib
@@ -62,8 +65,21 @@ def _check(info: Dict[str, Any], n_models: int) -> None:
             raise RuntimeError(str(entry)[:300])
 
 
-def http_predict(http: Any, url: str, fn_index: int, film: Path, timeout: float) -> Dict[str, Any]:
-    """``/predict`` as the page's JavaScript sends it; raises :class:`Refused` on the busy 503."""
+def fetch_heat_maps(http: Any, gallery: List[Dict[str, Any]]) -> None:
+    """Fetch each heat map of an answer's gallery, as the page does to show them; raises unless each is a PNG."""
+    for item in gallery or []:
+        r = http.get(item["image"]["url"])
+        r.raise_for_status()
+        if not r.content.startswith(b"\x89PNG"):
+            raise RuntimeError(
+                f"heat map {item['image']['url']} is not a PNG: {len(r.content)} bytes, {r.content[:16]!r}, "
+                f"{r.headers.get('content-type')}"
+            )
+
+
+def http_predict(http: Any, url: str, fn_index: int, film: Path, timeout: float) -> Tuple[Dict[str, Any], Any]:
+    """``/predict`` as the page's JavaScript sends it: the answer and its gallery; raises :class:`Refused` on the
+    busy 503."""
     with open(film, "rb") as fh:
         r = http.post(url + "gradio_api/upload", files=[("files", (film.name, fh, "image/png"))])
     r.raise_for_status()
@@ -89,19 +105,21 @@ def http_predict(http: Any, url: str, fn_index: int, film: Path, timeout: float)
             if msg.get("msg") == "process_completed":
                 if not msg.get("success", True):
                     raise RuntimeError(str(msg)[:300])
-                return msg["output"]["data"][0]
+                return msg["output"]["data"][0], msg["output"]["data"][1]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no answer within {timeout:.0f} s")
     raise RuntimeError("the event stream ended without an answer")
 
 
-def client_predict(client: Any, film: Path, timeout: float) -> Dict[str, Any]:
-    """``/predict`` through ``gradio_client``; raises :class:`Refused` when it reports the full queue."""
+def client_predict(client: Any, film: Path, timeout: float) -> Tuple[Dict[str, Any], Any]:
+    """``/predict`` through ``gradio_client``: the answer and its gallery; raises :class:`Refused` when it reports
+    the full queue."""
     from gradio_client import handle_file
 
     try:
         job = client.submit(handle_file(str(film)), "GradCAM", "predicted class", api_name="/predict")
-        return job.result(timeout=timeout)[0]
+        info, gallery = job.result(timeout=timeout)
+        return info, gallery
     except Exception as e:  # gradio_client's QueueError, raised in the job
         if CLIENT_BUSY in str(e):
             raise Refused() from e
@@ -116,10 +134,11 @@ def visitor(
 
     use_client = k % 2 == 0
     try:
-        client = answer_client(url) if use_client else httpx.Client(timeout=timeout)
+        http = httpx.Client(timeout=timeout)  # the visitor's kept connection: the page, uploads, heat maps
+        client = answer_client(url, timeout=timeout, download=False) if use_client else None
         fn_index = None
         if not use_client:
-            deps = client.get(url + "config").json()["dependencies"]
+            deps = http.get(url + "config").json()["dependencies"]
             fn_index = next(i for i, d in enumerate(deps) if d.get("api_name") == "predict")
     except Exception as e:  # noqa: BLE001 - the visitor could not even connect: a failure
         out.append({"outcome": "failed", "seconds": 0.0, "why": f"connect: {e}"[:200]})
@@ -130,12 +149,13 @@ def visitor(
         i += 1
         t0 = time.monotonic()
         try:
-            info = (
+            info, gallery = (
                 client_predict(client, film, timeout)
                 if use_client
-                else http_predict(client, url, fn_index, film, timeout)
+                else http_predict(http, url, fn_index, film, timeout)
             )
             _check(info, n_models)
+            fetch_heat_maps(http, gallery)
             out.append({"outcome": "answered", "seconds": time.monotonic() - t0})
         except Refused:
             out.append({"outcome": "refused", "seconds": time.monotonic() - t0})

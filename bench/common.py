@@ -99,12 +99,21 @@ def keep_defaults_env() -> Dict[str, str]:
 
 
 _answers: Optional[str] = None  # the one folder answer_client's downloads go to, made on first use
+_tls: Any = None  # the one TLS context every answer_client shares, made on first use
 
 
-def answer_client(url: str) -> Any:
+def answer_client(url: str, timeout: Optional[float] = None, download: bool = True) -> Any:
     """A ``gradio_client.Client`` that leaves nothing in the system temp folder. It downloads each answer file
     through a folder of its own there and leaves that folder behind, empty; so on first use the script's temp
-    folder is pointed at one folder of ours, removed with the answer files when the script exits."""
+    folder is pointed at one folder of ours, removed with the answer files when the script exits.
+
+    ``timeout``: seconds for each of the client's own HTTP requests (its configuration, uploads, joining the
+    queue; httpx's default is 5). ``download=False``: answer files are returned as their URLs, not fetched.
+
+    ``gradio_client`` sends most requests through a new connection (``httpx.post``), and httpx builds a new TLS
+    context for each — loading the certificate store, several milliseconds of CPU, even for ``http://``; every
+    client here shares one context instead, so that a crowd of clients on the app's own machine costs what its
+    requests cost."""
     import atexit
     import shutil
     import tempfile
@@ -116,7 +125,19 @@ def answer_client(url: str) -> Any:
         _answers = tempfile.mkdtemp(prefix="cxr-bench-answers-")
         atexit.register(shutil.rmtree, _answers, True)
         tempfile.tempdir = _answers
-    return Client(url, verbose=False, download_files=_answers)
+    httpx_kwargs = {"timeout": timeout} if timeout else None
+    global _tls
+    if _tls is None:
+        import ssl
+
+        _tls = ssl.create_default_context()
+    return Client(
+        url,
+        verbose=False,
+        download_files=_answers if download else False,
+        httpx_kwargs=httpx_kwargs,
+        ssl_verify=_tls,  # passed on as httpx's verify=, which takes a context as it is
+    )
 
 
 def wait_until_serving(proc: "subprocess.Popen", url: str, log_name: str, limit: float = 300) -> float:

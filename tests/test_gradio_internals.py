@@ -332,3 +332,71 @@ def test_a_request_beyond_the_full_queue_is_told_the_app_is_busy(tmp_path):
     finally:
         release.set()
         demo.close()
+
+
+# -- an image handed out -------------------------------------------------------------------------------------------
+
+
+def _gradio_own_save(processing_utils):
+    """Gradio's ``save_pil_to_cache``, whether or not the app's replaced it in this process."""
+    fn = processing_utils.save_pil_to_cache
+    return getattr(fn, "_gradio_own", fn)
+
+
+def _heat_map_like(seed: int = 0):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+
+
+def test_an_image_handed_out_is_stored_where_its_bytes_hash_says_and_written_whole(tmp_path):
+    """What the image and gallery components return is stored at Gradio's own path for it
+    (``<cache>/<hash of the encoded bytes>/image.png``), through the app's replacement, leaving no staging file."""
+    import gradio as gr
+    from gradio import processing_utils
+    from PIL import Image
+
+    gi.write_images_whole()
+    assert gi.write_images_whole() is False  # once per process
+    arr = _heat_map_like()
+    own = Path(_gradio_own_save(processing_utils)(Image.fromarray(arr), str(tmp_path / "own"), format="png"))
+    ours = tmp_path / "ours"
+    gallery = gr.Gallery(format="png")
+    gallery.GRADIO_CACHE = str(ours)
+    image = gr.Image(format="png")
+    image.GRADIO_CACHE = str(ours)
+    paths = [Path(gallery.postprocess([(arr, "a heat map")]).root[0].image.path), Path(image.postprocess(arr).path)]
+    for path in paths:
+        assert path.relative_to(ours.resolve()) == own.relative_to((tmp_path / "own").resolve())
+        assert path.read_bytes() == own.read_bytes()
+    assert [p.name for p in paths[0].parent.iterdir()] == ["image.png"]
+
+
+def test_a_visitor_reading_an_image_while_another_request_stores_it_again_reads_it_whole(tmp_path):
+    """Two requests that return the same heat map store it at one path: a reader of that path meanwhile gets the
+    whole file every time (Gradio's own function truncates it in place first)."""
+    import threading
+
+    from gradio import processing_utils
+    from PIL import Image
+
+    gi.write_images_whole()
+    img = Image.fromarray(_heat_map_like(1))
+    path = Path(processing_utils.save_pil_to_cache(img, str(tmp_path), format="png"))
+    whole = path.read_bytes()
+    done = threading.Event()
+
+    def store_again():
+        for _ in range(300):
+            processing_utils.save_pil_to_cache(img, str(tmp_path), format="png")
+        done.set()
+
+    writer = threading.Thread(target=store_again)
+    writer.start()
+    reads = []
+    while not done.is_set():
+        reads.append(path.read_bytes())
+    writer.join()
+    assert len(reads) > 10
+    assert all(r == whole for r in reads), f"{sum(r != whole for r in reads)} of {len(reads)} reads were not whole"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["image.png"]

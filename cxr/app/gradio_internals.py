@@ -40,6 +40,13 @@ What the app relies on (Gradio 6.31):
   requests wait; the route then refuses with HTTP 503 and that detail. Gradio's page shows its own sentence for a
   503 ("This application is currently busy. Please try again."), ``gradio_client`` raises ``QueueError("Queue is
   full! Please try again.")``; a plain HTTP client reads the detail, which the app replaces with :data:`BUSY`.
+- **An image handed out** (:func:`write_images_whole`): an image an event returns (a heat map, the film as
+  analysed, a gallery's items) is encoded and written by ``processing_utils.save_pil_to_cache`` to
+  ``<cache>/<hash of its encoded bytes>/image.<format>`` — in place, truncating the file first, and every component
+  calls it through that module. Two requests that return the same image (two visitors analysing the same film)
+  write the same path, so one visitor's browser could read the file while the other's request truncated and
+  rewrote it: half an image, or none. The app writes each under a temporary name and renames it into place, as
+  Gradio's own ``save_file_to_cache`` does for files.
 - **No** ``gr.skip()`` **in a streamed answer** (not code here: :meth:`cxr.app.handlers.PageHandlers.stream`): it
   is a property update, and Gradio then gives the session its own copy of the component, whose files (a heat map
   sent later) the sweep never sees.
@@ -78,6 +85,7 @@ __all__ = [
     "single_file_input",
     "BUSY",
     "say_busy_when_full",
+    "write_images_whole",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -275,3 +283,43 @@ def say_busy_when_full(demo: Any, sentence: str = BUSY) -> None:
         return (ok, sentence, state) if state == "queue_full" else (ok, detail, state)
 
     queue.push = push_or_busy
+
+
+def write_images_whole() -> bool:
+    """Make every image Gradio saves to its cache appear there whole: written under a temporary name in its folder
+    and renamed into place, so a reader sees the old file or the new one, never a truncated one. Returns whether
+    it replaced Gradio's function (``False``: it had already); call it before the app serves.
+
+    Why: two visitors who analyse the same film get the same heat maps, stored at the same path; Gradio writes
+    that path in place, so the first visitor's browser could fetch it half-written while the second's request
+    wrote it again (the crowd benchmark's "peer closed connection without sending complete message body").
+    Relies on ``processing_utils.save_pil_to_cache(img, cache_dir, name, format)`` being what every component
+    and ``save_img_array_to_cache`` call, through the module, to store an image at
+    ``<cache_dir>/<hash_bytes(encoded)>/<name>.<format>`` and return that path.
+    """
+    from gradio import processing_utils  # Gradio loads only when a page is built or served
+
+    if getattr(processing_utils.save_pil_to_cache, "_cxr_whole", False):
+        return False
+
+    def save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(staging, 0o644)  # as write_bytes would have made it
+            os.replace(staging, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(staging)
+            raise
+        return str(target)
+
+    save_pil_to_cache._cxr_whole = True  # type: ignore[attr-defined]
+    save_pil_to_cache._gradio_own = processing_utils.save_pil_to_cache  # type: ignore[attr-defined]
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+    return True

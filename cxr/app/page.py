@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from cxr.app.board import ModelBoard, decision_rule, site_line
 from cxr.app.examples import Example, ExampleFilms
-from cxr.app.gradio_internals import copy_folder_name, single_file_input
+from cxr.app.gradio_internals import copy_folder_name, single_file_input, write_images_whole
 from cxr.app.handlers import PREDICTED, PageHandlers
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
@@ -185,6 +185,7 @@ def build_demo(
     """
     import gradio as gr  # Gradio loads only when a page is built
 
+    write_images_whole()  # two visitors' identical heat maps share one path: each appears there whole
     if kept_images is None:  # (an empty store is falsy: it has a length)
         kept_images = KeptImages(KEPT_IMAGES_MB << 20, KEPT_IMAGE_SECONDS)
     handlers = PageHandlers(board, kept_images, uploads)
