@@ -18,9 +18,14 @@ from cxr.data.folders import MAX_LISTED
 from cxr.data.preprocessing import PREPROCESS_VERSION, PreprocessConfig
 from cxr.errors import CXRError
 
-__all__ = ["default_cache_dir", "PixelCacheResult", "cache_pixels"]
+__all__ = ["default_cache_dir", "PixelCacheResult", "cache_pixels", "writer_batch_size", "WRITER_BATCH_BYTES"]
 
 _logger = logging.getLogger(__name__)
+
+#: Bytes of pixels each decoding process holds before it writes them to the cache file. ``datasets.map`` buffers
+#: ``writer_batch_size`` rows (1,000 by default: 50 MB at 224 px, in several copies while Arrow converts them), so
+#: the buffer is sized by bytes: the same at 600 films as at 100,000, and at every image size.
+WRITER_BATCH_BYTES = 8 * 2**20
 
 
 def default_cache_dir() -> Path:
@@ -100,12 +105,18 @@ def cache_pixels(
         cache_file_name=str(cache_file),
         load_from_cache_file=True,
         num_proc=num_proc if num_proc > 1 else None,
+        writer_batch_size=writer_batch_size(image_size),
         desc=f"Decoding and resizing to {image_size}px (cached)",
     )
     mapped, bad = _drop_unreadable(mapped, skip_bad_images)
     return PixelCacheResult(
         dataset=mapped.with_format("numpy", columns=["pixels", "label"], output_all_columns=True), bad=bad
     )
+
+
+def writer_batch_size(image_size: int) -> int:
+    """Rows a decoding process buffers before writing: :data:`WRITER_BATCH_BYTES` of pixels, 16 to 1,000 rows."""
+    return max(16, min(1000, WRITER_BATCH_BYTES // (image_size * image_size)))
 
 
 def _pixel_cache_file(ds: datasets.Dataset, image_size: int, clahe: bool, cache_dir: Path) -> Path:
