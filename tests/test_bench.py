@@ -304,10 +304,11 @@ def test_scale_makes_distinct_synthetic_films_and_tabulates_every_stage(sample_d
     assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in films}) == 1300  # no two files identical
     out = run_bench(
         "scale.py", "--root", str(tmp_path / "scale"), "--sizes", "600", "1300", "--data-only-sizes", "1800",
-        "--image-size", "32",
+        "--image-size", "32", "--repeat-below", "1", "--max-runs", "2",
     )  # fmt: skip
     (rows,) = markdown_tables(out)
     stages = [(r["films"], r["stage"]) for r in rows]
+    assert all(r["runs"] in ("1", "2") for r in rows) and {r["runs"] for r in rows if r["stage"] == "split"} == {"2"}
     assert stages == [
         *[(n, s) for n in ("600", "1,300") for s in ("listing", "cache", "split", "train", "eval", "predict", "cv-setup")],
         *[("1,800", s) for s in ("listing", "cache", "split")],
