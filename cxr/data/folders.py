@@ -33,19 +33,28 @@ _IGNORED_SUBDIRS = ("masks",)
 MAX_LISTED = 20
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith((".", "_"))
+def _visible(name: str) -> bool:
+    return not name.startswith((".", "_"))
+
+
+def _files_in(folder: Path) -> List[Path]:
+    """The visible files of ``folder`` (symbolic links followed), sorted by name. ``os.scandir`` reads each entry's
+    type from the folder itself, and names sort as strings: ``Path.is_file`` and sorting paths cost a ``stat``
+    and a comparison of parts per file, a third of listing 21,165 films."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if _visible(e.name) and e.is_file())
+    return [folder / n for n in names]
 
 
 def _class_folders(root: Path) -> Dict[str, Path]:
-    return {p.name: p for p in root.iterdir() if p.is_dir() and _visible(p) and p.name not in _IGNORED_SUBDIRS}
+    return {p.name: p for p in root.iterdir() if p.is_dir() and _visible(p.name) and p.name not in _IGNORED_SUBDIRS}
 
 
 def _holds_films(folder: Path) -> bool:
     """Whether ``folder`` is a class folder: an ``images/`` sub-folder, or image files of its own."""
     if (folder / "images").is_dir():
         return True
-    return any(p.is_file() and _visible(p) and p.suffix.lower() in UPLOAD_SUFFIXES for p in folder.iterdir())
+    return any(p.is_file() and _visible(p.name) and p.suffix.lower() in UPLOAD_SUFFIXES for p in folder.iterdir())
 
 
 def _holds_classes(folder: Path, labelling: Labelling) -> bool:
@@ -124,7 +133,7 @@ def scan_image_folder(root: os.PathLike, labelling: Labelling = FROM_DATA) -> Li
         folder = class_dirs[name]
         if (folder / "images").is_dir():
             folder = folder / "images"
-        files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
+        files = _files_in(folder)
         if not files:
             empty.append(f"{name} ({folder})")
         records.extend((p, f"{our}/{p.name}", classes.index(our)) for p in files)
