@@ -12,7 +12,9 @@ scripts and recorded in ``bench/RESULTS.md``.
 
 The cost: a process's resident memory stays at its peak instead of shrinking between steps or
 requests. Where one request needed far more than usual (a very large upload), the decoder calls
-:func:`release_freed_memory` once it is done, so the peak is not kept. Every cxr command applies it at start (:func:`cxr.commands.common.run_cli`); set
+:func:`release_freed_memory` once it is done, so the peak is not kept. A loader's worker processes are forked with
+the heap's free memory released first (:func:`release_before_workers`), so they do not end up holding copies of
+the pages this process goes on reusing. Every cxr command applies it at start (:func:`cxr.commands.common.run_cli`); set
 ``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
 not glibc (macOS, Windows, musl), and GPU memory is not affected.
 
@@ -29,9 +31,9 @@ import functools
 import logging
 import os
 import platform
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory"]
+__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory", "release_before_workers"]
 
 _logger = logging.getLogger(__name__)
 
@@ -95,6 +97,21 @@ def release_freed_memory() -> bool:
     trim = libc.malloc_trim
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def release_before_workers(loader: Any) -> bool:
+    """Release the heap's free memory (:func:`release_freed_memory`) before ``loader`` forks its worker processes,
+    when it has any and this process keeps freed memory; returns whether it released any.
+
+    Why: a forked worker shares every page of this process, the free ones of the kept heap too. Each time this
+    process then writes into one (the next batch's tensors reuse the kept heap), the kernel copies it, and the
+    worker is left holding the old page alone: the workers' memory grows, pass after pass, by what this process
+    reuses (measured by ``bench/scale.py``: two workers of a scoring pass grew from 180 to 515 MB each). Pages
+    released before the fork are not shared; this process maps them again, fresh, once per pass.
+    """
+    if not _applied or not getattr(loader, "num_workers", 0):
+        return False
+    return release_freed_memory()
 
 
 @functools.lru_cache(maxsize=None)

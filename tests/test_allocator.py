@@ -115,3 +115,53 @@ def test_release_freed_memory_hands_a_large_request_back():
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["applied"] is True and got["kept_mib"] > 250, got  # kept for reuse, by design
     assert got["released"] is True and got["after_mib"] < 50, got  # until the decoder hands it back
+
+
+# A loader's worker forked while the heap holds 300 MiB kept free, then this process writing a new 300 MiB array
+# into that free memory: how much the worker's proportional anonymous memory grows, without and with
+# release_before_workers before the fork.
+_WORKERS = """
+import json
+import numpy as np, torch
+from cxr.allocator import keep_freed_memory, release_before_workers
+
+class Films(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return i
+
+def pss_anon_mib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return sum(int(l.split()[1]) for l in fh if l.startswith("Pss_Anon")) / 1024
+
+def worker_growth(release):
+    x = np.ones(300 << 20, np.uint8)
+    del x  # freed, kept in the heap for reuse
+    loader = torch.utils.data.DataLoader(Films(), batch_size=1, num_workers=1)
+    released = release_before_workers(loader) if release else None
+    it = iter(loader)
+    next(it)
+    pid = it._workers[0].pid
+    before = pss_anon_mib(pid)
+    y = np.ones(300 << 20, np.uint8)  # the next pass's tensors reuse the kept heap
+    grown = pss_anon_mib(pid) - before
+    del y, it
+    return grown, released
+
+assert keep_freed_memory(True)
+kept, _ = worker_growth(False)
+released_mib, released = worker_growth(True)
+no_workers = release_before_workers(torch.utils.data.DataLoader(Films(), num_workers=0))
+print(json.dumps({"kept": kept, "released": released_mib, "did_release": released, "no_workers": no_workers}))
+"""
+
+
+def test_a_loader_worker_does_not_keep_the_pages_this_process_reuses_once_released_before_the_fork():
+    out = subprocess.run([sys.executable, "-c", _WORKERS], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["kept"] > 100, got  # the worker was left holding the old pages alone
+    assert got["did_release"] is True and got["released"] < 20, got
+    assert got["no_workers"] is False, got  # nothing forked, nothing released

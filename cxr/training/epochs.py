@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxr.allocator import release_before_workers
 from cxr.data.dataset import ModelInput
 from cxr.errors import CXRError
 from cxr.labels import Classes
@@ -118,6 +119,7 @@ def train_one_epoch(
     seconds it took."""
     t0 = time.time()
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, correct, count
+    release_before_workers(loader)  # the workers forked next share no free heap to be copied as it is reused
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process)
     for batch in bar:
         loss, logits = train_step(

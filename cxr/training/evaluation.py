@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cxr.allocator import release_before_workers
 from cxr.data.data_source import check_data_options, load_data_source
 from cxr.data.dataset import ModelInput, RadiographDataset
 from cxr.data.labelling import Labelling
@@ -129,6 +130,7 @@ def predict_outputs(
     values: Optional[np.ndarray] = None  # features or scores
     chosen_rank = None if keep is None else np.cumsum(keep) - 1  # a kept position's row in the buffer
     capturing = capture_features(accelerator.unwrap_model(model)) if features else contextlib.nullcontext()
+    release_before_workers(loader)  # the workers forked next share no free heap to be copied as it is reused
     with capturing as captured:
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
             with accelerator.autocast():
