@@ -111,7 +111,7 @@ def answer_client(url: str, timeout: Optional[float] = None, download: bool = Tr
     queue; httpx's default is 5). ``download=False``: answer files are returned as their URLs, not fetched.
 
     ``gradio_client`` sends most requests through a new connection (``httpx.post``), and httpx builds a new TLS
-    context for each — loading the certificate store, several milliseconds of CPU, even for ``http://``; every
+    context for each — loading the certificate store, even for ``http://``; every
     client here shares one context instead, so that a crowd of clients on the app's own machine costs what its
     requests cost."""
     import atexit

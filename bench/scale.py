@@ -166,7 +166,7 @@ def run_stage(stage: str, db: Path, size: int, work: Path) -> Dict[str, float]:
 def run_repeated(stage: str, db: Path, size: int, work: Path, below: float, max_runs: int) -> Dict[str, float]:
     """:func:`run_stage`, run again while the runs so far took under ``below`` seconds in all (at most
     ``max_runs``): the median seconds, the largest peak memory, and ``runs``. A stage of a second or less varies
-    by a third from one run to the next here; one of a minute does not."""
+    far more from one run to the next than one of a minute."""
     runs = [run_stage(stage, db, size, work)]
     while len(runs) < max_runs and sum(r["seconds"] for r in runs) < below:
         runs.append(run_stage(stage, db, size, work))

@@ -106,8 +106,8 @@ def release_before_workers(loader: Any) -> bool:
     Why: a forked worker shares every page of this process, the free ones of the kept heap too. Each time this
     process then writes into one (the next batch's tensors reuse the kept heap), the kernel copies it, and the
     worker is left holding the old page alone: the workers' memory grows, pass after pass, by what this process
-    reuses (measured by ``bench/scale.py``: two workers of a scoring pass grew from 180 to 515 MB each). Pages
-    released before the fork are not shared; this process maps them again, fresh, once per pass.
+    reuses (``bench/scale.py``; the figures are in bench/RESULTS.md, "Scale"). Pages released before the fork
+    are not shared; this process maps them again, fresh, once per pass.
     """
     if not _applied or not getattr(loader, "num_workers", 0):
         return False

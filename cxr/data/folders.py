@@ -39,8 +39,8 @@ def _visible(name: str) -> bool:
 
 def _files_in(folder: Path) -> List[Path]:
     """The visible files of ``folder`` (symbolic links followed), sorted by name. ``os.scandir`` reads each entry's
-    type from the folder itself, and names sort as strings: ``Path.is_file`` and sorting paths cost a ``stat``
-    and a comparison of parts per file, a third of listing 21,165 films."""
+    type from the folder itself, and names sort as strings: ``Path.is_file`` and sorting paths would cost a
+    ``stat`` and a comparison of parts per file (bench/RESULTS.md, "Scale")."""
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries if _visible(e.name) and e.is_file())
     return [folder / n for n in names]
