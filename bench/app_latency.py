@@ -80,7 +80,8 @@ def _board_worker(refs: Sequence[str], image: str, rounds: int) -> Dict[str, obj
     from cxr.allocator import keep_freed_memory
     from cxr.app.board import ModelBoard
 
-    keep_freed_memory()  # as cxr.commands.common.run_cli does for python app.py; off through the environment
+    # as importing cxr.commands does for python app.py (run_worker did already); off through the environment
+    keep_freed_memory()
     board = ModelBoard.load(refs)
     calls = {m.ref: 0 for m in board.models}
     for m in board.models:
@@ -241,7 +242,7 @@ def main() -> None:
 
         # 1-2: in process, each arm in its own
         worker_args = ["--data", args.data, "--rounds", str(args.rounds), "--refs", ",".join(refs)]
-        bare = run_worker("app_latency.py", [*worker_args, "--worker", "bare"])
+        bare = run_worker("app_latency.py", [*worker_args, "--worker", "bare"], keep_defaults_env())
         boards = {
             "ours": run_worker("app_latency.py", [*worker_args, "--worker", "board"]),
             "defaults": run_worker("app_latency.py", [*worker_args, "--worker", "board"], keep_defaults_env()),

@@ -69,6 +69,15 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+#: Runs ``python -c _CXR_ALLOCATOR_FIRST SCRIPT ARGS`` as ``python SCRIPT ARGS`` would, with cxr's allocator
+#: settings applied first (the working folder is the repository's).
+_CXR_ALLOCATOR_FIRST = (
+    "import os, runpy, sys; from cxr.allocator import keep_freed_memory; keep_freed_memory(); "
+    "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0])); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def run_worker(
     script: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, launcher: Optional[Sequence[str]] = None
 ) -> Any:
@@ -76,10 +85,13 @@ def run_worker(
     ``accelerate launch``) in fresh processes; return the JSON it prints last.
 
     Each arm gets its own process so that process-wide settings (the allocator settings of
-    :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another.
+    :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another. Without a launcher the
+    process has cxr's allocator settings from its start, as every cxr program has them (importing
+    :mod:`cxr.commands` applies them before numpy and torch are imported); an arm measuring the C library's
+    defaults (a plain loop, ``CXR_KEEP_FREED_MEMORY=0``) passes :func:`keep_defaults_env`.
     """
     out = subprocess.run(
-        [*(launcher or [sys.executable]), str(Path(__file__).parent / script), *argv],
+        [*(launcher or [sys.executable, "-c", _CXR_ALLOCATOR_FIRST]), str(Path(__file__).parent / script), *argv],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -60,7 +60,8 @@ def _measure(arm: str, ckpt: str, data: str, batch_size: int, out: str) -> float
     else:
         from cxr.allocator import keep_freed_memory
 
-        keep_freed_memory()  # as cxr.commands.common.run_cli does; off for ours-defaults through the environment
+        # as importing cxr.commands does (run_worker did already); off for ours-defaults through the environment
+        keep_freed_memory()
 
         def run():
             evaluate_folder(ckpt, data, Path(out), batch_size=batch_size)
@@ -112,7 +113,7 @@ def main() -> None:
                             "--worker",
                             f"{arm}:{ckpt}:{tmp / f'eval-{name}-{arm}'}",
                         ],
-                        keep_defaults_env() if arm == "ours-defaults" else None,
+                        keep_defaults_env() if arm in ("bare", "ours-defaults") else None,
                     )
                     times[arm].append(res["seconds"])
                     print(f"round {r + 1} {name} {arm}: {n / res['seconds']:.1f} img/s", flush=True)

@@ -260,7 +260,9 @@ def main() -> None:
         if arm.startswith("ours"):
             from cxr.allocator import keep_freed_memory
 
-            keep_freed_memory()  # as cxr.commands.common.run_cli does; off for ours-defaults through the environment
+            # as importing cxr.commands does (run_worker did already, accelerate launch not); off for ours-defaults
+            # through the environment
+            keep_freed_memory()
         fn = plain if arm == "plain" else ours
         extra = {"augment_on": "device"} if arm == "ours-device" else {}
         res = fn(
@@ -305,7 +307,7 @@ def main() -> None:
                     res = run_worker(
                         "train_throughput.py",
                         [*shared, "--worker", f"{label}:{name}:{fmt}"],
-                        keep_defaults_env() if label == "ours-defaults" else None,
+                        keep_defaults_env() if label in ("plain", "ours-defaults") else None,
                     )
                     results.setdefault((name, fmt, label, 1), []).append(res)
                     print(

@@ -14,8 +14,10 @@ The cost: a process's resident memory stays at its peak instead of shrinking bet
 requests. Where one request needed far more than usual (a very large upload), the decoder calls
 :func:`release_freed_memory` once it is done, so the peak is not kept. A loader's worker processes are forked with
 the heap's free memory released first (:func:`release_before_workers`), so they do not end up holding copies of
-the pages this process goes on reusing. Every cxr command applies it at start (:func:`cxr.commands.common.run_cli`); set
-``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
+the pages this process goes on reusing. Every cxr program has it from its start: importing :mod:`cxr.commands`
+applies it, before a program imports numpy or torch — the arena limit binds only threads that allocate after it, and
+an arena made earlier (numpy's import starts a thread) would be shared by later threads, keeping freed memory of its
+own. Set ``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
 not glibc (macOS, Windows, musl), and GPU memory is not affected.
 
 Example:
@@ -31,9 +33,10 @@ import functools
 import logging
 import os
 import platform
+import threading
 from typing import Any, Optional
 
-__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory", "release_before_workers"]
+__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory", "release_periodically", "release_before_workers"]
 
 _logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
         return _applied
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # arenas made before this call stay in use: entry points call it first thing
+    # arenas made before this call stay in use (and later threads share them): call it before numpy and torch
     _applied = all(
         mallopt(param, value)
         for param, value in ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
@@ -97,6 +100,31 @@ def release_freed_memory() -> bool:
     trim = libc.malloc_trim
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def release_periodically(every_s: float) -> Optional[threading.Event]:
+    """Hand the heap's free memory back to the system (:func:`release_freed_memory`) every ``every_s`` seconds,
+    from a daemon thread, while this process keeps freed memory — for a long-running server.
+
+    Why: a server's requests free memory between allocations that live on (sessions, caches, logs), so the kept
+    heap fragments, and its free part grows for as long as the server runs, request after request, while what
+    is in use stays level (``bench/app_soak.py``). Released every ``every_s`` seconds, the free memory is what
+    the requests of that interval left; between releases they reuse it without page faults.
+
+    Returns:
+        An event that stops the thread when set, or ``None`` where this process does not keep freed memory
+        (nothing to release: the C library returns it itself).
+    """
+    if not _applied:
+        return None
+    stop = threading.Event()
+
+    def release() -> None:
+        while not stop.wait(every_s):
+            release_freed_memory()
+
+    threading.Thread(target=release, name="cxr-release-freed-memory", daemon=True).start()
+    return stop
 
 
 def release_before_workers(loader: Any) -> bool:

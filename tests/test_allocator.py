@@ -18,16 +18,16 @@ pytestmark = [
     ),
 ]
 
-# Runs through run_cli, as every cxr command does: training steps of a small convolutional net whose
-# activations (64 MiB each) are above glibc's largest dynamic mmap threshold (32 MiB), in the main
+# Imports cxr.commands and runs through run_cli, as every cxr command does: training steps of a small convolutional
+# net whose activations (64 MiB each) are above glibc's largest dynamic mmap threshold (32 MiB), in the main
 # thread (training) and then in another thread (the app's request handlers); counts the page faults of
 # each one's steady state (the fewest of steps 4-6: the heap's layout can still shift once after warm-up), and
 # the resident memory kept once the steps' tensors are freed.
 _SCRIPT = """
 import json, resource, sys, threading
+from cxr.commands.common import run_cli
 import torch
 from cxr.allocator import keep_freed_memory
-from cxr.commands.common import run_cli
 
 def rss_mib():
     for line in open("/proc/self/status"):
@@ -88,6 +88,45 @@ def test_env_var_keeps_the_c_library_defaults():
     assert default["faults"]["main"] > 200000, default
     assert default["faults"]["thread"] > 200000, default
     assert default["kept_mib"] < 64, default
+
+
+# A program imported as its entry point imports it (every program imports numpy and torch; the app, Gradio too),
+# then threads that allocate, as the app's request handlers and torch's do; glibc's report of its arenas.
+_ARENAS = """
+import ctypes, importlib, sys, threading
+importlib.import_module(sys.argv[1])
+import numpy as np
+import torch
+from cxr.allocator import keep_freed_memory
+
+keep_freed_memory()  # where the programs' main applied it before (run_cli): a no-op now
+
+def work():
+    blocks = [bytearray(2**16) for _ in range(64)]
+    (torch.randn(256, 256) @ torch.randn(256, 256)).sum()
+    np.ones(2**20).sum()
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # to standard error: "Arena N:" for each arena
+"""
+
+
+@pytest.mark.parametrize("program", ["cxr.commands.app", "cxr.commands.train", "cxr.commands.predict"])
+def test_every_thread_of_a_program_allocates_from_one_arena(program):
+    # before the settings came with importing cxr.commands, they were applied after the program's imports had
+    # started a thread (numpy's): its arena stayed, and the request handlers shared it, keeping a second pool of
+    # freed memory (the app's memory grew for minutes under a steady load)
+    env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
+    out = subprocess.run(
+        [sys.executable, "-c", _ARENAS, program], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    arenas = [line for line in out.stderr.splitlines() if line.startswith("Arena ")]
+    assert arenas == ["Arena 0:"], out.stderr[-2000:]
 
 
 _RELEASE = """
@@ -165,3 +204,51 @@ def test_a_loader_worker_does_not_keep_the_pages_this_process_reuses_once_releas
     assert got["kept"] > 100, got  # the worker was left holding the old pages alone
     assert got["did_release"] is True and got["released"] < 20, got
     assert got["no_workers"] is False, got  # nothing forked, nothing released
+
+
+# A server's heap after requests: blocks freed between blocks that live on; then the periodic release.
+_PERIODIC = """
+import json, time
+import numpy as np
+from cxr.allocator import keep_freed_memory, release_periodically
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+applied = keep_freed_memory()
+base = rss_mib()
+blocks = [np.ones(10 * 2**20, dtype=np.uint8) for _ in range(30)]  # 300 MiB from the heap (mmap is off)
+living = blocks[::3]  # every third lives on: the freed ones lie between them, not at the heap's top
+del blocks
+time.sleep(1.0)
+kept = rss_mib() - base
+stop = release_periodically(0.2)
+time.sleep(1.0)
+print(json.dumps({"applied": applied, "started": stop is not None, "kept_mib": kept, "after_mib": rss_mib() - base}))
+"""
+
+
+def _periodic(env_value):
+    env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
+    if env_value is not None:
+        env["CXR_KEEP_FREED_MEMORY"] = env_value
+    out = subprocess.run(
+        [sys.executable, "-c", _PERIODIC], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_release_periodically_hands_back_the_free_memory_between_living_blocks():
+    res = _periodic(None)
+    assert res["applied"] and res["started"], res
+    assert res["kept_mib"] > 250, res  # kept: the 200 MiB freed between the 100 MiB that live on
+    assert res["after_mib"] < 150, res  # released within a period or two; the living 100 MiB stay
+
+
+def test_release_periodically_starts_nothing_with_the_c_library_defaults():
+    res = _periodic("0")
+    assert not res["applied"] and not res["started"], res
+    assert res["kept_mib"] < 150, res  # glibc returned the freed blocks itself

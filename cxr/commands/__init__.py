@@ -11,4 +11,14 @@ Each program's options are a dataclass whose fields declare their flags (:func:`
 default and lowest value in one place. The options name the models and preprocessing choices, so importing a
 program loads torch and timm (``python -m cxr.hub`` excepted); what only a run needs — accelerate, ``datasets``,
 Gradio, the Hub push — is imported inside ``main``'s ``run``, after the arguments are parsed and checked.
+
+Importing this package applies cxr's allocator settings (:func:`cxr.allocator.keep_freed_memory`) before anything
+else, so every program has them from its start.
 """
+
+from cxr.allocator import keep_freed_memory
+
+# First, before any program imports numpy or torch: glibc's arena limit binds only the threads that allocate after
+# it is set. A thread that allocated before (numpy's import starts OpenBLAS's) keeps an arena of its own, which the
+# threads started later (the app's request handlers, torch's) then share, each arena keeping its own freed memory.
+keep_freed_memory()

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
-from cxr.allocator import keep_freed_memory
 from cxr.errors import CXRError
 from cxr.options import minimum_problems
 
@@ -41,9 +40,8 @@ EPILOG = (
 
 
 def run_cli(fn: Callable[[], None]) -> int:
-    """Set up the process (logging; glibc keeps freed memory, :mod:`cxr.allocator`) and run ``fn``,
-    turning a :class:`CXRError`, or a full disk, into a one-line message and exit status 2."""
-    keep_freed_memory()
+    """Set up the process's logging and run ``fn``, turning a :class:`CXRError`, or a full disk, into a one-line
+    message and exit status 2. (The allocator settings, :mod:`cxr.allocator`, came with importing the package.)"""
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "httpx2", "huggingface_hub", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
