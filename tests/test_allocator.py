@@ -59,12 +59,18 @@ sys.exit(run_cli(fn))
 """
 
 
-def _run(env_value):
+def _env(env_value):
+    """This environment with ``CXR_KEEP_FREED_MEMORY`` set to ``env_value`` (``None``: unset)."""
     env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
     if env_value is not None:
         env["CXR_KEEP_FREED_MEMORY"] = env_value
+    return env
+
+
+def _run(env_value, script=_SCRIPT):
+    """Run ``script`` in a fresh process; the JSON it prints last."""
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], cwd=REPO, env=_env(env_value), capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,9 +126,8 @@ def test_every_thread_of_a_program_allocates_from_one_arena(program):
     # before the settings came with importing cxr.commands, they were applied after the program's imports had
     # started a thread (numpy's): its arena stayed, and the request handlers shared it, keeping a second pool of
     # freed memory (the app's memory grew for minutes under a steady load)
-    env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
     out = subprocess.run(
-        [sys.executable, "-c", _ARENAS, program], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _ARENAS, program], cwd=REPO, env=_env(None), capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     arenas = [line for line in out.stderr.splitlines() if line.startswith("Arena ")]
@@ -230,25 +235,14 @@ print(json.dumps({"applied": applied, "started": stop is not None, "kept_mib": k
 """
 
 
-def _periodic(env_value):
-    env = {k: v for k, v in os.environ.items() if k != "CXR_KEEP_FREED_MEMORY"}
-    if env_value is not None:
-        env["CXR_KEEP_FREED_MEMORY"] = env_value
-    out = subprocess.run(
-        [sys.executable, "-c", _PERIODIC], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_release_periodically_hands_back_the_free_memory_between_living_blocks():
-    res = _periodic(None)
+    res = _run(None, _PERIODIC)
     assert res["applied"] and res["started"], res
     assert res["kept_mib"] > 250, res  # kept: the 200 MiB freed between the 100 MiB that live on
     assert res["after_mib"] < 150, res  # released within a period or two; the living 100 MiB stay
 
 
 def test_release_periodically_starts_nothing_with_the_c_library_defaults():
-    res = _periodic("0")
+    res = _run("0", _PERIODIC)
     assert not res["applied"] and not res["started"], res
     assert res["kept_mib"] < 150, res  # glibc returned the freed blocks itself
