@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import CLASSES, PYTHON, TWO_PROCESS_ENV, TWO_PROCESSES, launch_errors, make_subset, run_script, tiny_run
 
+from cxr.commands.cv import main as cv_main
 from cxr.data.data_source import load_data_source
 from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
@@ -61,14 +62,14 @@ def test_fold_count_is_checked():
         (["--bootstrap", "5"], "--bootstrap must be at least 100"),
     ],
 )
-def test_bad_cv_flags_fail_before_any_work(tmp_path, subset, args, message):
+def test_bad_cv_flags_fail_before_any_work(tmp_path, subset, capsys, args, message):
+    """In process, through the command's ``main`` (the entry point itself is run below)."""
     if "--split-file" in args:
         (tmp_path / "x.json").write_text("{}")
         args = ["--split-file", str(tmp_path / "x.json")]
-    proc = run_script(
-        [PYTHON, "-m", "cxr.cv", "--data", str(subset), "--output-dir", str(tmp_path / "cv"), *TINY, *args]
-    )
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert cv_main(["--data", str(subset), "--output-dir", str(tmp_path / "cv"), *TINY, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err[-2000:]
     assert not (tmp_path / "cv" / "fold-0").exists()
 
 
