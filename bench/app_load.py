@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from app_soak import rss_mib
-from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, table, wait_until_serving
+from common import DEFAULT_DATA, REPO, answer_client, clean_up_app_files, free_port, machine, table, wait_until_serving
 
 from cxr.app.gradio_internals import BUSY
 
@@ -283,6 +283,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    clean_up_app_files(cache, log, keep_log=bool(failures))
     throughput = {row[0]: float(row[7]) for row in rows}
     lines = [
         f"App under load: {len(models)} models, /predict with Grad-CAM, "

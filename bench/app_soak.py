@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import DEFAULT_DATA, REPO, free_port, machine, table, wait_until_serving
+from common import DEFAULT_DATA, REPO, clean_up_app_files, free_port, machine, table, wait_until_serving
 
 QUICKSTART_MODELS = "runs/quickstart-lite0/model,runs/quickstart-logreg/model"
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
@@ -299,6 +299,7 @@ def main() -> int:
         stop.set()
         proc.terminate()
         proc.wait(timeout=60)
+    clean_up_app_files(cache, log, keep_log=bool(record.failures))
     text = report(args, record.samples, record.latencies, record.failures, startup, (every, age), i, len(examples))
     print(text)
     if args.output:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -150,6 +150,19 @@ def answer_client(url: str, timeout: Optional[float] = None, download: bool = Tr
         httpx_kwargs=httpx_kwargs,
         ssl_verify=_tls,  # passed on as httpx's verify=, which takes a context as it is
     )
+
+
+def clean_up_app_files(cache: Path, log: IO[str], keep_log: bool) -> None:
+    """Remove the Gradio cache folder a benchmark gave its app, and the app's log beside it unless ``keep_log``
+    (something failed: the log is named instead). Both stay when the benchmark broke off before this."""
+    import shutil
+
+    log.close()
+    shutil.rmtree(cache, ignore_errors=True)
+    if keep_log:
+        print(f"the app's log: {log.name}")
+    else:
+        os.unlink(log.name)
 
 
 def wait_until_serving(proc: "subprocess.Popen", url: str, log_name: str, limit: float = 300) -> float:

@@ -224,11 +224,13 @@ def example_table(url: str) -> dict:
     return next(c for c in components if c.get("props", {}).get("elem_id") == "examples")
 
 
-def run_bench(script: str, *args: str, folder: str = "bench") -> str:
-    """Run ``FOLDER/SCRIPT ARGS`` (``bench/`` unless told) as a user does; its standard output, once it exited 0."""
+def run_bench(script: str, *args: str, folder: str = "bench", env: Optional[Dict[str, str]] = None) -> str:
+    """Run ``FOLDER/SCRIPT ARGS`` (``bench/`` unless told) as a user does, with ``env`` added to the environment;
+    its standard output, once it exited 0."""
     out = subprocess.run(
         [sys.executable, f"{folder}/{script}", *args],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,

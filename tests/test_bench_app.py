@@ -74,12 +74,16 @@ def test_app_soak_uses_the_app_as_visitors_do_and_tabulates_memory_cache_and_lat
         models.append(str(out / "model"))
     # a short soak whose cache sweep runs several times: every 2 s, files older than 4 s
     flags = ["--minutes", "0.75", "--request-every", "1", "--page-every", "20", "--sample-every", "3"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     out = run_bench(
         "app_soak.py",
         *flags,
         *["--warm-up", "10", "--window", "10", "--cache-sweep", "2,4"],
         *["--models", ",".join(models), "--examples", str(subset)],
+        env={"TMPDIR": str(scratch)},
     )
+    assert not list(scratch.glob("cxr-*")), "the app's Gradio cache and log are removed once the soak ends"
     samples, latency, summary = markdown_tables(out)
     assert len(samples) >= 10 and all(float(s["resident MiB"]) > 100 for s in samples)
     assert {r["request"] for r in latency} == {"/predict", "/classify", "page, again", "example", "Chromium visit"}
@@ -114,10 +118,13 @@ def test_app_load_answers_or_refuses_every_request_of_a_crowd_and_a_page_among_i
         )
         == 0
     )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     text = run_bench(
         "app_load.py", "--models", str(out / "model"), "--data", str(subset), "--clients", "1", "8",
-        "--seconds", "8", "--max-queue", "2", "--browser",
+        "--seconds", "8", "--max-queue", "2", "--browser", env={"TMPDIR": str(scratch)},
     )  # fmt: skip
+    assert not list(scratch.glob("cxr-*")), "the app's Gradio cache and log are removed once the run ends"
     (rows,) = markdown_tables(text)
     assert [r["clients"] for r in rows] == ["1", "8"]
     assert all(r["failed"] == "0" for r in rows), text
