@@ -70,9 +70,11 @@ class Timer:
 
 
 #: Runs ``python -c _CXR_ALLOCATOR_FIRST SCRIPT ARGS`` as ``python SCRIPT ARGS`` would, with cxr's allocator
-#: settings applied first (the working folder is the repository's).
+#: settings applied first and the heap's free memory handed back periodically, as in a cxr program (the working
+#: folder is the repository's).
 _CXR_ALLOCATOR_FIRST = (
-    "import os, runpy, sys; from cxr.allocator import keep_freed_memory; keep_freed_memory(); "
+    "import os, runpy, sys; from cxr.allocator import keep_freed_memory, release_periodically; "
+    "keep_freed_memory(); release_periodically(); "
     "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0])); "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
@@ -87,7 +89,8 @@ def run_worker(
     Each arm gets its own process so that process-wide settings (the allocator settings of
     :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another. Without a launcher the
     process has cxr's allocator settings from its start, as every cxr program has them (importing
-    :mod:`cxr.commands` applies them before numpy and torch are imported); an arm measuring the C library's
+    :mod:`cxr.commands` applies them before numpy and torch are imported), and hands its heap's free memory back
+    every :data:`cxr.allocator.RELEASE_EVERY_S` seconds, as :func:`cxr.commands.common.run_cli` does; an arm measuring the C library's
     defaults (a plain loop, ``CXR_KEEP_FREED_MEMORY=0``) passes :func:`keep_defaults_env`.
     """
     out = subprocess.run(

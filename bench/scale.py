@@ -184,10 +184,12 @@ def _du_mb(path: Path) -> float:
 
 def _stage_worker(stage: str, db: Path, size: int, work: Path) -> Dict[str, float]:
     """One stage, in this process, set up as cxr's commands set up theirs (glibc keeps freed memory,
-    :mod:`cxr.allocator`, first thing); returns its seconds (imports excluded) and the disk it wrote."""
-    from cxr.allocator import keep_freed_memory
+    :mod:`cxr.allocator`, first thing, and the heap's free memory is handed back periodically); returns its seconds
+    (imports excluded) and the disk it wrote."""
+    from cxr.allocator import keep_freed_memory, release_periodically
 
     keep_freed_memory()
+    release_periodically()
     from cxr.data.data_source import load_data_source
 
     work.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,10 @@ The cost: a process's resident memory stays at its peak instead of shrinking bet
 requests. Where one request needed far more than usual (a very large upload), the decoder calls
 :func:`release_freed_memory` once it is done, so the peak is not kept. A loader's worker processes are forked with
 the heap's free memory released first (:func:`release_before_workers`), so they do not end up holding copies of
-the pages this process goes on reusing. Every cxr program has it from its start: importing :mod:`cxr.commands`
+the pages this process goes on reusing, and every program hands its heap's free memory back every
+:data:`RELEASE_EVERY_S` seconds while it runs (:func:`release_periodically`, started by
+:func:`cxr.commands.common.run_cli`), so that a heap that fragments over thousands of steps or requests does not
+grow with them. Every cxr program has the settings from its start: importing :mod:`cxr.commands`
 applies it, before a program imports numpy or torch — the arena limit binds only threads that allocate after it, and
 an arena made earlier (numpy's import starts a thread) would be shared by later threads, keeping freed memory of its
 own. Set ``CXR_KEEP_FREED_MEMORY=0`` to keep the C library's defaults. It does nothing where the C library is
@@ -36,12 +39,24 @@ import platform
 import threading
 from typing import Any, Optional
 
-__all__ = ["ENV_VAR", "keep_freed_memory", "release_freed_memory", "release_periodically", "release_before_workers"]
+__all__ = [
+    "ENV_VAR",
+    "RELEASE_EVERY_S",
+    "keep_freed_memory",
+    "release_freed_memory",
+    "release_periodically",
+    "release_before_workers",
+]
 
 _logger = logging.getLogger(__name__)
 
 #: Set to ``0`` to leave the C library's allocator settings alone.
 ENV_VAR = "CXR_KEEP_FREED_MEMORY"
+
+#: Seconds between hand-backs of the heap's free memory in a running program (:func:`release_periodically`): the
+#: steps or requests in between reuse it without page faults; the first one after a release maps its temporaries
+#: afresh.
+RELEASE_EVERY_S = 10.0
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -102,14 +117,15 @@ def release_freed_memory() -> bool:
     return bool(trim(0))
 
 
-def release_periodically(every_s: float) -> Optional[threading.Event]:
+def release_periodically(every_s: float = RELEASE_EVERY_S) -> Optional[threading.Event]:
     """Hand the heap's free memory back to the system (:func:`release_freed_memory`) every ``every_s`` seconds,
-    from a daemon thread, while this process keeps freed memory — for a long-running server.
+    from a daemon thread, while this process keeps freed memory — for the whole run of a program.
 
-    Why: a server's requests free memory between allocations that live on (sessions, caches, logs), so the kept
-    heap fragments, and its free part grows for as long as the server runs, request after request, while what
-    is in use stays level (``bench/app_soak.py``). Released every ``every_s`` seconds, the free memory is what
-    the requests of that interval left; between releases they reuse it without page faults.
+    Why: a server's requests free memory between allocations that live on (sessions, caches, logs), and a training
+    epoch's or scoring pass's batches free their temporaries between small results that are kept, so the kept heap
+    fragments, and its free part grows with the requests or the batches while what is in use stays level
+    (``bench/app_soak.py``, ``bench/scale.py``). Released every ``every_s`` seconds, the free memory is what that
+    interval left; between releases it is reused without page faults.
 
     Returns:
         An event that stops the thread when set, or ``None`` where this process does not keep freed memory

@@ -246,3 +246,26 @@ def test_release_periodically_starts_nothing_with_the_c_library_defaults():
     res = _run("0", _PERIODIC)
     assert not res["applied"] and not res["started"], res
     assert res["kept_mib"] < 150, res  # glibc returned the freed blocks itself
+
+
+# A program's run through run_cli, as every cxr command has it: the periodic release runs while it does, only then.
+_PROGRAM = """
+import json, threading, time
+from cxr.commands.common import run_cli
+
+def names():
+    return [t.name for t in threading.enumerate()]
+
+during = []
+code = run_cli(lambda: during.extend(names()))
+time.sleep(0.5)
+print(json.dumps({"code": code, "during": during, "after": names()}))
+"""
+
+
+@pytest.mark.parametrize("env_value, released", [(None, True), ("0", False)])
+def test_every_program_hands_its_free_memory_back_while_it_runs(env_value, released):
+    res = _run(env_value, _PROGRAM)
+    assert res["code"] == 0, res
+    assert ("cxr-release-freed-memory" in res["during"]) is released, res
+    assert "cxr-release-freed-memory" not in res["after"], res  # stopped with the program's run

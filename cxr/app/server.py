@@ -19,21 +19,16 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from cxr.allocator import release_periodically
 from cxr.app.gradio_internals import gradio_cache_root, restore_gradio_cache, use_gradio_cache
 from cxr.app.upload_guard import StoredUploads, UploadGuard, expire_every
 from cxr.data.decode import MAX_FILE_BYTES, UPLOAD_SUFFIXES
 
-__all__ = ["AppFiles", "ServerLimits", "launch", "launch_options", "RELEASE_EVERY_S", "UPLOAD_WAIT_SECONDS"]
+__all__ = ["AppFiles", "ServerLimits", "launch", "launch_options", "UPLOAD_WAIT_SECONDS"]
 
 _logger = logging.getLogger(__name__)
 
 #: ``app.py --upload-wait``: seconds an upload may wait on the server to be analysed before it is deleted.
 UPLOAD_WAIT_SECONDS = 120
-
-#: Seconds between hand-backs of the memory the server's heap keeps free (:func:`cxr.allocator.release_periodically`):
-#: requests reuse it without page faults in between; without them, its free part grows as the heap fragments.
-RELEASE_EVERY_S = 10
 
 
 class AppFiles:
@@ -137,11 +132,7 @@ def launch(
     allowed_paths: Sequence[str] = (),
 ) -> None:
     """Serve ``demo`` (a queued ``gr.Blocks`` built inside ``files``) until stopped (Ctrl-C or SIGTERM), with
-    :func:`launch_options`; the heap's free memory is handed back every :data:`RELEASE_EVERY_S` seconds."""
+    :func:`launch_options` (as every program, through :func:`cxr.commands.common.run_cli`, the server hands its
+    heap's free memory back every :data:`cxr.allocator.RELEASE_EVERY_S` seconds)."""
     _stop_on_sigterm()
-    releasing = release_periodically(RELEASE_EVERY_S)
-    try:
-        demo.launch(**launch_options(files, limits, host=host, port=port, share=share, allowed_paths=allowed_paths))
-    finally:
-        if releasing is not None:
-            releasing.set()
+    demo.launch(**launch_options(files, limits, host=host, port=port, share=share, allowed_paths=allowed_paths))

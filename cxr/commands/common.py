@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
+from cxr.allocator import release_periodically
 from cxr.errors import CXRError
 from cxr.options import minimum_problems
 
@@ -41,10 +42,13 @@ EPILOG = (
 
 def run_cli(fn: Callable[[], None]) -> int:
     """Set up the process's logging and run ``fn``, turning a :class:`CXRError`, or a full disk, into a one-line
-    message and exit status 2. (The allocator settings, :mod:`cxr.allocator`, came with importing the package.)"""
+    message and exit status 2. While ``fn`` runs, the heap's free memory is handed back every
+    :data:`cxr.allocator.RELEASE_EVERY_S` seconds (:func:`cxr.allocator.release_periodically`); the allocator
+    settings themselves came with importing the package."""
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "httpx2", "huggingface_hub", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    releasing = release_periodically()
     try:
         fn()
     except CXRError as e:
@@ -60,6 +64,9 @@ def run_cli(fn: Callable[[], None]) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        if releasing is not None:
+            releasing.set()
     return 0
 
 
