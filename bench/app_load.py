@@ -283,7 +283,8 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    clean_up_app_files(cache, log, keep_log=bool(failures))
+    page_failed = any(" the page failed" in p for p in pages)
+    clean_up_app_files(cache, log, keep_log=bool(failures) or page_failed)
     throughput = {row[0]: float(row[7]) for row in rows}
     lines = [
         f"App under load: {len(models)} models, /predict with Grad-CAM, "

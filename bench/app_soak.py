@@ -186,7 +186,12 @@ def _analysed(page, n_models: int, action: Callable[[], None]) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident MiB of process ``pid``; 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
@@ -241,8 +246,12 @@ def main() -> int:
     )
     p.add_argument("--output", type=Path, default=None, help="Also write the tables to this markdown file.")
     args = p.parse_args()
-    if min(args.minutes, args.request_every, args.page_every, args.sample_every, args.memory_every) <= 0:
-        p.error("--minutes, --request-every, --page-every, --sample-every and --memory-every must be positive")
+    if min(args.minutes, args.request_every, args.page_every, args.sample_every, args.memory_every, args.window) <= 0:
+        p.error(
+            "--minutes, --request-every, --page-every, --sample-every, --memory-every and --window must be positive"
+        )
+    if not 0 <= args.warm_up < 60 * args.minutes:
+        p.error("--warm-up must be at least 0 and shorter than the soak (--minutes)")
     from cxr.app.page import CACHE_SWEEP
     from cxr.commands.app import MAX_SESSIONS, parse_cache_sweep
     from cxr.locations import is_hub_id
@@ -278,8 +287,13 @@ def main() -> int:
     i = 0
     stop = threading.Event()
 
+    def read_memory() -> None:
+        mib = rss_mib(proc.pid)
+        if mib > 0:  # 0: the app has exited (named among the failures)
+            record.memory.append((record.elapsed(), mib))
+
     def sample() -> None:
-        record.memory.append((record.elapsed(), rss_mib(proc.pid)))
+        read_memory()
         record.samples.append({"t": record.elapsed(), **cache_state(cache)})
 
     def sampler() -> None:  # on its own thread: on time however long a request or a visit takes
@@ -289,7 +303,7 @@ def main() -> int:
                 next_sample += args.sample_every
                 sample()
             else:
-                record.memory.append((record.elapsed(), rss_mib(proc.pid)))
+                read_memory()
 
     sample()
     sampling = threading.Thread(target=sampler, daemon=True)
@@ -358,10 +372,16 @@ def report(args, record: "Log", startup, sweep, requests, examples) -> str:
     every, age = sweep
     samples, latencies, failures, memory = record.samples, record.latencies, record.failures, record.memory
     end = samples[-1]["t"]
-    at_start = memory_between(memory, args.warm_up, args.warm_up + args.window) or [memory[-1][1]]
-    before, after = statistics.median(at_start), statistics.median(memory_between(memory, end - args.window, end))
-    growth = 100 * (after - before) / before if before else 0.0
-    peak_t, peak = max(((t, mib) for t, mib in memory if t >= args.warm_up), key=lambda r: r[1], default=memory[-1])
+    at_start = memory_between(memory, args.warm_up, args.warm_up + args.window)
+    at_end = memory_between(memory, end - args.window, end)
+    if at_start and at_end:
+        before, after = statistics.median(at_start), statistics.median(at_end)
+        growth = f"{before:.0f} → {after:.0f} MiB, {100 * (after - before) / before:+.1f}% (target < 5%)"
+    else:
+        growth = "no reading in a window: the app exited (target < 5%)"
+    warm = [(t, mib) for t, mib in memory if t >= args.warm_up]
+    peak_t, peak_mib = max(warm, key=lambda r: r[1]) if warm else (0.0, 0.0)
+    peak = f"{peak_mib:.0f} MiB at minute {peak_t / 60:.1f}" if warm else "–"
     swept = [s for s in samples if s["t"] >= age + every]
     oldest = max((s["oldest_s"] for s in swept), default=None)
     rows = []
@@ -396,10 +416,11 @@ def report(args, record: "Log", startup, sweep, requests, examples) -> str:
         ["startup until it answers", f"{startup:.1f} s"],
         [
             f"resident memory, median of minutes {args.warm_up / 60:.1f}–{(args.warm_up + args.window) / 60:.1f} → "
-            f"{(end - args.window) / 60:.1f}–{end / 60:.1f} (read every {args.memory_every:g} s)",
-            f"{before:.0f} → {after:.0f} MiB, {growth:+.1f}% (target < 5%)",
+            f"{(end - args.window) / 60:.1f}–{end / 60:.1f} (read every "
+            f"{min(args.memory_every, args.sample_every):g} s)",
+            growth,
         ],
-        ["resident memory, highest reading after the warm-up", f"{peak:.0f} MiB at minute {peak_t / 60:.1f}"],
+        ["resident memory, highest reading after the warm-up", peak],
         [
             "oldest file in the cache once a sweep could have run",
             "no sample after the first full sweep (run longer)"

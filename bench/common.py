@@ -90,8 +90,8 @@ def run_worker(
     :mod:`cxr.allocator`, thread pools, warmed caches) of one arm cannot leak into another. Without a launcher the
     process has cxr's allocator settings from its start, as every cxr program has them (importing
     :mod:`cxr.commands` applies them before numpy and torch are imported), and hands its heap's free memory back
-    every :data:`cxr.allocator.RELEASE_EVERY_S` seconds, as :func:`cxr.commands.common.run_cli` does; an arm measuring the C library's
-    defaults (a plain loop, ``CXR_KEEP_FREED_MEMORY=0``) passes :func:`keep_defaults_env`.
+    every :data:`cxr.allocator.RELEASE_EVERY_S` seconds, as :func:`cxr.commands.common.run_cli` does; an arm
+    measuring the C library's defaults (a plain loop, ``CXR_KEEP_FREED_MEMORY=0``) passes :func:`keep_defaults_env`.
     """
     out = subprocess.run(
         [*(launcher or [sys.executable, "-c", _CXR_ALLOCATOR_FIRST]), str(Path(__file__).parent / script), *argv],

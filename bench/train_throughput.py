@@ -258,11 +258,12 @@ def main() -> None:
     if args.worker:
         arm, name, fmt = args.worker.split(":")
         if arm.startswith("ours"):
-            from cxr.allocator import keep_freed_memory
+            from cxr.allocator import keep_freed_memory, release_periodically
 
-            # as importing cxr.commands does (run_worker did already, accelerate launch not); off for ours-defaults
-            # through the environment
+            # as importing cxr.commands and run_cli do (run_worker did already, accelerate launch not); off for
+            # ours-defaults through the environment
             keep_freed_memory()
+            release_periodically()
         fn = plain if arm == "plain" else ours
         extra = {"augment_on": "device"} if arm == "ours-device" else {}
         res = fn(

@@ -66,6 +66,8 @@ _M_ARENA_MAX = -8
 _TRIM_THRESHOLD = 2**31 - 1
 
 _applied: Optional[bool] = None
+# the stop event of the release thread running in this process, if any (:func:`release_periodically`)
+_releasing: Optional[threading.Event] = None
 
 
 def keep_freed_memory(enabled: Optional[bool] = None) -> bool:
@@ -117,7 +119,7 @@ def release_freed_memory() -> bool:
     return bool(trim(0))
 
 
-def release_periodically(every_s: float = RELEASE_EVERY_S) -> Optional[threading.Event]:
+def release_periodically(every_s: Optional[float] = None) -> Optional[threading.Event]:
     """Hand the heap's free memory back to the system (:func:`release_freed_memory`) every ``every_s`` seconds,
     from a daemon thread, while this process keeps freed memory — for the whole run of a program.
 
@@ -127,13 +129,19 @@ def release_periodically(every_s: float = RELEASE_EVERY_S) -> Optional[threading
     (``bench/app_soak.py``, ``bench/scale.py``). Released every ``every_s`` seconds, the free memory is what that
     interval left; between releases it is reused without page faults.
 
+    Args:
+        every_s: seconds between releases (default: :data:`RELEASE_EVERY_S` as it is at the call).
+
     Returns:
         An event that stops the thread when set, or ``None`` where this process does not keep freed memory
-        (nothing to release: the C library returns it itself).
+        (nothing to release: the C library returns it itself) or a release thread already runs in it (whoever
+        started that one stops it).
     """
-    if not _applied:
+    global _releasing
+    if not _applied or (_releasing is not None and not _releasing.is_set()):
         return None
-    stop = threading.Event()
+    every_s = RELEASE_EVERY_S if every_s is None else every_s
+    stop = _releasing = threading.Event()
 
     def release() -> None:
         while not stop.wait(every_s):
