@@ -6,6 +6,7 @@ Timings are not asserted (they are measurements, not behaviour); what is: the ap
 per model per request, every hostile upload is answered or refused as its row says, and the soak fails no request.
 """
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def test_upload_memory_sends_every_input_and_tabulates_peaks_cpu_and_the_wait_of
 @pytest.fixture
 def scratch():
     """A temporary folder of its own for a benchmark (its ``TMPDIR``), with a short path: Chromium puts its sockets
-    there, and a socket's path may not be longer than 107 bytes."""
-    with tempfile.TemporaryDirectory(prefix="cxr-test-") as folder:
+    there, and a socket's path may not be longer than 107 bytes — so in the system's temp folder, not the tests'
+    own (:func:`conftest.system_temp`, deeper still under pytest-xdist)."""
+    with tempfile.TemporaryDirectory(prefix="cxr-test-", dir=os.environ.get("TMPDIR") or "/tmp") as folder:
         yield Path(folder)
 
 
