@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-from common import DEFAULT_DATA, REPO, answer_client, free_port, keep_defaults_env, machine, run_worker, table
+from common import (
+    DEFAULT_DATA,
+    REPO,
+    answer_client,
+    free_port,
+    keep_defaults_env,
+    machine,
+    run_worker,
+    status_kib,
+    table,
+)
 from eval_throughput import make_checkpoint
 
 
@@ -205,13 +215,6 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _rss_kib(pid: int, key: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="Kaggle-layout folder (default: the sample).")
@@ -311,17 +314,17 @@ def main() -> None:
             from gradio_client import handle_file
 
             client = answer_client(url)
-            after_start = _rss_kib(proc.pid)
+            after_start = status_kib(proc.pid)
             for _ in range(min(20, args.requests)):
                 client.predict(handle_file(image), "GradCAM", "predicted class", api_name="/predict")
-            warm = _rss_kib(proc.pid)
+            warm = status_kib(proc.pid)
             files = sorted(Path(args.data).glob("*/*.png"))
             for i in range(args.requests):
                 client.predict(
                     handle_file(str(files[i % len(files)])), "GradCAM", "predicted class", api_name="/predict"
                 )
-            after = _rss_kib(proc.pid)
-            peak = _rss_kib(proc.pid, "VmHWM")
+            after = status_kib(proc.pid)
+            peak = status_kib(proc.pid, "VmHWM")
         finally:
             _stop(proc)
 

@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import DEFAULT_DATA, REPO, clean_up_app_files, free_port, machine, table, wait_until_serving
+from common import DEFAULT_DATA, REPO, clean_up_app_files, free_port, machine, status_kib, table, wait_until_serving
 
 QUICKSTART_MODELS = "runs/quickstart-lite0/model,runs/quickstart-logreg/model"
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
@@ -187,14 +187,7 @@ def _analysed(page, n_models: int, action: Callable[[], None]) -> None:
 
 def rss_mib(pid: int) -> float:
     """Resident MiB of process ``pid``; 0 once it has exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return status_kib(pid) / 1024
 
 
 def cache_state(root: Path) -> Dict[str, float]:

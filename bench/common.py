@@ -58,6 +58,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def status_kib(pid: int, key: str = "VmRSS") -> int:
+    """A field of ``/proc/PID/status`` in KiB: resident memory (``VmRSS``) or its peak since the last reset
+    (``VmHWM``); 0 once the process has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 class Timer:
     """``with Timer() as t: ...; t.seconds``."""
 

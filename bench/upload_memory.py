@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from app_latency import _rss_kib, _start, _stop
-from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, table
+from app_latency import _start, _stop
+from common import DEFAULT_DATA, REPO, answer_client, free_port, machine, status_kib, table
 from eval_throughput import make_checkpoint
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -140,7 +140,7 @@ def _request(url: str, path: Path, answers: Dict[str, dict], api: str = "/predic
 def _step(pid: int, url: str, paths: List[Path]) -> Tuple[float, float, float, float, List[dict]]:
     """Send ``paths`` at once; returns resident MB before, the peak during, after (settled), the server's CPU
     seconds, and the answers."""
-    before = _rss_kib(pid) / 1024
+    before = status_kib(pid) / 1024
     _reset_peak(pid)
     cpu = _cpu_seconds(pid)
     answers: Dict[str, dict] = {}
@@ -149,9 +149,9 @@ def _step(pid: int, url: str, paths: List[Path]) -> Tuple[float, float, float, f
         t.start()
     for t in threads:
         t.join()
-    peak, cpu = _rss_kib(pid, "VmHWM") / 1024, _cpu_seconds(pid) - cpu
+    peak, cpu = status_kib(pid, "VmHWM") / 1024, _cpu_seconds(pid) - cpu
     time.sleep(1.0)  # the server's own clean-up after the answer
-    return before, peak, _rss_kib(pid) / 1024, cpu, [answers.get(str(p), {"error": "no answer"}) for p in paths]
+    return before, peak, status_kib(pid) / 1024, cpu, [answers.get(str(p), {"error": "no answer"}) for p in paths]
 
 
 def _said(answer: dict) -> str:
@@ -209,7 +209,7 @@ def main() -> None:
         try:
             for _ in range(3):  # warm: the first requests set up Gradio's and torch's own buffers
                 _request(url, xray, {})
-            idle = _rss_kib(proc.pid) / 1024
+            idle = status_kib(proc.pid) / 1024
             before, peak, after, cpu, (answer,) = _step(proc.pid, url, [xray])
             ordinary, rows, alone = peak - before, [], {}
             rows.append(
