@@ -34,6 +34,26 @@ def app(app_models, sample_dir, tmp_path_factory):
     stop(proc)
 
 
+def films_of_every(models, part):
+    """The films (``<Class>/<name>``) in ``part`` of every model's split."""
+    return sorted(
+        set.intersection(*(set(json.loads((Path(m).parent / "split.json").read_text())[part]) for m in models))
+    )
+
+
+@pytest.fixture(scope="module")
+def held_out_normal(app_models, sample_dir):
+    """A Normal film of the sample that every app model held out (its upload gets no note that it trained on it)
+    and no model's guard flags, not the one the examples offer (the first such): an upload of an example's bytes is
+    kept as the example's copy."""
+    from cxr.app.board import ModelBoard
+    from cxr.app.examples import screen_with
+
+    screen = screen_with(ModelBoard.load(app_models))
+    tested = [sample_dir / n for n in films_of_every(app_models, "test") if n.startswith("Normal/")]
+    return [film for film in tested if screen(film) is None][1]
+
+
 @pytest.fixture(scope="module")
 def client(app, tmp_path_factory):
     from gradio_client import Client
@@ -392,9 +412,11 @@ def test_an_analysed_upload_is_deleted_never_served_back_and_its_dicom_tags_neve
         assert httpx.get(f"{url}gradio_api/file={stored}").status_code in (403, 404), api_name
 
 
-def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_stay(app, client, sample_dir):
+def test_the_page_analyses_its_upload_again_after_the_file_is_gone_and_examples_stay(
+    app, client, sample_dir, held_out_normal
+):
     url, session = app[0], uuid.uuid4().hex
-    upload = upload_file(url, next((sample_dir / "Normal").glob("*.png")))
+    upload = upload_file(url, held_out_normal)
     first = call(url, "analyse_page", [upload, "GradCAM", "predicted class", None], session)
     assert not Path(upload["path"]).exists() and "⚠" not in first[0]
     # the same page, other settings: analysed from the image it kept (the file is gone)
@@ -497,11 +519,28 @@ def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_he
     assert [str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()] == []
 
 
-def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, sample_dir):
+def test_an_upload_of_a_film_the_models_trained_on_says_so_on_the_page_and_in_the_api(app, sample_dir, tmp_path):
+    """The launched app knows its models' films by their bytes (their runs' split.json): a visitor's upload of a
+    training film, under any name, is said to be that film, and that the models' answers on it are not a test."""
+    url, models = app[0], app[2]
+    name = next(n for n in films_of_every(models, "train") if n.startswith("COVID/"))
+    renamed = tmp_path / "my-upload.png"
+    renamed.write_bytes((sample_dir / name).read_bytes())
+    info = call(url, "classify", [upload_file(url, renamed)], uuid.uuid4().hex)[0]
+    assert info["error"] is None and info["example"] is None, info
+    assert info["known_film"]["file_name"] == name and info["known_film"]["trained_on_by"] == models, info
+    page = call(url, "analyse_page", [upload_file(url, renamed), "GradCAM", PREDICTED, None], uuid.uuid4().hex)
+    assert f"This upload is film {name}" in page[0] and "that answer is not a test" in page[0], page[0]
+    tested = [n for n in films_of_every(models, "test") if n.startswith("COVID/")][-1]  # not the example (the first)
+    info = call(url, "classify", [upload_file(url, sample_dir / tested)], uuid.uuid4().hex)[0]
+    assert info["known_film"]["held_out"] and info["known_film"]["tested_by"] == models, info
+
+
+def test_the_server_keeps_the_state_of_its_most_recent_sessions_only(swept_app, held_out_normal):
     """--max-sessions N: a page among the N most recently active analyses again from the image it kept; once
     N other sessions came after it, it is asked to upload the film again (and the server's memory is bounded)."""
     url = swept_app[0]
-    film = next((sample_dir / "Normal").glob("*.png"))
+    film = held_out_normal
     page, upload = uuid.uuid4().hex, upload_file(url, film)
     assert "⚠" not in call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
     assert not Path(upload["path"]).exists()  # from now on only the page's kept image can be analysed again
@@ -583,11 +622,11 @@ def test_an_upload_never_analysed_is_removed_after_the_upload_wait(bounded_app, 
     assert "upload it again" in late[0]["error"], late
 
 
-def test_the_images_pages_keep_share_one_memory_budget(bounded_app, sample_dir, tmp_path):
+def test_the_images_pages_keep_share_one_memory_budget(bounded_app, sample_dir, tmp_path, held_out_normal):
     """--kept-images 1: the decoded images every page keeps to analyse again fit in 1 MB together; the least
     recently used go first, and that page is asked to upload its film again."""
     url = bounded_app[0]
-    page, upload = uuid.uuid4().hex, upload_file(url, next((sample_dir / "Normal").glob("*.png")))
+    page, upload = uuid.uuid4().hex, upload_file(url, held_out_normal)
     assert "⚠" not in call(url, "analyse_page", [upload, "GradCAM", PREDICTED, None], page)[0]
     again = call(url, "analyse_page", [upload, "EigenCAM", "Normal", None], page)
     assert "⚠" not in again[0], again[0]

@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 
 # the model card is written into a published model's folder, beside the files these links name

@@ -1,18 +1,34 @@
 """The app's example films (cxr/app/examples.py), chosen from the real sample against real splits: never one a
-served model trained on while a held-out one exists, and every bad folder a line, never a crash."""
+served model trained on while a held-out one exists, and every bad folder a line, never a crash; and a visitor's
+upload of one of the models' own films, known by its bytes, is said to be one."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cxr.app.board import ModelBoard
-from cxr.app.examples import ExampleFilms, choose_examples, screen_with, training_split
+from cxr.app.examples import (
+    ExampleFilms,
+    KnownFilms,
+    choose_examples,
+    screen_with,
+    training_content,
+    training_split,
+)
+from cxr.app.handlers import PageHandlers
+from cxr.app.kept import KeptImages
+from cxr.data.content import content_digests
+from cxr.data.data_source import load_data_source
 from cxr.data.folders import scan_image_folder
-from cxr.data.splits import save_split, stratified_split
+from cxr.data.splits import load_split_content, save_split, stratified_split
+from cxr.errors import CXRError
 from cxr.labels import CLASS_NAMES
+
+FIXTURE = Path(__file__).parent / "fixtures" / "logreg-model"
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +165,91 @@ def test_example_films_are_recognised_by_their_bytes(tmp_path, sample_dir, names
     assert films.copied_as(tmp_path / "gradio-cache" / "def456" / covid.path.name) is None
     assert films.copied_as(copy.parent / "other.png") is None
     assert ExampleFilms(films.films).copied_as(copy) is None
+
+
+def test_a_split_file_holds_its_films_digests_and_an_older_one_none(tmp_path, sample_dir, names):
+    split = _split(train=names["COVID"][:2], validation=names["Normal"][:1], test=names["Normal"][1:2])
+    digests = content_digests(load_data_source(str(sample_dir)).dataset)
+    save_split(tmp_path / "split.json", split, seed=1, content=digests)
+    content = load_split_content(tmp_path / "split.json")
+    assert content == {name: digests[name] for part in split.values() for name in part}  # the split's films only
+    save_split(tmp_path / "older.json", split, seed=1)
+    assert load_split_content(tmp_path / "older.json") == {}
+    (tmp_path / "bad.json").write_text(json.dumps({**split, "content": ["not", "a", "map"]}))
+    with pytest.raises(CXRError, match="not a map of file names to digests"):
+        load_split_content(tmp_path / "bad.json")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, sample_dir, names):
+    """A served model (the fixture logreg) whose run trained on two COVID films, tuned on a Normal one and tested
+    on another, with its split's digests; and a second model without them (a run written before digests)."""
+    root = tmp_path_factory.mktemp("served")
+    split = _split(train=names["COVID"][:2], validation=names["Normal"][:1], test=names["Normal"][1:2])
+    digests = content_digests(load_data_source(str(sample_dir)).dataset)
+    refs = []
+    for run, content in (("new", digests), ("older", None)):
+        shutil.copytree(FIXTURE, root / run / "model")
+        save_split(root / run / "split.json", split, seed=1, content=content)
+        refs.append(str(root / run / "model"))
+    return refs, split
+
+
+def _upload(tmp_path, sample_dir, name, as_name="my film.png"):
+    """A visitor's upload of a film of the sample: the same bytes under another name and folder."""
+    upload = tmp_path / "gradio-upload" / as_name
+    upload.parent.mkdir(exist_ok=True)
+    shutil.copy(sample_dir / name, upload)
+    return upload
+
+
+def test_an_upload_of_a_film_a_model_trained_on_says_so_whatever_its_name(tmp_path, sample_dir, names, served):
+    (new, older), split = served
+    known = KnownFilms({r: training_split(r) for r in (new, older)}, {r: training_content(r) for r in (new, older)})
+    assert len(known) == 4  # the four films of the one split with digests
+    trained = known.film(_upload(tmp_path, sample_dir, split["train"][0]))
+    assert trained.file_name == split["train"][0] and not trained.offered and not trained.held_out
+    # the older model's split names the same film: what it knew follows from the name, as for an example
+    assert trained.seen == (new, older)
+    assert trained.description.startswith(f"This upload is film {split['train'][0]} of the models' data")
+    assert "that answer is not a test" in trained.description
+    tested = known.film(_upload(tmp_path, sample_dir, split["test"][0]))
+    assert tested.held_out and tested.tested == (new, older)
+    assert known.film(_upload(tmp_path, sample_dir, names["Viral Pneumonia"][0])) is None  # none of their films
+    assert known.film(tmp_path / "gone.png") is None and known.film(None) is None
+    # the older run alone knows its films by name only: an upload is not recognised
+    assert (
+        KnownFilms({older: training_split(older)}, {older: training_content(older)}).film(
+            _upload(tmp_path, sample_dir, split["train"][0])
+        )
+        is None
+    )
+
+
+def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_path, sample_dir, served):
+    (new, _older), split = served
+    handlers = PageHandlers(ModelBoard.load([new]), KeptImages(64 << 20, 60))
+    handlers.known = KnownFilms({new: training_split(new)}, {new: training_content(new)})
+    uploads = tmp_path / "gradio-upload"
+    # as the app does: an upload is deleted once analysed
+    handlers.forget = lambda path: Path(path).unlink() if uploads in Path(path).parents else None
+    upload = _upload(tmp_path, sample_dir, split["train"][1])
+    *_, last = handlers.stream(str(upload), "GradCAM", "predicted class")
+    status = last[0]
+    assert f"This upload is film {split['train'][1]}" in status and "that answer is not a test" in status
+    assert "not for diagnosis" in status
+    assert not upload.exists()
+    # the page's next analysis, of the image it kept (the file is gone), says so too
+    assert handlers.film(str(upload)).file_name == split["train"][1]
+    upload = _upload(tmp_path, sample_dir, split["train"][1], as_name="again.png")  # not remembered yet
+    info = handlers.classify(str(upload))
+    assert not upload.exists() and info["error"] is None and info["example"] is None
+    assert info["known_film"]["trained_on_by"] == [new] and not info["known_film"]["held_out"]
+    other = _upload(tmp_path, sample_dir, split["test"][0])
+    assert handlers.classify(str(other))["known_film"]["tested_by"] == [new]
+    text = uploads / "notes.png"
+    text.write_text("not a film")
+    assert handlers.classify(str(text))["error"]  # not an image: refused, as before
 
 
 @pytest.mark.parametrize(

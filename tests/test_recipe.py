@@ -13,8 +13,9 @@ from helpers import tiny_run
 from safetensors.torch import load_file
 
 from cxr.commands.train import main as train_main
+from cxr.data.content import file_digest
 from cxr.data.preprocessing import TrainAugmentation
-from cxr.data.splits import load_split
+from cxr.data.splits import load_split, load_split_content
 from cxr.errors import CXRError
 from cxr.metrics import selection_key
 from cxr.models import model_spec
@@ -177,6 +178,10 @@ def test_a_resumed_run_keeps_its_split_even_without_the_split_file(subset, tmp_p
     first, resumed = tmp_path / "first", tmp_path / "resumed"
     assert _run(subset, first, "--epochs", "1") == 0
     default = load_split(first / "split.json")
+    # every film of the split is known by its bytes too (the app recognises an upload of one by them)
+    content = load_split_content(first / "split.json")
+    assert sorted(content) == sorted(name for part in default.values() for name in part)
+    assert all(digest == file_digest((subset / name).read_bytes()) for name, digest in content.items())
     custom = {
         "train": default["test"] + default["validation"],
         "validation": default["train"][:4],

@@ -7,7 +7,9 @@ the guard's threshold come from it) and was tested on (``test``). :func:`choose_
 first film of the folder held out by every model — in the test part of each model that has a split, or in no part
 of it (a model trained on other data) — that decodes and that no model's out-of-distribution guard flags. Only
 when a class has no such film is one offered that a model saw, and then a start-up line and the page (from
-:attr:`Example.seen`) say so. Nothing here imports Gradio. Research use only — not for diagnosis.
+:attr:`Example.seen`) say so. A visitor's upload is known the same way when its bytes are a film of a model's split
+(:class:`KnownFilms`, from the content digests ``split.json`` holds), so that an answer on a film a model trained on
+is never shown as a test. Nothing here imports Gradio. Research use only — not for diagnosis.
 
 Example:
     >>> splits = {"runs/a/model": {"train": ["COVID/1.png"], "validation": [], "test": ["COVID/2.png"]}}
@@ -24,8 +26,9 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from cxr.data.content import file_digest
 from cxr.data.folders import folder_classes, scan_image_folder
-from cxr.data.splits import load_split
+from cxr.data.splits import load_split, load_split_content
 from cxr.errors import CXRError
 from cxr.locations import is_hub_id
 from cxr.run_folder import SPLIT_NAME, RunFolder
@@ -35,7 +38,10 @@ __all__ = [
     "Example",
     "ExampleChoice",
     "ExampleFilms",
+    "KnownFilms",
+    "NOT_A_TEST",
     "training_split",
+    "training_content",
     "held_out_by",
     "choose_examples",
     "screen_with",
@@ -45,6 +51,8 @@ _logger = logging.getLogger(__name__)
 
 #: ``{"train": [...], "validation": [...], "test": [...]}``: file names as ``<Class>/<basename>``.
 Split = Dict[str, List[str]]
+#: What the page says of a model's answer on a film it trained or tuned on (an example's or an upload's note).
+NOT_A_TEST = "that answer is not a test"
 #: Films tried per class before the folder is said to have no usable example of it (each is decoded and
 #: screened by every model at start-up).
 MAX_TRIES_PER_CLASS = 12
@@ -56,7 +64,31 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
     A model folder ``runs/x/model`` reads ``runs/x/split.json`` (or a ``split.json`` of its own); a Hub model
     reads the ``split.json`` published beside its ``config.json``.
     """
+    path = _split_file(ref)
+    if path is None:
+        return None
+    try:
+        return load_split(path)
+    except CXRError as e:
+        _logger.warning("%s: %s; its training films are not known", ref, e)
+        return None
 
+
+def training_content(ref: Union[str, os.PathLike]) -> Dict[str, str]:
+    """The content digests of a served model's split films (``{file_name: digest}``, written by training since
+    the digests were added to ``split.json``); empty when not known."""
+    path = _split_file(ref, quiet=True)
+    if path is None:
+        return {}
+    try:
+        return load_split_content(path)
+    except CXRError as e:
+        _logger.warning("%s: %s; its films are not known by their bytes", ref, e)
+        return {}
+
+
+def _split_file(ref: Union[str, os.PathLike], quiet: bool = False) -> Optional[Path]:
+    """The ``split.json`` of a served model (see :func:`training_split`), or ``None`` (logged unless ``quiet``)."""
     path: Optional[Path] = None
     if Path(ref).is_dir() or not is_hub_id(str(ref)):
         folder = Path(ref)
@@ -71,18 +103,14 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
         try:
             path = Path(hf_hub_download(str(ref), SPLIT_NAME))
         except Exception as e:  # not published with one, offline and not cached, unreachable
-            _logger.warning(
-                "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_NAME, e
-            )
+            if not quiet:
+                _logger.warning(
+                    "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_NAME, e
+                )
             return None
-    if path is None:
+    if path is None and not quiet:
         _logger.warning("%s: no %s beside it; its training films are not known", ref, SPLIT_NAME)
-        return None
-    try:
-        return load_split(path)
-    except CXRError as e:
-        _logger.warning("%s: %s; its training films are not known", ref, e)
-        return None
+    return path
 
 
 def held_out_by(splits: Mapping[str, Optional[Split]], file_name: str) -> bool:
@@ -106,6 +134,8 @@ class Example:
         unseen: models whose split does not name it (trained on other data).
         seen: models that trained or tuned on it (their training or validation part).
         unknown: models without a known split.
+        offered: one of the page's examples (``False``: a visitor's upload found to be this film by its bytes,
+            :class:`KnownFilms`).
     """
 
     path: Path
@@ -115,9 +145,10 @@ class Example:
     unseen: Tuple[str, ...] = ()
     seen: Tuple[str, ...] = ()
     unknown: Tuple[str, ...] = ()
+    offered: bool = True
 
     @classmethod
-    def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]]) -> "Example":
+    def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]], offered: bool = True) -> "Example":
         def refs(test: Callable[[Optional[Split]], bool]) -> Tuple[str, ...]:
             return tuple(ref for ref, s in splits.items() if test(s))
 
@@ -129,6 +160,7 @@ class Example:
             unseen=refs(lambda s: s is not None and file_name not in {*s["test"], *s["train"], *s["validation"]}),
             seen=refs(lambda s: s is not None and _seen(s, file_name)),
             unknown=refs(lambda s: s is None),
+            offered=offered,
         )
 
     @property
@@ -155,15 +187,17 @@ class Example:
     def description(self) -> str:
         """One sentence for the page when this example is analysed."""
         name = Path(self.file_name).name
-        parts = [f"Example {name}: a film labelled **{self.true_class}** in its database."]
+        if self.offered:
+            parts = [f"Example {name}: a film labelled **{self.true_class}** in its database."]
+        else:
+            parts = [f"This upload is film {self.file_name} of the models' data, labelled **{self.true_class}** there."]
         if self.tested:
             parts.append(f"It is in the test split of {_models(self.tested)}: held out from training.")
         if self.unseen:
             parts.append(f"{_models(self.unseen, capital=True)} never saw it (trained on other films).")
         if self.seen:
             parts.append(
-                f"⚠ {_models(self.seen, capital=True)} trained on it (training or validation split): "
-                "that answer is not a test."
+                f"⚠ {_models(self.seen, capital=True)} trained on it (training or validation split): {NOT_A_TEST}."
             )
         if self.unknown:
             parts.append(f"Which films {_models(self.unknown)} trained on is not known (no {SPLIT_NAME}).")
@@ -224,6 +258,39 @@ class ExampleFilms:
         film of the same name included)."""
         e = self._by_copy_folder.get(Path(path).parent.name)
         return e if e is not None and e.path.name == Path(path).name else None
+
+
+class KnownFilms:
+    """The served models' own films, recognised in a visitor's upload by their bytes: the content digests each
+    model's ``split.json`` holds (:func:`training_content`), so that the page and the API say when a model trained
+    on the film it answers (or held it out) however the upload is named.
+
+    Args:
+        splits: per served model, its split (:func:`training_split`) or ``None``.
+        contents: per served model, its films' content digests (``{file_name: digest}``; empty or absent: not
+            known by their bytes — a run written before ``split.json`` held them).
+    """
+
+    def __init__(self, splits: Mapping[str, Optional[Split]], contents: Mapping[str, Mapping[str, str]]):
+        self.splits = dict(splits)
+        self._names: Dict[str, str] = {}  # digest -> file name (a film two models name alike is one film)
+        for ref in self.splits:
+            for name, digest in (contents.get(ref) or {}).items():
+                self._names.setdefault(digest, name)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def film(self, path: Union[str, os.PathLike, None]) -> Optional[Example]:
+        """What the served models knew of the film ``path`` holds byte for byte, or ``None`` when it is none of
+        their films (or not a readable file)."""
+        if not self._names or not path or not Path(path).is_file():
+            return None
+        try:
+            name = self._names.get(file_digest(Path(path).read_bytes()))
+        except OSError:
+            return None
+        return None if name is None else Example.of(Path(path), name, self.splits, offered=False)
 
 
 def _digest(path: Path) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line, decision_rule
-from cxr.app.examples import Example, ExampleFilms
+from cxr.app.examples import Example, ExampleFilms, KnownFilms
 from cxr.app.gradio_internals import blocks_cache_folder, forget_recorded_upload, recorded_uploads, remove_cached_file
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
@@ -31,6 +31,8 @@ _logger = logging.getLogger(__name__)
 
 #: The "Explain" choice that explains each model's own predicted class.
 PREDICTED = "predicted class"
+#: Uploads found to be one of the models' films that are remembered by path (:meth:`PageHandlers.film`).
+KNOWN_UPLOADS_REMEMBERED = 256
 
 
 NO_MODELS_LINE = (
@@ -80,6 +82,9 @@ class PageHandlers:
         self.board, self.shown, self.kept, self.uploads = board, board.models, kept, uploads
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         self.examples = ExampleFilms(())  # set by build_demo
+        self.known = KnownFilms({}, {})  # the models' own films, known by their bytes (set by build_demo)
+        # uploads found to be one of the models' films, by path: a re-analysis once the file is deleted says so too
+        self._known_uploads: "collections.OrderedDict[str, Example]" = collections.OrderedDict()
         self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
         self._lock = threading.Lock()
 
@@ -89,6 +94,26 @@ class PageHandlers:
         if path and not Path(path).is_file():
             return self.examples.copied_as(path) if self._in_cache(path) else None
         return self.examples.holding(path)
+
+    def film(self, path: Optional[str]) -> Optional[Example]:
+        """What the served models knew of the film ``path`` holds: the example it is or, for an upload, the
+        models' own film its bytes are (:class:`KnownFilms`; remembered by path for the last
+        :data:`KNOWN_UPLOADS_REMEMBERED` such uploads, so a re-analysis after the file was deleted says so too)."""
+        example = self.example(path)
+        if example is not None or not path:
+            return example
+        key = str(path)
+        if Path(path).is_file():
+            known = self.known.film(path)
+            if known is not None:
+                with self._lock:
+                    self._known_uploads[key] = known
+                    self._known_uploads.move_to_end(key)
+                    while len(self._known_uploads) > KNOWN_UPLOADS_REMEMBERED:
+                        self._known_uploads.popitem(last=False)
+            return known
+        with self._lock:
+            return self._known_uploads.get(key)
 
     def _in_cache(self, path: str) -> bool:
         return self.demo is not None and blocks_cache_folder(self.demo) in Path(path).resolve().parents
@@ -155,7 +180,7 @@ class PageHandlers:
         session its own copy of that component, whose files — a heat map sent later — the cache sweep never
         sees (Gradio 6.31), so each visit would leave one behind for good.
         """
-        last, shown_array, example = None, None, self.example(image)
+        last, shown_array, example = None, None, self.film(image)
         with self.using(image):
             upload = self._upload(image, kept)
             again = isinstance(upload, DecodedUpload)  # the image this page kept: its token stays
@@ -214,13 +239,13 @@ class PageHandlers:
             models[m.ref] = entry
         return models, gallery
 
-    def _answer(self, final: Analysis, models: Dict[str, Any], image: Optional[str], **extra: Any) -> Dict[str, Any]:
-        example = self.example(image)
+    def _answer(self, final: Analysis, models: Dict[str, Any], film: Optional[Example], **extra: Any) -> Dict[str, Any]:
         return {
             "error": None,
             "warnings": final.warnings,
             **extra,
-            "example": None if example is None else example_entry(example),
+            "example": example_entry(film) if film is not None and film.offered else None,
+            "known_film": example_entry(film) if film is not None and not film.offered else None,
             "agreement": agreement_line(final.probabilities),
             "models": models,
             "disclaimer": DISCLAIMER,
@@ -231,15 +256,17 @@ class PageHandlers:
         with self.using(image):
             if not self.shown:
                 return {"error": NO_MODELS_LINE, "disclaimer": DISCLAIMER}
+            film = self.film(image)  # while the upload is there: it is deleted once analysed
             final = self.board.classify(self._upload(image))
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}
-        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0], image)
+        return self._answer(final, self.model_entries(final, with_heatmaps=False)[0], film)
 
     def predict(self, image, cam_method="GradCAM", explain=PREDICTED) -> Tuple[Dict[str, Any], List[Any]]:
         """Every model's probabilities (JSON) and heat maps (gallery, one per model, captioned by model)."""
         final = None
         with self.using(image):
+            film = self.film(image)  # while the upload is there: it is deleted once analysed
             for final in self.board.analyse(self._upload(image), cam_method or "GradCAM", _cam_class(explain)):  # noqa: B007
                 pass
         if not self.shown:
@@ -247,7 +274,7 @@ class PageHandlers:
         if final.error:
             return {"error": final.error, "disclaimer": DISCLAIMER}, []
         models, gallery = self.model_entries(final, with_heatmaps=True)
-        return self._answer(final, models, image, shown_size=list(final.shown.size)), gallery
+        return self._answer(final, models, film, shown_size=list(final.shown.size)), gallery
 
 
 def example_entry(e: Example) -> Dict[str, Any]:

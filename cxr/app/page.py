@@ -14,7 +14,7 @@ import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
 from cxr.app.board import ModelBoard, decision_rule, site_line
-from cxr.app.examples import Example, ExampleFilms
+from cxr.app.examples import Example, ExampleFilms, KnownFilms
 from cxr.app.gradio_internals import copy_folder_name, single_file_input, write_images_whole
 from cxr.app.handlers import PREDICTED, PageHandlers
 from cxr.app.kept import KeptImages
@@ -166,6 +166,7 @@ def build_demo(
     cache_sweep: Tuple[int, int] = CACHE_SWEEP,
     kept_images: Optional[KeptImages] = None,
     uploads: Optional[StoredUploads] = None,
+    known_films: Optional[KnownFilms] = None,
 ):
     """Build the ``gr.Blocks`` page for ``board``: the layout, the streamed page event, and the ``/analyse``,
     ``/classify`` and ``/predict`` API endpoints.
@@ -179,6 +180,8 @@ def build_demo(
             :data:`KEPT_IMAGE_SECONDS`).
         uploads: the upload route's record of uploads not yet analysed (:class:`StoredUploads`): a request
             analysing one claims it, so it is not expired meanwhile.
+        known_films: the served models' own films, by their bytes: an upload of one is said to be it, and whether
+            each model trained on it or held it out (:class:`cxr.app.examples.KnownFilms`; default: none known).
 
     Returns:
         The unlaunched ``gr.Blocks``.
@@ -189,6 +192,8 @@ def build_demo(
     if kept_images is None:  # (an empty store is falsy: it has a length)
         kept_images = KeptImages(KEPT_IMAGES_MB << 20, KEPT_IMAGE_SECONDS)
     handlers = PageHandlers(board, kept_images, uploads)
+    if known_films is not None:
+        handlers.known = known_films
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
         c = _layout(board, examples)
@@ -263,7 +268,9 @@ _CLASSIFY_API = (
     "out_of_distribution "
     "(true when the image does not look like the chest X-rays the model was trained on), error), "
     "example (null, or for one of the app's example films: file_name, true_class, held_out and which models "
-    "tested, never saw or trained on it), disclaimer. Research use only, not for diagnosis."
+    "tested, never saw or trained on it), known_film (null, or the same for an upload whose bytes are a film of a "
+    "model's own split: an answer of a model that trained on it is not a test), disclaimer. "
+    "Research use only, not for diagnosis."
 )
 _PREDICT_API = (
     "Every model's probabilities (as /classify) and a Grad-CAM heat map per model, in one answer. "

@@ -8,10 +8,10 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from cxr.app.board import ModelBoard, resolve_model_refs
-from cxr.app.examples import Example, choose_examples, screen_with, training_split
+from cxr.app.examples import Example, KnownFilms, Split, choose_examples, screen_with, training_content, training_split
 from cxr.app.gradio_internals import say_busy_when_full, warn_if_untested_gradio
 from cxr.app.kept import KeptImages
 from cxr.app.page import CACHE_SWEEP, KEPT_IMAGE_SECONDS, KEPT_IMAGES_MB, build_demo
@@ -163,10 +163,15 @@ def _serve(opts: AppOptions) -> None:
     board = ModelBoard.load(refs)
     for m in board.models:
         _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")
-    examples = _examples(opts, board)
+    splits = {m.ref: training_split(m.ref) for m in board.available}
+    known = KnownFilms(splits, {m.ref: training_content(m.ref) for m in board.available})
+    _logger.info("films known by their bytes (an upload of one says which models trained on it): %d", len(known))
+    examples = _examples(opts, board, splits)
     with AppFiles(opts.upload_wait) as files:
         kept = KeptImages(opts.kept_images << 20, KEPT_IMAGE_SECONDS)
-        demo = build_demo(board, examples, cache_sweep=sweep, kept_images=kept, uploads=files.uploads)
+        demo = build_demo(
+            board, examples, cache_sweep=sweep, kept_images=kept, uploads=files.uploads, known_films=known
+        )
         demo.queue(default_concurrency_limit=opts.concurrency, max_size=opts.max_queue)
         say_busy_when_full(demo)  # a visitor beyond the queue is told the app is busy, in one sentence
         limits = ServerLimits(opts.max_sessions, opts.upload_space, opts.monitoring)
@@ -174,12 +179,12 @@ def _serve(opts: AppOptions) -> None:
         launch(demo, files, limits, host=opts.host, port=opts.port, share=opts.share, allowed_paths=allowed)
 
 
-def _examples(opts: AppOptions, board: ModelBoard) -> List[Example]:
-    """The example films the page offers (see ``--examples``), each held out by every model shown."""
+def _examples(opts: AppOptions, board: ModelBoard, splits: Dict[str, Optional[Split]]) -> List[Example]:
+    """The example films the page offers (see ``--examples``), each held out by every model shown (``splits``:
+    each available model's training split, :func:`training_split`)."""
     folder = opts.examples or opts.quickstart or (EXAMPLES_DIR if Path(EXAMPLES_DIR).is_dir() else None)
     if not folder or not board.available:
         return []
-    splits = {m.ref: training_split(m.ref) for m in board.available}
     choice = choose_examples(folder, splits, screen_with(board), classes=board.class_names)
     for line in choice.problems:
         _logger.warning("%s", line)

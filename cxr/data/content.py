@@ -13,6 +13,8 @@ __all__ = ["file_digest", "content_digests"]
 
 #: Hex digits kept of each SHA-256 digest: 64 bits, enough to tell films apart, short enough to ship in a file.
 DIGEST_CHARS = 16
+# rows read at a time: a dataset that embeds its films' bytes is never read whole into memory
+_BATCH = 256
 
 
 def file_digest(data: bytes) -> str:
@@ -35,7 +37,11 @@ def content_digests(ds: datasets.Dataset) -> Dict[str, str]:
     """``{file_name: digest}`` of a dataset's films (its ``image`` column, read undecoded: from the file each
     names or the bytes it holds)."""
     raw = ds.cast_column("image", datasets.Image(decode=False)) if _decodes(ds) else ds
-    return {name: file_digest(_bytes_of(im)) for name, im in zip(raw["file_name"], raw["image"])}
+    raw = raw.select_columns(["file_name", "image"])
+    digests: Dict[str, str] = {}
+    for batch in raw.iter(batch_size=_BATCH):  # a dataset that holds its films' bytes is read a batch at a time
+        digests.update((name, file_digest(_bytes_of(im))) for name, im in zip(batch["file_name"], batch["image"]))
+    return digests
 
 
 def _decodes(ds: datasets.Dataset) -> bool:

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "complete_split",
     "save_split",
     "load_split",
+    "load_split_content",
     "indices_for_split",
 ]
 
@@ -193,9 +194,19 @@ def _given_parts(given: Dict[str, List[str]]) -> Dict[str, str]:
     return source
 
 
-def save_split(path: os.PathLike, split: Dict[str, List[str]], seed: int, fractions=DEFAULT_FRACTIONS) -> None:
-    """Write a split as JSON: the seed, the fractions and the file names of each part."""
+def save_split(
+    path: os.PathLike,
+    split: Dict[str, List[str]],
+    seed: int,
+    fractions=DEFAULT_FRACTIONS,
+    content: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write a split as JSON: the seed, the fractions and the file names of each part and, with ``content``
+    (``{file_name: digest}``, :func:`cxr.data.content.content_digests`), each named film's content digest under
+    ``"content"``, so that a film is known by its bytes whatever it is called (:func:`load_split_content`)."""
     payload = {"seed": seed, "fractions": list(fractions), **{s: list(split[s]) for s in SPLITS}}
+    if content is not None:
+        payload["content"] = {name: content[name] for s in SPLITS for name in split[s] if name in content}
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
 
@@ -222,6 +233,25 @@ def load_split(path: os.PathLike) -> Dict[str, List[str]]:
                 raise CXRError(f"--split-file {path} puts {name!r} in both {seen[name]} and {s}")
             seen[name] = s
     return {s: list(payload[s]) for s in SPLITS}
+
+
+def load_split_content(path: os.PathLike) -> Dict[str, str]:
+    """The content digests a split file holds (``{file_name: digest}``, :func:`save_split`); empty for a file
+    written without them.
+
+    Raises:
+        CXRError: the file is missing, not JSON, or its ``"content"`` is not a map of names to digests.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text()).get("content", {})
+    except FileNotFoundError:
+        raise CXRError(f"split file not found: {path}") from None
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CXRError(f"split file {path} is not a JSON object: {e}") from None
+    if not isinstance(content, dict) or not all(isinstance(v, str) for v in content.values()):
+        raise CXRError(f"split file {path}: its content is not a map of file names to digests")
+    return dict(content)
 
 
 def indices_for_split(file_names: Sequence[str], split: Dict[str, List[str]]) -> Dict[str, List[int]]:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cxr.data.content import content_digests
 from cxr.data.data_source import load_data_source
 from cxr.data.labelling import Labelling
 from cxr.data.pixel_cache import cache_pixels
@@ -37,7 +38,9 @@ class Refit:
 class RunData:
     """The images of a run: the cached pixels, each image's file name, the split (file names per part), each
     part's rows in the cache (a refit trains on validation too), where the data came from, what was skipped, and
-    the classes (the data's, with ``--label-map``, ``--negative-class`` and ``--critical-classes``)."""
+    the classes (the data's, with ``--label-map``, ``--negative-class`` and ``--critical-classes``) and, in the
+    main process, each film's content digest (``{file_name: digest}``: written into ``split.json``, so that the app
+    knows the run's films by their bytes)."""
 
     pix: Any
     file_names: Sequence[str]
@@ -47,6 +50,7 @@ class RunData:
     given_splits: bool
     skipped: List[str]
     classes: Classes
+    content: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def files(self, part: str) -> List[str]:
         """The file names of ``part``'s images, in row order."""
@@ -101,6 +105,8 @@ def prepare_data(cfg: Recipe, accelerator: Any, resumed: Optional[Dict[str, Any]
         given_splits=bool(source.given_splits),
         skipped=[n for n, _ in cached.bad],
         classes=classes,
+        # each film's bytes read once more, by the process that writes split.json
+        content=content_digests(source.dataset) if accelerator.is_main_process else {},
     )
     accelerator.print(f"data: {data_line(data.source)}")
     accelerator.print(f"  classes: {', '.join(classes.names)}; {_screening_line(classes)}")

@@ -77,7 +77,7 @@ def write_run_config(
     # the shares actually used, where the data's own splits set them (not the 80/10/10 asked for)
     total = sum(map(len, data.rows.values()))
     fractions = tuple(round(len(data.rows[p]) / total, 4) for p in SPLITS) if data.given_splits else DEFAULT_FRACTIONS
-    save_split(folder.split, data.split, cfg.seed, fractions)
+    save_split(folder.split, data.split, cfg.seed, fractions, content=data.content)
     write_json(folder.run_config, run_config)
     return run_config
 
