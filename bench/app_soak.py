@@ -61,8 +61,8 @@ class PageClient:
         self.fn_index = {d["api_name"]: i for i, d in enumerate(deps) if d.get("api_name")}
 
     def held_out_examples(self) -> List[int]:
-        """The indices of the examples the page offers as held out from training by every model (the others are
-        captioned with a ⚠: their answers carry a warning, which the soak's checks would count as a failure)."""
+        """The indices of the examples the page offers as held out from training by every model (the others, a
+        model's own training films, are captioned with a ⚠ and offered only where a class has no held-out film)."""
         components = self.http.get(self.url + "/config").json()["components"]
         table = [c for c in components if c.get("props", {}).get("elem_id") == "examples"]
         samples = table[0]["props"]["samples"] if table else []

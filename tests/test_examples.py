@@ -16,7 +16,7 @@ from cxr.app.examples import (
     KnownFilms,
     choose_examples,
     screen_with,
-    training_content,
+    training_record,
     training_split,
 )
 from cxr.app.handlers import PageHandlers
@@ -203,9 +203,14 @@ def _upload(tmp_path, sample_dir, name, as_name="my film.png"):
     return upload
 
 
+def _known(*refs):
+    records = {r: training_record(r) for r in refs}
+    return KnownFilms({r: split for r, (split, _) in records.items()}, {r: c for r, (_, c) in records.items()})
+
+
 def test_an_upload_of_a_film_a_model_trained_on_says_so_whatever_its_name(tmp_path, sample_dir, names, served):
     (new, older), split = served
-    known = KnownFilms({r: training_split(r) for r in (new, older)}, {r: training_content(r) for r in (new, older)})
+    known = _known(new, older)
     assert len(known) == 4  # the four films of the one split with digests
     trained = known.film(_upload(tmp_path, sample_dir, split["train"][0]))
     assert trained.file_name == split["train"][0] and not trained.offered and not trained.held_out
@@ -218,35 +223,56 @@ def test_an_upload_of_a_film_a_model_trained_on_says_so_whatever_its_name(tmp_pa
     assert known.film(_upload(tmp_path, sample_dir, names["Viral Pneumonia"][0])) is None  # none of their films
     assert known.film(tmp_path / "gone.png") is None and known.film(None) is None
     # the older run alone knows its films by name only: an upload is not recognised
-    assert (
-        KnownFilms({older: training_split(older)}, {older: training_content(older)}).film(
-            _upload(tmp_path, sample_dir, split["train"][0])
-        )
-        is None
-    )
+    assert _known(older).film(_upload(tmp_path, sample_dir, split["train"][0])) is None
 
 
-def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_path, sample_dir, served):
+def test_each_model_is_judged_by_its_own_names_for_the_same_bytes(tmp_path, sample_dir, names):
+    """Two runs name one film differently (``--label-map Lung_Opacity=Normal`` makes ``Normal/Lung_Opacity-…``
+    of ``Lung_Opacity/Lung_Opacity-…``): each is asked by its own name, whichever model is listed first."""
+    film = names["Lung_Opacity"][0]
+    mapped = "Normal/" + film.split("/", 1)[1]
+    digest = content_digests(load_data_source(str(sample_dir)).dataset)[film]
+    four = _split(test=[film])  # tested it
+    merged = _split(train=[mapped])  # trained on it, under the mapped name
+    upload = _upload(tmp_path, sample_dir, film)
+    for order in (("four", "merged"), ("merged", "four")):
+        splits = {"four": four, "merged": merged}
+        contents = {"four": {film: digest}, "merged": {mapped: digest}}
+        known = KnownFilms({r: splits[r] for r in order}, {r: contents[r] for r in order})
+        e = known.film(upload)
+        assert e.seen == ("merged",) and e.tested == ("four",) and not e.held_out, order
+    # a model with digests that do not include these bytes never saw the film, whatever its names
+    other = KnownFilms({"four": four, "x": _split(train=[film])}, {"four": {film: digest}, "x": {film: "0" * 16}})
+    assert other.film(upload).unseen == ("x",) and other.film(upload).tested == ("four",)
+
+
+def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_path, sample_dir, names, served):
     (new, _older), split = served
     handlers = PageHandlers(ModelBoard.load([new]), KeptImages(64 << 20, 60))
-    handlers.known = KnownFilms({new: training_split(new)}, {new: training_content(new)})
+    handlers.known = _known(new)
     uploads = tmp_path / "gradio-upload"
     # as the app does: an upload is deleted once analysed
-    handlers.forget = lambda path: Path(path).unlink() if uploads in Path(path).parents else None
+    handlers.forget = lambda path: Path(path).unlink(missing_ok=True) if uploads in Path(path).parents else None
     upload = _upload(tmp_path, sample_dir, split["train"][1])
     *_, last = handlers.stream(str(upload), "GradCAM", "predicted class")
-    status = last[0]
+    status, kept = last[0], last[-1]
     assert f"This upload is film {split['train'][1]}" in status and "that answer is not a test" in status
     assert "not for diagnosis" in status
     assert not upload.exists()
     # the page's next analysis, of the image it kept (the file is gone), says so too
-    assert handlers.film(str(upload)).file_name == split["train"][1]
-    upload = _upload(tmp_path, sample_dir, split["train"][1], as_name="again.png")  # not remembered yet
+    *_, again = handlers.stream(str(upload), "EigenCAM", "Normal", kept)
+    assert f"This upload is film {split['train'][1]}" in again[0] and again[-1] == kept
+    upload = _upload(tmp_path, sample_dir, split["train"][1], as_name="again.png")
     info = handlers.classify(str(upload))
     assert not upload.exists() and info["error"] is None and info["example"] is None
     assert info["known_film"]["trained_on_by"] == [new] and not info["known_film"]["held_out"]
     other = _upload(tmp_path, sample_dir, split["test"][0])
     assert handlers.classify(str(other))["known_film"]["tested_by"] == [new]
+    unknown = _upload(tmp_path, sample_dir, names["Viral Pneumonia"][0], as_name="unknown.png")
+    *_, last = handlers.stream(str(unknown), "GradCAM", "predicted class")
+    assert "This upload is film" not in last[0] and "⚠" not in last[0]
+    unknown = _upload(tmp_path, sample_dir, names["Viral Pneumonia"][0], as_name="unknown-api.png")
+    assert handlers.classify(str(unknown))["known_film"] is None
     text = uploads / "notes.png"
     text.write_text("not a film")
     assert handlers.classify(str(text))["error"]  # not an image: refused, as before

@@ -192,6 +192,7 @@ def test_a_resumed_run_keeps_its_split_even_without_the_split_file(subset, tmp_p
     assert _run(subset, resumed, "--epochs", "1", "--split-file", str(split_file)) == 0
     assert _run(subset, resumed, "--epochs", "2", "--resume") == 0  # no --split-file this time
     assert load_split(resumed / "split.json") == load_split(split_file)
+    assert load_split_content(resumed / "split.json") == content  # written again by the resumed run
     history = json.loads((resumed / "history.json").read_text())["epochs"]
     assert len(history) == 2
 
@@ -254,6 +255,7 @@ def test_final_fit_refits_on_training_and_validation_with_the_holdout_temperatur
     assert _run(subset, out, "--final-fit", "--keep", "last", "--epochs", "2") == 0
     hold, refit = (json.loads((d / "split.json").read_text()) for d in (out / "holdout", out))
     assert refit == hold  # the hold-out split, as it was; the refit trains on its training + validation parts
+    assert len(hold["content"]) == sum(len(hold[p]) for p in ("train", "validation", "test"))  # digests in both
     run = json.loads((out / "run_config.json").read_text())
     assert run["images"]["train"] == len(hold["train"]) + len(hold["validation"])
     hold_metrics = json.loads((out / "holdout" / "metrics.json").read_text())

@@ -20,15 +20,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from cxr.data.content import file_digest
+from cxr.data.content import path_digest
 from cxr.data.folders import folder_classes, scan_image_folder
-from cxr.data.splits import load_split, load_split_content
+from cxr.data.splits import SPLITS, load_split, load_split_content
 from cxr.errors import CXRError
 from cxr.locations import is_hub_id
 from cxr.run_folder import SPLIT_NAME, RunFolder
@@ -41,7 +40,7 @@ __all__ = [
     "KnownFilms",
     "NOT_A_TEST",
     "training_split",
-    "training_content",
+    "training_record",
     "held_out_by",
     "choose_examples",
     "screen_with",
@@ -64,31 +63,37 @@ def training_split(ref: Union[str, os.PathLike]) -> Optional[Split]:
     A model folder ``runs/x/model`` reads ``runs/x/split.json`` (or a ``split.json`` of its own); a Hub model
     reads the ``split.json`` published beside its ``config.json``.
     """
+    return training_record(ref)[0]
+
+
+def training_record(ref: Union[str, os.PathLike]) -> Tuple[Optional[Split], Dict[str, str]]:
+    """A served model's split (:func:`training_split`) and its films' content digests (``{file_name: digest}``,
+    empty for a ``split.json`` written before training recorded them), from one read of its ``split.json``."""
     path = _split_file(ref)
     if path is None:
-        return None
+        return None, {}
     try:
-        return load_split(path)
+        split = load_split(path)
     except CXRError as e:
         _logger.warning("%s: %s; its training films are not known", ref, e)
-        return None
-
-
-def training_content(ref: Union[str, os.PathLike]) -> Dict[str, str]:
-    """The content digests of a served model's split films (``{file_name: digest}``, written by training since
-    the digests were added to ``split.json``); empty when not known."""
-    path = _split_file(ref, quiet=True)
-    if path is None:
-        return {}
+        return None, {}
     try:
-        return load_split_content(path)
+        content = load_split_content(path)
     except CXRError as e:
         _logger.warning("%s: %s; its films are not known by their bytes", ref, e)
-        return {}
+        return split, {}
+    if not content:
+        _logger.warning(
+            "%s: its %s holds no content digests (written before training recorded them): an upload of one of its "
+            "films is not recognised as one",
+            ref,
+            SPLIT_NAME,
+        )
+    return split, content
 
 
-def _split_file(ref: Union[str, os.PathLike], quiet: bool = False) -> Optional[Path]:
-    """The ``split.json`` of a served model (see :func:`training_split`), or ``None`` (logged unless ``quiet``)."""
+def _split_file(ref: Union[str, os.PathLike]) -> Optional[Path]:
+    """The ``split.json`` of a served model (see :func:`training_split`), or ``None`` (logged)."""
     path: Optional[Path] = None
     if Path(ref).is_dir() or not is_hub_id(str(ref)):
         folder = Path(ref)
@@ -103,12 +108,11 @@ def _split_file(ref: Union[str, os.PathLike], quiet: bool = False) -> Optional[P
         try:
             path = Path(hf_hub_download(str(ref), SPLIT_NAME))
         except Exception as e:  # not published with one, offline and not cached, unreachable
-            if not quiet:
-                _logger.warning(
-                    "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_NAME, e
-                )
+            _logger.warning(
+                "%s: its %s could not be fetched (%s); its training films are not known", ref, SPLIT_NAME, e
+            )
             return None
-    if path is None and not quiet:
+    if path is None:
         _logger.warning("%s: no %s beside it; its training films are not known", ref, SPLIT_NAME)
     return path
 
@@ -124,7 +128,8 @@ def _seen(split: Split, file_name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One offered film and what each served model knew of it.
+    """One film — an offered example, or a visitor's upload that is one of the models' films — and what each
+    served model knew of it.
 
     Attributes:
         path: the film.
@@ -148,7 +153,7 @@ class Example:
     offered: bool = True
 
     @classmethod
-    def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]], offered: bool = True) -> "Example":
+    def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]]) -> "Example":
         def refs(test: Callable[[Optional[Split]], bool]) -> Tuple[str, ...]:
             return tuple(ref for ref, s in splits.items() if test(s))
 
@@ -160,7 +165,6 @@ class Example:
             unseen=refs(lambda s: s is not None and file_name not in {*s["test"], *s["train"], *s["validation"]}),
             seen=refs(lambda s: s is not None and _seen(s, file_name)),
             unknown=refs(lambda s: s is None),
-            offered=offered,
         )
 
     @property
@@ -239,7 +243,7 @@ class ExampleFilms:
         self.films = list(films)
         self._by_size: Dict[int, List[Tuple[str, Example]]] = {}
         for e in self.films:
-            self._by_size.setdefault(e.path.stat().st_size, []).append((_digest(e.path), e))
+            self._by_size.setdefault(e.path.stat().st_size, []).append((path_digest(e.path), e))
         self._by_copy_folder = {copy_folder(e.path): e for e in self.films} if copy_folder else {}
 
     def holding(self, path: Union[str, os.PathLike, None]) -> Optional[Example]:
@@ -249,7 +253,7 @@ class ExampleFilms:
         same_size = self._by_size.get(Path(path).stat().st_size)
         if not same_size:
             return None
-        digest = _digest(Path(path))
+        digest = path_digest(path)
         return next((e for d, e in same_size if d == digest), None)
 
     def copied_as(self, path: Union[str, os.PathLike]) -> Optional[Example]:
@@ -262,43 +266,76 @@ class ExampleFilms:
 
 class KnownFilms:
     """The served models' own films, recognised in a visitor's upload by their bytes: the content digests each
-    model's ``split.json`` holds (:func:`training_content`), so that the page and the API say when a model trained
+    model's ``split.json`` holds (:func:`training_record`), so that the page and the API say when a model trained
     on the film it answers (or held it out) however the upload is named.
+
+    Each model with digests is judged by its own names for those bytes (two runs may name one film differently:
+    ``--label-map``, another layout); a model whose split has no digests, by the name another model gives the film,
+    as an example is; a model without a split is not known.
 
     Args:
         splits: per served model, its split (:func:`training_split`) or ``None``.
         contents: per served model, its films' content digests (``{file_name: digest}``; empty or absent: not
-            known by their bytes — a run written before ``split.json`` held them).
+            known by their bytes).
     """
 
     def __init__(self, splits: Mapping[str, Optional[Split]], contents: Mapping[str, Mapping[str, str]]):
         self.splits = dict(splits)
-        self._names: Dict[str, str] = {}  # digest -> file name (a film two models name alike is one film)
-        for ref in self.splits:
-            for name, digest in (contents.get(ref) or {}).items():
-                self._names.setdefault(digest, name)
+        # per model with digests: digest -> (its first name for the film, the parts its names for it are in)
+        self._by_model: Dict[str, Dict[str, Tuple[str, Tuple[str, ...]]]] = {}
+        one_part = {part: (part,) for part in SPLITS}  # shared: a film is in one part (kept small at 100,000 films)
+        for ref, split in self.splits.items():
+            content = contents.get(ref) or {}
+            if split is None or not content:
+                continue
+            part_of = {name: part for part in SPLITS for name in split[part]}
+            films: Dict[str, Tuple[str, Tuple[str, ...]]] = {}
+            for name, digest in content.items():
+                part = part_of.get(name)
+                if part is None:
+                    continue
+                if digest in films:  # the same bytes under two names of this split
+                    first, parts = films[digest]
+                    films[digest] = (first, tuple(sorted({*parts, part})))
+                else:
+                    films[digest] = (name, one_part[part])
+            self._by_model[ref] = films
 
     def __len__(self) -> int:
-        return len(self._names)
+        """The number of distinct films known by their bytes."""
+        return len({d for films in self._by_model.values() for d in films})
 
     def film(self, path: Union[str, os.PathLike, None]) -> Optional[Example]:
         """What the served models knew of the film ``path`` holds byte for byte, or ``None`` when it is none of
         their films (or not a readable file)."""
-        if not self._names or not path or not Path(path).is_file():
+        if not self._by_model or not path or not Path(path).is_file():
             return None
         try:
-            name = self._names.get(file_digest(Path(path).read_bytes()))
+            digest = path_digest(path)
         except OSError:
             return None
-        return None if name is None else Example.of(Path(path), name, self.splits, offered=False)
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        found = {ref: films[digest] for ref, films in self._by_model.items() if digest in films}
+        if not found:
+            return None
+        name = next(iter(found.values()))[0]
+        tested, unseen, seen, unknown = [], [], [], []
+        for ref, split in self.splits.items():
+            if split is None:
+                unknown.append(ref)
+                continue
+            if ref in self._by_model:  # its own names for these bytes; none: not one of its films
+                parts = set(found[ref][1]) if ref in found else set()
+            else:
+                parts = {p for p in SPLITS if name in split[p]}
+            if parts & {"train", "validation"}:
+                seen.append(ref)
+            elif "test" in parts:
+                tested.append(ref)
+            else:
+                unseen.append(ref)
+        return Example(
+            Path(path), name, name.split("/")[0], tuple(tested), tuple(unseen), tuple(seen), tuple(unknown), False
+        )
 
 
 #: Says why a film cannot be offered (it does not decode, a model's guard flags it), or ``None`` when it can.

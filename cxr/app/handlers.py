@@ -31,8 +31,6 @@ _logger = logging.getLogger(__name__)
 
 #: The "Explain" choice that explains each model's own predicted class.
 PREDICTED = "predicted class"
-#: Uploads found to be one of the models' films that are remembered by path (:meth:`PageHandlers.film`).
-KNOWN_UPLOADS_REMEMBERED = 256
 
 
 NO_MODELS_LINE = (
@@ -83,8 +81,6 @@ class PageHandlers:
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         self.examples = ExampleFilms(())  # set by build_demo
         self.known = KnownFilms({}, {})  # the models' own films, known by their bytes (set by build_demo)
-        # uploads found to be one of the models' films, by path: a re-analysis once the file is deleted says so too
-        self._known_uploads: "collections.OrderedDict[str, Example]" = collections.OrderedDict()
         self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
         self._lock = threading.Lock()
 
@@ -97,23 +93,10 @@ class PageHandlers:
 
     def film(self, path: Optional[str]) -> Optional[Example]:
         """What the served models knew of the film ``path`` holds: the example it is or, for an upload, the
-        models' own film its bytes are (:class:`KnownFilms`; remembered by path for the last
-        :data:`KNOWN_UPLOADS_REMEMBERED` such uploads, so a re-analysis after the file was deleted says so too)."""
+        models' own film its bytes are (:class:`KnownFilms`). Asked while the upload is there: it is deleted once
+        analysed (the page keeps the answer with the image it keeps, :meth:`stream`)."""
         example = self.example(path)
-        if example is not None or not path:
-            return example
-        key = str(path)
-        if Path(path).is_file():
-            known = self.known.film(path)
-            if known is not None:
-                with self._lock:
-                    self._known_uploads[key] = known
-                    self._known_uploads.move_to_end(key)
-                    while len(self._known_uploads) > KNOWN_UPLOADS_REMEMBERED:
-                        self._known_uploads.popitem(last=False)
-            return known
-        with self._lock:
-            return self._known_uploads.get(key)
+        return example if example is not None else self.known.film(path)
 
     def _in_cache(self, path: str) -> bool:
         return self.demo is not None and blocks_cache_folder(self.demo) in Path(path).resolve().parents
@@ -180,8 +163,11 @@ class PageHandlers:
         session its own copy of that component, whose files — a heat map sent later — the cache sweep never
         sees (Gradio 6.31), so each visit would leave one behind for good.
         """
-        last, shown_array, example = None, None, self.film(image)
+        last, shown_array = None, None
         with self.using(image):
+            example = self.film(image)
+            if example is None and kept is not None and kept[0] == str(image):
+                example = kept[2]  # the page's upload, deleted after its first analysis: what it was, kept with it
             upload = self._upload(image, kept)
             again = isinstance(upload, DecodedUpload)  # the image this page kept: its token stays
             for a in self.board.analyse(upload, cam_method or "GradCAM", _cam_class(explain)):
@@ -191,7 +177,7 @@ class PageHandlers:
                     if image and a.decoded is not None and not again:
                         if kept is not None:
                             self.kept.drop(kept[1])  # the page's earlier upload: it shows this one now
-                        kept = (str(image), self.kept.put(a.decoded))
+                        kept = (str(image), self.kept.put(a.decoded), example)
                 yield [*self._outputs(a, shown_array, False, example, _cam_class(explain)), kept]
         if last is not None:
             yield [*self._outputs(last, shown_array, True, example, _cam_class(explain)), kept]

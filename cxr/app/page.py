@@ -217,8 +217,8 @@ def _wire_page(handlers: PageHandlers, c: _Components) -> None:
     """The page's own event: an upload or "Analyse" streams the analysis, in the one server queue."""
     import gradio as gr  # Gradio loads only when a page is built or served
 
-    # this page's upload and the token of the image decoded from it (the file itself is deleted once analysed,
-    # the image is in kept_images); not part of the API
+    # this page's upload, the token of the image decoded from it (the file itself is deleted once analysed,
+    # the image is in kept_images) and which of the models' films it is, if any; not part of the API
     kept = gr.State(None, time_to_live=KEPT_IMAGE_SECONDS)
     page_in, page_out = [c.upload, c.method, c.cam_class, kept], [*c.outputs, kept]
     shared = {"concurrency_id": SERVER_QUEUE}  # one limit for the whole server

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from cxr.app.board import ModelBoard, resolve_model_refs
-from cxr.app.examples import Example, KnownFilms, Split, choose_examples, screen_with, training_content, training_split
+from cxr.app.examples import Example, KnownFilms, Split, choose_examples, screen_with, training_record
 from cxr.app.gradio_internals import say_busy_when_full, warn_if_untested_gradio
 from cxr.app.kept import KeptImages
 from cxr.app.page import CACHE_SWEEP, KEPT_IMAGE_SECONDS, KEPT_IMAGES_MB, build_demo
@@ -163,8 +163,10 @@ def _serve(opts: AppOptions) -> None:
     board = ModelBoard.load(refs)
     for m in board.models:
         _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")
-    splits = {m.ref: training_split(m.ref) for m in board.available}
-    known = KnownFilms(splits, {m.ref: training_content(m.ref) for m in board.available})
+    records = {m.ref: training_record(m.ref) for m in board.available}
+    splits = {ref: split for ref, (split, _) in records.items()}
+    known = KnownFilms(splits, {ref: content for ref, (_, content) in records.items()})
+    del records  # the digests live on in `known` only
     _logger.info("films known by their bytes (an upload of one says which models trained on it): %d", len(known))
     examples = _examples(opts, board, splits)
     with AppFiles(opts.upload_wait) as files:

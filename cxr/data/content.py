@@ -4,12 +4,13 @@ films even when their names agree (the sample's files renamed, or other films un
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 import datasets
 
-__all__ = ["file_digest", "content_digests"]
+__all__ = ["file_digest", "path_digest", "is_digest", "content_digests"]
 
 #: Hex digits kept of each SHA-256 digest: 64 bits, enough to tell films apart, short enough to ship in a file.
 DIGEST_CHARS = 16
@@ -25,6 +26,20 @@ def file_digest(data: bytes) -> str:
         'effec2691b8e0fe5'
     """
     return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
+
+
+def path_digest(path: Union[str, os.PathLike]) -> str:
+    """:func:`file_digest` of a file's bytes, read a block at a time (an upload is never held whole for it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def is_digest(value: Any) -> bool:
+    """Whether ``value`` is a digest as :func:`file_digest` writes it (lower-case hex, :data:`DIGEST_CHARS` long)."""
+    return isinstance(value, str) and len(value) == DIGEST_CHARS and all(c in "0123456789abcdef" for c in value)
 
 
 def _bytes_of(image: Dict[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cxr.data.content import is_digest
 from cxr.errors import CXRError
 
 __all__ = [
@@ -249,7 +250,7 @@ def load_split_content(path: os.PathLike) -> Dict[str, str]:
         raise CXRError(f"split file not found: {path}") from None
     except (json.JSONDecodeError, AttributeError) as e:
         raise CXRError(f"split file {path} is not a JSON object: {e}") from None
-    if not isinstance(content, dict) or not all(isinstance(v, str) for v in content.values()):
+    if not isinstance(content, dict) or not all(is_digest(v) for v in content.values()):
         raise CXRError(f"split file {path}: its content is not a map of file names to digests")
     return dict(content)
 
