@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from cxr.data.content import path_digest
 from cxr.data.folders import folder_classes, scan_image_folder
@@ -154,17 +154,29 @@ class Example:
 
     @classmethod
     def of(cls, path: Path, file_name: str, splits: Mapping[str, Optional[Split]]) -> "Example":
-        def refs(test: Callable[[Optional[Split]], bool]) -> Tuple[str, ...]:
-            return tuple(ref for ref, s in splits.items() if test(s))
+        """The film ``file_name`` at ``path``, each model judged by whether its split names it."""
+        parts = {ref: None if s is None else {p for p in SPLITS if file_name in s[p]} for ref, s in splits.items()}
+        return cls.in_parts(path, file_name, parts)
+
+    @classmethod
+    def in_parts(
+        cls, path: Path, file_name: str, parts: Mapping[str, Optional[Set[str]]], offered: bool = True
+    ) -> "Example":
+        """The film ``file_name`` at ``path``, given per model the parts of its split the film is in (empty: none,
+        ``None``: the split is not known)."""
+
+        def refs(test: Callable[[Optional[Set[str]]], bool]) -> Tuple[str, ...]:
+            return tuple(ref for ref, p in parts.items() if test(p))
 
         return cls(
             Path(path),
             file_name,
             file_name.split("/")[0],
-            tested=refs(lambda s: s is not None and file_name in s["test"]),
-            unseen=refs(lambda s: s is not None and file_name not in {*s["test"], *s["train"], *s["validation"]}),
-            seen=refs(lambda s: s is not None and _seen(s, file_name)),
-            unknown=refs(lambda s: s is None),
+            tested=refs(lambda p: p is not None and "test" in p and not p & {"train", "validation"}),
+            unseen=refs(lambda p: p is not None and not p),
+            seen=refs(lambda p: p is not None and bool(p & {"train", "validation"})),
+            unknown=refs(lambda p: p is None),
+            offered=offered,
         )
 
     @property
@@ -318,24 +330,15 @@ class KnownFilms:
         if not found:
             return None
         name = next(iter(found.values()))[0]
-        tested, unseen, seen, unknown = [], [], [], []
+        parts: Dict[str, Optional[Set[str]]] = {}
         for ref, split in self.splits.items():
             if split is None:
-                unknown.append(ref)
-                continue
-            if ref in self._by_model:  # its own names for these bytes; none: not one of its films
-                parts = set(found[ref][1]) if ref in found else set()
-            else:
-                parts = {p for p in SPLITS if name in split[p]}
-            if parts & {"train", "validation"}:
-                seen.append(ref)
-            elif "test" in parts:
-                tested.append(ref)
-            else:
-                unseen.append(ref)
-        return Example(
-            Path(path), name, name.split("/")[0], tuple(tested), tuple(unseen), tuple(seen), tuple(unknown), False
-        )
+                parts[ref] = None
+            elif ref in self._by_model:  # its own names for these bytes; none: not one of its films
+                parts[ref] = set(found[ref][1]) if ref in found else set()
+            else:  # a split without digests: by the name another model gives the film, as for an example
+                parts[ref] = {p for p in SPLITS if name in split[p]}
+        return Example.in_parts(Path(path), name, parts, offered=False)
 
 
 #: Says why a film cannot be offered (it does not decode, a model's guard flags it), or ``None`` when it can.

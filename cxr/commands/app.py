@@ -163,10 +163,12 @@ def _serve(opts: AppOptions) -> None:
     board = ModelBoard.load(refs)
     for m in board.models:
         _logger.info("%s: %s", m.ref, "ready" if m.available else f"unavailable ({m.error})")
-    records = {m.ref: training_record(m.ref) for m in board.available}
-    splits = {ref: split for ref, (split, _) in records.items()}
-    known = KnownFilms(splits, {ref: content for ref, (_, content) in records.items()})
-    del records  # the digests live on in `known` only
+    splits: Dict[str, Optional[Split]] = {}
+    contents: Dict[str, Dict[str, str]] = {}
+    for m in board.available:
+        splits[m.ref], contents[m.ref] = training_record(m.ref)
+    known = KnownFilms(splits, contents)
+    del contents  # this function runs as long as the app serves: the digests are kept in `known` alone
     _logger.info("films known by their bytes (an upload of one says which models trained on it): %d", len(known))
     examples = _examples(opts, board, splits)
     with AppFiles(opts.upload_wait) as files:
