@@ -176,13 +176,17 @@ def browser_visit(url: str, film: Path, timeout: float) -> str:
             page.wait_for_selector("text=not for diagnosis", timeout=timeout * 1000)
             before = page.inner_text("#status")
             page.set_input_files("#upload input[type=file]", str(film))
-            page.wait_for_function(
-                "([before, busy]) => { const s = document.querySelector('#status').innerText;"
-                " return document.body.innerText.includes(busy)"
-                " || (s !== before && !s.includes('Computing') && s.includes('not for diagnosis')); }",
-                arg=[before, PAGE_BUSY],
-                timeout=timeout * 1000,
-            )
+            try:
+                page.wait_for_function(
+                    "([before, busy]) => { const s = document.querySelector('#status').innerText;"
+                    " return document.body.innerText.includes(busy)"
+                    " || (s !== before && !s.includes('Computing') && s.includes('not for diagnosis')); }",
+                    arg=[before, PAGE_BUSY],
+                    timeout=timeout * 1000,
+                )
+            except Exception as e:  # playwright's TimeoutError: say what the page showed instead
+                status = page.inner_text("#status")
+                raise RuntimeError(f"no answer within {timeout:.0f} s; the page's status: {status!r}") from e
             return "busy" if PAGE_BUSY in page.inner_text("body") else "answered"
         finally:
             browser.close()

@@ -179,13 +179,18 @@ def _analysed(page, n_models: int, action: Callable[[], None]) -> None:
     with every model's heat map."""
     before = page.inner_text("#status")
     action()
-    page.wait_for_function(
-        "([before, n]) => { const s = document.querySelector('#status').innerText;"
-        " return s !== before && !s.includes('Computing') && s.includes('not for diagnosis')"
-        " && document.querySelectorAll('.model-column img').length >= n; }",
-        arg=[before, n_models],
-        timeout=120_000,
-    )
+    try:
+        page.wait_for_function(
+            "([before, n]) => { const s = document.querySelector('#status').innerText;"
+            " return s !== before && !s.includes('Computing') && s.includes('not for diagnosis')"
+            " && document.querySelectorAll('.model-column img').length >= n; }",
+            arg=[before, n_models],
+            timeout=120_000,
+        )
+    except Exception as e:  # playwright's TimeoutError: say what the page showed instead
+        raise RuntimeError(
+            f"no finished analysis within 120 s; the page's status: {page.inner_text('#status')!r}"
+        ) from e
     _check_page(page.inner_text("#status"))
 
 

@@ -45,7 +45,7 @@ def films_of_every(models, part):
 def held_out_normal(app_models, sample_dir):
     """A Normal film of the sample that every app model held out (its upload gets no note that it trained on it)
     and no model's guard flags, not the one the examples offer (the first such): an upload of an example's bytes is
-    kept as the example's copy."""
+    said to be that example."""
     from cxr.app.board import ModelBoard
     from cxr.app.examples import screen_with
 
@@ -463,17 +463,20 @@ def test_examples_are_films_every_model_held_out_and_say_their_class(app):
 
 SWEPT_APP_SESSIONS = 4
 SWEPT_APP_SPACE_MB = 64
+SWEPT_APP_UPLOAD_WAIT_S = 6
 
 
 @pytest.fixture(scope="module")
 def swept_app(app_models, sample_dir, tmp_path_factory):
-    """The app with Gradio's cache sweep every second for files older than two seconds, a Gradio cache of its
-    own (at most 64 MB), the state of its 4 most recent sessions kept and one request processed at a time; yields its URL, process, models and that cache."""
+    """The app with Gradio's cache sweep every second for files older than two seconds, uploads never analysed
+    deleted after 6 s, a Gradio cache of its own (at most 64 MB), the state of its 4 most recent sessions kept and
+    one request processed at a time; yields its URL, process, models and that cache."""
     log = tmp_path_factory.mktemp("swept-app-log") / "app.log"
     cache = tmp_path_factory.mktemp("swept-app-gradio-cache")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
     url, proc = launch_app(
         ["--models", ",".join(app_models), "--examples", str(sample_dir), "--cache-sweep", "1,2"]
+        + ["--upload-wait", str(SWEPT_APP_UPLOAD_WAIT_S)]
         + ["--max-sessions", str(SWEPT_APP_SESSIONS), "--concurrency", "1", "--upload-space", str(SWEPT_APP_SPACE_MB)],
         log,
         env=env,
@@ -503,7 +506,8 @@ def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_he
     assert heat_map.is_file()
     (clicked,) = call(url, "load_example", [0], session)
     assert Path(clicked["path"]).is_file()
-    # the sweep removes what the app stored, the copy of the example clicked included
+    # the sweep removes what the app sent, the copy of the example clicked included; the upload never analysed
+    # goes after the upload wait
     _wait_until_gone(never_analysed, heat_map, Path(clicked["path"]))
     # the page that clicked it before the sweep still gets an answer for it, and so does every later click
     page = call(url, "analyse_page", [clicked, "GradCAM", PREDICTED, None], session)
@@ -517,6 +521,18 @@ def test_examples_answer_after_the_cache_sweep_which_still_clears_uploads_and_he
     # an empty file at the cache's top for every request above, which the sweep never removes)
     time.sleep(4)
     assert [str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_an_upload_waits_for_its_analysis_past_the_sweeps_age_until_the_upload_wait(swept_app, held_out_normal):
+    """Gradio's sweep ages what the app sends (heat maps, copies of examples); an upload is the app's to delete:
+    one that waits longer than the sweep's age (a queue behind a crowd) is still there to be analysed."""
+    url = swept_app[0]
+    upload = upload_file(url, held_out_normal)
+    time.sleep(4)  # two sweeps, each deleting what Gradio recorded more than 2 s ago
+    assert Path(upload["path"]).is_file()
+    info = call(url, "classify", [upload], uuid.uuid4().hex)[0]
+    assert info["error"] is None, info
+    assert not Path(upload["path"]).exists()  # analysed: deleted
 
 
 def test_an_upload_of_a_film_the_models_trained_on_says_so_on_the_page_and_in_the_api(app, sample_dir, tmp_path):

@@ -251,9 +251,13 @@ def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_
     handlers = PageHandlers(ModelBoard.load([new]), KeptImages(64 << 20, 60))
     handlers.known = _known(new)
     uploads = tmp_path / "gradio-upload"
-    # as the app does: an upload is deleted once analysed
-    handlers.forget = lambda path: Path(path).unlink(missing_ok=True) if uploads in Path(path).parents else None
-    upload = _upload(tmp_path, sample_dir, split["train"][1])
+
+    def stored(*args, **kwargs):  # as the upload route's guard does: each upload recorded, deleted once analysed
+        upload = _upload(tmp_path, sample_dir, *args, **kwargs)
+        handlers.uploads.add([str(upload)])
+        return upload
+
+    upload = stored(split["train"][1])
     *_, last = handlers.stream(str(upload), "GradCAM", "predicted class")
     status, kept = last[0], last[-1]
     assert f"This upload is film {split['train'][1]}" in status and "that answer is not a test" in status
@@ -262,17 +266,19 @@ def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_
     # the page's next analysis, of the image it kept (the file is gone), says so too
     *_, again = handlers.stream(str(upload), "EigenCAM", "Normal", kept)
     assert f"This upload is film {split['train'][1]}" in again[0] and again[-1] == kept
-    upload = _upload(tmp_path, sample_dir, split["train"][1], as_name="again.png")
+    upload = stored(split["train"][1], as_name="again.png")
     info = handlers.classify(str(upload))
     assert not upload.exists() and info["error"] is None and info["example"] is None
     assert info["known_film"]["trained_on_by"] == [new] and not info["known_film"]["held_out"]
-    other = _upload(tmp_path, sample_dir, split["test"][0])
+    other = stored(split["test"][0])
     assert handlers.classify(str(other))["known_film"]["tested_by"] == [new]
-    unknown = _upload(tmp_path, sample_dir, names["Viral Pneumonia"][0], as_name="unknown.png")
+    unknown = stored(names["Viral Pneumonia"][0], as_name="unknown.png")
     *_, last = handlers.stream(str(unknown), "GradCAM", "predicted class")
     assert "This upload is film" not in last[0] and "⚠" not in last[0]
-    unknown = _upload(tmp_path, sample_dir, names["Viral Pneumonia"][0], as_name="unknown-api.png")
+    unknown = stored(names["Viral Pneumonia"][0], as_name="unknown-api.png")
     assert handlers.classify(str(unknown))["known_film"] is None
+    assert not uploads.exists()  # each upload deleted once analysed, and its folder with the last
+    uploads.mkdir()
     text = uploads / "notes.png"
     text.write_text("not a film")
     assert handlers.classify(str(text))["error"]  # not an image: refused, as before

@@ -206,7 +206,7 @@ def served(tmp_path_factory, sample_dir):
             gr.Button().click(lambda: str(film), None, handed, api_name="hand_out")
         demo.queue()
         options = launch_options(
-            files, ServerLimits(max_sessions=10, upload_space_mb=64), host="127.0.0.1", port=free_port()
+            demo, files, ServerLimits(max_sessions=10, upload_space_mb=64), host="127.0.0.1", port=free_port()
         )
         _, url, _ = demo.launch(
             **{**options, "max_file_size": 1 << 20, "allowed_paths": [str(film)]}, prevent_thread_lock=True, quiet=True
@@ -225,7 +225,10 @@ def _post(url: str, name: str, body: bytes):
 
 def test_the_upload_route_is_where_the_guard_looks_and_answers_as_it_reads(served):
     """POST <root>/gradio_api/upload stores a film as <cache>/<hash>/<name>, records it, answers the JSON list of
-    stored paths; the guard sees the request and records the upload; removing it leaves no folder."""
+    stored paths; the guard sees the request, records the upload and takes it out of Gradio's record before the
+    answer, so the cache sweep never deletes it; removing it leaves no folder."""
+    from gradio.route_utils import delete_files_created_by_app
+
     url, demo, files, film = served
     route = demo.server_app.url_path_for("upload_file")
     assert gi.is_upload_request({"type": "http", "method": "POST", "path": route})
@@ -237,11 +240,10 @@ def test_the_upload_route_is_where_the_guard_looks_and_answers_as_it_reads(serve
     path = Path(stored)
     assert path.parent.parent == files.cache and len(path.parent.name) == 64 and path.name == film.name
     assert path.read_bytes() == film.read_bytes()
-    assert stored in gi.recorded_uploads(demo) and files.uploads.waiting() == 1
-    assert gi.remove_cached_file(stored) and not path.parent.exists()
-    gi.forget_recorded_upload(demo, stored)
-    assert stored not in gi.recorded_uploads(demo)
-    files.uploads.remove_all()
+    assert files.uploads.pending(stored) == 1 and stored not in demo.upload_file_set
+    delete_files_created_by_app(demo, age=0)  # the sweep, as if the upload were older than any age
+    assert path.is_file()
+    assert files.uploads.remove_all() == 1 and not path.parent.exists()
 
 
 def test_the_guard_deletes_another_type_and_gradio_refuses_an_oversized_file_before_storing_it(served):

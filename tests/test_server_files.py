@@ -52,41 +52,84 @@ def _stored_file(folder: Path, name: str) -> str:
     return str(path)
 
 
-def test_uploads_never_analysed_expire_claimed_ones_stay_and_the_rest_go_at_stop(tmp_path):
+def test_uploads_go_once_analysed_or_never_analysed_within_the_wait_and_the_rest_at_stop(tmp_path):
     stored = StoredUploads()
-    old, claimed, fresh = (_stored_file(tmp_path, n) for n in ("old", "claimed", "fresh"))
-    stored.add([old, claimed], now=0)
+    old, claimed, fresh, analysed = (_stored_file(tmp_path, n) for n in ("old", "claimed", "fresh", "analysed"))
+    stored.add([old, claimed, analysed], now=0)
     stored.add([fresh], now=100)
-    stored.claim(claimed)  # a request analyses it: the page deletes it when done
+    stored.claim(claimed)  # a request analyses it: it stays while the request holds it, however long
+    stored.claim(analysed)
+    stored.release(analysed)  # that request ended: deleted, folder and all
+    assert not os.path.exists(analysed) and not (tmp_path / "analysed").exists()
     assert stored.expire(older_than=60, now=101) == 1
-    assert not os.path.exists(old) and not (tmp_path / "old").exists()  # and its folder
+    assert not os.path.exists(old) and not (tmp_path / "old").exists()
     assert os.path.exists(claimed) and os.path.exists(fresh) and stored.waiting() == 1
-    assert stored.remove_all() == 1
-    assert os.path.exists(claimed) and not os.path.exists(fresh)
+    assert stored.remove_all() == 2  # the app stops: the one held and the one waiting
+    assert not os.path.exists(claimed) and not os.path.exists(fresh)
+    # a path that is not a recorded upload (an example's copy, a heat map sent) is never deleted
+    other = _stored_file(tmp_path, "example-copy")
+    stored.claim(other)
+    stored.release(other)
+    assert os.path.exists(other)
 
 
-def test_the_same_film_uploaded_twice_stays_pending_until_both_are_analysed(tmp_path):
+def test_the_same_film_uploaded_twice_stays_until_both_are_analysed(tmp_path):
     """Gradio stores the same bytes under the same name at one path: two visitors sending one film share a file,
-    which must wait for the second analysis (the page deletes an upload once no arrival of it is pending)."""
+    which stays until the second analysis has ended."""
     stored = StoredUploads()
     shared = _stored_file(tmp_path, "shared")
     stored.add([shared], now=0)
     stored.add([shared], now=1)  # the second visitor's upload: the same path
     stored.claim(shared)  # the first visitor's request
     assert stored.pending(shared) == 1 and stored.waiting() == 1
+    stored.release(shared)
     assert stored.expire(older_than=60, now=30) == 0 and os.path.exists(shared)
-    stored.claim(shared)  # the second visitor's request
-    assert stored.pending(shared) == 0 and stored.waiting() == 0
-    stored.add([shared], now=100)  # a third arrival, never analysed, expires as any upload does
+    stored.claim(shared)  # the second visitor's request, while a third visitor's arrives and is claimed
+    stored.add([shared], now=40)
+    stored.claim(shared)
+    stored.release(shared)
+    assert os.path.exists(shared)  # the third request still holds it
+    stored.release(shared)
+    assert not os.path.exists(shared) and stored.pending(shared) == 0 and stored.waiting() == 0
+    stored.add([_stored_file(tmp_path, "shared")], now=100)  # an arrival never analysed expires as any does
     assert stored.expire(older_than=60, now=200) == 1 and not os.path.exists(shared)
-    # an arrival whose file Gradio's own sweep removed no longer counts once the film is stored anew
+    # a file removed by hand no longer counts once the film is stored anew
     stored.add([_stored_file(tmp_path, "shared")], now=300)
     os.remove(shared)
     assert stored.forget_missing() == 1  # the guard calls it before each upload is stored
     Path(shared).write_bytes(b"x")
     stored.add([shared], now=301)
     stored.claim(shared)
-    assert stored.pending(shared) == 0
+    stored.release(shared)
+    assert not os.path.exists(shared)
+
+
+def test_nothing_is_deleted_while_an_upload_is_being_stored(tmp_path):
+    """Gradio makes an upload's folder and moves the file in before the guard records it: a request ending
+    meanwhile must not delete that film's file (another visitor may be sending it again) or its folder. Its
+    deletion waits until no upload is being stored."""
+    stored = StoredUploads()
+    shared = _stored_file(tmp_path, "shared")
+    stored.add([shared], now=0)
+    stored.claim(shared)
+    with stored.storing():  # a second visitor sends the same film: Gradio has made the folder, not yet recorded
+        stored.release(shared)  # the first request ends
+        assert os.path.exists(shared)
+        assert stored.expire(older_than=0, now=1000) == 0 and os.path.exists(shared)  # nor the expiry
+        stored.add([shared], now=1)  # the guard records the second arrival
+    assert os.path.exists(shared)  # the second visitor's request will analyse it
+    stored.claim(shared)
+    stored.release(shared)
+    assert not os.path.exists(shared)
+    # a deletion that waited is done when the last upload being stored is recorded
+    other = _stored_file(tmp_path, "other")
+    stored.add([other], now=2)
+    stored.claim(other)
+    with stored.storing():
+        with stored.storing():
+            stored.release(other)
+        assert os.path.exists(other)
+    assert not os.path.exists(other) and not (tmp_path / "other").exists()
 
 
 def test_the_app_gets_a_cache_folder_of_its_own_removed_whole_when_it_stops(tmp_path, monkeypatch):

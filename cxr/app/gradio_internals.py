@@ -17,8 +17,9 @@ What the app relies on (Gradio 6.31):
   (multipart, field ``files``) stores each file as ``<cache>/<hash of its bytes>/<name>``, records each path in
   ``Blocks.upload_file_set`` and answers 200 with the JSON list of those paths; a file over ``max_file_size`` is
   refused with 413 while it arrives, before it is stored.
-- **Its record** (:func:`recorded_uploads`, :func:`forget_recorded_upload`, :func:`blocks_cache_folder`): an input
-  may name any file in the cache; ``Blocks.upload_file_set`` says which arrived through the upload route.
+- **Its record** (:func:`forget_recorded_upload`): the upload route adds each path it stores to
+  ``Blocks.upload_file_set``, which only the cache sweep reads; an input may name any file in the cache
+  (:func:`blocks_cache_folder`).
 - **The cache's layout** (:func:`remove_cached_file`): every file Gradio stores has a folder of its own under the
   cache, named by a hash of the file's bytes.
 - **A file handed out** (:func:`copy_folder_name`): a path an event returns is copied to
@@ -30,8 +31,8 @@ What the app relies on (Gradio 6.31):
 - **The cache sweep** (``gr.Blocks(delete_cache=(every, age))``): every ``every`` seconds Gradio deletes the files
   it recorded — the upload route's (``upload_file_set``) and those copied for each component (its
   ``temp_files``) — whose ctime is more than ``age`` seconds ago, and all of them when the server stops; a file it
-  did not record is never swept. So the app deletes its uploads itself (:mod:`cxr.app.upload_guard`) and removes
-  its whole cache folder when it stops (:class:`cxr.app.server.AppFiles`).
+  did not record is never swept. So the app deletes its uploads itself (:mod:`cxr.app.upload_guard`), takes them
+  out of the sweep's record, and removes its whole cache folder when it stops (:class:`cxr.app.server.AppFiles`).
 - **The guard in front of every route**: ``launch(app_kwargs={"middleware": [...]})`` hands the middleware to the
   server's FastAPI app, which runs it before the upload route (:func:`cxr.app.server.launch`).
 - **The full queue** (:func:`say_busy_when_full`): ``Blocks.queue()`` makes a new ``Blocks._queue``; each request
@@ -64,7 +65,7 @@ import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 __all__ = [
     "TESTED_GRADIO_VERSIONS",
@@ -78,7 +79,6 @@ __all__ = [
     "is_upload_request",
     "stored_upload_paths",
     "blocks_cache_folder",
-    "recorded_uploads",
     "forget_recorded_upload",
     "remove_cached_file",
     "copy_folder_name",
@@ -192,21 +192,13 @@ def blocks_cache_folder(demo: Any) -> Path:
     return Path(demo.GRADIO_CACHE).resolve()
 
 
-def recorded_uploads(demo: Any) -> Set[str]:
-    """The paths ``demo``'s upload route stored and its sweep has not removed yet, spelled as it answered them.
-
-    Why: a request may name any file in the cache (a heat map sent, an example's copy); only an upload is the
-    visitor's file, deleted once analysed. Relies on ``Blocks.upload_file_set``, to which the upload route adds
-    each path it answers (a copy: Gradio's threads add to it and sweep it meanwhile).
-    """
-    return demo.upload_file_set.copy()
-
-
 def forget_recorded_upload(demo: Any, path: str) -> None:
-    """Take ``path`` (an upload the app deleted) out of ``demo``'s record of uploads.
+    """Take ``path``, an upload just stored, out of ``demo``'s record of uploads.
 
-    Why: the record would keep the path of a deleted file until the next sweep. Relies on ``Blocks.upload_file_set``
-    as in :func:`recorded_uploads`.
+    Why: the app deletes its uploads itself, once analysed or after its own wait (``--upload-wait``,
+    :class:`cxr.app.upload_guard.StoredUploads`); in Gradio's record the cache sweep would also delete one by its
+    age, which may be shorter, while it still waits to be analysed. Relies on ``Blocks.upload_file_set``, to which
+    the upload route adds each path before it answers, being the sweep's only record of uploads.
     """
     demo.upload_file_set.discard(path)
 

@@ -8,10 +8,8 @@ not for diagnosis.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -19,7 +17,7 @@ import numpy as np
 
 from cxr.app.board import Analysis, DecodedUpload, ModelBoard, Upload, agreement_line, decision_rule
 from cxr.app.examples import Example, ExampleFilms, KnownFilms
-from cxr.app.gradio_internals import blocks_cache_folder, forget_recorded_upload, recorded_uploads, remove_cached_file
+from cxr.app.gradio_internals import blocks_cache_folder
 from cxr.app.kept import KeptImages
 from cxr.app.upload_guard import StoredUploads
 from cxr.labels import DISCLAIMER
@@ -77,12 +75,11 @@ class PageHandlers:
     """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
 
     def __init__(self, board: ModelBoard, kept: KeptImages, uploads: Optional[StoredUploads] = None):
-        self.board, self.shown, self.kept, self.uploads = board, board.models, kept, uploads
+        self.board, self.shown, self.kept = board, board.models, kept
+        self.uploads = uploads if uploads is not None else StoredUploads()  # the guard records each upload there
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         self.examples = ExampleFilms(())  # set by build_demo
         self.known = KnownFilms({}, {})  # the models' own films, known by their bytes (set by build_demo)
-        self._in_use: collections.Counter = collections.Counter()  # uploads being analysed, by path
-        self._lock = threading.Lock()
 
     def example(self, path: Optional[str]) -> Optional[Example]:
         """The example film ``path`` holds (by content) or, when it is gone, was a copy of in Gradio's cache
@@ -107,40 +104,19 @@ class PageHandlers:
 
     @contextlib.contextmanager
     def using(self, path: Optional[str]) -> Iterator[None]:
-        """Hold an upload while a request analyses it; when the last request holding it ends and no other
-        visitor's upload of the same film (the same path) waits to be analysed, delete it (:meth:`forget`)."""
-        key = str(Path(path).resolve()) if path else None  # one count per file, however a request spells it
-        if key and self.uploads is not None:
-            self.uploads.claim(key)  # analysed now: deleted when the last request holding it ends, not expired
-        with self._lock:
-            self._in_use[key] += 1
+        """Hold an upload while a request analyses it: the record of uploads deletes it once no request holds it
+        and no other visitor's upload of the same film (the same path) waits (:class:`StoredUploads`), so it is
+        never served back and nothing a visitor sent (a DICOM carries the patient's name) stays on disk. A path
+        that is not an upload (an example's copy, an image the app sent out) is never deleted, whatever path a
+        request names."""
+        if not path:
+            yield
+            return
+        self.uploads.claim(path)
         try:
             yield
         finally:
-            with self._lock:
-                self._in_use[key] -= 1
-                last = self._in_use[key] == 0
-                if last:
-                    del self._in_use[key]
-                    if self.uploads is None or not key or self.uploads.pending(key) == 0:
-                        self.forget(path)
-
-    def forget(self, path: Optional[str]) -> None:
-        """Delete an analysed upload from the server, so it is never served back and nothing a visitor sent
-        (a DICOM carries the patient's name) stays on disk. Only files that arrived through Gradio's upload
-        route are deleted — never an example's copy or an image the app sent out, whatever path a request
-        names."""
-        if not path or self.demo is None:
-            return
-        file, root = Path(path).resolve(), blocks_cache_folder(self.demo)
-        uploads = recorded_uploads(self.demo)
-        spelled = next((p for p in (str(path), str(file)) if p in uploads), None)
-        if root not in file.parents or spelled is None or not file.is_file():
-            return
-        if self.examples.holding(file) is not None:  # the same bytes as an example: perhaps its cached copy
-            return
-        if remove_cached_file(file):  # and the upload's own folder, now empty
-            forget_recorded_upload(self.demo, spelled)
+            self.uploads.release(path)
 
     def _upload(self, path: Optional[str], kept: Optional[Tuple[str, str]] = None) -> Upload:
         """What to analyse: the uploaded file or, once it has been deleted after its first analysis, the

@@ -9,8 +9,9 @@ that route:
 - it is refused while the files already held in Gradio's cache, plus this request, would pass ``cache_bytes``;
 - a stored file whose name does not end in one of ``suffixes`` (the types the app analyses) is deleted at once
   and the request answered with an error;
-- the files let through are recorded in :class:`StoredUploads`, which deletes those no request analyses within
-  the app's wait (:func:`expire_every`) and those left when the app stops.
+- the files let through are recorded in :class:`StoredUploads`, and taken out of Gradio's own record: the app
+  deletes each once analysed, those no request analyses within the app's wait (:func:`expire_every`) and those
+  left when the app stops; Gradio's cache sweep never deletes an upload.
 
 Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here:
 the route's path, its answer and the cache's layout are :mod:`cxr.app.gradio_internals`' to know.
@@ -18,15 +19,22 @@ the route's path, its answer and the cache's layout are :mod:`cxr.app.gradio_int
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence
 
-from cxr.app.gradio_internals import is_upload_request, remove_cached_file, stored_upload_paths
+from cxr.app.gradio_internals import (
+    forget_recorded_upload,
+    is_upload_request,
+    remove_cached_file,
+    stored_upload_paths,
+)
 
 __all__ = ["UploadGuard", "StoredUploads", "expire_every", "cache_bytes"]
 
@@ -50,81 +58,122 @@ def cache_bytes(folder: Path) -> int:
     return total
 
 
-class StoredUploads:
-    """The files the upload route stored and no request has analysed yet, with when each arrived.
+@dataclasses.dataclass
+class _Upload:
+    arrived: float  # its latest arrival (time.monotonic())
+    pending: int = 0  # arrivals no request has claimed yet
+    holding: int = 0  # requests analysing it now
 
-    A request that analyses an upload :meth:`claim` s it (the page deletes it once analysed); one never analysed
-    is deleted by :meth:`expire` once older than the app's wait (``app.py --upload-wait``), and every one left
-    by :meth:`remove_all` when the app stops. Gradio stores the same bytes under the same name at the same path,
-    so two visitors who send the same film share one file: each arrival is counted, and the file is another
-    request's to analyse while an arrival of it is still :meth:`pending`. An arrival whose file is gone (Gradio's
-    cache sweep removed it) no longer counts: :meth:`forget_missing` drops those before each upload is stored.
-    One lock owner.
+
+class StoredUploads:
+    """Every file the upload route stored and the app has not deleted yet: the one record of uploads, and the one
+    place that deletes them.
+
+    An upload is deleted once the requests that analysed it have ended and no other arrival of it waits
+    (:meth:`claim`, :meth:`release`), once it has waited ``--upload-wait`` seconds without a request
+    (:meth:`expire`), and when the app stops (:meth:`remove_all`). Gradio's cache sweep never sees an upload (the
+    guard takes each out of Gradio's record as it arrives): the sweep's age is for the heat maps and copies of
+    examples the app sends, and never cuts an upload's wait short.
+
+    Gradio stores the same bytes under the same name at the same path, so two visitors who send the same film share
+    one file: each arrival is counted, and the file stays while an arrival of it is :meth:`pending` or a request
+    holds it. Gradio makes the file's folder and renames the file into it before the guard records it
+    (:meth:`storing`); a deletion then could take the file, or its folder, from under a visitor sending that film
+    again. So nothing is deleted while an upload is being stored: a deletion due then waits until none is (the end
+    of the last one, or the next :meth:`expire`). One lock owner; every deletion happens under the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._arrived: Dict[str, float] = {}
-        self._count: Dict[str, int] = {}
+        self._files: Dict[str, _Upload] = {}
+        self._storing = 0
+
+    @contextlib.contextmanager
+    def storing(self) -> Iterator[None]:
+        """Around Gradio storing an upload until it is :meth:`add` ed (the guard): no upload is deleted meanwhile."""
+        with self._lock:
+            self._storing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._storing -= 1
+                self._delete_idle()
 
     def add(self, paths: Sequence[str], now: Optional[float] = None) -> None:
+        """Record an arrival of each of ``paths`` (the upload route stored them)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             for p in paths:
-                key = os.path.realpath(p)
-                self._arrived[key] = now
-                self._count[key] = self._count.get(key, 0) + 1
+                upload = self._files.setdefault(os.path.realpath(p), _Upload(now))
+                upload.arrived, upload.pending = now, upload.pending + 1
 
     def claim(self, path: str) -> None:
-        """A request analyses ``path`` now: one arrival of it is no longer this record's to expire."""
+        """A request analyses ``path`` now: one arrival of it no longer waits, and the file stays until the request
+        :meth:`release` s it. A path that is not a recorded upload (an example's copy, a file already deleted) is
+        left alone."""
+        with self._lock:
+            upload = self._files.get(os.path.realpath(path))
+            if upload is not None:
+                upload.pending, upload.holding = max(0, upload.pending - 1), upload.holding + 1
+
+    def release(self, path: str) -> None:
+        """The request that claimed ``path`` ended: delete the file once no request holds it and no arrival of it
+        waits — now, or as soon as no upload is being stored."""
         key = os.path.realpath(path)
         with self._lock:
-            left = self._count.get(key, 0) - 1
-            if left > 0:
-                self._count[key] = left
-            else:
-                self._count.pop(key, None)
-                self._arrived.pop(key, None)
+            upload = self._files.get(key)
+            if upload is None or upload.holding == 0:
+                return
+            upload.holding -= 1
+            if not self._storing and upload.holding == 0 and upload.pending == 0:
+                self._delete(key)
 
     def pending(self, path: str) -> int:
-        """Arrivals of ``path`` that no request has analysed yet."""
+        """Arrivals of ``path`` that no request has claimed yet."""
         with self._lock:
-            return self._count.get(os.path.realpath(path), 0)
-
-    def forget_missing(self) -> int:
-        """Drop the arrivals whose file is gone; returns how many files that was."""
-        with self._lock:
-            gone = [p for p in self._arrived if not os.path.exists(p)]
-            for p in gone:
-                self._arrived.pop(p, None)
-                self._count.pop(p, None)
-        return len(gone)
+            upload = self._files.get(os.path.realpath(path))
+            return 0 if upload is None else upload.pending
 
     def waiting(self) -> int:
+        """Files with an arrival no request has claimed yet."""
         with self._lock:
-            return len(self._arrived)
+            return sum(u.pending > 0 for u in self._files.values())
+
+    def forget_missing(self) -> int:
+        """Drop the record of uploads whose file is gone (a cache emptied by hand) and that no request holds;
+        returns how many."""
+        with self._lock:
+            gone = [p for p, u in self._files.items() if not u.holding and not os.path.exists(p)]
+            for p in gone:
+                del self._files[p]
+        return len(gone)
 
     def expire(self, older_than: float, now: Optional[float] = None) -> int:
-        """Delete the uploads that arrived more than ``older_than`` seconds ago and were never analysed; returns
-        how many were deleted."""
+        """Delete the uploads that arrived more than ``older_than`` seconds ago and that no request claimed since
+        (and any whose deletion waited for an upload being stored); returns how many of the first were deleted."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            old = [p for p, t in self._arrived.items() if now - t > older_than]
-            for p in old:
-                del self._arrived[p]
-                self._count.pop(p, None)
-        return _remove(old)
+            if self._storing:
+                return 0
+            self._delete_idle()
+            old = [p for p, u in self._files.items() if not u.holding and now - u.arrived > older_than]
+            return sum(self._delete(p) for p in old)
 
     def remove_all(self) -> int:
-        """Delete every upload still waiting; returns how many were deleted."""
+        """Delete every upload still recorded (the app stops); returns how many files were deleted."""
         with self._lock:
-            paths, self._arrived, self._count = list(self._arrived), {}, {}
-        return _remove(paths)
+            return sum(self._delete(p) for p in list(self._files))
 
+    def _delete_idle(self) -> None:
+        """Delete the uploads no request holds and no arrival waits for (their deletion waited); lock held."""
+        if not self._storing:
+            for p in [p for p, u in self._files.items() if not u.holding and not u.pending]:
+                self._delete(p)
 
-def _remove(paths: Sequence[str]) -> int:
-    """Delete uploads, each with its own folder; returns how many were deleted (not those already gone)."""
-    return sum(remove_cached_file(p) for p in paths)
+    def _delete(self, key: str) -> bool:
+        del self._files[key]
+        return remove_cached_file(key)
 
 
 def expire_every(stored: StoredUploads, older_than: float, every: float) -> threading.Event:
@@ -151,7 +200,9 @@ class UploadGuard:
         cache_bytes: most bytes the cache may hold, this request included.
         max_request_bytes: most bytes one upload request may carry.
         suffixes: file name endings kept (lower case, with the dot).
-        stored: where the files let through are recorded (for :meth:`StoredUploads.remove_all` at shutdown).
+        stored: where the files let through are recorded; it deletes them (:class:`StoredUploads`).
+        blocks: the ``gr.Blocks`` served: each upload let through is taken out of its record, so that Gradio's
+            cache sweep never deletes one (``stored`` does, on the app's own clock).
     """
 
     def __init__(
@@ -162,9 +213,10 @@ class UploadGuard:
         max_request_bytes: int,
         suffixes: Sequence[str],
         stored: Optional[StoredUploads] = None,
+        blocks: Any = None,
     ) -> None:
         self.app = app
-        self.stored = stored
+        self.stored, self.blocks = stored, blocks
         self.cache_dir = Path(cache_dir)
         self.cache_cap = cache_bytes
         self.max_request_bytes = max_request_bytes
@@ -174,7 +226,7 @@ class UploadGuard:
         if not is_upload_request(scope):
             await self.app(scope, receive, send)
             return
-        if self.stored is not None:  # an upload of a film whose earlier copy the sweep removed starts a new count
+        if self.stored is not None:  # an upload of a film whose file was removed by hand starts a new count
             self.stored.forget_missing()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
@@ -193,30 +245,49 @@ class UploadGuard:
         await self._stored(scope, receive, send)
 
     async def _stored(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Let Gradio store the upload; delete at once what the app does not analyse, and say so."""
+        """Let Gradio store the upload; delete at once what the app does not analyse, and say so; record the rest.
+        From the request's last byte until the upload is recorded, no upload is deleted
+        (:meth:`StoredUploads.storing`): Gradio makes the file's folder and moves the file in meanwhile."""
         start: List[Message] = []
         body: List[bytes] = []
 
-        async def held(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                start.append(message)
-            elif message["type"] == "http.response.body":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await self._answer(send, start[0], b"".join(body))
+        entered = False
 
-        await self.app(scope, receive, held)
+        with contextlib.ExitStack() as storing:
+
+            async def read() -> Message:
+                nonlocal entered
+                message = await receive()
+                last = message["type"] == "http.request" and not message.get("more_body", False)
+                if last and self.stored is not None and not entered:
+                    storing.enter_context(self.stored.storing())
+                    entered = True
+                return message
+
+            async def held(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    start.append(message)
+                elif message["type"] == "http.response.body":
+                    body.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        await self._answer(send, start[0], b"".join(body))
+
+            await self.app(scope, read, held)
 
     async def _answer(self, send: Send, start: Message, body: bytes) -> None:
         paths = stored_upload_paths(start["status"], body)
         refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
         if refused:
-            _remove(paths)  # the whole request: the page sends one file
+            for p in paths:  # the whole request: the page sends one file
+                remove_cached_file(p)
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return
         if self.stored is not None:
             self.stored.add(paths)
+            if self.blocks is not None:  # the app deletes its uploads itself, on its own clock: not Gradio's sweep
+                for p in paths:
+                    forget_recorded_upload(self.blocks, p)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
