@@ -4,6 +4,7 @@ stand-in, a per-session pixel cache, a small symlinked subset, two tiny app mode
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -79,11 +80,21 @@ def hub():
 @pytest.fixture(scope="session")
 def app_models(tmp_path_factory, sample_dir):
     """Two tiny models trained on the sample for the launched-app tests: EfficientNet-Lite0 at 64 px and the pixel
-    baseline at 24 px, one epoch each; their model folders."""
+    baseline at 24 px, one epoch each; their model folders. Trained once per test run: the parallel workers of
+    one run share them (the first to need them trains them, the others wait on a lock); no test writes into them."""
+    import fcntl
+
     from cxr.commands.train import main as train_main
 
-    root = tmp_path_factory.mktemp("app-models")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's folder, every worker's
+    root = shared / "app-models"
     runs = {"lite0": tiny_run("tf_efficientnet_lite0", 64), "logreg": tiny_run("logreg", 24)}
-    for name, args in runs.items():
-        assert train_main([*args, "--data", str(sample_dir), "--output-dir", str(root / name)]) == 0
+    with open(shared / "app-models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "trained").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            for name, args in runs.items():
+                assert train_main([*args, "--data", str(sample_dir), "--output-dir", str(root / name)]) == 0
+            (root / "trained").touch()
     return [str(root / name / "model") for name in runs]

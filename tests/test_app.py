@@ -319,13 +319,14 @@ def test_twenty_concurrent_requests_are_all_answered(app, client, sample_dir):
 
 
 @pytest.mark.slow
-def test_memory_does_not_keep_growing_over_200_requests(app, client, sample_dir):
+def test_memory_does_not_keep_growing_over_120_requests(app, client, sample_dir):
+    """A quick check; bench/app_soak.py measures the same over half an hour of visitors (its test runs it briefly)."""
     files = sorted(sample_dir.glob("*/*.png"))
     pid = app[1].pid
-    for p in files[:40]:  # warm-up: allocator pools, caches, Gradio's upload folder
+    for p in files[:30]:  # warm-up: allocator pools, caches, Gradio's upload folder
         predict(client, p)
     before = rss_kib(pid)
-    for i in range(200):
+    for i in range(120):
         predict(client, files[i % len(files)], method=("GradCAM", "GradCAM++", "EigenCAM")[i % 3])
     after = rss_kib(pid)
     assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"

@@ -298,20 +298,20 @@ def test_scale_makes_distinct_synthetic_films_and_tabulates_every_stage(sample_d
     sys.path.insert(0, str(REPO / "bench"))
     from scale import MARKER, make_synthetic
 
-    db = make_synthetic(sample_dir, tmp_path / "scale", 1300)
+    db = make_synthetic(sample_dir, tmp_path / "scale", 700)
     films = sorted(db.glob("*/*.png"))
-    assert len(films) == 1300 and "Never use it for accuracy" in (db / MARKER).read_text()
-    assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in films}) == 1300  # no two files identical
+    assert len(films) == 700 and "Never use it for accuracy" in (db / MARKER).read_text()
+    assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in films}) == 700  # no two files identical
     out = run_bench(
-        "scale.py", "--root", str(tmp_path / "scale"), "--sizes", "600", "1300", "--data-only-sizes", "1800",
+        "scale.py", "--root", str(tmp_path / "scale"), "--sizes", "600", "--data-only-sizes", "700",
         "--image-size", "32", "--repeat-below", "1", "--max-runs", "2",
     )  # fmt: skip
     (rows,) = markdown_tables(out)
     stages = [(r["films"], r["stage"]) for r in rows]
     assert all(r["runs"] in ("1", "2") for r in rows) and {r["runs"] for r in rows if r["stage"] == "split"} == {"2"}
     assert stages == [
-        *[(n, s) for n in ("600", "1,300") for s in ("listing", "cache", "split", "train", "eval", "predict", "cv-setup")],
-        *[("1,800", s) for s in ("listing", "cache", "split")],
+        *[("600", s) for s in ("listing", "cache", "split", "train", "eval", "predict", "cv-setup")],
+        *[("700", s) for s in ("listing", "cache", "split")],
     ]  # fmt: skip
     assert all(float(r["ms per film"]) > 0 and float(r["peak anonymous MB"]) > 0 for r in rows)
     assert all(r["memory vs 600"].endswith("×") for r in rows if r["stage"] in ("listing", "cache", "split"))

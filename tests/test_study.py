@@ -1,6 +1,7 @@
 """`python -m cxr.study` on a small subset of the real sample: every section, resumable, recomputable."""
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -39,6 +40,9 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("study") / "study"
     real_train = runner.train  # the study's runner trains each arm with cxr.training.loop.train
+    real_preset = runner.STUDY_PRESETS["cpu-quick"]
+    # the preset shrunk further for the test (its five runs at 96 px and 6 epochs take minutes on a small CPU)
+    runner.STUDY_PRESETS["cpu-quick"] = dataclasses.replace(real_preset, image_size=48, epochs=2)
     calls = []
 
     def train_then_die(cfg):
@@ -60,19 +64,21 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
                 bootstrap=200,
                 cam_images_per_class=1,
             )
+        runner.train = real_train
+        assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
+        result = run_study(
+            str(small_data),
+            out,
+            ["logreg", "tf_efficientnet_lite0"],
+            "cpu-quick",
+            clahe=True,
+            num_workers=0,
+            bootstrap=200,
+            cam_images_per_class=1,
+        )
     finally:
         runner.train = real_train
-    assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
-    result = run_study(
-        str(small_data),
-        out,
-        ["logreg", "tf_efficientnet_lite0"],
-        "cpu-quick",
-        clahe=True,
-        num_workers=0,
-        bootstrap=200,
-        cam_images_per_class=1,
-    )
+        runner.STUDY_PRESETS["cpu-quick"] = real_preset
     return out, result
 
 
