@@ -132,6 +132,78 @@ def test_nothing_is_deleted_while_an_upload_is_being_stored(tmp_path):
     assert not os.path.exists(other) and not (tmp_path / "other").exists()
 
 
+def _post_through_guard(guard, body_chunks):
+    """One POST to the upload route through ``guard``, its body in ``body_chunks``; returns (status, body)."""
+    import asyncio
+
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(body_chunks) - 1} for i, c in enumerate(body_chunks)
+    ]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    size = str(sum(map(len, body_chunks))).encode()
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload", "headers": [(b"content-length", size)]}
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_guard_holds_deletions_from_an_uploads_last_byte_until_it_is_recorded(tmp_path):
+    """In front of a stand-in for Gradio's upload route (which, like Gradio's, stores the file once it has read the
+    last byte and records it for its sweep): while the route stores a film, a request ending on another visitor's
+    upload of the same film does not delete it; the stored upload is recorded by the app and taken out of Gradio's
+    record; a refused request does not take another visitor's film with it."""
+    import json
+    from types import SimpleNamespace
+
+    from cxr.app.upload_guard import UploadGuard
+
+    stored = StoredUploads()
+    blocks = SimpleNamespace(upload_file_set=set())
+    shared = _stored_file(tmp_path, "shared")  # the first visitor's upload of the film, being analysed
+    stored.add([shared], now=0)
+    stored.claim(shared)
+    seen = {}
+
+    def route(names, first_request_ends=False):
+        async def app(scope, receive, send):
+            while (await receive()).get("more_body"):
+                seen["before the last byte"] = stored.recorded(shared)
+            if first_request_ends:  # the first visitor's request ends while this upload is stored
+                stored.release(shared)
+                seen["kept while stored"] = os.path.exists(shared)
+            paths = [shared if n == "film.png" else str(tmp_path / n) for n in names]
+            for p in paths:
+                Path(p).write_bytes(b"x")
+            blocks.upload_file_set.update(paths)
+            body = json.dumps(paths).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        return app
+
+    guard = UploadGuard(route(["film.png"], True), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored, blocks=blocks)
+    status, body = _post_through_guard(guard, [b"a" * 10, b"b" * 10])
+    assert status == 200 and json.loads(body) == [shared]
+    assert seen == {"before the last byte": True, "kept while stored": True}
+    assert os.path.exists(shared) and stored.pending(shared) == 1 and blocks.upload_file_set == set()
+    # a request carrying the same film and a page is refused whole, but the other visitor's film stays
+    stored.claim(shared)  # the second visitor's request holds it
+    guard = UploadGuard(
+        route(["film.png", "page.html"]), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored, blocks=blocks
+    )
+    status, body = _post_through_guard(guard, [b"c" * 10])
+    assert status == 415 and b"nothing was kept" in body
+    assert os.path.exists(shared) and not (tmp_path / "page.html").exists()
+    stored.release(shared)  # the second visitor's analysis ends: the film goes
+    assert not os.path.exists(shared)
+
+
 def test_the_app_gets_a_cache_folder_of_its_own_removed_whole_when_it_stops(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     other = tmp_path / "another-app" / "file.png"  # another app sharing GRADIO_TEMP_DIR

@@ -129,6 +129,11 @@ class StoredUploads:
             if not self._storing and upload.holding == 0 and upload.pending == 0:
                 self._delete(key)
 
+    def recorded(self, path: str) -> bool:
+        """Whether ``path`` is an upload the app has not deleted yet."""
+        with self._lock:
+            return os.path.realpath(path) in self._files
+
     def pending(self, path: str) -> int:
         """Arrivals of ``path`` that no request has claimed yet."""
         with self._lock:
@@ -278,8 +283,10 @@ class UploadGuard:
         paths = stored_upload_paths(start["status"], body)
         refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
         if refused:
-            for p in paths:  # the whole request: the page sends one file
-                remove_cached_file(p)
+            # the whole request (the page sends one file), but not another visitor's upload of the same film
+            for p in paths:
+                if self.stored is None or not self.stored.recorded(p):
+                    remove_cached_file(p)
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return
