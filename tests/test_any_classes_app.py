@@ -18,6 +18,7 @@ from cxr.app.board import ModelBoard, ShownModel, agreement_line
 from cxr.app.examples import choose_examples
 from cxr.app.handlers import PREDICTED, PageHandlers
 from cxr.app.kept import KeptImages
+from cxr.app.upload_guard import StoredUploads
 from cxr.commands.predict import main as predict_main
 from cxr.data.decode import read_radiograph
 from cxr.data.preprocessing import PreprocessConfig
@@ -144,7 +145,7 @@ def board(tb_model, three_model):
 
 
 def _handlers(board):
-    return PageHandlers(board, KeptImages(64 << 20, 60))
+    return PageHandlers(board, KeptImages(64 << 20, 60), StoredUploads())
 
 
 def _page(board, film, explain):
@@ -220,7 +221,7 @@ def test_the_page_offers_every_class_and_shows_a_recalibrated_models_site(board)
 
     from cxr.app.page import build_demo
 
-    demo = build_demo(board)
+    demo = build_demo(board, StoredUploads())
     (explain,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Explain"]
     assert [value for _, value in explain.choices] == [PREDICTED, *FOUR, "Tuberculosis", "Pneumonia"]
     texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
@@ -234,7 +235,7 @@ def test_the_page_offers_every_class_and_shows_a_recalibrated_models_site(board)
     labels = sorted(b.num_top_classes for b in demo.blocks.values() if isinstance(b, gr.Label))
     assert labels == [2, 3, 4]
     # models of the database's four classes: the page as it was (the four to explain, no list of classes)
-    four = build_demo(ModelBoard([board.models[0]]))
+    four = build_demo(ModelBoard([board.models[0]]), StoredUploads())
     (explain,) = [b for b in four.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Explain"]
     assert [value for _, value in explain.choices] == [PREDICTED, *FOUR]
     assert not any(isinstance(b, gr.Markdown) and "Classes:" in str(b.value) for b in four.blocks.values())

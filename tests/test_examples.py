@@ -21,6 +21,7 @@ from cxr.app.examples import (
 )
 from cxr.app.handlers import PageHandlers
 from cxr.app.kept import KeptImages
+from cxr.app.upload_guard import StoredUploads
 from cxr.data.content import content_digests
 from cxr.data.data_source import load_data_source
 from cxr.data.folders import scan_image_folder
@@ -248,7 +249,7 @@ def test_each_model_is_judged_by_its_own_names_for_the_same_bytes(tmp_path, samp
 
 def test_the_page_and_the_api_say_when_a_model_trained_on_the_uploaded_film(tmp_path, sample_dir, names, served):
     (new, _older), split = served
-    handlers = PageHandlers(ModelBoard.load([new]), KeptImages(64 << 20, 60))
+    handlers = PageHandlers(ModelBoard.load([new]), KeptImages(64 << 20, 60), StoredUploads())
     handlers.known = _known(new)
     uploads = tmp_path / "gradio-upload"
 

@@ -205,8 +205,9 @@ def served(tmp_path_factory, sample_dir):
             gr.Button().click(lambda path: path, box, echo, api_name="echo")
             gr.Button().click(lambda: str(film), None, handed, api_name="hand_out")
         demo.queue()
+        files.uploads.attach(demo)  # as build_demo does
         options = launch_options(
-            demo, files, ServerLimits(max_sessions=10, upload_space_mb=64), host="127.0.0.1", port=free_port()
+            files, ServerLimits(max_sessions=10, upload_space_mb=64), host="127.0.0.1", port=free_port()
         )
         _, url, _ = demo.launch(
             **{**options, "max_file_size": 1 << 20, "allowed_paths": [str(film)]}, prevent_thread_lock=True, quiet=True
@@ -259,14 +260,21 @@ def test_the_guard_deletes_another_type_and_gradio_refuses_an_oversized_file_bef
 
 def test_a_served_event_gets_the_uploads_path_and_leaves_nothing(served):
     """Through the queue, as the page sends it: the upload's stored path reaches the handler and the event adds
-    no file to the cache (the box's own preprocess; the cache read on every request)."""
+    no file to the cache (the box's own preprocess; the cache read on every request); the sweep leaves the upload,
+    which the event recorded for it, to the app, which takes it out of the sweep's records when it deletes it."""
+    from gradio.route_utils import delete_files_created_by_app
+
     url, demo, files, film = served
     stored = _post(url, film.name, film.read_bytes()).json()[0]
     before = _files(files.cache)
     (echoed,) = call(url, "echo", [{"path": stored, "meta": {"_type": "gradio.FileData"}}], uuid.uuid4().hex)
     assert echoed == stored and _files(files.cache) == before
-    gi.remove_cached_file(stored)
-    files.uploads.remove_all()
+    # the event recorded the input for the sweep (its box's temp_files): the upload is spared all the same
+    assert any(stored in recorded for recorded in demo.temp_file_sets)
+    delete_files_created_by_app(demo, age=0)
+    assert Path(stored).is_file()
+    assert files.uploads.remove_all() == 1  # deleted by the app: out of every record the sweep reads
+    assert not any(stored in recorded for recorded in demo.temp_file_sets)
 
 
 def test_a_film_handed_out_is_copied_where_its_hash_says_and_refreshed_when_handed_out_again(served):

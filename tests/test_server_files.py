@@ -93,43 +93,59 @@ def test_the_same_film_uploaded_twice_stays_until_both_are_analysed(tmp_path):
     assert not os.path.exists(shared) and stored.pending(shared) == 0 and stored.waiting() == 0
     stored.add([_stored_file(tmp_path, "shared")], now=100)  # an arrival never analysed expires as any does
     assert stored.expire(older_than=60, now=200) == 1 and not os.path.exists(shared)
-    # a file removed by hand no longer counts once the film is stored anew
-    stored.add([_stored_file(tmp_path, "shared")], now=300)
-    os.remove(shared)
-    assert stored.forget_missing() == 1  # the guard calls it before each upload is stored
-    Path(shared).write_bytes(b"x")
-    stored.add([shared], now=301)
-    stored.claim(shared)
-    stored.release(shared)
-    assert not os.path.exists(shared)
 
 
 def test_nothing_is_deleted_while_an_upload_is_being_stored(tmp_path):
-    """Gradio makes an upload's folder and moves the file in before the guard records it: a request ending
-    meanwhile must not delete that film's file (another visitor may be sending it again) or its folder. Its
-    deletion waits until no upload is being stored."""
+    """Gradio makes an upload's folder and moves the file in before the guard records it: a request ending, the
+    expiry or a refused request meanwhile must not delete that film's file (another visitor may be sending it
+    again) or its folder. What is due is deleted once no upload is being stored."""
     stored = StoredUploads()
-    shared = _stored_file(tmp_path, "shared")
+    shared, old, other = (_stored_file(tmp_path, n) for n in ("shared", "old", "other"))
     stored.add([shared], now=0)
+    stored.add([old], now=0)
     stored.claim(shared)
-    with stored.storing():  # a second visitor sends the same film: Gradio has made the folder, not yet recorded
+    with stored.storing():  # a second visitor sends the film: Gradio has made its folder, the guard not yet recorded it
         stored.release(shared)  # the first request ends
-        assert os.path.exists(shared)
-        assert stored.expire(older_than=0, now=1000) == 0 and os.path.exists(shared)  # nor the expiry
-        stored.add([shared], now=1)  # the guard records the second arrival
+        assert stored.expire(older_than=60, now=1000) == 1  # the old upload is due, not deleted yet
+        stored.refuse([other])  # a refused request stored this file: due as well
+        assert all(os.path.exists(p) for p in (shared, old, other))
+        stored.add([shared], now=1000)  # the guard records the second arrival
     assert os.path.exists(shared)  # the second visitor's request will analyse it
+    assert not os.path.exists(old) and not os.path.exists(other)  # what was due, once nothing is being stored
     stored.claim(shared)
     stored.release(shared)
     assert not os.path.exists(shared)
-    # a deletion that waited is done when the last upload being stored is recorded
-    other = _stored_file(tmp_path, "other")
-    stored.add([other], now=2)
-    stored.claim(other)
-    with stored.storing():
+    # nested: what is due waits for the last upload being stored, even if that one fails
+    again = _stored_file(tmp_path, "again")
+    stored.add([again], now=2000)
+    stored.claim(again)
+    with pytest.raises(OSError):
         with stored.storing():
-            stored.release(other)
-        assert os.path.exists(other)
-    assert not os.path.exists(other) and not (tmp_path / "other").exists()
+            with stored.storing():
+                stored.release(again)
+            assert os.path.exists(again)
+            raise OSError("the upload failed")
+    assert not os.path.exists(again) and not (tmp_path / "again").exists()
+
+
+def test_an_upload_kept_from_the_sweep_is_forgotten_by_it_once_deleted(tmp_path):
+    """Attached to the page, the record keeps each upload from Gradio's sweep (its route and its input box record
+    the path for it) and takes it out of the sweep's records when it deletes it."""
+    from types import SimpleNamespace
+
+    box = SimpleNamespace(keep_in_cache=set(), temp_files=set())
+    page = SimpleNamespace(blocks={1: box}, upload_file_set=set())
+    page.temp_file_sets = [page.upload_file_set, box.temp_files]
+    stored = StoredUploads()
+    stored.attach(page)
+    upload = _stored_file(tmp_path, "upload")
+    page.upload_file_set.add(upload)  # the route recorded it for its sweep
+    stored.add([upload])
+    assert page.upload_file_set == set() and box.keep_in_cache == {upload}
+    box.temp_files.add(upload)  # a request names it: Gradio's preprocessing records it for its sweep
+    stored.claim(upload)
+    stored.release(upload)
+    assert not os.path.exists(upload) and box.keep_in_cache == box.temp_files == set()
 
 
 def _post_through_guard(guard, body_chunks):
@@ -156,47 +172,45 @@ def _post_through_guard(guard, body_chunks):
 def test_the_guard_holds_deletions_from_an_uploads_last_byte_until_it_is_recorded(tmp_path):
     """In front of a stand-in for Gradio's upload route (which, like Gradio's, stores the file once it has read the
     last byte and records it for its sweep): while the route stores a film, a request ending on another visitor's
-    upload of the same film does not delete it; the stored upload is recorded by the app and taken out of Gradio's
-    record; a refused request does not take another visitor's film with it."""
+    upload of the same film does not delete it (one ending before the last byte deletes its own at once); the stored
+    upload is recorded; a refused request does not take another visitor's film with it."""
     import json
-    from types import SimpleNamespace
 
     from cxr.app.upload_guard import UploadGuard
 
     stored = StoredUploads()
-    blocks = SimpleNamespace(upload_file_set=set())
-    shared = _stored_file(tmp_path, "shared")  # the first visitor's upload of the film, being analysed
-    stored.add([shared], now=0)
-    stored.claim(shared)
+    shared, early = _stored_file(tmp_path, "shared"), _stored_file(tmp_path, "early")
+    stored.add([shared, early], now=0)
+    stored.claim(shared)  # the first visitor's upload of the film, being analysed
+    stored.claim(early)  # another upload, being analysed
     seen = {}
 
     def route(names, first_request_ends=False):
         async def app(scope, receive, send):
             while (await receive()).get("more_body"):
-                seen["before the last byte"] = stored.recorded(shared)
+                if os.path.exists(early):  # the other analysis ends before the last byte: its upload goes at once
+                    stored.release(early)
+                    seen["deleted before the last byte"] = not os.path.exists(early)
             if first_request_ends:  # the first visitor's request ends while this upload is stored
                 stored.release(shared)
                 seen["kept while stored"] = os.path.exists(shared)
             paths = [shared if n == "film.png" else str(tmp_path / n) for n in names]
             for p in paths:
                 Path(p).write_bytes(b"x")
-            blocks.upload_file_set.update(paths)
             body = json.dumps(paths).encode()
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": body})
 
         return app
 
-    guard = UploadGuard(route(["film.png"], True), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored, blocks=blocks)
+    guard = UploadGuard(route(["film.png"], True), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored)
     status, body = _post_through_guard(guard, [b"a" * 10, b"b" * 10])
     assert status == 200 and json.loads(body) == [shared]
-    assert seen == {"before the last byte": True, "kept while stored": True}
-    assert os.path.exists(shared) and stored.pending(shared) == 1 and blocks.upload_file_set == set()
+    assert seen == {"deleted before the last byte": True, "kept while stored": True}
+    assert os.path.exists(shared) and stored.pending(shared) == 1
     # a request carrying the same film and a page is refused whole, but the other visitor's film stays
     stored.claim(shared)  # the second visitor's request holds it
-    guard = UploadGuard(
-        route(["film.png", "page.html"]), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored, blocks=blocks
-    )
+    guard = UploadGuard(route(["film.png", "page.html"]), tmp_path, 1 << 30, 1 << 20, (".png",), stored=stored)
     status, body = _post_through_guard(guard, [b"c" * 10])
     assert status == 415 and b"nothing was kept" in body
     assert os.path.exists(shared) and not (tmp_path / "page.html").exists()

@@ -17,8 +17,9 @@ What the app relies on (Gradio 6.31):
   (multipart, field ``files``) stores each file as ``<cache>/<hash of its bytes>/<name>``, records each path in
   ``Blocks.upload_file_set`` and answers 200 with the JSON list of those paths; a file over ``max_file_size`` is
   refused with 413 while it arrives, before it is stored.
-- **Its record** (:func:`forget_recorded_upload`): the upload route adds each path it stores to
-  ``Blocks.upload_file_set``, which only the cache sweep reads; an input may name any file in the cache
+- **Its record** (:func:`spare_from_sweep`, :func:`forget_deleted_upload`): the upload route adds each path it
+  stores to ``Blocks.upload_file_set``, and an event's preprocessing adds its input file's path to the component's
+  ``temp_files``; only the cache sweep reads them. An input may name any file in the cache
   (:func:`blocks_cache_folder`).
 - **The cache's layout** (:func:`remove_cached_file`): every file Gradio stores has a folder of its own under the
   cache, named by a hash of the file's bytes.
@@ -31,8 +32,9 @@ What the app relies on (Gradio 6.31):
 - **The cache sweep** (``gr.Blocks(delete_cache=(every, age))``): every ``every`` seconds Gradio deletes the files
   it recorded — the upload route's (``upload_file_set``) and those copied for each component (its
   ``temp_files``) — whose ctime is more than ``age`` seconds ago, and all of them when the server stops; a file it
-  did not record is never swept. So the app deletes its uploads itself (:mod:`cxr.app.upload_guard`), takes them
-  out of the sweep's record, and removes its whole cache folder when it stops (:class:`cxr.app.server.AppFiles`).
+  did not record is never swept, nor a path in any component's ``keep_in_cache``. So the app deletes its uploads
+  itself (:mod:`cxr.app.upload_guard`), keeps them from the sweep, and removes its whole cache folder when it
+  stops (:class:`cxr.app.server.AppFiles`).
 - **The guard in front of every route**: ``launch(app_kwargs={"middleware": [...]})`` hands the middleware to the
   server's FastAPI app, which runs it before the upload route (:func:`cxr.app.server.launch`).
 - **The full queue** (:func:`say_busy_when_full`): ``Blocks.queue()`` makes a new ``Blocks._queue``; each request
@@ -79,7 +81,8 @@ __all__ = [
     "is_upload_request",
     "stored_upload_paths",
     "blocks_cache_folder",
-    "forget_recorded_upload",
+    "spare_from_sweep",
+    "forget_deleted_upload",
     "remove_cached_file",
     "copy_folder_name",
     "single_file_input",
@@ -192,15 +195,36 @@ def blocks_cache_folder(demo: Any) -> Path:
     return Path(demo.GRADIO_CACHE).resolve()
 
 
-def forget_recorded_upload(demo: Any, path: str) -> None:
-    """Take ``path``, an upload just stored, out of ``demo``'s record of uploads.
+def spare_from_sweep(demo: Any, path: str) -> None:
+    """Keep ``path``, an upload just stored, from ``demo``'s cache sweep until :func:`forget_deleted_upload`.
 
     Why: the app deletes its uploads itself, once analysed or after its own wait (``--upload-wait``,
-    :class:`cxr.app.upload_guard.StoredUploads`); in Gradio's record the cache sweep would also delete one by its
-    age, which may be shorter, while it still waits to be analysed. Relies on ``Blocks.upload_file_set``, to which
-    the upload route adds each path before it answers, being the sweep's only record of uploads.
+    :class:`cxr.app.upload_guard.StoredUploads`); the sweep would also delete one by its age, which may be shorter,
+    while it still waits to be analysed — from the upload route's record, or from its input component's once a
+    request names it. Relies on the upload route adding each path it stores to ``Blocks.upload_file_set`` before it
+    answers, on an event's preprocessing adding an input file's path to its component's ``temp_files``
+    (``Block.move_resource_to_block_cache``), both swept by age, and on the sweep skipping every path in a
+    component's ``keep_in_cache`` (``route_utils.delete_files_created_by_app``).
     """
     demo.upload_file_set.discard(path)
+    _spared(demo).add(path)
+
+
+def forget_deleted_upload(demo: Any, path: str) -> None:
+    """Take ``path``, an upload the app deleted, out of every record ``demo``'s sweep reads.
+
+    Why: the sweep skips a recorded file that is gone without forgetting it, so each upload's path would stay in
+    its input component's ``temp_files`` for the app's life. Relies on ``Blocks.temp_file_sets`` holding every
+    record the sweep reads (the upload route's and each component's), as in :func:`spare_from_sweep`.
+    """
+    _spared(demo).discard(path)
+    for recorded in demo.temp_file_sets:
+        recorded.discard(path)
+
+
+def _spared(demo: Any) -> set:
+    """The ``keep_in_cache`` set of ``demo``'s first component: the sweep skips what any component's holds."""
+    return next(iter(demo.blocks.values())).keep_in_cache
 
 
 def remove_cached_file(path: Union[str, os.PathLike]) -> bool:

@@ -74,9 +74,9 @@ def _status(a: Analysis, done: bool, example: Optional[Example] = None) -> str:
 class PageHandlers:
     """What the page's events and API endpoints compute, from a :class:`ModelBoard`."""
 
-    def __init__(self, board: ModelBoard, kept: KeptImages, uploads: Optional[StoredUploads] = None):
+    def __init__(self, board: ModelBoard, kept: KeptImages, uploads: StoredUploads):
         self.board, self.shown, self.kept = board, board.models, kept
-        self.uploads = uploads if uploads is not None else StoredUploads()  # the guard records each upload there
+        self.uploads = uploads  # the upload route's guard records each upload there; it deletes them
         self.demo = None  # the gr.Blocks (set by build_demo): its upload folder and the files it keeps
         self.examples = ExampleFilms(())  # set by build_demo
         self.known = KnownFilms({}, {})  # the models' own films, known by their bytes (set by build_demo)

@@ -162,10 +162,10 @@ def _layout(board: ModelBoard, examples: Sequence[Example] = ()) -> _Components:
 
 def build_demo(
     board: ModelBoard,
+    uploads: StoredUploads,
     examples: Sequence[Example] = (),
     cache_sweep: Tuple[int, int] = CACHE_SWEEP,
     kept_images: Optional[KeptImages] = None,
-    uploads: Optional[StoredUploads] = None,
     known_films: Optional[KnownFilms] = None,
 ):
     """Build the ``gr.Blocks`` page for ``board``: the layout, the streamed page event, and the ``/analyse``,
@@ -173,13 +173,14 @@ def build_demo(
 
     Args:
         board: the loaded models (unavailable ones are shown with their reason).
+        uploads: the record of uploads, which deletes each once analysed (:class:`StoredUploads`; the upload
+            route's guard records each arrival in it: :func:`cxr.app.server.launch`); the page's cache sweep never
+            deletes an upload recorded there.
         examples: films offered as clickable examples (:func:`cxr.app.examples.choose_examples`), each captioned
             with its true class and whether the models held it out; one a model trained on gets a note on the page.
         cache_sweep: Gradio's cache sweep, (every, older than) in seconds (:data:`CACHE_SWEEP`).
         kept_images: where pages keep decoded uploads to analyse again (default: :data:`KEPT_IMAGES_MB` for
             :data:`KEPT_IMAGE_SECONDS`).
-        uploads: the upload route's record of uploads not yet analysed (:class:`StoredUploads`): a request
-            analysing one claims it, so it is not expired meanwhile.
         known_films: the served models' own films, by their bytes: an upload of one is said to be it, and whether
             each model trained on it or held it out (:class:`cxr.app.examples.KnownFilms`; default: none known).
 
@@ -196,6 +197,7 @@ def build_demo(
         handlers.known = known_films
     with gr.Blocks(title="cxr — chest X-ray classifiers (research use only)", delete_cache=cache_sweep) as demo:
         handlers.demo = demo
+        uploads.attach(demo)
         c = _layout(board, examples)
         if examples:
             _offer_examples(handlers, c, examples)

@@ -82,7 +82,6 @@ def _stop_on_sigterm() -> None:
 
 
 def launch_options(
-    demo: Any,
     files: AppFiles,
     limits: ServerLimits,
     *,
@@ -91,8 +90,8 @@ def launch_options(
     share: bool = False,
     allowed_paths: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """The keyword arguments of ``demo.launch`` that serve the app (:func:`launch`): the upload route's guard
-    (it records each upload in ``files.uploads`` and takes it out of ``demo``'s record) and the server-wide limits.
+    """The keyword arguments of ``gr.Blocks.launch`` that serve the app (:func:`launch`): the upload route's guard
+    (it records each upload in ``files.uploads``) and the server-wide limits.
 
     ``allowed_paths``: the files outside the cache Gradio may hand out (the example films). The upload guard goes
     in front of every route as middleware of Gradio's FastAPI app (``app_kwargs``; see
@@ -107,7 +106,6 @@ def launch_options(
         max_request_bytes=MAX_FILE_BYTES + (1 << 20),  # one file and its multipart envelope
         suffixes=UPLOAD_SUFFIXES,
         stored=files.uploads,
-        blocks=demo,
     )
     # Gradio refuses a larger upload while it arrives, before storing it (cxr's decoder would refuse it later)
     return {
@@ -137,4 +135,4 @@ def launch(
     :func:`launch_options` (as every program, through :func:`cxr.commands.common.run_cli`, the server hands its
     heap's free memory back every :data:`cxr.allocator.RELEASE_EVERY_S` seconds)."""
     _stop_on_sigterm()
-    demo.launch(**launch_options(demo, files, limits, host=host, port=port, share=share, allowed_paths=allowed_paths))
+    demo.launch(**launch_options(files, limits, host=host, port=port, share=share, allowed_paths=allowed_paths))

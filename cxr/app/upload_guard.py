@@ -9,9 +9,9 @@ that route:
 - it is refused while the files already held in Gradio's cache, plus this request, would pass ``cache_bytes``;
 - a stored file whose name does not end in one of ``suffixes`` (the types the app analyses) is deleted at once
   and the request answered with an error;
-- the files let through are recorded in :class:`StoredUploads`, and taken out of Gradio's own record: the app
-  deletes each once analysed, those no request analyses within the app's wait (:func:`expire_every`) and those
-  left when the app stops; Gradio's cache sweep never deletes an upload.
+- the files let through are recorded in :class:`StoredUploads`, which deletes each once analysed, those no
+  request analyses within the app's wait (:func:`expire_every`) and those left when the app stops; Gradio's cache
+  sweep never deletes an upload.
 
 Every refusal is an HTTP error whose ``detail`` is one sentence; the app keeps serving. No Gradio import here:
 the route's path, its answer and the cache's layout are :mod:`cxr.app.gradio_internals`' to know.
@@ -27,12 +27,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from cxr.app.gradio_internals import (
-    forget_recorded_upload,
+    forget_deleted_upload,
     is_upload_request,
     remove_cached_file,
+    spare_from_sweep,
     stored_upload_paths,
 )
 
@@ -63,6 +64,7 @@ class _Upload:
     arrived: float  # its latest arrival (time.monotonic())
     pending: int = 0  # arrivals no request has claimed yet
     holding: int = 0  # requests analysing it now
+    names: Set[str] = dataclasses.field(default_factory=set)  # the path as the upload route spelled it
 
 
 class StoredUploads:
@@ -71,22 +73,28 @@ class StoredUploads:
 
     An upload is deleted once the requests that analysed it have ended and no other arrival of it waits
     (:meth:`claim`, :meth:`release`), once it has waited ``--upload-wait`` seconds without a request
-    (:meth:`expire`), and when the app stops (:meth:`remove_all`). Gradio's cache sweep never sees an upload (the
-    guard takes each out of Gradio's record as it arrives): the sweep's age is for the heat maps and copies of
-    examples the app sends, and never cuts an upload's wait short.
+    (:meth:`expire`), and when the app stops (:meth:`remove_all`). Gradio's cache sweep never deletes one
+    (:meth:`attach`): its age is for the heat maps and copies of examples the app sends, and never cuts an
+    upload's wait short.
 
     Gradio stores the same bytes under the same name at the same path, so two visitors who send the same film share
     one file: each arrival is counted, and the file stays while an arrival of it is :meth:`pending` or a request
     holds it. Gradio makes the file's folder and renames the file into it before the guard records it
     (:meth:`storing`); a deletion then could take the file, or its folder, from under a visitor sending that film
-    again. So nothing is deleted while an upload is being stored: a deletion due then waits until none is (the end
-    of the last one, or the next :meth:`expire`). One lock owner; every deletion happens under the lock.
+    again. So nothing is deleted while an upload is being stored: a deletion due then is done when none is. One
+    lock owner; every deletion happens under the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._files: Dict[str, _Upload] = {}
         self._storing = 0
+        self._blocks: Any = None
+
+    def attach(self, blocks: Any) -> None:
+        """Serve the uploads of ``blocks`` (the ``gr.Blocks``): its cache sweep never deletes one recorded here,
+        and forgets each once deleted (:func:`~cxr.app.gradio_internals.spare_from_sweep`)."""
+        self._blocks = blocks
 
     @contextlib.contextmanager
     def storing(self) -> Iterator[None]:
@@ -107,6 +115,17 @@ class StoredUploads:
             for p in paths:
                 upload = self._files.setdefault(os.path.realpath(p), _Upload(now))
                 upload.arrived, upload.pending = now, upload.pending + 1
+                upload.names.add(p)
+                if self._blocks is not None:  # the route records every arrival for the sweep anew
+                    spare_from_sweep(self._blocks, p)
+
+    def refuse(self, paths: Sequence[str]) -> None:
+        """Delete what a refused request stored (the guard) — as soon as no upload is being stored, and never
+        another visitor's upload that happens to be the same file."""
+        with self._lock:
+            for p in paths:
+                self._files.setdefault(os.path.realpath(p), _Upload(time.monotonic(), names={p}))
+            self._delete_idle()
 
     def claim(self, path: str) -> None:
         """A request analyses ``path`` now: one arrival of it no longer waits, and the file stays until the request
@@ -120,14 +139,11 @@ class StoredUploads:
     def release(self, path: str) -> None:
         """The request that claimed ``path`` ended: delete the file once no request holds it and no arrival of it
         waits — now, or as soon as no upload is being stored."""
-        key = os.path.realpath(path)
         with self._lock:
-            upload = self._files.get(key)
-            if upload is None or upload.holding == 0:
-                return
-            upload.holding -= 1
-            if not self._storing and upload.holding == 0 and upload.pending == 0:
-                self._delete(key)
+            upload = self._files.get(os.path.realpath(path))
+            if upload is not None and upload.holding > 0:
+                upload.holding -= 1
+                self._delete_idle()
 
     def recorded(self, path: str) -> bool:
         """Whether ``path`` is an upload the app has not deleted yet."""
@@ -145,25 +161,16 @@ class StoredUploads:
         with self._lock:
             return sum(u.pending > 0 for u in self._files.values())
 
-    def forget_missing(self) -> int:
-        """Drop the record of uploads whose file is gone (a cache emptied by hand) and that no request holds;
-        returns how many."""
-        with self._lock:
-            gone = [p for p, u in self._files.items() if not u.holding and not os.path.exists(p)]
-            for p in gone:
-                del self._files[p]
-        return len(gone)
-
     def expire(self, older_than: float, now: Optional[float] = None) -> int:
-        """Delete the uploads that arrived more than ``older_than`` seconds ago and that no request claimed since
-        (and any whose deletion waited for an upload being stored); returns how many of the first were deleted."""
+        """Delete the uploads never analysed whose latest arrival is more than ``older_than`` seconds ago — now, or
+        as soon as no upload is being stored; returns how many."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if self._storing:
-                return 0
+            old = [u for u in self._files.values() if u.pending and not u.holding and now - u.arrived > older_than]
+            for upload in old:
+                upload.pending = 0  # waited too long: no arrival of it is to be analysed any more
             self._delete_idle()
-            old = [p for p, u in self._files.items() if not u.holding and now - u.arrived > older_than]
-            return sum(self._delete(p) for p in old)
+            return len(old)
 
     def remove_all(self) -> int:
         """Delete every upload still recorded (the app stops); returns how many files were deleted."""
@@ -171,13 +178,16 @@ class StoredUploads:
             return sum(self._delete(p) for p in list(self._files))
 
     def _delete_idle(self) -> None:
-        """Delete the uploads no request holds and no arrival waits for (their deletion waited); lock held."""
+        """Delete the uploads no request holds and no arrival waits for, unless one is being stored; lock held."""
         if not self._storing:
             for p in [p for p, u in self._files.items() if not u.holding and not u.pending]:
                 self._delete(p)
 
     def _delete(self, key: str) -> bool:
-        del self._files[key]
+        upload = self._files.pop(key)
+        if self._blocks is not None:
+            for name in upload.names | {key}:
+                forget_deleted_upload(self._blocks, name)
         return remove_cached_file(key)
 
 
@@ -206,8 +216,6 @@ class UploadGuard:
         max_request_bytes: most bytes one upload request may carry.
         suffixes: file name endings kept (lower case, with the dot).
         stored: where the files let through are recorded; it deletes them (:class:`StoredUploads`).
-        blocks: the ``gr.Blocks`` served: each upload let through is taken out of its record, so that Gradio's
-            cache sweep never deletes one (``stored`` does, on the app's own clock).
     """
 
     def __init__(
@@ -218,10 +226,9 @@ class UploadGuard:
         max_request_bytes: int,
         suffixes: Sequence[str],
         stored: Optional[StoredUploads] = None,
-        blocks: Any = None,
     ) -> None:
         self.app = app
-        self.stored, self.blocks = stored, blocks
+        self.stored = stored
         self.cache_dir = Path(cache_dir)
         self.cache_cap = cache_bytes
         self.max_request_bytes = max_request_bytes
@@ -231,8 +238,6 @@ class UploadGuard:
         if not is_upload_request(scope):
             await self.app(scope, receive, send)
             return
-        if self.stored is not None:  # an upload of a film whose file was removed by hand starts a new count
-            self.stored.forget_missing()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             length = int(headers["content-length"])
@@ -282,19 +287,17 @@ class UploadGuard:
     async def _answer(self, send: Send, start: Message, body: bytes) -> None:
         paths = stored_upload_paths(start["status"], body)
         refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
-        if refused:
-            # the whole request (the page sends one file), but not another visitor's upload of the same film
-            for p in paths:
-                if self.stored is None or not self.stored.recorded(p):
+        if refused:  # the whole request: the page sends one file
+            if self.stored is not None:
+                self.stored.refuse(paths)
+            else:
+                for p in paths:
                     remove_cached_file(p)
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return
         if self.stored is not None:
             self.stored.add(paths)
-            if self.blocks is not None:  # the app deletes its uploads itself, on its own clock: not Gradio's sweep
-                for p in paths:
-                    forget_recorded_upload(self.blocks, p)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 

@@ -80,8 +80,8 @@ class AppOptions:
     upload_space: int = option(
         UPLOAD_SPACE_MB,
         help="Most megabytes Gradio's cache may hold (uploads waiting to be analysed, heat maps sent, examples "
-        "handed out); an upload that would pass it is refused with a message until the sweep frees room "
-        f"(default: {UPLOAD_SPACE_MB}).",
+        "handed out); an upload that would pass it is refused with a message until room is freed (uploads analysed "
+        f"or expired, the sweep) (default: {UPLOAD_SPACE_MB}).",
         metavar="MB",
         minimum=1,
     )
@@ -173,9 +173,7 @@ def _serve(opts: AppOptions) -> None:
     examples = _examples(opts, board, splits)
     with AppFiles(opts.upload_wait) as files:
         kept = KeptImages(opts.kept_images << 20, KEPT_IMAGE_SECONDS)
-        demo = build_demo(
-            board, examples, cache_sweep=sweep, kept_images=kept, uploads=files.uploads, known_films=known
-        )
+        demo = build_demo(board, files.uploads, examples, cache_sweep=sweep, kept_images=kept, known_films=known)
         demo.queue(default_concurrency_limit=opts.concurrency, max_size=opts.max_queue)
         say_busy_when_full(demo)  # a visitor beyond the queue is told the app is busy, in one sentence
         limits = ServerLimits(opts.max_sessions, opts.upload_space, opts.monitoring)
