@@ -255,13 +255,19 @@ class UploadGuard:
         await self._stored(scope, receive, send)
 
     async def _stored(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Let Gradio store the upload; delete at once what the app does not analyse, and say so; record the rest.
-        From the request's last byte until the upload is recorded, no upload is deleted
-        (:meth:`StoredUploads.storing`): Gradio makes the file's folder and moves the file in meanwhile."""
+        """Let Gradio store the upload; record it, or delete what the app does not analyse and say so. From the
+        request's last byte until the upload is recorded, no upload is deleted (:meth:`StoredUploads.storing`):
+        Gradio makes the file's folder and moves the file in meanwhile. Gradio's answer is held and sent once the
+        upload is recorded — or a refused one deleted, unless another upload is being stored then."""
         start: List[Message] = []
         body: List[bytes] = []
-
         entered = False
+
+        async def held(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.append(message)
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
 
         with contextlib.ExitStack() as storing:
 
@@ -274,32 +280,23 @@ class UploadGuard:
                     entered = True
                 return message
 
-            async def held(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    start.append(message)
-                elif message["type"] == "http.response.body":
-                    body.append(message.get("body", b""))
-                    if not message.get("more_body", False):
-                        await self._answer(send, start[0], b"".join(body))
-
             await self.app(scope, read, held)
-
-    async def _answer(self, send: Send, start: Message, body: bytes) -> None:
-        paths = stored_upload_paths(start["status"], body)
-        refused = [p for p in paths if not p.lower().endswith(self.suffixes)]
-        if refused:  # the whole request: the page sends one file
-            if self.stored is not None:
+            paths = stored_upload_paths(start[0]["status"], b"".join(body))
+            refused = any(not p.lower().endswith(self.suffixes) for p in paths)
+            if self.stored is None:
+                if refused:
+                    for p in paths:
+                        remove_cached_file(p)
+            elif refused:  # the whole request: the page sends one file
                 self.stored.refuse(paths)
             else:
-                for p in paths:
-                    remove_cached_file(p)
+                self.stored.add(paths)
+        if refused:
             kinds = ", ".join(s.lstrip(".").upper() for s in self.suffixes)
             await _refuse(send, 415, f"The app analyses only chest X-rays as {kinds} files; nothing was kept.")
             return
-        if self.stored is not None:
-            self.stored.add(paths)
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
+        await send(start[0])
+        await send({"type": "http.response.body", "body": b"".join(body)})
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
