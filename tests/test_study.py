@@ -45,6 +45,12 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
     runner.STUDY_PRESETS["cpu-quick"] = dataclasses.replace(real_preset, image_size=48, epochs=2)
     calls = []
 
+    def study():
+        arms = ["logreg", "tf_efficientnet_lite0"]
+        return run_study(
+            str(small_data), out, arms, "cpu-quick", clahe=True, num_workers=0, bootstrap=200, cam_images_per_class=1
+        )
+
     def train_then_die(cfg):
         calls.append(cfg.output_dir)
         if len(calls) == 2:
@@ -54,28 +60,10 @@ def interrupted_then_resumed(small_data, tmp_path_factory):
     runner.train = train_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_study(
-                str(small_data),
-                out,
-                ["logreg", "tf_efficientnet_lite0"],
-                "cpu-quick",
-                clahe=True,
-                num_workers=0,
-                bootstrap=200,
-                cam_images_per_class=1,
-            )
+            study()
         runner.train = real_train
         assert (out / "logreg" / "metrics.json").is_file() and not (out / "study.md").exists()
-        result = run_study(
-            str(small_data),
-            out,
-            ["logreg", "tf_efficientnet_lite0"],
-            "cpu-quick",
-            clahe=True,
-            num_workers=0,
-            bootstrap=200,
-            cam_images_per_class=1,
-        )
+        result = study()
     finally:
         runner.train = real_train
         runner.STUDY_PRESETS["cpu-quick"] = real_preset
