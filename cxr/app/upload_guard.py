@@ -145,11 +145,6 @@ class StoredUploads:
                 upload.holding -= 1
                 self._delete_idle()
 
-    def recorded(self, path: str) -> bool:
-        """Whether ``path`` is an upload the app has not deleted yet."""
-        with self._lock:
-            return os.path.realpath(path) in self._files
-
     def pending(self, path: str) -> int:
         """Arrivals of ``path`` that no request has claimed yet."""
         with self._lock:
